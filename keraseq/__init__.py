@@ -1,0 +1,19 @@
+"""keraseq: an sklearn-style Estimator with truncated BPTT and MPI data parallelism for Keras 3.
+
+Public API (everything else is internal):
+
+- :class:`Estimator` — ``fit`` / ``predict`` / ``score`` for sequence models ``(N, T, F)``.
+- :func:`seqloss` — a window loss from a per-time-step loss.
+- :mod:`keraseq.distributed` — MPI: ``DistributedOptimizer``, ``BroadcastWeightsCallback``.
+- :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
+  :mod:`keraseq.layers` — ``WinsorNorm``.
+"""
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from .estimator import Estimator, NonFiniteLossError  # noqa: E402
+from .losses import seqloss  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Estimator", "NonFiniteLossError", "seqloss", "__version__"]

@@ -1,0 +1,117 @@
+"""Minibatches over the series axis N: planning, lazy reading, padding and prefetch.
+
+What lives here: :class:`MinibatchReader`, which reads the rows of one minibatch from each
+array (``numpy.ndarray``, ``numpy.memmap`` or ``h5py.Dataset``) with one slice per array,
+pads a short minibatch to the fixed batch size (padded rows are masked out of the loss, so one
+compiled graph serves every minibatch), and reads minibatch ``i + 1`` in a background thread
+while ``i`` trains. What does not: validation (``validation.py``) and the window loop
+(``windows.py``).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["MinibatchReader", "read_rows", "minibatch_plan"]
+
+
+def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
+    """Rows of ``array`` as an in-memory ndarray, reading only those rows.
+
+    ``index`` is a slice or sorted row indices (h5py needs increasing indices).
+    """
+    if isinstance(index, slice):
+        return np.asarray(array[index])
+    if len(index) and np.all(np.diff(index) == 1):
+        return np.asarray(array[int(index[0]):int(index[-1]) + 1])
+    return np.asarray(array[index])
+
+
+def minibatch_plan(lo: int, hi: int, batch_size: int, n_steps: int, shuffle: bool,
+                   rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Row indices of each of ``n_steps`` minibatches over rows ``[lo, hi)``.
+
+    Rows are visited once each; a block with fewer rows than ``n_steps * batch_size`` gets
+    short or empty minibatches at the end (the reader pads them with masked rows). With
+    ``shuffle``, rows are permuted within the block and each minibatch's indices are sorted.
+    """
+    rows = np.arange(lo, hi)
+    if shuffle and rng is not None:
+        rows = rng.permutation(rows)
+    plan = []
+    for step in range(n_steps):
+        chunk = rows[step * batch_size:(step + 1) * batch_size]
+        plan.append(np.sort(chunk) if shuffle else chunk)
+    return plan
+
+
+class MinibatchReader:
+    """Iterate over padded minibatches of several arrays that share the leading axis N.
+
+    ``groups`` is a sequence of tuples of arrays (e.g. ``(xs, ys, ws)``; ``None`` entries stay
+    ``None``). Each item yielded is ``(groups_batch, mask_rows, n_real)`` where every array has
+    exactly ``batch_size`` rows (when ``pad``), ``mask_rows`` is 1.0 for real rows and 0.0 for
+    padding, and ``n_real`` is the number of real rows.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.arange(10.0).reshape(5, 2, 1)
+        >>> r = MinibatchReader([(x,)], minibatch_plan(0, 5, 2, 3, False, None), 2, [np.float32])
+        >>> [int(n) for _, _, n in r]
+        [2, 2, 1]
+    """
+
+    def __init__(self, groups: Sequence[tuple | None], plan: list[np.ndarray], batch_size: int,
+                 dtypes: Sequence, pad: bool = True, fallback_row: int = 0,
+                 prefetch: bool = True):
+        self.groups = groups
+        self.plan = plan
+        self.batch_size = batch_size
+        self.dtypes = dtypes
+        self.pad = pad
+        self.fallback_row = fallback_row
+        self.prefetch = prefetch
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def _read(self, index: np.ndarray):
+        n_real = len(index)
+        if n_real == 0:
+            # A rank with no rows left still takes part in the step: one masked row
+            # (its gradient contributes nothing; see windows.py).
+            index = np.array([self.fallback_row])
+        size = self.batch_size if self.pad else len(index)
+        out = []
+        for group, dtype in zip(self.groups, self.dtypes):
+            if group is None:
+                out.append(None)
+                continue
+            arrays = []
+            for a in group:
+                rows = read_rows(a, index)
+                if dtype is not None and rows.dtype != dtype:
+                    rows = rows.astype(dtype)
+                if rows.shape[0] < size:
+                    pad = np.zeros((size - rows.shape[0],) + rows.shape[1:], rows.dtype)
+                    rows = np.concatenate([rows, pad], axis=0)
+                arrays.append(rows)
+            out.append(tuple(arrays))
+        mask = np.zeros(size, np.float32)
+        mask[:n_real] = 1.0
+        return out, mask, n_real
+
+    def __iter__(self) -> Iterator:
+        if not self.prefetch or len(self.plan) < 2:
+            for index in self.plan:
+                yield self._read(index)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="keraseq-prefetch") as pool:
+            future = pool.submit(self._read, self.plan[0])
+            for step in range(len(self.plan)):
+                item = future.result()
+                if step + 1 < len(self.plan):
+                    future = pool.submit(self._read, self.plan[step + 1])
+                yield item

@@ -1,0 +1,838 @@
+"""The scikit-learn style ``Estimator``: ``fit`` / ``predict`` / ``score`` for Keras sequence models.
+
+What lives here: the backend-independent training logic (hyper-parameters and ``spec``,
+validation order, epochs and minibatches, callbacks, progress bar and ``History``, streaming
+states, saving and loading). What does not: the compiled window loop and state carry
+(``windows.py``), per-window losses (``losses.py``), reading the data (``batches.py``) and MPI
+(``distributed.py``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import distributed as dist
+from .batches import MinibatchReader, minibatch_plan, read_rows
+from .losses import build_objective, is_window_loss
+from .validation import (REQUIRED_SPEC_FIELDS, as_arrays, check_finite, check_positive_int,
+                         spec_fields)
+from .windows import StateCarry, build_step_functions
+
+__all__ = ["Estimator", "NonFiniteLossError"]
+
+_X_WHAT = "sequence inputs (N series, T time steps, F features); use T = 1 for non-sequence data"
+_Y_WHAT = ("targets per time step (N, T, F_out) or per series (N, F_out), sharing N and T "
+           "with `x`")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or Inf loss or gradient; the weights are those before it."""
+
+
+def _unpack(arrays: tuple):
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+class Estimator:
+    """Fit, predict and score a Keras sequence model with truncated BPTT.
+
+    Parameters:
+        model: a Keras model taking ``(batch, time, features)`` input(s): plain recurrent layers
+            (``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional``, stacked), any batch size, no
+            ``stateful=True`` needed (a stateful model works too). It is not modified: ``fit``
+            trains a copy, ``model_``.
+        loss: a Keras loss (name, function or ``Loss``; a list/dict per output like
+            ``compile``), applied to each window; or a callable ``loss(model, x, y)`` returning
+            the window's mean loss (see :func:`keraseq.seqloss`).
+        optimizer: a Keras optimizer instance (copied at each ``fit``) or its name.
+        spec: optional dict / dataclass / namedtuple / object whose fields fill the keywords
+            below (at least ``epochs``, ``batch_size``, ``seq_len``; the seed's ``batchsize``
+            and ``seqsize`` are accepted). A keyword given with a non-default value wins.
+        epochs: passes over the data.
+        batch_size: series per minibatch (per MPI rank when distributed).
+        seq_len: window length for truncated BPTT; ``None`` = the whole sequence.
+        shuffle: visit the minibatches in a new random order of series each epoch.
+        random_state: seed for the shuffling and Keras's random number generators.
+        verbose: 0 silent, 1 progress bar, 2 one line per epoch (as ``model.fit``).
+        metrics: Keras metrics (names or objects) computed on every window, for every output.
+        loss_weights: per-output weights of the losses (multi-output models).
+        predict_batch_size: series per minibatch in ``predict``/``score`` (default
+            ``max(batch_size, 256)``).
+        rebatch: when ``batch_size`` > N, cut each series into contiguous time pieces to fill the
+            minibatch (the seed's ``rebatch``); each piece starts from a zero state.
+        jit_compile: compile the window loop with XLA: ``"auto"`` (on), ``True`` or ``False``.
+        device: ``"auto"`` (a GPU when present, else the CPU), ``None`` (TensorFlow decides) or a
+            device string such as ``"/CPU:0"``.
+        distributed: ``"auto"`` (MPI when launched with more than one rank), ``False``, ``True``
+            or an ``mpi4py`` communicator.
+        warm_start: a second ``fit`` continues from the fitted weights instead of the initial ones.
+
+    Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
+    ``n_outputs_``, ``n_epochs_``.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from keraseq import Estimator
+        >>> model = keras.Sequential([keras.Input((None, 3)),
+        ...                           keras.layers.LSTM(8, return_sequences=True),
+        ...                           keras.layers.Dense(1)])
+        >>> x = np.random.rand(16, 30, 3).astype("float32"); y = x.sum(-1, keepdims=True)
+        >>> est = Estimator(model, "mse", "adam", epochs=2, batch_size=8, seq_len=10, verbose=0)
+        >>> est.fit(x, y).predict(x).shape
+        (16, 30, 1)
+    """
+
+    _DEFAULTS = dict(epochs=1, batch_size=32, seq_len=None, shuffle=True, random_state=None,
+                     verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
+                     rebatch=False, jit_compile="auto", device="auto", distributed="auto",
+                     warm_start=False)
+
+    def __init__(self, model: keras.Model, loss: Any = "mse", optimizer: Any = "adam",
+                 spec: Any = None, *, epochs: int = 1, batch_size: int = 32,
+                 seq_len: int | None = None, shuffle: bool = True, random_state: int | None = None,
+                 verbose: int | str = "auto", metrics: Sequence | None = None,
+                 loss_weights: Sequence[float] | None = None,
+                 predict_batch_size: int | None = None, rebatch: bool = False,
+                 jit_compile: bool | str = "auto", device: str | None = "auto",
+                 distributed: Any = "auto", warm_start: bool = False):
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.spec = spec
+        given = dict(epochs=epochs, batch_size=batch_size, seq_len=seq_len, shuffle=shuffle,
+                     random_state=random_state, verbose=verbose, metrics=metrics,
+                     loss_weights=loss_weights, predict_batch_size=predict_batch_size,
+                     rebatch=rebatch, jit_compile=jit_compile, device=device,
+                     distributed=distributed, warm_start=warm_start)
+        try:
+            from_spec = spec_fields(spec)
+        except TypeError:
+            from_spec = {}  # reported by fit
+        for key, value in given.items():
+            if key in from_spec and value is self._DEFAULTS[key]:
+                value = from_spec[key]
+            setattr(self, key, value)
+
+    # ------------------------------------------------------------------ scikit-learn plumbing
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return ["model", "loss", "optimizer", "spec"] + list(cls._DEFAULTS)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyper-parameters as a dict (scikit-learn convention)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> "Estimator":
+        """Set hyper-parameters (scikit-learn convention); returns ``self``."""
+        valid = set(self._get_param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(f"Invalid parameter {key!r} for {type(self).__name__}; "
+                                 f"valid parameters: {sorted(valid)}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        shown = [f"{k}={getattr(self, k)!r}" for k in self._get_param_names()
+                 if k in self._DEFAULTS and getattr(self, k) != self._DEFAULTS[k]]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
+    # ------------------------------------------------------------------------- hyper-parameters
+    def _resolved(self) -> dict[str, Any]:
+        """Validated hyper-parameters; errors name the parameter."""
+        try:
+            fields = spec_fields(self.spec)
+        except TypeError as exc:
+            raise TypeError(str(exc)) from None
+        if self.spec is not None:
+            unknown = sorted(set(fields) - set(self._DEFAULTS))
+            if unknown:
+                raise ValueError(f"`spec` has unknown field(s) {unknown}; known fields: "
+                                 f"{sorted(self._DEFAULTS)}")
+            missing = [f for f in REQUIRED_SPEC_FIELDS if f not in fields]
+            if missing:
+                raise ValueError(f"`spec` is missing field(s) {missing}; a spec needs at least "
+                                 f"{list(REQUIRED_SPEC_FIELDS)}")
+        p = {k: getattr(self, k) for k in self._DEFAULTS}
+        p["epochs"] = check_positive_int(p["epochs"], "epochs")
+        p["batch_size"] = check_positive_int(p["batch_size"], "batch_size")
+        p["seq_len"] = check_positive_int(p["seq_len"], "seq_len", allow_none=True)
+        p["predict_batch_size"] = check_positive_int(p["predict_batch_size"],
+                                                     "predict_batch_size", allow_none=True)
+        if p["verbose"] == "auto":
+            p["verbose"] = 1
+        if p["verbose"] not in (0, 1, 2):
+            raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto', got {p['verbose']!r}")
+        if p["jit_compile"] not in ("auto", True, False):
+            raise ValueError(f"`jit_compile` must be 'auto', True or False, "
+                             f"got {p['jit_compile']!r}")
+        if p["jit_compile"] == "auto":
+            p["jit_compile"] = True
+        return p
+
+    def _device(self, comm) -> str | None:
+        if self.device == "auto":
+            return dist.default_device(comm)
+        return self.device
+
+    # ---------------------------------------------------------------------------- data checks
+    def _check_xy(self, x, y, sample_weight):
+        xs = as_arrays(x, "x", (3,), _X_WHAT)
+        n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
+        for k, a in enumerate(xs[1:], 1):
+            if int(a.shape[0]) != n or int(a.shape[1]) != t:
+                raise ValueError(f"`x[{k}]` has shape {tuple(a.shape)} but `x[0]` has N={n}, "
+                                 f"T={t}; all inputs must share N and T")
+        ys = as_arrays(y, "y", (3, 2), _Y_WHAT)
+        ranks = {a.ndim for a in ys}
+        if len(ranks) > 1:
+            raise ValueError("`y` mixes per-step (N, T, F) and per-series (N, F) targets; use "
+                             "one kind for all outputs")
+        for k, a in enumerate(ys):
+            label = "y" if len(ys) == 1 else f"y[{k}]"
+            if int(a.shape[0]) != n:
+                raise ValueError(f"`{label}` has N={a.shape[0]} series but `x` has N={n}; "
+                                 f"expected shape ({n}, {t}, F_out) or ({n}, F_out)")
+            if a.ndim == 3 and int(a.shape[1]) != t:
+                raise ValueError(f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; "
+                                 f"expected shape ({n}, {t}, F_out)")
+        ws = None
+        if sample_weight is not None:
+            ws = as_arrays(sample_weight, "sample_weight", (1, 2),
+                           "one weight per series (N,) or per time step (N, T)")
+            if len(ws) != 1:
+                raise ValueError("`sample_weight` must be one array of shape (N,) or (N, T)")
+            w = ws[0]
+            if int(w.shape[0]) != n or (w.ndim == 2 and int(w.shape[1]) != t):
+                raise ValueError(f"`sample_weight` has shape {tuple(w.shape)}; expected ({n},) "
+                                 f"or ({n}, {t})")
+            if w.ndim == 2 and ys[0].ndim == 2:
+                raise ValueError("`sample_weight` of shape (N, T) needs per-step targets; with "
+                                 "per-series targets `y` (N, F_out) pass shape (N,)")
+        return xs, ys, ws
+
+    def _check_model_inputs(self, model, xs):
+        inputs = getattr(model, "inputs", None)
+        if not inputs:
+            return
+        if len(inputs) != len(xs):
+            raise ValueError(f"the model has {len(inputs)} input(s) but `x` has {len(xs)} "
+                             f"array(s); pass a tuple with one (N, T, F) array per input")
+        for k, (spec, a) in enumerate(zip(inputs, xs)):
+            label = "x" if len(xs) == 1 else f"x[{k}]"
+            shape = tuple(spec.shape)
+            if len(shape) != 3:
+                raise ValueError(f"the model's input {k} has shape {shape}; keraseq needs "
+                                 f"(batch, time, features) inputs (reshape inside the model)")
+            if shape[-1] is not None and shape[-1] != a.shape[-1]:
+                raise ValueError(f"`{label}` has F={a.shape[-1]} features but the model expects "
+                                 f"{shape[-1]}: shape (N, T, {shape[-1]})")
+
+    # ------------------------------------------------------------------------------- building
+    def _new_model(self) -> keras.Model:
+        if not isinstance(self.model, keras.Model):
+            raise TypeError(f"`model` must be a keras.Model, got {type(self.model).__name__}")
+        try:
+            model = keras.models.clone_model(self.model)
+            model.set_weights(self.model.get_weights())
+        except Exception:  # subclassed model without a config: train it in place
+            model = self.model
+        return model
+
+    def _new_optimizer(self) -> keras.optimizers.Optimizer:
+        opt = self.optimizer
+        if isinstance(opt, str):
+            return keras.optimizers.get(opt)
+        if isinstance(opt, keras.optimizers.Optimizer):
+            return opt.__class__.from_config(opt.get_config())
+        raise TypeError(f"`optimizer` must be a keras optimizer or its name, got {opt!r}")
+
+    def _output_names(self, model, n_outputs):
+        names = list(getattr(model, "output_names", None) or [])
+        if len(names) != n_outputs:
+            names = [f"output_{k}" for k in range(n_outputs)]
+        return names
+
+    def _probe(self, model, carry, xs, seq_len):
+        """One eager call on one series' first window: state shapes and output structure."""
+        t = int(xs[0].shape[1])
+        s = t if seq_len is None else min(seq_len, t)
+        window = tuple(np.asarray(read_rows(a, slice(0, 1)))[:, :s].astype(
+            np.float32 if a.dtype.kind == "f" else np.int32) for a in xs)
+        with carry:
+            carry.feed(None)
+            try:
+                out = model(_unpack(window), training=False)
+            except Exception as exc:
+                raise ValueError(f"the model cannot be called on a window of `x` with shape "
+                                 f"{[w.shape for w in window]}: {exc}") from exc
+            states = carry.collected()
+        specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call]
+                 for call in states]
+        outs = keras.tree.flatten(out)
+        return specs, [tuple(o.shape[1:]) for o in outs], s
+
+    def _check_outputs(self, out_shapes, ys, window):
+        if len(out_shapes) != len(ys):
+            raise ValueError(f"the model has {len(out_shapes)} output(s) but `y` has {len(ys)} "
+                             f"array(s); pass one array per output")
+        for k, (shape, a) in enumerate(zip(out_shapes, ys)):
+            label = "y" if len(ys) == 1 else f"y[{k}]"
+            if a.ndim == 3:
+                if len(shape) != 2 or shape[0] != window:
+                    raise ValueError(
+                        f"`{label}` has targets per time step {tuple(a.shape)} but the model "
+                        f"returns {('(batch,) + ' + str(shape))} for a window of {window} steps; "
+                        f"use return_sequences=True on the last recurrent layer, or pass "
+                        f"per-series targets (N, F_out)")
+            elif len(shape) != 1:
+                raise ValueError(
+                    f"`{label}` has per-series targets {tuple(a.shape)} but the model returns "
+                    f"{('(batch,) + ' + str(shape))} per window; per-series targets need a model "
+                    f"that returns one vector per series (return_sequences=False)")
+            if shape[-1] != a.shape[-1] and not (shape[-1] and a.shape[-1] == 1):
+                # sparse integer labels (F_out = 1) against class scores are allowed
+                raise ValueError(f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
+                                 f"has {shape[-1]} features")
+
+    def _build(self, model, opt, carry, state_specs, per_series, p, comm, metrics,
+               val_metrics=None):
+        """Compiled step functions for training (and, when asked, for validation)."""
+        objective = build_objective(model, self.loss,
+                                    self._output_names(model, len(self.n_outputs_shapes_)),
+                                    p["loss_weights"])
+        allreduce = dist.graph_allreduce(comm) if comm.size > 1 else None
+        jit = bool(p["jit_compile"]) and (allreduce is None or dist.XLA_ALLREDUCE)
+        steps = build_step_functions(model, carry, state_specs, objective, opt, metrics,
+                                     p["seq_len"], per_series, jit, allreduce)
+        val_steps = None
+        if val_metrics is not None:
+            val_steps = build_step_functions(model, carry, state_specs, objective, None,
+                                             val_metrics, p["seq_len"], per_series, jit)
+        return steps, val_steps
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(self, x, y, sample_weight=None, validation_data=None, callbacks=None,
+            epochs: int | None = None) -> "Estimator":
+        """Train on ``x`` (N, T, F) and ``y`` (N, T, F_out) or (N, F_out); returns ``self``.
+
+        Minibatches over N; within each, windows ``[0:S], [S:2S], ...`` over T in order, the
+        recurrent state carried from one window to the next (gradients cut at the borders) and
+        reset at each minibatch. A short last window and a small last minibatch are trained.
+        """
+        p = self._resolved()
+        if epochs is not None:
+            p["epochs"] = check_positive_int(epochs, "epochs")
+        comm = dist.get_comm(p["distributed"])
+        def validate():
+            xs, ys, ws = self._check_xy(x, y, sample_weight)
+            per_series = ys[0].ndim == 2
+            window_loss = is_window_loss(self.loss)
+            if window_loss and ws is not None:
+                raise ValueError("`sample_weight` needs a Keras loss; a callable loss(model, x, y) "
+                                 "returns one number per window and cannot weight series")
+            if window_loss and p["metrics"]:
+                raise ValueError("`metrics` need a Keras loss: with a callable loss(model, x, y) "
+                                 "keraseq never sees the predictions")
+            if p["rebatch"]:
+                if per_series:
+                    raise ValueError("`rebatch=True` needs per-step targets `y` (N, T, F_out)")
+                if window_loss:
+                    raise ValueError("`rebatch=True` needs a Keras loss (padding is masked out)")
+            val = None
+            if validation_data is not None:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                    raise ValueError("`validation_data` must be a tuple (x_val, y_val) or "
+                                     "(x_val, y_val, sample_weight_val)")
+                val = self._check_xy(*validation_data)
+                if val[1][0].ndim != ys[0].ndim:
+                    raise ValueError("`validation_data` targets must be of the same kind as `y`")
+            lo, hi = dist.shard(int(xs[0].shape[0]), comm)
+            for name, arrays in (("x", xs), ("y", ys), ("sample_weight", ws or ())):
+                check_finite(arrays, name, rows=(lo, hi))
+            if val is not None:
+                vlo, vhi = dist.shard(int(val[0][0].shape[0]), comm)
+                for name, arrays in (("x", val[0]), ("y", val[1]), ("sample_weight", val[2] or ())):
+                    check_finite(arrays, f"validation_data {name}", rows=(vlo, vhi))
+            return xs, ys, ws, per_series, window_loss, val
+
+        xs, ys, ws, per_series, window_loss, val = dist.agree(comm, validate)
+
+        if p["random_state"] is not None:
+            keras.utils.set_random_seed(int(p["random_state"]))
+        device = self._device(comm)
+        with dist.device_scope(device):
+            warm = p["warm_start"] and hasattr(self, "model_")
+            model = self.model_ if warm else self._new_model()
+            self._check_model_inputs(model, xs)
+            carry = StateCarry(model)
+            state_specs, out_shapes, window = self._probe(model, carry, xs, p["seq_len"])
+            self._check_outputs(out_shapes, ys, window)
+            opt = self.optimizer_ if warm else self._new_optimizer()
+            if comm.size > 1:
+                opt = dist.DistributedOptimizer(opt, comm=comm)
+            if not warm:
+                model.compile(optimizer=opt)
+            opt.build(model.trainable_variables)
+            metrics = [keras.metrics.get(m) if isinstance(m, str) else m
+                       for m in (p["metrics"] or [])]
+            metrics = [m.__class__.from_config(m.get_config()) for m in metrics]
+            val_metrics = [m.__class__.from_config(m.get_config()) for m in metrics]
+            if comm.size > 1:
+                dist.broadcast_variables(model.variables + opt.variables, comm)
+
+        self.model_ = model
+        self.optimizer_ = opt
+        self.n_features_in_ = int(xs[0].shape[-1])
+        self.n_outputs_ = len(ys)
+        self.n_outputs_shapes_ = out_shapes
+        self._state_specs = state_specs
+        self._per_series = per_series
+        self._carry = carry
+        self._device_name = device
+        self._comm = comm
+        steps, val_steps = self._build(model, opt, carry, state_specs, per_series, p, comm,
+                                       metrics, val_metrics if val is not None else None)
+        self._steps = steps
+
+        # Data for training (rebatch reshapes in memory; it is for small N).
+        if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
+            xs, ys, ws, time_mask = _rebatch(xs, ys, ws, p["batch_size"], p["seq_len"])
+        else:
+            time_mask = None
+        n = int(xs[0].shape[0])
+        lo, hi = dist.shard(n, comm)
+        n_steps = dist.max_over_ranks(math.ceil((hi - lo) / p["batch_size"]), comm)
+        rng = np.random.default_rng(p["random_state"]) if p["shuffle"] else None
+
+        cb = _callback_list(callbacks, model, p, n_steps, comm)
+        self.history_ = {} if not (warm and hasattr(self, "history_")) else self.history_
+        model.stop_training = False
+        cb.on_train_begin()
+        epochs_done = 0
+        logs = {}
+        for epoch in range(p["epochs"]):
+            cb.on_epoch_begin(epoch)
+            for m in metrics:
+                m.reset_state()
+            plan = minibatch_plan(lo, hi, p["batch_size"], n_steps, p["shuffle"],
+                                  dist.shared_rng(rng, comm))
+            reader = MinibatchReader(
+                [xs, ys, ws, (time_mask,) if time_mask is not None else None], plan,
+                p["batch_size"], [_x_dtype(xs), np.float32, np.float32, np.float32],
+                pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
+            total = np.zeros(2)
+            for step, (batch, rows_mask, n_real) in enumerate(reader):
+                cb.on_train_batch_begin(step)
+                bx, by, bw, bt = batch
+                mask = _mask(rows_mask, bx[0].shape[1], per_series, bt)
+                with carry, dist.device_scope(device):
+                    loss_sum, count, bad = steps.train(
+                        tuple(tf.convert_to_tensor(a) for a in bx),
+                        tuple(tf.convert_to_tensor(a) for a in by),
+                        None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series)),),
+                        (tf.convert_to_tensor(mask),), None)
+                bad = int(bad)
+                if bad >= 0:
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at epoch {epoch + 1}, minibatch "
+                        f"{step + 1}, window {bad + 1}"
+                        f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
+                        f"from before that update. Lower the learning rate, clip gradients "
+                        f"(optimizer clipnorm=...) or check the data")
+                total += dist.allreduce_sum(np.array([float(loss_sum), float(count)]), comm)
+                logs = {"loss": total[0] / max(total[1], 1.0)}
+                logs.update(dist.metric_results(metrics, comm))
+                cb.on_train_batch_end(step, logs)
+                if model.stop_training:
+                    break
+            if val is not None:
+                logs.update({f"val_{k}": v for k, v in self._evaluate(
+                    val_steps, val, val_metrics, p, comm).items()})
+            cb.on_epoch_end(epoch, logs)
+            for key, value in logs.items():
+                self.history_.setdefault(key, []).append(float(value))
+            epochs_done += 1
+            if model.stop_training:
+                break
+        cb.on_train_end(logs)
+        self.n_epochs_ = epochs_done
+        self._final_states = None
+        return self
+
+    def _evaluate(self, steps, data, metrics, p, comm) -> dict[str, float]:
+        xs, ys, ws = data
+        for m in metrics:
+            m.reset_state()
+        batch = p["predict_batch_size"] or max(p["batch_size"], 256)
+        lo, hi = dist.shard(int(xs[0].shape[0]), comm)
+        n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
+        reader = MinibatchReader([xs, ys, ws], minibatch_plan(lo, hi, batch, n_steps, False, None),
+                                 batch, [_x_dtype(xs), np.float32, np.float32],
+                                 fallback_row=lo if hi > lo else 0)
+        total = np.zeros(2)
+        for (bx, by, bw), rows_mask, _ in reader:
+            mask = _mask(rows_mask, bx[0].shape[1], self._per_series, None)
+            with self._carry, dist.device_scope(self._device_name):
+                loss_sum, count = steps.evaluate(
+                    tuple(tf.convert_to_tensor(a) for a in bx),
+                    tuple(tf.convert_to_tensor(a) for a in by),
+                    None if bw is None else (tf.convert_to_tensor(_weights(bw[0], self._per_series)),),
+                    (tf.convert_to_tensor(mask),), None)
+            total += np.array([float(loss_sum), float(count)])
+        total = dist.allreduce_sum(total, comm)
+        out = {"loss": total[0] / max(total[1], 1.0)}
+        out.update(dist.metric_results(metrics, comm))
+        return out
+
+    # -------------------------------------------------------------------------------- predict
+    def _check_fitted(self, method: str):
+        if not hasattr(self, "model_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet: call `fit` before "
+                             f"`{method}`")
+
+    def _output_shapes(self, n, t):
+        shapes = []
+        for shape in self.n_outputs_shapes_:
+            shapes.append((n, t) + tuple(shape[1:]) if len(shape) == 2 else (n,) + tuple(shape))
+        return shapes
+
+    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None):
+        """Predictions for ``x`` (N, T, F), window by window with the state carried.
+
+        ``out`` (an ndarray, memmap, ``h5py.Dataset`` or a tuple of them, one per output) is
+        filled minibatch by minibatch and returned. The final state of every series is kept:
+        ``predict(next_chunk, reset=False)`` continues the sequences (streaming inference).
+        """
+        self._check_fitted("predict")
+        p = self._resolved()
+        xs = as_arrays(x, "x", (3,), _X_WHAT)
+        n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
+        for k, a in enumerate(xs[1:], 1):
+            if int(a.shape[0]) != n or int(a.shape[1]) != t:
+                raise ValueError(f"`x[{k}]` has shape {tuple(a.shape)} but `x[0]` has N={n}, "
+                                 f"T={t}; all inputs must share N and T")
+        self._check_model_inputs(self.model_, xs)
+        if xs[0].shape[-1] != self.n_features_in_:
+            raise ValueError(f"`x` has F={xs[0].shape[-1]} features but the estimator was "
+                             f"fitted with {self.n_features_in_}: shape (N, T, "
+                             f"{self.n_features_in_})")
+        comm = self._comm
+        lo, hi = dist.shard(n, comm)
+        dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
+        shapes = self._output_shapes(n, t)
+        if out is not None:
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if len(outs) != len(shapes):
+                raise ValueError(f"`out` has {len(outs)} array(s) but the model has "
+                                 f"{len(shapes)} output(s)")
+            for k, (o, shape) in enumerate(zip(outs, shapes)):
+                label = "out" if len(outs) == 1 else f"out[{k}]"
+                if not hasattr(o, "shape") or tuple(o.shape) != shape:
+                    raise ValueError(f"`{label}` has shape {getattr(o, 'shape', None)}; "
+                                     f"expected {shape}")
+                if np.dtype(o.dtype).kind != "f":
+                    raise TypeError(f"`{label}` has dtype {o.dtype}; expected a float dtype")
+                if isinstance(o, np.ndarray) and not o.flags.writeable:
+                    raise ValueError(f"`{label}` is read-only")
+        else:
+            outs = None
+        h_all = None
+        if not reset:
+            h_all = getattr(self, "_final_states", None)
+            if h_all is None:
+                raise ValueError("`reset=False` continues the series of the previous `predict`, "
+                                 "but there is none (or `fit` ran since); call predict with "
+                                 "reset=True first")
+            if int(h_all[0][0].shape[0]) != n if h_all and h_all[0] else False:
+                raise ValueError(f"`reset=False` continues {h_all[0][0].shape[0]} series but `x` "
+                                 f"has N={n}")
+        batch = check_positive_int(batch_size, "batch_size", allow_none=True) or \
+            p["predict_batch_size"] or max(p["batch_size"], 256)
+        batch = min(batch, max(1, hi - lo)) if hi > lo else 1
+        n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
+        plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
+        reader = MinibatchReader([xs], plan, batch, [_x_dtype(xs)],
+                                 fallback_row=lo if hi > lo else 0)
+        local = [np.empty((hi - lo,) + s[1:], np.float32) for s in shapes] if outs is None \
+            or comm.size > 1 else None
+        new_states = [[np.zeros((hi - lo,) + shape, dtype.name if hasattr(dtype, "name")
+                                else dtype) for shape, dtype in spec]
+                      for spec in self._state_specs]
+        for index, ((bx,), rows_mask, n_real) in zip(plan, reader):
+            h0 = None
+            if h_all is not None:
+                h0 = [[tf.convert_to_tensor(_pad_rows(read_rows(s, index), batch))
+                       for s in call] for call in h_all]
+            with self._carry, dist.device_scope(self._device_name):
+                preds, states = self._steps.predict(tuple(tf.convert_to_tensor(a) for a in bx),
+                                                    h0)
+            if n_real == 0:
+                continue
+            rows = slice(int(index[0]) - lo, int(index[0]) - lo + n_real)
+            for k, pr in enumerate(preds):
+                values = pr.numpy()[:n_real]
+                if local is not None:
+                    local[k][rows] = values
+                else:
+                    outs[k][int(index[0]):int(index[0]) + n_real] = values
+            for c, call in enumerate(states):
+                for s, st in enumerate(call):
+                    new_states[c][s][rows] = st.numpy()[:n_real]
+        if comm.size > 1:
+            gathered = dist.allgather_rows(local, comm)
+            new_states = [[dist.allgather_rows([s], comm)[0] for s in call] for call in new_states]
+            if outs is None:
+                local = gathered
+            else:
+                if comm.rank == 0 or True:
+                    for k, g in enumerate(gathered):
+                        outs[k][lo:hi] = g[lo:hi]
+                local = None
+        self._final_states = new_states
+        if outs is None:
+            return _unpack(tuple(local))
+        return out
+
+    def score(self, x, y, sample_weight=None) -> float:
+        """Coefficient of determination R² over all outputs and time steps (uniform average).
+
+        Each output feature is one target; the samples are the (series, time step) pairs.
+        """
+        self._check_fitted("score")
+        xs, ys, ws = self._check_xy(x, y, sample_weight)
+        pred = self.predict(_unpack(xs))
+        preds = pred if isinstance(pred, tuple) else (pred,)
+        scores = []
+        for yt, yp in zip(ys, preds):
+            yt = np.asarray(yt, np.float64)
+            yp = np.asarray(yp, np.float64)
+            f = yt.shape[-1]
+            yt, yp = yt.reshape(-1, f), yp.reshape(-1, f)
+            w = None
+            if ws is not None:
+                w = np.asarray(ws[0], np.float64)
+                if w.ndim == 1 and yt.shape[0] != w.shape[0]:
+                    w = np.repeat(w, yt.shape[0] // w.shape[0])
+                w = w.reshape(-1)
+            w = np.ones(yt.shape[0]) if w is None else w
+            mean = np.average(yt, axis=0, weights=w)
+            ss_res = (w[:, None] * (yt - yp) ** 2).sum(0)
+            ss_tot = (w[:, None] * (yt - mean) ** 2).sum(0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                              np.where(ss_res == 0, 1.0, 0.0))
+            scores.extend(r2.tolist())
+        return float(np.mean(scores))
+
+    # -------------------------------------------------------------------------- states (utils)
+    def _get_states(self) -> list[np.ndarray]:
+        """The final state of every series after the last ``predict`` (flat list, leading N)."""
+        states = getattr(self, "_final_states", None)
+        if states is None:
+            raise ValueError("no states kept: call `predict` first")
+        return [np.array(s) for call in states for s in call]
+
+    def _set_states(self, flat: Sequence[np.ndarray]) -> None:
+        self._check_fitted("load_states")
+        specs = [s for call in self._state_specs for s in call]
+        if len(flat) != len(specs):
+            raise ValueError(f"expected {len(specs)} state arrays, got {len(flat)}")
+        n = int(np.shape(flat[0])[0]) if flat else 0
+        out, k = [], 0
+        for call in self._state_specs:
+            group = []
+            for shape, _ in call:
+                a = np.asarray(flat[k], np.float32)
+                if a.shape != (n,) + tuple(shape):
+                    raise ValueError(f"state {k} has shape {a.shape}; expected {(n,) + shape}")
+                group.append(a.copy())
+                k += 1
+            out.append(group)
+        self._final_states = out
+
+    # ---------------------------------------------------------------------------- save / load
+    def save(self, path: str | os.PathLike) -> None:
+        """Save to a Keras ``.keras`` file: the model, optimizer state, hyper-parameters and the
+        kept streaming states. Load with :meth:`Estimator.load`; plain
+        ``keras.saving.load_model`` reads the model alone."""
+        self._check_fitted("save")
+        path = os.fspath(path)
+        if not path.endswith(".keras"):
+            raise ValueError(f"`path` must end in '.keras', got {path!r}")
+        if dist.get_comm(self.distributed).rank != 0:
+            return
+        params = {k: getattr(self, k) for k in self._DEFAULTS if k not in ("distributed",)}
+        params["metrics"] = [keras.metrics.serialize(keras.metrics.get(m)) if isinstance(m, str)
+                             else keras.metrics.serialize(m) for m in (params["metrics"] or [])]
+        meta = {"class": type(self).__name__, "params": params,
+                "loss": _serialize_loss(self.loss),
+                "n_features_in_": self.n_features_in_, "n_outputs_": self.n_outputs_,
+                "n_outputs_shapes_": [list(s) for s in self.n_outputs_shapes_],
+                "per_series": self._per_series, "history_": self.history_,
+                "state_specs": [[[list(shape), str(np.dtype(dtype.name if hasattr(dtype, "name")
+                                                         else dtype))]
+                                 for shape, dtype in call] for call in self._state_specs]}
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
+        os.close(fd)
+        try:
+            self.model_.save(tmp)
+            with zipfile.ZipFile(tmp, "a") as zf:
+                zf.writestr("keraseq.json", json.dumps(meta, default=_json_default))
+                if getattr(self, "_final_states", None) is not None:
+                    buf = io.BytesIO()
+                    np.savez(buf, *self._get_states())
+                    zf.writestr("keraseq_states.npz", buf.getvalue())
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, loss: Any = None, custom_objects=None) -> "Estimator":
+        """Load an estimator saved by :meth:`save` (Keras ``safe_mode``: no arbitrary code).
+
+        A callable loss cannot be stored: pass it again as ``loss``.
+        """
+        path = os.fspath(path)
+        with zipfile.ZipFile(path) as zf:
+            if "keraseq.json" not in zf.namelist():
+                raise ValueError(f"{path!r} is a Keras file without keraseq metadata; load the "
+                                 f"model with keras.saving.load_model and wrap it")
+            meta = json.loads(zf.read("keraseq.json"))
+            states = None
+            if "keraseq_states.npz" in zf.namelist():
+                with np.load(io.BytesIO(zf.read("keraseq_states.npz"))) as npz:
+                    states = [npz[f"arr_{k}"] for k in range(len(npz.files))]
+        model = keras.saving.load_model(path, custom_objects=custom_objects, safe_mode=True)
+        stored_loss = _deserialize_loss(meta["loss"])
+        if stored_loss is None and loss is None:
+            raise ValueError("this estimator was saved with a callable loss; pass it again: "
+                             "Estimator.load(path, loss=...)")
+        params = meta["params"]
+        params["metrics"] = [keras.metrics.deserialize(m) for m in params["metrics"]] or None
+        est = cls(model, loss if loss is not None else stored_loss, model.optimizer, **params)
+        est.model_ = model
+        est.optimizer_ = model.optimizer
+        est.n_features_in_ = meta["n_features_in_"]
+        est.n_outputs_ = meta["n_outputs_"]
+        est.n_outputs_shapes_ = [tuple(s) for s in meta["n_outputs_shapes_"]]
+        est.history_ = meta["history_"]
+        est._per_series = meta["per_series"]
+        est._state_specs = [[(tuple(shape), tf.as_dtype(dtype)) for shape, dtype in call]
+                            for call in meta["state_specs"]]
+        est._comm = dist.get_comm(est.distributed)
+        est._device_name = est._device(est._comm)
+        est._carry = StateCarry(model)
+        p = est._resolved()
+        est._steps, _ = est._build(model, model.optimizer, est._carry, est._state_specs,
+                                   est._per_series, p, est._comm, [])
+        est._final_states = None
+        if states is not None:
+            est._set_states(states)
+        return est
+
+
+def _x_dtype(xs):
+    return np.float32 if all(a.dtype.kind == "f" for a in xs) else None
+
+
+def _weights(w, per_series):
+    return np.asarray(w, np.float32)
+
+
+def _mask(rows_mask, t, per_series, time_mask):
+    if per_series:
+        return rows_mask
+    mask = np.repeat(rows_mask[:, None], t, axis=1)
+    if time_mask is not None:
+        mask = mask * time_mask[0]
+    return mask
+
+
+def _pad_rows(a, size):
+    a = np.asarray(a)
+    if a.shape[0] < size:
+        a = np.concatenate([a, np.zeros((size - a.shape[0],) + a.shape[1:], a.dtype)])
+    return a
+
+
+def _rebatch(xs, ys, ws, batch_size, seq_len):
+    """Cut each series into contiguous time pieces so that N * pieces fills ``batch_size``."""
+    n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
+    s = seq_len or t
+    k = max(1, min(batch_size // n, math.ceil(t / s)))
+    length = math.ceil(math.ceil(t / k) / s) * s
+    k = math.ceil(t / length)
+
+    def cut(a):
+        a = np.asarray(a)
+        pad = k * length - t
+        if pad:
+            a = np.concatenate([a, np.zeros((a.shape[0], pad) + a.shape[2:], a.dtype)], axis=1)
+        return a.reshape((a.shape[0], k, length) + a.shape[2:]).reshape(
+            (a.shape[0] * k, length) + a.shape[2:])
+
+    time_mask = cut(np.ones((n, t), np.float32))
+    if ws is not None:
+        w = np.asarray(ws[0], np.float32)
+        w = np.repeat(w[:, None], t, axis=1) if w.ndim == 1 else w
+        ws = (cut(w),)
+    return tuple(cut(a) for a in xs), tuple(cut(a) for a in ys), ws, time_mask
+
+
+def _callback_list(callbacks, model, p, n_steps, comm):
+    callbacks = list(callbacks or [])
+    if comm.rank != 0:
+        callbacks = [c for c in callbacks if not isinstance(c, dist.ROOT_ONLY_CALLBACKS)]
+    verbose = p["verbose"] if comm.rank == 0 else 0
+    return keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
+                                        model=model, verbose=verbose, epochs=p["epochs"],
+                                        steps=n_steps)
+
+
+def _serialize_loss(loss):
+    if is_window_loss(loss):
+        return None
+    if isinstance(loss, (list, tuple)):
+        return {"list": [_serialize_loss(item) for item in loss]}
+    if isinstance(loss, dict):
+        return {"dict": {k: _serialize_loss(v) for k, v in loss.items()}}
+    if isinstance(loss, str):
+        return {"name": loss}
+    return {"keras": keras.losses.serialize(loss)}
+
+
+def _deserialize_loss(meta):
+    if meta is None:
+        return None
+    if "list" in meta:
+        return [_deserialize_loss(m) for m in meta["list"]]
+    if "dict" in meta:
+        return {k: _deserialize_loss(m) for k, m in meta["dict"].items()}
+    if "name" in meta:
+        return meta["name"]
+    return keras.losses.deserialize(meta["keras"])
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot store {obj!r} in the keraseq metadata")

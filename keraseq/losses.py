@@ -1,0 +1,164 @@
+"""Losses for windows: ``seqloss`` and the per-window objectives the window loops optimise.
+
+What lives here: :func:`seqloss` (public) and the two objectives: one for any Keras loss (per
+output, like ``compile``), one for a user callable ``loss(model, x_window, y_window)``.
+What does not: the window loop itself (``windows.py``).
+
+An objective returns, for one window, ``(loss_sum, count, reg, y_pred, new_states)``:
+``loss_sum / count`` is the window's mean loss over its (unmasked) elements, with Keras's
+convention for sample weights (weighted sum divided by the number of elements), so that sums
+and counts add up exactly over minibatches and MPI ranks.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import keras
+import tensorflow as tf
+from keras import ops, tree
+
+__all__ = ["seqloss", "is_window_loss", "build_objective"]
+
+
+def seqloss(fn: Callable) -> Callable:
+    """A window loss built from a per-time-step loss ``fn(y_true_t, y_pred_t)``.
+
+    The returned ``loss(model, x, y)`` runs the model on the window and averages ``fn`` over
+    its time steps (and outputs, summed), exactly like the seed's ``seqloss(mse)``.
+
+    Example:
+        >>> import keras
+        >>> from keraseq import seqloss
+        >>> loss = seqloss(keras.losses.mean_squared_error)
+        >>> m = keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(1)])
+        >>> import numpy as np
+        >>> x, y = np.ones((2, 5, 3), "float32"), np.zeros((2, 5, 1), "float32")
+        >>> float(loss(m, x, y)) >= 0.0
+        True
+    """
+    if not callable(fn):
+        raise TypeError(f"seqloss: `fn` must be callable (y_true_t, y_pred_t) -> loss, got {fn!r}")
+
+    def loss(model, x, y, training=None):
+        y_pred = model(x, training=training)
+        total = 0.0
+        for yt, yp in zip(tree.flatten(y), tree.flatten(y_pred)):
+            yt = ops.cast(yt, yp.dtype)
+            per_t = tf.vectorized_map(lambda pair: fn(pair[0], pair[1]),
+                                      (ops.moveaxis(yt, 1, 0), ops.moveaxis(yp, 1, 0)))
+            total = total + ops.mean(per_t)
+        return total
+
+    loss.__name__ = f"seqloss({getattr(fn, '__name__', type(fn).__name__)})"
+    loss._keraseq_seqloss = fn
+    return loss
+
+
+def is_window_loss(loss: Any) -> bool:
+    """True for a callable ``loss(model, x, y)`` (three positional parameters), not a Keras loss."""
+    if isinstance(loss, (str, keras.losses.Loss, list, tuple, dict)) or not callable(loss):
+        return False
+    try:
+        params = [p for p in inspect.signature(loss).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.default is p.empty]
+    except (TypeError, ValueError):
+        return False
+    return len(params) == 3
+
+
+def _accepts_training(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _per_element(loss):
+    """Unreduced form of a Keras loss: string, function or ``Loss`` instance."""
+    if isinstance(loss, str):
+        loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        return loss.call
+    if callable(loss):
+        return loss
+    raise TypeError(f"`loss` must be a Keras loss (name, function or Loss), got {loss!r}")
+
+
+def resolve_output_losses(loss: Any, output_names: list[str]) -> list:
+    """Per-output unreduced loss functions (``None`` where an output has no loss)."""
+    n = len(output_names)
+    if isinstance(loss, dict):
+        unknown = set(loss) - set(output_names)
+        if unknown:
+            raise ValueError(f"`loss` names outputs {sorted(unknown)} that the model does not "
+                             f"have; its outputs are {output_names}")
+        return [(_per_element(loss[name]) if loss.get(name) is not None else None)
+                for name in output_names]
+    if isinstance(loss, (list, tuple)):
+        if len(loss) != n:
+            raise ValueError(f"`loss` is a list of {len(loss)} losses but the model has {n} "
+                             f"outputs {output_names}")
+        return [(_per_element(item) if item is not None else None) for item in loss]
+    return [_per_element(loss)] * n
+
+
+def build_objective(model: keras.Model, loss: Any, output_names: list[str],
+                    loss_weights: list[float] | None = None) -> Callable:
+    """The per-window objective for ``loss`` (see the module docstring)."""
+    unpack = (lambda a: a[0] if len(a) == 1 else tuple(a))
+
+    def regularisation():
+        return ops.cast(ops.sum([ops.sum(v) for v in model.losses]), "float32") \
+            if model.losses else tf.constant(0.0)
+
+    if is_window_loss(loss):
+        pass_training = _accepts_training(loss)
+
+        def objective(forward, xw, yw, ww, mw, training, states):
+            def call():
+                if pass_training:
+                    return loss(model, unpack(xw), unpack(yw), training=training)
+                return loss(model, unpack(xw), unpack(yw))
+
+            value, new_states = forward(states, call)
+            value = ops.cast(value, "float32")
+            rows = tf.cast(tf.shape(xw[0])[0], tf.float32)
+            if mw is not None:
+                rows = tf.reduce_sum(mw if len(mw.shape) == 1 else mw[:, 0])
+            loss_sum = tf.where(rows > 0, value * rows, 0.0)
+            return loss_sum, rows, regularisation(), None, new_states
+
+        objective.needs_exact_rows = True
+        return objective
+
+    fns = resolve_output_losses(loss, output_names)
+    weights = loss_weights or [1.0] * len(fns)
+
+    def objective(forward, xw, yw, ww, mw, training, states):
+        y_pred, new_states = forward(states, lambda: model(unpack(xw), training=training))
+        preds = tree.flatten(y_pred)
+        loss_sum = tf.constant(0.0)
+        count = None
+        for fn, weight, yt, yp in zip(fns, weights, yw, preds):
+            if fn is None:
+                continue
+            values = ops.cast(fn(ops.cast(yt, yp.dtype), yp), "float32")
+            target_rank = len(yp.shape) - 1  # (B, T) per step, (B,) per series
+            while len(values.shape) > target_rank:
+                values = ops.mean(values, axis=-1)
+            if ww is not None:
+                values = values * ww
+            if mw is not None:
+                values = values * mw
+                c = tf.reduce_sum(mw)
+            else:
+                c = tf.cast(tf.size(values), tf.float32)
+            loss_sum = loss_sum + weight * tf.reduce_sum(values)
+            count = c
+        return loss_sum, count, regularisation(), y_pred, new_states
+
+    objective.needs_exact_rows = False
+    return objective

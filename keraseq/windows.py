@@ -1,0 +1,373 @@
+"""Truncated backpropagation through time: state carry and the compiled window loops.
+
+What lives here: :class:`StateCarry`, which makes every Keras ``RNN`` layer of a plain
+(non-stateful, any batch size) model start a window from the state the previous window ended in,
+and :func:`build_step_functions`, the TensorFlow-specific part of training: one compiled graph
+call per minibatch runs all its windows ``[0:S], [S:2S], ...`` (forward, loss, gradient,
+optimizer update) in a symbolic ``tf.while_loop``, so the graph, and the XLA compile time, does
+not grow with the number of windows.
+
+What does not live here: batching over N, validation, callbacks and history (``estimator.py``),
+reading the data (``batches.py``) and MPI (``distributed.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+__all__ = ["StateCarry", "StepFunctions", "build_step_functions", "find_rnn_layers"]
+
+
+def find_rnn_layers(model: keras.Model) -> list:
+    """Every ``keras.layers.RNN`` inside ``model`` (recursively, Bidirectional halves included)."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.RNN)
+    ]
+
+
+class StateCarry:
+    """Thread recurrent states through successive calls of a Keras model.
+
+    While active (``with carry:``), each RNN layer call that would start from its default
+    (zero) initial state starts instead from ``carry.feed(states)``'s entry for that call, and the
+    state it ends in is collected (``carry.collected()``), in call order. A layer given an
+    explicit ``initial_state`` by the model's own code is left alone. Layers the user made
+    ``stateful=True`` are run as non-stateful while active (their fixed batch size no longer
+    matters) and restored on exit.
+
+    It patches the layer *instances* (``get_initial_state`` and ``inner_loop``), so cuDNN and
+    XLA paths of ``LSTM``/``GRU`` stay as Keras wrote them.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True)])
+        >>> carry = StateCarry(m)
+        >>> x = np.random.rand(4, 6, 2).astype("float32")
+        >>> with carry:
+        ...     carry.feed(None); y1 = m(x[:, :3]); s = carry.collected()
+        ...     carry.feed(s); y2 = m(x[:, 3:])
+        >>> bool(np.allclose(np.concatenate([y1, y2], 1), m(x), atol=1e-5))
+        True
+    """
+
+    def __init__(self, model: keras.Model):
+        self.layers = find_rnn_layers(model)
+        self._incoming: list | None = None
+        self._outgoing: list = []
+        self._depth = 0
+        self._saved_stateful: list[bool] = []
+
+    # -- protocol used by the step functions -------------------------------------------------
+    def feed(self, states: Sequence[Sequence[Any]] | None) -> None:
+        """Set the states the next model call starts from (``None``: default zero states)."""
+        self._incoming = None if states is None else list(states)
+        self._outgoing = []
+
+    def collected(self) -> list[list[Any]]:
+        """The final states of the RNN calls since the last :meth:`feed`, in call order."""
+        return list(self._outgoing)
+
+    # -- context manager: patch / unpatch ------------------------------------------------------
+    def __enter__(self) -> "StateCarry":
+        self._depth += 1
+        if self._depth == 1:
+            self._saved_stateful = [layer.stateful for layer in self.layers]
+            for layer in self.layers:
+                self._patch(layer)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for layer, stateful in zip(self.layers, self._saved_stateful):
+                for name in ("get_initial_state", "inner_loop", "_keraseq_default"):
+                    if name in layer.__dict__:
+                        object.__delattr__(layer, name)
+                object.__setattr__(layer, "stateful", stateful)
+
+    def _patch(self, layer) -> None:
+        carry = self
+        orig_init = layer.get_initial_state  # bound methods of the class
+        orig_loop = layer.inner_loop
+
+        def get_initial_state(batch_size):
+            object.__setattr__(layer, "_keraseq_default", True)
+            return orig_init(batch_size)
+
+        def inner_loop(sequences, initial_state, mask, training=False):
+            if not layer.__dict__.get("_keraseq_default", False):
+                return orig_loop(sequences=sequences, initial_state=initial_state,
+                                 mask=mask, training=training)
+            object.__setattr__(layer, "_keraseq_default", False)
+            index = len(carry._outgoing)
+            if carry._incoming is not None:
+                if index >= len(carry._incoming):
+                    raise RuntimeError(
+                        "keraseq: the model called its recurrent layers more often in this "
+                        "window than in the first one; state carry needs the same call order "
+                        "in every window.")
+                flat_default = tree.flatten(initial_state)
+                flat = [tf.cast(s, d.dtype) for s, d in zip(carry._incoming[index], flat_default)]
+                initial_state = tree.pack_sequence_as(initial_state, flat)
+            last, outputs, states = orig_loop(sequences=sequences, initial_state=initial_state,
+                                              mask=mask, training=training)
+            carry._outgoing.append(list(tree.flatten(states)))
+            return last, outputs, states
+
+        object.__setattr__(layer, "stateful", False)
+        object.__setattr__(layer, "get_initial_state", get_initial_state)
+        object.__setattr__(layer, "inner_loop", inner_loop)
+
+
+class StepFunctions:
+    """The compiled per-minibatch functions built by :func:`build_step_functions`."""
+
+    def __init__(self, train, evaluate, predict, exact_rows=False):
+        #: True when minibatches must not be padded (a callable loss sees every row).
+        self.exact_rows = exact_rows
+        self.train = train
+        self.evaluate = evaluate
+        self.predict = predict
+
+
+def _slice_time(a, start, length):
+    """``a[:, start:start+length]`` with a static window length (XLA friendly)."""
+    if a is None:
+        return None
+    rank = len(a.shape)
+    begin = [0, start] + [0] * (rank - 2)
+    size = [-1, length] + [-1] * (rank - 2)
+    return tf.slice(a, tf.stack([tf.cast(b, tf.int32) for b in begin]), size)
+
+
+def build_step_functions(
+    model: keras.Model,
+    carry: StateCarry,
+    state_specs: list[list[tuple[tuple, Any]]],
+    objective: Callable,
+    optimizer: keras.optimizers.Optimizer | None,
+    metrics: list,
+    seq_len: int | None,
+    per_series: bool,
+    jit_compile: bool,
+    allreduce: Callable | None = None,
+) -> StepFunctions:
+    """Build the three compiled minibatch functions.
+
+    ``objective(forward, xw, yw, ww, mw, training, states)`` returns
+    ``(loss_sum, count, reg, y_pred, new_states)`` for one window (see ``losses.py``):
+    ``loss_sum / count`` is the window's mean loss, ``count`` the number of loss elements that
+    are not masked, ``reg`` the regularisation losses; ``forward(states, fn)`` runs ``fn()``
+    (which calls the model) starting from ``states`` and returns ``(fn(), new_states)``. ``state_specs`` gives, per RNN call, the per-series shapes and dtypes
+    of its states (probed once on real data).
+
+    ``train(x, y, w, m, h0)`` runs every window of one minibatch: forward, loss, gradient,
+    optional ``allreduce`` of the fused gradient buffer, optimizer update; it skips (and
+    reports) the first window whose loss or gradient is not finite and every window after it,
+    so the weights stay those from before the bad update. ``h0`` is the initial state (``None``:
+    zeros). It returns ``(loss_sum, count, bad_window)`` with ``bad_window = -1`` when all were
+    finite.
+    """
+    trainable = model.trainable_variables
+    # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already.
+    apply_grads = None if optimizer is None else getattr(optimizer, "apply_reduced",
+                                                        optimizer.apply)
+    metric_vars = [v for m in metrics for v in m.variables]
+
+    def zero_states(batch):
+        return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
+                for spec in state_specs]
+
+    def windows_of(T):
+        S = T if seq_len is None else min(seq_len, T)
+        return S, T // S, T - (T // S) * S
+
+    def forward(states, fn):
+        """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
+        carry.feed(states)
+        result = fn()
+        return result, [[tf.stop_gradient(s) for s in c] for c in carry.collected()]
+
+    def run_model(xw, states, training):
+        return forward(states, lambda: model(xw if len(xw) > 1 else xw[0], training=training))
+
+    def update_metrics(yw, y_pred, ww, mw):
+        if not metrics:
+            return
+        preds = tree.flatten(y_pred)
+        for k, metric in enumerate(metrics):
+            out = k % len(preds) if len(preds) > 1 else 0
+            out = getattr(metric, "_keraseq_output", out)
+            sw = None
+            if ww is not None or mw is not None:
+                sw = ww if mw is None else (mw if ww is None else ww * mw)
+            metric.update_state(yw[out], preds[out], sample_weight=sw)
+
+    # ----------------------------------------------------------------------------------- train
+    def train_window(xw, yw, ww, mw, states, acc, learn):
+        loss_acc, count_acc, bad, step = acc
+        with tf.GradientTape() as tape:
+            loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, True,
+                                                                 states)
+            mean = loss_sum / tf.maximum(count, 1.0) + reg
+        if learn:
+            grads = tape.gradient(mean, trainable)
+            grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                     for g, v in zip(grads, trainable)]
+            finite = tf.math.is_finite(loss_sum)
+            for g in grads:
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+            if allreduce is not None:
+                grads, finite = allreduce(grads, count, finite)
+            ok = tf.logical_and(finite, bad < 0)
+
+            def apply():
+                apply_grads(grads, trainable)
+                return tf.constant(0)
+
+            tf.cond(ok, apply, lambda: tf.constant(0))
+            bad = tf.where(tf.logical_or(ok, bad >= 0), bad, step)
+        else:
+            ok = bad < 0
+        if learn:
+            update_metrics(yw, y_pred, ww, mw)
+            loss_acc = loss_acc + tf.where(ok, loss_sum + reg * count, 0.0)
+            count_acc = count_acc + tf.where(ok, count, 0.0)
+        return new_states, (loss_acc, count_acc, bad, step + 1)
+
+    def loop(x, y, w, m, h0, window_fn, per_series_last_only):
+        """Run ``window_fn`` over the windows of a minibatch; returns (states, acc)."""
+        T = x[0].shape[1]
+        S, n_full, tail = windows_of(T)
+        batch = tf.shape(x[0])[0]
+        states = zero_states(batch) if h0 is None else h0
+        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
+        n_windows = n_full + (1 if tail else 0)
+
+        def cut(arrays, start, length, time_axis=True):
+            if arrays is None:
+                return None
+            return tuple(_slice_time(a, start, length) if time_axis else a for a in arrays)
+
+        def window(start, length, states, acc, is_last):
+            xw = cut(x, start, length)
+            if per_series:
+                yw = y if is_last else None
+                ww = w[0] if (w is not None and is_last) else None
+                mw = m[0] if (m is not None and is_last) else None
+            else:
+                yw = cut(y, start, length)
+                ww = cut(w, start, length)[0] if w is not None else None
+                mw = cut(m, start, length)[0] if m is not None else None
+            return window_fn(xw, yw, ww, mw, states, acc, is_last)
+
+        # Full windows run in a symbolic loop: the graph holds one copy of the window step.
+        # With per-series targets the last window is the only one with a loss, so it is
+        # peeled off the loop.
+        loop_windows = n_full - (1 if (per_series_last_only and not tail) else 0)
+        if loop_windows > 0:
+            def body(i, states, acc):
+                states, acc = window(i * S, S, states, acc, False)
+                return i + 1, states, acc
+
+            _, states, acc = tf.while_loop(
+                lambda i, *_: i < loop_windows, body, (tf.constant(0), states, acc),
+                maximum_iterations=loop_windows)
+        if loop_windows < n_windows:
+            start = loop_windows * S
+            states, acc = window(start, T - start if tail and loop_windows == n_full else S,
+                                 states, acc, True)
+        return states, acc
+
+    def train(x, y, w, m, h0):
+        def window_fn(xw, yw, ww, mw, states, acc, is_last):
+            if per_series and not is_last:
+                _, new_states = run_model(xw, states, True)
+                return new_states, acc
+            return train_window(xw, yw, ww, mw, states, acc, True)
+
+        _, acc = loop(x, y, w, m, h0, window_fn, per_series)
+        return acc[0], acc[1], acc[2]
+
+    # -------------------------------------------------------------------------------- evaluate
+    def evaluate(x, y, w, m, h0):
+        def window_fn(xw, yw, ww, mw, states, acc, is_last):
+            if per_series and not is_last:
+                _, new_states = run_model(xw, states, False)
+                return new_states, acc
+            loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, False,
+                                                                 states)
+            update_metrics(yw, y_pred, ww, mw)
+            loss_acc, count_acc, bad, step = acc
+            return new_states, (loss_acc + loss_sum + reg * count,
+                                           count_acc + count, bad, step + 1)
+
+        _, acc = loop(x, y, w, m, h0, window_fn, per_series)
+        return acc[0], acc[1]
+
+    # --------------------------------------------------------------------------------- predict
+    def predict(x, h0):
+        T = x[0].shape[1]
+        S, n_full, tail = windows_of(T)
+        batch = tf.shape(x[0])[0]
+        states = zero_states(batch) if h0 is None else h0
+        out_specs = None
+        outs_full = None
+        if n_full > 0:
+            # Trace one window outside the loop to learn the output structure.
+            def step(xw, states):
+                y_pred, new_states = run_model(xw, states, False)
+                return tree.flatten(y_pred), new_states
+
+            xw0 = tuple(_slice_time(a, 0, S) for a in x)
+            first, states = step(xw0, states)
+            out_specs = [(p.shape[1:], p.dtype) for p in first]
+            if n_full > 1:
+                arrays = [tf.TensorArray(p.dtype, size=n_full - 1, element_shape=None)
+                          for p in first]
+
+                def body(i, states, arrays):
+                    xw = tuple(_slice_time(a, (i + 1) * S, S) for a in x)
+                    preds, states = step(xw, states)
+                    arrays = [ta.write(i, p) for ta, p in zip(arrays, preds)]
+                    return i + 1, states, arrays
+
+                _, states, arrays = tf.while_loop(
+                    lambda i, *_: i < n_full - 1, body, (tf.constant(0), states, arrays),
+                    maximum_iterations=n_full - 1)
+                outs_full = []
+                for p, ta in zip(first, arrays):
+                    rest = ta.stack()  # (n_full - 1, B, S, ...) or (n_full - 1, B, ...)
+                    if len(p.shape) >= 3:
+                        perm = [1, 0] + list(range(2, len(rest.shape)))
+                        rest = tf.transpose(rest, perm)
+                        shape = tf.concat([[batch, (n_full - 1) * S], tf.shape(rest)[3:]], 0)
+                        outs_full.append(tf.concat([p, tf.reshape(rest, shape)], axis=1))
+                    else:
+                        outs_full.append(rest[-1])
+            else:
+                outs_full = first
+        if tail:
+            xw = tuple(_slice_time(a, n_full * S, tail) for a in x)
+            y_pred, states = run_model(xw, states, False)
+            preds = tree.flatten(y_pred)
+            if outs_full is None:
+                outs_full = preds
+            else:
+                outs_full = [tf.concat([a, p], axis=1) if len(p.shape) >= 3 else p
+                             for a, p in zip(outs_full, preds)]
+        return tuple(outs_full), states
+
+    compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
+    return StepFunctions(
+        train=compile_(train) if optimizer is not None else None,
+        evaluate=compile_(evaluate),
+        predict=compile_(predict),
+        exact_rows=getattr(objective, "needs_exact_rows", False),
+    )

@@ -1,0 +1,25 @@
+"""Shared fixtures: quiet TensorFlow, small data, small models."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def lstm_model(features=3, units=8, outputs=1, cell="LSTM", seed=0):
+    keras.utils.set_random_seed(seed)
+    layer = getattr(keras.layers, cell)
+    return keras.Sequential([keras.Input((None, features)),
+                             layer(units, return_sequences=True),
+                             keras.layers.Dense(outputs)])
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 25, 3)).astype("float32")
+    y = np.cumsum(x[..., :1], axis=1) / 5.0
+    return x, y.astype("float32")
