@@ -1,0 +1,540 @@
+"""HDF5 data utilities for keraseq: combining many HDF5 files into one.
+
+What lives here
+---------------
+* :func:`h5concat` -- stack every same-named dataset of several HDF5 files
+  along one axis into a new file, either as an HDF5 *virtual dataset*
+  (no data copied) or as a real, chunk-by-chunk copy with bounded memory.
+* :func:`main` -- the command line, ``python -m keraseq.data concat ...``.
+
+What does not live here
+-----------------------
+Nothing about models, training, batching or windowing of sequences: this
+module only handles files.  It deliberately imports nothing from the rest of
+``keraseq`` (only ``numpy`` and ``h5py``), so it can be used, and its command
+line run, on a machine that only prepares data.
+
+Example
+-------
+>>> import os, tempfile, numpy as np, h5py
+>>> from keraseq.data import h5concat
+>>> d = tempfile.mkdtemp()
+>>> for i in range(2):
+...     with h5py.File(os.path.join(d, f"part{i}.h5"), "w") as f:
+...         f["x"] = np.full((2, 3), i, dtype="float32")
+>>> parts = [os.path.join(d, f"part{i}.h5") for i in range(2)]
+>>> h5concat(os.path.join(d, "all.h5"), parts)
+>>> with h5py.File(os.path.join(d, "all.h5"), "r") as f:
+...     f["x"].shape, f["x"].is_virtual
+((4, 3), True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import math
+import operator
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import h5py
+import numpy as np
+
+__all__ = ["h5concat", "main", "DEFAULT_BLOCK_BYTES"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Default memory budget of one block read/written by ``h5concat(virtual=False)``.
+DEFAULT_BLOCK_BYTES: int = 64 * 2**20
+
+
+# ---------------------------------------------------------------------------
+# Inventory of a source file
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DsetInfo:
+    """What :func:`h5concat` needs to know about one source dataset."""
+
+    shape: tuple[int, ...] | None  # None for an HDF5 "empty" (null) dataset
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+    maxshape: tuple[int | None, ...] | None
+
+
+def _kind_name(kind: str) -> str:
+    return {
+        "group": "a group",
+        "softlink": "a soft link",
+        "extlink": "an external link",
+        "datatype": "a named datatype",
+        "dataset": "a dataset",
+    }[kind]
+
+
+def _inventory(f: h5py.File) -> dict[str, tuple[str, Any]]:
+    """Map every path of ``f`` to ``(kind, detail)``, in pre-order.
+
+    Soft and external links are recorded, not followed; a group reachable
+    through several hard links is descended into only once.
+    """
+    entries: dict[str, tuple[str, Any]] = {}
+    seen_groups = {f["/"].id}
+
+    def walk(group: h5py.Group) -> None:
+        prefix = group.name.rstrip("/")
+        for name in group:
+            path = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.SoftLink):
+                entries[path] = ("softlink", link.path)
+                continue
+            if isinstance(link, h5py.ExternalLink):
+                entries[path] = ("extlink", (link.filename, link.path))
+                continue
+            obj = group[name]
+            if isinstance(obj, h5py.Dataset):
+                entries[path] = (
+                    "dataset",
+                    _DsetInfo(obj.shape, obj.dtype, obj.chunks, obj.maxshape),
+                )
+            elif isinstance(obj, h5py.Group):
+                entries[path] = ("group", None)
+                if obj.id not in seen_groups:
+                    seen_groups.add(obj.id)
+                    walk(obj)
+            else:  # h5py.Datatype
+                entries[path] = ("datatype", None)
+
+    walk(f["/"])
+    return entries
+
+
+def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
+    # h5py marks vlen str/bytes and string encodings in dtype metadata, which
+    # numpy's == ignores.
+    return a == b and dict(a.metadata or {}) == dict(b.metadata or {})
+
+
+def _drop(shape: tuple[int, ...], ax: int) -> tuple[int, ...]:
+    return shape[:ax] + shape[ax + 1 :]
+
+
+def _check_dst_not_a_source(dst: str, srcs: Sequence[str]) -> None:
+    dst_real = os.path.realpath(dst)
+    for src in srcs:
+        same = os.path.realpath(src) == dst_real
+        if not same and os.path.exists(dst) and os.path.exists(src):
+            same = os.path.samefile(dst, src)
+        if same:
+            raise ValueError(
+                f"destination {dst!r} is also a source ({src!r}); "
+                "write the concatenation to a new file"
+            )
+
+
+def _plan(
+    srcs: Sequence[str], axis: int
+) -> tuple[dict[str, tuple[str, Any]], dict[str, list[_DsetInfo]], dict[str, int]]:
+    """Inventory all sources and validate them; nothing is written.
+
+    Returns the first source's inventory, every dataset's per-source info and
+    each dataset's normalised axis.
+    """
+    inventories = []
+    for src in srcs:
+        with h5py.File(src, "r") as f:
+            inventories.append(_inventory(f))
+
+    # Every dataset path of any source, the first source's order first.
+    dset_paths: dict[str, int] = {}
+    for i, inv in enumerate(inventories):
+        for path, (kind, _) in inv.items():
+            if kind == "dataset":
+                dset_paths.setdefault(path, i)
+
+    infos: dict[str, list[_DsetInfo]] = {}
+    axes: dict[str, int] = {}
+    for path, owner in dset_paths.items():
+        for src, inv in zip(srcs, inventories):
+            kind = inv.get(path, ("missing", None))[0]
+            if kind != "dataset":
+                what = ("it is " + _kind_name(kind)) if kind != "missing" else "no such path"
+                raise ValueError(
+                    f"dataset {path!r} is missing from {src!r} ({what} there; "
+                    f"the dataset exists in {srcs[owner]!r}): every source must "
+                    "hold the same datasets"
+                )
+        per_src = [inv[path][1] for inv in inventories]
+        first = per_src[0]
+        rank = 0 if first.shape is None else len(first.shape)
+        ax = axis + rank if axis < 0 else axis
+        if not 0 <= ax < rank:
+            raise ValueError(
+                f"axis {axis} is out of range for dataset {path!r} of rank {rank} "
+                f"(shape {first.shape}) in {srcs[0]!r}"
+            )
+        for src, info in zip(srcs[1:], per_src[1:]):
+            if not _same_dtype(info.dtype, first.dtype):
+                raise ValueError(
+                    f"dtype mismatch for dataset {path!r}: {srcs[0]!r} has "
+                    f"{first.dtype}, {src!r} has {info.dtype}"
+                )
+            shape = info.shape or ()
+            others, first_others = _drop(shape, ax), _drop(first.shape, ax)
+            if len(shape) != rank or others != first_others:
+                raise ValueError(
+                    f"shape mismatch for dataset {path!r} (all dimensions but "
+                    f"axis {ax} must agree): {srcs[0]!r} has {first.shape}, "
+                    f"{src!r} has {info.shape}"
+                )
+        infos[path] = per_src
+        axes[path] = ax
+    return inventories[0], infos, axes
+
+
+# ---------------------------------------------------------------------------
+# Copy helpers
+# ---------------------------------------------------------------------------
+
+
+def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
+    """Copy all attributes, keeping their HDF5 dtype and shape."""
+    for name in src.attrs:
+        aid = src.attrs.get_id(name)
+        if h5py.check_dtype(ref=aid.dtype) is not None:
+            warnings.warn(
+                f"attribute {name!r} of {src.name!r} holds object references into "
+                "the source file; not copied",
+                stacklevel=3,
+            )
+            continue
+        value = src.attrs[name]
+        if isinstance(value, h5py.Empty):
+            dst.attrs[name] = value
+        else:
+            dst.attrs.create(name, value, shape=aid.shape, dtype=aid.dtype)
+
+
+def _iter_blocks(
+    shape: tuple[int, ...],
+    itemsize: int,
+    block_bytes: int,
+    chunks: tuple[int, ...] | None = None,
+) -> Iterator[tuple[slice, ...]]:
+    """Yield selections that tile an array of ``shape``, each at most ``block_bytes``.
+
+    Blocks run along axis 0 (whole trailing dimensions per block) whenever a
+    single index of axis 0 fits the budget; otherwise the split moves to the
+    first axis whose trailing "rows" fit (a block is never smaller than one
+    element).  When the source is chunked, block extents along the split axis
+    are rounded down to a multiple of its chunk size where possible.
+
+    >>> [s[0] for s in _iter_blocks((5, 2), itemsize=4, block_bytes=16)]
+    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    if not shape or math.prod(shape) == 0:
+        if not shape:
+            yield ()
+        return
+    block_bytes = max(int(block_bytes), 1)
+    ndim = len(shape)
+    row_bytes = [itemsize * math.prod(shape[k + 1 :]) for k in range(ndim)]
+    k = next((k for k in range(ndim) if row_bytes[k] <= block_bytes), ndim - 1)
+    step = min(max(1, block_bytes // row_bytes[k]), shape[k])
+    if chunks is not None and chunks[k] <= step:
+        step -= step % chunks[k]
+    outer = itertools.product(*(range(n) for n in shape[:k]))
+    tail = (slice(None),) * (ndim - k - 1)
+    for idx in outer:
+        head = tuple(slice(i, i + 1) for i in idx)
+        for start in range(0, shape[k], step):
+            yield head + (slice(start, min(start + step, shape[k])),) + tail
+
+
+def _fillvalue(dset: h5py.Dataset) -> Any:
+    """The dataset's fill value where it is a plain number, else None (default)."""
+    return dset.fillvalue if dset.dtype.kind in "biufc" else None
+
+
+def _create_copy_target(
+    out: h5py.File, path: str, first: h5py.Dataset, shape: tuple[int, ...]
+) -> h5py.Dataset:
+    """Create the (empty) destination dataset with the first source's storage."""
+    if first.chunks is None:  # contiguous / compact / virtual first source
+        return out.create_dataset(
+            path, shape=shape, dtype=first.dtype, fillvalue=_fillvalue(first)
+        )
+    maxshape = tuple(
+        None if m is None else n for m, n in zip(first.maxshape, shape)
+    )
+    # Copying the creation property list keeps every filter (including
+    # plugin filters h5py has no name for), fill value and fill time.
+    return out.create_dataset(
+        path,
+        shape=shape,
+        dtype=first.dtype,
+        chunks=first.chunks,
+        maxshape=maxshape,
+        dcpl=first.id.get_create_plist(),
+    )
+
+
+def _copy_blocks(
+    src: h5py.Dataset, dst: h5py.Dataset, ax: int, offset: int, block_bytes: int
+) -> None:
+    """Copy ``src`` into ``dst`` at ``offset`` along ``ax``, one bounded block at a time."""
+    for sel in _iter_blocks(src.shape, src.dtype.itemsize, block_bytes, src.chunks):
+        start, stop, _ = sel[ax].indices(src.shape[ax])
+        dst[sel[:ax] + (slice(offset + start, offset + stop),) + sel[ax + 1 :]] = src[sel]
+
+
+def _vds_path(src: str, dst: str) -> str:
+    """Source file name to store in a virtual dataset of ``dst``.
+
+    Relative to ``dst``'s folder when ``src`` lies in that folder or below it
+    (HDF5 resolves such names against the virtual file's own folder, so the
+    folder can be moved as a whole), else absolute.
+    """
+    src_abs = os.path.abspath(src)
+    try:
+        rel = os.path.relpath(src_abs, os.path.dirname(os.path.abspath(dst)))
+    except ValueError:  # e.g. another drive on Windows
+        return src_abs
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+        return src_abs
+    return rel
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def h5concat(
+    dst: PathLike,
+    srcs: Sequence[PathLike],
+    axis: int = 0,
+    virtual: bool = True,
+    *,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+) -> None:
+    """Stack every same-named dataset of the HDF5 files ``srcs`` along ``axis`` into ``dst``.
+
+    Datasets are found recursively in groups and matched by their full path
+    (``/x``, ``/labels/y``, ...); dataset ``/p`` of ``dst`` equals
+    ``numpy.concatenate([f[p] for f in srcs], axis=axis)``.
+
+    Parameters
+    ----------
+    dst:
+        Output file; created, or overwritten if it exists.  It must not be one
+        of the sources.
+    srcs:
+        Source files, in concatenation order (at least one).
+    axis:
+        Axis to stack along.  Negative values count from the end and are
+        normalised per dataset rank (``-1`` is the last axis of each
+        dataset).  All other dimensions, and the dtypes, must agree.
+    virtual:
+        ``True`` (default): each output dataset is an HDF5 *virtual dataset*
+        mapping the source datasets; nothing is copied and ``dst`` is tiny.
+        Sources are referenced by file name and are read every time ``dst``
+        is read, so **the sources must stay in place** (and must not be
+        rewritten with other shapes).  A source in ``dst``'s folder or below
+        is stored by its path relative to that folder (HDF5 looks such paths
+        up relative to the virtual file's folder, so the folder may be moved
+        or copied as a whole); any other source is stored by absolute path.
+        Beware: when a source cannot be found at read time, HDF5 returns the
+        fill value (zeros) for its part instead of raising.  The environment
+        variable ``HDF5_VDS_PREFIX`` overrides where relative names are
+        looked up.
+        ``False``: the data is copied block by block into real datasets, never
+        holding more than about ``block_bytes`` of one dataset in memory.  The
+        output dataset takes the chunk shape, filters (compression, shuffle,
+        checksum, ...), fill value and unlimited dimensions of the *first*
+        source when that one is chunked; otherwise it is contiguous.
+    block_bytes:
+        Memory budget of one block in copy mode (default 64 MiB).  Blocks
+        span whole trailing dimensions and run along axis 0; they are aligned
+        to the source's chunks when possible.
+
+    Besides datasets, the first source's attributes (of the root, groups and
+    datasets), groups, soft links, external links (verbatim) and named
+    datatypes are copied once.  Non-dataset objects of the other sources are
+    ignored.  Attributes holding object references are skipped with a
+    warning.
+
+    Raises
+    ------
+    ValueError
+        ``srcs`` is empty; ``dst`` is one of ``srcs``; a dataset is missing
+        from some source; dtypes or shapes (all dimensions but ``axis``) of a
+        dataset disagree; ``axis`` is out of range for a dataset's rank
+        (including scalar datasets, which cannot be stacked).  The message
+        names the dataset and the file(s).  Everything is checked before
+        ``dst`` is opened, so an invalid call leaves ``dst`` untouched.
+    OSError
+        A source cannot be opened, or ``dst`` cannot be written (a partly
+        written ``dst`` is removed).
+
+    Example
+    -------
+    >>> import os, tempfile, numpy as np, h5py
+    >>> d = tempfile.mkdtemp()
+    >>> srcs = []
+    >>> for i in range(3):
+    ...     srcs.append(os.path.join(d, f"s{i}.h5"))
+    ...     with h5py.File(srcs[-1], "w") as f:
+    ...         f["x"] = np.arange(6, dtype="float32").reshape(1, 2, 3) + i
+    ...         f["meta/n"] = np.array([[i]])
+    >>> h5concat(os.path.join(d, "time.h5"), srcs, axis=1, virtual=False)
+    >>> with h5py.File(os.path.join(d, "time.h5"), "r") as f:
+    ...     f["x"].shape, f["meta/n"][()].tolist()
+    ((1, 6, 3), [[0, 1, 2]])
+    """
+    if isinstance(srcs, (str, bytes, os.PathLike)):
+        raise TypeError("srcs must be a sequence of file names, not a single name")
+    srcs = [os.fspath(s) for s in srcs]
+    dst = os.fspath(dst)
+    if not srcs:
+        raise ValueError("h5concat needs at least one source file (srcs is empty)")
+    if isinstance(axis, bool):
+        raise TypeError("axis must be an int, not bool")
+    axis = operator.index(axis)
+    _check_dst_not_a_source(dst, srcs)
+
+    first_inv, infos, axes = _plan(srcs, axis)
+
+    created = False
+    try:
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(h5py.File(dst, "w"))
+            created = True
+            f0 = stack.enter_context(h5py.File(srcs[0], "r"))
+            _copy_attrs(f0["/"], out["/"])
+            targets: dict[str, h5py.Dataset] = {}
+            for path, (kind, detail) in first_inv.items():
+                if kind == "group":
+                    _copy_attrs(f0[path], out.require_group(path))
+                elif kind == "softlink":
+                    out[path] = h5py.SoftLink(detail)
+                elif kind == "extlink":
+                    out[path] = h5py.ExternalLink(*detail)
+                elif kind == "datatype":
+                    parent, name = path.rsplit("/", 1)
+                    f0.copy(f0[path], out.require_group(parent or "/"), name=name)
+            for path, per_src in infos.items():
+                ax = axes[path]
+                first = f0[path]
+                shape = list(per_src[0].shape)
+                shape[ax] = sum(info.shape[ax] for info in per_src)
+                shape = tuple(shape)
+                if virtual:
+                    layout = h5py.VirtualLayout(shape=shape, dtype=first.dtype)
+                    offset = 0
+                    for src, info in zip(srcs, per_src):
+                        n = info.shape[ax]
+                        if n:
+                            vsrc = h5py.VirtualSource(
+                                _vds_path(src, dst), name=path, shape=info.shape, dtype=info.dtype
+                            )
+                            sel = (slice(None),) * ax + (slice(offset, offset + n),)
+                            layout[sel] = vsrc
+                        offset += n
+                    dset = out.create_virtual_dataset(path, layout, fillvalue=_fillvalue(first))
+                else:
+                    dset = _create_copy_target(out, path, first, shape)
+                    targets[path] = dset
+                _copy_attrs(first, dset)
+            if not virtual:
+                # One source open at a time; each copies into its slot of every target.
+                offsets = dict.fromkeys(infos, 0)
+                for src in srcs:
+                    with h5py.File(src, "r") as f:
+                        for path, dset in targets.items():
+                            ax = axes[path]
+                            _copy_blocks(f[path], dset, ax, offsets[path], block_bytes)
+                            offsets[path] += f[path].shape[ax]
+    except BaseException:
+        if created:  # never remove a file we could not even open
+            try:
+                os.remove(dst)
+            except OSError:
+                pass
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 ok, 2 error).
+
+    ``python -m keraseq.data concat OUT.h5 IN1.h5 IN2.h5 ... [--axis 0] [--copy]``
+
+    >>> import os, tempfile, numpy as np, h5py
+    >>> d = tempfile.mkdtemp()
+    >>> ins = [os.path.join(d, n) for n in ("a.h5", "b.h5")]
+    >>> for p in ins:
+    ...     with h5py.File(p, "w") as f:
+    ...         f["x"] = np.zeros((2, 5))
+    >>> main(["concat", os.path.join(d, "out.h5"), *ins, "--axis", "-1", "--copy"])
+    0
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m keraseq.data",
+        description="HDF5 data utilities of keraseq.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "concat",
+        help="stack same-named datasets of several HDF5 files along an axis",
+        description=(
+            "Stack every same-named dataset of IN files along --axis into OUT. "
+            "By default OUT holds virtual datasets referencing the inputs (which "
+            "must then stay in place); --copy writes real data instead."
+        ),
+    )
+    p.add_argument("out", metavar="OUT.h5", help="output file (overwritten)")
+    p.add_argument("inputs", metavar="IN.h5", nargs="+", help="input files, in order")
+    p.add_argument(
+        "--axis", type=int, default=0,
+        help="axis to stack along (default 0; negative counts from the end)",
+    )
+    p.add_argument(
+        "--copy", action="store_true",
+        help="copy the data instead of writing virtual datasets",
+    )
+    p.add_argument(
+        "--block-mb",
+        type=float,
+        default=DEFAULT_BLOCK_BYTES / 2**20,
+        help="memory budget per block with --copy, in MiB (default %(default)g)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        h5concat(
+            args.out,
+            args.inputs,
+            axis=args.axis,
+            virtual=not args.copy,
+            block_bytes=max(1, int(args.block_mb * 2**20)),
+        )
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
