@@ -37,10 +37,6 @@ ROOT_ONLY_CALLBACKS = (keras.callbacks.ModelCheckpoint, keras.callbacks.CSVLogge
                        keras.callbacks.TensorBoard, keras.callbacks.ProgbarLogger,
                        keras.callbacks.RemoteMonitor, keras.callbacks.BackupAndRestore)
 
-#: Whether the gradient Allreduce can live inside an XLA cluster (it cannot: it is a host call).
-XLA_ALLREDUCE = False
-
-
 class LocalComm:
     """The communicator of a single process: rank 0 of 1; every collective is the identity."""
 
@@ -316,18 +312,12 @@ def fused_allreduce(comm, tensors: Sequence[tf.Tensor], extra: tf.Tensor | None 
 
 
 def graph_allreduce(comm) -> Callable:
-    """The window loop's reduction: count-weighted average of gradients, finite flag AND-ed.
-
-    Each rank sends ``count * grads`` (its window's sum-gradient), ``count`` and ``1 - finite``
-    in one buffer; the result is ``sum(count_r * g_r) / sum(count_r)`` (plus regularisation,
-    identical on all ranks), and ``finite`` holds on every rank iff it held on all.
-    """
-    def reduce(grads, count, finite):
-        scaled = [g * count for g in grads]
-        extra = tf.stack([tf.cast(count, tf.float32), 1.0 - tf.cast(finite, tf.float32)])
-        summed, totals = fused_allreduce(comm, scaled, extra)
-        total_count = tf.maximum(totals[0], 1e-12)
-        return [g / total_count for g in summed], totals[1] < 0.5
+    """In-graph sum of one flat float32 buffer over ranks (one ``Allreduce``, a host call)."""
+    def reduce(buf):
+        out = tf.numpy_function(lambda a: _flat_allreduce(comm, a), [buf], tf.float32,
+                                stateful=True)
+        out.set_shape(buf.shape)
+        return out
 
     return reduce
 

@@ -314,7 +314,7 @@ class Estimator:
                                     self._output_names(model, len(self.n_outputs_shapes_)),
                                     p["loss_weights"])
         allreduce = dist.graph_allreduce(comm) if comm.size > 1 else None
-        jit = bool(p["jit_compile"]) and (allreduce is None or dist.XLA_ALLREDUCE)
+        jit = bool(p["jit_compile"])
         steps = build_step_functions(model, carry, state_specs, objective, opt, metrics,
                                      p["seq_len"], per_series, jit, allreduce)
         val_steps = None
@@ -356,7 +356,7 @@ class Estimator:
                 if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
                     raise ValueError("`validation_data` must be a tuple (x_val, y_val) or "
                                      "(x_val, y_val, sample_weight_val)")
-                val = self._check_xy(*validation_data)
+                val = self._check_xy(*(tuple(validation_data) + (None,))[:3])
                 if val[1][0].ndim != ys[0].ndim:
                     raise ValueError("`validation_data` targets must be of the same kind as `y`")
             lo, hi = dist.shard(int(xs[0].shape[0]), comm)
@@ -386,10 +386,8 @@ class Estimator:
             if not warm:
                 model.compile(optimizer=opt)
             opt.build(model.trainable_variables)
-            metrics = [keras.metrics.get(m) if isinstance(m, str) else m
-                       for m in (p["metrics"] or [])]
-            metrics = [m.__class__.from_config(m.get_config()) for m in metrics]
-            val_metrics = [m.__class__.from_config(m.get_config()) for m in metrics]
+            metrics = [_metric(m) for m in (p["metrics"] or [])]
+            val_metrics = [_metric(m) for m in (p["metrics"] or [])]
             if comm.size > 1:
                 dist.broadcast_variables(model.variables + opt.variables, comm)
 
@@ -439,11 +437,12 @@ class Estimator:
                 bx, by, bw, bt = batch
                 mask = _mask(rows_mask, bx[0].shape[1], per_series, bt)
                 with carry, dist.device_scope(device):
-                    loss_sum, count, bad = steps.train(
+                    result = steps.train(
                         tuple(tf.convert_to_tensor(a) for a in bx),
                         tuple(tf.convert_to_tensor(a) for a in by),
                         None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series)),),
                         (tf.convert_to_tensor(mask),), None)
+                loss_sum, count, bad = result.numpy().tolist()
                 bad = int(bad)
                 if bad >= 0:
                     raise NonFiniteLossError(
@@ -452,7 +451,7 @@ class Estimator:
                         f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
                         f"from before that update. Lower the learning rate, clip gradients "
                         f"(optimizer clipnorm=...) or check the data")
-                total += dist.allreduce_sum(np.array([float(loss_sum), float(count)]), comm)
+                total += dist.allreduce_sum(np.array([loss_sum, count]), comm)
                 logs = {"loss": total[0] / max(total[1], 1.0)}
                 logs.update(dist.metric_results(metrics, comm))
                 cb.on_train_batch_end(step, logs)
@@ -744,6 +743,20 @@ class Estimator:
         if states is not None:
             est._set_states(states)
         return est
+
+
+def _metric(spec) -> keras.metrics.Metric:
+    """A fresh Keras ``Metric`` from a name, a function or a ``Metric`` (copied)."""
+    if isinstance(spec, keras.metrics.Metric):
+        return spec.__class__.from_config(spec.get_config())
+    fn = keras.metrics.get(spec)
+    if isinstance(fn, keras.metrics.Metric):
+        config = fn.get_config()
+        if isinstance(spec, str):
+            config["name"] = spec  # logged under the name the user wrote, as in model.fit
+        return fn.__class__.from_config(config)
+    name = spec if isinstance(spec, str) else getattr(fn, "__name__", "metric")
+    return keras.metrics.MeanMetricWrapper(fn, name=name)
 
 
 def _x_dtype(xs):

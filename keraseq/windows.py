@@ -168,7 +168,9 @@ def build_step_functions(
     of its states (probed once on real data).
 
     ``train(x, y, w, m, h0)`` runs every window of one minibatch: forward, loss, gradient,
-    optional ``allreduce`` of the fused gradient buffer, optimizer update; it skips (and
+    optional ``allreduce(buffer) -> summed buffer`` of one flat float32 buffer holding every
+    count-weighted gradient, the count and a non-finite flag (one collective per update; the
+    result is the count-weighted mean gradient over ranks), optimizer update; it skips (and
     reports) the first window whose loss or gradient is not finite and every window after it,
     so the weights stay those from before the bad update. ``h0`` is the initial state (``None``:
     zeros). It returns ``(loss_sum, count, bad_window)`` with ``bad_window = -1`` when all were
@@ -210,35 +212,71 @@ def build_step_functions(
             metric.update_state(yw[out], preds[out], sample_weight=sw)
 
     # ----------------------------------------------------------------------------------- train
-    def train_window(xw, yw, ww, mw, states, acc, learn):
-        loss_acc, count_acc, bad, step = acc
+    shapes = [tuple(v.shape) for v in trainable]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+
+    def gradients(xw, yw, ww, mw, states):
+        """Forward, loss and gradient of one window; metrics updated."""
         with tf.GradientTape() as tape:
             loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, True,
                                                                  states)
             mean = loss_sum / tf.maximum(count, 1.0) + reg
-        if learn:
-            grads = tape.gradient(mean, trainable)
-            grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                     for g, v in zip(grads, trainable)]
-            finite = tf.math.is_finite(loss_sum)
-            for g in grads:
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
-            if allreduce is not None:
-                grads, finite = allreduce(grads, count, finite)
-            ok = tf.logical_and(finite, bad < 0)
+        grads = tape.gradient(mean, trainable)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, trainable)]
+        # One fused reduction: a NaN or Inf anywhere makes the sum non-finite.
+        finite = tf.math.is_finite(tf.add_n([loss_sum] + [tf.reduce_sum(g) for g in grads]))
+        update_metrics(yw, y_pred, ww, mw)
+        return grads, finite, loss_sum + reg * count, count, new_states
 
-            def apply():
-                apply_grads(grads, trainable)
-                return tf.constant(0)
+    def apply_checked(grads, finite, bad, step):
+        """Apply unless a non-finite value appeared (now or in an earlier window)."""
+        ok = tf.logical_and(finite, bad < 0)
 
-            tf.cond(ok, apply, lambda: tf.constant(0))
-            bad = tf.where(tf.logical_or(ok, bad >= 0), bad, step)
-        else:
-            ok = bad < 0
-        if learn:
-            update_metrics(yw, y_pred, ww, mw)
-            loss_acc = loss_acc + tf.where(ok, loss_sum + reg * count, 0.0)
-            count_acc = count_acc + tf.where(ok, count, 0.0)
+        def apply():
+            apply_grads(grads, trainable)
+            return tf.constant(0)
+
+        tf.cond(ok, apply, lambda: tf.constant(0))
+        return tf.where(tf.logical_or(ok, bad >= 0), bad, step), ok
+
+    if allreduce is None:
+        def learn_window(xw, yw, ww, mw, states, bad, step):
+            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
+            bad, ok = apply_checked(grads, finite, bad, step)
+            return bad, ok, loss_sum, count, new_states
+    else:
+        # Under MPI the gradient Allreduce is a host call, which XLA cannot hold. The window
+        # step is split in two XLA-compiled halves around it: (1) forward + backward, packing
+        # count-weighted gradients, the count and a non-finite flag into ONE flat buffer;
+        # (2) unpack the summed buffer, divide by the total count, apply.
+        def pack(xw, yw, ww, mw, states):
+            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
+            buf = tf.concat([tf.reshape(g * count, [-1]) for g in grads]
+                            + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
+            return buf, loss_sum, count, new_states
+
+        def unpack_apply(summed, bad, step):
+            pieces = tf.split(summed, sizes + [2])
+            total, nonfinite = pieces[-1][0], pieces[-1][1]
+            grads = [tf.reshape(p, sh) / tf.maximum(total, 1e-12)
+                     for p, sh in zip(pieces[:-1], shapes)]
+            return apply_checked(grads, nonfinite < 0.5, bad, step)
+
+        if jit_compile:
+            pack = tf.function(pack, jit_compile=True)
+            unpack_apply = tf.function(unpack_apply, jit_compile=True)
+
+        def learn_window(xw, yw, ww, mw, states, bad, step):
+            buf, loss_sum, count, new_states = pack(xw, yw, ww, mw, states)
+            bad, ok = unpack_apply(allreduce(buf), bad, step)
+            return bad, ok, loss_sum, count, new_states
+
+    def train_window(xw, yw, ww, mw, states, acc):
+        loss_acc, count_acc, bad, step = acc
+        bad, ok, loss_sum, count, new_states = learn_window(xw, yw, ww, mw, states, bad, step)
+        loss_acc = loss_acc + tf.where(ok, loss_sum, 0.0)
+        count_acc = count_acc + tf.where(ok, count, 0.0)
         return new_states, (loss_acc, count_acc, bad, step + 1)
 
     def loop(x, y, w, m, h0, window_fn, per_series_last_only):
@@ -290,10 +328,11 @@ def build_step_functions(
             if per_series and not is_last:
                 _, new_states = run_model(xw, states, True)
                 return new_states, acc
-            return train_window(xw, yw, ww, mw, states, acc, True)
+            return train_window(xw, yw, ww, mw, states, acc)
 
         _, acc = loop(x, y, w, m, h0, window_fn, per_series)
-        return acc[0], acc[1], acc[2]
+        # One tensor, so the host fetches the minibatch's result with one transfer.
+        return tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
 
     # -------------------------------------------------------------------------------- evaluate
     def evaluate(x, y, w, m, h0):
@@ -366,7 +405,10 @@ def build_step_functions(
 
     compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
     return StepFunctions(
-        train=compile_(train) if optimizer is not None else None,
+        # Under MPI the outer window loop stays a plain graph (it holds the host Allreduce);
+        # its two halves per window are XLA-compiled above.
+        train=None if optimizer is None else (
+            compile_(train) if allreduce is None else tf.function(train, jit_compile=False)),
         evaluate=compile_(evaluate),
         predict=compile_(predict),
         exact_rows=getattr(objective, "needs_exact_rows", False),

@@ -1,0 +1,35 @@
+# keraseq — two commands set everything up on a fresh machine:
+#   make demo   create .venv, install, train + predict on a real data set (1 process and 2 MPI ranks)
+#   make test   create .venv, install, run every test
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MPIRUN := $(VENV)/bin/mpirun
+# Open MPI refuses to run as root without these (containers, CI).
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export TF_CPP_MIN_LOG_LEVEL := 3
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py --out out/demo
+	$(MPIRUN) -np 2 --oversubscribe $(PY) examples/demo.py --out out/demo_mpi --compare out/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_tbptt.py
+	$(PY) benchmarks/bench_mpi.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

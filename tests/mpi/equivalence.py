@@ -1,0 +1,62 @@
+"""Run under mpirun: K ranks with batch B == one process with batch K*B on the same minibatches.
+
+Writes a JSON report from rank 0 to argv[1]: max |w_mpi - w_single|, whether all ranks hold
+bit-identical weights, and the history of both.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+
+from keraseq import Estimator  # noqa: E402
+from keraseq.utils import net2vec  # noqa: E402
+
+out_path, opt_name, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+jit = sys.argv[5] == "jit" if len(sys.argv) > 5 else True
+comm = MPI.COMM_WORLD
+k = comm.Get_size()
+
+
+def model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True),
+                             keras.layers.Dense(2)])
+
+
+def optimizer():
+    return keras.optimizers.SGD(0.05) if opt_name == "sgd" else keras.optimizers.Adam(0.01)
+
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(n, 23, 3)).astype("float32")
+y = np.stack([np.cumsum(x[..., 0], 1), x[..., 1] * x[..., 2]], -1).astype("float32") / 5
+
+est = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
+                verbose=0, metrics=["mae"], jit_compile=jit).fit(x, y)
+w = net2vec(est.model_)
+all_w = comm.gather(w, root=0)
+
+if comm.Get_rank() == 0:
+    # One process, batch k*B, minibatch i = the ranks' minibatches i side by side.
+    bounds = [(r * (n // k) + min(r, n % k), (r + 1) * (n // k) + min(r + 1, n % k))
+              for r in range(k)]
+    steps = max(-(-(hi - lo) // batch) for lo, hi in bounds)
+    order = [np.arange(lo, hi)[i * batch:(i + 1) * batch] for i in range(steps)
+             for lo, hi in bounds]
+    order = np.concatenate(order)
+    single = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=k * batch, seq_len=7,
+                       shuffle=False, verbose=0, metrics=["mae"], distributed=False,
+                       jit_compile=jit).fit(x[order], y[order])
+    ws = net2vec(single.model_)
+    report = {
+        "max_diff": float(np.max(np.abs(w - ws))),
+        "identical_across_ranks": all(np.array_equal(all_w[0], a) for a in all_w[1:]),
+        "history_mpi": est.history_, "history_single": single.history_,
+        "size": k,
+    }
+    with open(out_path, "w") as f:
+        json.dump(report, f)
