@@ -46,3 +46,38 @@ def test_three_ranks_uneven_n_finishes_and_matches(tmp_path):
     r = json.loads(report.read_text())
     assert r["identical_across_ranks"]
     assert r["max_diff"] < 1e-5, r
+
+
+def test_only_rank_zero_writes_files(tmp_path):
+    proc, _ = mpirun(2, "faults_and_files.py", "files", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ckpt_0.keras", "log_0.csv"], names
+    assert len((tmp_path / "log_0.csv").read_text().strip().splitlines()) == 1 + 3
+    # the progress bar is printed by rank 0 only
+    assert proc.stdout.count("Epoch 1/3") == 1, proc.stdout
+
+
+def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
+    proc, elapsed = mpirun(2, "faults_and_files.py", "raise", tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert elapsed < 60, elapsed
+    assert "injected failure on rank 1" in proc.stderr
+    assert "rank 1 failed" in proc.stderr
+    assert "finished without failing" not in proc.stdout
+
+
+def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
+    report = tmp_path / "r.json"
+    proc, _ = mpirun(2, "plain_fit.py", report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["identical"]
+    assert r["max_diff"] < 1e-6, r
+    # the wrapper keeps the optimizer's name: the saved model loads without keraseq
+    assert r["class_name"] == "SGD" and r["module"].startswith("keras")
+    code = ("import keras, sys; m = keras.saving.load_model(sys.argv[1]); "
+            "print(type(m.optimizer).__name__, 'keraseq' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(report) + ".keras"],
+                         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert out.stdout.split()[-2:] == ["SGD", "False"], out.stderr[-2000:]
