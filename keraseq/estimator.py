@@ -69,7 +69,8 @@ class Estimator:
             ``max(batch_size, 256)``).
         rebatch: when ``batch_size`` > N, cut each series into contiguous time pieces to fill the
             minibatch (the seed's ``rebatch``); each piece starts from a zero state.
-        jit_compile: compile the window loop with XLA: ``"auto"`` (on), ``True`` or ``False``.
+        jit_compile: compile the window loop with XLA: ``"auto"`` (Keras's rule: on, unless a
+            layer opts out, e.g. LSTM/GRU on a GPU, which then use cuDNN), ``True`` or ``False``.
         device: ``"auto"`` (a GPU when present, else the CPU), ``None`` (TensorFlow decides) or a
             device string such as ``"/CPU:0"``.
         distributed: ``"auto"`` (MPI when launched with more than one rank), ``False``, ``True``
@@ -178,9 +179,17 @@ class Estimator:
         if p["jit_compile"] not in ("auto", True, False):
             raise ValueError(f"`jit_compile` must be 'auto', True or False, "
                              f"got {p['jit_compile']!r}")
-        if p["jit_compile"] == "auto":
-            p["jit_compile"] = True
         return p
+
+    @staticmethod
+    def _jit_for(model, setting) -> bool:
+        """``jit_compile="auto"`` follows Keras's own rule (``model_supports_jit``): XLA unless a
+        layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on."""
+        if setting != "auto":
+            return bool(setting)
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+        return (all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
+                and not is_op_determinism_enabled())
 
     def _device(self, comm) -> str | None:
         if self.device == "auto":
@@ -308,13 +317,13 @@ class Estimator:
                                  f"has {shape[-1]} features")
 
     def _build(self, model, opt, carry, state_specs, per_series, p, comm, metrics,
-               val_metrics=None):
+               val_metrics=None, n_outputs=None):
         """Compiled step functions for training (and, when asked, for validation)."""
-        objective = build_objective(model, self.loss,
-                                    self._output_names(model, len(self.n_outputs_shapes_)),
+        n_outputs = len(self.n_outputs_shapes_) if n_outputs is None else n_outputs
+        objective = build_objective(model, self.loss, self._output_names(model, n_outputs),
                                     p["loss_weights"])
         allreduce = dist.graph_allreduce(comm) if comm.size > 1 else None
-        jit = bool(p["jit_compile"])
+        jit = self._jit_for(model, p["jit_compile"])
         steps = build_step_functions(model, carry, state_specs, objective, opt, metrics,
                                      p["seq_len"], per_series, jit, allreduce)
         val_steps = None
@@ -391,6 +400,10 @@ class Estimator:
             if comm.size > 1:
                 dist.broadcast_variables(model.variables + opt.variables, comm)
 
+        # Building checks the loss against the outputs: before any fitted attribute is set.
+        steps, val_steps = self._build(model, opt, carry, state_specs, per_series, p, comm,
+                                       metrics, val_metrics if val is not None else None,
+                                       n_outputs=len(out_shapes))
         self.model_ = model
         self.optimizer_ = opt
         self.n_features_in_ = int(xs[0].shape[-1])
@@ -401,8 +414,6 @@ class Estimator:
         self._carry = carry
         self._device_name = device
         self._comm = comm
-        steps, val_steps = self._build(model, opt, carry, state_specs, per_series, p, comm,
-                                       metrics, val_metrics if val is not None else None)
         self._steps = steps
 
         # Data for training (rebatch reshapes in memory; it is for small N).
@@ -440,7 +451,7 @@ class Estimator:
                     result = steps.train(
                         tuple(tf.convert_to_tensor(a) for a in bx),
                         tuple(tf.convert_to_tensor(a) for a in by),
-                        None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series)),),
+                        None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series, bx[0].shape[1])),),
                         (tf.convert_to_tensor(mask),), None)
                 loss_sum, count, bad = result.numpy().tolist()
                 bad = int(bad)
@@ -488,7 +499,7 @@ class Estimator:
                 loss_sum, count = steps.evaluate(
                     tuple(tf.convert_to_tensor(a) for a in bx),
                     tuple(tf.convert_to_tensor(a) for a in by),
-                    None if bw is None else (tf.convert_to_tensor(_weights(bw[0], self._per_series)),),
+                    None if bw is None else (tf.convert_to_tensor(_weights(bw[0], self._per_series, bx[0].shape[1])),),
                     (tf.convert_to_tensor(mask),), None)
             total += np.array([float(loss_sum), float(count)])
         total = dist.allreduce_sum(total, comm)
@@ -674,8 +685,8 @@ class Estimator:
         if dist.get_comm(self.distributed).rank != 0:
             return
         params = {k: getattr(self, k) for k in self._DEFAULTS if k not in ("distributed",)}
-        params["metrics"] = [keras.metrics.serialize(keras.metrics.get(m)) if isinstance(m, str)
-                             else keras.metrics.serialize(m) for m in (params["metrics"] or [])]
+        params["metrics"] = [m if isinstance(m, str) else keras.metrics.serialize(m)
+                             for m in (params["metrics"] or [])]
         meta = {"class": type(self).__name__, "params": params,
                 "loss": _serialize_loss(self.loss),
                 "n_features_in_": self.n_features_in_, "n_outputs_": self.n_outputs_,
@@ -722,7 +733,8 @@ class Estimator:
             raise ValueError("this estimator was saved with a callable loss; pass it again: "
                              "Estimator.load(path, loss=...)")
         params = meta["params"]
-        params["metrics"] = [keras.metrics.deserialize(m) for m in params["metrics"]] or None
+        params["metrics"] = [m if isinstance(m, str) else keras.metrics.deserialize(m)
+                             for m in params["metrics"]] or None
         est = cls(model, loss if loss is not None else stored_loss, model.optimizer, **params)
         est.model_ = model
         est.optimizer_ = model.optimizer
@@ -763,8 +775,12 @@ def _x_dtype(xs):
     return np.float32 if all(a.dtype.kind == "f" for a in xs) else None
 
 
-def _weights(w, per_series):
-    return np.asarray(w, np.float32)
+def _weights(w, per_series, t):
+    """Sample weights as the window loop wants them: (B,) per series, (B, T) per step."""
+    w = np.asarray(w, np.float32)
+    if not per_series and w.ndim == 1:
+        w = np.repeat(w[:, None], t, axis=1)
+    return w
 
 
 def _mask(rows_mask, t, per_series, time_mask):

@@ -128,8 +128,11 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
             rows = tf.cast(tf.shape(xw[0])[0], tf.float32)
             if mw is not None:
                 rows = tf.reduce_sum(mw if len(mw.shape) == 1 else mw[:, 0])
-            loss_sum = tf.where(rows > 0, value * rows, 0.0)
-            return loss_sum, rows, regularisation(), None, new_states
+            # The value is the window's mean: it counts rows x time steps, so a short last
+            # window weighs less in the reported mean (and under MPI) than a full one.
+            count = rows * tf.cast(tf.shape(xw[0])[1], tf.float32)
+            loss_sum = tf.where(count > 0, value * count, 0.0)
+            return loss_sum, count, regularisation(), None, new_states
 
         objective.needs_exact_rows = True
         return objective

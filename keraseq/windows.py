@@ -209,7 +209,13 @@ def build_step_functions(
             sw = None
             if ww is not None or mw is not None:
                 sw = ww if mw is None else (mw if ww is None else ww * mw)
-            metric.update_state(yw[out], preds[out], sample_weight=sw)
+            yt, yp = yw[out], preds[out]
+            if len(yp.shape) == 3:
+                # Every time step is one sample, so windows of different length weigh right.
+                yt = tf.reshape(yt, [-1, tf.shape(yt)[-1]])
+                yp = tf.reshape(yp, [-1, tf.shape(yp)[-1]])
+                sw = None if sw is None else tf.reshape(sw, [-1])
+            metric.update_state(yt, yp, sample_weight=sw)
 
     # ----------------------------------------------------------------------------------- train
     shapes = [tuple(v.shape) for v in trainable]
