@@ -25,8 +25,10 @@ model = keras.Sequential([keras.Input((None, F)), keras.layers.LSTM(10, return_s
 est = Estimator(model, "mse", keras.optimizers.AdamW(1e-3), epochs=2, batch_size=20, seq_len=10)
 est.fit(x, y)
 
-# ... code to predict: every rank gets the full result
+# ... code to predict: like fit, predict and score are collective under MPI (every rank calls
+# them, each predicts its block); every rank gets the full result
 yhat = est.predict(x)
+r2 = est.score(x, y)
 if distributed.rank() == 0:
-    print(f"{distributed.size()} rank(s); R^2 on the training data: {est.score(x, y):.3f}")
-    est.save("out/mpi_model.keras")
+    print(f"{distributed.size()} rank(s); R^2 on the training data: {r2:.3f}")
+est.save("out/mpi_model.keras")  # written by rank 0 only

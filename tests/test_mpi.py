@@ -33,6 +33,7 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, tmp_path):
     r = json.loads(report.read_text())
     assert r["max_diff"] < 1e-5, r
     assert r["identical_across_ranks"], r
+    assert r["predict_shape"] == [40, 23, 2] and r["predict_max_diff"] < 1e-5, r
     for key in ("loss", "mae"):
         for a, b in zip(r["history_mpi"][key], r["history_single"][key]):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
@@ -46,6 +47,7 @@ def test_three_ranks_uneven_n_finishes_and_matches(tmp_path):
     r = json.loads(report.read_text())
     assert r["identical_across_ranks"]
     assert r["max_diff"] < 1e-5, r
+    assert r["predict_shape"] == [29, 23, 2] and r["predict_max_diff"] < 1e-5, r
 
 
 def test_only_rank_zero_writes_files(tmp_path):
