@@ -320,3 +320,30 @@ def test_states_delegates_to_estimator_like_objects():
     np.testing.assert_array_equal(s[0], np.arange(6.0).reshape(3, 2))
     assert load_states(est, [np.zeros((3, 2))]) is est
     np.testing.assert_array_equal(est.saved[0], np.zeros((3, 2)))
+
+
+def test_estimator_states_resume_streaming_after_load_states():
+    """states(est) after predict(x[:, :t]); later load_states + predict(x[:, t:], reset=False)
+    equals the tail of predict(x)."""
+    from keraseq import Estimator
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((None, 2)),
+                              keras.layers.GRU(5, return_sequences=True),
+                              keras.layers.LSTM(4, return_sequences=True),
+                              keras.layers.Dense(1)])
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 22, 2)).astype("float32")
+    y = x[..., :1].cumsum(1)
+    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, seq_len=5, verbose=0,
+                    jit_compile=False).fit(x, y)
+    full = est.predict(x)
+    est.predict(x[:, :13])
+    saved = states(est)
+    assert [s.shape for s in saved] == [(7, 5), (7, 4), (7, 4)]  # GRU h; LSTM h, c
+    est.predict(x[::-1].copy())  # something else runs in between
+    load_states(est, saved)
+    tail = est.predict(x[:, 13:], reset=False)
+    np.testing.assert_allclose(tail, full[:, 13:], atol=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        load_states(est, [s[:, :2] for s in saved])
