@@ -197,13 +197,19 @@ class Estimator:
         return self.device
 
     # ---------------------------------------------------------------------------- data checks
-    def _check_xy(self, x, y, sample_weight):
+    @staticmethod
+    def _check_x(x) -> tuple[tuple, int, int]:
+        """``x`` as a tuple of (N, T, F) arrays sharing N and T; returns (xs, N, T)."""
         xs = as_arrays(x, "x", (3,), _X_WHAT)
         n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
         for k, a in enumerate(xs[1:], 1):
             if int(a.shape[0]) != n or int(a.shape[1]) != t:
                 raise ValueError(f"`x[{k}]` has shape {tuple(a.shape)} but `x[0]` has N={n}, "
                                  f"T={t}; all inputs must share N and T")
+        return xs, n, t
+
+    def _check_xy(self, x, y, sample_weight):
+        xs, n, t = self._check_x(x)
         ys = as_arrays(y, "y", (3, 2), _Y_WHAT)
         ranks = {a.ndim for a in ys}
         if len(ranks) > 1:
@@ -528,12 +534,7 @@ class Estimator:
         """
         self._check_fitted("predict")
         p = self._resolved()
-        xs = as_arrays(x, "x", (3,), _X_WHAT)
-        n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
-        for k, a in enumerate(xs[1:], 1):
-            if int(a.shape[0]) != n or int(a.shape[1]) != t:
-                raise ValueError(f"`x[{k}]` has shape {tuple(a.shape)} but `x[0]` has N={n}, "
-                                 f"T={t}; all inputs must share N and T")
+        xs, n, t = self._check_x(x)
         self._check_model_inputs(self.model_, xs)
         if xs[0].shape[-1] != self.n_features_in_:
             raise ValueError(f"`x` has F={xs[0].shape[-1]} features but the estimator was "
