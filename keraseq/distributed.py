@@ -311,14 +311,24 @@ def fused_allreduce(comm, tensors: Sequence[tf.Tensor], extra: tf.Tensor | None 
     return out, (pieces[-1] if extra is not None else None)
 
 
-def graph_allreduce(comm) -> Callable:
-    """In-graph sum of one flat float32 buffer over ranks (one ``Allreduce``, a host call)."""
+def graph_allreduce(comm, device: str | None = None) -> Callable:
+    """In-graph sum of one flat float32 buffer over ranks: one ``Allreduce`` per call.
+
+    The returned ``reduce(buf)`` is a host callback (``tf.numpy_function``), usable in any
+    graph but not inside XLA. Its attribute ``reduce.xla`` is the same reduction as an XLA
+    custom call (``_mpi_xla``), which keeps the whole window loop one XLA program; it is
+    ``None`` where that is unavailable (then the loop is split around the host callback).
+    """
     def reduce(buf):
         out = tf.numpy_function(lambda a: _flat_allreduce(comm, a), [buf], tf.float32,
                                 stateful=True)
         out.set_shape(buf.shape)
         return out
 
+    reduce.xla = None
+    if device is None or "GPU" not in device.upper():
+        from . import _mpi_xla
+        reduce.xla = _mpi_xla.xla_allreduce(comm.comm)
     return reduce
 
 

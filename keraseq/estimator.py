@@ -328,8 +328,8 @@ class Estimator:
         n_outputs = len(self.n_outputs_shapes_) if n_outputs is None else n_outputs
         objective = build_objective(model, self.loss, self._output_names(model, n_outputs),
                                     p["loss_weights"])
-        allreduce = dist.graph_allreduce(comm) if comm.size > 1 else None
         jit = self._jit_for(model, p["jit_compile"])
+        allreduce = dist.graph_allreduce(comm, self._device(comm)) if comm.size > 1 else None
         steps = build_step_functions(model, carry, state_specs, objective, opt, metrics,
                                      p["seq_len"], per_series, jit, allreduce)
         val_steps = None

@@ -246,36 +246,49 @@ def build_step_functions(
         tf.cond(ok, apply, lambda: tf.constant(0))
         return tf.where(tf.logical_or(ok, bad >= 0), bad, step), ok
 
+    # Under MPI, ``allreduce.xla`` (an XLA custom call that runs MPI_Allreduce, see
+    # distributed.graph_allreduce) keeps the whole window loop, Allreduce included, ONE XLA
+    # program, exactly like the single-process loop. Without it (GPU, no compiler, or
+    # jit_compile=False) the host callback ``allreduce(buf)`` cannot live inside XLA, so the
+    # window step is split in two XLA-compiled halves around it inside a plain-graph loop.
+    xla_reduce = getattr(allreduce, "xla", None) if (allreduce is not None and jit_compile) \
+        else None
+    fused = allreduce is None or xla_reduce is not None
+
+    # (1) forward + backward, packing count-weighted gradients, the count and a non-finite
+    # flag into ONE flat buffer; (2) unpack the summed buffer, divide by the total count, apply.
+    def pack(xw, yw, ww, mw, states):
+        grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
+        buf = tf.concat([tf.reshape(g * count, [-1]) for g in grads]
+                        + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
+        return buf, loss_sum, count, new_states
+
+    def unpack_apply(summed, bad, step):
+        pieces = tf.split(summed, sizes + [2])
+        total, nonfinite = pieces[-1][0], pieces[-1][1]
+        grads = [tf.reshape(p, sh) / tf.maximum(total, 1e-12)
+                 for p, sh in zip(pieces[:-1], shapes)]
+        return apply_checked(grads, nonfinite < 0.5, bad, step)
+
     if allreduce is None:
         def learn_window(xw, yw, ww, mw, states, bad, step):
             grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
             bad, ok = apply_checked(grads, finite, bad, step)
             return bad, ok, loss_sum, count, new_states
-    else:
-        # Under MPI the gradient Allreduce is a host call, which XLA cannot hold. The window
-        # step is split in two XLA-compiled halves around it: (1) forward + backward, packing
-        # count-weighted gradients, the count and a non-finite flag into ONE flat buffer;
-        # (2) unpack the summed buffer, divide by the total count, apply.
-        def pack(xw, yw, ww, mw, states):
-            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            buf = tf.concat([tf.reshape(g * count, [-1]) for g in grads]
-                            + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
-            return buf, loss_sum, count, new_states
-
-        def unpack_apply(summed, bad, step):
-            pieces = tf.split(summed, sizes + [2])
-            total, nonfinite = pieces[-1][0], pieces[-1][1]
-            grads = [tf.reshape(p, sh) / tf.maximum(total, 1e-12)
-                     for p, sh in zip(pieces[:-1], shapes)]
-            return apply_checked(grads, nonfinite < 0.5, bad, step)
-
-        if jit_compile:
-            pack = tf.function(pack, jit_compile=True)
-            unpack_apply = tf.function(unpack_apply, jit_compile=True)
-
+    elif xla_reduce is not None:
         def learn_window(xw, yw, ww, mw, states, bad, step):
             buf, loss_sum, count, new_states = pack(xw, yw, ww, mw, states)
-            bad, ok = unpack_apply(allreduce(buf), bad, step)
+            bad, ok = unpack_apply(xla_reduce(buf), bad, step)
+            return bad, ok, loss_sum, count, new_states
+    else:
+        pack_c, unpack_apply_c = pack, unpack_apply
+        if jit_compile:
+            pack_c = tf.function(pack, jit_compile=True)
+            unpack_apply_c = tf.function(unpack_apply, jit_compile=True)
+
+        def learn_window(xw, yw, ww, mw, states, bad, step):
+            buf, loss_sum, count, new_states = pack_c(xw, yw, ww, mw, states)
+            bad, ok = unpack_apply_c(allreduce(buf), bad, step)
             return bad, ok, loss_sum, count, new_states
 
     def train_window(xw, yw, ww, mw, states, acc):
@@ -411,10 +424,10 @@ def build_step_functions(
 
     compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
     return StepFunctions(
-        # Under MPI the outer window loop stays a plain graph (it holds the host Allreduce);
-        # its two halves per window are XLA-compiled above.
+        # With the host-callback Allreduce the outer window loop stays a plain graph; its two
+        # halves per window are XLA-compiled above.
         train=None if optimizer is None else (
-            compile_(train) if allreduce is None else tf.function(train, jit_compile=False)),
+            compile_(train) if fused else tf.function(train, jit_compile=False)),
         evaluate=compile_(evaluate),
         predict=compile_(predict),
         exact_rows=getattr(objective, "needs_exact_rows", False),

@@ -12,7 +12,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from keraseq import Estimator  # noqa: E402
+from keraseq import Estimator, _mpi_xla  # noqa: E402
 from keraseq.utils import net2vec  # noqa: E402
 
 out_path, opt_name, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -60,7 +60,8 @@ if comm.Get_rank() == 0:
         "max_diff": float(np.max(np.abs(w - ws))),
         "identical_across_ranks": all(np.array_equal(all_w[0], a) for a in all_w[1:]),
         "history_mpi": est.history_, "history_single": single.history_,
-        "size": k, "predict_max_diff": pred_diff, "predict_shape": list(pred.shape),
+        "size": k, "xla_allreduce": _mpi_xla._lib is not None, "xla_error": _mpi_xla._lib_error,
+        "predict_max_diff": pred_diff, "predict_shape": list(pred.shape),
     }
     with open(out_path, "w") as f:
         json.dump(report, f)
