@@ -35,8 +35,9 @@ rng = np.random.default_rng(0)
 x = rng.normal(size=(n, 23, 3)).astype("float32")
 y = np.stack([np.cumsum(x[..., 0], 1), x[..., 1] * x[..., 2]], -1).astype("float32") / 5
 
+# An explicit communicator (here the world one; "auto" would find it too).
 est = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
-                verbose=0, metrics=["mae"], jit_compile=jit).fit(x, y)
+                verbose=0, metrics=["mae"], jit_compile=jit, distributed=comm).fit(x, y)
 w = net2vec(est.model_)
 all_w = comm.gather(w, root=0)
 # Distributed predict: each rank predicts its block, every rank returns the full result.
