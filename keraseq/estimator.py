@@ -280,11 +280,13 @@ class Estimator:
             names = [f"output_{k}" for k in range(n_outputs)]
         return names
 
-    def _probe(self, model, carry, xs, seq_len):
-        """One eager call on one series' first window: state shapes and output structure."""
+    def _probe(self, model, carry, xs, seq_len, row=0):
+        """One eager call on one series' first window: state shapes and output structure.
+
+        ``row`` is a series of this rank's own block (under MPI a rank reads no other rows)."""
         t = int(xs[0].shape[1])
         s = t if seq_len is None else min(seq_len, t)
-        window = tuple(np.asarray(read_rows(a, slice(0, 1)))[:, :s].astype(
+        window = tuple(np.asarray(read_rows(a, slice(row, row + 1)))[:, :s].astype(
             np.float32 if a.dtype.kind == "f" else np.int32) for a in xs)
         with carry:
             carry.feed(None)
@@ -393,7 +395,9 @@ class Estimator:
             model = self.model_ if warm else self._new_model()
             self._check_model_inputs(model, xs)
             carry = StateCarry(model)
-            state_specs, out_shapes, window = self._probe(model, carry, xs, p["seq_len"])
+            own = dist.shard(int(xs[0].shape[0]), comm)[0]
+            state_specs, out_shapes, window = self._probe(
+                model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1))
             self._check_outputs(out_shapes, ys, window)
             opt = self.optimizer_ if warm else self._new_optimizer()
             if comm.size > 1:
@@ -525,25 +529,68 @@ class Estimator:
             shapes.append((n, t) + tuple(shape[1:]) if len(shape) == 2 else (n,) + tuple(shape))
         return shapes
 
-    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None):
-        """Predictions for ``x`` (N, T, F), window by window with the state carried.
-
-        ``out`` (an ndarray, memmap, ``h5py.Dataset`` or a tuple of them, one per output) is
-        filled minibatch by minibatch and returned. The final state of every series is kept:
-        ``predict(next_chunk, reset=False)`` continues the sequences (streaming inference).
-        """
-        self._check_fitted("predict")
-        p = self._resolved()
+    def _check_predict_x(self, x):
         xs, n, t = self._check_x(x)
         self._check_model_inputs(self.model_, xs)
         if xs[0].shape[-1] != self.n_features_in_:
             raise ValueError(f"`x` has F={xs[0].shape[-1]} features but the estimator was "
                              f"fitted with {self.n_features_in_}: shape (N, T, "
                              f"{self.n_features_in_})")
+        return xs, n, t
+
+    def _predict_batch_size(self, p, xs, batch_size):
+        """The given size, else ``predict_batch_size``, else ``max(batch_size, 256)`` capped so
+        that one minibatch of ``x`` stays near 64 MB (out-of-core data)."""
+        given = check_positive_int(batch_size, "batch_size", allow_none=True)
+        if given or p["predict_batch_size"]:
+            return given or p["predict_batch_size"]
+        row_bytes = sum(int(np.prod(a.shape[1:])) * 4 for a in xs)
+        return max(p["batch_size"], min(256, (64 * 2**20) // max(1, row_bytes)))
+
+    def _predict_blocks(self, xs, lo, hi, batch, h_all):
+        """Predict rows ``[lo, hi)`` minibatch by minibatch (collective under MPI).
+
+        Yields ``(first_row, n_real, predictions, final_states)`` as numpy arrays of the real
+        rows; ``h_all`` gives initial states per series (``None``: zeros).
+        """
+        comm = self._comm
+        batch = min(batch, max(1, hi - lo))
+        n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
+        plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
+        reader = MinibatchReader([xs], plan, batch, [_x_dtype(xs)],
+                                 fallback_row=lo if hi > lo else 0)
+        for index, ((bx,), _, n_real) in zip(plan, reader):
+            h0 = None
+            if h_all is not None:
+                rows = index if n_real else np.array([0])
+                h0 = [[tf.convert_to_tensor(_pad_rows(np.asarray(s)[rows], batch))
+                       for s in call] for call in h_all]
+            with self._carry, dist.device_scope(self._device_name):
+                preds, states = self._steps.predict(tuple(tf.convert_to_tensor(a) for a in bx),
+                                                    h0)
+            if n_real:
+                yield (int(index[0]), n_real, [pr.numpy()[:n_real] for pr in preds],
+                       [[st.numpy()[:n_real] for st in call] for call in states])
+
+    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None):
+        """Predictions for ``x`` (N, T, F), window by window with the state carried.
+
+        ``out`` (an ndarray, memmap, ``h5py.Dataset`` or a tuple of them, one per output) is
+        filled minibatch by minibatch and returned. The final state of every series is kept:
+        ``predict(next_chunk, reset=False)`` continues the sequences (streaming inference).
+        Under MPI ``predict`` is collective: each rank predicts its block of series; an
+        ndarray result holds every row on every rank; a memmap ``out`` gets each rank's rows
+        written by that rank; an ``h5py.Dataset`` ``out`` is written by rank 0 (the others may
+        pass ``out=None``).
+        """
+        self._check_fitted("predict")
+        p = self._resolved()
+        xs, n, t = self._check_predict_x(x)
         comm = self._comm
         lo, hi = dist.shard(n, comm)
         dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
         shapes = self._output_shapes(n, t)
+        outs = None
         if out is not None:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             if len(outs) != len(shapes):
@@ -558,8 +605,6 @@ class Estimator:
                     raise TypeError(f"`{label}` has dtype {o.dtype}; expected a float dtype")
                 if isinstance(o, np.ndarray) and not o.flags.writeable:
                     raise ValueError(f"`{label}` is read-only")
-        else:
-            outs = None
         h_all = None
         if not reset:
             h_all = getattr(self, "_final_states", None)
@@ -567,85 +612,104 @@ class Estimator:
                 raise ValueError("`reset=False` continues the series of the previous `predict`, "
                                  "but there is none (or `fit` ran since); call predict with "
                                  "reset=True first")
-            if int(h_all[0][0].shape[0]) != n if h_all and h_all[0] else False:
+            if h_all and h_all[0] and int(h_all[0][0].shape[0]) != n:
                 raise ValueError(f"`reset=False` continues {h_all[0][0].shape[0]} series but `x` "
                                  f"has N={n}")
-        batch = check_positive_int(batch_size, "batch_size", allow_none=True) or \
-            p["predict_batch_size"] or max(p["batch_size"], 256)
-        batch = min(batch, max(1, hi - lo)) if hi > lo else 1
-        n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
-        plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
-        reader = MinibatchReader([xs], plan, batch, [_x_dtype(xs)],
-                                 fallback_row=lo if hi > lo else 0)
-        local = [np.empty((hi - lo,) + s[1:], np.float32) for s in shapes] if outs is None \
-            or comm.size > 1 else None
-        new_states = [[np.zeros((hi - lo,) + shape, dtype.name if hasattr(dtype, "name")
-                                else dtype) for shape, dtype in spec]
+        batch = self._predict_batch_size(p, xs, batch_size)
+        # Rows this rank writes directly (its own block); the rest is gathered below.
+        direct = [o is not None and comm.size == 1 or isinstance(o, np.memmap)
+                  for o in (outs or [None] * len(shapes))]
+        local = [None if d else np.empty((hi - lo,) + sh[1:], np.float32)
+                 for d, sh in zip(direct, shapes)]
+        new_states = [[np.zeros((hi - lo,) + shape, np.float32) for shape, _ in spec]
                       for spec in self._state_specs]
-        for index, ((bx,), rows_mask, n_real) in zip(plan, reader):
-            h0 = None
-            if h_all is not None:
-                h0 = [[tf.convert_to_tensor(_pad_rows(read_rows(s, index), batch))
-                       for s in call] for call in h_all]
-            with self._carry, dist.device_scope(self._device_name):
-                preds, states = self._steps.predict(tuple(tf.convert_to_tensor(a) for a in bx),
-                                                    h0)
-            if n_real == 0:
-                continue
-            rows = slice(int(index[0]) - lo, int(index[0]) - lo + n_real)
-            for k, pr in enumerate(preds):
-                values = pr.numpy()[:n_real]
-                if local is not None:
-                    local[k][rows] = values
+        for first, n_real, preds, states in self._predict_blocks(xs, lo, hi, batch, h_all):
+            rows = slice(first - lo, first - lo + n_real)
+            for k, values in enumerate(preds):
+                if direct[k]:
+                    outs[k][first:first + n_real] = values
                 else:
-                    outs[k][int(index[0]):int(index[0]) + n_real] = values
+                    local[k][rows] = values
             for c, call in enumerate(states):
-                for s, st in enumerate(call):
-                    new_states[c][s][rows] = st.numpy()[:n_real]
-        if comm.size > 1:
-            gathered = dist.allgather_rows(local, comm)
-            new_states = [[dist.allgather_rows([s], comm)[0] for s in call] for call in new_states]
-            if outs is None:
-                local = gathered
+                for s_, st in enumerate(call):
+                    new_states[c][s_][rows] = st
+        results = []
+        for k, (d, sh) in enumerate(zip(direct, shapes)):
+            if d:
+                if isinstance(outs[k], np.memmap):
+                    outs[k].flush()
+                results.append(outs[k])
+                continue
+            full = dist.allgather_rows([local[k]], comm)[0] if comm.size > 1 else local[k]
+            if outs is not None and outs[k] is not None and (comm.rank == 0 or
+                                                             isinstance(outs[k], np.ndarray)):
+                outs[k][...] = full  # an h5py.Dataset is written by rank 0 only
+                results.append(outs[k])
             else:
-                if comm.rank == 0 or True:
-                    for k, g in enumerate(gathered):
-                        outs[k][lo:hi] = g[lo:hi]
-                local = None
+                results.append(full)
+        if comm.size > 1:
+            new_states = [[dist.allgather_rows([s_], comm)[0] for s_ in call]
+                          for call in new_states]
+            comm.Barrier()  # every rank's rows are in the shared files before anyone reads
         self._final_states = new_states
-        if outs is None:
-            return _unpack(tuple(local))
-        return out
+        return out if out is not None else _unpack(tuple(results))
 
     def score(self, x, y, sample_weight=None) -> float:
         """Coefficient of determination R² over all outputs and time steps (uniform average).
 
         Each output feature is one target; the samples are the (series, time step) pairs.
+        Streams minibatch by minibatch (out-of-core ``x``/``y`` are never loaded whole) and
+        leaves the streaming states of ``predict`` untouched. Collective under MPI.
         """
         self._check_fitted("score")
         xs, ys, ws = self._check_xy(x, y, sample_weight)
-        pred = self.predict(_unpack(xs))
-        preds = pred if isinstance(pred, tuple) else (pred,)
+        self._check_predict_x(_unpack(xs))
+        comm = self._comm
+        n = int(xs[0].shape[0])
+        lo, hi = dist.shard(n, comm)
+        batch = self._predict_batch_size(self._resolved(), xs, None)
+        # Per output feature, in float64: sum w, sum w*(y - c), sum w*(y - c)^2 and
+        # sum w*(y - yhat)^2, with the shift c = the first block's mean (this rank's), so the
+        # variance keeps its precision for series far from zero (prices, CO2 levels, ...).
+        sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
+        shifts = [None] * len(ys)
+        for first, n_real, preds, _ in self._predict_blocks(xs, lo, hi, batch, None):
+            rows = slice(first, first + n_real)
+            w = None if ws is None else np.asarray(ws[0][rows], np.float64)
+            for k, (a, yp) in enumerate(zip(ys, preds)):
+                yt = np.asarray(a[rows], np.float64)
+                f = yt.shape[-1]
+                wk = np.ones(yt.shape[:-1]) if w is None else (
+                    np.broadcast_to(w[:, None], yt.shape[:-1]) if w.ndim < yt.ndim - 1 else w)
+                wk = wk.reshape(-1, 1)
+                yt, yp = yt.reshape(-1, f), np.asarray(yp, np.float64).reshape(-1, f)
+                if shifts[k] is None:
+                    shifts[k] = yt.mean(0)
+                yc = yt - shifts[k]
+                sums[k] += np.stack([np.broadcast_to(wk, yt.shape).sum(0), (wk * yc).sum(0),
+                                     (wk * yc ** 2).sum(0), (wk * (yt - yp) ** 2).sum(0)])
+        # Merge per-rank (count, mean, M2) exactly (Chan et al.), in rank order.
+        local = [(sm, np.zeros(sm.shape[1]) if c is None else c) for sm, c in zip(sums, shifts)]
+        gathered = comm.allgather(local) if comm.size > 1 else [local]
         scores = []
-        for yt, yp in zip(ys, preds):
-            yt = np.asarray(yt, np.float64)
-            yp = np.asarray(yp, np.float64)
-            f = yt.shape[-1]
-            yt, yp = yt.reshape(-1, f), yp.reshape(-1, f)
-            w = None
-            if ws is not None:
-                w = np.asarray(ws[0], np.float64)
-                if w.ndim == 1 and yt.shape[0] != w.shape[0]:
-                    w = np.repeat(w, yt.shape[0] // w.shape[0])
-                w = w.reshape(-1)
-            w = np.ones(yt.shape[0]) if w is None else w
-            mean = np.average(yt, axis=0, weights=w)
-            ss_res = (w[:, None] * (yt - yp) ** 2).sum(0)
-            ss_tot = (w[:, None] * (yt - mean) ** 2).sum(0)
+        for k in range(len(ys)):
+            count = mean = m2 = ss_res = 0.0
+            for rank_stats in gathered:
+                (sw, swy, swy2, res), c = rank_stats[k]
+                if not np.any(sw):
+                    continue
+                mean_r = c + swy / np.maximum(sw, 1e-300)
+                m2_r = np.maximum(swy2 - swy ** 2 / np.maximum(sw, 1e-300), 0.0)
+                total = count + sw
+                delta = mean_r - mean
+                mean = mean + delta * sw / np.maximum(total, 1e-300)
+                m2 = m2 + m2_r + delta ** 2 * count * sw / np.maximum(total, 1e-300)
+                count, ss_res = total, ss_res + res
+            ss_tot = m2
             with np.errstate(divide="ignore", invalid="ignore"):
                 r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
                               np.where(ss_res == 0, 1.0, 0.0))
-            scores.extend(r2.tolist())
+            scores.extend(np.atleast_1d(r2).tolist())
         return float(np.mean(scores))
 
     # -------------------------------------------------------------------------- states (utils)

@@ -87,3 +87,16 @@ def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(report) + ".keras"],
                          capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert out.stdout.split()[-2:] == ["SGD", "False"], out.stderr[-2000:]
+
+
+def test_each_rank_reads_only_its_own_rows_of_an_h5_file(tmp_path):
+    proc, _ = mpirun(2, "reads.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = json.loads((tmp_path / "reads.json").read_text())
+    assert [r["block"] for r in reports] == [[0, 12], [12, 23]]
+    for r in reports:
+        lo, hi = r["block"]
+        assert r["x_rows"] == list(range(lo, hi)), r  # every own row, no other
+        assert r["y_rows"] == list(range(lo, hi)), r
+        assert r["pred_shape"] == [23, 12, 1]
+    assert reports[0]["r2"] == reports[1]["r2"]  # score is reduced over all rows
