@@ -235,6 +235,11 @@ def allreduce_sum(values: np.ndarray, comm) -> np.ndarray:
     return out
 
 
+def broadcast_object(value, comm, root: int = 0):
+    """``value`` of rank ``root`` on every rank (identity for one process)."""
+    return value if comm.size == 1 else comm.bcast(value, root=root)
+
+
 def shared_rng(rng, comm):
     """The shuffling generator: seeded identically on every rank (the seed comes from rank 0)."""
     if rng is None or comm.size == 1:

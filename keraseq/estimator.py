@@ -439,15 +439,28 @@ class Estimator:
         cb = _callback_list(callbacks, model, p, n_steps, comm)
         self.history_ = {} if not (warm and hasattr(self, "history_")) else self.history_
         model.stop_training = False
+        model._initial_epoch = None
         cb.on_train_begin()
+        # A BackupAndRestore callback (rank 0 only under MPI) may have restored the weights,
+        # the optimizer state and the epoch to start from: every rank takes rank 0's.
+        start = dist.broadcast_object(int(model._initial_epoch or 0), comm)
+        model._initial_epoch = None
+        if comm.size > 1:
+            dist.broadcast_variables(model.variables + opt.variables, comm)
         epochs_done = 0
         logs = {}
         for epoch in range(p["epochs"]):
+            # Draw every epoch's order, also those skipped on resume, so that a resumed run
+            # shuffles exactly like an uninterrupted one.
+            epoch_rng = dist.shared_rng(rng, comm)
+            if epoch < start:
+                if epoch_rng is not None:
+                    minibatch_plan(lo, hi, p["batch_size"], n_steps, True, epoch_rng)
+                continue
             cb.on_epoch_begin(epoch)
             for m in metrics:
                 m.reset_state()
-            plan = minibatch_plan(lo, hi, p["batch_size"], n_steps, p["shuffle"],
-                                  dist.shared_rng(rng, comm))
+            plan = minibatch_plan(lo, hi, p["batch_size"], n_steps, p["shuffle"], epoch_rng)
             reader = MinibatchReader(
                 [xs, ys, ws, (time_mask,) if time_mask is not None else None], plan,
                 p["batch_size"], [_x_dtype(xs), np.float32, np.float32, np.float32],
