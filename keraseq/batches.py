@@ -26,7 +26,13 @@ def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
         return np.asarray(array[index])
     if len(index) and np.all(np.diff(index) == 1):
         return np.asarray(array[int(index[0]):int(index[-1]) + 1])
-    return np.asarray(array[index])
+    if isinstance(array, np.ndarray):
+        return array[index]
+    # h5py's point selection (``dataset[list]``) is ~30x slower than reading the runs of
+    # consecutive rows as slices (measured: 20 ms against 0.65 ms for 32 of 512 rows).
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    runs = np.split(np.asarray(index), breaks)
+    return np.concatenate([np.asarray(array[int(r[0]):int(r[-1]) + 1]) for r in runs], axis=0)
 
 
 def minibatch_plan(lo: int, hi: int, batch_size: int, n_steps: int, shuffle: bool,
