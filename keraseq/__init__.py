@@ -3,6 +3,8 @@
 Public API (everything else is internal):
 
 - :class:`Estimator` — ``fit`` / ``predict`` / ``score`` for sequence models ``(N, T, F)``.
+- :class:`Classifier` — the same for labels per series or per time step.
+- :class:`SliceTuple` — several input arrays that scikit-learn can index by rows.
 - :func:`seqloss` — a window loss from a per-time-step loss.
 - :mod:`keraseq.distributed` — MPI: ``DistributedOptimizer``, ``BroadcastWeightsCallback``.
 - :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
@@ -13,7 +15,10 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from .estimator import Estimator, NonFiniteLossError  # noqa: E402
+from .classifier import Classifier  # noqa: E402
+from .inputs import SliceTuple  # noqa: E402
 from .losses import seqloss  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Estimator", "NonFiniteLossError", "seqloss", "__version__"]
+__all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "seqloss",
+           "__version__"]

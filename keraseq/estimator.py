@@ -20,6 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import NotFittedError
+
 from . import distributed as dist
 from .batches import MinibatchReader, minibatch_plan, read_rows
 from .losses import build_objective, is_window_loss
@@ -42,7 +45,7 @@ def _unpack(arrays: tuple):
     return arrays[0] if len(arrays) == 1 else arrays
 
 
-class Estimator:
+class Estimator(RegressorMixin, BaseEstimator):
     """Fit, predict and score a Keras sequence model with truncated BPTT.
 
     Parameters:
@@ -129,26 +132,90 @@ class Estimator:
         return ["model", "loss", "optimizer", "spec"] + list(cls._DEFAULTS)
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Hyper-parameters as a dict (scikit-learn convention)."""
-        return {name: getattr(self, name) for name in self._get_param_names()}
+        """Hyper-parameters as a dict (scikit-learn convention).
+
+        With ``deep=True`` the optimizer's configuration is included as
+        ``optimizer__<key>`` (e.g. ``optimizer__learning_rate``), so that ``GridSearchCV``
+        can search it.
+        """
+        params = {name: getattr(self, name) for name in self._get_param_names()}
+        if deep:
+            for key, value in self._optimizer_config().items():
+                params[f"optimizer__{key}"] = value
+        return params
 
     def set_params(self, **params: Any) -> "Estimator":
-        """Set hyper-parameters (scikit-learn convention); returns ``self``."""
+        """Set hyper-parameters (scikit-learn convention), ``optimizer__<key>`` included: the
+        optimizer is then replaced by a new one with that setting (the old one is untouched).
+        Returns ``self``."""
         valid = set(self._get_param_names())
+        nested = {}
         for key, value in params.items():
-            if key not in valid:
+            if key.startswith("optimizer__"):
+                nested[key[len("optimizer__"):]] = value
+            elif key not in valid:
                 raise ValueError(f"Invalid parameter {key!r} for {type(self).__name__}; "
-                                 f"valid parameters: {sorted(valid)}")
-            setattr(self, key, value)
+                                 f"valid parameters: {sorted(valid)} and optimizer__<key>")
+            else:
+                setattr(self, key, value)
+        if nested:
+            config = self._optimizer_config()
+            unknown = sorted(set(nested) - set(config))
+            if unknown:
+                raise ValueError(f"Invalid optimizer parameter(s) {unknown}; the optimizer "
+                                 f"takes {sorted(config)}")
+            config.update(nested)
+            self.optimizer = self._optimizer_class().from_config(config)
         return self
 
-    def __repr__(self) -> str:
-        shown = [f"{k}={getattr(self, k)!r}" for k in self._get_param_names()
-                 if k in self._DEFAULTS and getattr(self, k) != self._DEFAULTS[k]]
-        return f"{type(self).__name__}({', '.join(shown)})"
+    def _optimizer_class(self):
+        opt = self.optimizer
+        return type(keras.optimizers.get(opt)) if isinstance(opt, str) else type(opt)
+
+    def _optimizer_config(self) -> dict[str, Any]:
+        opt = self.optimizer
+        try:
+            opt = keras.optimizers.get(opt) if isinstance(opt, str) else opt
+            config = dict(opt.get_config())
+        except Exception:
+            return {}
+        config.pop("name", None)
+        return config
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True   # x is (N, T, F)
+        tags.target_tags.multi_output = True   # tuples of outputs, or F_out > 1
+        return tags
+
+    # ----------------------------------------------------------------------------- pickling
+    #: runtime objects rebuilt after unpickling (TF functions, layer patches, communicator)
+    _RUNTIME = ("_steps", "_carry", "_comm", "_device_name", "optimizer_")
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
+        for key in self._RUNTIME:
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "model_" in state:
+            self._restore_runtime()
+
+    def _restore_runtime(self) -> None:
+        """Rebuild what is not pickled: the optimizer link, state carry and compiled steps."""
+        self.optimizer_ = self.model_.optimizer
+        self._comm = dist.get_comm(self.distributed)
+        self._device_name = self._device(self._comm)
+        self._carry = StateCarry(self.model_)
+        self._steps, _ = self._build(self.model_, self.optimizer_, self._carry,
+                                     self._state_specs, self._per_series, self._resolved(),
+                                     self._comm, [])
 
     # ------------------------------------------------------------------------- hyper-parameters
     def _resolved(self) -> dict[str, Any]:
@@ -209,6 +276,8 @@ class Estimator:
         return xs, n, t
 
     def _check_xy(self, x, y, sample_weight):
+        if y is None:
+            as_arrays(y, "y", (3, 2), _Y_WHAT)  # raises the message scikit-learn expects
         xs, n, t = self._check_x(x)
         ys = as_arrays(y, "y", (3, 2), _Y_WHAT)
         ranks = {a.ndim for a in ys}
@@ -348,7 +417,20 @@ class Estimator:
         Minibatches over N; within each, windows ``[0:S], [S:2S], ...`` over T in order, the
         recurrent state carried from one window to the next (gradients cut at the borders) and
         reset at each minibatch. A short last window and a small last minibatch are trained.
+        Starts from the initial weights of ``model`` (from the fitted ones with
+        ``warm_start=True``).
         """
+        return self._fit(x, y, sample_weight, validation_data, callbacks, epochs,
+                         warm=bool(self.warm_start) and hasattr(self, "model_"))
+
+    def partial_fit(self, x, y, sample_weight=None, validation_data=None,
+                    callbacks=None) -> "Estimator":
+        """One epoch on ``(x, y)``, continuing from the fitted weights and optimizer state
+        (the first call starts from ``model``); ``history_`` grows by one entry per call."""
+        return self._fit(x, y, sample_weight, validation_data, callbacks, 1,
+                         warm=hasattr(self, "model_"))
+
+    def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm):
         p = self._resolved()
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
@@ -391,7 +473,6 @@ class Estimator:
             keras.utils.set_random_seed(int(p["random_state"]))
         device = self._device(comm)
         with dist.device_scope(device):
-            warm = p["warm_start"] and hasattr(self, "model_")
             model = self.model_ if warm else self._new_model()
             self._check_model_inputs(model, xs)
             carry = StateCarry(model)
@@ -533,8 +614,8 @@ class Estimator:
     # -------------------------------------------------------------------------------- predict
     def _check_fitted(self, method: str):
         if not hasattr(self, "model_"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet: call `fit` before "
-                             f"`{method}`")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call `fit` "
+                                 f"before `{method}`")
 
     def _output_shapes(self, n, t):
         shapes = []

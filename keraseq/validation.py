@@ -34,7 +34,14 @@ def as_arrays(value: Any, name: str, ndims: Sequence[int], what: str) -> tuple:
     loaded); anything else array-like (lists, tensors) goes through ``np.asarray``.
     """
     if value is None:
-        raise ValueError(f"`{name}` is None; expected {what}")
+        raise ValueError(f"`{name}` is None: this estimator requires {name} to be passed, but "
+                         f"the target {name} is None; expected {what}" if name == "y" else
+                         f"`{name}` is None; expected {what}")
+    if hasattr(value, "tocsr") or type(value).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"`{name}` is a scipy sparse matrix; keraseq needs dense arrays: {what}")
+    from .inputs import SliceTuple
+    if isinstance(value, SliceTuple):
+        value = value.arrays
     if isinstance(value, dict):
         raise TypeError(f"`{name}` is a dict; pass a tuple/list of arrays in the order of the "
                         f"model's inputs/outputs ({what})")
