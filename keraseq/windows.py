@@ -164,8 +164,9 @@ def build_step_functions(
     ``(loss_sum, count, reg, y_pred, new_states)`` for one window (see ``losses.py``):
     ``loss_sum / count`` is the window's mean loss, ``count`` the number of loss elements that
     are not masked, ``reg`` the regularisation losses; ``forward(states, fn)`` runs ``fn()``
-    (which calls the model) starting from ``states`` and returns ``(fn(), new_states)``. ``state_specs`` gives, per RNN call, the per-series shapes and dtypes
-    of its states (probed once on real data).
+    (which calls the model) starting from ``states`` and returns ``(fn(), new_states)``.
+    ``state_specs`` gives, per RNN call, the per-series shapes and dtypes of its states (probed
+    once on real data).
 
     ``train(x, y, w, m, h0)`` runs every window of one minibatch: forward, loss, gradient,
     optional ``allreduce(buffer) -> summed buffer`` of one flat float32 buffer holding every
@@ -173,14 +174,13 @@ def build_step_functions(
     result is the count-weighted mean gradient over ranks), optimizer update; it skips (and
     reports) the first window whose loss or gradient is not finite and every window after it,
     so the weights stay those from before the bad update. ``h0`` is the initial state (``None``:
-    zeros). It returns ``(loss_sum, count, bad_window)`` with ``bad_window = -1`` when all were
-    finite.
+    zeros). It returns one float tensor ``[loss_sum, count, bad_window]`` (one transfer to the
+    host), ``bad_window = -1`` when all were finite.
     """
     trainable = model.trainable_variables
     # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already.
     apply_grads = None if optimizer is None else getattr(optimizer, "apply_reduced",
                                                         optimizer.apply)
-    metric_vars = [v for m in metrics for v in m.variables]
 
     def zero_states(batch):
         return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
@@ -298,7 +298,7 @@ def build_step_functions(
         count_acc = count_acc + tf.where(ok, count, 0.0)
         return new_states, (loss_acc, count_acc, bad, step + 1)
 
-    def loop(x, y, w, m, h0, window_fn, per_series_last_only):
+    def loop(x, y, w, m, h0, window_fn):
         """Run ``window_fn`` over the windows of a minibatch; returns (states, acc)."""
         T = x[0].shape[1]
         S, n_full, tail = windows_of(T)
@@ -307,10 +307,10 @@ def build_step_functions(
         acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
         n_windows = n_full + (1 if tail else 0)
 
-        def cut(arrays, start, length, time_axis=True):
+        def cut(arrays, start, length):
             if arrays is None:
                 return None
-            return tuple(_slice_time(a, start, length) if time_axis else a for a in arrays)
+            return tuple(_slice_time(a, start, length) for a in arrays)
 
         def window(start, length, states, acc, is_last):
             xw = cut(x, start, length)
@@ -327,7 +327,7 @@ def build_step_functions(
         # Full windows run in a symbolic loop: the graph holds one copy of the window step.
         # With per-series targets the last window is the only one with a loss, so it is
         # peeled off the loop.
-        loop_windows = n_full - (1 if (per_series_last_only and not tail) else 0)
+        loop_windows = n_full - (1 if (per_series and not tail) else 0)
         if loop_windows > 0:
             def body(i, states, acc):
                 states, acc = window(i * S, S, states, acc, False)
@@ -349,7 +349,7 @@ def build_step_functions(
                 return new_states, acc
             return train_window(xw, yw, ww, mw, states, acc)
 
-        _, acc = loop(x, y, w, m, h0, window_fn, per_series)
+        _, acc = loop(x, y, w, m, h0, window_fn)
         # One tensor, so the host fetches the minibatch's result with one transfer.
         return tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
 
@@ -366,7 +366,7 @@ def build_step_functions(
             return new_states, (loss_acc + loss_sum + reg * count,
                                            count_acc + count, bad, step + 1)
 
-        _, acc = loop(x, y, w, m, h0, window_fn, per_series)
+        _, acc = loop(x, y, w, m, h0, window_fn)
         return acc[0], acc[1]
 
     # --------------------------------------------------------------------------------- predict
