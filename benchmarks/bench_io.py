@@ -78,14 +78,8 @@ def throughput(folder, epochs=4):
     with h5py.File(path, "r") as h:
         x_mem, y_mem = h["x"][...], h["y"][...]
 
-    class Timer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.t, self.times = time.perf_counter(), []
-
-        def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
-            self.times.append(now - self.t)
-            self.t = now
+    sys.path.insert(0, os.path.dirname(HERE))
+    from epoch_timer import EpochTimer as Timer
 
     def run(x, y):
         keras.utils.set_random_seed(0)

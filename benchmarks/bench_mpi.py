@@ -42,14 +42,8 @@ def worker(args):
     model = keras.Sequential([keras.Input((None, F)), keras.layers.LSTM(units, return_sequences=True),
                               keras.layers.Dense(1)])
 
-    class Timer(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.t, self.times = time.perf_counter(), []
-
-        def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
-            self.times.append(now - self.t)
-            self.t = now
+    sys.path.insert(0, os.path.dirname(HERE))
+    from epoch_timer import EpochTimer as Timer
 
     timer = Timer()
     est = Estimator(model, "mse", keras.optimizers.AdamW(1e-3), epochs=args.epochs,

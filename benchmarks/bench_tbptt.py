@@ -10,6 +10,7 @@ Usage: python benchmarks/bench_tbptt.py [--n 200] [--t 1000] [--repeats 3]
 """
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -19,6 +20,9 @@ import tensorflow as tf  # noqa: E402
 
 from keraseq import Estimator  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from epoch_timer import EpochTimer  # noqa: E402
+
 F, UNITS, BATCH, SEQ = 10, 10, 20, 10
 
 
@@ -27,17 +31,6 @@ def make_model(batch=None, stateful=False):
     inp = keras.Input(batch_shape=(batch, None, F))
     h = keras.layers.LSTM(UNITS, return_sequences=True, stateful=stateful)(inp)
     return keras.Model(inp, keras.layers.Dense(1)(h))
-
-
-class EpochTimer(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-        self.t0 = time.perf_counter()  # the first epoch includes tracing and XLA compilation
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
-        self.times.append(now - self.t0)
-        self.t0 = now
 
 
 def bench_keraseq(x, y, epochs):
