@@ -68,8 +68,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         verbose: 0 silent, 1 progress bar, 2 one line per epoch (as ``model.fit``).
         metrics: Keras metrics (names or objects) computed on every window, for every output.
         loss_weights: per-output weights of the losses (multi-output models).
-        predict_batch_size: series per minibatch in ``predict``/``score`` (default
-            ``max(batch_size, 256)``).
+        predict_batch_size: series per minibatch in ``predict``/``score`` (default: the
+            multiple of ``batch_size`` nearest below 256 series and ~64 MB of ``x``).
         rebatch: when ``batch_size`` > N, cut each series into contiguous time pieces to fill the
             minibatch (the seed's ``rebatch``); each piece starts from a zero state.
         jit_compile: compile the window loop with XLA: ``"auto"`` (Keras's rule: on, unless a
@@ -635,13 +635,16 @@ class Estimator(RegressorMixin, BaseEstimator):
         return xs, n, t
 
     def _predict_batch_size(self, p, xs, batch_size):
-        """The given size, else ``predict_batch_size``, else ``max(batch_size, 256)`` capped so
-        that one minibatch of ``x`` stays near 64 MB (out-of-core data)."""
+        """The given size, else ``predict_batch_size``, else the multiple of the training
+        ``batch_size`` nearest below 256 series and below ~64 MB of ``x`` (out-of-core data;
+        at least ``batch_size``). A multiple of the training batch: with 33 series of
+        (1000, 500) per minibatch against 32, XLA:CPU's predict took 590 MB more memory."""
         given = check_positive_int(batch_size, "batch_size", allow_none=True)
         if given or p["predict_batch_size"]:
             return given or p["predict_batch_size"]
         row_bytes = sum(int(np.prod(a.shape[1:])) * 4 for a in xs)
-        return max(p["batch_size"], min(256, (64 * 2**20) // max(1, row_bytes)))
+        rows = min(256, (64 * 2**20) // max(1, row_bytes))
+        return p["batch_size"] * max(1, rows // p["batch_size"])
 
     def _predict_blocks(self, xs, lo, hi, batch, h_all):
         """Predict rows ``[lo, hi)`` minibatch by minibatch (collective under MPI).
