@@ -6,6 +6,7 @@ Public API (everything else is internal):
 - :class:`Classifier` — the same for labels per series or per time step.
 - :class:`SliceTuple` — several input arrays that scikit-learn can index by rows.
 - :func:`seqloss` — a window loss from a per-time-step loss.
+- :mod:`keraseq.callbacks` — ``BackupAndRestore`` with atomic writes.
 - :mod:`keraseq.distributed` — MPI: ``DistributedOptimizer``, ``BroadcastWeightsCallback``.
 - :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
   :mod:`keraseq.layers` — ``WinsorNorm``.
@@ -14,6 +15,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from . import callbacks  # noqa: E402
 from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .classifier import Classifier  # noqa: E402
 from .inputs import SliceTuple  # noqa: E402

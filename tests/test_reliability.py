@@ -257,6 +257,25 @@ def test_kill_inside_the_backup_write_without_double_checkpoint_is_never_loaded(
     assert "EPOCH_BEGIN" not in restart.stdout  # not a single step on corrupt weights
 
 
+def test_kill_inside_an_atomic_backup_write_resumes_exactly(tmp_path, single_reference):
+    """keraseq.callbacks.BackupAndRestore writes a temporary file and renames it: the same
+    SIGKILL mid-write leaves the previous backup whole, without needing double_checkpoint."""
+    out, backup = tmp_path / "out", tmp_path / "backup"
+    cmd = _command(1, TRAIN, out, "--backup", backup, "--kill-in-save", "2:5", "--atomic")
+    killed = Job(cmd, tmp_path, "killed")
+    assert killed.wait() == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "KILLING IN SAVE" in killed.stdout
+    with h5py.File(backup / "latest.weights.h5", "r") as f:  # whole, and names its epoch
+        assert json.loads(f.attrs["keraseq_training_metadata"])["epoch"] == 2
+    restart = Job(cmd, tmp_path, "restart")
+    restart.wait()
+    assert_ok(restart)
+    w_ref, opt_ref, _ = result(single_reference)
+    w, opt, report = result(out)
+    assert np.array_equal(w, w_ref) and np.array_equal(opt, opt_ref)
+    assert report["n_epochs"] == EPOCHS - 2
+
+
 def test_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
     x = np.random.default_rng(0).normal(size=(8, 6, 2)).astype("float32")
     y = x[..., :1].cumsum(1)

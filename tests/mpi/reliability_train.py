@@ -23,6 +23,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
+import keraseq  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keraseq import Estimator, distributed  # noqa: E402
@@ -31,6 +32,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--backup")
 parser.add_argument("--double", action="store_true")
+parser.add_argument("--atomic", action="store_true",
+                    help="keraseq.callbacks.BackupAndRestore instead of Keras's")
 parser.add_argument("--pause-at", type=int)
 parser.add_argument("--dropout", action="store_true")
 parser.add_argument("--epochs", type=int, default=5)
@@ -112,8 +115,9 @@ class KillInSave(keras.callbacks.Callback):
 callbacks = [Markers()]
 if args.backup:
     # BackupAndRestore writes its files in on_epoch_end: after Markers printed EPOCH_DONE.
-    callbacks.insert(0, keras.callbacks.BackupAndRestore(args.backup,
-                                                         double_checkpoint=args.double))
+    backup_class = (keraseq.callbacks.BackupAndRestore if args.atomic
+                    else keras.callbacks.BackupAndRestore)
+    callbacks.insert(0, backup_class(args.backup, double_checkpoint=args.double))
 if args.kill_in_save:
     callbacks.insert(0, KillInSave(args.kill_in_save))
 est = Estimator(model, "mse", keras.optimizers.Adam(0.02), epochs=args.epochs, batch_size=4,
