@@ -30,9 +30,14 @@ def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
         return array[index]
     # h5py's point selection (``dataset[list]``) is ~30x slower than reading the runs of
     # consecutive rows as slices (measured: 20 ms against 0.65 ms for 32 of 512 rows).
+    # Filled in place, run by run, so at most one run is held twice in memory.
     breaks = np.flatnonzero(np.diff(index) != 1) + 1
-    runs = np.split(np.asarray(index), breaks)
-    return np.concatenate([np.asarray(array[int(r[0]):int(r[-1]) + 1]) for r in runs], axis=0)
+    out = np.empty((len(index),) + tuple(array.shape[1:]), array.dtype)
+    k = 0
+    for run in np.split(np.asarray(index), breaks):
+        out[k:k + len(run)] = array[int(run[0]):int(run[-1]) + 1]
+        k += len(run)
+    return out
 
 
 def minibatch_plan(lo: int, hi: int, batch_size: int, n_steps: int, shuffle: bool,
