@@ -557,7 +557,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                     result = steps.train(
                         tuple(tf.convert_to_tensor(a) for a in bx),
                         tuple(tf.convert_to_tensor(a) for a in by),
-                        None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series, bx[0].shape[1])),),
+                        None if bw is None else
+                        (tf.convert_to_tensor(_weights(bw[0], per_series, bx[0].shape[1])),),
                         (tf.convert_to_tensor(mask),), None)
                 loss_sum, count, bad = result.numpy().tolist()
                 bad = int(bad)
@@ -572,12 +573,17 @@ class Estimator(RegressorMixin, BaseEstimator):
                 logs = {"loss": total[0] / max(total[1], 1.0)}
                 logs.update(dist.metric_results(metrics, comm))
                 cb.on_train_batch_end(step, logs)
+                if comm.size > 1:  # a callback that stops one rank stops all (no hang)
+                    model.stop_training = bool(dist.max_over_ranks(int(model.stop_training),
+                                                                   comm))
                 if model.stop_training:
                     break
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self._evaluate(
                     val_steps, val, val_metrics, p, comm).items()})
             cb.on_epoch_end(epoch, logs)
+            if comm.size > 1:
+                model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
             for key, value in logs.items():
                 self.history_.setdefault(key, []).append(float(value))
             epochs_done += 1
@@ -605,7 +611,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                 loss_sum, count = steps.evaluate(
                     tuple(tf.convert_to_tensor(a) for a in bx),
                     tuple(tf.convert_to_tensor(a) for a in by),
-                    None if bw is None else (tf.convert_to_tensor(_weights(bw[0], self._per_series, bx[0].shape[1])),),
+                    None if bw is None else
+                    (tf.convert_to_tensor(_weights(bw[0], self._per_series, bx[0].shape[1])),),
                     (tf.convert_to_tensor(mask),), None)
             total += np.array([float(loss_sum), float(count)])
         total = dist.allreduce_sum(total, comm)

@@ -73,6 +73,13 @@ def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
     assert "finished without failing" not in proc.stdout
 
 
+def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
+    proc, elapsed = mpirun(2, "faults_and_files.py", "stop", tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 stopped after 1 epoch(s)" in proc.stdout
+    assert "rank 1 stopped after 1 epoch(s)" in proc.stdout
+
+
 def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
     report = tmp_path / "r.json"
     proc, _ = mpirun(2, "plain_fit.py", report)

@@ -1,5 +1,6 @@
 """Run under mpirun. Mode "files": callbacks that write files run on rank 0 only.
-Mode "raise": rank 1 raises during training; every rank must exit (Abort), none may hang."""
+Mode "raise": rank 1 raises during training; every rank must exit (Abort), none may hang.
+Mode "stop": a callback stops training on rank 1 only; every rank must stop with it."""
 import os
 import sys
 
@@ -33,6 +34,14 @@ if mode == "files":
         keras.callbacks.ModelCheckpoint(os.path.join(folder, f"ckpt_{rank}.keras")),
     ])
     print(f"rank {rank} done")
+elif mode == "stop":
+    class StopOnRank1(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if rank == 1 and batch == 1:
+                self.model.stop_training = True
+
+    est.fit(x, y, callbacks=[StopOnRank1()])
+    print(f"rank {rank} stopped after {len(est.history_['loss'])} epoch(s)", flush=True)
 else:
     est.fit(x, y, callbacks=[Boom()])
     print(f"rank {rank} finished without failing", flush=True)
