@@ -6,7 +6,7 @@ together, no communication. Ratio = steady epoch time (i) / (ii). Also (iii) one
 rows with 1 thread, for the speed-up, and the cost of one fused Allreduce against one
 Allreduce per variable for the model's variables.
 
-Usage: python benchmarks/bench_mpi.py [--sizes realistic,seed] [--epochs 3]
+Usage: python benchmarks/bench_mpi.py [--sizes realistic,seed] [--epochs 5] [--rounds 3]
 """
 import argparse
 import json
@@ -105,8 +105,8 @@ def variable_sizes(size):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="realistic,seed")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--allreduce", default=None)
     ap.add_argument("--size", default="seed")
