@@ -908,7 +908,6 @@ class Estimator(RegressorMixin, BaseEstimator):
                              for m in params["metrics"]] or None
         est = cls(model, loss if loss is not None else stored_loss, model.optimizer, **params)
         est.model_ = model
-        est.optimizer_ = model.optimizer
         est.n_features_in_ = meta["n_features_in_"]
         est.n_outputs_ = meta["n_outputs_"]
         est.n_outputs_shapes_ = [tuple(s) for s in meta["n_outputs_shapes_"]]
@@ -916,12 +915,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         est._per_series = meta["per_series"]
         est._state_specs = [[(tuple(shape), tf.as_dtype(dtype)) for shape, dtype in call]
                             for call in meta["state_specs"]]
-        est._comm = dist.get_comm(est.distributed)
-        est._device_name = est._device(est._comm)
-        est._carry = StateCarry(model)
-        p = est._resolved()
-        est._steps, _ = est._build(model, model.optimizer, est._carry, est._state_specs,
-                                   est._per_series, p, est._comm, [])
+        est._restore_runtime()  # optimizer link, communicator, state carry, compiled steps
         est._final_states = None
         if states is not None:
             est._set_states(states)
