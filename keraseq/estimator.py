@@ -554,12 +554,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                 bx, by, bw, bt = batch
                 mask = _mask(rows_mask, bx[0].shape[1], per_series, bt)
                 with carry, dist.device_scope(device):
-                    result = steps.train(
-                        tuple(tf.convert_to_tensor(a) for a in bx),
-                        tuple(tf.convert_to_tensor(a) for a in by),
-                        None if bw is None else
-                        (tf.convert_to_tensor(_weights(bw[0], per_series, bx[0].shape[1])),),
-                        (tf.convert_to_tensor(mask),), None)
+                    result = steps.train(*_batch_tensors(bx, by, bw, mask, per_series), None)
                 loss_sum, count, bad = result.numpy().tolist()
                 bad = int(bad)
                 if bad >= 0:
@@ -598,7 +593,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         xs, ys, ws = data
         for m in metrics:
             m.reset_state()
-        batch = p["predict_batch_size"] or max(p["batch_size"], 256)
+        batch = self._predict_batch_size(p, xs, None)
         lo, hi = dist.shard(int(xs[0].shape[0]), comm)
         n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
         reader = MinibatchReader([xs, ys, ws], minibatch_plan(lo, hi, batch, n_steps, False, None),
@@ -609,11 +604,7 @@ class Estimator(RegressorMixin, BaseEstimator):
             mask = _mask(rows_mask, bx[0].shape[1], self._per_series, None)
             with self._carry, dist.device_scope(self._device_name):
                 loss_sum, count = steps.evaluate(
-                    tuple(tf.convert_to_tensor(a) for a in bx),
-                    tuple(tf.convert_to_tensor(a) for a in by),
-                    None if bw is None else
-                    (tf.convert_to_tensor(_weights(bw[0], self._per_series, bx[0].shape[1])),),
-                    (tf.convert_to_tensor(mask),), None)
+                    *_batch_tensors(bx, by, bw, mask, self._per_series), None)
             total += np.array([float(loss_sum), float(count)])
         total = dist.allreduce_sum(total, comm)
         out = {"loss": total[0] / max(total[1], 1.0)}
@@ -948,6 +939,14 @@ def _metric(spec) -> keras.metrics.Metric:
 
 def _x_dtype(xs):
     return np.float32 if all(a.dtype.kind == "f" for a in xs) else None
+
+
+def _batch_tensors(bx, by, bw, mask, per_series):
+    """A read minibatch as the step functions take it: (x, y, weights or None, mask)."""
+    t = bx[0].shape[1]
+    weights = None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series, t)),)
+    return (tuple(tf.convert_to_tensor(a) for a in bx), tuple(tf.convert_to_tensor(a) for a in by),
+            weights, (tf.convert_to_tensor(mask),))
 
 
 def _weights(w, per_series, t):
