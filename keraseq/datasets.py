@@ -1,5 +1,11 @@
-"""Japanese Vowels: a real classification data set of *unequal-length* multivariate series.
+"""Real data sets for the tutorials (``notebooks/``), loaded from files installed by a wheel.
 
+What lives here: loaders that read a real data set from files an optional dependency already
+ships, so that a tutorial runs offline and in a few milliseconds. What does not live here:
+synthetic data (the notebooks make their own), downloads from the network, and the Mauna Loa
+CO2 series of ``examples/demo.py`` and notebook 02 (it comes from ``statsmodels``).
+
+:func:`load_japanese_vowels`: a classification data set of *unequal-length* multivariate series.
 Nine male speakers each uttered the Japanese vowels /ae/ in succession; every utterance is a
 series of 12 LPC cepstrum coefficients, one row per analysis frame, 7 to 29 frames long
 (Kudo, Toyama & Shimbo 1999, UCI Machine Learning Repository; UEA multivariate archive,
@@ -8,13 +14,16 @@ Bagnall et al. 2018). The task is to tell the speaker: 9 classes, 270 training s
 
 The data come from the files that the ``sktime`` wheel ships
 (``sktime/datasets/data/JapaneseVowels/JapaneseVowels_{TRAIN,TEST}.ts``), so nothing is
-downloaded at run time. Install it with ``pip install "sktime>=1.2"``. ``sktime`` is never
-imported: the package's folder is located with :func:`importlib.util.find_spec` and the ``.ts``
-text files are parsed here with numpy, so loading takes a few milliseconds and does not depend
-on sktime's own loaders (or pandas). ``data_dir=`` points the loader at a folder that holds the
-two ``.ts`` files instead.
+downloaded at run time. ``sktime`` is an optional dependency (the ``demo`` and ``test``
+extras): ``pip install "keraseq[demo]"`` or ``pip install "sktime>=1.2"``. It is only looked
+for when a loader is called, and never imported: the package's folder is located with
+:func:`importlib.util.find_spec` and the ``.ts`` text files are parsed here with numpy, so
+loading does not depend on sktime's own loaders (or pandas). ``data_dir=`` points the loader at
+a folder that holds the two ``.ts`` files instead.
 
-    >>> from unequal_data import load_japanese_vowels
+This module is not imported by ``import keraseq``; import it as ``keraseq.datasets``.
+
+    >>> from keraseq.datasets import load_japanese_vowels
     >>> x_train, y_train, x_test, y_test = load_japanese_vowels()
     >>> len(x_train), x_train[0].shape, y_train[:3]
     (270, (20, 12), array([0, 0, 0]))
@@ -38,7 +47,8 @@ def japanese_vowels_dir() -> Path:
     spec = importlib.util.find_spec("sktime")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(
-            "Japanese Vowels is read from the files shipped in the sktime wheel: "
+            "keraseq.datasets reads Japanese Vowels from the files shipped in the sktime "
+            'wheel, and sktime is not installed: pip install "keraseq[demo]" or '
             'pip install "sktime>=1.2" (or pass data_dir= to a folder holding '
             "JapaneseVowels_TRAIN.ts and JapaneseVowels_TEST.ts)")
     for root in spec.submodule_search_locations:
