@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 
 from .estimator import Estimator
+from .lengths import check_lengths, is_ragged
 
 __all__ = ["Classifier"]
 
@@ -25,6 +26,10 @@ class Classifier(ClassifierMixin, Estimator):
     they are encoded as indices into ``classes_`` (sorted unique labels). The default loss is
     ``"sparse_categorical_crossentropy"``. ``is_classifier()`` is true, so scikit-learn's
     cross-validation stratifies per-series labels.
+
+    Unequal lengths: ``x`` a list of ``(T_i, F)`` arrays with labels per series ``(N,)`` or a
+    list of per-step labels ``(T_i,)``; or padded arrays with ``lengths`` (labels at padded
+    steps are ignored: any value, not counted in ``classes_``).
 
     Example:
         >>> import keras, numpy as np
@@ -45,20 +50,37 @@ class Classifier(ClassifierMixin, Estimator):
                  metrics=None, loss_weights=None, predict_batch_size: int | None = None,
                  rebatch: bool = False, jit_compile: bool | str = "auto",
                  device: str | None = "auto", distributed: Any = "auto",
-                 warm_start: bool = False):
+                 warm_start: bool = False, group_by_length: bool = False):
         # The same hyper-parameters as Estimator, spelled out: scikit-learn reads the signature.
         super().__init__(model, loss, optimizer, spec, epochs=epochs, batch_size=batch_size,
                          seq_len=seq_len, shuffle=shuffle, random_state=random_state,
                          verbose=verbose, metrics=metrics, loss_weights=loss_weights,
                          predict_batch_size=predict_batch_size, rebatch=rebatch,
                          jit_compile=jit_compile, device=device, distributed=distributed,
-                         warm_start=warm_start)
+                         warm_start=warm_start, group_by_length=group_by_length)
 
-    def _encode(self, y, name: str = "y") -> np.ndarray:
+    @staticmethod
+    def _real_labels(y, lengths) -> np.ndarray:
+        """The labels of real steps/series only (flat for per-step labels)."""
+        if is_ragged(y):
+            return np.concatenate([np.asarray(a).ravel() for a in y])
+        labels = np.asarray(y)
+        if lengths is not None and labels.ndim == 2:
+            lengths = check_lengths(lengths, labels.shape[0], labels.shape[1])
+            return labels[np.arange(labels.shape[1])[None, :] < lengths[:, None]]
+        return labels
+
+    def _encode(self, y, name: str = "y", lengths=None):
         if y is None:
             raise ValueError(f"`{name}` is None: this estimator requires y to be passed, but "
                              f"the target y is None; expected labels (N,) or (N, T)")
+        if is_ragged(y):  # per-step labels of unequal lengths: a list of (T_i, 1) codes
+            return [self._encode(np.asarray(a)[None], f"{name}[{k}]")[0]
+                    for k, a in enumerate(y)]
         labels = np.asarray(y)
+        if lengths is not None and labels.ndim == 2:  # padded steps: any label, coded 0
+            real = np.arange(labels.shape[1])[None, :] < np.asarray(lengths)[:, None]
+            labels = np.where(real, labels, self.classes_[0])
         if labels.ndim not in (1, 2):
             raise ValueError(f"`{name}` has shape {labels.shape}; expected labels per series "
                              f"(N,) or per time step (N, T)")
@@ -72,44 +94,75 @@ class Classifier(ClassifierMixin, Estimator):
         return codes[..., None]  # (N, 1) per series, (N, T, 1) per step
 
     def fit(self, x, y, sample_weight=None, validation_data=None, callbacks=None,
-            epochs: int | None = None) -> "Classifier":
+            epochs: int | None = None, lengths=None) -> "Classifier":
         """Train on ``x`` (N, T, F) and labels ``y`` (N,) or (N, T); returns ``self``."""
         if y is None:
             self._encode(y)  # raises the message scikit-learn expects
-        self.classes_ = np.unique(np.asarray(y))
-        codes = self._encode(y)
+        y = _stacked_unless_ragged(x, y)
+        self.classes_ = np.unique(self._real_labels(y, lengths))
+        codes = self._encode(y, lengths=lengths)
         if validation_data is not None:
+            vl = validation_data[3] if len(validation_data) > 3 else None
             validation_data = (validation_data[0], self._encode(validation_data[1],
-                                                                "validation_data y"),
+                                                                "validation_data y", vl),
                                *validation_data[2:])
-        return super().fit(x, codes, sample_weight, validation_data, callbacks, epochs)
+        return super().fit(x, codes, sample_weight, validation_data, callbacks, epochs,
+                           lengths=lengths)
 
     def partial_fit(self, x, y, classes=None, sample_weight=None, validation_data=None,
-                    callbacks=None) -> "Classifier":
+                    callbacks=None, lengths=None) -> "Classifier":
         """One epoch, continuing; pass every label in ``classes`` on the first call."""
+        y = _stacked_unless_ragged(x, y)
         if not hasattr(self, "classes_"):
-            self.classes_ = np.unique(np.asarray(y) if classes is None else np.asarray(classes))
-        return super().partial_fit(x, self._encode(y), sample_weight, validation_data,
-                                   callbacks)
+            self.classes_ = np.unique(self._real_labels(y, lengths) if classes is None
+                                      else np.asarray(classes))
+        return super().partial_fit(x, self._encode(y, lengths=lengths), sample_weight,
+                                   validation_data, callbacks, lengths=lengths)
 
-    def predict_proba(self, x, reset: bool = True, batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities: (N, n_classes) or (N, T, n_classes), columns as ``classes_``."""
-        return super().predict(x, reset=reset, batch_size=batch_size)
+    def predict_proba(self, x, reset: bool = True, batch_size: int | None = None,
+                      lengths=None):
+        """Class probabilities: (N, n_classes) or (N, T, n_classes), columns as ``classes_``
+        (a list of (T_i, n_classes) for a ragged ``x`` with per-step labels)."""
+        return super().predict(x, reset=reset, batch_size=batch_size, lengths=lengths)
 
-    def predict(self, x, reset: bool = True, batch_size: int | None = None) -> np.ndarray:
-        """Labels: (N,) per series or (N, T) per time step."""
-        proba = self.predict_proba(x, reset=reset, batch_size=batch_size)
+    def predict(self, x, reset: bool = True, batch_size: int | None = None, lengths=None):
+        """Labels: (N,) per series or (N, T) per time step (a list of (T_i,) for a ragged
+        ``x`` with per-step labels)."""
+        proba = self.predict_proba(x, reset=reset, batch_size=batch_size, lengths=lengths)
+        if isinstance(proba, list):
+            return [self.classes_[np.argmax(p, axis=-1)] for p in proba]
         return self.classes_[np.argmax(proba, axis=-1)]
 
-    def score(self, x, y, sample_weight=None) -> float:
-        """Accuracy over all series (and time steps), weighted by ``sample_weight``."""
-        pred = self.predict(x)
-        labels = np.asarray(y)
+    def score(self, x, y, sample_weight=None, lengths=None) -> float:
+        """Accuracy over all series (and real time steps), weighted by ``sample_weight``."""
+        pred = self.predict(x, lengths=lengths)
+        y = _stacked_unless_ragged(x, y)
+        if isinstance(pred, list):  # ragged per-step labels
+            if not is_ragged(y) or [len(a) for a in y] != [len(p) for p in pred]:
+                raise ValueError("`y` must be a list of per-step labels with the lengths of "
+                                 "`x`'s series")
+            lengths = np.array([len(p) for p in pred])
+            width = int(lengths.max())
+            pad = lambda seqs, dtype: np.stack([np.pad(np.asarray(a, dtype),
+                                                       (0, width - len(a))) for a in seqs])
+            pred, labels = pad(pred, object), pad(y, object)
+            if sample_weight is not None and is_ragged(sample_weight):
+                sample_weight = pad(sample_weight, np.float64)
+        else:
+            labels = np.asarray(y)
         if labels.shape != pred.shape:
             raise ValueError(f"`y` has shape {labels.shape}; expected {pred.shape}")
         hits = (pred == labels).astype(np.float64)
-        if sample_weight is None:
-            return float(hits.mean())
-        w = np.asarray(sample_weight, np.float64)
+        w = np.ones(hits.shape) if sample_weight is None else np.asarray(sample_weight,
+                                                                           np.float64)
         w = np.broadcast_to(w.reshape(w.shape + (1,) * (hits.ndim - w.ndim)), hits.shape)
+        if lengths is not None and hits.ndim == 2:  # padded steps are not scored
+            w = w * (np.arange(hits.shape[1])[None, :] < np.asarray(lengths)[:, None])
         return float((hits * w).sum() / w.sum())
+
+
+def _stacked_unless_ragged(x, y):
+    """Labels as given for a ragged ``x``; else one array (a list of equal rows stacks)."""
+    if y is None or is_ragged(x) or not is_ragged(y):
+        return y
+    return np.asarray(y)

@@ -25,10 +25,12 @@ from sklearn.exceptions import NotFittedError
 
 from . import distributed as dist
 from .batches import MinibatchReader, minibatch_plan, read_rows
+from .lengths import (check_lengths, grouped_plan, input_mask_rule, is_ragged, pad_ragged,
+                      series_lengths, time_mask, unpad, windows_needed)
 from .losses import build_objective, is_window_loss
 from .validation import (REQUIRED_SPEC_FIELDS, as_arrays, check_finite, check_positive_int,
                          spec_fields)
-from .windows import StateCarry, build_step_functions
+from .windows import StateCarry, build_step_functions, carries_masked_output, find_rnn_layers
 
 __all__ = ["Estimator", "NonFiniteLossError"]
 
@@ -79,6 +81,18 @@ class Estimator(RegressorMixin, BaseEstimator):
         distributed: ``"auto"`` (MPI when launched with more than one rank), ``False``, ``True``
             or an ``mpi4py`` communicator.
         warm_start: a second ``fit`` continues from the fitted weights instead of the initial ones.
+        group_by_length: build each minibatch from series of similar length (shuffled within
+            pools of 32 minibatches and across them, deterministic with ``random_state``), so
+            that with unequal lengths the windows past a minibatch's longest series, which
+            are skipped, are most of the padding.
+
+    Unequal lengths: pass ``x`` as a list of ``(T_i, F)`` arrays (``y`` as a list of
+    ``(T_i, F_out)`` arrays or per-series ``(N, F_out)``), or padded arrays with ``lengths``
+    (N,), or padded arrays and a model that starts with ``keras.layers.Masking``. Padded steps
+    are left out of the loss, the metrics and ``score``; the recurrent state of a series stops
+    at its last real step; a per-series output is the one at that step; windows that are
+    padding for every series of a minibatch are skipped. The result does not depend on
+    ``seq_len``.
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
     ``n_outputs_``, ``n_epochs_``.
@@ -98,7 +112,7 @@ class Estimator(RegressorMixin, BaseEstimator):
     _DEFAULTS = dict(epochs=1, batch_size=32, seq_len=None, shuffle=True, random_state=None,
                      verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
                      rebatch=False, jit_compile="auto", device="auto", distributed="auto",
-                     warm_start=False)
+                     warm_start=False, group_by_length=False)
 
     def __init__(self, model: keras.Model, loss: Any = "mse", optimizer: Any = "adam",
                  spec: Any = None, *, epochs: int = 1, batch_size: int = 32,
@@ -107,7 +121,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                  loss_weights: Sequence[float] | None = None,
                  predict_batch_size: int | None = None, rebatch: bool = False,
                  jit_compile: bool | str = "auto", device: str | None = "auto",
-                 distributed: Any = "auto", warm_start: bool = False):
+                 distributed: Any = "auto", warm_start: bool = False,
+                 group_by_length: bool = False):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -116,7 +131,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                      random_state=random_state, verbose=verbose, metrics=metrics,
                      loss_weights=loss_weights, predict_batch_size=predict_batch_size,
                      rebatch=rebatch, jit_compile=jit_compile, device=device,
-                     distributed=distributed, warm_start=warm_start)
+                     distributed=distributed, warm_start=warm_start,
+                     group_by_length=group_by_length)
         try:
             from_spec = spec_fields(spec)
         except TypeError:
@@ -257,6 +273,43 @@ class Estimator(RegressorMixin, BaseEstimator):
         from tensorflow.python.framework.config import is_op_determinism_enabled
         return (all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
                 and not is_op_determinism_enabled())
+
+    @staticmethod
+    def _check_windows(model, seq_len, t, masked) -> None:
+        """Refuse recurrent layers that windows would silently change.
+
+        A backward RNN (``go_backwards=True``, the backward half of ``Bidirectional``) reads a
+        window from its end, so no state carried from the previous window can continue it.
+        With masks, a custom cell's masked outputs cannot be carried across windows."""
+        if seq_len is None or seq_len >= t:
+            return
+        mask_layers = [layer for layer in model._flatten_layers(include_self=False)
+                       if isinstance(layer, keras.layers.Masking)
+                       or getattr(layer, "mask_zero", False)]
+        if mask_layers and not masked and input_mask_rule(model) is None:
+            raise ValueError(
+                f"layer {mask_layers[0].name!r} masks time steps, but keraseq reads which steps "
+                f"are real only from a keras.layers.Masking layer applied directly to a model "
+                f"input; with windows (seq_len={seq_len} < T={t}) pass `lengths` (or a list of "
+                f"(T_i, F) arrays as `x`) so that each series' last real step is known")
+        masked = masked or bool(mask_layers)
+        backward = [layer for layer in model._flatten_layers(include_self=False)
+                    if isinstance(layer, keras.layers.Bidirectional)
+                    or (isinstance(layer, keras.layers.RNN) and layer.go_backwards)]
+        if backward:
+            kind = ("Bidirectional" if isinstance(backward[0], keras.layers.Bidirectional)
+                    else "go_backwards=True")
+            raise ValueError(
+                f"layer {backward[0].name!r} ({kind}) runs backwards in time: a window of "
+                f"seq_len={seq_len} < T={t} would restart its backward pass from each "
+                f"window's end, which is not the whole-sequence result; use seq_len=None "
+                f"(or >= T) for this model")
+        for layer in find_rnn_layers(model):
+            if masked and not carries_masked_output(layer) and not layer.zero_output_for_mask:
+                raise ValueError(
+                    f"layer {layer.name!r} has a {type(layer.cell).__name__} cell: keraseq "
+                    f"carries the output of masked (padded) steps across windows only for "
+                    f"SimpleRNN/GRU/LSTM cells; use seq_len=None for unequal lengths with it")
 
     def _device(self, comm) -> str | None:
         if self.device == "auto":
@@ -411,27 +464,31 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------------ fit
     def fit(self, x, y, sample_weight=None, validation_data=None, callbacks=None,
-            epochs: int | None = None) -> "Estimator":
+            epochs: int | None = None, lengths=None) -> "Estimator":
         """Train on ``x`` (N, T, F) and ``y`` (N, T, F_out) or (N, F_out); returns ``self``.
 
         Minibatches over N; within each, windows ``[0:S], [S:2S], ...`` over T in order, the
         recurrent state carried from one window to the next (gradients cut at the borders) and
         reset at each minibatch. A short last window and a small last minibatch are trained.
         Starts from the initial weights of ``model`` (from the fitted ones with
-        ``warm_start=True``).
+        ``warm_start=True``). ``lengths`` (N,): series ``i`` is real up to ``lengths[i]``
+        time steps, padding after (see "Unequal lengths" above); ``validation_data`` may be
+        ``(x, y, sample_weight, lengths)``.
         """
         return self._fit(x, y, sample_weight, validation_data, callbacks, epochs,
-                         warm=bool(self.warm_start) and hasattr(self, "model_"))
+                         warm=bool(self.warm_start) and hasattr(self, "model_"),
+                         lengths=lengths)
 
     def partial_fit(self, x, y, sample_weight=None, validation_data=None,
-                    callbacks=None) -> "Estimator":
+                    callbacks=None, lengths=None) -> "Estimator":
         """One epoch on ``(x, y)``, continuing from the fitted weights and optimizer state
         (the first call starts from ``model``); ``history_`` grows by one entry per call."""
         return self._fit(x, y, sample_weight, validation_data, callbacks, 1,
-                         warm=hasattr(self, "model_"))
+                         warm=hasattr(self, "model_"), lengths=lengths)
 
-    def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm):
+    def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths=None):
         p = self._resolved()
+        x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
         comm = dist.get_comm(p["distributed"])
@@ -450,14 +507,27 @@ class Estimator(RegressorMixin, BaseEstimator):
                     raise ValueError("`rebatch=True` needs per-step targets `y` (N, T, F_out)")
                 if window_loss:
                     raise ValueError("`rebatch=True` needs a Keras loss (padding is masked out)")
+            if lengths is not None:
+                if p["rebatch"]:
+                    raise ValueError("`rebatch=True` cannot be combined with unequal lengths "
+                                     "(`lengths` or a ragged `x`)")
+                checked = check_lengths(lengths, int(xs[0].shape[0]), int(xs[0].shape[1]))
+            else:
+                checked = None
             val = None
             if validation_data is not None:
-                if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                    raise ValueError("`validation_data` must be a tuple (x_val, y_val) or "
-                                     "(x_val, y_val, sample_weight_val)")
-                val = self._check_xy(*(tuple(validation_data) + (None,))[:3])
+                if not isinstance(validation_data, (tuple, list)) or \
+                        len(validation_data) not in (2, 3, 4):
+                    raise ValueError("`validation_data` must be a tuple (x_val, y_val), "
+                                     "(x_val, y_val, sample_weight_val) or (x_val, y_val, "
+                                     "sample_weight_val, lengths_val)")
+                vx, vy, vw, vl = _unragged(*(tuple(validation_data) + (None, None))[:4])
+                val = self._check_xy(vx, vy, vw)
                 if val[1][0].ndim != ys[0].ndim:
                     raise ValueError("`validation_data` targets must be of the same kind as `y`")
+                val = val + (None if vl is None else check_lengths(
+                    vl, int(val[0][0].shape[0]), int(val[0][0].shape[1]),
+                    "validation_data lengths"),)
             lo, hi = dist.shard(int(xs[0].shape[0]), comm)
             for name, arrays in (("x", xs), ("y", ys), ("sample_weight", ws or ())):
                 check_finite(arrays, name, rows=(lo, hi))
@@ -465,9 +535,9 @@ class Estimator(RegressorMixin, BaseEstimator):
                 vlo, vhi = dist.shard(int(val[0][0].shape[0]), comm)
                 for name, arrays in (("x", val[0]), ("y", val[1]), ("sample_weight", val[2] or ())):
                     check_finite(arrays, f"validation_data {name}", rows=(vlo, vhi))
-            return xs, ys, ws, per_series, window_loss, val
+            return xs, ys, ws, per_series, window_loss, val, checked
 
-        xs, ys, ws, per_series, window_loss, val = dist.agree(comm, validate)
+        xs, ys, ws, per_series, window_loss, val, lengths = dist.agree(comm, validate)
 
         if p["random_state"] is not None:
             keras.utils.set_random_seed(int(p["random_state"]))
@@ -475,6 +545,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         with dist.device_scope(device):
             model = self.model_ if warm else self._new_model()
             self._check_model_inputs(model, xs)
+            self._check_windows(model, p["seq_len"], int(xs[0].shape[1]),
+                                lengths is not None or (val is not None and val[3] is not None))
             carry = StateCarry(model)
             own = dist.shard(int(xs[0].shape[0]), comm)[0]
             state_specs, out_shapes, window = self._probe(
@@ -516,6 +588,17 @@ class Estimator(RegressorMixin, BaseEstimator):
         lo, hi = dist.shard(n, comm)
         n_steps = dist.max_over_ranks(math.ceil((hi - lo) / p["batch_size"]), comm)
         rng = np.random.default_rng(p["random_state"]) if p["shuffle"] else None
+        rule = input_mask_rule(model)
+        masked = rule is not None or lengths is not None
+        if p["group_by_length"]:
+            row_lengths = series_lengths(xs, lengths, rule, lo, hi)
+
+            def plan_of(shuffle, epoch_rng):
+                return grouped_plan(lo, hi, p["batch_size"], n_steps, row_lengths, shuffle,
+                                    epoch_rng)
+        else:
+            def plan_of(shuffle, epoch_rng):
+                return minibatch_plan(lo, hi, p["batch_size"], n_steps, shuffle, epoch_rng)
 
         cb = _callback_list(callbacks, model, p, n_steps, comm)
         self.history_ = {} if not (warm and hasattr(self, "history_")) else self.history_
@@ -536,25 +619,27 @@ class Estimator(RegressorMixin, BaseEstimator):
             epoch_rng = dist.shared_rng(rng, comm)
             if epoch < start:
                 if epoch_rng is not None:
-                    minibatch_plan(lo, hi, p["batch_size"], n_steps, True, epoch_rng)
+                    plan_of(True, epoch_rng)
                 continue
             cb.on_epoch_begin(epoch)
             if p["random_state"] is not None:
                 _reseed(model, int(p["random_state"]), epoch)
             for m in metrics:
                 m.reset_state()
-            plan = minibatch_plan(lo, hi, p["batch_size"], n_steps, p["shuffle"], epoch_rng)
+            plan = plan_of(p["shuffle"], epoch_rng)
             reader = MinibatchReader(
-                [xs, ys, ws, (time_mask,) if time_mask is not None else None], plan,
-                p["batch_size"], [_x_dtype(xs), np.float32, np.float32, np.float32],
+                [xs, ys, ws, (time_mask,) if time_mask is not None else None,
+                 (lengths,) if lengths is not None else None], plan,
+                p["batch_size"], [_x_dtype(xs), np.float32, np.float32, np.float32, np.int64],
                 pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
             total = np.zeros(2)
             for step, (batch, rows_mask, n_real) in enumerate(reader):
                 cb.on_train_batch_begin(step)
-                bx, by, bw, bt = batch
-                mask = _mask(rows_mask, bx[0].shape[1], per_series, bt)
+                bx, by, bw, bt, bl = batch
+                tensors = _batch_tensors(bx, by, bw, rows_mask, per_series, bt, bl, rule,
+                                         masked, p["seq_len"], comm)
                 with carry, dist.device_scope(device):
-                    result = steps.train(*_batch_tensors(bx, by, bw, mask, per_series), None)
+                    result = steps.train(*tensors, None)
                 loss_sum, count, bad = result.numpy().tolist()
                 bad = int(bad)
                 if bad >= 0:
@@ -590,21 +675,25 @@ class Estimator(RegressorMixin, BaseEstimator):
         return self
 
     def _evaluate(self, steps, data, metrics, p, comm) -> dict[str, float]:
-        xs, ys, ws = data
+        xs, ys, ws, lengths = data
+        rule = input_mask_rule(self.model_)
         for m in metrics:
             m.reset_state()
         batch = self._predict_batch_size(p, xs, None)
         lo, hi = dist.shard(int(xs[0].shape[0]), comm)
         n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
-        reader = MinibatchReader([xs, ys, ws], minibatch_plan(lo, hi, batch, n_steps, False, None),
-                                 batch, [_x_dtype(xs), np.float32, np.float32],
+        reader = MinibatchReader([xs, ys, ws, (lengths,) if lengths is not None else None],
+                                 minibatch_plan(lo, hi, batch, n_steps, False, None),
+                                 batch, [_x_dtype(xs), np.float32, np.float32, np.int64],
                                  fallback_row=lo if hi > lo else 0)
+        masked = rule is not None or lengths is not None
         total = np.zeros(2)
-        for (bx, by, bw), rows_mask, _ in reader:
-            mask = _mask(rows_mask, bx[0].shape[1], self._per_series, None)
+        for (bx, by, bw, bl), rows_mask, _ in reader:
+            # No collective inside evaluate's window loop: ranks need not agree on windows.
+            tensors = _batch_tensors(bx, by, bw, rows_mask, self._per_series, None, bl, rule,
+                                     masked, p["seq_len"], None)
             with self._carry, dist.device_scope(self._device_name):
-                loss_sum, count = steps.evaluate(
-                    *_batch_tensors(bx, by, bw, mask, self._per_series), None)
+                loss_sum, count = steps.evaluate(*tensors, None)
             total += np.array([float(loss_sum), float(count)])
         total = dist.allreduce_sum(total, comm)
         out = {"loss": total[0] / max(total[1], 1.0)}
@@ -644,33 +733,46 @@ class Estimator(RegressorMixin, BaseEstimator):
         rows = min(256, (64 * 2**20) // max(1, row_bytes))
         return p["batch_size"] * max(1, rows // p["batch_size"])
 
-    def _predict_blocks(self, xs, lo, hi, batch, h_all):
+    def _predict_blocks(self, xs, lo, hi, batch, h_all, lengths=None):
         """Predict rows ``[lo, hi)`` minibatch by minibatch (collective under MPI).
 
-        Yields ``(first_row, n_real, predictions, final_states)`` as numpy arrays of the real
-        rows; ``h_all`` gives initial states per series (``None``: zeros).
+        Yields ``(first_row, n_real, predictions, final_states, time_mask)`` as numpy arrays
+        of the real rows (``time_mask`` (n_real, T) or ``None`` when every step is real);
+        ``h_all`` gives initial states per series (``None``: zeros).
         """
         comm = self._comm
         batch = min(batch, max(1, hi - lo))
         n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
         plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
-        reader = MinibatchReader([xs], plan, batch, [_x_dtype(xs)],
-                                 fallback_row=lo if hi > lo else 0)
-        for index, ((bx,), _, n_real) in zip(plan, reader):
+        rule = input_mask_rule(self.model_)
+        reader = MinibatchReader([xs, (lengths,) if lengths is not None else None], plan, batch,
+                                 [_x_dtype(xs), np.int64], fallback_row=lo if hi > lo else 0)
+        for index, ((bx, bl), _, n_real) in zip(plan, reader):
             h0 = None
             if h_all is not None:
                 rows = index if n_real else np.array([0])
                 h0 = [[tf.convert_to_tensor(_pad_rows(np.asarray(s)[rows], batch))
                        for s in call] for call in h_all]
+            tm = None
+            if rule is not None or lengths is not None:
+                tm = time_mask(bx, None if bl is None else bl[0], rule)
             with self._carry, dist.device_scope(self._device_name):
-                preds, states = self._steps.predict(tuple(tf.convert_to_tensor(a) for a in bx),
-                                                    h0)
+                preds, states = self._steps.predict(
+                    tuple(tf.convert_to_tensor(a) for a in bx),
+                    None if tm is None else tf.convert_to_tensor(tm), h0)
             if n_real:
                 yield (int(index[0]), n_real, [pr.numpy()[:n_real] for pr in preds],
-                       [[st.numpy()[:n_real] for st in call] for call in states])
+                       [[st.numpy()[:n_real] for st in call] for call in states],
+                       None if tm is None else tm[:n_real])
 
-    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None):
+    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None,
+                lengths=None):
         """Predictions for ``x`` (N, T, F), window by window with the state carried.
+
+        Unequal lengths: ``x`` a list of ``(T_i, F)`` arrays gives a list of ``(T_i, F_out)``
+        predictions per step (an (N, F_out) array per series), or pass padded ``x`` with
+        ``lengths`` (N,); a per-series prediction is the output at the series' last real
+        step, and ``reset=False`` continues each series from there.
 
         ``out`` (an ndarray, memmap, ``h5py.Dataset`` or a tuple of them, one per output) is
         filled minibatch by minibatch and returned. The final state of every series is kept:
@@ -682,7 +784,15 @@ class Estimator(RegressorMixin, BaseEstimator):
         """
         self._check_fitted("predict")
         p = self._resolved()
+        ragged = is_ragged(x)
+        x, _, _, lengths = _unragged(x, None, None, lengths)
+        if ragged and out is not None:
+            raise ValueError("`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` "
+                             "returns a list")
         xs, n, t = self._check_predict_x(x)
+        if lengths is not None:
+            lengths = check_lengths(lengths, n, t)
+        self._check_windows(self.model_, p["seq_len"], t, lengths is not None)
         comm = self._comm
         lo, hi = dist.shard(n, comm)
         dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
@@ -720,7 +830,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                  for d, sh in zip(direct, shapes)]
         new_states = [[np.zeros((hi - lo,) + shape, np.float32) for shape, _ in spec]
                       for spec in self._state_specs]
-        for first, n_real, preds, states in self._predict_blocks(xs, lo, hi, batch, h_all):
+        for first, n_real, preds, states, _ in self._predict_blocks(xs, lo, hi, batch, h_all,
+                                                                     lengths):
             rows = slice(first - lo, first - lo + n_real)
             for k, values in enumerate(preds):
                 if direct[k]:
@@ -749,18 +860,26 @@ class Estimator(RegressorMixin, BaseEstimator):
                           for call in new_states]
             comm.Barrier()  # every rank's rows are in the shared files before anyone reads
         self._final_states = new_states
+        if ragged:
+            results = [unpad(r, lengths) if len(sh) >= 3 else r
+                       for r, sh in zip(results, shapes)]
         return out if out is not None else _unpack(tuple(results))
 
-    def score(self, x, y, sample_weight=None) -> float:
+    def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """Coefficient of determination R² over all outputs and time steps (uniform average).
 
-        Each output feature is one target; the samples are the (series, time step) pairs.
-        Streams minibatch by minibatch (out-of-core ``x``/``y`` are never loaded whole) and
-        leaves the streaming states of ``predict`` untouched. Collective under MPI.
+        Each output feature is one target; the samples are the (series, time step) pairs
+        (padded steps of unequal-length series left out). Streams minibatch by minibatch
+        (out-of-core ``x``/``y`` are never loaded whole) and leaves the streaming states of
+        ``predict`` untouched. Collective under MPI.
         """
         self._check_fitted("score")
+        x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         xs, ys, ws = self._check_xy(x, y, sample_weight)
-        self._check_predict_x(_unpack(xs))
+        _, n_, t_ = self._check_predict_x(_unpack(xs))
+        if lengths is not None:
+            lengths = check_lengths(lengths, n_, t_)
+        self._check_windows(self.model_, self._resolved()["seq_len"], t_, lengths is not None)
         comm = self._comm
         n = int(xs[0].shape[0])
         lo, hi = dist.shard(n, comm)
@@ -770,7 +889,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         # variance keeps its precision for series far from zero (prices, CO2 levels, ...).
         sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
         shifts = [None] * len(ys)
-        for first, n_real, preds, _ in self._predict_blocks(xs, lo, hi, batch, None):
+        for first, n_real, preds, _, tm in self._predict_blocks(xs, lo, hi, batch, None,
+                                                                lengths):
             rows = slice(first, first + n_real)
             w = None if ws is None else np.asarray(ws[0][rows], np.float64)
             for k, (a, yp) in enumerate(zip(ys, preds)):
@@ -778,6 +898,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                 f = yt.shape[-1]
                 wk = np.ones(yt.shape[:-1]) if w is None else (
                     np.broadcast_to(w[:, None], yt.shape[:-1]) if w.ndim < yt.ndim - 1 else w)
+                if tm is not None and yt.ndim == 3:
+                    wk = wk * tm  # padded steps are no samples
                 wk = wk.reshape(-1, 1)
                 yt, yp = yt.reshape(-1, f), np.asarray(yp, np.float64).reshape(-1, f)
                 if shifts[k] is None:
@@ -913,6 +1035,46 @@ class Estimator(RegressorMixin, BaseEstimator):
         return est
 
 
+def _unragged(x, y, sample_weight, lengths):
+    """Ragged inputs (lists of per-series arrays) padded at the end; the lengths they give.
+
+    Returns ``(x, y, sample_weight, lengths)``; arrays pass through untouched."""
+    if is_ragged(x):
+        if lengths is not None:
+            raise ValueError("`lengths` is given by the ragged `x` (a list of (T_i, F) "
+                             "arrays); pass padded `x` with `lengths`, or the list alone")
+        x, lengths = pad_ragged(x, "x", np.float32 if all(
+            np.asarray(s).dtype.kind == "f" for s in x) else None)
+        if x.ndim != 3:
+            raise ValueError(f"`x` is a list of series of shape (T_i,); expected (T_i, F) "
+                             f"arrays (use a[:, None] for one feature)")
+    for name, value in (("y", y), ("sample_weight", sample_weight)):
+        if value is None or not is_ragged(value):
+            continue
+        if lengths is None and len({len(v) for v in value}) == 1:
+            continue  # a list of equal rows: an ordinary array
+        if lengths is None:
+            raise ValueError(f"`{name}` is a list of per-step series but `x` is not; pass a "
+                             f"list of (T_i, F) arrays as `x` too (or padded arrays and "
+                             f"`lengths`)")
+        padded, got = pad_ragged(value, name, np.float32 if name == "sample_weight" else None)
+        wrong = np.flatnonzero(got != np.asarray(lengths)[:len(got)]) if len(got) == len(
+            lengths) else [min(len(got), len(lengths)) - 1]
+        if len(got) != len(lengths) or len(wrong):
+            k = int(wrong[0])
+            raise ValueError(f"`{name}[{k}]` has {got[k] if k < len(got) else 'no'} time steps "
+                             f"but `x[{k}]` has {lengths[k] if k < len(lengths) else 'none'}; "
+                             f"per-step series must match `x` in length")
+        if padded.shape[1] < int(np.max(lengths)):
+            padded = np.pad(padded, [(0, 0), (0, int(np.max(lengths)) - padded.shape[1])]
+                            + [(0, 0)] * (padded.ndim - 2))
+        if name == "y":
+            y = padded
+        else:
+            sample_weight = padded
+    return x, y, sample_weight, lengths
+
+
 def _reseed(model, random_state: int, epoch: int) -> None:
     """Set every random-number generator of the model (Dropout, recurrent dropout, noise
     layers) from ``(random_state, epoch)`` alone, so that an epoch draws the same masks
@@ -941,12 +1103,31 @@ def _x_dtype(xs):
     return np.float32 if all(a.dtype.kind == "f" for a in xs) else None
 
 
-def _batch_tensors(bx, by, bw, mask, per_series):
-    """A read minibatch as the step functions take it: (x, y, weights or None, mask)."""
+def _batch_tensors(bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, masked, seq_len,
+                   agree_comm):
+    """A read minibatch as the step functions take it: ``(x, y, weights or None, mask,
+    time mask or None, windows to run or None)``.
+
+    With unequal lengths (``masked``) the time mask marks each row's real steps and the
+    window count stops at the minibatch's longest series; ``agree_comm`` (under MPI, when the
+    window loop holds an Allreduce per window) makes every rank run the same count."""
     t = bx[0].shape[1]
     weights = None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series, t)),)
+    mask = _mask(rows_mask, t, per_series, rebatch_mask)
+    tm = n_win = None
+    if masked:
+        tm = time_mask(bx, None if bl is None else bl[0], rule)
+        if tm is None:
+            tm = np.ones((len(rows_mask), t), np.float32)
+        tm = tm * rows_mask[:, None]
+        if not per_series:
+            mask = mask * tm
+        n_win = windows_needed(tm, seq_len)
+        if agree_comm is not None and agree_comm.size > 1 and not per_series:
+            n_win = dist.max_over_ranks(n_win, agree_comm)
+        tm, n_win = tf.convert_to_tensor(tm), tf.constant(n_win, tf.int32)
     return (tuple(tf.convert_to_tensor(a) for a in bx), tuple(tf.convert_to_tensor(a) for a in by),
-            weights, (tf.convert_to_tensor(mask),))
+            weights, (tf.convert_to_tensor(mask),), tm, n_win)
 
 
 def _weights(w, per_series, t):

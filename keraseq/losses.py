@@ -18,7 +18,18 @@ import keras
 import tensorflow as tf
 from keras import ops, tree
 
-__all__ = ["seqloss", "is_window_loss", "build_objective"]
+__all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask"]
+
+
+def output_mask(y_pred):
+    """The Keras mask of a model output (``Masking``/``mask_zero`` propagated), or ``None``.
+
+    ``model.fit`` weighs the loss and the metrics by it, so keraseq does too."""
+    try:
+        from keras.src.backend.common.masking import get_keras_mask
+    except ImportError:  # pragma: no cover - older Keras
+        return getattr(y_pred, "_keras_mask", None)
+    return get_keras_mask(y_pred)
 
 
 def seqloss(fn: Callable) -> Callable:
@@ -165,9 +176,15 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
                 values = ops.mean(values, axis=-1)
             if ww is not None:
                 values = values * ww
-            if mw is not None:
-                values = values * mw
-                c = tf.reduce_sum(mw)
+            mask = mw
+            keras_mask = output_mask(yp)
+            if keras_mask is not None and len(keras_mask.shape) == len(values.shape):
+                keras_mask = tf.cast(keras_mask, tf.float32)
+                mask = keras_mask if mask is None else mask * keras_mask
+            if mask is not None:
+                # Keras's rule (losses.loss.apply_mask): the mean over unmasked elements.
+                values = values * mask
+                c = tf.reduce_sum(mask)
             else:
                 c = tf.cast(tf.size(values), tf.float32)
             loss_sum = loss_sum + weight * tf.reduce_sum(values)

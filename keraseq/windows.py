@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
+from .losses import output_mask
+
 __all__ = ["StateCarry", "StepFunctions", "build_step_functions", "find_rnn_layers"]
 
 
@@ -62,6 +64,8 @@ class StateCarry:
         self._outgoing: list = []
         self._depth = 0
         self._saved_stateful: list[bool] = []
+        #: (batch, window) boolean mask of the real time steps of the current window, or None.
+        self.window_mask = None
 
     # -- protocol used by the step functions -------------------------------------------------
     def feed(self, states: Sequence[Sequence[Any]] | None) -> None:
@@ -105,6 +109,10 @@ class StateCarry:
                 return orig_loop(sequences=sequences, initial_state=initial_state,
                                  mask=mask, training=training)
             object.__setattr__(layer, "_keraseq_default", False)
+            if carry.window_mask is not None:  # lengths given to keraseq: mask the padding
+                window_mask = tf.cast(carry.window_mask, "bool")
+                mask = window_mask if mask is None else tf.logical_and(tf.cast(mask, "bool"),
+                                                                       window_mask)
             index = len(carry._outgoing)
             if carry._incoming is not None:
                 if index >= len(carry._incoming):
@@ -117,12 +125,45 @@ class StateCarry:
                 initial_state = tree.pack_sequence_as(initial_state, flat)
             last, outputs, states = orig_loop(sequences=sequences, initial_state=initial_state,
                                               mask=mask, training=training)
+            if mask is not None and carries_masked_output(layer):
+                last, outputs = _masked_output_from_state(layer, mask, initial_state, last,
+                                                          outputs)
             carry._outgoing.append(list(tree.flatten(states)))
             return last, outputs, states
 
         object.__setattr__(layer, "stateful", False)
         object.__setattr__(layer, "get_initial_state", get_initial_state)
         object.__setattr__(layer, "inner_loop", inner_loop)
+
+
+#: Cells whose output at a step is their first state (``h``), so the output a masked step
+#: repeats can be carried across windows with the state.
+_OUTPUT_IS_STATE = (keras.layers.SimpleRNNCell, keras.layers.GRUCell, keras.layers.LSTMCell)
+
+
+def carries_masked_output(layer) -> bool:
+    """True when keraseq can continue ``layer``'s masked outputs across windows exactly.
+
+    Over a whole sequence, a masked Keras RNN repeats at a masked step the output of the last
+    real step (``zero_output_for_mask=False``), and its ``return_sequences=False`` output is
+    that of the last real step; a window that starts (or is all) padding would instead start
+    from zeros. For the built-in cells that output is the first state, which keraseq carries.
+    """
+    return (isinstance(getattr(layer, "cell", None), _OUTPUT_IS_STATE)
+            and not layer.zero_output_for_mask and not layer.go_backwards)
+
+
+def _masked_output_from_state(layer, mask, initial_state, last, outputs):
+    """Outputs of masked steps before a window's first real step: the carried ``h``
+    (what the same steps give over the whole sequence), not Keras's zeros."""
+    h_in = tree.flatten(initial_state)[0]
+    mask = tf.cast(mask, "bool")
+    any_real = tf.reduce_any(mask, axis=1, keepdims=True)  # (B, 1)
+    last = tf.where(any_real, last, tf.cast(h_in, last.dtype))
+    if layer.return_sequences:
+        seen = tf.cumsum(tf.cast(mask, "int32"), axis=1) > 0  # (B, S)
+        outputs = tf.where(seen[:, :, None], outputs, tf.cast(h_in, outputs.dtype)[:, None])
+    return last, outputs
 
 
 class StepFunctions:
@@ -144,6 +185,11 @@ def _slice_time(a, start, length):
     begin = [0, start] + [0] * (rank - 2)
     size = [-1, length] + [-1] * (rank - 2)
     return tf.slice(a, tf.stack([tf.cast(b, tf.int32) for b in begin]), size)
+
+
+def _pad_time(a, extra):
+    """``a`` with ``extra`` zero steps appended on the time axis (axis 1)."""
+    return tf.pad(a, [[0, 0], [0, extra]] + [[0, 0]] * (len(a.shape) - 2))
 
 
 def build_step_functions(
@@ -210,6 +256,10 @@ def build_step_functions(
             if ww is not None or mw is not None:
                 sw = ww if mw is None else (mw if ww is None else ww * mw)
             yt, yp = yw[out], preds[out]
+            keras_mask = output_mask(yp)
+            if keras_mask is not None and len(keras_mask.shape) == len(yp.shape) - 1:
+                keras_mask = tf.cast(keras_mask, tf.float32)
+                sw = keras_mask if sw is None else sw * keras_mask
             if len(yp.shape) == 3:
                 # Every time step is one sample, so windows of different length weigh right.
                 yt = tf.reshape(yt, [-1, tf.shape(yt)[-1]])
@@ -235,15 +285,16 @@ def build_step_functions(
         update_metrics(yw, y_pred, ww, mw)
         return grads, finite, loss_sum + reg * count, count, new_states
 
-    def apply_checked(grads, finite, bad, step):
-        """Apply unless a non-finite value appeared (now or in an earlier window)."""
+    def apply_checked(grads, finite, count, bad, step):
+        """Apply unless a non-finite value appeared (now or in an earlier window) or the
+        window has no unmasked loss element (``count == 0``: all padding)."""
         ok = tf.logical_and(finite, bad < 0)
 
         def apply():
             apply_grads(grads, trainable)
             return tf.constant(0)
 
-        tf.cond(ok, apply, lambda: tf.constant(0))
+        tf.cond(tf.logical_and(ok, count > 0), apply, lambda: tf.constant(0))
         return tf.where(tf.logical_or(ok, bad >= 0), bad, step), ok
 
     # Under MPI, ``allreduce.xla`` (an XLA custom call that runs MPI_Allreduce, see
@@ -257,29 +308,37 @@ def build_step_functions(
 
     # (1) forward + backward, packing count-weighted gradients, the count and a non-finite
     # flag into ONE flat buffer; (2) unpack the summed buffer, divide by the total count, apply.
+    def pack_buffer(weighted_grads, count, finite):
+        return tf.concat([tf.reshape(g, [-1]) for g in weighted_grads]
+                         + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
+
     def pack(xw, yw, ww, mw, states):
         grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-        buf = tf.concat([tf.reshape(g * count, [-1]) for g in grads]
-                        + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
-        return buf, loss_sum, count, new_states
+        return pack_buffer([g * count for g in grads], count, finite), loss_sum, count, new_states
 
     def unpack_apply(summed, bad, step):
         pieces = tf.split(summed, sizes + [2])
         total, nonfinite = pieces[-1][0], pieces[-1][1]
         grads = [tf.reshape(p, sh) / tf.maximum(total, 1e-12)
                  for p, sh in zip(pieces[:-1], shapes)]
-        return apply_checked(grads, nonfinite < 0.5, bad, step)
+        return apply_checked(grads, nonfinite < 0.5, total, bad, step)
 
     if allreduce is None:
         def learn_window(xw, yw, ww, mw, states, bad, step):
             grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            bad, ok = apply_checked(grads, finite, bad, step)
+            bad, ok = apply_checked(grads, finite, count, bad, step)
             return bad, ok, loss_sum, count, new_states
+
+        def reduce_apply(buf, bad, step):
+            return unpack_apply(buf, bad, step)
     elif xla_reduce is not None:
         def learn_window(xw, yw, ww, mw, states, bad, step):
             buf, loss_sum, count, new_states = pack(xw, yw, ww, mw, states)
             bad, ok = unpack_apply(xla_reduce(buf), bad, step)
             return bad, ok, loss_sum, count, new_states
+
+        def reduce_apply(buf, bad, step):
+            return unpack_apply(xla_reduce(buf), bad, step)
     else:
         pack_c, unpack_apply_c = pack, unpack_apply
         if jit_compile:
@@ -291,6 +350,9 @@ def build_step_functions(
             bad, ok = unpack_apply_c(allreduce(buf), bad, step)
             return bad, ok, loss_sum, count, new_states
 
+        def reduce_apply(buf, bad, step):
+            return unpack_apply_c(allreduce(buf), bad, step)
+
     def train_window(xw, yw, ww, mw, states, acc):
         loss_acc, count_acc, bad, step = acc
         bad, ok, loss_sum, count, new_states = learn_window(xw, yw, ww, mw, states, bad, step)
@@ -298,65 +360,122 @@ def build_step_functions(
         count_acc = count_acc + tf.where(ok, count, 0.0)
         return new_states, (loss_acc, count_acc, bad, step + 1)
 
-    def loop(x, y, w, m, h0, window_fn):
-        """Run ``window_fn`` over the windows of a minibatch; returns (states, acc)."""
+    def end_windows(tm, S):
+        """Per row, the index of the window holding its last real time step (0 if none)."""
+        T = tm.shape[1]
+        length = tf.reduce_max(tm * tf.range(1, T + 1, dtype=tm.dtype)[None], axis=1)
+        return tf.cast(tf.maximum(length - 1.0, 0.0), tf.int32) // S
+
+    def loop(x, y, w, m, tm, n_win, h0, window_fn, acc):
+        """Run ``window_fn`` over the windows of a minibatch; returns (states, acc).
+
+        ``tm`` (B, T) marks real time steps (``None``: all real); then only the first
+        ``n_win`` windows run (later ones are padding for every row; a short tail window is
+        padded to a full one) and, with per-series targets, each row's loss is taken in
+        the window holding its last real step: every window is a loss window (``has_loss``).
+        """
         T = x[0].shape[1]
         S, n_full, tail = windows_of(T)
+        if tm is not None and tail:
+            # Pad the time axis to whole windows: the extra steps are masked like any padding
+            # (the RNNs hold their state, no loss), so the short tail window joins the loop
+            # and is skipped with the others when every row has ended before it.
+            extra = S - tail
+            x = tuple(_pad_time(a, extra) for a in x)
+            tm = _pad_time(tm, extra)
+            if not per_series:
+                y, w, m = (None if g is None else tuple(_pad_time(a, extra) for a in g)
+                           for g in (y, w, m))
+            T, n_full, tail = T + extra, n_full + 1, 0
         batch = tf.shape(x[0])[0]
         states = zero_states(batch) if h0 is None else h0
-        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
         n_windows = n_full + (1 if tail else 0)
+        ends = end_windows(tm, S) if (per_series and tm is not None) else None
 
         def cut(arrays, start, length):
             if arrays is None:
                 return None
             return tuple(_slice_time(a, start, length) for a in arrays)
 
-        def window(start, length, states, acc, is_last):
+        def window(index, start, length, states, acc, is_last):
             xw = cut(x, start, length)
+            has_loss = not per_series or is_last or ends is not None
             if per_series:
-                yw = y if is_last else None
-                ww = w[0] if (w is not None and is_last) else None
-                mw = m[0] if (m is not None and is_last) else None
+                yw = y if has_loss else None
+                ww = w[0] if (w is not None and has_loss) else None
+                mw = m[0] if (m is not None and has_loss) else None
+                if ends is not None:
+                    here = tf.cast(tf.equal(ends, index), tf.float32)
+                    mw = here if mw is None else mw * here
             else:
                 yw = cut(y, start, length)
                 ww = cut(w, start, length)[0] if w is not None else None
                 mw = cut(m, start, length)[0] if m is not None else None
-            return window_fn(xw, yw, ww, mw, states, acc, is_last)
+            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
+            try:
+                return window_fn(xw, yw, ww, mw, states, acc, has_loss)
+            finally:
+                carry.window_mask = None
 
         # Full windows run in a symbolic loop: the graph holds one copy of the window step.
-        # With per-series targets the last window is the only one with a loss, so it is
-        # peeled off the loop.
-        loop_windows = n_full - (1 if (per_series and not tail) else 0)
+        # With per-series targets of equal lengths the last window is the only one with a
+        # loss, so it is peeled off the loop.
+        loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
         if loop_windows > 0:
             def body(i, states, acc):
-                states, acc = window(i * S, S, states, acc, False)
+                states, acc = window(i, i * S, S, states, acc, False)
                 return i + 1, states, acc
 
+            bound = loop_windows if n_win is None else tf.minimum(n_win, loop_windows)
             _, states, acc = tf.while_loop(
-                lambda i, *_: i < loop_windows, body, (tf.constant(0), states, acc),
+                lambda i, *_: i < bound, body, (tf.constant(0), states, acc),
                 maximum_iterations=loop_windows)
         if loop_windows < n_windows:
             start = loop_windows * S
-            states, acc = window(start, T - start if tail and loop_windows == n_full else S,
+            states, acc = window(loop_windows, start,
+                                 T - start if tail and loop_windows == n_full else S,
                                  states, acc, True)
         return states, acc
 
-    def train(x, y, w, m, h0):
-        def window_fn(xw, yw, ww, mw, states, acc, is_last):
-            if per_series and not is_last:
+    def train(x, y, w, m, tm, n_win, h0):
+        if per_series and tm is not None:
+            return train_series(x, y, w, m, tm, n_win, h0)
+
+        def window_fn(xw, yw, ww, mw, states, acc, has_loss):
+            if not has_loss:
                 _, new_states = run_model(xw, states, True)
                 return new_states, acc
             return train_window(xw, yw, ww, mw, states, acc)
 
-        _, acc = loop(x, y, w, m, h0, window_fn)
+        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
+        _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
         # One tensor, so the host fetches the minibatch's result with one transfer.
         return tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
 
+    def train_series(x, y, w, m, tm, n_win, h0):
+        """Per-series targets of unequal lengths: each row's loss lives in the window of its
+        last real step, so the count-weighted gradients of every window are summed and
+        applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
+        def window_fn(xw, yw, ww, mw, states, acc):
+            loss_acc, count_acc, finite_acc, grads_acc = acc
+            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
+            grads_acc = [a + g * count for a, g in zip(grads_acc, grads)]
+            return new_states, (loss_acc + loss_sum, count_acc + count,
+                                tf.logical_and(finite_acc, finite), grads_acc)
+
+        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(True),
+               [tf.zeros(sh, tf.float32) for sh in shapes])
+        _, (loss_sum, count, finite, grads_acc) = loop(
+            x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc)
+        bad, ok = reduce_apply(pack_buffer(grads_acc, count, finite), tf.constant(-1),
+                               tf.constant(0))
+        return tf.stack([tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0),
+                         tf.cast(bad, tf.float32)])
+
     # -------------------------------------------------------------------------------- evaluate
-    def evaluate(x, y, w, m, h0):
-        def window_fn(xw, yw, ww, mw, states, acc, is_last):
-            if per_series and not is_last:
+    def evaluate(x, y, w, m, tm, n_win, h0):
+        def window_fn(xw, yw, ww, mw, states, acc, has_loss):
+            if not has_loss:
                 _, new_states = run_model(xw, states, False)
                 return new_states, acc
             loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, False,
@@ -364,63 +483,80 @@ def build_step_functions(
             update_metrics(yw, y_pred, ww, mw)
             loss_acc, count_acc, bad, step = acc
             return new_states, (loss_acc + loss_sum + reg * count,
-                                           count_acc + count, bad, step + 1)
+                                count_acc + count, bad, step + 1)
 
-        _, acc = loop(x, y, w, m, h0, window_fn)
+        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
+        _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
         return acc[0], acc[1]
 
     # --------------------------------------------------------------------------------- predict
-    def predict(x, h0):
+    def predict(x, tm, h0):
+        """Every window runs (outputs at padded steps are those of the whole sequence); a
+        per-series output is, per row, that of the window holding its last real step."""
         T = x[0].shape[1]
         S, n_full, tail = windows_of(T)
         batch = tf.shape(x[0])[0]
         states = zero_states(batch) if h0 is None else h0
-        out_specs = None
-        outs_full = None
+        ends = None if tm is None else end_windows(tm, S)
+
+        def step(index, start, length, states):
+            xw = tuple(_slice_time(a, start, length) for a in x)
+            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
+            try:
+                y_pred, new_states = run_model(xw, states, False)
+            finally:
+                carry.window_mask = None
+            return tree.flatten(y_pred), new_states
+
+        def keep_series(index, old, new):
+            """Per-series outputs: this window's where it holds the row's last real step."""
+            if ends is None:
+                return new
+            here = tf.equal(ends, index)
+            return tf.where(tf.reshape(here, [-1] + [1] * (len(new.shape) - 1)), new, old)
+
+        outs = None
         if n_full > 0:
             # Trace one window outside the loop to learn the output structure.
-            def step(xw, states):
-                y_pred, new_states = run_model(xw, states, False)
-                return tree.flatten(y_pred), new_states
-
-            xw0 = tuple(_slice_time(a, 0, S) for a in x)
-            first, states = step(xw0, states)
-            out_specs = [(p.shape[1:], p.dtype) for p in first]
+            first, states = step(0, 0, S, states)
             if n_full > 1:
+                seq = [len(p.shape) >= 3 for p in first]
                 arrays = [tf.TensorArray(p.dtype, size=n_full - 1, element_shape=None)
-                          for p in first]
+                          for p, s in zip(first, seq) if s]
+                series = [p for p, s in zip(first, seq) if not s]
 
-                def body(i, states, arrays):
-                    xw = tuple(_slice_time(a, (i + 1) * S, S) for a in x)
-                    preds, states = step(xw, states)
-                    arrays = [ta.write(i, p) for ta, p in zip(arrays, preds)]
-                    return i + 1, states, arrays
+                def body(i, states, arrays, series):
+                    preds, states = step(i + 1, (i + 1) * S, S, states)
+                    arrays = [ta.write(i, p) for ta, p in
+                              zip(arrays, [p for p, s in zip(preds, seq) if s])]
+                    series = [keep_series(i + 1, old, p) for old, p in
+                              zip(series, [p for p, s in zip(preds, seq) if not s])]
+                    return i + 1, states, arrays, series
 
-                _, states, arrays = tf.while_loop(
-                    lambda i, *_: i < n_full - 1, body, (tf.constant(0), states, arrays),
-                    maximum_iterations=n_full - 1)
-                outs_full = []
-                for p, ta in zip(first, arrays):
-                    rest = ta.stack()  # (n_full - 1, B, S, ...) or (n_full - 1, B, ...)
-                    if len(p.shape) >= 3:
-                        perm = [1, 0] + list(range(2, len(rest.shape)))
-                        rest = tf.transpose(rest, perm)
-                        shape = tf.concat([[batch, (n_full - 1) * S], tf.shape(rest)[3:]], 0)
-                        outs_full.append(tf.concat([p, tf.reshape(rest, shape)], axis=1))
-                    else:
-                        outs_full.append(rest[-1])
+                _, states, arrays, series = tf.while_loop(
+                    lambda i, *_: i < n_full - 1, body,
+                    (tf.constant(0), states, arrays, series), maximum_iterations=n_full - 1)
+                arrays, series = iter(arrays), iter(series)
+                outs = []
+                for p, s in zip(first, seq):
+                    if not s:
+                        outs.append(next(series))
+                        continue
+                    rest = next(arrays).stack()  # (n_full - 1, B, S, ...)
+                    perm = [1, 0] + list(range(2, len(rest.shape)))
+                    rest = tf.transpose(rest, perm)
+                    shape = tf.concat([[batch, (n_full - 1) * S], tf.shape(rest)[3:]], 0)
+                    outs.append(tf.concat([p, tf.reshape(rest, shape)], axis=1))
             else:
-                outs_full = first
+                outs = first
         if tail:
-            xw = tuple(_slice_time(a, n_full * S, tail) for a in x)
-            y_pred, states = run_model(xw, states, False)
-            preds = tree.flatten(y_pred)
-            if outs_full is None:
-                outs_full = preds
+            preds, states = step(n_full, n_full * S, tail, states)
+            if outs is None:
+                outs = preds
             else:
-                outs_full = [tf.concat([a, p], axis=1) if len(p.shape) >= 3 else p
-                             for a, p in zip(outs_full, preds)]
-        return tuple(outs_full), states
+                outs = [tf.concat([a, p], axis=1) if len(p.shape) >= 3
+                        else keep_series(n_full, a, p) for a, p in zip(outs, preds)]
+        return tuple(outs), states
 
     compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
     return StepFunctions(

@@ -43,6 +43,22 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
+@pytest.mark.parametrize("mode", ["masked-step", "masked-series"])
+def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
+    """Padded series of random lengths behind a Masking layer: each rank skips the windows past
+    its longest series (the ranks agree on the count), per-series losses sit in each series'
+    last window; still the union minibatch of one process."""
+    report = tmp_path / "r.json"
+    proc, _ = mpirun(2, "equivalence.py", report, "adam", 30, 4, "jit", mode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["max_diff"] < 1e-5, r
+    assert r["identical_across_ranks"], r
+    assert r["predict_max_diff"] < 1e-5, r
+    for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"]):
+        assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
+
+
 def test_three_ranks_uneven_n_finishes_and_matches(tmp_path):
     # N = 29 over 3 ranks: blocks of 10, 10, 9; batch 4 -> 3 steps, the last one short.
     report = tmp_path / "r.json"

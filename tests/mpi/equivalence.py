@@ -1,7 +1,9 @@
 """Run under mpirun: K ranks with batch B == one process with batch K*B on the same minibatches.
 
 Writes a JSON report from rank 0 to argv[1]: max |w_mpi - w_single|, whether all ranks hold
-bit-identical weights, and the history of both.
+bit-identical weights, and the history of both. argv[6] (optional): "equal" (default),
+"masked-step" or "masked-series": unequal lengths (zero padding after a random length per
+series, a Masking layer in front), with per-step or per-series targets.
 """
 import json
 import os
@@ -17,14 +19,16 @@ from keraseq.utils import net2vec  # noqa: E402
 
 out_path, opt_name, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 jit = sys.argv[5] == "jit" if len(sys.argv) > 5 else True
+mode = sys.argv[6] if len(sys.argv) > 6 else "equal"
 comm = MPI.COMM_WORLD
 k = comm.Get_size()
 
 
 def model():
     keras.utils.set_random_seed(1)
-    return keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True),
-                             keras.layers.Dense(2)])
+    front = [keras.layers.Masking(0.0)] if mode != "equal" else []
+    return keras.Sequential([keras.Input((None, 3))] + front + [
+        keras.layers.LSTM(6, return_sequences=mode != "masked-series"), keras.layers.Dense(2)])
 
 
 def optimizer():
@@ -34,6 +38,11 @@ def optimizer():
 rng = np.random.default_rng(0)
 x = rng.normal(size=(n, 23, 3)).astype("float32")
 y = np.stack([np.cumsum(x[..., 0], 1), x[..., 1] * x[..., 2]], -1).astype("float32") / 5
+if mode != "equal":
+    lengths = rng.integers(1, 24, n)
+    x[np.arange(23)[None, :] >= lengths[:, None]] = 0.0
+    if mode == "masked-series":
+        y = y[np.arange(n), lengths - 1]  # the target at each series' last real step
 
 # An explicit communicator (here the world one; "auto" would find it too).
 est = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
@@ -42,7 +51,7 @@ w = net2vec(est.model_)
 all_w = comm.gather(w, root=0)
 # Distributed predict: each rank predicts its block, every rank returns the full result.
 pred = est.predict(x, batch_size=3)
-full = np.asarray(est.model_(x))  # one LSTM pass over whole series == windows with carry
+full = np.asarray(est.model_.predict(x, verbose=0))  # whole series == windows with carry
 pred_diff = comm.allreduce(float(np.abs(pred - full).max()), op=MPI.MAX)
 
 if comm.Get_rank() == 0:

@@ -1,0 +1,192 @@
+"""Unequal-length series: ragged input, lengths, time masks and length-grouped minibatches.
+
+What lives here: turning a list of ``(T_i, F)`` arrays into a padded ``(N, T, F)`` array and
+its lengths (:func:`pad_ragged`, :func:`unpad`), reading which time steps are real from the
+model's own input ``Masking`` layer (:func:`input_mask_rule`), the per-minibatch time mask and
+the number of windows it needs (:func:`time_mask`, :func:`windows_needed`), and the
+length-grouped minibatch plan (:func:`grouped_plan`). What does not: the masked window loop
+itself (``windows.py``), which receives the time mask.
+
+Series are padded at the end. A time step is real when it is before the series' length (given
+explicitly, or by a ragged input) and, when the model starts with ``keras.layers.Masking``,
+when that layer keeps it (the same rule as Keras: some feature differs from ``mask_value``).
+
+Example:
+    >>> import numpy as np
+    >>> x, lengths = pad_ragged([np.ones((2, 3)), np.ones((4, 3))], "x")
+    >>> x.shape, lengths.tolist()
+    ((2, 4, 3), [2, 4])
+    >>> [a.shape for a in unpad(x, lengths)]
+    [(2, 3), (4, 3)]
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import keras
+import numpy as np
+
+__all__ = ["is_ragged", "pad_ragged", "unpad", "check_lengths", "input_mask_rule",
+           "time_mask", "windows_needed", "series_lengths", "grouped_plan"]
+
+
+def is_ragged(value: Any) -> bool:
+    """True for a list/tuple (or object ndarray) of per-series arrays ``(T_i, F)``/``(T_i,)``
+    whose lengths differ or whose rank is below the (N, T, F) layout."""
+    if isinstance(value, np.ndarray):
+        if value.dtype != object or value.ndim != 1:
+            return False
+        value = list(value)
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    items = [np.asarray(v) if not hasattr(v, "ndim") else v for v in value]
+    if not all(hasattr(v, "ndim") and v.ndim in (1, 2) for v in items):
+        return False
+    # A tuple of 2-D arrays of one shape is a multi-input/multi-output tuple of (N, F) arrays,
+    # which keraseq rejects with its shape message; ragged means a list of series.
+    return isinstance(value, list) or len({v.shape[0] for v in items}) > 1
+
+
+def pad_ragged(seqs: Sequence, name: str, dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Stack series ``(T_i, F)`` (or ``(T_i,)``) into ``(N, max T_i, F)`` padded with zeros at
+    the end; returns ``(padded, lengths)``."""
+    items = [np.asarray(s) for s in seqs]
+    ranks = {a.ndim for a in items}
+    if len(ranks) != 1:
+        raise ValueError(f"`{name}` is a list of series of mixed ranks {sorted(ranks)}; pass "
+                         f"arrays of shape (T_i, F) for every series")
+    tails = {a.shape[1:] for a in items}
+    if len(tails) != 1:
+        raise ValueError(f"`{name}` is a list of series with different feature shapes "
+                         f"{sorted(tails)}; every series needs shape (T_i, F) with one F")
+    for k, a in enumerate(items):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"`{name}[{k}]` has dtype {a.dtype}; expected numbers")
+        if a.shape[0] == 0:
+            raise ValueError(f"`{name}[{k}]` has no time steps; every series needs T_i >= 1")
+    lengths = np.array([a.shape[0] for a in items], np.int64)
+    dtype = dtype or np.result_type(*items)
+    out = np.zeros((len(items), int(lengths.max())) + tails.pop(), dtype)
+    for k, a in enumerate(items):
+        out[k, :a.shape[0]] = a
+    return out, lengths
+
+
+def unpad(padded: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """The inverse of :func:`pad_ragged`: each series cut back to its length."""
+    return [padded[k, :int(n)] for k, n in enumerate(lengths)]
+
+
+def check_lengths(lengths: Any, n: int, t: int, name: str = "lengths") -> np.ndarray:
+    """``lengths`` as an int array of shape (N,) with 0 <= length <= T; else a clear error."""
+    a = np.asarray(lengths)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"`{name}` has shape {a.shape}; expected one length per series: "
+                         f"({n},)")
+    if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.round(a))):
+        raise TypeError(f"`{name}` has dtype {a.dtype}; expected integers (time steps)")
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 1 or a.max() > t):
+        raise ValueError(f"`{name}` must lie in [1, T={t}]; got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return a
+
+
+def input_mask_rule(model: keras.Model) -> Callable | None:
+    """``rule(xs) -> (B, T) bool`` when a model input feeds a ``Masking`` layer directly
+    (``Sequential([Input, Masking, ...])`` included), the same rule Keras applies; else None."""
+    inputs = list(getattr(model, "inputs", None) or [])
+    if not inputs:
+        return None
+    rules = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.Masking):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for tensor in getattr(node, "input_tensors", []):
+                for k, inp in enumerate(inputs):
+                    if tensor is inp:
+                        rules.append((k, layer.mask_value))
+    if not rules:
+        return None
+
+    def rule(xs):
+        mask = None
+        for k, value in rules:
+            real = np.any(np.asarray(xs[k]) != value, axis=-1)
+            mask = real if mask is None else mask | real
+        return mask
+
+    return rule
+
+
+def time_mask(xs: Sequence[np.ndarray], lengths: np.ndarray | None,
+              rule: Callable | None) -> np.ndarray | None:
+    """The (B, T) float32 mask of a minibatch's real steps (``None`` when every step is)."""
+    t = int(xs[0].shape[1])
+    mask = None
+    if lengths is not None:
+        mask = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
+    if rule is not None:
+        real = rule(xs)
+        mask = real if mask is None else mask & real
+    return None if mask is None else mask.astype(np.float32)
+
+
+def windows_needed(mask: np.ndarray, seq_len: int | None) -> int:
+    """How many windows of ``seq_len`` steps reach the last real step of any row (>= 1)."""
+    t = mask.shape[1]
+    real = mask.any(axis=0)
+    last = int(np.flatnonzero(real)[-1]) + 1 if real.any() else 1
+    return math.ceil(last / (seq_len or t))
+
+
+def series_lengths(xs: Sequence, lengths: np.ndarray | None, rule: Callable | None,
+                   lo: int, hi: int, chunk_rows: int = 1024) -> np.ndarray:
+    """Per series of rows ``[lo, hi)``, 1 + its last real step (streamed over ``xs``)."""
+    t = int(xs[0].shape[1])
+    if rule is None:
+        return (np.full(hi - lo, t, np.int64) if lengths is None
+                else np.asarray(lengths[lo:hi], np.int64))
+    out = np.empty(hi - lo, np.int64)
+    for start in range(lo, hi, chunk_rows):
+        stop = min(hi, start + chunk_rows)
+        block = tuple(np.asarray(a[start:stop]) for a in xs)
+        mask = time_mask(block, None if lengths is None else lengths[start:stop], rule)
+        steps = np.arange(1, t + 1)[None, :] * (mask > 0)
+        out[start - lo:stop - lo] = steps.max(axis=1)
+    return out
+
+
+def grouped_plan(lo: int, hi: int, batch_size: int, n_steps: int, lengths: np.ndarray,
+                 shuffle: bool, rng: np.random.Generator | None,
+                 pool_batches: int = 32) -> list[np.ndarray]:
+    """Minibatches of series of similar length over rows ``[lo, hi)`` (``lengths`` per row).
+
+    With ``shuffle``, rows are permuted, taken in pools of ``pool_batches`` minibatches,
+    each pool sorted by length and cut into minibatches, and the minibatches shuffled: the
+    rows meet different partners every epoch while each minibatch stays short where its
+    series are. Without, the rows are sorted by length once. Minibatches are cut from the
+    longest series down, so a short remainder holds the shortest (padded rows cost a
+    minibatch's full length). Rows are visited once each;
+    ``n_steps`` minibatches are returned (empty ones at the end, as
+    :func:`keraseq.batches.minibatch_plan`), each sorted.
+    """
+    rows = np.arange(lo, hi)
+    lengths = np.asarray(lengths)
+    if shuffle and rng is not None:
+        rows = rng.permutation(rows)
+        pool = pool_batches * batch_size
+        batches = []
+        for start in range(0, len(rows), pool):
+            part = rows[start:start + pool]
+            part = part[np.argsort(-lengths[part - lo], kind="stable")]
+            batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+    else:
+        rows = rows[np.argsort(-lengths, kind="stable")]
+        batches = [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+    batches = [np.sort(b) for b in batches]
+    assert len(batches) <= n_steps, (len(batches), n_steps)
+    return batches + [rows[:0]] * (n_steps - len(batches))
