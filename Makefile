@@ -30,6 +30,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py
 	$(PY) benchmarks/bench_mpi.py
+	$(PY) benchmarks/bench_lengths.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
