@@ -22,7 +22,9 @@ class Classifier(ClassifierMixin, Estimator):
 
     The model returns class probabilities (softmax): ``(batch, n_classes)`` per series (the last
     window's output, e.g. ``LSTM(return_sequences=False)`` + ``Dense(C, "softmax")``) or
-    ``(batch, time, n_classes)`` per time step. Labels may be of any type (strings included);
+    ``(batch, time, n_classes)`` per time step; for two classes a single sigmoid unit with
+    ``loss="binary_crossentropy"`` works too (``predict`` thresholds at 0.5, ``predict_proba``
+    gives both columns). Labels may be of any type (strings included);
     they are encoded as indices into ``classes_`` (sorted unique labels). The default loss is
     ``"sparse_categorical_crossentropy"``. ``is_classifier()`` is true, so scikit-learn's
     cross-validation stratifies per-series labels.
@@ -44,20 +46,22 @@ class Classifier(ClassifierMixin, Estimator):
     """
 
     def __init__(self, model, loss: Any = "sparse_categorical_crossentropy",
-                 optimizer: Any = "adam", spec: Any = None, *, epochs: int = 1,
-                 batch_size: int = 32, seq_len: int | None = None, shuffle: bool = True,
-                 random_state: int | None = None, verbose: int | str = "auto",
-                 metrics=None, loss_weights=None, predict_batch_size: int | None = None,
-                 rebatch: bool = False, jit_compile: bool | str = "auto",
-                 device: str | None = "auto", distributed: Any = "auto",
-                 warm_start: bool = False, group_by_length: bool = False):
+                 optimizer: Any = "adam", spec: Any = None, *, epochs: int | None = None,
+                 batch_size: int | None = None, seq_len: int | None = None,
+                 shuffle: bool = True, random_state: int | None = None,
+                 verbose: int | str = "auto", metrics=None, loss_weights=None,
+                 predict_batch_size: int | None = None, rebatch: bool = False,
+                 jit_compile: bool | str = "auto", device: str | None = "auto",
+                 distributed: Any = "auto", warm_start: bool = False,
+                 group_by_length: bool = False, callbacks=None, **model_params: Any):
         # The same hyper-parameters as Estimator, spelled out: scikit-learn reads the signature.
         super().__init__(model, loss, optimizer, spec, epochs=epochs, batch_size=batch_size,
                          seq_len=seq_len, shuffle=shuffle, random_state=random_state,
                          verbose=verbose, metrics=metrics, loss_weights=loss_weights,
                          predict_batch_size=predict_batch_size, rebatch=rebatch,
                          jit_compile=jit_compile, device=device, distributed=distributed,
-                         warm_start=warm_start, group_by_length=group_by_length)
+                         warm_start=warm_start, group_by_length=group_by_length,
+                         callbacks=callbacks, **model_params)
 
     @staticmethod
     def _real_labels(y, lengths) -> np.ndarray:
@@ -99,6 +103,7 @@ class Classifier(ClassifierMixin, Estimator):
         if y is None:
             self._encode(y)  # raises the message scikit-learn expects
         y = _stacked_unless_ragged(x, y)
+        _check_not_one_hot(x, y)
         self.classes_ = np.unique(self._real_labels(y, lengths))
         codes = self._encode(y, lengths=lengths)
         if validation_data is not None:
@@ -123,7 +128,11 @@ class Classifier(ClassifierMixin, Estimator):
                       lengths=None):
         """Class probabilities: (N, n_classes) or (N, T, n_classes), columns as ``classes_``
         (a list of (T_i, n_classes) for a ragged ``x`` with per-step labels)."""
-        return super().predict(x, reset=reset, batch_size=batch_size, lengths=lengths)
+        out = super().predict(x, reset=reset, batch_size=batch_size, lengths=lengths)
+        if self._binary_unit():  # one sigmoid unit: P(classes_[1]); both columns, as sklearn
+            both = lambda p: np.concatenate([1.0 - p, p], axis=-1)
+            return [both(p) for p in out] if isinstance(out, list) else both(out)
+        return out
 
     def predict(self, x, reset: bool = True, batch_size: int | None = None, lengths=None):
         """Labels: (N,) per series or (N, T) per time step (a list of (T_i,) for a ragged
@@ -132,6 +141,34 @@ class Classifier(ClassifierMixin, Estimator):
         if isinstance(proba, list):
             return [self.classes_[np.argmax(p, axis=-1)] for p in proba]
         return self.classes_[np.argmax(proba, axis=-1)]
+
+    # ------------------------------------------------------------------ checks, save / load
+    def _binary_unit(self) -> bool:
+        return self.n_outputs_shapes_[0][-1] == 1 and len(self.classes_) == 2
+
+    def _check_outputs(self, out_shapes, ys, window):
+        super()._check_outputs(out_shapes, ys, window)
+        units, n_classes = out_shapes[0][-1], len(self.classes_)
+        if units == n_classes:
+            return
+        if units == 1 and n_classes == 2:
+            if _is_binary_loss(self.loss):
+                return
+            raise ValueError(
+                f"the model has 1 output unit and `y` has 2 classes {self.classes_.tolist()}: a "
+                f"single sigmoid unit needs loss='binary_crossentropy' (got {self.loss!r}); or "
+                f"use Dense(2, activation='softmax') with the default loss")
+        raise ValueError(
+            f"the model's output has {units} unit(s) but `y` has {n_classes} classes "
+            f"{self.classes_[:10].tolist()}; use Dense({n_classes}, activation='softmax')"
+            + (" or one sigmoid unit with loss='binary_crossentropy'" if n_classes == 2 else ""))
+
+    def _fitted_extras(self) -> dict:
+        return {"classes_": self.classes_.tolist(), "classes_dtype": self.classes_.dtype.str}
+
+    def _load_fitted_extras(self, extras: dict) -> None:
+        if "classes_" in extras:
+            self.classes_ = np.array(extras["classes_"], dtype=np.dtype(extras["classes_dtype"]))
 
     def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """Accuracy over all series (and real time steps), weighted by ``sample_weight``."""
@@ -166,3 +203,29 @@ def _stacked_unless_ragged(x, y):
     if y is None or is_ragged(x) or not is_ragged(y):
         return y
     return np.asarray(y)
+
+
+def _is_binary_loss(loss) -> bool:
+    import keras
+    if isinstance(loss, str):
+        return loss in ("binary_crossentropy", "bce", "binary_focal_crossentropy")
+    return isinstance(loss, (keras.losses.BinaryCrossentropy,
+                             keras.losses.BinaryFocalCrossentropy)) or loss in (
+        keras.losses.binary_crossentropy, keras.losses.binary_focal_crossentropy)
+
+
+def _check_not_one_hot(x, y) -> None:
+    """Labels (N, C) that are not per-step labels (N, T): most likely one-hot targets."""
+    if y is None or is_ragged(x) or np.ndim(y) != 2:
+        return
+    from .inputs import SliceTuple
+    if isinstance(x, SliceTuple):
+        x = x.arrays
+    first = x[0] if isinstance(x, (tuple, list)) else x
+    t = getattr(first, "shape", (None, None))[1] if np.ndim(first) == 3 else None
+    labels = np.asarray(y)
+    if t is not None and labels.shape[1] != t:
+        raise ValueError(
+            f"`y` has shape {labels.shape} but `x` has T={t} time steps: Classifier takes "
+            f"labels per series (N,) or per time step (N, T), not one-hot rows (N, C); pass "
+            f"y.argmax(axis=1), or use Estimator with loss='categorical_crossentropy'")

@@ -240,14 +240,6 @@ def broadcast_object(value, comm, root: int = 0):
     return value if comm.size == 1 else comm.bcast(value, root=root)
 
 
-def shared_rng(rng, comm):
-    """The shuffling generator: seeded identically on every rank (the seed comes from rank 0)."""
-    if rng is None or comm.size == 1:
-        return rng
-    seed = comm.bcast(int(rng.integers(2**31)) if comm.rank == 0 else None, root=0)
-    return np.random.default_rng(seed)
-
-
 def metric_results(metrics: Sequence, comm) -> dict[str, float]:
     """Results of Keras metrics over the samples of all ranks.
 

@@ -8,11 +8,13 @@ states, saving and loading). What does not: the compiled window loop and state c
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import os
 import tempfile
+import warnings
 import zipfile
 from typing import Any, Sequence
 
@@ -30,7 +32,8 @@ from .lengths import (check_lengths, grouped_plan, input_mask_rule, is_ragged, p
 from .losses import build_objective, is_window_loss
 from .validation import (REQUIRED_SPEC_FIELDS, as_arrays, check_finite, check_positive_int,
                          spec_fields)
-from .windows import StateCarry, build_step_functions, carries_masked_output, find_rnn_layers
+from .windows import (StateCarry, build_step_functions, carries_masked_output,
+                      find_causal_convs, find_rnn_layers)
 
 __all__ = ["Estimator", "NonFiniteLossError"]
 
@@ -52,18 +55,24 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     Parameters:
         model: a Keras model taking ``(batch, time, features)`` input(s): plain recurrent layers
-            (``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional``, stacked), any batch size, no
-            ``stateful=True`` needed (a stateful model works too). It is not modified: ``fit``
-            trains a copy, ``model_``.
+            (``LSTM``, ``GRU``, ``SimpleRNN``, stacked; ``Bidirectional`` with
+            ``seq_len=None``), any batch size, no ``stateful=True`` needed (a stateful model
+            works too). It is not modified: ``fit`` trains a copy, ``model_``. Or a function
+            (or model class) that builds the model, called by each ``fit`` with the
+            ``model__<name>`` parameters (``Estimator(build, model__units=64)``), so that
+            model selection can tune the architecture.
         loss: a Keras loss (name, function or ``Loss``; a list/dict per output like
             ``compile``), applied to each window; or a callable ``loss(model, x, y)`` returning
             the window's mean loss (see :func:`keraseq.seqloss`).
         optimizer: a Keras optimizer instance (copied at each ``fit``) or its name.
         spec: optional dict / dataclass / namedtuple / object whose fields fill the keywords
             below (at least ``epochs``, ``batch_size``, ``seq_len``; the seed's ``batchsize``
-            and ``seqsize`` are accepted). A keyword given with a non-default value wins.
-        epochs: passes over the data.
-        batch_size: series per minibatch (per MPI rank when distributed).
+            and ``seqsize`` are accepted), read by ``fit``. ``epochs``, ``batch_size`` and
+            ``seq_len`` given (not ``None``) win over the spec; the other keywords win when
+            they differ from their defaults.
+        epochs: passes over the data (``None``: the spec's, else 1).
+        batch_size: series per minibatch (per MPI rank when distributed; ``None``: the
+            spec's, else 32).
         seq_len: window length for truncated BPTT; ``None`` = the whole sequence.
         shuffle: visit the minibatches in a new random order of series each epoch.
         random_state: seed for the shuffling and Keras's random number generators.
@@ -81,6 +90,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         distributed: ``"auto"`` (MPI when launched with more than one rank), ``False``, ``True``
             or an ``mpi4py`` communicator.
         warm_start: a second ``fit`` continues from the fitted weights instead of the initial ones.
+        callbacks: Keras callbacks used by every ``fit`` (before those passed to ``fit``);
+            as a parameter they survive ``sklearn.clone`` inside model selection.
         group_by_length: build each minibatch from series of similar length (shuffled within
             pools of 32 minibatches and across them, deterministic with ``random_state``), so
             that with unequal lengths the windows past a minibatch's longest series, which
@@ -95,7 +106,8 @@ class Estimator(RegressorMixin, BaseEstimator):
     ``seq_len``.
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
-    ``n_outputs_``, ``n_epochs_``.
+    ``n_outputs_``, ``n_epochs_`` (epochs trained so far, warm fits included: the next epoch's
+    number).
 
     Example:
         >>> import keras, numpy as np
@@ -109,43 +121,65 @@ class Estimator(RegressorMixin, BaseEstimator):
         (16, 30, 1)
     """
 
+    #: Effective defaults of the keywords (``epochs``/``batch_size`` default to ``None`` in
+    #: the signature: "from ``spec``, else this").
     _DEFAULTS = dict(epochs=1, batch_size=32, seq_len=None, shuffle=True, random_state=None,
                      verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
                      rebatch=False, jit_compile="auto", device="auto", distributed="auto",
-                     warm_start=False, group_by_length=False)
+                     warm_start=False, group_by_length=False, callbacks=None)
+    #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins).
+    _SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
 
-    def __init__(self, model: keras.Model, loss: Any = "mse", optimizer: Any = "adam",
-                 spec: Any = None, *, epochs: int = 1, batch_size: int = 32,
+    def __init__(self, model: Any, loss: Any = "mse", optimizer: Any = "adam",
+                 spec: Any = None, *, epochs: int | None = None, batch_size: int | None = None,
                  seq_len: int | None = None, shuffle: bool = True, random_state: int | None = None,
                  verbose: int | str = "auto", metrics: Sequence | None = None,
                  loss_weights: Sequence[float] | None = None,
                  predict_batch_size: int | None = None, rebatch: bool = False,
                  jit_compile: bool | str = "auto", device: str | None = "auto",
                  distributed: Any = "auto", warm_start: bool = False,
-                 group_by_length: bool = False):
+                 group_by_length: bool = False, callbacks: Sequence | None = None,
+                 **model_params: Any):
+        # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
         self.spec = spec
-        given = dict(epochs=epochs, batch_size=batch_size, seq_len=seq_len, shuffle=shuffle,
-                     random_state=random_state, verbose=verbose, metrics=metrics,
-                     loss_weights=loss_weights, predict_batch_size=predict_batch_size,
-                     rebatch=rebatch, jit_compile=jit_compile, device=device,
-                     distributed=distributed, warm_start=warm_start,
-                     group_by_length=group_by_length)
-        try:
-            from_spec = spec_fields(spec)
-        except TypeError:
-            from_spec = {}  # reported by fit
-        for key, value in given.items():
-            if key in from_spec and value is self._DEFAULTS[key]:
-                value = from_spec[key]
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.verbose = verbose
+        self.metrics = metrics
+        self.loss_weights = loss_weights
+        self.predict_batch_size = predict_batch_size
+        self.rebatch = rebatch
+        self.jit_compile = jit_compile
+        self.device = device
+        self.distributed = distributed
+        self.warm_start = warm_start
+        self.group_by_length = group_by_length
+        self.callbacks = callbacks
+        for key, value in model_params.items():  # model__<name>; anything else: fit says so
             setattr(self, key, value)
 
     # ------------------------------------------------------------------ scikit-learn plumbing
     @classmethod
     def _get_param_names(cls) -> list[str]:
         return ["model", "loss", "optimizer", "spec"] + list(cls._DEFAULTS)
+
+    def _extra_params(self) -> dict[str, Any]:
+        """Keyword arguments beyond the signature's, as stored by ``__init__``/``set_params``
+        (public names, not fitted ``name_`` attributes)."""
+        fixed = set(self._get_param_names())
+        return {k: v for k, v in sorted(vars(self).items())
+                if k not in fixed and not k.startswith("_") and not k.endswith("_")}
+
+    def _model_params(self) -> dict[str, Any]:
+        """The ``model__<name>`` parameters, as ``{name: value}`` for the model builder."""
+        return {k[len("model__"):]: v for k, v in self._extra_params().items()
+                if k.startswith("model__")}
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Hyper-parameters as a dict (scikit-learn convention).
@@ -155,6 +189,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         can search it.
         """
         params = {name: getattr(self, name) for name in self._get_param_names()}
+        params.update(self._extra_params())
         if deep:
             for key, value in self._optimizer_config().items():
                 params[f"optimizer__{key}"] = value
@@ -164,14 +199,17 @@ class Estimator(RegressorMixin, BaseEstimator):
         """Set hyper-parameters (scikit-learn convention), ``optimizer__<key>`` included: the
         optimizer is then replaced by a new one with that setting (the old one is untouched).
         Returns ``self``."""
-        valid = set(self._get_param_names())
+        valid = set(self._get_param_names()) | set(self._extra_params())
         nested = {}
         for key, value in params.items():
             if key.startswith("optimizer__"):
                 nested[key[len("optimizer__"):]] = value
+            elif key.startswith("model__"):
+                setattr(self, key, value)  # an argument of the model-building function
             elif key not in valid:
                 raise ValueError(f"Invalid parameter {key!r} for {type(self).__name__}; "
-                                 f"valid parameters: {sorted(valid)} and optimizer__<key>")
+                                 f"valid parameters: {sorted(valid)}, optimizer__<key> and "
+                                 f"model__<name>")
             else:
                 setattr(self, key, value)
         if nested:
@@ -249,7 +287,18 @@ class Estimator(RegressorMixin, BaseEstimator):
             if missing:
                 raise ValueError(f"`spec` is missing field(s) {missing}; a spec needs at least "
                                  f"{list(REQUIRED_SPEC_FIELDS)}")
-        p = {k: getattr(self, k) for k in self._DEFAULTS}
+        unknown = [k for k in self._extra_params() if not k.startswith("model__")]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unknown} "
+                            f"(arguments of a model-building function are passed as "
+                            f"model__<name>)")
+        p = {}
+        for key, default in self._DEFAULTS.items():
+            value = getattr(self, key)
+            if key in fields and (value is None if key in self._SPEC_WHEN_NONE
+                                  else value is default):
+                value = fields[key]  # the spec fills what was not given
+            p[key] = default if value is None else value
         p["epochs"] = check_positive_int(p["epochs"], "epochs")
         p["batch_size"] = check_positive_int(p["batch_size"], "batch_size")
         p["seq_len"] = check_positive_int(p["seq_len"], "seq_len", allow_none=True)
@@ -304,6 +353,12 @@ class Estimator(RegressorMixin, BaseEstimator):
                 f"seq_len={seq_len} < T={t} would restart its backward pass from each "
                 f"window's end, which is not the whole-sequence result; use seq_len=None "
                 f"(or >= T) for this model")
+        for layer in _window_bound_layers(model):
+            warnings.warn(
+                f"layer {layer.name!r} ({type(layer).__name__}) sees only its window of "
+                f"seq_len={seq_len} steps, not the series before it: the result depends on "
+                f"seq_len (use seq_len=None or >= T={t} for the whole-sequence result)",
+                UserWarning, stacklevel=4)
         for layer in find_rnn_layers(model):
             if masked and not carries_masked_output(layer) and not layer.zero_output_for_mask:
                 raise ValueError(
@@ -380,12 +435,48 @@ class Estimator(RegressorMixin, BaseEstimator):
     # ------------------------------------------------------------------------------- building
     def _new_model(self) -> keras.Model:
         if not isinstance(self.model, keras.Model):
-            raise TypeError(f"`model` must be a keras.Model, got {type(self.model).__name__}")
+            if callable(self.model):  # a function or class building the model
+                kwargs = self._model_params()
+                try:
+                    model = self.model(**kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"`model` was called with {kwargs} (the model__<name> "
+                                    f"parameters) and failed: {exc}") from exc
+                if not isinstance(model, keras.Model):
+                    raise TypeError(f"`model` is a callable that returned "
+                                    f"{type(model).__name__}; it must return a keras.Model")
+                return model
+            raise TypeError(f"`model` must be a keras.Model or a function returning one, got "
+                            f"{type(self.model).__name__}")
+        if self._model_params():
+            raise ValueError(f"model__ parameters {sorted(self._model_params())} need `model` "
+                             f"to be a function that builds the model, not a built model")
         try:
             model = keras.models.clone_model(self.model)
             model.set_weights(self.model.get_weights())
-        except Exception:  # subclassed model without a config: train it in place
-            model = self.model
+            return model
+        except Exception:  # a subclassed model without a config
+            pass
+        try:
+            model = copy.deepcopy(self.model)
+            model.set_weights(self.model.get_weights())
+            return model
+        except Exception:
+            pass
+        # Neither works (a subclassed model whose __init__ arguments Keras cannot serialise):
+        # train it in place, but every fit that is not warm starts again from the weights it
+        # had when keraseq first saw it.
+        model = self.model
+        initial = getattr(model, "_keraseq_initial_weights", None)
+        if initial is None:
+            initial = [np.array(w) for w in model.get_weights()]
+            object.__setattr__(model, "_keraseq_initial_weights", initial)
+        warnings.warn(
+            f"keraseq cannot copy this {type(model).__name__} (keras.models.clone_model and "
+            f"copy.deepcopy need a get_config): it is trained in place, each fit starting from "
+            f"its initial weights. To keep your model untouched, give it a get_config, or pass "
+            f"a function that builds it as `model`", UserWarning, stacklevel=4)
+        model.set_weights(initial)
         return model
 
     def _new_optimizer(self) -> keras.optimizers.Optimizer:
@@ -464,7 +555,8 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------------ fit
     def fit(self, x, y, sample_weight=None, validation_data=None, callbacks=None,
-            epochs: int | None = None, lengths=None) -> "Estimator":
+            epochs: int | None = None, lengths=None,
+            initial_epoch: int | None = None) -> "Estimator":
         """Train on ``x`` (N, T, F) and ``y`` (N, T, F_out) or (N, F_out); returns ``self``.
 
         Minibatches over N; within each, windows ``[0:S], [S:2S], ...`` over T in order, the
@@ -473,11 +565,13 @@ class Estimator(RegressorMixin, BaseEstimator):
         Starts from the initial weights of ``model`` (from the fitted ones with
         ``warm_start=True``). ``lengths`` (N,): series ``i`` is real up to ``lengths[i]``
         time steps, padding after (see "Unequal lengths" above); ``validation_data`` may be
-        ``(x, y, sample_weight, lengths)``.
+        ``(x, y, sample_weight, lengths)``. Epochs are numbered as in ``model.fit``: a warm
+        fit continues the count (callbacks see the true epoch, ``history_`` grows);
+        ``initial_epoch`` has Keras's meaning (run epochs ``initial_epoch .. epochs - 1``).
         """
         return self._fit(x, y, sample_weight, validation_data, callbacks, epochs,
                          warm=bool(self.warm_start) and hasattr(self, "model_"),
-                         lengths=lengths)
+                         lengths=lengths, initial_epoch=initial_epoch)
 
     def partial_fit(self, x, y, sample_weight=None, validation_data=None,
                     callbacks=None, lengths=None) -> "Estimator":
@@ -486,7 +580,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         return self._fit(x, y, sample_weight, validation_data, callbacks, 1,
                          warm=hasattr(self, "model_"), lengths=lengths)
 
-    def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths=None):
+    def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths=None,
+             initial_epoch=None):
         p = self._resolved()
         x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         if epochs is not None:
@@ -557,9 +652,12 @@ class Estimator(RegressorMixin, BaseEstimator):
                 opt = dist.DistributedOptimizer(opt, comm=comm)
             if not warm:
                 model.compile(optimizer=opt)
+                if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+                    opt = model.optimizer  # mixed_float16: compile's loss scaling, as model.fit
             opt.build(model.trainable_variables)
-            metrics = [_metric(m) for m in (p["metrics"] or [])]
-            val_metrics = [_metric(m) for m in (p["metrics"] or [])]
+            metrics, val_metrics = ([_metric(m, *_metric_shapes(k, ys, out_shapes))
+                                     for k, m in enumerate(p["metrics"] or [])]
+                                    for _ in range(2))
             if comm.size > 1:
                 dist.broadcast_variables(model.variables + opt.variables, comm)
 
@@ -587,7 +685,6 @@ class Estimator(RegressorMixin, BaseEstimator):
         n = int(xs[0].shape[0])
         lo, hi = dist.shard(n, comm)
         n_steps = dist.max_over_ranks(math.ceil((hi - lo) / p["batch_size"]), comm)
-        rng = np.random.default_rng(p["random_state"]) if p["shuffle"] else None
         rule = input_mask_rule(model)
         masked = rule is not None or lengths is not None
         if p["group_by_length"]:
@@ -600,27 +697,38 @@ class Estimator(RegressorMixin, BaseEstimator):
             def plan_of(shuffle, epoch_rng):
                 return minibatch_plan(lo, hi, p["batch_size"], n_steps, shuffle, epoch_rng)
 
-        cb = _callback_list(callbacks, model, p, n_steps, comm)
-        self.history_ = {} if not (warm and hasattr(self, "history_")) else self.history_
+        # Epochs are numbered as in model.fit: a warm fit (warm_start, partial_fit) continues
+        # the count, so schedulers, loggers and BackupAndRestore see the true epoch; an
+        # explicit initial_epoch has Keras's meaning (run epochs initial_epoch .. epochs - 1).
+        if initial_epoch is not None:
+            first = check_positive_int(initial_epoch + 1, "initial_epoch") - 1
+            last = p["epochs"]
+        else:
+            first = int(getattr(self, "n_epochs_", 0)) if warm else 0
+            last = first + p["epochs"]
+        if not warm or not hasattr(self, "_shuffle_seed"):
+            # One seed per estimator (rank 0's under MPI); epoch e shuffles with (seed, e),
+            # so a resumed or continued run shuffles exactly like an uninterrupted one.
+            seed = p["random_state"] if p["random_state"] is not None else \
+                int(np.random.default_rng().integers(2**31))
+            self._shuffle_seed = dist.broadcast_object(int(seed), comm)
+        cb = _callback_list(list(p["callbacks"] or []) + list(callbacks or []), model, p,
+                            n_steps, comm, epochs=last)
+        history = self.history_ if (warm and hasattr(self, "history_")) else {}
         model.stop_training = False
         model._initial_epoch = None
         cb.on_train_begin()
         # A BackupAndRestore callback (rank 0 only under MPI) may have restored the weights,
         # the optimizer state and the epoch to start from: every rank takes rank 0's.
-        start = dist.broadcast_object(int(model._initial_epoch or 0), comm)
+        start = dist.broadcast_object(int(model._initial_epoch or first), comm)
         model._initial_epoch = None
         if comm.size > 1:
             dist.broadcast_variables(model.variables + opt.variables, comm)
-        epochs_done = 0
+        epoch = start - 1
         logs = {}
-        for epoch in range(p["epochs"]):
-            # Draw every epoch's order, also those skipped on resume, so that a resumed run
-            # shuffles exactly like an uninterrupted one.
-            epoch_rng = dist.shared_rng(rng, comm)
-            if epoch < start:
-                if epoch_rng is not None:
-                    plan_of(True, epoch_rng)
-                continue
+        for epoch in range(start, last):
+            epoch_rng = np.random.default_rng([self._shuffle_seed, epoch]) \
+                if p["shuffle"] else None
             cb.on_epoch_begin(epoch)
             if p["random_state"] is not None:
                 _reseed(model, int(p["random_state"]), epoch)
@@ -649,7 +757,11 @@ class Estimator(RegressorMixin, BaseEstimator):
                         f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
                         f"from before that update. Lower the learning rate, clip gradients "
                         f"(optimizer clipnorm=...) or check the data")
-                total += dist.allreduce_sum(np.array([loss_sum, count]), comm)
+                # Logged like model.fit: the mean of the minibatch losses weighted by their
+                # number of series (a minibatch's loss: the mean over its unmasked elements).
+                loss_sum, count, rows = dist.allreduce_sum(
+                    np.array([loss_sum, count, n_real]), comm)
+                total += [loss_sum / count * rows if count else 0.0, rows]
                 logs = {"loss": total[0] / max(total[1], 1.0)}
                 logs.update(dist.metric_results(metrics, comm))
                 cb.on_train_batch_end(step, logs)
@@ -664,13 +776,16 @@ class Estimator(RegressorMixin, BaseEstimator):
             cb.on_epoch_end(epoch, logs)
             if comm.size > 1:
                 model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
-            for key, value in logs.items():
-                self.history_.setdefault(key, []).append(float(value))
-            epochs_done += 1
             if model.stop_training:
                 break
+        # As model.fit: exponential moving averages (use_ema) become the weights.
+        opt.finalize_variable_values(model.trainable_variables)
         cb.on_train_end(logs)
-        self.n_epochs_ = epochs_done
+        # Keras's own History (it also holds what callbacks add, e.g. learning_rate).
+        for key, values in model.history.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        self.history_ = history
+        self.n_epochs_ = epoch + 1
         self._final_states = None
         return self
 
@@ -958,6 +1073,13 @@ class Estimator(RegressorMixin, BaseEstimator):
         self._final_states = out
 
     # ---------------------------------------------------------------------------- save / load
+    def _fitted_extras(self) -> dict:
+        """Fitted attributes of a subclass to keep in a saved file (JSON-able)."""
+        return {}
+
+    def _load_fitted_extras(self, extras: dict) -> None:
+        """Restore what :meth:`_fitted_extras` stored."""
+
     def save(self, path: str | os.PathLike) -> None:
         """Save to a Keras ``.keras`` file: the model, optimizer state, hyper-parameters and the
         kept streaming states. Load with :meth:`Estimator.load`; plain
@@ -968,7 +1090,9 @@ class Estimator(RegressorMixin, BaseEstimator):
             raise ValueError(f"`path` must end in '.keras', got {path!r}")
         if dist.get_comm(self.distributed).rank != 0:
             return
-        params = {k: getattr(self, k) for k in self._DEFAULTS if k not in ("distributed",)}
+        resolved = self._resolved()
+        params = {k: (getattr(self, k) if k == "verbose" else resolved[k])
+                  for k in self._DEFAULTS if k not in ("distributed", "callbacks")}
         params["metrics"] = [m if isinstance(m, str) else keras.metrics.serialize(m)
                              for m in (params["metrics"] or [])]
         meta = {"class": type(self).__name__, "params": params,
@@ -978,7 +1102,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                 "per_series": self._per_series, "history_": self.history_,
                 "state_specs": [[[list(shape), str(np.dtype(dtype.name if hasattr(dtype, "name")
                                                          else dtype))]
-                                 for shape, dtype in call] for call in self._state_specs]}
+                                 for shape, dtype in call] for call in self._state_specs],
+                "fitted": self._fitted_extras()}
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
         os.close(fd)
@@ -1030,9 +1155,30 @@ class Estimator(RegressorMixin, BaseEstimator):
                             for call in meta["state_specs"]]
         est._restore_runtime()  # optimizer link, communicator, state carry, compiled steps
         est._final_states = None
+        est._load_fitted_extras(meta.get("fitted", {}))
         if states is not None:
             est._set_states(states)
         return est
+
+
+#: Layers that mix time steps and that keraseq does not carry across windows.
+_WINDOW_BOUND = tuple(getattr(keras.layers, name) for name in (
+    "MultiHeadAttention", "GroupQueryAttention", "Attention", "AdditiveAttention",
+    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "AveragePooling1D", "MaxPooling1D",
+    "Flatten") if hasattr(keras.layers, name))
+
+
+def _window_bound_layers(model) -> list:
+    """Layers whose output at a step depends on other steps of the window only (not carried):
+    attention, pooling over time, non-causal or strided convolutions."""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, _WINDOW_BOUND):
+            found.append(layer)
+        elif isinstance(layer, keras.layers.Conv1D) and layer not in find_causal_convs(model) \
+                and (layer.kernel_size[0] > 1 or layer.strides[0] > 1):
+            found.append(layer)
+    return found
 
 
 def _unragged(x, y, sample_weight, lengths):
@@ -1085,10 +1231,19 @@ def _reseed(model, random_state: int, epoch: int) -> None:
             generator.state.assign(np.array([seed, 0]).astype(generator.state.dtype))
 
 
-def _metric(spec) -> keras.metrics.Metric:
-    """A fresh Keras ``Metric`` from a name, a function or a ``Metric`` (copied)."""
+def _metric(spec, y_true_shape=None, y_pred_shape=None) -> keras.metrics.Metric:
+    """A fresh Keras ``Metric`` from a name, a function or a ``Metric`` (copied).
+
+    ``"accuracy"``/``"acc"`` resolve as ``compile`` resolves them for the output's shapes
+    (binary, sparse categorical or categorical accuracy)."""
     if isinstance(spec, keras.metrics.Metric):
         return spec.__class__.from_config(spec.get_config())
+    if isinstance(spec, str) and spec.lower() in ("accuracy", "acc") and y_pred_shape:
+        from types import SimpleNamespace
+
+        from keras.src.trainers.compile_utils import get_metric
+        return get_metric(spec, SimpleNamespace(shape=tuple(y_true_shape)),
+                          SimpleNamespace(shape=tuple(y_pred_shape)))
     fn = keras.metrics.get(spec)
     if isinstance(fn, keras.metrics.Metric):
         config = fn.get_config()
@@ -1097,6 +1252,13 @@ def _metric(spec) -> keras.metrics.Metric:
         return fn.__class__.from_config(config)
     name = spec if isinstance(spec, str) else getattr(fn, "__name__", "metric")
     return keras.metrics.MeanMetricWrapper(fn, name=name)
+
+
+def _metric_shapes(k, ys, out_shapes):
+    """(y_true shape, y_pred shape) of the output metric ``k`` is computed on (as in
+    ``windows.update_metrics``: metric k on output k modulo the number of outputs)."""
+    out = k % len(out_shapes)
+    return tuple(ys[out].shape), (None,) + tuple(out_shapes[out])
 
 
 def _x_dtype(xs):
@@ -1178,13 +1340,14 @@ def _rebatch(xs, ys, ws, batch_size, seq_len):
     return tuple(cut(a) for a in xs), tuple(cut(a) for a in ys), ws, time_mask
 
 
-def _callback_list(callbacks, model, p, n_steps, comm):
+def _callback_list(callbacks, model, p, n_steps, comm, epochs=None):
     callbacks = list(callbacks or [])
     if comm.rank != 0:
         callbacks = [c for c in callbacks if not isinstance(c, dist.ROOT_ONLY_CALLBACKS)]
     verbose = p["verbose"] if comm.rank == 0 else 0
     return keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
-                                        model=model, verbose=verbose, epochs=p["epochs"],
+                                        model=model, verbose=verbose,
+                                        epochs=p["epochs"] if epochs is None else epochs,
                                         steps=n_steps)
 
 

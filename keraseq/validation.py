@@ -54,6 +54,8 @@ def as_arrays(value: Any, name: str, ndims: Sequence[int], what: str) -> tuple:
     arrays = []
     for k, item in enumerate(items):
         label = name if len(items) == 1 else f"{name}[{k}]"
+        if _is_array_like(item) and not isinstance(item.dtype, np.dtype):
+            item = np.asarray(item)  # a tf.Tensor / keras.ops tensor: its values, once
         if not _is_array_like(item):
             try:
                 item = np.asarray(item)

@@ -24,6 +24,16 @@ from .losses import output_mask
 __all__ = ["StateCarry", "StepFunctions", "build_step_functions", "find_rnn_layers"]
 
 
+def find_causal_convs(model: keras.Model) -> list:
+    """Every ``Conv1D(padding="causal")`` inside ``model``: keraseq carries its left context."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal"
+        and layer.data_format == "channels_last" and tuple(layer.strides) == (1,)
+    ]
+
+
 def find_rnn_layers(model: keras.Model) -> list:
     """Every ``keras.layers.RNN`` inside ``model`` (recursively, Bidirectional halves included)."""
     return [
@@ -60,6 +70,7 @@ class StateCarry:
 
     def __init__(self, model: keras.Model):
         self.layers = find_rnn_layers(model)
+        self.convs = find_causal_convs(model)
         self._incoming: list | None = None
         self._outgoing: list = []
         self._depth = 0
@@ -84,6 +95,8 @@ class StateCarry:
             self._saved_stateful = [layer.stateful for layer in self.layers]
             for layer in self.layers:
                 self._patch(layer)
+            for layer in self.convs:
+                self._patch_conv(layer)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,6 +107,10 @@ class StateCarry:
                     if name in layer.__dict__:
                         object.__delattr__(layer, name)
                 object.__setattr__(layer, "stateful", stateful)
+            for layer in self.convs:
+                for name in ("call", "_compute_causal_padding"):
+                    if name in layer.__dict__:
+                        object.__delattr__(layer, name)
 
     def _patch(self, layer) -> None:
         carry = self
@@ -134,6 +151,28 @@ class StateCarry:
         object.__setattr__(layer, "stateful", False)
         object.__setattr__(layer, "get_initial_state", get_initial_state)
         object.__setattr__(layer, "inner_loop", inner_loop)
+
+    def _patch_conv(self, layer) -> None:
+        """A causal ``Conv1D`` starts a window from the last ``(kernel_size - 1) *
+        dilation_rate`` inputs of the previous one (zeros at a sequence's start, as Keras's
+        causal padding), like a streaming convolution: that context is one more state."""
+        carry = self
+        orig_call = layer.call  # the bound method of the class
+        left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+
+        def call(inputs, *args, **kwargs):
+            index = len(carry._outgoing)
+            if carry._incoming is not None and index < len(carry._incoming):
+                context = tf.cast(carry._incoming[index][0], inputs.dtype)
+            else:
+                context = tf.zeros(tf.concat([tf.shape(inputs)[:1], [left],
+                                              tf.shape(inputs)[2:]], 0), inputs.dtype)
+            full = tf.concat([context, inputs], axis=1)
+            carry._outgoing.append([full[:, tf.shape(full)[1] - left:]])
+            return orig_call(full, *args, **kwargs)
+
+        object.__setattr__(layer, "_compute_causal_padding", lambda: [[0, 0], [0, 0], [0, 0]])
+        object.__setattr__(layer, "call", call)
 
 
 #: Cells whose output at a step is their first state (``h``), so the output a masked step
@@ -224,6 +263,7 @@ def build_step_functions(
     host), ``bad_window = -1`` when all were finite.
     """
     trainable = model.trainable_variables
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already.
     apply_grads = None if optimizer is None else getattr(optimizer, "apply_reduced",
                                                         optimizer.apply)
@@ -270,18 +310,27 @@ def build_step_functions(
     # ----------------------------------------------------------------------------------- train
     shapes = [tuple(v.shape) for v in trainable]
     sizes = [int(np.prod(sh)) for sh in shapes]
+    dtypes = [v.dtype for v in trainable]  # float64 models keep float64 gradients
 
     def gradients(xw, yw, ww, mw, states):
-        """Forward, loss and gradient of one window; metrics updated."""
+        """Forward, loss and gradient of one window; metrics updated.
+
+        With a ``LossScaleOptimizer`` (mixed_float16, as ``compile`` sets up) the gradient is
+        that of the scaled loss; the optimizer unscales it, and skips updates whose gradient
+        overflowed while it lowers the scale, so only a non-finite loss counts as a fault."""
         with tf.GradientTape() as tape:
             loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, True,
                                                                  states)
             mean = loss_sum / tf.maximum(count, 1.0) + reg
+            if loss_scaled:
+                mean = optimizer.scale_loss(mean)
         grads = tape.gradient(mean, trainable)
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                  for g, v in zip(grads, trainable)]
         # One fused reduction: a NaN or Inf anywhere makes the sum non-finite.
-        finite = tf.math.is_finite(tf.add_n([loss_sum] + [tf.reduce_sum(g) for g in grads]))
+        finite = tf.math.is_finite(tf.add_n(
+            [loss_sum] + ([] if loss_scaled else
+                          [tf.cast(tf.reduce_sum(g), tf.float32) for g in grads])))
         update_metrics(yw, y_pred, ww, mw)
         return grads, finite, loss_sum + reg * count, count, new_states
 
@@ -309,18 +358,19 @@ def build_step_functions(
     # (1) forward + backward, packing count-weighted gradients, the count and a non-finite
     # flag into ONE flat buffer; (2) unpack the summed buffer, divide by the total count, apply.
     def pack_buffer(weighted_grads, count, finite):
-        return tf.concat([tf.reshape(g, [-1]) for g in weighted_grads]
+        return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in weighted_grads]
                          + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
 
     def pack(xw, yw, ww, mw, states):
         grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-        return pack_buffer([g * count for g in grads], count, finite), loss_sum, count, new_states
+        return (pack_buffer([g * tf.cast(count, g.dtype) for g in grads], count, finite),
+                loss_sum, count, new_states)
 
     def unpack_apply(summed, bad, step):
         pieces = tf.split(summed, sizes + [2])
         total, nonfinite = pieces[-1][0], pieces[-1][1]
-        grads = [tf.reshape(p, sh) / tf.maximum(total, 1e-12)
-                 for p, sh in zip(pieces[:-1], shapes)]
+        grads = [tf.cast(tf.reshape(p, sh) / tf.maximum(total, 1e-12), dt)
+                 for p, sh, dt in zip(pieces[:-1], shapes, dtypes)]
         return apply_checked(grads, nonfinite < 0.5, total, bad, step)
 
     if allreduce is None:
@@ -459,12 +509,12 @@ def build_step_functions(
         def window_fn(xw, yw, ww, mw, states, acc):
             loss_acc, count_acc, finite_acc, grads_acc = acc
             grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            grads_acc = [a + g * count for a, g in zip(grads_acc, grads)]
+            grads_acc = [a + g * tf.cast(count, g.dtype) for a, g in zip(grads_acc, grads)]
             return new_states, (loss_acc + loss_sum, count_acc + count,
                                 tf.logical_and(finite_acc, finite), grads_acc)
 
         acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(True),
-               [tf.zeros(sh, tf.float32) for sh in shapes])
+               [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)])
         _, (loss_sum, count, finite, grads_acc) = loop(
             x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc)
         bad, ok = reduce_apply(pack_buffer(grads_acc, count, finite), tf.constant(-1),

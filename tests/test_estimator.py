@@ -592,7 +592,7 @@ SpecNT = collections.namedtuple("SpecNT", "epochs batch_size seq_len")
 ], ids=["dict", "dataclass", "namedtuple", "object", "seed_names"])
 def test_spec_forms_fill_hyper_parameters(spec):
     est = Estimator(lstm_model(), "mse", "adam", spec)
-    params = est.get_params()
+    params = est._resolved()  # fit resolves the spec; __init__ stores what it is given
     assert (params["epochs"], params["batch_size"], params["seq_len"]) == (2, 6, 7)
 
 
@@ -607,4 +607,4 @@ def test_spec_equals_keywords():
     assert by_spec.history_ == by_kw.history_
     # a keyword given explicitly wins over the spec
     assert Estimator(lstm_model(), "mse", "adam", dict(epochs=2, batch_size=6, seq_len=7),
-                     epochs=5).get_params()["epochs"] == 5
+                     epochs=5)._resolved()["epochs"] == 5

@@ -67,7 +67,7 @@ def test_windows_equal_the_whole_sequence(case, data):
         keras_model = keras.models.clone_model(model)
         keras_model.set_weights(model.get_weights())
         keras_model.compile(loss="mse")
-        ref_loss = keras_model.evaluate(x, y, batch_size=n, verbose=0)
+        ref_loss = keras_model.evaluate(x, y, batch_size=batch, verbose=0)
         est = frozen(model, seq_len, batch).fit(x, y)
         pred = est.predict(x)
         np.testing.assert_allclose(pred, ref, rtol=0, atol=1e-5)  # padded steps included
@@ -87,11 +87,12 @@ def test_windows_equal_the_whole_sequence(case, data):
         pred = est.predict(xs)
         for k in range(n):
             np.testing.assert_allclose(pred[k], refs[k], rtol=0, atol=1e-5)
-        if per_series:
-            ref_loss = np.mean([np.mean((r - yy) ** 2) for r, yy in zip(refs, y)])
-        else:
-            errors = np.concatenate([np.mean((r - yy) ** 2, -1) for r, yy in zip(refs, ys)])
-            ref_loss = errors.mean()
+        # Keras's rule for the logged loss: per minibatch the mean over its real elements,
+        # then the mean over minibatches weighted by their number of series.
+        errors = [np.mean((r - yy) ** 2, -1) for r, yy in zip(refs, ys)]
+        batches = [range(k, min(n, k + batch)) for k in range(0, n, batch)]
+        ref_loss = sum(len(b) * np.concatenate([np.atleast_1d(errors[i]) for i in b]).mean()
+                       for b in batches) / n
         assert abs(est.history_["loss"][0] - ref_loss) < 1e-5 * max(1, ref_loss)
 
 
