@@ -6,6 +6,7 @@ Public API (everything else is internal):
 - :class:`Classifier` — the same for labels per series or per time step.
 - :class:`SliceTuple` — several input arrays that scikit-learn can index by rows.
 - :func:`seqloss` — a window loss from a per-time-step loss.
+- :class:`TimeSplit` — cross-validation along the time axis (train on the past, score the future).
 - :mod:`keraseq.callbacks` — ``BackupAndRestore`` with atomic writes.
 - :mod:`keraseq.distributed` — MPI: ``DistributedOptimizer``, ``BroadcastWeightsCallback``.
 - :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
@@ -20,7 +21,8 @@ from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .classifier import Classifier  # noqa: E402
 from .inputs import SliceTuple  # noqa: E402
 from .losses import seqloss  # noqa: E402
+from .model_selection import TimeSplit  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "seqloss",
-           "__version__"]
+__all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "TimeSplit",
+           "seqloss", "__version__"]

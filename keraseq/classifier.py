@@ -29,6 +29,10 @@ class Classifier(ClassifierMixin, Estimator):
     ``"sparse_categorical_crossentropy"``. ``is_classifier()`` is true, so scikit-learn's
     cross-validation stratifies per-series labels.
 
+    ``class_weight``: a dict ``{label: weight}`` or ``"balanced"`` (scikit-learn's rule),
+    for labels per series and per step alike (Keras's ``class_weight`` refuses per-step
+    labels); it multiplies ``sample_weight``.
+
     Unequal lengths: ``x`` a list of ``(T_i, F)`` arrays with labels per series ``(N,)`` or a
     list of per-step labels ``(T_i,)``; or padded arrays with ``lengths`` (labels at padded
     steps are ignored: any value, not counted in ``classes_``).
@@ -53,7 +57,8 @@ class Classifier(ClassifierMixin, Estimator):
                  predict_batch_size: int | None = None, rebatch: bool = False,
                  jit_compile: bool | str = "auto", device: str | None = "auto",
                  distributed: Any = "auto", warm_start: bool = False,
-                 group_by_length: bool = False, callbacks=None, **model_params: Any):
+                 group_by_length: bool = False, callbacks=None, class_weight=None,
+                 **model_params: Any):
         # The same hyper-parameters as Estimator, spelled out: scikit-learn reads the signature.
         super().__init__(model, loss, optimizer, spec, epochs=epochs, batch_size=batch_size,
                          seq_len=seq_len, shuffle=shuffle, random_state=random_state,
@@ -62,6 +67,52 @@ class Classifier(ClassifierMixin, Estimator):
                          jit_compile=jit_compile, device=device, distributed=distributed,
                          warm_start=warm_start, group_by_length=group_by_length,
                          callbacks=callbacks, **model_params)
+        self.class_weight = class_weight
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return super()._get_param_names() + ["class_weight"]
+
+    def _class_weights(self, y, lengths, sample_weight):
+        """``sample_weight`` times the weight of each label's class (``class_weight``).
+
+        ``"balanced"`` is scikit-learn's ``n_samples / (n_classes * count)`` over the real
+        series (or steps); every MPI rank holds all labels, so the counts are global."""
+        cw = self.class_weight
+        if cw is None:
+            return sample_weight
+        if isinstance(cw, str):
+            if cw != "balanced":
+                raise ValueError(f"`class_weight` must be a dict, 'balanced' or None, got {cw!r}")
+            from sklearn.utils.class_weight import compute_class_weight
+            per_class = compute_class_weight("balanced", classes=self.classes_,
+                                             y=np.ravel(self._real_labels(y, lengths)))
+        elif isinstance(cw, dict):
+            unknown = [k for k in cw if k not in set(self.classes_.tolist())]
+            if unknown:
+                raise ValueError(f"`class_weight` names classes {unknown} that are not in "
+                                 f"`y`; classes_ = {self.classes_.tolist()}")
+            per_class = np.array([float(cw.get(c, 1.0)) for c in self.classes_.tolist()])
+        else:
+            raise TypeError(f"`class_weight` must be a dict, 'balanced' or None, got "
+                            f"{type(cw).__name__}")
+        per_class = per_class.astype(np.float32)
+
+        def weigh(labels, w):
+            codes = np.searchsorted(self.classes_, np.asarray(labels)).clip(
+                0, len(self.classes_) - 1)
+            out = per_class[codes]
+            if w is not None:
+                w = np.asarray(w, np.float32)
+                out = out * (w.reshape(w.shape + (1,) * (out.ndim - w.ndim)))
+            return out
+
+        if is_ragged(y):
+            ws = sample_weight if sample_weight is not None else [None] * len(y)
+            if sample_weight is not None and not is_ragged(sample_weight):
+                ws = list(np.asarray(sample_weight))
+            return [weigh(a, w) for a, w in zip(y, ws)]
+        return weigh(y, sample_weight)
 
     @staticmethod
     def _real_labels(y, lengths) -> np.ndarray:
@@ -98,8 +149,12 @@ class Classifier(ClassifierMixin, Estimator):
         return codes[..., None]  # (N, 1) per series, (N, T, 1) per step
 
     def fit(self, x, y, sample_weight=None, validation_data=None, callbacks=None,
-            epochs: int | None = None, lengths=None) -> "Classifier":
-        """Train on ``x`` (N, T, F) and labels ``y`` (N,) or (N, T); returns ``self``."""
+            epochs: int | None = None, lengths=None,
+            initial_epoch: int | None = None) -> "Classifier":
+        """Train on ``x`` (N, T, F) and labels ``y`` (N,) or (N, T); returns ``self``.
+
+        With ``class_weight``, each series (or step) is weighted by its class's weight,
+        times ``sample_weight``."""
         if y is None:
             self._encode(y)  # raises the message scikit-learn expects
         y = _stacked_unless_ragged(x, y)
@@ -111,8 +166,9 @@ class Classifier(ClassifierMixin, Estimator):
             validation_data = (validation_data[0], self._encode(validation_data[1],
                                                                 "validation_data y", vl),
                                *validation_data[2:])
+        sample_weight = self._class_weights(y, lengths, sample_weight)
         return super().fit(x, codes, sample_weight, validation_data, callbacks, epochs,
-                           lengths=lengths)
+                           lengths=lengths, initial_epoch=initial_epoch)
 
     def partial_fit(self, x, y, classes=None, sample_weight=None, validation_data=None,
                     callbacks=None, lengths=None) -> "Classifier":
@@ -121,7 +177,8 @@ class Classifier(ClassifierMixin, Estimator):
         if not hasattr(self, "classes_"):
             self.classes_ = np.unique(self._real_labels(y, lengths) if classes is None
                                       else np.asarray(classes))
-        return super().partial_fit(x, self._encode(y, lengths=lengths), sample_weight,
+        return super().partial_fit(x, self._encode(y, lengths=lengths),
+                                   self._class_weights(y, lengths, sample_weight),
                                    validation_data, callbacks, lengths=lengths)
 
     def predict_proba(self, x, reset: bool = True, batch_size: int | None = None,
@@ -172,6 +229,7 @@ class Classifier(ClassifierMixin, Estimator):
 
     def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """Accuracy over all series (and real time steps), weighted by ``sample_weight``."""
+        score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
         pred = self.predict(x, lengths=lengths)
         y = _stacked_unless_ragged(x, y)
         if isinstance(pred, list):  # ragged per-step labels
@@ -195,6 +253,8 @@ class Classifier(ClassifierMixin, Estimator):
         w = np.broadcast_to(w.reshape(w.shape + (1,) * (hits.ndim - w.ndim)), hits.shape)
         if lengths is not None and hits.ndim == 2:  # padded steps are not scored
             w = w * (np.arange(hits.shape[1])[None, :] < np.asarray(lengths)[:, None])
+        if score_from and hits.ndim == 2:
+            w = w * (np.arange(hits.shape[1])[None, :] >= score_from)
         return float((hits * w).sum() / w.sum())
 
 

@@ -27,6 +27,7 @@ from sklearn.exceptions import NotFittedError
 
 from . import distributed as dist
 from .batches import MinibatchReader, minibatch_plan, read_rows
+from .inputs import SliceTuple, split_rows
 from .lengths import (check_lengths, grouped_plan, input_mask_rule, is_ragged, pad_ragged,
                       series_lengths, time_mask, unpad, windows_needed)
 from .losses import build_objective, is_window_loss
@@ -92,6 +93,10 @@ class Estimator(RegressorMixin, BaseEstimator):
         warm_start: a second ``fit`` continues from the fitted weights instead of the initial ones.
         callbacks: Keras callbacks used by every ``fit`` (before those passed to ``fit``);
             as a parameter they survive ``sklearn.clone`` inside model selection.
+        validation_split: as ``model.fit``: the last fraction of the series (before
+            shuffling) is held out and evaluated after each epoch (``val_*`` in
+            ``history_``); out-of-core arrays are split lazily. To validate on the *future*
+            of the same series instead, see :class:`keraseq.TimeSplit`.
         group_by_length: build each minibatch from series of similar length (shuffled within
             pools of 32 minibatches and across them, deterministic with ``random_state``), so
             that with unequal lengths the windows past a minibatch's longest series, which
@@ -126,7 +131,8 @@ class Estimator(RegressorMixin, BaseEstimator):
     _DEFAULTS = dict(epochs=1, batch_size=32, seq_len=None, shuffle=True, random_state=None,
                      verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
                      rebatch=False, jit_compile="auto", device="auto", distributed="auto",
-                     warm_start=False, group_by_length=False, callbacks=None)
+                     warm_start=False, group_by_length=False, callbacks=None,
+                     validation_split=0.0)
     #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins).
     _SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
 
@@ -139,7 +145,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                  jit_compile: bool | str = "auto", device: str | None = "auto",
                  distributed: Any = "auto", warm_start: bool = False,
                  group_by_length: bool = False, callbacks: Sequence | None = None,
-                 **model_params: Any):
+                 validation_split: float = 0.0, **model_params: Any):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
         self.model = model
         self.loss = loss
@@ -161,6 +167,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         self.warm_start = warm_start
         self.group_by_length = group_by_length
         self.callbacks = callbacks
+        self.validation_split = validation_split
         for key, value in model_params.items():  # model__<name>; anything else: fit says so
             setattr(self, key, value)
 
@@ -584,6 +591,22 @@ class Estimator(RegressorMixin, BaseEstimator):
              initial_epoch=None):
         p = self._resolved()
         x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
+        split = p["validation_split"]
+        if split:
+            if not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
+                raise ValueError(f"`validation_split` must be a fraction in [0, 1), got "
+                                 f"{split!r}")
+            if validation_data is not None:
+                raise ValueError("pass `validation_data` or `validation_split`, not both")
+            n = int(np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0]) if not \
+                isinstance(x, SliceTuple) else len(x)
+            at = int(math.floor(n * (1.0 - split)))  # Keras's rule: the last rows
+            if at < 1 or at >= n:
+                raise ValueError(f"`validation_split={split}` leaves {at} of {n} series for "
+                                 f"training; it needs at least one series on each side")
+            (x, vx), (y, vy), (sample_weight, vw), (lengths, vl) = (
+                split_rows(v, at) for v in (x, y, sample_weight, lengths))
+            validation_data = (vx, vy, vw, vl)
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
         comm = dist.get_comm(p["distributed"])
@@ -989,6 +1012,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         ``predict`` untouched. Collective under MPI.
         """
         self._check_fitted("score")
+        score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
         x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         xs, ys, ws = self._check_xy(x, y, sample_weight)
         _, n_, t_ = self._check_predict_x(_unpack(xs))
@@ -1015,6 +1039,9 @@ class Estimator(RegressorMixin, BaseEstimator):
                     np.broadcast_to(w[:, None], yt.shape[:-1]) if w.ndim < yt.ndim - 1 else w)
                 if tm is not None and yt.ndim == 3:
                     wk = wk * tm  # padded steps are no samples
+                if score_from and yt.ndim == 3:
+                    wk = np.array(wk, np.float64)
+                    wk[:, :score_from] = 0.0  # the history a TimeSplit fold runs through
                 wk = wk.reshape(-1, 1)
                 yt, yp = yt.reshape(-1, f), np.asarray(yp, np.float64).reshape(-1, f)
                 if shifts[k] is None:

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["SliceTuple"]
+__all__ = ["SliceTuple", "RowRange", "split_rows"]
 
 
 class SliceTuple:
@@ -55,3 +55,71 @@ class SliceTuple:
     def __repr__(self) -> str:
         shapes = ", ".join(str(tuple(np.shape(a))) for a in self.arrays)
         return f"SliceTuple({shapes})"
+
+
+class RowRange:
+    """Rows ``[lo, hi)`` of an array (ndarray, memmap, ``h5py.Dataset``) without reading them.
+
+    ``validation_split`` uses it so that an out-of-core array is split lazily: indexing maps
+    rows into the parent, and only what the minibatch reader asks for is read.
+
+    Example:
+        >>> import numpy as np
+        >>> r = RowRange(np.arange(10).reshape(5, 2), 3, 5)
+        >>> r.shape, r[0:2].tolist()
+        ((2, 2), [[6, 7], [8, 9]])
+    """
+
+    def __init__(self, array: Any, lo: int, hi: int):
+        self.array, self.lo, self.hi = array, int(lo), int(hi)
+
+    @property
+    def shape(self) -> tuple:
+        return (self.hi - self.lo,) + tuple(self.array.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, key):
+        rows, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(len(self))
+            if step != 1:
+                raise IndexError("RowRange supports contiguous slices and index arrays")
+            rows = slice(self.lo + start, self.lo + stop)
+        elif isinstance(rows, (int, np.integer)):
+            rows = self.lo + (int(rows) if rows >= 0 else len(self) + int(rows))
+        else:
+            rows = np.asarray(rows) + self.lo
+        return self.array[(rows,) + rest] if rest else self.array[rows]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.array[self.lo:self.hi])
+        return out if dtype is None else out.astype(dtype)
+
+
+def split_rows(value: Any, at: int) -> tuple[Any, Any]:
+    """``(value[:at], value[at:])`` for an array, a tuple/list of arrays (one per input or
+    output), a :class:`SliceTuple` or ``None`` — lazily for out-of-core arrays."""
+    if value is None:
+        return None, None
+    if isinstance(value, SliceTuple):
+        parts = [split_rows(a, at) for a in value.arrays]
+        return SliceTuple(*(p[0] for p in parts)), SliceTuple(*(p[1] for p in parts))
+    if isinstance(value, (tuple, list)):
+        parts = [split_rows(a, at) for a in value]
+        return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
+    if isinstance(value, np.ndarray):
+        return value[:at], value[at:]  # views
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return RowRange(value, 0, at), RowRange(value, at, int(value.shape[0]))
+    value = np.asarray(value)
+    return value[:at], value[at:]

@@ -152,3 +152,71 @@ def test_tensor_inputs_equal_numpy():
     for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     np.testing.assert_array_equal(a.predict(x), b.predict(tf.constant(x)))
+
+
+# ----------------------------------------------------------------------------- class weights
+@pytest.mark.parametrize("per_step", [False, True], ids=["per_series", "per_step"])
+@pytest.mark.parametrize("class_weight", ["balanced", {"a": 3.0, "b": 0.5}])
+def test_class_weight_equals_the_explicit_sample_weight(per_step, class_weight):
+    from sklearn.utils.class_weight import compute_class_weight
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 7, 2)).astype("float32")
+    labels = np.where(x[..., 0] > 0.6, "a", np.where(x[..., 0] < -0.6, "c", "b"))
+    if not per_step:
+        labels = labels[:, -1]
+    classes = np.unique(labels)
+    per_class = (compute_class_weight("balanced", classes=classes, y=labels.ravel())
+                 if class_weight == "balanced"
+                 else np.array([class_weight.get(c, 1.0) for c in classes]))
+    w = rng.uniform(0.5, 1.5, size=30).astype("float32")
+    explicit = per_class[np.searchsorted(classes, labels)] * (w[:, None] if per_step else w)
+    kw = dict(optimizer=keras.optimizers.Adam(0.01), epochs=2, batch_size=8, seq_len=3,
+              random_state=0, verbose=0)
+    model = lambda: gru(per_series=not per_step, outputs=3, softmax=True)
+    a = Classifier(model(), class_weight=class_weight, **kw).fit(x, labels, sample_weight=w)
+    b = Classifier(model(), **kw).fit(x, labels, sample_weight=explicit)
+    for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=0, atol=1e-6)
+    assert a.get_params()["class_weight"] == class_weight
+    with pytest.raises(ValueError, match=r"`class_weight` names classes \['z'\]"):
+        Classifier(model(), class_weight={"z": 2.0}, **kw).fit(x, labels)
+
+
+# ------------------------------------------------------------------------------ validation
+def test_validation_split_is_the_last_fraction_like_keras(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    x, y = data(n=20)
+    kw = dict(epochs=2, batch_size=4, seq_len=3, random_state=0, verbose=0)
+    a = Estimator(gru(), "mse", "adam", validation_split=0.25, **kw).fit(x, y)
+    b = Estimator(gru(), "mse", "adam", **kw).fit(x[:15], y[:15], validation_data=(x[15:], y[15:]))
+    assert a.history_ == b.history_ and "val_loss" in a.history_
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"], f["y"] = x, y
+    with h5py.File(tmp_path / "d.h5", "r") as f:  # split lazily, same result
+        c = Estimator(gru(), "mse", "adam", validation_split=0.25, **kw).fit(f["x"], f["y"])
+    assert c.history_ == a.history_
+    with pytest.raises(ValueError, match="validation_split"):
+        Estimator(gru(), validation_split=1.5, verbose=0).fit(x, y)
+
+
+def test_time_split_trains_on_the_past_and_scores_the_future():
+    from sklearn.model_selection import cross_val_score
+    from keraseq import TimeSplit
+    x, y = data(n=8, t=40)
+    cv = TimeSplit(n_splits=3, horizon=8)
+    xf, yf = cv.wrap(x, y)
+    folds = list(cv.split(xf))
+    assert [(xf[tr].shape[1], xf[te].shape[1], xf[te].keraseq_score_from)
+            for tr, te in folds] == [(16, 24, 16), (24, 32, 24), (32, 40, 32)]
+    scores = cross_val_score(Estimator(gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4,
+                                       random_state=0, verbose=0), xf, yf, cv=cv)
+    # each fold's score is R² on its future steps only, the past run through for the state
+    tr, te = folds[0]
+    est = Estimator(gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4, random_state=0,
+                    verbose=0).fit(xf[tr], yf[tr])
+    pred = est.predict(x[:, :24])
+    from sklearn.metrics import r2_score
+    expected = r2_score(y[:, 16:24].reshape(-1, 1), pred[:, 16:].reshape(-1, 1))
+    assert scores[0] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="per time step"):
+        cv.wrap(x, y[:, 0])
