@@ -5,6 +5,7 @@ Public API (everything else is internal):
 - :class:`Estimator` — ``fit`` / ``predict`` / ``score`` for sequence models ``(N, T, F)``.
 - :class:`Classifier` — the same for labels per series or per time step.
 - :class:`SliceTuple` — several input arrays that scikit-learn can index by rows.
+- :func:`from_channels_first` — sktime's / aeon's ``(N, channels, T)`` as ``(N, T, channels)``.
 - :func:`seqloss` — a window loss from a per-time-step loss.
 - :class:`TimeSplit` — cross-validation along the time axis (train on the past, score the future).
 - :mod:`keraseq.callbacks` — ``BackupAndRestore`` with atomic writes.
@@ -19,10 +20,10 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from . import callbacks  # noqa: E402
 from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .classifier import Classifier  # noqa: E402
-from .inputs import SliceTuple  # noqa: E402
+from .inputs import SliceTuple, from_channels_first  # noqa: E402
 from .losses import seqloss  # noqa: E402
 from .model_selection import TimeSplit  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "TimeSplit",
-           "seqloss", "__version__"]
+           "from_channels_first", "seqloss", "__version__"]

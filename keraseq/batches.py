@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["MinibatchReader", "read_rows", "minibatch_plan"]
+__all__ = ["MinibatchReader", "DatasetReader", "as_dataset", "read_rows", "minibatch_plan"]
 
 
 def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
@@ -126,3 +126,76 @@ class MinibatchReader:
                 if step + 1 < len(self.plan):
                     future = pool.submit(self._read, self.plan[step + 1])
                 yield item
+
+
+def as_dataset(value):
+    """``value`` when it is a source of ready minibatches: a ``keras.utils.PyDataset`` or any
+    sequence of ``(x, y[, sample_weight])`` batches (``len`` and indexing, e.g. a list);
+    ``None`` for arrays, tuples of arrays and ragged lists of series."""
+    import keras
+    if isinstance(value, keras.utils.PyDataset):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(item, (list, tuple)) and len(item) in (2, 3)
+            and hasattr(item[0], "shape") for item in value):
+        return value
+    return None
+
+
+def dataset_batch(item, index: int):
+    """One batch of a dataset as ``(x, y, sample_weight or None)``."""
+    if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
+        raise ValueError(f"batch {index} of the dataset is a {type(item).__name__}; expected a "
+                         f"tuple (x, y) or (x, y, sample_weight) of arrays (B, T, F), ...")
+    x, y = item[0], item[1]
+    w = item[2] if len(item) == 3 else None
+    return x, y, w
+
+
+class DatasetReader:
+    """Minibatches read from a dataset (see :func:`as_dataset`), shaped like
+    :class:`MinibatchReader`'s: ``([xs, ys, ws, None, None], mask_rows, n_real)``, every batch
+    padded with masked rows to ``batch_size`` (the first batch's size), so one compiled graph
+    serves all. A plan index past the dataset's end (a rank with fewer batches under MPI)
+    yields one masked row."""
+
+    def __init__(self, dataset, plan: list[int], batch_size: int, dtypes: Sequence):
+        self.dataset, self.plan, self.batch_size, self.dtypes = dataset, plan, batch_size, dtypes
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def _arrays(self, value, dtype):
+        if value is None:
+            return None
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        out = []
+        for a in items:
+            a = np.asarray(a)
+            if dtype is not None and a.dtype != dtype:
+                a = a.astype(dtype)
+            out.append(a)
+        return tuple(out)
+
+    def __iter__(self) -> Iterator:
+        for index in self.plan:
+            past_end = index >= len(self.dataset)
+            x, y, w = dataset_batch(self.dataset[0 if past_end else index], index)
+            groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
+            n_real = 0 if past_end else int(groups[0][0].shape[0])
+            if n_real > self.batch_size:
+                raise ValueError(f"batch {index} of the dataset has {n_real} series, more than "
+                                 f"the first batch's {self.batch_size}; the first batch must be "
+                                 f"the largest")
+            padded = []
+            for group in groups:
+                if group is None:
+                    padded.append(None)
+                    continue
+                rows = max(n_real, 1)
+                padded.append(tuple(np.concatenate(
+                    [a[:rows], np.zeros((self.batch_size - rows,) + a.shape[1:], a.dtype)])
+                    if rows < self.batch_size else a[:rows] for a in group))
+            mask = np.zeros(self.batch_size, np.float32)
+            mask[:n_real] = 1.0
+            yield padded + [None, None], mask, n_real

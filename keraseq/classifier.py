@@ -156,7 +156,7 @@ class Classifier(ClassifierMixin, Estimator):
         With ``class_weight``, each series (or step) is weighted by its class's weight,
         times ``sample_weight``."""
         if y is None:
-            self._encode(y)  # raises the message scikit-learn expects
+            self._encode(y)  # raises the message scikit-learn expects (datasets: Estimator)
         y = _stacked_unless_ragged(x, y)
         _check_not_one_hot(x, y)
         self.classes_ = np.unique(self._real_labels(y, lengths))

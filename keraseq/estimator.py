@@ -26,7 +26,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from . import distributed as dist
-from .batches import MinibatchReader, minibatch_plan, read_rows
+from .batches import DatasetReader, MinibatchReader, as_dataset, dataset_batch, minibatch_plan, \
+    read_rows
 from .inputs import SliceTuple, split_rows
 from .lengths import (check_lengths, grouped_plan, input_mask_rule, is_ragged, pad_ragged,
                       series_lengths, time_mask, unpad, windows_needed)
@@ -561,7 +562,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         return steps, val_steps
 
     # ------------------------------------------------------------------------------------ fit
-    def fit(self, x, y, sample_weight=None, validation_data=None, callbacks=None,
+    def fit(self, x, y=None, sample_weight=None, validation_data=None, callbacks=None,
             epochs: int | None = None, lengths=None,
             initial_epoch: int | None = None) -> "Estimator":
         """Train on ``x`` (N, T, F) and ``y`` (N, T, F_out) or (N, F_out); returns ``self``.
@@ -575,12 +576,16 @@ class Estimator(RegressorMixin, BaseEstimator):
         ``(x, y, sample_weight, lengths)``. Epochs are numbered as in ``model.fit``: a warm
         fit continues the count (callbacks see the true epoch, ``history_`` grows);
         ``initial_epoch`` has Keras's meaning (run epochs ``initial_epoch .. epochs - 1``).
+        ``x`` may also be a ``keras.utils.PyDataset`` (or a list) of ``(x, y[,
+        sample_weight])`` minibatches (B, T, F), with ``y=None``: they are trained as given
+        (the first batch the largest; ``on_epoch_end`` called after each epoch; under MPI each
+        rank passes its own), exactly as the same minibatches of arrays.
         """
         return self._fit(x, y, sample_weight, validation_data, callbacks, epochs,
                          warm=bool(self.warm_start) and hasattr(self, "model_"),
                          lengths=lengths, initial_epoch=initial_epoch)
 
-    def partial_fit(self, x, y, sample_weight=None, validation_data=None,
+    def partial_fit(self, x, y=None, sample_weight=None, validation_data=None,
                     callbacks=None, lengths=None) -> "Estimator":
         """One epoch on ``(x, y)``, continuing from the fitted weights and optimizer state
         (the first call starts from ``model``); ``history_`` grows by one entry per call."""
@@ -590,6 +595,28 @@ class Estimator(RegressorMixin, BaseEstimator):
     def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths=None,
              initial_epoch=None):
         p = self._resolved()
+        dataset = as_dataset(x)
+        if dataset is not None:
+            # Ready minibatches (a PyDataset or a list of (x, y[, w]) batches): the first one
+            # stands for the data in every check and probe below.
+            if y is not None or sample_weight is not None or lengths is not None:
+                raise ValueError("`x` is a dataset of (x, y[, sample_weight]) batches: pass "
+                                 "y=None (the targets are in the batches)")
+            if p["validation_split"] or p["group_by_length"]:
+                raise ValueError("validation_split and group_by_length need arrays; a dataset "
+                                 "brings its own batches (use validation_data)")
+            if len(dataset) == 0:
+                raise ValueError("`x` is an empty dataset")
+            if is_window_loss(self.loss):
+                raise ValueError("a dataset of batches needs a Keras loss (its last batch is "
+                                 "padded with masked rows)")
+            x, y, sample_weight = dataset_batch(dataset[0], 0)
+            p["batch_size"] = int(np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0])
+            p["shuffle"] = False  # the dataset orders its batches (PyDataset.on_epoch_end)
+        built = None
+        if isinstance(x, dict) or isinstance(y, dict):  # keyed by the model's input/output names
+            built = self.model_ if warm else self._new_model()
+            x, y = _keyed(x, built, "x"), _keyed(y, built, "y")
         x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         split = p["validation_split"]
         if split:
@@ -661,7 +688,7 @@ class Estimator(RegressorMixin, BaseEstimator):
             keras.utils.set_random_seed(int(p["random_state"]))
         device = self._device(comm)
         with dist.device_scope(device):
-            model = self.model_ if warm else self._new_model()
+            model = self.model_ if warm else (built or self._new_model())
             self._check_model_inputs(model, xs)
             self._check_windows(model, p["seq_len"], int(xs[0].shape[1]),
                                 lengths is not None or (val is not None and val[3] is not None))
@@ -708,6 +735,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         n = int(xs[0].shape[0])
         lo, hi = dist.shard(n, comm)
         n_steps = dist.max_over_ranks(math.ceil((hi - lo) / p["batch_size"]), comm)
+        if dataset is not None:  # under MPI each rank brings its own dataset
+            lo, hi = 0, n
+            n_steps = dist.max_over_ranks(len(dataset), comm)
         rule = input_mask_rule(model)
         masked = rule is not None or lengths is not None
         if p["group_by_length"]:
@@ -757,12 +787,15 @@ class Estimator(RegressorMixin, BaseEstimator):
                 _reseed(model, int(p["random_state"]), epoch)
             for m in metrics:
                 m.reset_state()
-            plan = plan_of(p["shuffle"], epoch_rng)
-            reader = MinibatchReader(
-                [xs, ys, ws, (time_mask,) if time_mask is not None else None,
-                 (lengths,) if lengths is not None else None], plan,
-                p["batch_size"], [_x_dtype(xs), np.float32, np.float32, np.float32, np.int64],
-                pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
+            if dataset is not None:
+                reader = DatasetReader(dataset, list(range(n_steps)), p["batch_size"],
+                                       [_x_dtype(xs), np.float32, np.float32])
+            else:
+                reader = MinibatchReader(
+                    [xs, ys, ws, (time_mask,) if time_mask is not None else None,
+                     (lengths,) if lengths is not None else None], plan_of(p["shuffle"], epoch_rng),
+                    p["batch_size"], [_x_dtype(xs), np.float32, np.float32, np.float32, np.int64],
+                    pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
             total = np.zeros(2)
             for step, (batch, rows_mask, n_real) in enumerate(reader):
                 cb.on_train_batch_begin(step)
@@ -797,6 +830,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                 logs.update({f"val_{k}": v for k, v in self._evaluate(
                     val_steps, val, val_metrics, p, comm).items()})
             cb.on_epoch_end(epoch, logs)
+            if dataset is not None and hasattr(dataset, "on_epoch_end"):
+                dataset.on_epoch_end()  # as model.fit: a PyDataset may reshuffle here
             if comm.size > 1:
                 model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
             if model.stop_training:
@@ -922,6 +957,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         """
         self._check_fitted("predict")
         p = self._resolved()
+        if _predict_batches(x) is not None:
+            return self._predict_dataset(_predict_batches(x))
+        x = _keyed(x, self.model_, "x")
         ragged = is_ragged(x)
         x, _, _, lengths = _unragged(x, None, None, lengths)
         if ragged and out is not None:
@@ -1003,6 +1041,22 @@ class Estimator(RegressorMixin, BaseEstimator):
                        for r, sh in zip(results, shapes)]
         return out if out is not None else _unpack(tuple(results))
 
+    def _predict_dataset(self, batches):
+        """Predictions for a dataset of batches, concatenated over its batches."""
+        if self._comm.size > 1:
+            raise ValueError("predict on a dataset of batches runs in one process; under MPI "
+                             "pass arrays (each rank predicts its block of rows)")
+        parts = []
+        for k in range(len(batches)):
+            item = batches[k]
+            bx = item[0] if isinstance(item, (tuple, list)) and len(item) in (1, 2, 3) and \
+                isinstance(item[0], (tuple, list, np.ndarray)) or (
+                    isinstance(item, tuple) and len(item) == 1) else item
+            pred = self.predict(bx)
+            parts.append(pred if isinstance(pred, tuple) else (pred,))
+        out = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+        return _unpack(out)
+
     def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """Coefficient of determination R² over all outputs and time steps (uniform average).
 
@@ -1013,6 +1067,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         """
         self._check_fitted("score")
         score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
+        x, y = _keyed(x, self.model_, "x"), _keyed(y, self.model_, "y")
         x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         xs, ys, ws = self._check_xy(x, y, sample_weight)
         _, n_, t_ = self._check_predict_x(_unpack(xs))
@@ -1206,6 +1261,33 @@ def _window_bound_layers(model) -> list:
                 and (layer.kernel_size[0] > 1 or layer.strides[0] > 1):
             found.append(layer)
     return found
+
+
+def _predict_batches(x):
+    """``x`` when ``predict`` should read it batch by batch (a ``keras.utils.PyDataset``)."""
+    return x if isinstance(x, keras.utils.PyDataset) else None
+
+
+def _keyed(value, model, name):
+    """A dict keyed by the model's input (``x``) or output (``y``) names as a tuple in the
+    model's order; anything else unchanged."""
+    if not isinstance(value, dict):
+        return value
+    if name == "x":
+        names = [getattr(t, "name", None) for t in (getattr(model, "inputs", None) or [])]
+    else:
+        names = list(getattr(model, "output_names", None) or [])
+    if not names or None in names:
+        raise TypeError(f"`{name}` is a dict but the model's {'inputs' if name == 'x' else 'outputs'}"
+                        f" have no names; pass a tuple in the model's order")
+    missing = [k for k in names if k not in value]
+    unknown = [k for k in value if k not in names]
+    if missing or unknown:
+        raise ValueError(f"`{name}` is a dict with keys {sorted(value)}; the model's "
+                         f"{'inputs' if name == 'x' else 'outputs'} are {names}"
+                         + (f" (missing {missing})" if missing else "")
+                         + (f" (unknown {unknown})" if unknown else ""))
+    return tuple(value[k] for k in names)
 
 
 def _unragged(x, y, sample_weight, lengths):

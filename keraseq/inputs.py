@@ -1,8 +1,10 @@
-"""``SliceTuple``: several arrays that share N, indexable by rows, for scikit-learn tools.
+"""Input containers: ``SliceTuple``, lazy row ranges, and the channels-first converter.
 
 What lives here: the container that lets ``GridSearchCV``, ``cross_val_score`` and friends
 split a multi-input ``x`` (or multi-output ``y``) by series, as skorch's ``SliceDict`` does
-for dicts. What does not: validation of the arrays (``validation.py``).
+for dicts; :class:`RowRange` and :func:`split_rows` (``validation_split`` without reading
+out-of-core data); :func:`from_channels_first` for sktime's and aeon's ``(N, channels, T)``.
+What does not: validation of the arrays (``validation.py``), ragged series (``lengths.py``).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["SliceTuple", "RowRange", "split_rows"]
+__all__ = ["SliceTuple", "RowRange", "split_rows", "from_channels_first"]
 
 
 class SliceTuple:
@@ -123,3 +125,28 @@ def split_rows(value: Any, at: int) -> tuple[Any, Any]:
         return RowRange(value, 0, at), RowRange(value, at, int(value.shape[0]))
     value = np.asarray(value)
     return value[:at], value[at:]
+
+
+def from_channels_first(x: Any) -> Any:
+    """Series in sktime's / aeon's layout ``(N, channels, T)`` — or a list of ``(channels,
+    T_i)`` arrays for unequal lengths — as keraseq's ``(N, T, channels)`` (a list of
+    ``(T_i, channels)``), without copying the 3-D array (a transposed view).
+
+    Example:
+        >>> import numpy as np
+        >>> from keraseq import from_channels_first
+        >>> from_channels_first(np.zeros((5, 3, 40))).shape
+        (5, 40, 3)
+        >>> [a.shape for a in from_channels_first([np.zeros((3, 7)), np.zeros((3, 9))])]
+        [(7, 3), (9, 3)]
+    """
+    if isinstance(x, (list, tuple)):
+        out = [np.asarray(a) for a in x]
+        for k, a in enumerate(out):
+            if a.ndim != 2:
+                raise ValueError(f"`x[{k}]` has shape {a.shape}; expected (channels, T_i)")
+        return [a.T for a in out]
+    a = np.asarray(x)
+    if a.ndim != 3:
+        raise ValueError(f"`x` has shape {a.shape}; expected (N, channels, T)")
+    return np.swapaxes(a, 1, 2)

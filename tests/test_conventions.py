@@ -220,3 +220,71 @@ def test_time_split_trains_on_the_past_and_scores_the_future():
     assert scores[0] == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="per time step"):
         cv.wrap(x, y[:, 0])
+
+
+def test_dict_inputs_and_outputs_keyed_by_the_models_names():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(12, 6, 2)).astype("float32")
+    b = rng.normal(size=(12, 6, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    ia, ib = keras.Input((None, 2), name="prices"), keras.Input((None, 3), name="volumes")
+    h = keras.layers.GRU(4, return_sequences=True)(keras.layers.Concatenate()([ia, ib]))
+    model = keras.Model([ia, ib], [keras.layers.Dense(1, name="level")(h),
+                                   keras.layers.Dense(2, name="spread")(h)])
+    y1, y2 = a[..., :1], b[..., :2]
+    kw = dict(batch_size=4, seq_len=3, random_state=0, verbose=0)
+    by_tuple = Estimator(model, "mse", "adam", **kw).fit((a, b), (y1, y2))
+    by_dict = Estimator(model, "mse", "adam", **kw).fit({"volumes": b, "prices": a},
+                                                        {"spread": y2, "level": y1})
+    for wa, wb in zip(by_tuple.model_.get_weights(), by_dict.model_.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    for pa, pb in zip(by_tuple.predict((a, b)), by_dict.predict({"prices": a, "volumes": b})):
+        np.testing.assert_array_equal(pa, pb)
+    with pytest.raises(ValueError, match=r"inputs are \['prices', 'volumes'\] \(missing"):
+        by_dict.predict({"prices": a})
+
+
+def test_pydataset_and_list_of_batches_equal_the_array_path():
+    x, y = data(n=22)
+    w = np.linspace(0.5, 1.5, 22).astype("float32")
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epochs_seen = 0
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            rows = slice(8 * i, 8 * i + 8)  # 8, 8, 6 series: the array path's minibatches
+            return x[rows], y[rows], w[rows]
+
+        def on_epoch_end(self):
+            self.epochs_seen += 1
+
+    kw = dict(epochs=2, batch_size=8, seq_len=4, shuffle=False, random_state=0, verbose=0,
+              metrics=["mae"])
+    arrays = Estimator(gru(), "mse", "adam", **kw).fit(x, y, sample_weight=w)
+    ds = Batches()
+    batches = Estimator(gru(), "mse", "adam", **kw).fit(ds)
+    as_list = Estimator(gru(), "mse", "adam", **kw).fit([ds[i] for i in range(3)])
+    for other in (batches, as_list):
+        for a, b in zip(arrays.model_.get_weights(), other.model_.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        assert other.history_ == arrays.history_
+    assert ds.epochs_seen == 2
+    np.testing.assert_array_equal(batches.predict(ds), arrays.predict(x))
+    with pytest.raises(ValueError, match="y=None"):
+        Estimator(gru(), verbose=0).fit(ds, y)
+
+
+def test_channels_first_layout_of_sktime_and_aeon():
+    from keraseq import from_channels_first
+    x = np.arange(2 * 3 * 5, dtype="float32").reshape(2, 3, 5)  # (N, channels, T)
+    out = from_channels_first(x)
+    assert out.shape == (2, 5, 3) and out[1, 4, 2] == x[1, 2, 4]
+    ragged = from_channels_first([x[0, :, :2], x[1]])
+    assert [a.shape for a in ragged] == [(2, 3), (5, 3)]
+    with pytest.raises(ValueError, match=r"expected \(N, channels, T\)"):
+        from_channels_first(x[0])
