@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -316,9 +317,17 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
     custom call (``_mpi_xla``), which keeps the whole window loop one XLA program; it is
     ``None`` where that is unavailable (then the loop is split around the host callback).
     """
+    # Test-only hook: an artificial delay per Allreduce, in seconds, to model a slow network
+    # (this machine's kernel has no netem). Host-callback path only (jit_compile=False).
+    delay = float(os.environ.get("KERASEQ_TEST_ALLREDUCE_DELAY_S", "0") or 0.0)
+
+    def host(a):
+        if delay:
+            time.sleep(delay)
+        return _flat_allreduce(comm, a)
+
     def reduce(buf):
-        out = tf.numpy_function(lambda a: _flat_allreduce(comm, a), [buf], tf.float32,
-                                stateful=True)
+        out = tf.numpy_function(host, [buf], tf.float32, stateful=True)
         out.set_shape(buf.shape)
         return out
 

@@ -94,6 +94,10 @@ class Estimator(RegressorMixin, BaseEstimator):
         warm_start: a second ``fit`` continues from the fitted weights instead of the initial ones.
         callbacks: Keras callbacks used by every ``fit`` (before those passed to ``fit``);
             as a parameter they survive ``sklearn.clone`` inside model selection.
+        sync_every: for slow networks: sum the gradients of this many consecutive windows
+            and apply them in one update (one Allreduce per ``sync_every`` windows under MPI;
+            gradient accumulation, the state still carried window to window). 1 (default):
+            one update per window, exact truncated BPTT. Per-step targets only.
         validation_split: as ``model.fit``: the last fraction of the series (before
             shuffling) is held out and evaluated after each epoch (``val_*`` in
             ``history_``); out-of-core arrays are split lazily. To validate on the *future*
@@ -133,7 +137,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                      verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
                      rebatch=False, jit_compile="auto", device="auto", distributed="auto",
                      warm_start=False, group_by_length=False, callbacks=None,
-                     validation_split=0.0)
+                     validation_split=0.0, sync_every=1)
     #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins).
     _SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
 
@@ -146,7 +150,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                  jit_compile: bool | str = "auto", device: str | None = "auto",
                  distributed: Any = "auto", warm_start: bool = False,
                  group_by_length: bool = False, callbacks: Sequence | None = None,
-                 validation_split: float = 0.0, **model_params: Any):
+                 validation_split: float = 0.0, sync_every: int = 1,
+                 **model_params: Any):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
         self.model = model
         self.loss = loss
@@ -169,6 +174,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         self.group_by_length = group_by_length
         self.callbacks = callbacks
         self.validation_split = validation_split
+        self.sync_every = sync_every
         for key, value in model_params.items():  # model__<name>; anything else: fit says so
             setattr(self, key, value)
 
@@ -310,6 +316,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         p["epochs"] = check_positive_int(p["epochs"], "epochs")
         p["batch_size"] = check_positive_int(p["batch_size"], "batch_size")
         p["seq_len"] = check_positive_int(p["seq_len"], "seq_len", allow_none=True)
+        p["sync_every"] = check_positive_int(p["sync_every"], "sync_every")
         p["predict_batch_size"] = check_positive_int(p["predict_batch_size"],
                                                      "predict_batch_size", allow_none=True)
         if p["verbose"] == "auto":
@@ -554,7 +561,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         jit = self._jit_for(model, p["jit_compile"])
         allreduce = dist.graph_allreduce(comm, self._device(comm)) if comm.size > 1 else None
         steps = build_step_functions(model, carry, state_specs, objective, opt, metrics,
-                                     p["seq_len"], per_series, jit, allreduce)
+                                     p["seq_len"], per_series, jit, allreduce,
+                                     sync_every=p["sync_every"])
         val_steps = None
         if val_metrics is not None:
             val_steps = build_step_functions(model, carry, state_specs, objective, None,

@@ -242,6 +242,7 @@ def build_step_functions(
     per_series: bool,
     jit_compile: bool,
     allreduce: Callable | None = None,
+    sync_every: int = 1,
 ) -> StepFunctions:
     """Build the three compiled minibatch functions.
 
@@ -490,6 +491,8 @@ def build_step_functions(
     def train(x, y, w, m, tm, n_win, h0):
         if per_series and tm is not None:
             return train_series(x, y, w, m, tm, n_win, h0)
+        if sync_every > 1 and not per_series:
+            return train_accumulated(x, y, w, m, tm, n_win, h0)
 
         def window_fn(xw, yw, ww, mw, states, acc, has_loss):
             if not has_loss:
@@ -521,6 +524,37 @@ def build_step_functions(
                                tf.constant(0))
         return tf.stack([tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0),
                          tf.cast(bad, tf.float32)])
+
+    def train_accumulated(x, y, w, m, tm, n_win, h0):
+        """``sync_every = k > 1`` (for slow networks): the count-weighted gradients of k
+        consecutive windows are summed and applied in one update, one Allreduce per k windows
+        (and one for a remainder at the minibatch's end). Windows still carry the state; the
+        gradient of each is still cut at its borders. Same on every rank: the window count is
+        agreed, so every rank flushes at the same windows."""
+        zeros = lambda: [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)]
+
+        def flush(acc):
+            loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
+            bad, ok = reduce_apply(pack_buffer(p_grads, p_count, p_finite), bad, step - 1)
+            return (loss_acc + tf.where(ok, p_loss, 0.0), count_acc + tf.where(ok, p_count, 0.0),
+                    bad, step, tf.constant(0.0), tf.constant(0.0), tf.constant(True), zeros())
+
+        def window_fn(xw, yw, ww, mw, states, acc, has_loss):
+            loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
+            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
+            acc = (loss_acc, count_acc, bad, step + 1, p_loss + loss_sum, p_count + count,
+                   tf.logical_and(p_finite, finite),
+                   [a + g * tf.cast(count, g.dtype) for a, g in zip(p_grads, grads)])
+            acc = tf.cond(tf.equal((step + 1) % sync_every, 0), lambda: flush(acc),
+                          lambda: acc)
+            return new_states, acc
+
+        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0),
+               tf.constant(0.0), tf.constant(0.0), tf.constant(True), zeros())
+        _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
+        # A remainder of fewer than k windows: one more update (the same on every rank).
+        acc = tf.cond(tf.equal(acc[3] % sync_every, 0), lambda: acc, lambda: flush(acc))
+        return tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
 
     # -------------------------------------------------------------------------------- evaluate
     def evaluate(x, y, w, m, tm, n_win, h0):

@@ -20,6 +20,7 @@ from keraseq.utils import net2vec  # noqa: E402
 out_path, opt_name, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 jit = sys.argv[5] == "jit" if len(sys.argv) > 5 else True
 mode = sys.argv[6] if len(sys.argv) > 6 else "equal"
+sync_every = int(sys.argv[7]) if len(sys.argv) > 7 else 1
 comm = MPI.COMM_WORLD
 k = comm.Get_size()
 
@@ -46,7 +47,8 @@ if mode != "equal":
 
 # An explicit communicator (here the world one; "auto" would find it too).
 est = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
-                verbose=0, metrics=["mae"], jit_compile=jit, distributed=comm).fit(x, y)
+                verbose=0, metrics=["mae"], jit_compile=jit, distributed=comm,
+                sync_every=sync_every).fit(x, y)
 w = net2vec(est.model_)
 all_w = comm.gather(w, root=0)
 # Distributed predict: each rank predicts its block, every rank returns the full result.
@@ -64,7 +66,7 @@ if comm.Get_rank() == 0:
     order = np.concatenate(order)
     single = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=k * batch, seq_len=7,
                        shuffle=False, verbose=0, metrics=["mae"], distributed=False,
-                       jit_compile=jit).fit(x[order], y[order])
+                       jit_compile=jit, sync_every=sync_every).fit(x[order], y[order])
     ws = net2vec(single.model_)
     report = {
         "max_diff": float(np.max(np.abs(w - ws))),
