@@ -19,9 +19,14 @@ go with them), and removes the temporary folder. Every process started here carr
 ``KQMH_OWNER=<pid of the creating process>`` in its environment (holders: in their name), so a
 later run removes what a crashed one left behind (:func:`remove_stale`).
 
-Command line (for trying it by hand; ``up`` prints the commands and waits for Ctrl-C)::
+Command line (as root)::
 
-    python tests/multihost/cluster.py up [N_HOSTS]
+    python tests/multihost/cluster.py up [N_HOSTS]          # print how to use them; Ctrl-C ends
+    python tests/multihost/cluster.py run N_HOSTS -- CMD... # run CMD on host0, then remove all
+
+``run`` gives CMD a login-like environment on host0 with ``PRTE_MCA_plm_ssh_agent`` set to the
+ssh stand-in, so plain ``mpirun --hostfile ...`` commands reach the other hosts; ``$HOSTS_DIR``
+is a scratch folder removed afterwards.
 """
 from __future__ import annotations
 
@@ -49,7 +54,8 @@ def unavailable() -> str | None:
     if sys.platform != "linux":
         return "simulated hosts need Linux namespaces"
     if os.geteuid() != 0:
-        return "simulated hosts need root (network/UTS/mount namespaces, veth links); CI runs as root"
+        return ("simulated hosts need root (network/UTS/mount namespaces, veth links); "
+                "CI runs as root")
     for tool in ("ip", "unshare", "nsenter"):
         if shutil.which(tool) is None:
             return f"simulated hosts need `{tool}` (iproute2 / util-linux)"
@@ -236,8 +242,8 @@ class SimulatedCluster:
         deadline = time.time() + 20
         while not ready.exists():
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"could not create host {name}: "
-                                   f"{proc.stderr.read().decode() if proc.poll() is not None else 'timeout'}")
+                why = proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+                raise RuntimeError(f"could not create host {name}: {why}")
             time.sleep(0.02)
         return int(ready.read_text())
 
@@ -303,33 +309,40 @@ class SimulatedCluster:
     def env(self, **extra) -> dict[str, str]:
         env = {"PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "HOME": os.path.expanduser("~"), "LANG": "C.UTF-8", "KQMH_OWNER": str(self.owner),
-               "KQMH_CLUSTER": self.tag, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+               "KQMH_CLUSTER": self.tag,
+               "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
         env.update(extra)
         return env
 
-    def mpirun_args(self, per_host) -> list[str]:
+    def mpirun_args(self, per_host, interface=True, yield_when_idle=True,
+                    bind_none=True) -> list[str]:
         """The mpirun options for ranks spread over the hosts (``per_host``: an int, or one per
-        host; ranks fill host0 first), the launch through the agent and the interface."""
+        host; ranks fill host0 first) and the launch through the agent; the three flags turn
+        off what a run here needs (to show what goes wrong without it)."""
         if isinstance(per_host, int):
             per_host = [per_host] * self.n_hosts
         hosts = ",".join(f"{h.name}:{k}" for h, k in zip(self.hosts, per_host) if k)
-        return ["--host", hosts, "-np", str(sum(per_host)),
-                "--prtemca", "plm_ssh_agent", str(self.agent),
-                "--prtemca", "oob_tcp_if_include", SUBNET,
-                "--mca", "btl_tcp_if_include", SUBNET,
-                # The simulated hosts share this machine's cores: a rank busy-polling for its
-                # peer's message would starve the kernel's packet processing on the other host
-                # (~4 ms per message, a scheduler tick); yield, as mpirun does when
-                # oversubscribing. Real hosts have cores of their own and need no such flag.
-                "--mca", "mpi_yield_when_idle", "1",
-                # Open MPI binds a rank to one core by default (np <= 2 per node): every host's
-                # rank would sit on this machine's core 0.
-                "--bind-to", "none",
-                "-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED"]
+        args = ["--host", hosts, "-np", str(sum(per_host)),
+                "--prtemca", "plm_ssh_agent", str(self.agent)]
+        if interface:  # MPI traffic and the launcher's traffic on the link only
+            args += ["--prtemca", "oob_tcp_if_include", SUBNET,
+                     "--mca", "btl_tcp_if_include", SUBNET]
+        if yield_when_idle:
+            # Every host's ranks share this machine's cores (and their TensorFlow threads
+            # oversubscribe them): a rank waiting for its peer should give its core away, as
+            # mpirun makes it do with --oversubscribe on one machine. Real hosts with cores of
+            # their own need no such flag.
+            args += ["--mca", "mpi_yield_when_idle", "1"]
+        if bind_none:
+            # Open MPI binds a rank to one core by default: every host's rank would sit on this
+            # machine's core 0 (and two ranks busy-polling one core pass each message at the
+            # scheduler tick: 4 ms). Real hosts: bind with --map-by ppr:R:node:pe=C instead.
+            args += ["--bind-to", "none"]
+        return args + ["-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED"]
 
-    def mpirun_command(self, per_host, argv, mpirun_extra=(), cwd=None) -> list[str]:
-        return (self.hosts[0].enter(cwd) + [MPIRUN, *self.mpirun_args(per_host),
+    def mpirun_command(self, per_host, argv, mpirun_extra=(), cwd=None, **flags) -> list[str]:
+        return (self.hosts[0].enter(cwd) + [MPIRUN, *self.mpirun_args(per_host, **flags),
                                             *mpirun_extra, *map(str, argv)])
 
     def run(self, per_host, argv, timeout=240, mpirun_extra=(), **env):
@@ -406,23 +419,52 @@ class SimulatedCluster:
         self.close()
 
 
+def login_env(c: "SimulatedCluster") -> dict[str, str]:
+    """A login shell's environment on host0, plus what the guide's commands need here: the
+    ssh stand-in (a PRRTE parameter: ``PRTE_MCA_*``, not ``OMPI_MCA_*``) and, as root, the
+    two variables Open MPI asks for."""
+    env = c.env()
+    env.update(PRTE_MCA_plm_ssh_agent=str(c.agent), HOSTS_DIR=str(c.tmp),
+               PATH=f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return env
+
+
 def main(argv):
-    if not argv or argv[0] != "up":
+    """``up [N]``: make N hosts, print how to use them, wait for Ctrl-C or SIGTERM.
+    ``run N -- CMD...``: make N hosts, run CMD in a login-like shell on host0 (cwd kept),
+    remove everything, exit with CMD's status."""
+    if not argv or argv[0] not in ("up", "run"):
         raise SystemExit(__doc__)
-    n = int(argv[1]) if len(argv) > 1 else 2
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    n = int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else 2
     removed = remove_stale()
     if removed:
         print(f"removed stale processes {removed}")
     with SimulatedCluster(n) as c:
         print(f"{n} hosts: " + ", ".join(f"{h.name}={h.address} (holder {h.holder_pid})"
-                                          for h in c.hosts))
+                                          for h in c.hosts), flush=True)
+        if argv[0] == "run":
+            cmd = argv[argv.index("--") + 1:] if "--" in argv else argv[2:]
+            try:
+                rc = subprocess.run(c.hosts[0].enter() + cmd, env=login_env(c)).returncode
+            except KeyboardInterrupt:
+                rc = 130
+            c.close()
+            raise SystemExit(rc)
         print("shell on host0:  " + " ".join(c.hosts[0].enter()) + " bash")
+        print(f"  (ssh between the hosts: export PRTE_MCA_plm_ssh_agent={c.agent})")
         print("mpirun from host0:\n  " + " ".join(
             ["OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", *c.hosts[0].enter(),
              MPIRUN, *c.mpirun_args(1), sys.executable, "SCRIPT.py"]))
-        print("Ctrl-C removes everything.")
+        print("Ctrl-C (or SIGTERM) removes everything.", flush=True)
         try:
-            signal.pause()
+            while True:
+                time.sleep(3600)
         except KeyboardInterrupt:
             pass
 
