@@ -10,7 +10,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-full bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The cases kept out of `make test` (marked slow: full fault injection, 4-rank runs, the
+# slower notebooks) and the property tests with more hypothesis examples. CI runs both.
+test-full: $(VENV)/.installed
+	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 $(PY) -m pytest -q \
+	  -p no:cacheprovider -m "slow or property"
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py

@@ -13,6 +13,7 @@ from sklearn.base import ClassifierMixin
 
 from .estimator import Estimator
 from .lengths import check_lengths, is_ragged
+from .model_selection import whole
 
 __all__ = ["Classifier"]
 
@@ -157,6 +158,7 @@ class Classifier(ClassifierMixin, Estimator):
         times ``sample_weight``."""
         if y is None:
             self._encode(y)  # raises the message scikit-learn expects (datasets: Estimator)
+        x, y = whole(x), whole(y)  # a refit on TimeSplit's folds: all of every series
         y = _stacked_unless_ragged(x, y)
         _check_not_one_hot(x, y)
         self.classes_ = np.unique(self._real_labels(y, lengths))
@@ -230,6 +232,7 @@ class Classifier(ClassifierMixin, Estimator):
     def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """Accuracy over all series (and real time steps), weighted by ``sample_weight``."""
         score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
+        x, y = whole(x), whole(y)
         pred = self.predict(x, lengths=lengths)
         y = _stacked_unless_ragged(x, y)
         if isinstance(pred, list):  # ragged per-step labels
@@ -286,6 +289,6 @@ def _check_not_one_hot(x, y) -> None:
     labels = np.asarray(y)
     if t is not None and labels.shape[1] != t:
         raise ValueError(
-            f"`y` has shape {labels.shape} but `x` has T={t} time steps: Classifier takes "
+            f"`y` has shape {labels.shape} but `x` has T={t} steps: Classifier takes "
             f"labels per series (N,) or per time step (N, T), not one-hot rows (N, C); pass "
             f"y.argmax(axis=1), or use Estimator with loss='categorical_crossentropy'")

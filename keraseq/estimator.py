@@ -32,6 +32,7 @@ from .inputs import SliceTuple, split_rows
 from .lengths import (check_lengths, grouped_plan, input_mask_rule, is_ragged, pad_ragged,
                       series_lengths, time_mask, unpad, windows_needed)
 from .losses import build_objective, is_window_loss
+from .model_selection import whole
 from .validation import (REQUIRED_SPEC_FIELDS, as_arrays, check_finite, check_positive_int,
                          spec_fields)
 from .windows import (StateCarry, build_step_functions, carries_masked_output,
@@ -275,8 +276,14 @@ class Estimator(RegressorMixin, BaseEstimator):
         if "model_" in state:
             self._restore_runtime()
 
+    def _windows_seq_len(self):
+        """The window length the compiled steps use (fixed at ``fit``, not by a later
+        ``set_params``)."""
+        return getattr(self, "_fit_seq_len", self._resolved()["seq_len"])
+
     def _restore_runtime(self) -> None:
         """Rebuild what is not pickled: the optimizer link, state carry and compiled steps."""
+        self._fit_seq_len = self._resolved()["seq_len"]
         self.optimizer_ = self.model_.optimizer
         self._comm = dist.get_comm(self.distributed)
         self._device_name = self._device(self._comm)
@@ -350,6 +357,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         mask_layers = [layer for layer in model._flatten_layers(include_self=False)
                        if isinstance(layer, keras.layers.Masking)
                        or getattr(layer, "mask_zero", False)]
+        if getattr(model, "_keraseq_mask_reaches_rnn", True) is False:
+            mask_layers = []  # dropped before the recurrent layers (Keras ignores it too)
         if mask_layers and not masked and input_mask_rule(model) is None:
             raise ValueError(
                 f"layer {mask_layers[0].name!r} masks time steps, but keraseq reads which steps "
@@ -467,17 +476,23 @@ class Estimator(RegressorMixin, BaseEstimator):
             raise ValueError(f"model__ parameters {sorted(self._model_params())} need `model` "
                              f"to be a function that builds the model, not a built model")
         try:
-            model = keras.models.clone_model(self.model)
+            # The config comes from the user's own live model, not from a file: rebuilding a
+            # Lambda's Python function from it is no deserialisation risk.
+            from keras.src.saving.serialization_lib import SafeModeScope
+            with SafeModeScope(False):
+                model = keras.models.clone_model(self.model)
             model.set_weights(self.model.get_weights())
             return model
         except Exception:  # a subclassed model without a config
             pass
-        try:
-            model = copy.deepcopy(self.model)
-            model.set_weights(self.model.get_weights())
-            return model
-        except Exception:
-            pass
+        if not any(isinstance(layer, keras.layers.Lambda)
+                   for layer in self.model._flatten_layers()):
+            try:  # (a deep copy goes through a saved file: Lambda functions would not survive)
+                model = copy.deepcopy(self.model)
+                model.set_weights(self.model.get_weights())
+                return model
+            except Exception:
+                pass
         # Neither works (a subclassed model whose __init__ arguments Keras cannot serialise):
         # train it in place, but every fit that is not warm starts again from the weights it
         # had when keraseq first saw it.
@@ -524,6 +539,10 @@ class Estimator(RegressorMixin, BaseEstimator):
                 raise ValueError(f"the model cannot be called on a window of `x` with shape "
                                  f"{[w.shape for w in window]}: {exc}") from exc
             states = carry.collected()
+            # Keras drops a mask at a layer without mask support: then no recurrent layer
+            # sees it and the padding is computed over, which keraseq must follow.
+            object.__setattr__(model, "_keraseq_mask_reaches_rnn",
+                               any(carry.model_masks) or not carry.model_masks)
         specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call]
                  for call in states]
         outs = keras.tree.flatten(out)
@@ -603,6 +622,7 @@ class Estimator(RegressorMixin, BaseEstimator):
     def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths=None,
              initial_epoch=None):
         p = self._resolved()
+        x, y = whole(x), whole(y)  # a refit on TimeSplit's folds: all of every series
         dataset = as_dataset(x)
         if dataset is not None:
             # Ready minibatches (a PyDataset or a list of (x, y[, w]) batches): the first one
@@ -734,6 +754,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         self._device_name = device
         self._comm = comm
         self._steps = steps
+        self._fit_seq_len = p["seq_len"]  # the windows of the compiled steps
 
         # Data for training (rebatch reshapes in memory; it is for small N).
         if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
@@ -967,6 +988,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         p = self._resolved()
         if _predict_batches(x) is not None:
             return self._predict_dataset(_predict_batches(x))
+        x = whole(x)
         x = _keyed(x, self.model_, "x")
         ragged = is_ragged(x)
         x, _, _, lengths = _unragged(x, None, None, lengths)
@@ -976,7 +998,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         xs, n, t = self._check_predict_x(x)
         if lengths is not None:
             lengths = check_lengths(lengths, n, t)
-        self._check_windows(self.model_, p["seq_len"], t, lengths is not None)
+        self._check_windows(self.model_, self._windows_seq_len(), t, lengths is not None)
         comm = self._comm
         lo, hi = dist.shard(n, comm)
         dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
@@ -1075,13 +1097,13 @@ class Estimator(RegressorMixin, BaseEstimator):
         """
         self._check_fitted("score")
         score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
-        x, y = _keyed(x, self.model_, "x"), _keyed(y, self.model_, "y")
+        x, y = _keyed(whole(x), self.model_, "x"), _keyed(whole(y), self.model_, "y")
         x, y, sample_weight, lengths = _unragged(x, y, sample_weight, lengths)
         xs, ys, ws = self._check_xy(x, y, sample_weight)
         _, n_, t_ = self._check_predict_x(_unpack(xs))
         if lengths is not None:
             lengths = check_lengths(lengths, n_, t_)
-        self._check_windows(self.model_, self._resolved()["seq_len"], t_, lengths is not None)
+        self._check_windows(self.model_, self._windows_seq_len(), t_, lengths is not None)
         comm = self._comm
         n = int(xs[0].shape[0])
         lo, hi = dist.shard(n, comm)

@@ -95,9 +95,13 @@ def check_lengths(lengths: Any, n: int, t: int, name: str = "lengths") -> np.nda
 
 def input_mask_rule(model: keras.Model) -> Callable | None:
     """``rule(xs) -> (B, T) bool`` when a model input feeds a ``Masking`` layer directly
-    (``Sequential([Input, Masking, ...])`` included), the same rule Keras applies; else None."""
+    (``Sequential([Input, Masking, ...])`` included) and that mask reaches the recurrent
+    layers, the same rule Keras applies; else None."""
     inputs = list(getattr(model, "inputs", None) or [])
-    if not inputs:
+    if not inputs or getattr(model, "_keraseq_mask_reaches_rnn", True) is False:
+        # No input, or (seen by keraseq's probe) the mask is dropped before any recurrent
+        # layer, as Keras does at a layer without mask support (e.g. Conv1D): Keras then
+        # runs over the padding, and so does keraseq.
         return None
     rules = []
     for layer in model._flatten_layers(include_self=False, recursive=True):

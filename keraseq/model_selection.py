@@ -24,7 +24,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["TimeSplit", "TimeFolds"]
+__all__ = ["TimeSplit", "TimeFolds", "whole"]
+
+
+def whole(value: Any) -> Any:
+    """The full arrays behind :class:`TimeFolds` (``GridSearchCV`` refits on all of ``xf``);
+    anything else unchanged."""
+    return value.array if isinstance(value, TimeFolds) else value
 
 
 class ScoredFrom(np.ndarray):

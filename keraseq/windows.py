@@ -77,12 +77,15 @@ class StateCarry:
         self._saved_stateful: list[bool] = []
         #: (batch, window) boolean mask of the real time steps of the current window, or None.
         self.window_mask = None
+        #: Per RNN call since the last :meth:`feed`: whether the model passed it a mask.
+        self.model_masks: list[bool] = []
 
     # -- protocol used by the step functions -------------------------------------------------
     def feed(self, states: Sequence[Sequence[Any]] | None) -> None:
         """Set the states the next model call starts from (``None``: default zero states)."""
         self._incoming = None if states is None else list(states)
         self._outgoing = []
+        self.model_masks = []
 
     def collected(self) -> list[list[Any]]:
         """The final states of the RNN calls since the last :meth:`feed`, in call order."""
@@ -126,6 +129,7 @@ class StateCarry:
                 return orig_loop(sequences=sequences, initial_state=initial_state,
                                  mask=mask, training=training)
             object.__setattr__(layer, "_keraseq_default", False)
+            carry.model_masks.append(mask is not None)  # did the model's own mask get here?
             if carry.window_mask is not None:  # lengths given to keraseq: mask the padding
                 window_mask = tf.cast(carry.window_mask, "bool")
                 mask = window_mask if mask is None else tf.logical_and(tf.cast(mask, "bool"),

@@ -220,6 +220,11 @@ def test_time_split_trains_on_the_past_and_scores_the_future():
     assert scores[0] == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="per time step"):
         cv.wrap(x, y[:, 0])
+    # GridSearchCV's refit trains on all of every series
+    search = GridSearchCV(Estimator(gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4,
+                                    random_state=0, verbose=0), {"seq_len": [4, 8]},
+                          cv=cv).fit(xf, yf)
+    assert search.best_estimator_.predict(x).shape == y.shape
 
 
 def test_dict_inputs_and_outputs_keyed_by_the_models_names():

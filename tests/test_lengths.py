@@ -5,6 +5,8 @@ to keraseq, ``predict`` and the loss ``fit`` reports are those of Keras on the w
 (``model.predict`` / ``model.evaluate``; for explicit lengths, each series alone), whatever
 ``seq_len`` cuts the series into windows.
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,7 +53,9 @@ CASE = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=14, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.property
+@settings(max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "10")), deadline=None,
+          suppress_health_check=list(HealthCheck))
 @given(case=CASE, data=st.data())
 def test_windows_equal_the_whole_sequence(case, data):
     rng = np.random.default_rng(case["seed"])
@@ -263,8 +267,11 @@ def test_backward_layers_are_refused_with_windows(layer):
     with pytest.raises(ValueError, match="runs backwards in time.*seq_len=None"):
         Estimator(model, seq_len=5, verbose=0).fit(x, y)
     est = Estimator(model, seq_len=None, verbose=0).fit(x, y)  # the whole sequence is fine
+    # predict keeps fit's windows: a later set_params(seq_len=) changes the next fit only
+    np.testing.assert_allclose(est.set_params(seq_len=4).predict(x),
+                               est.model_.predict(x, verbose=0), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="runs backwards"):
-        est.set_params(seq_len=4).predict(x)
+        est.fit(x, y)
 
 
 def test_masking_keraseq_cannot_read_needs_lengths():
