@@ -44,7 +44,8 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
-@pytest.mark.parametrize("mode", ["masked-step", "masked-series"])
+@pytest.mark.parametrize("mode", ["masked-step",
+                                  pytest.param("masked-series", marks=pytest.mark.slow)])
 def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
     """Padded series of random lengths behind a Masking layer: each rank skips the windows past
     its longest series (the ranks agree on the count), per-series losses sit in each series'
@@ -70,6 +71,7 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
     assert r["max_diff"] < 1e-5 and r["identical_across_ranks"], r
 
 
+@pytest.mark.slow
 def test_sync_every_k_windows_pays_off_on_a_slow_network(tmp_path):
     """A test-only 10 ms delay per Allreduce stands for a slow network (no netem here): with
     sync_every=4 an epoch makes a quarter of the updates and runs faster; the loss still
@@ -90,6 +92,7 @@ def test_sync_every_k_windows_pays_off_on_a_slow_network(tmp_path):
     assert k4["loss"][-1] < k4["loss"][0] and np.isfinite(k4["loss"]).all(), r
 
 
+@pytest.mark.slow
 def test_three_ranks_uneven_n_finishes_and_matches(tmp_path):
     # N = 29 over 3 ranks: blocks of 10, 10, 9; batch 4 -> 3 steps, the last one short.
     report = tmp_path / "r.json"

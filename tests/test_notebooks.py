@@ -47,8 +47,14 @@ def _uses_mpirun(path: Path) -> bool:
     return any("mpirun" in c.source for c in _code_cells(nbformat.read(path, as_version=4)))
 
 
+#: Executed by `make test-full` (CI runs it too), to keep `make test` within its time budget.
+SLOW = {"03_distributed_mpi.ipynb", "04_big_data_hdf5.ipynb"}
+
+
 def _params():
-    return [pytest.param(p, id=p.name, marks=[pytest.mark.mpi] if _uses_mpirun(p) else [])
+    return [pytest.param(p, id=p.name,
+                         marks=([pytest.mark.mpi] if _uses_mpirun(p) else [])
+                         + ([pytest.mark.slow] if p.name in SLOW else []))
             for p in PATHS]
 
 
@@ -85,6 +91,11 @@ def test_committed_notebook_has_outputs(path):
         assert "error" not in kinds, f"code cell {k} ({head!r}) has an error output"
         if _PRINTS.search(cell.source):
             assert cell.outputs, f"code cell {k} ({head!r}) prints or plots but has no output"
+        text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                       for o in cell.outputs)
+        for machine_path in ("/tmp/", "/root/", "/home/", str(NOTEBOOKS.parent) + "/"):
+            assert machine_path not in text, \
+                f"code cell {k} ({head!r}) prints a path of the machine it ran on"
         has_image = any("image/png" in o.get("data", {}) for o in cell.outputs)
         if "plt.show(" in cell.source:
             assert has_image, f"code cell {k} ({head!r}) plots but has no image output"

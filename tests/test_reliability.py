@@ -195,6 +195,7 @@ def test_single_process_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
     assert report["history"]["loss"] == ref["history"]["loss"][3:]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_mpi_job_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path, mpi_reference):
     out = _kill_mid_epoch_and_restart(2, tmp_path, "--jit")
@@ -312,6 +313,7 @@ def test_same_random_state_gives_identical_weights_with_dropout(dropout_runs):
     assert r1["history"] == r2["history"]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_same_random_state_gives_identical_weights_under_mpi_with_dropout(tmp_path):
     runs = []
