@@ -30,7 +30,7 @@ test: $(VENV)/.installed
 # The cases kept out of `make test` (marked slow: full fault injection, 4-rank runs, the
 # slower notebooks) and the property tests with more hypothesis examples. CI runs both.
 test-full: $(VENV)/.installed
-	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 $(PY) -m pytest -q \
+	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUZZ_EXAMPLES=150 $(PY) -m pytest -q \
 	  -p no:cacheprovider -m "slow or property"
 
 bench: $(VENV)/.installed
