@@ -150,7 +150,9 @@ def killed(hosts, tmp_path_factory):
         os.kill(victims[0], signal.SIGKILL)
         job.wait(timeout=120)
         elapsed = time.time() - t0
-        survivors = [p for h in hosts.hosts for p in h.pids()]
+        deadline = time.time() + 10  # the daemons may take a moment after mpirun
+        while (survivors := [p for h in hosts.hosts for p in h.pids()]) and time.time() < deadline:
+            time.sleep(0.1)
     finally:
         if job.poll() is None:
             hosts.kill_jobs()
