@@ -31,4 +31,5 @@ yhat = est.predict(x)
 r2 = est.score(x, y)
 if distributed.rank() == 0:
     print(f"{distributed.size()} rank(s); R^2 on the training data: {r2:.3f}")
+os.makedirs("out", exist_ok=True)
 est.save("out/mpi_model.keras")  # written by rank 0 only
