@@ -432,7 +432,11 @@ def default_device(comm) -> str:
         return f"/GPU:{local_rank(comm) % len(gpus)}"
     if comm.size > 1 and not _threads_set:
         _threads_set = True
-        per_rank = max(1, (os.cpu_count() or 1) // _local_size(comm))
+        # Cores this rank may run on: Open MPI binds a rank to its cores by default (then
+        # use them all), else the node's cores are shared by its ranks.
+        total = os.cpu_count() or 1
+        mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+        per_rank = mine if mine < total else max(1, total // _local_size(comm))
         try:
             tf.config.threading.set_intra_op_parallelism_threads(per_rank)
             tf.config.threading.set_inter_op_parallelism_threads(per_rank)
