@@ -1283,11 +1283,12 @@ _WINDOW_BOUND = tuple(getattr(keras.layers, name) for name in (
 def _window_bound_layers(model) -> list:
     """Layers whose output at a step depends on other steps of the window only (not carried):
     attention, pooling over time, non-causal or strided convolutions."""
+    carried = find_causal_convs(model)
     found = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, _WINDOW_BOUND):
             found.append(layer)
-        elif isinstance(layer, keras.layers.Conv1D) and layer not in find_causal_convs(model) \
+        elif isinstance(layer, keras.layers.Conv1D) and layer not in carried \
                 and (layer.kernel_size[0] > 1 or layer.strides[0] > 1):
             found.append(layer)
     return found
