@@ -79,7 +79,7 @@ def _alarm(signum, frame):
 
 # About 0.4 s per example on 2 cores (valid ones trace a new graph); more: KERASEQ_FUZZ_EXAMPLES.
 @pytest.mark.property
-@settings(max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "40")), deadline=None,
+@settings(max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "25")), deadline=None,
           database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(n=st.integers(1, 6), t=st.integers(1, 9), f=st.integers(1, 3),
        seq_len=st.one_of(st.none(), st.integers(1, 12)), batch_size=st.integers(1, 8),

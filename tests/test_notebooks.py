@@ -48,7 +48,7 @@ def _uses_mpirun(path: Path) -> bool:
 
 
 #: Executed by `make test-full` (CI runs it too), to keep `make test` within its time budget.
-SLOW = {"03_distributed_mpi.ipynb", "04_big_data_hdf5.ipynb"}
+SLOW = {"03_distributed_mpi.ipynb", "04_big_data_hdf5.ipynb", "05_sklearn_model_selection.ipynb"}
 
 
 def _params():
