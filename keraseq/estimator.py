@@ -1079,9 +1079,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         parts = []
         for k in range(len(batches)):
             item = batches[k]
-            bx = item[0] if isinstance(item, (tuple, list)) and len(item) in (1, 2, 3) and \
-                isinstance(item[0], (tuple, list, np.ndarray)) or (
-                    isinstance(item, tuple) and len(item) == 1) else item
+            # Keras's rule (unpack_x_y_sample_weight): a tuple of 1-3 is (x[, y[, w]]).
+            bx = item[0] if isinstance(item, (tuple, list)) and len(item) in (1, 2, 3) else item
             pred = self.predict(bx)
             parts.append(pred if isinstance(pred, tuple) else (pred,))
         out = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
