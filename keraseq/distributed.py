@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 __all__ = ["LocalComm", "get_comm", "shard", "DistributedOptimizer",
            "BroadcastWeightsCallback", "rank", "size", "local_rank"]
@@ -287,57 +286,6 @@ def _flat_allreduce(comm, flat: np.ndarray) -> np.ndarray:
     return out
 
 
-def fused_allreduce(comm, tensors: Sequence[tf.Tensor], extra: tf.Tensor | None = None):
-    """Sum ``tensors`` (and ``extra``, a 1-D float32) over ranks with ONE ``Allreduce``.
-
-    All tensors are flattened into one float32 buffer in the given order (the same on every
-    rank), reduced by one host call inside the graph (``tf.numpy_function``), and split back.
-    """
-    parts = [tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors]
-    if extra is not None:
-        parts.append(tf.reshape(tf.cast(extra, tf.float32), [-1]))
-    flat = tf.concat(parts, 0)
-    reduced = tf.numpy_function(lambda a: _flat_allreduce(comm, a), [flat], tf.float32,
-                                stateful=True)
-    reduced.set_shape(flat.shape)
-    sizes = [int(np.prod(t.shape)) if t.shape.is_fully_defined() else tf.size(t)
-             for t in tensors]
-    if extra is not None:
-        sizes.append(int(extra.shape[0]))
-    pieces = tf.split(reduced, sizes)
-    out = [tf.cast(tf.reshape(p, tf.shape(t)), t.dtype) for p, t in zip(pieces, tensors)]
-    return out, (pieces[-1] if extra is not None else None)
-
-
-def graph_allreduce(comm, device: str | None = None) -> Callable:
-    """In-graph sum of one flat float32 buffer over ranks: one ``Allreduce`` per call.
-
-    The returned ``reduce(buf)`` is a host callback (``tf.numpy_function``), usable in any
-    graph but not inside XLA. Its attribute ``reduce.xla`` is the same reduction as an XLA
-    custom call (``_mpi_xla``), which keeps the whole window loop one XLA program; it is
-    ``None`` where that is unavailable (then the loop is split around the host callback).
-    """
-    # Test-only hook: an artificial delay per Allreduce, in seconds, to model a slow network
-    # (this machine's kernel has no netem). Host-callback path only (jit_compile=False).
-    delay = float(os.environ.get("KERASEQ_TEST_ALLREDUCE_DELAY_S", "0") or 0.0)
-
-    def host(a):
-        if delay:
-            time.sleep(delay)
-        return _flat_allreduce(comm, a)
-
-    def reduce(buf):
-        out = tf.numpy_function(host, [buf], tf.float32, stateful=True)
-        out.set_shape(buf.shape)
-        return out
-
-    reduce.xla = None
-    if device is None or "GPU" not in device.upper():
-        from . import _mpi_xla
-        reduce.xla = _mpi_xla.xla_allreduce(comm.comm)
-    return reduce
-
-
 def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any = None):
     """Wrap a Keras optimizer so that every update averages the gradients over MPI ranks.
 
@@ -364,7 +312,8 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any 
         if c.size > 1:
             grads = list(grads)
             present = [k for k, g in enumerate(grads) if g is not None]
-            reduced, _ = fused_allreduce(c, [grads[k] for k in present])
+            from .backend import current  # the backend's in-graph Allreduce
+            reduced, _ = current().fused_allreduce(c, [grads[k] for k in present])
             for k, g in zip(present, reduced):
                 grads[k] = g / c.size
         return base.apply(self, grads, trainable_variables)
@@ -409,56 +358,3 @@ class BroadcastWeightsCallback(keras.callbacks.Callback):
             opt.build(self.model.trainable_variables)
         variables = list(self.model.variables) + (list(opt.variables) if opt is not None else [])
         broadcast_variables(variables, c, self.root)
-
-
-# ------------------------------------------------------------------------------------ devices
-_threads_set = False
-
-
-def default_device(comm) -> str:
-    """``/GPU:{local_rank % n_gpus}`` when GPUs exist, else ``/CPU:0``.
-
-    On the CPU with several ranks on one machine, TensorFlow's intra-op threads are split
-    between the local ranks so that they do not oversubscribe the cores.
-    """
-    global _threads_set
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        for gpu in gpus:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass  # already initialised
-        return f"/GPU:{local_rank(comm) % len(gpus)}"
-    if comm.size > 1 and not _threads_set:
-        _threads_set = True
-        # Cores this rank may run on: Open MPI binds a rank to its cores by default (then
-        # use them all), else the node's cores are shared by its ranks.
-        total = os.cpu_count() or 1
-        mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
-        per_rank = mine if mine < total else max(1, total // _local_size(comm))
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(per_rank)
-            tf.config.threading.set_inter_op_parallelism_threads(per_rank)
-        except RuntimeError:
-            pass  # TensorFlow already started; keep its setting
-    return "/CPU:0"
-
-
-class device_scope:
-    """``tf.device(name)``, or nothing for ``None``."""
-
-    def __init__(self, name: str | None):
-        self.name = name
-        self._ctx = None
-
-    def __enter__(self):
-        if self.name is not None:
-            self._ctx = tf.device(self.name)
-            self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            return self._ctx.__exit__(*exc)
-        return False

@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
@@ -35,8 +34,8 @@ from .losses import build_objective, is_window_loss
 from .model_selection import whole
 from .validation import (REQUIRED_SPEC_FIELDS, as_arrays, check_finite, check_positive_int,
                          spec_fields)
-from .windows import (StateCarry, build_step_functions, carries_masked_output,
-                      find_causal_convs, find_rnn_layers)
+from .backend import current as _backend
+from .windows import StateCarry, carries_masked_output, find_causal_convs, find_rnn_layers
 
 __all__ = ["Estimator", "NonFiniteLossError"]
 
@@ -339,11 +338,7 @@ class Estimator(RegressorMixin, BaseEstimator):
     def _jit_for(model, setting) -> bool:
         """``jit_compile="auto"`` follows Keras's own rule (``model_supports_jit``): XLA unless a
         layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on."""
-        if setting != "auto":
-            return bool(setting)
-        from tensorflow.python.framework.config import is_op_determinism_enabled
-        return (all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
-                and not is_op_determinism_enabled())
+        return _backend().jit_for(model, setting)
 
     @staticmethod
     def _check_windows(model, seq_len, t, masked) -> None:
@@ -392,7 +387,7 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     def _device(self, comm) -> str | None:
         if self.device == "auto":
-            return dist.default_device(comm)
+            return _backend().default_device(comm)
         return self.device
 
     # ---------------------------------------------------------------------------- data checks
@@ -578,13 +573,13 @@ class Estimator(RegressorMixin, BaseEstimator):
         objective = build_objective(model, self.loss, self._output_names(model, n_outputs),
                                     p["loss_weights"])
         jit = self._jit_for(model, p["jit_compile"])
-        allreduce = dist.graph_allreduce(comm, self._device(comm)) if comm.size > 1 else None
-        steps = build_step_functions(model, carry, state_specs, objective, opt, metrics,
+        allreduce = _backend().graph_allreduce(comm, self._device(comm)) if comm.size > 1 else None
+        steps = _backend().build_step_functions(model, carry, state_specs, objective, opt, metrics,
                                      p["seq_len"], per_series, jit, allreduce,
                                      sync_every=p["sync_every"])
         val_steps = None
         if val_metrics is not None:
-            val_steps = build_step_functions(model, carry, state_specs, objective, None,
+            val_steps = _backend().build_step_functions(model, carry, state_specs, objective, None,
                                              val_metrics, p["seq_len"], per_series, jit)
         return steps, val_steps
 
@@ -715,7 +710,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         if p["random_state"] is not None:
             keras.utils.set_random_seed(int(p["random_state"]))
         device = self._device(comm)
-        with dist.device_scope(device):
+        with _backend().device_scope(device):
             model = self.model_ if warm else (built or self._new_model())
             self._check_model_inputs(model, xs)
             self._check_windows(model, p["seq_len"], int(xs[0].shape[1]),
@@ -831,9 +826,9 @@ class Estimator(RegressorMixin, BaseEstimator):
                 bx, by, bw, bt, bl = batch
                 tensors = _batch_tensors(bx, by, bw, rows_mask, per_series, bt, bl, rule,
                                          masked, p["seq_len"], comm)
-                with carry, dist.device_scope(device):
+                with carry, _backend().device_scope(device):
                     result = steps.train(*tensors, None)
-                loss_sum, count, bad = result.numpy().tolist()
+                loss_sum, count, bad = _backend().to_numpy(result).tolist()
                 bad = int(bad)
                 if bad >= 0:
                     raise NonFiniteLossError(
@@ -894,7 +889,7 @@ class Estimator(RegressorMixin, BaseEstimator):
             # No collective inside evaluate's window loop: ranks need not agree on windows.
             tensors = _batch_tensors(bx, by, bw, rows_mask, self._per_series, None, bl, rule,
                                      masked, p["seq_len"], None)
-            with self._carry, dist.device_scope(self._device_name):
+            with self._carry, _backend().device_scope(self._device_name):
                 loss_sum, count = steps.evaluate(*tensors, None)
             total += np.array([float(loss_sum), float(count)])
         total = dist.allreduce_sum(total, comm)
@@ -953,18 +948,18 @@ class Estimator(RegressorMixin, BaseEstimator):
             h0 = None
             if h_all is not None:
                 rows = index if n_real else np.array([0])
-                h0 = [[tf.convert_to_tensor(_pad_rows(np.asarray(s)[rows], batch))
+                h0 = [[_backend().to_tensor(_pad_rows(np.asarray(s)[rows], batch))
                        for s in call] for call in h_all]
             tm = None
             if rule is not None or lengths is not None:
                 tm = time_mask(bx, None if bl is None else bl[0], rule)
-            with self._carry, dist.device_scope(self._device_name):
+            with self._carry, _backend().device_scope(self._device_name):
                 preds, states = self._steps.predict(
-                    tuple(tf.convert_to_tensor(a) for a in bx),
-                    None if tm is None else tf.convert_to_tensor(tm), h0)
+                    tuple(_backend().to_tensor(a) for a in bx),
+                    None if tm is None else _backend().to_tensor(tm), h0)
             if n_real:
-                yield (int(index[0]), n_real, [pr.numpy()[:n_real] for pr in preds],
-                       [[st.numpy()[:n_real] for st in call] for call in states],
+                yield (int(index[0]), n_real, [_backend().to_numpy(pr)[:n_real] for pr in preds],
+                       [[_backend().to_numpy(st)[:n_real] for st in call] for call in states],
                        None if tm is None else tm[:n_real])
 
     def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None,
@@ -1262,7 +1257,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         est.n_outputs_shapes_ = [tuple(s) for s in meta["n_outputs_shapes_"]]
         est.history_ = meta["history_"]
         est._per_series = meta["per_series"]
-        est._state_specs = [[(tuple(shape), tf.as_dtype(dtype)) for shape, dtype in call]
+        est._state_specs = [[(tuple(shape), _backend().dtype_of(dtype)) for shape, dtype in call]
                             for call in meta["state_specs"]]
         est._restore_runtime()  # optimizer link, communicator, state carry, compiled steps
         est._final_states = None
@@ -1413,7 +1408,7 @@ def _batch_tensors(bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, ma
     window count stops at the minibatch's longest series; ``agree_comm`` (under MPI, when the
     window loop holds an Allreduce per window) makes every rank run the same count."""
     t = bx[0].shape[1]
-    weights = None if bw is None else (tf.convert_to_tensor(_weights(bw[0], per_series, t)),)
+    weights = None if bw is None else (_backend().to_tensor(_weights(bw[0], per_series, t)),)
     mask = _mask(rows_mask, t, per_series, rebatch_mask)
     tm = n_win = None
     if masked:
@@ -1426,9 +1421,9 @@ def _batch_tensors(bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, ma
         n_win = windows_needed(tm, seq_len)
         if agree_comm is not None and agree_comm.size > 1 and not per_series:
             n_win = dist.max_over_ranks(n_win, agree_comm)
-        tm, n_win = tf.convert_to_tensor(tm), tf.constant(n_win, tf.int32)
-    return (tuple(tf.convert_to_tensor(a) for a in bx), tuple(tf.convert_to_tensor(a) for a in by),
-            weights, (tf.convert_to_tensor(mask),), tm, n_win)
+        tm, n_win = _backend().to_tensor(tm), _backend().to_tensor(np.int32(n_win))
+    return (tuple(_backend().to_tensor(a) for a in bx), tuple(_backend().to_tensor(a) for a in by),
+            weights, (_backend().to_tensor(mask),), tm, n_win)
 
 
 def _weights(w, per_series, t):

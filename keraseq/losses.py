@@ -15,7 +15,6 @@ import inspect
 from typing import Any, Callable
 
 import keras
-import tensorflow as tf
 from keras import ops, tree
 
 __all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask"]
@@ -59,16 +58,15 @@ def seqloss(fn: Callable) -> Callable:
             # Fast path: one call on the window flattened to (B*S, ...). When ``fn`` returns
             # one value per sample, their mean is exactly the mean over time steps of the
             # per-step means. A ``fn`` that reduces to a scalar itself (a sum, say) is called
-            # per time step instead, as in the seed (``tf.map_fn``; slower: a loop). (A
+            # per time step instead, as in the seed (``ops.map``; slower: a loop). (A
             # ``tf.vectorized_map`` here made XLA recompile the step at every call.)
-            flat = lambda a: tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))
+            flat = lambda a: ops.reshape(a, (-1,) + tuple(a.shape[2:]))
             values = fn(flat(yt), flat(yp))
             if len(values.shape) >= 1:
                 total = total + ops.mean(values)
                 continue
-            per_t = tf.map_fn(lambda pair: tf.cast(fn(pair[0], pair[1]), tf.float32),
-                              (ops.moveaxis(yt, 1, 0), ops.moveaxis(yp, 1, 0)),
-                              fn_output_signature=tf.float32)
+            per_t = ops.map(lambda pair: ops.cast(fn(pair[0], pair[1]), "float32"),
+                            (ops.moveaxis(yt, 1, 0), ops.moveaxis(yp, 1, 0)))
             total = total + ops.mean(per_t)
         return total
 
@@ -134,7 +132,7 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
 
     def regularisation():
         return ops.cast(ops.sum([ops.sum(v) for v in model.losses]), "float32") \
-            if model.losses else tf.constant(0.0)
+            if model.losses else ops.convert_to_tensor(0.0, "float32")
 
     if is_window_loss(loss):
         pass_training = _accepts_training(loss)
@@ -147,13 +145,13 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
 
             value, new_states = forward(states, call)
             value = ops.cast(value, "float32")
-            rows = tf.cast(tf.shape(xw[0])[0], tf.float32)
+            rows = ops.cast(ops.shape(xw[0])[0], "float32")
             if mw is not None:
-                rows = tf.reduce_sum(mw if len(mw.shape) == 1 else mw[:, 0])
+                rows = ops.sum(mw if len(mw.shape) == 1 else mw[:, 0])
             # The value is the window's mean: it counts rows x time steps, so a short last
             # window weighs less in the reported mean (and under MPI) than a full one.
-            count = rows * tf.cast(tf.shape(xw[0])[1], tf.float32)
-            loss_sum = tf.where(count > 0, value * count, 0.0)
+            count = rows * ops.cast(ops.shape(xw[0])[1], "float32")
+            loss_sum = ops.where(count > 0, value * count, 0.0)
             return loss_sum, count, regularisation(), None, new_states
 
         objective.needs_exact_rows = True
@@ -165,7 +163,7 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
     def objective(forward, xw, yw, ww, mw, training, states):
         y_pred, new_states = forward(states, lambda: model(unpack(xw), training=training))
         preds = tree.flatten(y_pred)
-        loss_sum = tf.constant(0.0)
+        loss_sum = ops.convert_to_tensor(0.0, "float32")
         count = None
         for fn, weight, yt, yp in zip(fns, weights, yw, preds):
             if fn is None:
@@ -179,15 +177,15 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
             mask = mw
             keras_mask = output_mask(yp)
             if keras_mask is not None and len(keras_mask.shape) == len(values.shape):
-                keras_mask = tf.cast(keras_mask, tf.float32)
+                keras_mask = ops.cast(keras_mask, "float32")
                 mask = keras_mask if mask is None else mask * keras_mask
             if mask is not None:
                 # Keras's rule (losses.loss.apply_mask): the mean over unmasked elements.
                 values = values * mask
-                c = tf.reduce_sum(mask)
+                c = ops.sum(mask)
             else:
-                c = tf.cast(tf.size(values), tf.float32)
-            loss_sum = loss_sum + weight * tf.reduce_sum(values)
+                c = ops.cast(ops.size(values), "float32")
+            loss_sum = loss_sum + weight * ops.sum(values)
             count = c
         return loss_sum, count, regularisation(), y_pred, new_states
 

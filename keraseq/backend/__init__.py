@@ -1,0 +1,62 @@
+"""The backend layer: one module per Keras backend for the compiled window loops.
+
+What lives here: :class:`StepFunctions` (what every backend builds) and :func:`current`, the
+module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, as in Keras):
+``backend/tensorflow.py`` or ``backend/jax.py``. Each backend module offers the same names:
+
+- ``build_step_functions(model, carry, state_specs, objective, optimizer, metrics, seq_len,
+  per_series, jit_compile, allreduce=None, sync_every=1) -> StepFunctions``;
+- ``graph_allreduce(comm, device)`` (the in-step sum of one flat float32 buffer over ranks)
+  and ``fused_allreduce(comm, tensors)`` (for :func:`keraseq.distributed.DistributedOptimizer`);
+- ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting)``;
+- ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``.
+
+What does not live here: anything that does not depend on the backend (the epoch loop in
+``trainer.py``, inference in ``inference.py``, the state carry in ``windows.py``).
+
+Example:
+    >>> from keraseq.backend import current
+    >>> current().NAME in ("tensorflow", "jax")
+    True
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import keras
+
+__all__ = ["StepFunctions", "current", "name"]
+
+
+class StepFunctions:
+    """The compiled per-minibatch functions of one backend.
+
+    ``train(x, y, w, m, tm, n_win, h0)`` trains on every window of one minibatch and returns
+    one array ``[loss_sum, count, bad_window]``; ``evaluate(...)`` (same arguments) returns
+    ``(loss_sum, count)`` and updates the metrics; ``predict(x, tm, h0)`` returns ``(outputs,
+    final states)``. ``x``, ``y`` are tuples of arrays; ``w``, ``m`` 1-tuples or ``None``;
+    ``tm`` the (B, T) time mask or ``None``; ``n_win`` the windows to run or ``None``; ``h0``
+    the initial states (``None``: zeros).
+    """
+
+    def __init__(self, train, evaluate, predict, exact_rows=False):
+        #: True when minibatches must not be padded (a callable loss sees every row).
+        self.exact_rows = exact_rows
+        self.train = train
+        self.evaluate = evaluate
+        self.predict = predict
+
+
+def name() -> str:
+    """The Keras backend keraseq runs on."""
+    return keras.backend.backend()
+
+
+def current() -> ModuleType:
+    """The backend module for Keras's backend (imported on first use)."""
+    backend = name()
+    if backend not in ("tensorflow", "jax"):
+        raise ImportError(f"keraseq runs on the TensorFlow or JAX Keras backend, not "
+                          f"{backend!r}: set KERAS_BACKEND=tensorflow or jax")
+    return importlib.import_module(f"{__name__}.{backend}")
