@@ -2,7 +2,7 @@
 
 What lives here: label encoding (any hashable labels, via their sorted unique values in
 ``classes_``), ``predict`` returning labels, ``predict_proba``, and ``score`` = accuracy.
-What does not: training itself (``estimator.py``).
+What does not: training itself (``trainer.py``).
 """
 from __future__ import annotations
 

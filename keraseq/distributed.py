@@ -6,7 +6,8 @@ What lives here: choosing the communicator (``distributed="auto"``: MPI when lau
 (a thin dynamic subclass that keeps the optimizer's class name, so saved models load without
 keraseq), broadcasting weights and optimizer state from rank 0, averaging logs over all samples,
 device placement per local rank, and turning an exception on one rank into ``Abort`` of all.
-What does not: the training loop (``estimator.py``, ``windows.py``).
+What does not: the training loop (``trainer.py``) and the Allreduce inside the compiled window
+loops (``backend/``).
 
 Single process (no ``mpirun``, or ``distributed=False``) uses :class:`LocalComm`, which does
 nothing, so the same script runs unchanged.

@@ -4,7 +4,7 @@ What lives here: :class:`WinsorNorm`, a per-feature winsorising standardisation 
 statistics are learnt by a streaming :meth:`WinsorNorm.adapt` over in-memory or out-of-core
 arrays (``numpy.ndarray``, ``numpy.memmap``, ``h5py.Dataset``) and saved with the model.
 
-What does not live here: training and windowing (``estimator.py``, ``windows.py``), model
+What does not live here: training and windowing (``trainer.py``, ``windows.py``), model
 utilities (``utils.py``) and data helpers (``data.py``).
 """
 from __future__ import annotations

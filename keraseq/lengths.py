@@ -5,7 +5,7 @@ its lengths (:func:`pad_ragged`, :func:`unpad`), reading which time steps are re
 model's own input ``Masking`` layer (:func:`input_mask_rule`), the per-minibatch time mask and
 the number of windows it needs (:func:`time_mask`, :func:`windows_needed`), and the
 length-grouped minibatch plan (:func:`grouped_plan`). What does not: the masked window loop
-itself (``windows.py``), which receives the time mask.
+itself (``backend/``), which receives the time mask.
 
 Series are padded at the end. A time step is real when it is before the series' length (given
 explicitly, or by a ragged input) and, when the model starts with ``keras.layers.Masking``,

@@ -2,7 +2,7 @@
 
 What lives here: :func:`seqloss` (public) and the two objectives: one for any Keras loss (per
 output, like ``compile``), one for a user callable ``loss(model, x_window, y_window)``.
-What does not: the window loop itself (``windows.py``).
+What does not: the window loop itself (``backend/``).
 
 An objective returns, for one window, ``(loss_sum, count, reg, y_pred, new_states)``:
 ``loss_sum / count`` is the window's mean loss over its (unmasked) elements, with Keras's

@@ -3,7 +3,7 @@
 What lives here: :class:`TimeSplit`, a scikit-learn splitter (``cv=``) whose folds cut every
 series at a time ``t_k``: fit on steps ``[0, t_k)``, score on ``[t_k, t_k + horizon)`` with the
 state carried through ``[0, t_k)`` first. What does not: splits by series (scikit-learn's own
-``KFold``/``GroupKFold`` on ``x``'s rows do that) and the scoring itself (``estimator.py``).
+``KFold``/``GroupKFold`` on ``x``'s rows do that) and the scoring itself (``inference.py``).
 
 Why: scikit-learn's splitters pick *rows*, i.e. whole series. Cutting one long series into
 pieces and splitting those by rows leaks the future into training (a piece after the test

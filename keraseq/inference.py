@@ -1,0 +1,255 @@
+"""Inference with a fitted session: ``predict`` (into ``out=``, streaming states), ``score``.
+
+What lives here: prediction minibatch by minibatch over the rows of this rank (windows in one
+compiled call per minibatch, the state carried), writing into arrays, memmaps or HDF5
+datasets, continuing from given states (``predict(..., reset=False)``), and R² computed in
+one streaming pass. Collective under MPI. What does not: training (``trainer.py``), the
+scikit-learn face (``estimator.py``), the window loops (``backend/``).
+
+Example (normally reached through ``Estimator.predict``/``score``):
+    >>> import keras, numpy as np
+    >>> from keraseq import Estimator
+    >>> m = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(4, return_sequences=True),
+    ...                       keras.layers.Dense(1)])
+    >>> x = np.random.rand(6, 10, 2).astype("float32")
+    >>> Estimator(m, epochs=1, batch_size=3, seq_len=5, verbose=0).fit(x, x[..., :1]).predict(x).shape
+    (6, 10, 1)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import distributed as dist
+from .backend import current as _backend
+from .batches import MinibatchReader, minibatch_plan, pad_rows, predict_batch_size, x_dtype
+from .checks import check_model_inputs, check_windows, check_x, check_xy, keyed, unragged
+from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
+from .model_selection import whole
+from .trainer import Session
+from .validation import check_finite
+
+__all__ = ["predict", "predict_dataset", "score", "predict_blocks", "predict_batch_size"]
+
+
+def _unpack(arrays: tuple):
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def output_shapes(session: Session, n, t):
+    """The shape of each prediction for ``n`` series of ``t`` steps."""
+    return [(n, t) + tuple(shape[1:]) if len(shape) == 2 else (n,) + tuple(shape)
+            for shape in session.out_shapes]
+
+
+def check_predict_x(session: Session, x):
+    xs, n, t = check_x(x)
+    check_model_inputs(session.model, xs)
+    if xs[0].shape[-1] != session.n_features:
+        raise ValueError(f"`x` has F={xs[0].shape[-1]} features but the estimator was "
+                         f"fitted with {session.n_features}: shape (N, T, "
+                         f"{session.n_features})")
+    return xs, n, t
+
+
+def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
+    """Predict rows ``[lo, hi)`` minibatch by minibatch (collective under MPI).
+
+    Yields ``(first_row, n_real, predictions, final_states, time_mask)`` as numpy arrays
+    of the real rows (``time_mask`` (n_real, T) or ``None`` when every step is real);
+    ``h_all`` gives initial states per series (``None``: zeros).
+    """
+    comm, backend = session.comm, _backend()
+    batch = min(batch, max(1, hi - lo))
+    n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
+    plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
+    rule = input_mask_rule(session.model)
+    reader = MinibatchReader([xs, (lengths,) if lengths is not None else None], plan, batch,
+                             [x_dtype(xs), np.int64], fallback_row=lo if hi > lo else 0)
+    for index, ((bx, bl), _, n_real) in zip(plan, reader):
+        h0 = None
+        if h_all is not None:
+            rows = index if n_real else np.array([0])
+            h0 = [[backend.to_tensor(pad_rows(np.asarray(s)[rows], batch))
+                   for s in call] for call in h_all]
+        tm = None
+        if rule is not None or lengths is not None:
+            tm = time_mask(bx, None if bl is None else bl[0], rule)
+        with session.carry, backend.device_scope(session.device):
+            preds, states = session.steps.predict(
+                tuple(backend.to_tensor(a) for a in bx),
+                None if tm is None else backend.to_tensor(tm), h0)
+        if n_real:
+            yield (int(index[0]), n_real, [backend.to_numpy(pr)[:n_real] for pr in preds],
+                   [[backend.to_numpy(st)[:n_real] for st in call] for call in states],
+                   None if tm is None else tm[:n_real])
+
+
+def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int | None = None,
+            lengths=None):
+    """Predictions for ``x`` (N, T, F), window by window with the state carried, as
+    :meth:`keraseq.Estimator.predict` documents; returns ``(predictions, final states)``.
+    ``h_all``: the states to continue from (``None``: zeros). Collective under MPI.
+    """
+    x = keyed(whole(x), session.model, "x")
+    ragged = is_ragged(x)
+    x, _, _, lengths = unragged(x, None, None, lengths)
+    if ragged and out is not None:
+        raise ValueError("`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` "
+                         "returns a list")
+    xs, n, t = check_predict_x(session, x)
+    if lengths is not None:
+        lengths = check_lengths(lengths, n, t)
+    check_windows(session.model, session.seq_len, t, lengths is not None)
+    comm = session.comm
+    lo, hi = dist.shard(n, comm)
+    dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
+    shapes = output_shapes(session, n, t)
+    outs = None
+    if out is not None:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if len(outs) != len(shapes):
+            raise ValueError(f"`out` has {len(outs)} array(s) but the model has "
+                             f"{len(shapes)} output(s)")
+        for k, (o, shape) in enumerate(zip(outs, shapes)):
+            label = "out" if len(outs) == 1 else f"out[{k}]"
+            if not hasattr(o, "shape") or tuple(o.shape) != shape:
+                raise ValueError(f"`{label}` has shape {getattr(o, 'shape', None)}; "
+                                 f"expected {shape}")
+            if np.dtype(o.dtype).kind != "f":
+                raise TypeError(f"`{label}` has dtype {o.dtype}; expected a float dtype")
+            if isinstance(o, np.ndarray) and not o.flags.writeable:
+                raise ValueError(f"`{label}` is read-only")
+    if h_all is not None:
+        if h_all and h_all[0] and int(h_all[0][0].shape[0]) != n:
+            raise ValueError(f"`reset=False` continues {h_all[0][0].shape[0]} series but `x` "
+                             f"has N={n}")
+    batch = predict_batch_size(p, xs, batch_size)
+    # Rows this rank writes directly (its own block); the rest is gathered below.
+    direct = [o is not None and comm.size == 1 or isinstance(o, np.memmap)
+              for o in (outs or [None] * len(shapes))]
+    local = [None if d else np.empty((hi - lo,) + sh[1:], np.float32)
+             for d, sh in zip(direct, shapes)]
+    new_states = [[np.zeros((hi - lo,) + shape, np.float32) for shape, _ in spec]
+                  for spec in session.state_specs]
+    for first, n_real, preds, states, _ in predict_blocks(session, xs, lo, hi, batch, h_all,
+                                                                 lengths):
+        rows = slice(first - lo, first - lo + n_real)
+        for k, values in enumerate(preds):
+            if direct[k]:
+                outs[k][first:first + n_real] = values
+            else:
+                local[k][rows] = values
+        for c, call in enumerate(states):
+            for s_, st in enumerate(call):
+                new_states[c][s_][rows] = st
+    results = []
+    for k, (d, sh) in enumerate(zip(direct, shapes)):
+        if d:
+            if isinstance(outs[k], np.memmap):
+                outs[k].flush()
+            results.append(outs[k])
+            continue
+        full = dist.allgather_rows([local[k]], comm)[0] if comm.size > 1 else local[k]
+        if outs is not None and outs[k] is not None and (comm.rank == 0 or
+                                                         isinstance(outs[k], np.ndarray)):
+            outs[k][...] = full  # an h5py.Dataset is written by rank 0 only
+            results.append(outs[k])
+        else:
+            results.append(full)
+    if comm.size > 1:
+        new_states = [[dist.allgather_rows([s_], comm)[0] for s_ in call]
+                      for call in new_states]
+        comm.Barrier()  # every rank's rows are in the shared files before anyone reads
+    if ragged:
+        results = [unpad(r, lengths) if len(sh) >= 3 else r
+                   for r, sh in zip(results, shapes)]
+    return (out if out is not None else _unpack(tuple(results))), new_states
+
+
+def predict_dataset(session: Session, p: dict, batches):
+    """Predictions for a dataset of batches, concatenated over its batches."""
+    if session.comm.size > 1:
+        raise ValueError("predict on a dataset of batches runs in one process; under MPI "
+                         "pass arrays (each rank predicts its block of rows)")
+    parts = []
+    for k in range(len(batches)):
+        item = batches[k]
+        # Keras's rule (unpack_x_y_sample_weight): a tuple of 1-3 is (x[, y[, w]]).
+        bx = item[0] if isinstance(item, (tuple, list)) and len(item) in (1, 2, 3) else item
+        pred, _ = predict(session, p, bx)
+        parts.append(pred if isinstance(pred, tuple) else (pred,))
+    out = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+    return _unpack(out)
+
+
+def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> float:
+    """Coefficient of determination R² over all outputs and time steps (uniform average).
+
+    Each output feature is one target; the samples are the (series, time step) pairs
+    (padded steps of unequal-length series left out). Streams minibatch by minibatch
+    (out-of-core ``x``/``y`` are never loaded whole) and leaves the streaming states of
+    ``predict`` untouched. Collective under MPI.
+    """
+    score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
+    x, y = keyed(whole(x), session.model, "x"), keyed(whole(y), session.model, "y")
+    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths)
+    xs, ys, ws = check_xy(x, y, sample_weight)
+    _, n_, t_ = check_predict_x(session, _unpack(xs))
+    if lengths is not None:
+        lengths = check_lengths(lengths, n_, t_)
+    check_windows(session.model, session.seq_len, t_, lengths is not None)
+    comm = session.comm
+    n = int(xs[0].shape[0])
+    lo, hi = dist.shard(n, comm)
+    batch = predict_batch_size(p, xs, None)
+    # Per output feature, in float64: sum w, sum w*(y - c), sum w*(y - c)^2 and
+    # sum w*(y - yhat)^2, with the shift c = the first block's mean (this rank's), so the
+    # variance keeps its precision for series far from zero (prices, CO2 levels, ...).
+    sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
+    shifts = [None] * len(ys)
+    for first, n_real, preds, _, tm in predict_blocks(session, xs, lo, hi, batch, None,
+                                                            lengths):
+        rows = slice(first, first + n_real)
+        w = None if ws is None else np.asarray(ws[0][rows], np.float64)
+        for k, (a, yp) in enumerate(zip(ys, preds)):
+            yt = np.asarray(a[rows], np.float64)
+            f = yt.shape[-1]
+            wk = np.ones(yt.shape[:-1]) if w is None else (
+                np.broadcast_to(w[:, None], yt.shape[:-1]) if w.ndim < yt.ndim - 1 else w)
+            if tm is not None and yt.ndim == 3:
+                wk = wk * tm  # padded steps are no samples
+            if score_from and yt.ndim == 3:
+                wk = np.array(wk, np.float64)
+                wk[:, :score_from] = 0.0  # the history a TimeSplit fold runs through
+            wk = wk.reshape(-1, 1)
+            yt, yp = yt.reshape(-1, f), np.asarray(yp, np.float64).reshape(-1, f)
+            if shifts[k] is None:
+                shifts[k] = yt.mean(0)
+            yc = yt - shifts[k]
+            sums[k] += np.stack([np.broadcast_to(wk, yt.shape).sum(0), (wk * yc).sum(0),
+                                 (wk * yc ** 2).sum(0), (wk * (yt - yp) ** 2).sum(0)])
+    # Merge per-rank (count, mean, M2) exactly (Chan et al.), in rank order.
+    local = [(sm, np.zeros(sm.shape[1]) if c is None else c) for sm, c in zip(sums, shifts)]
+    gathered = comm.allgather(local) if comm.size > 1 else [local]
+    scores = []
+    for k in range(len(ys)):
+        count = mean = m2 = ss_res = 0.0
+        for rank_stats in gathered:
+            (sw, swy, swy2, res), c = rank_stats[k]
+            if not np.any(sw):
+                continue
+            mean_r = c + swy / np.maximum(sw, 1e-300)
+            m2_r = np.maximum(swy2 - swy ** 2 / np.maximum(sw, 1e-300), 0.0)
+            total = count + sw
+            delta = mean_r - mean
+            mean = mean + delta * sw / np.maximum(total, 1e-300)
+            m2 = m2 + m2_r + delta ** 2 * count * sw / np.maximum(total, 1e-300)
+            count, ss_res = total, ss_res + res
+        ss_tot = m2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                          np.where(ss_res == 0, 1.0, 0.0))
+        scores.extend(np.atleast_1d(r2).tolist())
+    return float(np.mean(scores))
