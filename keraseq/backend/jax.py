@@ -1,0 +1,690 @@
+"""The JAX backend: compiled window loops, in-program Allreduce, devices.
+
+What lives here: :func:`build_step_functions` for ``KERAS_BACKEND=jax``. One ``jax.jit``
+program per minibatch runs all its windows ``[0:S], [S:2S], ...`` -- forward, loss, gradient,
+optimizer update -- in a ``lax.while_loop`` whose bound is a runtime value (the window count
+of a minibatch of unequal lengths: no recompilation per count). The program is a pure function
+of ``(trainable, non_trainable, optimizer, metric values, x, y, w, m, tm, n_win, h0)``: the
+model runs inside a ``keras.StatelessScope`` (what ``Layer.stateless_call`` does; the
+per-window objective calls the model itself), the gradient of each window is
+``jax.value_and_grad`` of that call, the optimizer update is applied statelessly, and the
+metrics are updated in a scope over their variables. The callables handed to the Estimator
+read the variables' values, call the program and assign the new values back, so the epoch
+loop stays backend-free. Also here: the Allreduce inside that program (``mpi4jax``, or a
+host callback on a GPU without CUDA-aware mpi4jax), device choice and placement, and
+host <-> array conversion.
+
+Same semantics as ``backend/tensorflow.py`` (read it first): this module is its twin.
+What does not live here: the epoch loop, the state carry (``windows.py``), the objectives
+(``losses.py``), MPI on NumPy buffers (``distributed.py``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from jax import lax
+from keras import tree
+
+from .. import distributed as dist
+from ..losses import output_mask
+from ..windows import StateCarry
+from . import StepFunctions
+
+NAME = "jax"
+
+
+def to_tensor(a):
+    """A host array (or ``None``) as a JAX array (on the default device of the scope)."""
+    return None if a is None else jnp.asarray(a)
+
+
+def to_numpy(t) -> np.ndarray:
+    return np.asarray(t)
+
+
+def jit_for(model, setting) -> bool:
+    """Always True: on JAX, XLA (``jax.jit``) is the only compiler, and keraseq's window loop
+    is always one compiled program, as on TensorFlow (where ``jit_compile=False`` still
+    compiles a graph, without XLA). ``jit_compile=False`` therefore compiles too; to run op by
+    op (prints and breakpoints in the model), wrap the call in ``with jax.disable_jit():``."""
+    return True
+
+
+def dtype_of(name):
+    return jnp.dtype(name)
+
+
+def _slice_time(a, start, length):
+    """``a[:, start:start+length]``: ``start`` static or traced, ``length`` static."""
+    if a is None:
+        return None
+    if isinstance(start, (int, np.integer)):
+        return a[:, int(start):int(start) + length]
+    return lax.dynamic_slice_in_dim(a, start, length, axis=1)
+
+
+def _pad_time(a, extra):
+    """``a`` with ``extra`` zero steps appended on the time axis (axis 1)."""
+    return jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2))
+
+
+def _f32(v):
+    return jnp.asarray(v, jnp.float32)
+
+
+def _i32(v):
+    return jnp.asarray(v, jnp.int32)
+
+
+def _check_float64(model) -> None:
+    """JAX computes in float32 unless 64-bit mode is on: a float64 model would silently train
+    in float32 (Keras's own ``fit`` would too). Refuse it, naming the layer."""
+    if jax.config.jax_enable_x64:
+        return
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        policy = getattr(layer, "dtype_policy", None)
+        dtypes = {getattr(policy, "variable_dtype", None), getattr(policy, "compute_dtype", None)}
+        if "float64" in dtypes:
+            raise ValueError(
+                f"layer {layer.name!r} ({type(layer).__name__}) is float64, but JAX runs in "
+                f"32-bit mode, where it would compute in float32. Turn on JAX's 64-bit mode "
+                f"before building the model: jax.config.update('jax_enable_x64', True) (or "
+                f"JAX_ENABLE_X64=1), or use float32")
+
+
+def build_step_functions(
+    model: keras.Model,
+    carry: StateCarry,
+    state_specs: list[list[tuple[tuple, Any]]],
+    objective: Callable,
+    optimizer: keras.optimizers.Optimizer | None,
+    metrics: list,
+    seq_len: int | None,
+    per_series: bool,
+    jit_compile: bool,
+    allreduce: Callable | None = None,
+    sync_every: int = 1,
+) -> StepFunctions:
+    """Build the three compiled minibatch functions (the contract of ``backend/__init__``).
+
+    See ``backend/tensorflow.py``'s :func:`build_step_functions` for the semantics, which are
+    the same here: windows with a short tail, state carried with the gradient cut at window
+    borders, ``h0`` or zero initial states, the time mask ``tm`` and the runtime window count
+    ``n_win``, per-series targets in the window of each row's last real step (one update per
+    minibatch), ``sync_every``, the non-finite check (the first bad window is reported and it
+    and every later update are skipped), no update for a window without loss elements, the
+    ``LossScaleOptimizer``, float64 models, metrics per window, and under MPI one flat float32
+    buffer ``[count-weighted gradients..., count, nonfinite]`` summed per update.
+    """
+    _check_float64(model)
+    trainable = list(model.trainable_variables)
+    non_trainable = list(model.non_trainable_variables)
+    opt_vars = [] if optimizer is None else list(optimizer.variables)
+    metric_vars = [v for metric in metrics for v in metric.variables]
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already.
+    apply_grads = None if optimizer is None else getattr(optimizer, "apply_reduced",
+                                                        optimizer.apply)
+    shapes = [tuple(v.shape) for v in trainable]
+    sizes = [int(np.prod(sh)) for sh in shapes]
+    dtypes = [jnp.dtype(v.dtype) for v in trainable]  # float64 models keep float64 gradients
+
+    # ------------------------------------------------------------------------ scopes
+    # ``vals`` is the tuple (trainable, non_trainable, optimizer, metric values) the program
+    # threads through the windows; every model call runs in a StatelessScope over it.
+    def scope_of(vals, with_opt=False, collect_losses=False):
+        tv, ntv, ov, _ = vals
+        mapping = list(zip(trainable, tv)) + list(zip(non_trainable, ntv))
+        if with_opt:
+            mapping += list(zip(opt_vars, ov))
+        return keras.StatelessScope(state_mapping=mapping, collect_losses=collect_losses)
+
+    def read(scope, variables, old):
+        out = []
+        for v, o in zip(variables, old):
+            new = scope.get_current_value(v)
+            out.append(o if new is None else jnp.asarray(new, jnp.dtype(o.dtype)))
+        return out
+
+    def zero_states(batch):
+        return [[jnp.zeros((batch,) + tuple(shape), jnp.dtype(dtype)) for shape, dtype in spec]
+                for spec in state_specs]
+
+    def windows_of(T):
+        S = T if seq_len is None else min(seq_len, T)
+        return S, T // S, T - (T // S) * S
+
+    def forward(states, fn):
+        """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
+        carry.feed(states)
+        result = fn()
+        return result, [[lax.stop_gradient(jnp.asarray(s)) for s in c]
+                        for c in carry.collected()]
+
+    def run_model(vals, xw, states, training):
+        """The model on one window; returns (outputs, new states, vals with the new
+        non-trainable values: dropout's seed generators, normalisation statistics)."""
+        tv, ntv, ov, mv = vals
+        with scope_of(vals) as scope:
+            y_pred, new_states = forward(
+                states, lambda: model(xw if len(xw) > 1 else xw[0], training=training))
+        return y_pred, new_states, (tv, read(scope, non_trainable, ntv), ov, mv)
+
+    def masks_of(y_pred):
+        """Per flattened output, its Keras mask (needed by the metrics) or ``None``."""
+        if not metrics or y_pred is None:
+            return None, None
+        preds = tree.flatten(y_pred)
+        return preds, [output_mask(p) for p in preds]
+
+    def update_metrics(vals, yw, preds, masks, ww, mw):
+        if not metrics:
+            return vals
+        tv, ntv, ov, mv = vals
+        with keras.StatelessScope(state_mapping=list(zip(metric_vars, mv))) as scope:
+            for k, metric in enumerate(metrics):
+                out = k % len(preds) if len(preds) > 1 else 0
+                out = getattr(metric, "_keraseq_output", out)
+                sw = None
+                if ww is not None or mw is not None:
+                    sw = ww if mw is None else (mw if ww is None else ww * mw)
+                yt, yp = yw[out], preds[out]
+                keras_mask = masks[out]
+                if keras_mask is not None and keras_mask.ndim == yp.ndim - 1:
+                    keras_mask = keras_mask.astype(jnp.float32)
+                    sw = keras_mask if sw is None else sw * keras_mask
+                if yp.ndim == 3:
+                    # Every time step is one sample, so windows of different length weigh right.
+                    yt = jnp.reshape(yt, (-1, yt.shape[-1]))
+                    yp = jnp.reshape(yp, (-1, yp.shape[-1]))
+                    sw = None if sw is None else jnp.reshape(sw, (-1,))
+                metric.update_state(yt, yp, sample_weight=sw)
+        return (tv, ntv, ov, read(scope, metric_vars, mv))
+
+    # ----------------------------------------------------------------------------------- train
+    def gradients(vals, xw, yw, ww, mw, states):
+        """Forward, loss and gradient of one window; metrics updated.
+
+        With a ``LossScaleOptimizer`` (mixed_float16, as ``compile`` sets up) the gradient is
+        that of the scaled loss; the optimizer unscales it, and skips updates whose gradient
+        overflowed while it lowers the scale, so only a non-finite loss counts as a fault."""
+        tv, ntv, ov, mv = vals
+
+        def loss_fn(tv_):
+            with scope_of((tv_, ntv, ov, mv), with_opt=True, collect_losses=True) as scope:
+                loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw,
+                                                                     True, states)
+                mean = loss_sum / jnp.maximum(count, 1.0) + reg
+                if loss_scaled:
+                    mean = optimizer.scale_loss(mean)
+                preds, masks = masks_of(y_pred)
+            return mean, (loss_sum, count, reg, preds, masks, new_states,
+                          read(scope, non_trainable, ntv))
+
+        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(list(tv))
+        loss_sum, count, reg, preds, masks, new_states, ntv = aux
+        loss_sum, count = _f32(loss_sum), _f32(count)
+        grads = [jnp.asarray(g, dt) for g, dt in zip(grads, dtypes)]
+        # One fused reduction: a NaN or Inf anywhere makes the sum non-finite.
+        total = loss_sum
+        if not loss_scaled:
+            for g in grads:
+                total = total + jnp.sum(g).astype(jnp.float32)
+        finite = jnp.isfinite(total)
+        vals = update_metrics((tv, ntv, ov, mv), yw, preds, masks, ww, mw)
+        return vals, grads, finite, loss_sum + _f32(reg) * count, count, new_states
+
+    def apply_update(vals, grads):
+        tv, ntv, ov, mv = vals
+        if loss_scaled:
+            # Its stateful ``apply`` updates the scale inside ``ops.cond`` branches, which JAX
+            # cannot trace; its ``stateless_apply`` is the form Keras's JAX trainer uses.
+            new_tv, new_ov = optimizer.stateless_apply(list(ov), grads, list(tv))
+            return ([jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_tv, tv)], ntv,
+                    [jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_ov, ov)], mv)
+        mapping = list(zip(trainable, tv)) + list(zip(opt_vars, ov))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            apply_grads(grads, trainable)
+        return (read(scope, trainable, tv), ntv, read(scope, opt_vars, ov), mv)
+
+    def apply_checked(vals, grads, finite, count, bad, step):
+        """Apply unless a non-finite value appeared (now or in an earlier window) or the
+        window has no unmasked loss element (``count == 0``: all padding)."""
+        ok = jnp.logical_and(finite, bad < 0)
+        vals = cond(jnp.logical_and(ok, count > 0), lambda v: apply_update(v, grads),
+                    lambda v: v, vals)
+        return vals, jnp.where(jnp.logical_or(ok, bad >= 0), bad, step), ok
+
+    def pack_buffer(weighted_grads, count, finite):
+        return jnp.concatenate([jnp.reshape(g.astype(jnp.float32), (-1,))
+                                for g in weighted_grads]
+                               + [jnp.stack([_f32(count),
+                                             1.0 - finite.astype(jnp.float32)])], 0)
+
+    def unpack_apply(vals, summed, bad, step):
+        offsets = np.cumsum(sizes).tolist()
+        pieces = jnp.split(summed, offsets)
+        total, nonfinite = pieces[-1][0], pieces[-1][1]
+        grads = [(jnp.reshape(p, sh) / jnp.maximum(total, 1e-12)).astype(dt)
+                 for p, sh, dt in zip(pieces[:-1], shapes, dtypes)]
+        return apply_checked(vals, grads, nonfinite < 0.5, total, bad, step)
+
+    reduce = (lambda buf: buf) if allreduce is None else allreduce
+
+    def learn_window(vals, xw, yw, ww, mw, states, bad, step):
+        vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
+                                                                     states)
+        if allreduce is None:
+            vals, bad, ok = apply_checked(vals, grads, finite, count, bad, step)
+        else:
+            buf = pack_buffer([g * count.astype(g.dtype) for g in grads], count, finite)
+            vals, bad, ok = unpack_apply(vals, allreduce(buf), bad, step)
+        return vals, bad, ok, loss_sum, count, new_states
+
+    def train_window(vals, xw, yw, ww, mw, states, acc):
+        loss_acc, count_acc, bad, step = acc
+        vals, bad, ok, loss_sum, count, new_states = learn_window(vals, xw, yw, ww, mw, states,
+                                                                  bad, step)
+        loss_acc = loss_acc + jnp.where(ok, loss_sum, 0.0)
+        count_acc = count_acc + jnp.where(ok, count, 0.0)
+        return vals, new_states, (loss_acc, count_acc, bad, step + 1)
+
+    def end_windows(tm, S):
+        """Per row, the index of the window holding its last real time step (0 if none)."""
+        T = tm.shape[1]
+        length = jnp.max(tm * jnp.arange(1, T + 1, dtype=tm.dtype)[None], axis=1)
+        return jnp.maximum(length - 1.0, 0.0).astype(jnp.int32) // S
+
+    cond = lax.cond
+
+    def while_(bound, body, init):
+        """``i = 0; while i < bound: carry = body(i, carry)`` (``bound`` may be traced)."""
+        _, out = lax.while_loop(lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])),
+                                (_i32(0), init))
+        return out
+
+    def loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc):
+        """Run ``window_fn`` over the windows of a minibatch; returns (vals, states, acc).
+
+        ``tm`` (B, T) marks real time steps (``None``: all real); then only the first
+        ``n_win`` windows run (later ones are padding for every row; a short tail window is
+        padded to a full one) and, with per-series targets, each row's loss is taken in
+        the window holding its last real step: every window is a loss window (``has_loss``).
+        """
+        T = x[0].shape[1]
+        S, n_full, tail = windows_of(T)
+        if tm is not None and tail:
+            # Pad the time axis to whole windows: the extra steps are masked like any padding
+            # (the RNNs hold their state, no loss), so the short tail window joins the loop
+            # and is skipped with the others when every row has ended before it.
+            extra = S - tail
+            x = tuple(_pad_time(a, extra) for a in x)
+            tm = _pad_time(tm, extra)
+            if not per_series:
+                y, w, m = (None if g is None else tuple(_pad_time(a, extra) for a in g)
+                           for g in (y, w, m))
+            T, n_full, tail = T + extra, n_full + 1, 0
+        batch = x[0].shape[0]
+        states = zero_states(batch) if h0 is None else h0
+        n_windows = n_full + (1 if tail else 0)
+        ends = end_windows(tm, S) if (per_series and tm is not None) else None
+
+        def cut(arrays, start, length):
+            if arrays is None:
+                return None
+            return tuple(_slice_time(a, start, length) for a in arrays)
+
+        def window(vals, index, start, length, states, acc, is_last):
+            xw = cut(x, start, length)
+            has_loss = not per_series or is_last or ends is not None
+            if per_series:
+                yw = y if has_loss else None
+                ww = w[0] if (w is not None and has_loss) else None
+                mw = m[0] if (m is not None and has_loss) else None
+                if ends is not None:
+                    here = (ends == index).astype(jnp.float32)
+                    mw = here if mw is None else mw * here
+            else:
+                yw = cut(y, start, length)
+                ww = cut(w, start, length)[0] if w is not None else None
+                mw = cut(m, start, length)[0] if m is not None else None
+            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
+            try:
+                return window_fn(vals, xw, yw, ww, mw, states, acc, has_loss)
+            finally:
+                carry.window_mask = None
+
+        # Full windows run in a loop: the program holds one copy of the window step. With
+        # per-series targets of equal lengths the last window is the only one with a loss,
+        # so it is peeled off the loop.
+        loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
+        if loop_windows > 0:
+            def body(i, c):
+                return window(*c[:1], i, i * S, S, *c[1:], False)
+
+            bound = loop_windows if n_win is None else jnp.minimum(n_win, loop_windows)
+            vals, states, acc = while_(bound, body, (vals, states, acc))
+        if loop_windows < n_windows:
+            start = loop_windows * S
+            vals, states, acc = window(vals, loop_windows, start,
+                                       T - start if tail and loop_windows == n_full else S,
+                                       states, acc, True)
+        return vals, states, acc
+
+    def train(vals, x, y, w, m, tm, n_win, h0):
+        if per_series and tm is not None:
+            return train_series(vals, x, y, w, m, tm, n_win, h0)
+        if sync_every > 1 and not per_series:
+            return train_accumulated(vals, x, y, w, m, tm, n_win, h0)
+
+        def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
+            if not has_loss:
+                _, new_states, vals = run_model(vals, xw, states, True)
+                return vals, new_states, acc
+            return train_window(vals, xw, yw, ww, mw, states, acc)
+
+        acc = (_f32(0.0), _f32(0.0), _i32(-1), _i32(0))
+        vals, _, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc)
+        # One array, so the host fetches the minibatch's result with one transfer.
+        return jnp.stack([acc[0], acc[1], acc[2].astype(jnp.float32)]), vals
+
+    def zero_grads():
+        return [jnp.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)]
+
+    def train_series(vals, x, y, w, m, tm, n_win, h0):
+        """Per-series targets of unequal lengths: each row's loss lives in the window of its
+        last real step, so the count-weighted gradients of every window are summed and
+        applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
+        def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
+            loss_acc, count_acc, finite_acc, grads_acc = acc
+            vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
+                                                                         states)
+            grads_acc = [a + g * count.astype(g.dtype) for a, g in zip(grads_acc, grads)]
+            return vals, new_states, (loss_acc + loss_sum, count_acc + count,
+                                      jnp.logical_and(finite_acc, finite), grads_acc)
+
+        acc = (_f32(0.0), _f32(0.0), jnp.asarray(True), zero_grads())
+        vals, _, (loss_sum, count, finite, grads_acc) = loop(vals, x, y, w, m, tm, n_win, h0,
+                                                             window_fn, acc)
+        vals, bad, ok = unpack_apply(vals, reduce(pack_buffer(grads_acc, count, finite)),
+                                     _i32(-1), _i32(0))
+        return jnp.stack([jnp.where(ok, loss_sum, 0.0), jnp.where(ok, count, 0.0),
+                          bad.astype(jnp.float32)]), vals
+
+    def train_accumulated(vals, x, y, w, m, tm, n_win, h0):
+        """``sync_every = k > 1`` (for slow networks): the count-weighted gradients of k
+        consecutive windows are summed and applied in one update, one Allreduce per k windows
+        (and one for a remainder at the minibatch's end). Windows still carry the state; the
+        gradient of each is still cut at its borders. Same on every rank: the window count is
+        agreed, so every rank flushes at the same windows."""
+        def flush(c):
+            vals, (loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads) = c
+            vals, bad, ok = unpack_apply(vals, reduce(pack_buffer(p_grads, p_count, p_finite)),
+                                         bad, step - 1)
+            return vals, (loss_acc + jnp.where(ok, p_loss, 0.0),
+                          count_acc + jnp.where(ok, p_count, 0.0), bad, step, _f32(0.0),
+                          _f32(0.0), jnp.asarray(True), zero_grads())
+
+        def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
+            loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
+            vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
+                                                                         states)
+            acc = (loss_acc, count_acc, bad, step + 1, p_loss + loss_sum, p_count + count,
+                   jnp.logical_and(p_finite, finite),
+                   [a + g * count.astype(g.dtype) for a, g in zip(p_grads, grads)])
+            vals, acc = cond((step + 1) % sync_every == 0, flush, lambda c: c, (vals, acc))
+            return vals, new_states, acc
+
+        acc = (_f32(0.0), _f32(0.0), _i32(-1), _i32(0), _f32(0.0), _f32(0.0),
+               jnp.asarray(True), zero_grads())
+        vals, _, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc)
+        # A remainder of fewer than k windows: one more update (the same on every rank).
+        vals, acc = cond(acc[3] % sync_every == 0, lambda c: c, flush, (vals, acc))
+        return jnp.stack([acc[0], acc[1], acc[2].astype(jnp.float32)]), vals
+
+    # -------------------------------------------------------------------------------- evaluate
+    def evaluate(vals, x, y, w, m, tm, n_win, h0):
+        def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
+            if not has_loss:
+                _, new_states, vals = run_model(vals, xw, states, False)
+                return vals, new_states, acc
+            tv, ntv, ov, mv = vals
+            with scope_of(vals, collect_losses=True) as scope:
+                loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw,
+                                                                     False, states)
+                preds, masks = masks_of(y_pred)
+            vals = update_metrics((tv, read(scope, non_trainable, ntv), ov, mv), yw, preds,
+                                  masks, ww, mw)
+            loss_acc, count_acc, bad, step = acc
+            return vals, new_states, (loss_acc + _f32(loss_sum) + _f32(reg) * _f32(count),
+                                      count_acc + _f32(count), bad, step + 1)
+
+        acc = (_f32(0.0), _f32(0.0), _i32(-1), _i32(0))
+        vals, _, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc)
+        return (acc[0], acc[1]), vals
+
+    # --------------------------------------------------------------------------------- predict
+    def predict(vals, x, tm, h0):
+        """Every window runs (outputs at padded steps are those of the whole sequence); a
+        per-series output is, per row, that of the window holding its last real step."""
+        T = x[0].shape[1]
+        S, n_full, tail = windows_of(T)
+        batch = x[0].shape[0]
+        states = zero_states(batch) if h0 is None else h0
+        ends = None if tm is None else end_windows(tm, S)
+
+        def step(vals, start, length, states):
+            xw = tuple(_slice_time(a, start, length) for a in x)
+            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
+            try:
+                y_pred, new_states, vals = run_model(vals, xw, states, False)
+            finally:
+                carry.window_mask = None
+            return vals, tuple(tree.flatten(y_pred)), new_states
+
+        per_window = []  # (outputs, is stacked over windows)
+        if n_full > 0:
+            def body(c, i):
+                vals, states = c
+                vals, preds, states = step(vals, i * S, S, states)
+                return (vals, states), preds
+
+            (vals, states), stacked = lax.scan(body, (vals, states),
+                                               jnp.arange(n_full, dtype=jnp.int32))
+            per_window.append(stacked)  # each (n_full, B, ...)
+        if tail:
+            vals, preds, states = step(vals, n_full * S, tail, states)
+            per_window.append(tuple(p[None] for p in preds))
+        outs = []
+        for k in range(len(per_window[0])):
+            parts = [w[k] for w in per_window]
+            if parts[0].ndim >= 4:  # per step: (n, B, S, ...) -> (B, n*S, ...), then the tail
+                seq = []
+                for p in parts:
+                    p = jnp.moveaxis(p, 0, 1)
+                    seq.append(jnp.reshape(p, (p.shape[0], p.shape[1] * p.shape[2])
+                                           + tuple(p.shape[3:])))
+                outs.append(seq[0] if len(seq) == 1 else jnp.concatenate(seq, axis=1))
+            else:  # per series: the last window's, or per row that of its last real step
+                every = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+                if ends is None:
+                    outs.append(every[-1])
+                else:
+                    index = jnp.reshape(ends, (1, -1) + (1,) * (every.ndim - 2))
+                    outs.append(jnp.take_along_axis(every, index, axis=0)[0])
+        return (tuple(outs), states), vals
+
+    # ------------------------------------------------------------------------------- wrappers
+    def compiled(fn, donate):
+        # Always compiled (see jit_for): ``jit_compile`` chooses XLA or not on TensorFlow only.
+        return jax.jit(fn, donate_argnums=(0,) if donate else ())
+
+    train_c = compiled(train, True)
+    evaluate_c = compiled(evaluate, False)
+    predict_c = compiled(predict, False)
+
+    def current():
+        return ([v.value for v in trainable], [v.value for v in non_trainable],
+                [v.value for v in opt_vars], [v.value for v in metric_vars])
+
+    def assign(variables, values):
+        for v, a in zip(variables, values):
+            v._direct_assign(a)
+
+    def train_call(x, y, w, m, tm, n_win, h0):
+        result, (tv, ntv, ov, mv) = train_c(current(), x, y, w, m, tm, n_win, h0)
+        assign(trainable, tv)
+        assign(non_trainable, ntv)
+        assign(opt_vars, ov)
+        assign(metric_vars, mv)
+        return result
+
+    def evaluate_call(x, y, w, m, tm, n_win, h0):
+        result, (_, ntv, _, mv) = evaluate_c(current(), x, y, w, m, tm, n_win, h0)
+        assign(non_trainable, ntv)
+        assign(metric_vars, mv)
+        return result
+
+    def predict_call(x, tm, h0):
+        tv, ntv, _, _ = current()
+        result, (_, ntv, _, _) = predict_c((tv, ntv, [], []), x, tm, h0)
+        assign(non_trainable, ntv)
+        return result
+
+    return StepFunctions(
+        train=None if optimizer is None else train_call,
+        evaluate=evaluate_call,
+        predict=predict_call,
+        exact_rows=getattr(objective, "needs_exact_rows", False),
+    )
+
+
+# ------------------------------------------------------------------------------- Allreduce
+def _mpi4jax():
+    try:
+        import mpi4jax
+    except ImportError:
+        return None
+    return mpi4jax
+
+
+def _host_allreduce(comm, buf, delay=0.0):
+    """The sum of ``buf`` over ranks by a host callback (any device, inside jit)."""
+    from jax.experimental import io_callback
+
+    def host(a):
+        if delay:
+            time.sleep(delay)
+        return dist._flat_allreduce(comm, np.ascontiguousarray(a, np.float32))
+
+    return io_callback(host, jax.ShapeDtypeStruct(buf.shape, jnp.float32), buf, ordered=True)
+
+
+def _sum_over_ranks(comm, buf):
+    mpi4jax = _mpi4jax()
+    on_gpu = any(d.platform == "gpu" for d in getattr(buf, "devices", lambda: [])())
+    if mpi4jax is None or (on_gpu and not _mpi4jax_has_cuda(mpi4jax)):
+        return _host_allreduce(comm, buf)
+    from mpi4py import MPI
+    return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
+
+
+def _mpi4jax_has_cuda(mpi4jax) -> bool:
+    check = getattr(mpi4jax, "has_cuda_support", None)
+    return bool(check()) if check is not None else False
+
+
+def fused_allreduce(comm, tensors: Sequence, extra=None):
+    """Sum ``tensors`` (and ``extra``, a 1-D float32) over ranks with ONE ``Allreduce``.
+
+    All tensors are flattened into one float32 buffer in the given order (the same on every
+    rank), summed (``mpi4jax`` inside jit, or a host callback), and split back."""
+    parts = [jnp.reshape(jnp.asarray(t).astype(jnp.float32), (-1,)) for t in tensors]
+    if extra is not None:
+        parts.append(jnp.reshape(jnp.asarray(extra).astype(jnp.float32), (-1,)))
+    flat = jnp.concatenate(parts, 0)
+    reduced = _sum_over_ranks(comm, flat)
+    sizes = [int(np.prod(jnp.shape(t))) for t in tensors]
+    if extra is not None:
+        sizes.append(int(jnp.shape(extra)[0]))
+    pieces = jnp.split(reduced, np.cumsum(sizes)[:-1].tolist())
+    out = [jnp.reshape(p, jnp.shape(t)).astype(jnp.asarray(t).dtype)
+           for p, t in zip(pieces, tensors)]
+    return out, (pieces[-1] if extra is not None else None)
+
+
+def graph_allreduce(comm, device: str | None = None) -> Callable:
+    """Sum of one flat float32 buffer over ranks, usable inside ``jax.jit``: one
+    ``Allreduce`` per call, by ``mpi4jax`` (an XLA custom call: the whole window loop stays
+    one program), or by a host callback (``io_callback``) on a GPU when mpi4jax was built
+    without CUDA, or when mpi4jax is not installed."""
+    # Test-only hook: an artificial delay per Allreduce, in seconds, to model a slow network
+    # (this machine's kernel has no netem): the host-callback path sleeps before each one.
+    delay = float(os.environ.get("KERASEQ_TEST_ALLREDUCE_DELAY_S", "0") or 0.0)
+    mpi4jax = _mpi4jax()
+    on_gpu = device is not None and "GPU" in device.upper()
+    host = delay > 0 or mpi4jax is None or (on_gpu and not _mpi4jax_has_cuda(mpi4jax))
+
+    def reduce(buf):
+        if host:
+            return _host_allreduce(comm, buf, delay)
+        from mpi4py import MPI
+        return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
+
+    reduce.xla = None if host else "mpi4jax"
+    return reduce
+
+
+# ------------------------------------------------------------------------------------ devices
+def _device(name: str | None):
+    """A JAX device from a name: ``"/GPU:1"``, ``"gpu:1"``, ``"/CPU:0"``, ``"cpu"``."""
+    match = re.fullmatch(r"/?(?:device:)?([A-Za-z]+)(?::(\d+))?", name.strip())
+    if match is None:
+        raise ValueError(f"device={name!r}: expected a name like '/GPU:0' or '/CPU:0'")
+    kind, index = match.group(1).lower(), int(match.group(2) or 0)
+    try:
+        devices = jax.devices(kind)
+    except RuntimeError as exc:
+        raise ValueError(f"device={name!r}: JAX has no {kind} device ({exc})") from exc
+    if index >= len(devices):
+        raise ValueError(f"device={name!r}: JAX has {len(devices)} {kind} device(s)")
+    return devices[index]
+
+
+def default_device(comm) -> str:
+    """``/GPU:{local_rank % n_gpus}`` when JAX sees GPUs, else ``/CPU:0``.
+
+    (XLA's CPU thread pool is sized when JAX starts; ranks sharing a node share its cores.)"""
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        gpus = []
+    if gpus:
+        return f"/GPU:{dist.local_rank(comm) % len(gpus)}"
+    return "/CPU:0"
+
+
+class device_scope:
+    """``jax.default_device(device)`` for a name such as ``"/GPU:0"``; nothing for ``None``."""
+
+    def __init__(self, name: str | None):
+        self.name = name
+        self._ctx = None
+
+    def __enter__(self):
+        if self.name is not None:
+            self._ctx = jax.default_device(_device(self.name))
+            self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            return self._ctx.__exit__(*exc)
+        return False
