@@ -24,8 +24,6 @@ import subprocess
 import sys
 import tempfile
 
-import tensorflow as tf
-
 TARGET = "keraseq_mpi_allreduce_f32"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mpi_xla.cc")
 _lib = None
@@ -35,6 +33,13 @@ _lib_error: str | None = None
 def _mpi():
     from mpi4py import MPI
     return MPI
+
+
+def _tf():
+    """TensorFlow, imported on use: this module is the TensorFlow backend's (importing it
+    under ``KERAS_BACKEND=jax``, where TensorFlow may be absent, costs nothing)."""
+    import tensorflow as tf
+    return tf
 
 
 def _find_mpicxx() -> str | None:
@@ -57,7 +62,7 @@ def _find_mpicxx() -> str | None:
 
 
 def _cache_path() -> str:
-    MPI = _mpi()
+    MPI, tf = _mpi(), _tf()
     key = hashlib.sha1("|".join([
         open(_SOURCE, "rb").read().hex(), tf.__version__, os.path.dirname(tf.__file__),
         MPI.Get_library_version(), sys.prefix]).encode()).hexdigest()[:16]
@@ -72,6 +77,7 @@ def build(out: str) -> None:
     mpicxx = _find_mpicxx()
     if mpicxx is None:
         raise RuntimeError("no mpicxx found")
+    tf = _tf()
     tf_dir = os.path.dirname(tf.__file__)
     flags = [f for f in tf.sysconfig.get_compile_flags() if f.startswith(("-I", "-D"))]
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -116,6 +122,7 @@ def xla_allreduce(comm):
     communicator), or ``None`` when unavailable. Collective: every rank gets the same answer."""
     if os.environ.get("KERASEQ_MPI_XLA", "1") == "0":
         return None
+    tf = _tf()
     if tf.config.list_physical_devices("GPU") or load(comm) is None:
         return None
     try:

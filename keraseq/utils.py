@@ -1,4 +1,4 @@
-"""Small model utilities in the spirit of FluxUtils.jl, for Keras 3 models (TensorFlow backend).
+"""Small model utilities in the spirit of FluxUtils.jl, for Keras 3 models (TensorFlow or JAX backend).
 
 What lives here: flattening the trainable weights into one vector and back (:func:`net2vec`,
 :func:`vec2net`), the flattened gradient of a loss (:func:`net2grad`), readable unique names
@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops, tree
 
 __all__ = [
@@ -178,23 +177,56 @@ def net2grad(model: keras.Model, x: Any, y: Any, loss: Any) -> np.ndarray:
     """
     objective = _objective(loss)
     trainable = model.trainable_weights
-    with tf.GradientTape() as tape:
+
+    def value_of():
         value = ops.cast(objective(model, x, y), "float32")
         reg = model.losses
         if reg:
             value = value + ops.sum(ops.stack([ops.cast(r, "float32") for r in reg]))
-    grads = tape.gradient(value, trainable)
+        return value
+
+    if keras.backend.backend() == "jax":
+        grads = _jax_gradients(model, value_of)
+    else:
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            value = value_of()
+        grads = tape.gradient(value, trainable)
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g in grads]
     parts = []
     for g, w in zip(grads, trainable):
         if g is None:
             parts.append(np.zeros(int(np.prod(w.shape)), dtype=np.float32))
         else:
-            if isinstance(g, tf.IndexedSlices):
-                g = tf.convert_to_tensor(g)
             parts.append(np.asarray(g, dtype=np.float32).ravel())
     if not parts:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(parts)
+
+
+def _jax_gradients(model: keras.Model, value_of: Callable) -> list:
+    """JAX: ``jax.grad`` of ``value_of()`` over the trainable values, the model running in a
+    ``StatelessScope`` (as ``stateless_call``); the non-trainable values it updates (dropout
+    seeds, normalisation statistics) are assigned back, as the TensorFlow tape's eager run
+    does."""
+    import jax
+
+    trainable = list(model.trainable_weights)
+    others = list(model.non_trainable_weights)
+    values = [v.value for v in others]
+
+    def f(tv):
+        mapping = list(zip(trainable, tv)) + list(zip(others, values))
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            value = value_of()
+        return value, [scope.get_current_value(v) for v in others]
+
+    grads, new = jax.grad(f, has_aux=True)([v.value for v in trainable])
+    for v, a in zip(others, new):
+        if a is not None:
+            v.assign(a)
+    return grads
 
 
 # -------------------------------------------------------------------------------------- names
