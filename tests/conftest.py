@@ -3,6 +3,19 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ["KERAS_BACKEND"] == "jax":
+    # Many tests build the same small programs: XLA's compiled executables are kept for this
+    # session (the children that mpirun starts inherit the folder) and reused by key (the
+    # program's HLO), so each distinct program compiles once.
+    import atexit
+    import shutil
+    import tempfile
+
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        _cache = tempfile.mkdtemp(prefix="keraseq-jax-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -112,6 +112,7 @@ def multi():
 
 
 # ------------------------------------------------------------------------------- state carry
+@pytest.mark.backend
 def test_state_carry_beats_reset_windows():
     """y_t = running sum of x since the series start (memory of T >> seq_len). With keraseq's
     carry the LSTM can integrate across windows; when every window starts from a zero state
@@ -160,6 +161,7 @@ def test_multi_input_multi_output_predict_shapes(multi):
     assert est.n_outputs_ == 2
 
 
+@pytest.mark.backend
 def test_multi_output_loss_dict_equals_list(multi):
     est_list, x, y = multi
     est_dict = small(multi_io_model(), loss={"level": "mse", "slope": "mae"}, epochs=4,
@@ -172,6 +174,7 @@ def test_multi_output_loss_dict_equals_list(multi):
 
 
 # ------------------------------------------------------------------------------ sample_weight
+@pytest.mark.backend
 @pytest.mark.parametrize("per_step", [False, True], ids=["weights_N", "weights_NT"])
 def test_zero_sample_weight_equals_fitting_the_rest(per_step):
     """Keras's convention: weighted sum / number of elements. Weight 2 on the first half and 0
@@ -200,6 +203,7 @@ def test_sample_weight_changes_training():
 
 
 # ---------------------------------------------------------------------- per-series targets
+@pytest.mark.backend
 def test_per_series_targets():
     x, _ = make_data(n=32, t=25)
     y = np.stack([x[..., 0].sum(1) / 5.0, x[..., 1].mean(1) * 3.0], axis=-1).astype("float32")
@@ -219,6 +223,7 @@ def test_per_series_targets():
 
 
 # ------------------------------------------------------------------------- partial minibatch
+@pytest.mark.backend
 def test_partial_last_minibatch_is_trained():
     x, y = make_data(n=25, t=20)
     counter = BatchCounter()
@@ -282,6 +287,7 @@ def test_checkpoint_csvlogger_lr_scheduler_history(tmp_path):
 
 
 # ------------------------------------------------------------------------------- validation
+@pytest.mark.backend
 def test_validation_loss_and_metrics_equal_manual_evaluation():
     x, y = make_data(n=20, t=23)
     xv, yv = make_data(n=13, t=23, seed=7)
@@ -341,6 +347,7 @@ def test_predict_into_tuple_of_outs(multi, tmp_path):
 
 
 # --------------------------------------------------------------------------------- streaming
+@pytest.mark.backend
 @pytest.mark.parametrize("t1", [10, 13], ids=["t1_multiple_of_seq_len", "t1_not_multiple"])
 def test_streaming_predict_equals_whole_predict(single, t1):
     est, x, _ = single
@@ -374,6 +381,7 @@ def test_predict_batch_size_does_not_matter(single):
 
 
 # ------------------------------------------------------------------------------- save / load
+@pytest.mark.backend
 def test_save_load_roundtrip_and_continue_fit(tmp_path):
     x, y = make_data(n=16, t=20)
     est = small(lstm_model(), epochs=3, batch_size=8, seq_len=10, predict_batch_size=7,
@@ -422,6 +430,7 @@ def test_streaming_state_survives_save(single, tmp_path):
 
 
 # ---------------------------------------------------------------------- user-stateful model
+@pytest.mark.backend
 def test_user_stateful_model_trains_and_predicts_any_batch():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input(batch_shape=(4, None, 3)),
@@ -494,6 +503,7 @@ def test_seqloss_mse_equals_keras_mse():
     np.testing.assert_allclose(b.history_["loss"], a.history_["loss"], rtol=1e-5)
 
 
+@pytest.mark.backend
 def test_reported_loss_is_the_mean_over_time_steps_with_a_short_last_window():
     """With learning rate 0 the epoch's reported loss and metric are those of the initial
     model on the training data: the mean over all N x T values, whatever the windows (10, 10
@@ -511,6 +521,7 @@ def test_reported_loss_is_the_mean_over_time_steps_with_a_short_last_window():
     np.testing.assert_allclose(est.history_["loss"][0], mse, rtol=1e-5)
 
 
+@pytest.mark.backend
 def test_custom_callable_loss_trains():
     x, y = make_data(n=16, t=25)
     calls = []
@@ -528,6 +539,7 @@ def test_custom_callable_loss_trains():
 
 
 # ------------------------------------------------------------------------------ non-finite
+@pytest.mark.backend
 def test_nan_during_training_raises_and_keeps_finite_weights():
     x, y = make_data(n=16, t=20)
     x = x * 100.0
@@ -538,6 +550,7 @@ def test_nan_during_training_raises_and_keeps_finite_weights():
         assert np.isfinite(w).all()
 
 
+@pytest.mark.backend
 def test_nan_from_the_loss_raises_with_epoch_and_minibatch():
     """A Keras loss that turns NaN once a prediction passes 1 (sqrt of a negative)."""
     x, y = make_data(n=16, t=20)

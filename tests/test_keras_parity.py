@@ -35,7 +35,6 @@ import warnings
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -316,6 +315,7 @@ def is_clear_refusal(arch: Arch, error: ValueError, windowed: bool) -> bool:
     return bool(arch.mask_dropped_by) and arch.mask_dropped_by in message
 
 
+@pytest.mark.backend
 @pytest.mark.property
 @PARITY
 @given(arch=archs(), data=st.data())
@@ -453,7 +453,8 @@ def test_02_go_backwards_is_refused_with_windows(xy):
 
 
 # 3 ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dilation", [1, 2], ids=["dilation1", "dilation2"])
+@pytest.mark.parametrize("dilation", [1, pytest.param(2, marks=pytest.mark.backend)],
+                         ids=["dilation1", "dilation2"])
 def test_03_causal_conv_front_end_is_window_invariant(dilation):
     """keraseq carries the last (kernel_size - 1) * dilation_rate inputs across windows, so
     every window length gives Keras's whole-sequence result (T = 5 keeps the sweep short:
@@ -482,6 +483,7 @@ def tiny_mse(y_true, y_pred):
     return 1e-7 * keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
 
 
+@pytest.mark.backend
 def test_04_mixed_float16_scales_the_loss_like_keras(xy):
     x, y = xy
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -507,7 +509,22 @@ def test_04_mixed_float16_scales_the_loss_like_keras(xy):
 
 
 # 5 ---------------------------------------------------------------------------------------
-def test_05_float64_model_fits_like_keras(xy):
+@pytest.fixture
+def float64_mode():
+    """JAX computes in float64 only in its 64-bit mode (on for this test, then off again)."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.backend
+def test_05_float64_model_fits_like_keras(xy, float64_mode):
     x, y = (a.astype("float64") for a in xy)
     model = seq_model(keras.layers.GRU(4, return_sequences=True, dtype="float64"),
                       keras.layers.Dense(1, dtype="float64"), dtype="float64")
@@ -519,6 +536,21 @@ def test_05_float64_model_fits_like_keras(xy):
     assert_weights_close(est.model_, reference, atol=1e-7)
     assert est.history_["loss"] == pytest.approx(history["loss"], rel=1e-6)
     assert est.predict(x).shape == y.shape
+
+
+@pytest.mark.backend
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64:UserWarning")
+def test_05_float64_model_in_jax_32_bit_mode_is_refused_naming_the_layer(xy):
+    """On JAX without 64-bit mode a float64 model would silently compute in float32."""
+    if keras.backend.backend() != "jax":
+        pytest.skip("JAX only: TensorFlow computes in float64 without a mode (test above)")
+    import jax
+    assert not jax.config.jax_enable_x64
+    x, y = xy
+    model = seq_model(keras.layers.GRU(4, return_sequences=True, dtype="float64", name="g64"),
+                      keras.layers.Dense(1))
+    with pytest.raises(ValueError, match="'g64'.*float64.*jax_enable_x64"):
+        Estimator(model, "mse", "adam", epochs=1, batch_size=4, verbose=0).fit(x, y)
 
 
 # 6 ---------------------------------------------------------------------------------------
@@ -647,7 +679,11 @@ def test_11_tensor_inputs_equal_numpy(xy):
     kw = dict(epochs=2, batch_size=4, seq_len=5, random_state=0, verbose=0, **NO_XLA)
     plain = Estimator(model, "mse", "adam", **kw).fit(x, y)
     expected = plain.predict(x)
-    for convert in (tf.convert_to_tensor, keras.ops.convert_to_tensor):
+    converters = [keras.ops.convert_to_tensor]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        converters.insert(0, tf.convert_to_tensor)
+    for convert in converters:
         tensors = Estimator(model, "mse", "adam", **kw).fit(convert(x), y)
         for a, b in zip(plain.model_.get_weights(), tensors.model_.get_weights()):
             np.testing.assert_array_equal(a, b, err_msg=convert.__module__)

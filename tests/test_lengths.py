@@ -53,6 +53,7 @@ CASE = st.fixed_dictionaries({
 })
 
 
+@pytest.mark.backend
 @pytest.mark.property
 @settings(max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "10")), deadline=None,
           suppress_health_check=list(HealthCheck))
@@ -100,6 +101,7 @@ def test_windows_equal_the_whole_sequence(case, data):
         assert abs(est.history_["loss"][0] - ref_loss) < 1e-5 * max(1, ref_loss)
 
 
+@pytest.mark.backend
 @pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
 def test_whole_sequence_fit_equals_keras_fit_with_masking(per_series):
     """seq_len=None: keraseq's updates are model.fit's, the masked loss included."""
@@ -135,6 +137,7 @@ def test_extra_padding_changes_nothing(per_series):
     assert fits[0].optimizer_.iterations.numpy() == fits[1].optimizer_.iterations.numpy()
 
 
+@pytest.mark.backend
 def test_sample_weight_and_metrics_ignore_padding():
     rng = np.random.default_rng(5)
     x, y, lengths = padded_data(rng, 8, 10, False)

@@ -26,10 +26,12 @@ def mpirun(np_, script, *args, timeout=240):
     return proc, time.time() - t0
 
 
-@pytest.mark.parametrize("opt,jit", [("sgd", "jit"), ("adam", "jit"), ("adam", "nojit")])
+@pytest.mark.parametrize("opt,jit", [
+    ("sgd", "jit"), pytest.param("adam", "jit", marks=pytest.mark.backend), ("adam", "nojit")])
 def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
     """With XLA the Allreduce is an XLA custom call inside the compiled window loop; without,
-    a host callback between two compiled halves. Both must equal one process."""
+    a host callback between two compiled halves. Both must equal one process. (On JAX the
+    window loop is always one program, its Allreduce mpi4jax's.)"""
     report = tmp_path / "r.json"
     proc, _ = mpirun(2, "equivalence.py", report, opt, 40, 8, jit)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,8 +46,9 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
-@pytest.mark.parametrize("mode", ["masked-step",
-                                  pytest.param("masked-series", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", [pytest.param("masked-step", marks=pytest.mark.backend),
+                                  pytest.param("masked-series", marks=[pytest.mark.slow,
+                                                                       pytest.mark.backend])])
 def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
     """Padded series of random lengths behind a Masking layer: each rank skips the windows past
     its longest series (the ranks agree on the count), per-series losses sit in each series'
@@ -61,6 +64,7 @@ def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
         assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
 
 
+@pytest.mark.backend
 def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
     """Gradient accumulation over k windows (one Allreduce per k) is still exactly the union
     minibatch of one process with the same k."""
@@ -114,6 +118,7 @@ def test_only_rank_zero_writes_files(tmp_path):
     assert proc.stdout.count("Epoch 1/3") == 1, proc.stdout
 
 
+@pytest.mark.backend
 def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
     proc, elapsed = mpirun(2, "faults_and_files.py", "raise", tmp_path, timeout=120)
     assert proc.returncode != 0
@@ -130,6 +135,7 @@ def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
     assert "rank 1 stopped after 1 epoch(s)" in proc.stdout
 
 
+@pytest.mark.backend
 def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
     report = tmp_path / "r.json"
     proc, _ = mpirun(2, "plain_fit.py", report)

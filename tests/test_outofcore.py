@@ -89,6 +89,7 @@ def test_nan_scan_streams_in_blocks(arrays, monkeypatch):
     assert rx.largest_read <= 5 * 21 * 3
 
 
+@pytest.mark.backend
 def test_predict_into_h5_equals_in_memory_and_score_equals_sklearn(arrays, tmp_path):
     x, y = arrays
     est = fit(x, y, False)

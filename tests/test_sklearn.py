@@ -47,6 +47,7 @@ def data():
     return x, y, labels
 
 
+@pytest.mark.backend
 def test_clone_keeps_params_and_initial_weights(data):
     x, y, _ = data
     est = Estimator(regressor().model, "mse", "adam", dict(epochs=3, batch_size=5, seq_len=4),
@@ -145,7 +146,7 @@ def test_partial_fit_and_warm_start(data):
         np.testing.assert_array_equal(a, b)  # without warm_start, fit starts over
 
 
-@pytest.mark.parametrize("dump", ["pickle", "joblib"])
+@pytest.mark.parametrize("dump", [pytest.param("pickle", marks=pytest.mark.backend), "joblib"])
 def test_pickle_round_trip(data, dump, tmp_path):
     x, y, _ = data
     est = regressor().fit(x, y)

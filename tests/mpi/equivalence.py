@@ -56,6 +56,14 @@ pred = est.predict(x, batch_size=3)
 full = np.asarray(est.model_.predict(x, verbose=0))  # whole series == windows with carry
 pred_diff = comm.allreduce(float(np.abs(pred - full).max()), op=MPI.MAX)
 
+if keras.backend.backend() == "jax":  # the in-program Allreduce: mpi4jax (None: a host callback)
+    from keraseq import distributed
+    from keraseq.backend import current
+    in_program = current().graph_allreduce(distributed.get_comm(comm)).xla is not None
+    program_error = None if in_program else "mpi4jax unavailable: host-callback Allreduce"
+else:
+    in_program, program_error = _mpi_xla._lib is not None, _mpi_xla._lib_error
+
 if comm.Get_rank() == 0:
     # One process, batch k*B, minibatch i = the ranks' minibatches i side by side.
     bounds = [(r * (n // k) + min(r, n % k), (r + 1) * (n // k) + min(r + 1, n % k))
@@ -72,7 +80,8 @@ if comm.Get_rank() == 0:
         "max_diff": float(np.max(np.abs(w - ws))),
         "identical_across_ranks": all(np.array_equal(all_w[0], a) for a in all_w[1:]),
         "history_mpi": est.history_, "history_single": single.history_,
-        "size": k, "xla_allreduce": _mpi_xla._lib is not None, "xla_error": _mpi_xla._lib_error,
+        "size": k, "xla_allreduce": in_program, "xla_error": program_error,
+        "backend": keras.backend.backend(),
         "predict_max_diff": pred_diff, "predict_shape": list(pred.shape),
     }
     with open(out_path, "w") as f:
