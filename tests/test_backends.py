@@ -1,0 +1,217 @@
+"""TensorFlow and JAX agree: the same model weights and data give the same keraseq results.
+
+A Keras backend is chosen once per process, so each backend runs in its own subprocess (this
+file run as a script, ``worker``): it builds every case's model from weights drawn in NumPy
+(the same numbers on both backends), fits a few TBPTT updates with keraseq and predicts, and
+saves the estimator (``Estimator.save``) and its model (``model_.save``). Then each backend
+loads the other's files and predicts. Cases are drawn by hypothesis (several cases in one
+example, so that one pair of subprocesses serves them all): per-step targets over windows
+with a short tail, unequal lengths (``lengths=``) with per-step and per-series targets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+PRED_ATOL = 1e-5     # same weights, same data -> same predictions
+WEIGHT_ATOL = 1e-4   # after a few TBPTT updates
+
+
+# --------------------------------------------------------------------------------- the worker
+def _model(case):
+    import keras
+    layer = getattr(keras.layers, case["cell"])
+    model = keras.Sequential([
+        keras.Input((None, case["features"])),
+        layer(case["units"], return_sequences=case["kind"] == "step"),
+        keras.layers.Dense(case["outputs"]),
+    ])
+    rng = np.random.default_rng(case["seed"])
+    model.set_weights([(rng.normal(size=w.shape) * 0.4).astype("float32")
+                       for w in model.get_weights()])
+    return model
+
+
+def _data(case):
+    rng = np.random.default_rng(case["seed"] + 1)
+    n, t, f = case["n"], case["t"], case["features"]
+    x = rng.normal(size=(n, t, f)).astype("float32")
+    y = rng.normal(size=(n, t, case["outputs"])).astype("float32")
+    lengths = rng.integers(1, t + 1, n) if case["lengths"] else None
+    if lengths is not None:
+        lengths[0] = t  # one full-length series
+    if case["kind"] == "series":
+        y = y[np.arange(n), (lengths - 1) if lengths is not None else t - 1]
+    return x, y, lengths
+
+
+def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
+    import keras
+
+    from keraseq import Estimator
+
+    backend = keras.backend.backend()
+    results = {}
+    if load_from is None:
+        for k, case in enumerate(cases):
+            x, y, lengths = _data(case)
+            model = _model(case)
+            w0 = model.get_weights()
+            est = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2,
+                            batch_size=case["batch"], seq_len=case["seq_len"], shuffle=False,
+                            verbose=0).fit(x, y, lengths=lengths)
+            trained = est.model_.get_weights()
+            pred_trained = est.predict(x, lengths=lengths)
+            est.model_.set_weights(w0)  # the initial weights: predictions from equal weights
+            pred_initial = est.predict(x, lengths=lengths)
+            est.model_.set_weights(trained)
+            est.save(out_dir / f"est_{k}.keras")
+            est.model_.save(out_dir / f"model_{k}.keras")
+            np.savez(out_dir / f"case_{k}.npz", pred_initial=pred_initial,
+                     pred_trained=pred_trained, **{f"w{j}": w for j, w in enumerate(trained)})
+    else:
+        for k, case in enumerate(cases):
+            x, _, lengths = _data(case)
+            saved = np.load(load_from / f"case_{k}.npz")
+            est = Estimator.load(load_from / f"est_{k}.keras")
+            model = keras.saving.load_model(load_from / f"model_{k}.keras")
+            whole = np.asarray(model.predict(x, verbose=0)) if lengths is None else None
+            results[k] = {
+                "est_predict": float(np.abs(est.predict(x, lengths=lengths)
+                                            - saved["pred_trained"]).max()),
+                "model_predict": None if whole is None else float(
+                    np.abs(whole - saved["pred_trained"]).max()),
+            }
+    (out_dir / "done.json").write_text(json.dumps({"backend": backend, "loaded": results}))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
+    _work(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()),
+          Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+    sys.exit(0)
+
+
+# ---------------------------------------------------------------------------------- the tests
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BACKENDS = ("tensorflow", "jax")
+
+
+def _launch(backend, out_dir, cases_file, load_from=None):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=str(HERE.parent))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(HERE), "worker", str(out_dir), str(cases_file)]
+    if load_from is not None:
+        cmd.append(str(load_from))
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _run_all(procs, timeout=600):
+    """Wait for every process (they run side by side); fail with the stderr of a failure."""
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"{name} worker failed:\n{err[-4000:]}"
+
+
+def _shape():
+    return st.fixed_dictionaries({
+        "cell": st.sampled_from(["LSTM", "GRU", "SimpleRNN"]),
+        "units": st.integers(1, 6),
+        "features": st.integers(1, 4),
+        "outputs": st.integers(1, 3),
+        "n": st.integers(3, 9),
+        "t": st.integers(3, 14),
+        "window": st.integers(1, 16),   # seq_len: > t means the whole sequence
+        "batch": st.integers(2, 6),
+        "seed": st.integers(0, 2**16),
+    })
+
+
+def _cases(shapes):
+    """Three kinds: per-step targets (equal lengths), per-step and per-series with lengths."""
+    cases = []
+    for shape, (kind, lengths) in zip(shapes, [("step", False), ("step", True),
+                                               ("series", True)]):
+        case = dict(shape, kind=kind, lengths=lengths)
+        window = case.pop("window")
+        case["seq_len"] = window if window <= case["t"] else None
+        cases.append(case)
+    return cases
+
+
+EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, phases=(Phase.explicit, Phase.generate),
+          suppress_health_check=list(HealthCheck))
+@given(shapes=st.lists(_shape(), min_size=3, max_size=3))
+def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_factory):
+    cases = _cases(shapes)
+    root = tmp_path_factory.mktemp("backends")
+    cases_file = root / "cases.json"
+    cases_file.write_text(json.dumps(cases))
+    # Round 1: fit, predict, save, on each backend (side by side).
+    _run_all({b: _launch(b, root / b, cases_file) for b in BACKENDS})
+    for k, case in enumerate(cases):
+        tf_, jx = (np.load(root / b / f"case_{k}.npz") for b in BACKENDS)
+        where = f"case {k}: {case}"
+        diff = np.abs(tf_["pred_initial"] - jx["pred_initial"]).max()
+        assert diff <= PRED_ATOL, f"{where}: predictions from equal weights differ by {diff}"
+        n_w = len([f for f in tf_.files if f.startswith("w")])
+        assert n_w == len([f for f in jx.files if f.startswith("w")]) and n_w > 0
+        for j in range(n_w):
+            diff = np.abs(tf_[f"w{j}"] - jx[f"w{j}"]).max()
+            assert diff <= WEIGHT_ATOL, f"{where}: weight {j} differs by {diff} after fit"
+        diff = np.abs(tf_["pred_trained"] - jx["pred_trained"]).max()
+        assert diff <= WEIGHT_ATOL, f"{where}: predictions after fit differ by {diff}"
+    # Round 2: each backend loads the other's .keras files and predicts what it predicted.
+    _run_all({f"{b} loading {a}'s files": _launch(b, root / f"{b}_loads", cases_file, root / a)
+              for a, b in (BACKENDS, BACKENDS[::-1])})
+    for b in BACKENDS:
+        report = json.loads((root / f"{b}_loads" / "done.json").read_text())
+        assert report["backend"] == b
+        for k, r in report["loaded"].items():
+            assert r["est_predict"] <= PRED_ATOL, (b, cases[int(k)], r)
+            if r["model_predict"] is not None:
+                assert r["model_predict"] <= PRED_ATOL, (b, cases[int(k)], r)
+
+
+def test_keraseq_imports_and_trains_on_jax_without_tensorflow(tmp_path):
+    """The JAX path never imports TensorFlow (a GPU machine may have JAX alone)."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tensorflow' or name.startswith('tensorflow.'):\n"
+        "            raise ImportError('tensorflow is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, keras\n"
+        "import keraseq, keraseq.utils, keraseq.distributed, keraseq._mpi_xla\n"
+        "from keraseq import Estimator\n"
+        "from keraseq.backend import current\n"
+        "assert current().NAME == 'jax'\n"
+        "x = np.random.default_rng(0).normal(size=(6, 9, 2)).astype('float32')\n"
+        "m = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, "
+        "return_sequences=True), keras.layers.Dense(1)])\n"
+        "est = Estimator(m, 'mse', 'adam', batch_size=4, seq_len=4, verbose=0)"
+        ".fit(x, x[..., :1])\n"
+        "assert est.predict(x).shape == (6, 9, 1)\n"
+        "g = keraseq.utils.net2grad(m, x, x[..., :1], 'mse')\n"
+        "assert g.shape == keraseq.utils.net2vec(m).shape and np.abs(g).sum() > 0\n"
+        "print('TF-FREE', [k for k in sys.modules if k.split('.')[0] == 'tensorflow'])\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TF-FREE []" in out.stdout, out.stdout[-2000:]
