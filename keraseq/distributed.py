@@ -287,6 +287,27 @@ def _flat_allreduce(comm, flat: np.ndarray) -> np.ndarray:
     return out
 
 
+_reduced = threading.local()
+
+
+class gradients_reduced:
+    """Inside this context a :func:`DistributedOptimizer`'s ``apply`` applies the gradients as
+    given: the caller (keraseq's window loop, which sums one buffer per update over ranks) has
+    averaged them already. Unlike calling ``apply_reduced``, it also reaches a
+    DistributedOptimizer wrapped by another optimizer, such as the ``LossScaleOptimizer`` that
+    ``compile`` puts around it under ``mixed_float16``, whose ``apply`` calls the inner one's
+    (which would otherwise reduce a second time, inside the compiled step)."""
+
+    def __enter__(self):
+        self._previous = getattr(_reduced, "on", False)
+        _reduced.on = True
+        return self
+
+    def __exit__(self, *exc):
+        _reduced.on = self._previous
+        return False
+
+
 def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any = None):
     """Wrap a Keras optimizer so that every update averages the gradients over MPI ranks.
 
@@ -310,7 +331,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any 
     c = get_comm(comm if comm is not None else True)
 
     def apply(self, grads, trainable_variables=None):
-        if c.size > 1:
+        if c.size > 1 and not getattr(_reduced, "on", False):
             grads = list(grads)
             present = [k for k, g in enumerate(grads) if g is not None]
             from .backend import current  # the backend's in-graph Allreduce

@@ -36,6 +36,7 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
     proc, _ = mpirun(2, "equivalence.py", report, opt, 40, 8, jit)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(report.read_text())
+    assert r["backend"] == os.environ["KERAS_BACKEND"]  # the ranks run the tested backend
     if jit == "jit":  # the fast path was really used (g++ and the wheel's mpicxx are here)
         assert r["xla_allreduce"], r["xla_error"]
     assert r["max_diff"] < 1e-5, r
@@ -75,7 +76,26 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
     assert r["max_diff"] < 1e-5 and r["identical_across_ranks"], r
 
 
+@pytest.mark.backend
+def test_mixed_float16_two_ranks_equal_one_process(tmp_path, request):
+    """compile wraps the DistributedOptimizer in a LossScaleOptimizer: the window loop's
+    Allreduce is the only one (the wrapped optimizer must not reduce again inside the step)."""
+    if os.environ["KERAS_BACKEND"] == "tensorflow":  # strict: passing (fixed) fails
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "backend/tensorflow.py applies through the LossScaleOptimizer, whose inner "
+            "DistributedOptimizer.apply reduces again with a host callback inside XLA "
+            "(PyFunc): wrap that apply in keraseq.distributed.gradients_reduced()")))
+    report = tmp_path / "r.json"
+    proc, _ = mpirun(2, "mixed_precision.py", report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["backend"] == os.environ["KERAS_BACKEND"] and r["optimizer"] == "LossScaleOptimizer"
+    assert r["identical_across_ranks"], r
+    assert r["moved"] > 1e-2 and r["max_diff"] < 1e-4, r  # float16 sums of 4 vs 8 rows
+
+
 @pytest.mark.slow
+@pytest.mark.backend
 def test_sync_every_k_windows_pays_off_on_a_slow_network(tmp_path):
     """A test-only 10 ms delay per Allreduce stands for a slow network (no netem here): with
     sync_every=4 an epoch makes a quarter of the updates and runs faster; the loss still

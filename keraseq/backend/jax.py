@@ -129,9 +129,6 @@ def build_step_functions(
     opt_vars = [] if optimizer is None else list(optimizer.variables)
     metric_vars = [v for metric in metrics for v in metric.variables]
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already.
-    apply_grads = None if optimizer is None else getattr(optimizer, "apply_reduced",
-                                                        optimizer.apply)
     shapes = [tuple(v.shape) for v in trainable]
     sizes = [int(np.prod(sh)) for sh in shapes]
     dtypes = [jnp.dtype(v.dtype) for v in trainable]  # float64 models keep float64 gradients
@@ -243,15 +240,18 @@ def build_step_functions(
 
     def apply_update(vals, grads):
         tv, ntv, ov, mv = vals
-        if loss_scaled:
-            # Its stateful ``apply`` updates the scale inside ``ops.cond`` branches, which JAX
-            # cannot trace; its ``stateless_apply`` is the form Keras's JAX trainer uses.
-            new_tv, new_ov = optimizer.stateless_apply(list(ov), grads, list(tv))
-            return ([jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_tv, tv)], ntv,
-                    [jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_ov, ov)], mv)
-        mapping = list(zip(trainable, tv)) + list(zip(opt_vars, ov))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            apply_grads(grads, trainable)
+        # The loop has averaged the gradients over ranks already: a DistributedOptimizer
+        # (also inside compile's LossScaleOptimizer) must not reduce them again.
+        with dist.gradients_reduced():
+            if loss_scaled:
+                # Its stateful ``apply`` updates the scale inside ``ops.cond`` branches, which
+                # JAX cannot trace; ``stateless_apply`` is what Keras's JAX trainer calls.
+                new_tv, new_ov = optimizer.stateless_apply(list(ov), grads, list(tv))
+                return ([jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_tv, tv)], ntv,
+                        [jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_ov, ov)], mv)
+            mapping = list(zip(trainable, tv)) + list(zip(opt_vars, ov))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                optimizer.apply(grads, trainable)
         return (read(scope, trainable, tv), ntv, read(scope, opt_vars, ov), mv)
 
     def apply_checked(vals, grads, finite, count, bad, step):
