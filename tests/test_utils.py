@@ -1,11 +1,10 @@
 """Tests of keraseq.utils, each against an independent computation (NumPy algebra, an explicit
-tf.GradientTape, a non-stateful rerun of the whole sequence)."""
+tf.GradientTape or jax.grad of stateless_call, a non-stateful rerun of the whole sequence)."""
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keraseq.utils import (bmm, load_states, named_params, net2grad, net2vec, notrack, states,
                            vec2net, weights)
@@ -79,13 +78,26 @@ def test_vec2net_rejects_wrong_vectors(bad):
 
 # ------------------------------------------------------------------------------- net2grad
 def tape_grad(model, x, y, loss_fn):
-    """Gradient of the data loss alone (no regularisation), by an explicit GradientTape."""
-    with tf.GradientTape() as tape:
-        value = loss_fn(y, model(x, training=True))
-    grads = tape.gradient(value, model.trainable_variables)
+    """Gradient of the data loss alone (no regularisation), by the backend's own means: an
+    explicit GradientTape, or jax.grad of Keras's stateless_call."""
+    if keras.backend.backend() == "jax":
+        import jax
+        ntv = [v.value for v in model.non_trainable_variables]
+
+        def value(tv):
+            out, _ = model.stateless_call(tv, ntv, x, training=True)
+            return loss_fn(y, out)
+
+        grads = jax.grad(value)([v.value for v in model.trainable_variables])
+    else:
+        import tensorflow as tf
+        with tf.GradientTape() as tape:
+            value = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(value, model.trainable_variables)
     return np.concatenate([np.asarray(g).ravel() for g in grads])
 
 
+@pytest.mark.backend
 def test_net2grad_matches_gradient_tape_plus_l2_regularisation():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -109,6 +121,7 @@ def test_net2grad_matches_gradient_tape_plus_l2_regularisation():
         np.testing.assert_allclose(got, data_grad + reg_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.backend
 def test_net2grad_matches_analytic_linear_gradient():
     m, p, n = 3, 2, 10
     model = dense_model(m, p)
@@ -121,6 +134,7 @@ def test_net2grad_matches_analytic_linear_gradient():
                                np.concatenate([gW.ravel(), gb]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.backend
 def test_net2grad_model_callable_loss():
     m, p, n = 3, 2, 10
     model = dense_model(m, p)
@@ -204,17 +218,23 @@ def test_weights_bidirectional_embedding_norm():
 
 
 # ------------------------------------------------------------------------------------- bmm
+@pytest.mark.backend
 def test_bmm_value_and_gradient():
     a = RNG.normal(size=(4, 3, 5)).astype("float32")
     b = RNG.normal(size=(4, 5, 2)).astype("float32")
     g = RNG.normal(size=(4, 3, 2)).astype("float32")
     np.testing.assert_allclose(np.asarray(bmm(a, b)), np.einsum("bnm,bmp->bnp", a, b),
                                rtol=1e-5, atol=1e-5)
-    ta, tb = tf.constant(a), tf.constant(b)
-    with tf.GradientTape() as tape:
-        tape.watch([ta, tb])
-        value = tf.reduce_sum(bmm(ta, tb) * g)
-    ga, gb = tape.gradient(value, [ta, tb])
+    if keras.backend.backend() == "jax":
+        import jax
+        ga, gb = jax.grad(lambda ta, tb: (bmm(ta, tb) * g).sum(), argnums=(0, 1))(a, b)
+    else:
+        import tensorflow as tf
+        ta, tb = tf.constant(a), tf.constant(b)
+        with tf.GradientTape() as tape:
+            tape.watch([ta, tb])
+            value = tf.reduce_sum(bmm(ta, tb) * g)
+        ga, gb = tape.gradient(value, [ta, tb])
     np.testing.assert_allclose(np.asarray(ga), np.einsum("bnp,bmp->bnm", g, b), rtol=1e-5,
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(gb), np.einsum("bnm,bnp->bmp", a, g), rtol=1e-5,
@@ -222,6 +242,10 @@ def test_bmm_value_and_gradient():
 
 
 def test_bmm_under_xla_with_unknown_batch():
+    """TensorFlow: a tf.function with an unknown batch size, compiled by XLA."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow only: a batch size unknown at compile time")
+    import tensorflow as tf
     a = RNG.normal(size=(3, 2, 4)).astype("float32")
     b = RNG.normal(size=(3, 4, 6)).astype("float32")
     f = tf.function(bmm, jit_compile=True,
