@@ -77,14 +77,9 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
 
 
 @pytest.mark.backend
-def test_mixed_float16_two_ranks_equal_one_process(tmp_path, request):
+def test_mixed_float16_two_ranks_equal_one_process(tmp_path):
     """compile wraps the DistributedOptimizer in a LossScaleOptimizer: the window loop's
     Allreduce is the only one (the wrapped optimizer must not reduce again inside the step)."""
-    if os.environ["KERAS_BACKEND"] == "tensorflow":  # strict: passing (fixed) fails
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "backend/tensorflow.py applies through the LossScaleOptimizer, whose inner "
-            "DistributedOptimizer.apply reduces again with a host callback inside XLA "
-            "(PyFunc): wrap that apply in keraseq.distributed.gradients_reduced()")))
     report = tmp_path / "r.json"
     proc, _ = mpirun(2, "mixed_precision.py", report)
     assert proc.returncode == 0, proc.stderr[-3000:]

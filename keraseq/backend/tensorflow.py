@@ -101,9 +101,10 @@ def build_step_functions(
     """
     trainable = model.trainable_variables
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already.
-    apply_grads = None if optimizer is None else getattr(optimizer, "apply_reduced",
-                                                        optimizer.apply)
+    # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already, so
+    # it applies inside ``gradients_reduced()`` (which also reaches a DistributedOptimizer
+    # wrapped by compile's LossScaleOptimizer under mixed_float16).
+    apply_grads = None if optimizer is None else optimizer.apply
 
     def zero_states(batch):
         return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
@@ -177,7 +178,8 @@ def build_step_functions(
         ok = tf.logical_and(finite, bad < 0)
 
         def apply():
-            apply_grads(grads, trainable)
+            with dist.gradients_reduced():
+                apply_grads(grads, trainable)
             return tf.constant(0)
 
         tf.cond(tf.logical_and(ok, count > 0), apply, lambda: tf.constant(0))
