@@ -7,7 +7,7 @@ for the parameters (:func:`named_params`), copies of the recurrent states of sta
 an inference-only copy of a model (:func:`notrack`) and a differentiable batched matrix
 product (:func:`bmm`).
 
-What does not live here: training (``estimator.py``), the truncated-BPTT state carry of
+What does not live here: training (``trainer.py``), the truncated-BPTT state carry of
 non-stateful models (``windows.py``), data helpers (``data.py``) and layers (``layers.py``).
 All functions work on plain Keras models; :func:`states` and :func:`load_states` also accept a
 fitted keraseq ``Estimator``.
