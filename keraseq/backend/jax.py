@@ -531,8 +531,19 @@ def build_step_functions(
     predict_c = compiled(predict, False)
 
     def current():
-        return ([v.value for v in trainable], [v.value for v in non_trainable],
-                [v.value for v in opt_vars], [v.value for v in metric_vars])
+        """The variables' values. ``train`` donates them (updated in place, as Keras's own
+        JAX trainer does), and XLA refuses one buffer donated twice: two variables that share
+        a buffer (one assigned from the other's value) get a copy."""
+        seen = set()
+
+        def own(a):
+            if id(a) in seen:
+                return jnp.array(a, copy=True)
+            seen.add(id(a))
+            return a
+
+        return ([own(v.value) for v in trainable], [own(v.value) for v in non_trainable],
+                [own(v.value) for v in opt_vars], [own(v.value) for v in metric_vars])
 
     def assign(variables, values):
         for v, a in zip(variables, values):
