@@ -598,10 +598,16 @@ def _host_allreduce(comm, buf, delay=0.0):
     return io_callback(host, jax.ShapeDtypeStruct(buf.shape, jnp.float32), buf, ordered=True)
 
 
+def _on_gpu(buf) -> bool:
+    """Whether ``buf`` lives on a GPU (inside jit, a tracer: JAX's default backend decides)."""
+    if isinstance(buf, jax.core.Tracer):
+        return jax.default_backend() == "gpu"
+    return any(d.platform == "gpu" for d in buf.devices())
+
+
 def _sum_over_ranks(comm, buf):
     mpi4jax = _mpi4jax()
-    on_gpu = any(d.platform == "gpu" for d in getattr(buf, "devices", lambda: [])())
-    if mpi4jax is None or (on_gpu and not _mpi4jax_has_cuda(mpi4jax)):
+    if mpi4jax is None or (_on_gpu(buf) and not _mpi4jax_has_cuda(mpi4jax)):
         return _host_allreduce(comm, buf)
     from mpi4py import MPI
     return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
