@@ -389,6 +389,7 @@ def test_cli(tmp_path, copy):
     assert_concat(dst, srcs, -1, virtual=not copy)
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path):
     a = write(tmp_path / "a.h5", x=np.zeros((2, 3)))
     b = write(tmp_path / "b.h5", x=np.zeros((2, 4)))

@@ -27,7 +27,8 @@ def mpirun(np_, script, *args, timeout=240):
 
 
 @pytest.mark.parametrize("opt,jit", [
-    ("sgd", "jit"), pytest.param("adam", "jit", marks=pytest.mark.backend), ("adam", "nojit")])
+    pytest.param("sgd", "jit", marks=pytest.mark.slow),
+    pytest.param("adam", "jit", marks=pytest.mark.backend), ("adam", "nojit")])
 def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
     """With XLA the Allreduce is an XLA custom call inside the compiled window loop; without,
     a host callback between two compiled halves. Both must equal one process. (On JAX the
@@ -123,6 +124,7 @@ def test_three_ranks_uneven_n_finishes_and_matches(tmp_path):
     assert r["predict_shape"] == [29, 23, 2] and r["predict_max_diff"] < 1e-5, r
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_files(tmp_path):
     proc, _ = mpirun(2, "faults_and_files.py", "files", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -143,6 +145,7 @@ def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
     assert "finished without failing" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
     proc, elapsed = mpirun(2, "faults_and_files.py", "stop", tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

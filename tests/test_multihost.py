@@ -162,6 +162,7 @@ def killed(hosts, tmp_path_factory):
             "survivors": survivors}
 
 
+@pytest.mark.slow
 def test_a_rank_killed_on_the_second_host_ends_the_job_promptly(killed):
     assert killed["rc"] != 0
     assert killed["elapsed"] < 60, killed["elapsed"]
@@ -172,6 +173,7 @@ def test_a_rank_killed_on_the_second_host_ends_the_job_promptly(killed):
     assert "FINISHED" not in killed["stdout"]
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_across_hosts_to_the_uninterrupted_weights(hosts, killed, reference):
     # The backup written at the end of epoch 0 names epoch 1 as the next one.
     with h5py.File(killed["backup"] / "latest.weights.h5", "r") as f:

@@ -208,6 +208,7 @@ def test_mpi_job_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path,
         assert report["history"]["loss"] == ref["history"]["loss"][3:]
 
 
+@pytest.mark.slow
 def test_resume_with_dropout_equals_the_uninterrupted_run(tmp_path, dropout_runs):
     """Nothing lost includes the random stream: the Dropout masks after the restart must be
     those the uninterrupted run drew."""

@@ -12,7 +12,6 @@ from keraseq import Estimator, reuse
 
 from conftest import lstm_model
 
-pytestmark = pytest.mark.backend
 
 
 @pytest.fixture
@@ -32,6 +31,7 @@ def _weights(est):
     return [np.array(w) for w in est.model_.get_weights()]
 
 
+@pytest.mark.backend
 def test_reused_steps_give_the_fresh_compile_result(data, fresh_pool):
     x, y = data
     model = lstm_model()
