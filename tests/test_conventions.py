@@ -200,6 +200,7 @@ def test_validation_split_is_the_last_fraction_like_keras(tmp_path):
         Estimator(gru(), validation_split=1.5, verbose=0).fit(x, y)
 
 
+@pytest.mark.slow
 def test_time_split_trains_on_the_past_and_scores_the_future():
     from sklearn.model_selection import cross_val_score
     from keraseq import TimeSplit

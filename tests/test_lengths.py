@@ -55,7 +55,7 @@ CASE = st.fixed_dictionaries({
 
 @pytest.mark.backend
 @pytest.mark.property
-@settings(max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "10")), deadline=None,
+@settings(max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "5")), deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(case=CASE, data=st.data())
 def test_windows_equal_the_whole_sequence(case, data):

@@ -153,6 +153,7 @@ def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
     assert "rank 1 stopped after 1 epoch(s)" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.backend
 def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
     report = tmp_path / "r.json"
@@ -170,6 +171,7 @@ def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
     assert out.stdout.split()[-2:] == ["SGD", "False"], out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_each_rank_reads_only_its_own_rows_of_an_h5_file(tmp_path):
     proc, _ = mpirun(2, "reads.py", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
