@@ -201,6 +201,12 @@ sys.path.insert(0, {str(HERE)!r})
 from multihost import cluster
 c = cluster.SimulatedCluster(2)
 job = subprocess.Popen(c.hosts[1].enter("/") + ["sleep", "300"], env=c.env())
+# nsenter needs a moment to join host1's namespace: READY only once it is inside.
+inside = cluster._netns(c.hosts[1].holder_pid)
+deadline = time.time() + 30
+while cluster._netns(job.pid) != inside and time.time() < deadline:
+    time.sleep(0.01)
+assert cluster._netns(job.pid) == inside, "the job never entered host1"
 print("READY", c.hosts[0].holder_pid, c.hosts[1].holder_pid, job.pid, c.tmp, flush=True)
 time.sleep(300)
 """
