@@ -17,6 +17,12 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from .backend import name as _backend_name  # noqa: E402
+
+if _backend_name() == "jax":
+    # Asks JAX for one CPU device per core before JAX starts (see backend/jax.py).
+    from .backend import jax as _jax_backend  # noqa: E402,F401
+
 from . import callbacks  # noqa: E402
 from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .classifier import Classifier  # noqa: E402

@@ -16,6 +16,8 @@ if os.environ["KERAS_BACKEND"] == "jax":
         os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
         atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    # Two JAX CPU devices even on a one-core machine, so the row-split program is tested.
+    os.environ.setdefault("KERASEQ_CPU_DEVICES", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

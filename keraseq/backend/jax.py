@@ -276,16 +276,24 @@ def build_step_functions(
                  for p, sh, dt in zip(pieces[:-1], shapes, dtypes)]
         return apply_checked(vals, grads, nonfinite < 0.5, total, bad, step)
 
-    reduce = (lambda buf: buf) if allreduce is None else allreduce
+    # While the row-sharded program is traced (see ``sharded`` below), each device holds some
+    # rows of the minibatch: the buffer is summed over the devices (``psum``) before the
+    # ranks (MPI), exactly as ranks sum theirs.
+    tracing = {"rows": False}
+
+    def reduce(buf):
+        if tracing["rows"]:
+            buf = lax.psum(buf, _ROWS)
+        return buf if allreduce is None else allreduce(buf)
 
     def learn_window(vals, xw, yw, ww, mw, states, bad, step):
         vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
                                                                      states)
-        if allreduce is None:
+        if allreduce is None and not tracing["rows"]:
             vals, bad, ok = apply_checked(vals, grads, finite, count, bad, step)
         else:
             buf = pack_buffer([g * count.astype(g.dtype) for g in grads], count, finite)
-            vals, bad, ok = unpack_apply(vals, allreduce(buf), bad, step)
+            vals, bad, ok = unpack_apply(vals, reduce(buf), bad, step)
         return vals, bad, ok, loss_sum, count, new_states
 
     def train_window(vals, xw, yw, ww, mw, states, acc):
@@ -530,6 +538,67 @@ def build_step_functions(
     evaluate_c = compiled(evaluate, False)
     predict_c = compiled(predict, False)
 
+    # ------------------------------------------------------------- rows over the CPU devices
+    def train_rows(vals, x, y, w, m, tm, n_win, h0):
+        """``train`` on this device's rows; the gradients are summed over devices per update
+        (``reduce``), so every device applies the same update to the same weights. The
+        minibatch's loss and count and the metrics' increments are summed at the end."""
+        # Dropout draws from the seed generators' states: each device offsets its copy, so the
+        # rows of different devices get different masks; device 0's copy (offset 0) is kept.
+        offset = (lax.axis_index(_ROWS).astype(jnp.uint32) * jnp.uint32(0x9E3779B9))
+        ntv = [v + jnp.asarray([1, 0], v.dtype) * offset.astype(v.dtype) for v in vals[1]]
+        tracing["rows"] = True
+        try:
+            result, (tv, ntv, ov, mv) = train((vals[0], ntv, vals[2], vals[3]), x, y, w, m,
+                                              tm, n_win, h0)
+        finally:
+            tracing["rows"] = False
+        result = jnp.concatenate([lax.psum(result[:2], _ROWS), result[2:]])
+        mv = [a + lax.psum(b - a, _ROWS) for a, b in zip(vals[3], mv)]
+        return result, (tv, ntv, ov, mv)
+
+    sharded = {}  # replicas -> the jitted row-sharded program
+
+    def train_sharded(k):
+        if k not in sharded:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+            mesh = Mesh(np.array(jax.devices("cpu")[:k]), (_ROWS,))
+            rows = P(_ROWS)
+            program = jax.jit(jax.shard_map(
+                train_rows, mesh=mesh,
+                in_specs=(P(), rows, rows, rows, rows, rows, P(), rows),
+                out_specs=(P(), P()), check_vma=False))
+            every, split = NamedSharding(mesh, P()), NamedSharding(mesh, rows)
+
+            def call(vals, x, y, w, m, tm, n_win, h0):
+                # The arrays live on device 0 (committed there): place them on the devices.
+                vals, n_win = jax.device_put((vals, n_win), every)
+                x, y, w, m, tm, h0 = jax.device_put((x, y, w, m, tm, h0), split)
+                return program(vals, x, y, w, m, tm, n_win, h0)
+
+            sharded[k] = call
+        return sharded[k]
+
+    # Row sharding keeps the result of one device (the same maths, summed in another order):
+    # not with MPI (one rank per core is the user's choice there), not for models whose
+    # non-trainable state depends on the rows
+    # (normalisation statistics), not for a callable loss that may mix rows. Dropout's seed
+    # generators are the one non-trainable state allowed (see ``train_rows``).
+    n_params = sum(sizes)
+    seeds = {id(sg.state) for layer in model._flatten_layers(include_self=True)
+             for sg in getattr(layer, "_seed_generators", [])}
+    can_shard = (allreduce is None and all(id(v) in seeds for v in non_trainable)
+                 and optimizer is not None
+                 and not getattr(objective, "needs_exact_rows", False))
+
+    def replicas_for(x):
+        """How many CPU devices share this minibatch's rows (1: the plain program)."""
+        if not can_shard:
+            return 1
+        rows, T = x[0].shape[0], x[0].shape[1]
+        S = T if seq_len is None else min(seq_len, T)
+        return row_replicas(rows, rows * S * n_params)
+
     def current():
         """The variables' values. ``train`` donates them (updated in place, as Keras's own
         JAX trainer does), and XLA refuses one buffer donated twice: two variables that share
@@ -550,7 +619,15 @@ def build_step_functions(
             v._direct_assign(a)
 
     def train_call(x, y, w, m, tm, n_win, h0):
-        result, (tv, ntv, ov, mv) = train_c(current(), x, y, w, m, tm, n_win, h0)
+        k = replicas_for(x)
+        if k > 1:
+            split_calls[0] += 1
+            result, new = train_sharded(k)(current(), x, y, w, m, tm, n_win, h0)
+            # Replicated over the devices: the variables keep device 0's copy (no copy made).
+            tv, ntv, ov, mv = ([_first_shard(a) for a in part] for part in new)
+            result = _first_shard(result)
+        else:
+            result, (tv, ntv, ov, mv) = train_c(current(), x, y, w, m, tm, n_win, h0)
         assign(trainable, tv)
         assign(non_trainable, ntv)
         assign(opt_vars, ov)
@@ -575,6 +652,72 @@ def build_step_functions(
         predict=predict_call,
         exact_rows=getattr(objective, "needs_exact_rows", False),
     )
+
+
+# ------------------------------------------------------------------- rows over CPU devices
+_ROWS = "rows"
+
+#: Multiply-adds per device per window (rows x window steps x trainable weights, a rough
+#: measure of the work) below which the rows stay on one device: at the seed size the
+#: per-window synchronisation costs more than the second core gains (benchmarks/bench_cores.py).
+MIN_WORK_PER_DEVICE = 4_000_000
+
+
+#: Training calls that split their rows over several CPU devices (read by the tests).
+split_calls = [0]
+
+
+def row_replicas(rows: int, work: float) -> int:
+    """The number of CPU devices to split ``rows`` over: the most that divide the rows evenly
+    with at least :data:`MIN_WORK_PER_DEVICE` of ``work`` each, on a CPU-only run."""
+    if jax.default_backend() != "cpu":
+        return 1
+    n = len(jax.devices("cpu"))
+    for k in range(min(n, rows), 1, -1):
+        if rows % k == 0 and work / k >= MIN_WORK_PER_DEVICE:
+            return k
+    return 1
+
+
+def _first_shard(a):
+    """Device 0's copy of an array replicated over several devices."""
+    shards = getattr(a, "addressable_shards", None)
+    return shards[0].data if shards and len(shards) > 1 else a
+
+
+def _wanted_cpu_devices() -> int:
+    """How many CPU devices keraseq asks JAX for: ``KERASEQ_CPU_DEVICES`` if set, else the
+    cores this process may run on; 1 under ``mpirun`` with several ranks (one rank per core
+    is the user's choice there)."""
+    env = os.environ.get("KERASEQ_CPU_DEVICES", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"KERASEQ_CPU_DEVICES={env!r}: expected a whole number >= 1")
+        return int(env)
+    for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        if int(os.environ.get(key, "1") or 1) > 1:
+            return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+def _ask_for_cpu_devices() -> None:
+    """One JAX CPU device per core (``jax_num_cpu_devices``), so a minibatch's rows can run on
+    every core (:func:`row_replicas`). Only when neither the user (the config value or
+    ``--xla_force_host_platform_device_count``) nor an earlier use of JAX fixed it already."""
+    if (jax.config.jax_num_cpu_devices != -1
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+        return
+    wanted = _wanted_cpu_devices()
+    if wanted <= 1:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", wanted)
+    except Exception:  # JAX's backends are up already: keep what they have
+        pass
+
+
+_ask_for_cpu_devices()
 
 
 # ------------------------------------------------------------------------------- Allreduce

@@ -1,0 +1,140 @@
+"""Rows over the cores (JAX): a minibatch's rows split over the JAX CPU devices, with the
+gradients summed over devices per update, train to the weights of the one-device program."""
+import os
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keraseq import Estimator
+
+pytestmark = [
+    pytest.mark.backend,
+    pytest.mark.skipif(keras.backend.backend() != "jax",
+                       reason="rows over CPU devices is the JAX backend's (TensorFlow runs a "
+                              "minibatch on one device; mpirun uses the cores there)"),
+]
+
+
+@pytest.fixture
+def kj():
+    from keraseq.backend import jax as kj
+    import jax
+    assert len(jax.devices("cpu")) >= 2  # conftest asks for two (KERASEQ_CPU_DEVICES)
+    rule = kj.MIN_WORK_PER_DEVICE
+    yield kj
+    kj.MIN_WORK_PER_DEVICE = rule
+
+
+def fit_both(kj, make, x, y, **params):
+    """The same fit on one device and with its rows split; returns both estimators and the
+    number of split training calls."""
+    fit_params = params.pop("_fit", {})
+    out = []
+    for rule in (10 ** 18, 0):
+        kj.MIN_WORK_PER_DEVICE = rule
+        before = kj.split_calls[0]
+        est = Estimator(make(), verbose=0, random_state=0, **params)
+        out.append((est.fit(x, y, **fit_params), kj.split_calls[0] - before))
+    (one, n_one), (split, n_split) = out
+    assert n_one == 0
+    return one, split, n_split
+
+
+def weights(est):
+    return np.concatenate([w.ravel() for w in est.model_.get_weights()])
+
+
+CASE = st.fixed_dictionaries({
+    "cell": st.sampled_from(["LSTM", "GRU", "SimpleRNN"]), "units": st.integers(2, 6),
+    "features": st.integers(1, 3), "t": st.integers(3, 14), "batch": st.sampled_from([2, 4, 6]),
+    "n": st.integers(4, 13), "per_series": st.booleans(), "lengths": st.booleans(),
+    "sync_every": st.sampled_from([1, 2]), "weights": st.booleans(),
+    "seed": st.integers(0, 2 ** 16),
+})
+
+
+@pytest.mark.property
+@settings(max_examples=int(os.environ.get("KERASEQ_ROWS_EXAMPLES", "6")), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(case=CASE, data=st.data())
+def test_rows_split_over_devices_train_to_the_one_device_weights(kj, case, data):
+    rng = np.random.default_rng(case["seed"])
+    n, t, f = case["n"], case["t"], case["features"]
+    seq_len = data.draw(st.sampled_from([None] + list(range(1, t + 1))), label="seq_len")
+    x = rng.normal(size=(n, t, f)).astype("float32")
+    y = rng.normal(size=(n, 2) if case["per_series"] else (n, t, 2)).astype("float32")
+    fit = {}
+    if case["lengths"]:
+        lengths = rng.integers(1, t + 1, n)
+        lengths[0] = t
+        fit["lengths"] = lengths
+    if case["weights"]:
+        fit["sample_weight"] = rng.random(n).astype("float32") + 0.5
+
+    def make():
+        keras.utils.set_random_seed(case["seed"])
+        layer = getattr(keras.layers, case["cell"])
+        return keras.Sequential([
+            keras.Input((None, f)),
+            layer(case["units"], return_sequences=not case["per_series"]),
+            keras.layers.Dense(2)])
+
+    one, split, n_split = fit_both(kj, make, x, y, seq_len=seq_len, batch_size=case["batch"],
+                                   epochs=2, sync_every=case["sync_every"], metrics=["mae"],
+                                   _fit=fit)
+    assert n_split > 0  # the split program ran (and full minibatches used it)
+    np.testing.assert_allclose(weights(split), weights(one), rtol=1e-5, atol=1e-5)
+    for key in ("loss", "mae"):
+        np.testing.assert_allclose(split.history_[key], one.history_[key], rtol=1e-5,
+                                   atol=1e-6)
+    np.testing.assert_allclose(split.predict(x), one.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_rows_differ_by_device_and_the_seed_state_advances_as_on_one_device(kj):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 6, 2)).astype("float32")
+    y = rng.normal(size=(8, 6, 1)).astype("float32")
+
+    def make():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((None, 2)),
+                                 keras.layers.LSTM(4, return_sequences=True, dropout=0.5),
+                                 keras.layers.Dense(1)])
+
+    one, split, n_split = fit_both(kj, make, x, y, seq_len=3, batch_size=4, epochs=2)
+    assert n_split > 0
+    seeds = lambda est: [v.numpy() for v in est.model_.non_trainable_variables]  # noqa: E731
+    assert [s.tolist() for s in seeds(split)] == [s.tolist() for s in seeds(one)]
+    # Reproducible with the same seed; not the one-device weights (other masks per row).
+    again = Estimator(make(), seq_len=3, batch_size=4, epochs=2, verbose=0,
+                      random_state=0).fit(x, y)
+    np.testing.assert_array_equal(weights(again), weights(split))
+    assert np.abs(weights(split) - weights(one)).max() > 1e-4
+
+
+def test_batch_statistics_keep_the_rows_on_one_device(kj):
+    """A layer whose training output mixes rows (BatchNormalization) is never split."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 6, 2)).astype("float32")
+    y = rng.normal(size=(8, 6, 1)).astype("float32")
+
+    def make():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((None, 2)), keras.layers.BatchNormalization(),
+                                 keras.layers.LSTM(4, return_sequences=True),
+                                 keras.layers.Dense(1)])
+
+    one, split, n_split = fit_both(kj, make, x, y, seq_len=3, batch_size=4, epochs=1)
+    assert n_split == 0
+    np.testing.assert_array_equal(weights(split), weights(one))
+
+
+def test_the_rule_splits_only_where_the_work_pays(kj):
+    kj.MIN_WORK_PER_DEVICE = 4_000_000
+    assert kj.row_replicas(20, 170_200) == 1          # the seed workload
+    assert kj.row_replicas(64, 105_678_080) == 2      # the realistic one, on two devices
+    assert kj.row_replicas(63, 105_678_080) == 1      # rows that do not split evenly (2 devices)
+    assert kj.row_replicas(1, 10 ** 12) == 1
