@@ -42,7 +42,7 @@ test: $(VENV)/.installed
 test-full: $(VENV)/.installed
 	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUZZ_EXAMPLES=150 \
 	  KERASEQ_BACKEND_EXAMPLES=3 $(PY) -m pytest -q -p no:cacheprovider -m "slow or property"
-	KERAS_BACKEND=jax KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 \
+	KERAS_BACKEND=jax KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_ROWS_EXAMPLES=30 \
 	  $(PY) -m pytest -q -p no:cacheprovider -m "backend and (slow or property)"
 
 bench: $(VENV)/.installed

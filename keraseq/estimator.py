@@ -274,7 +274,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         carry = StateCarry(model)
         steps, _ = trainer.build_steps(model, model.optimizer, carry, self._state_specs,
                                        self._per_series, p, comm, [], self.loss,
-                                       len(self.n_outputs_shapes_), device)
+                                       len(self.n_outputs_shapes_), device,
+                                       _backend().jit_for(model, p["jit_compile"]))
         self.optimizer_ = model.optimizer
         self._session = Session(model, model.optimizer, carry, steps, comm, device,
                                 self._state_specs, self._per_series, p["seq_len"],

@@ -86,11 +86,10 @@ def output_names(model, n_outputs) -> list[str]:
 
 
 def build_steps(model, opt, carry, state_specs, per_series, p, comm, metrics, loss,
-                n_outputs, device, val_metrics=None):
+                n_outputs, device, jit, val_metrics=None):
     """Compiled step functions for training (and, when asked, for validation)."""
     objective = build_objective(model, loss, output_names(model, n_outputs), p["loss_weights"])
     backend = _backend()
-    jit = backend.jit_for(model, p["jit_compile"])
     allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
     steps = backend.build_step_functions(model, carry, state_specs, objective, opt, metrics,
                                          p["seq_len"], per_series, jit, allreduce,
@@ -211,10 +210,13 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
                                                 row=min(own, int(xs[0].shape[0]) - 1))
         check_outputs(out_shapes, ys, window)
         opt = warm.optimizer if warm is not None else new_optimizer()
+        # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
+        work = min(p["batch_size"], int(xs[0].shape[0])) * window * model.count_params()
+        jit = backend.jit_for(model, p["jit_compile"], work=work, distributed=comm.size > 1)
         key = reuse.key_of(model, opt, {
             "loss": reuse.describe(loss), "metrics": reuse.describe(p["metrics"]),
             "loss_weights": reuse.describe(p["loss_weights"]), "seq_len": p["seq_len"],
-            "per_series": data.per_series, "jit": p["jit_compile"],
+            "per_series": data.per_series, "jit": jit,
             "sync_every": p["sync_every"], "ranks": [comm.rank, comm.size], "device": device,
             "validation": data.val is not None, "state_specs": repr(state_specs),
             "out_shapes": out_shapes})
@@ -243,7 +245,7 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
     else:
         # Building checks the loss against the outputs: before any fitted state is returned.
         steps, val_steps = build_steps(model, opt, carry, state_specs, data.per_series, p,
-                                       comm, metrics, loss, len(out_shapes), device,
+                                       comm, metrics, loss, len(out_shapes), device, jit,
                                        val_metrics if data.val is not None else None)
         entry = reuse.Entry(key, model, opt, carry, steps, metrics, val_steps, val_metrics)
         reuse.register(key, entry)

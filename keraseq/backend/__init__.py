@@ -8,7 +8,8 @@ module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, a
   per_series, jit_compile, allreduce=None, sync_every=1) -> StepFunctions``;
 - ``graph_allreduce(comm, device)`` (the in-step sum of one flat float32 buffer over ranks)
   and ``fused_allreduce(comm, tensors)`` (for :func:`keraseq.distributed.DistributedOptimizer`);
-- ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting)``;
+- ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting, work, distributed)``
+  (XLA or not for ``jit_compile``);
 - ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``.
 
 What does not live here: anything that does not depend on the backend (the epoch loop in

@@ -38,14 +38,36 @@ def to_numpy(t) -> np.ndarray:
     return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
 
 
-def jit_for(model, setting) -> bool:
+#: Multiply-adds per window (rows x window steps x weights, roughly) from which
+#: ``jit_compile="auto"`` runs the window loop as a plain TensorFlow graph on a CPU with several
+#: cores: TensorFlow's intra-op threads share each large matmul, while XLA:CPU's loop runs on
+#: one core. Measured (``benchmarks/bench_cores.py --tf``, 2 cores): the graph 1.28x faster at
+#: the realistic size (106 M multiply-adds), even (1.04x) at 32 M, 0.88x at 13 M, 0.21x at the
+#: seed size (0.17 M).
+GRAPH_MIN_WORK = 60_000_000
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> bool:
     """``jit_compile="auto"`` follows Keras's own rule (``model_supports_jit``): XLA unless a
-    layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on."""
+    layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on; and,
+    in one process on a multi-core CPU, no XLA for windows of at least
+    :data:`GRAPH_MIN_WORK` multiply-adds (``work``). Under MPI XLA stays: the Allreduce is
+    then inside the compiled loop, and a rank has its own core."""
     if setting != "auto":
         return bool(setting)
     from tensorflow.python.framework.config import is_op_determinism_enabled
-    return (all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
-            and not is_op_determinism_enabled())
+    if (not all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
+            or is_op_determinism_enabled()):
+        return False
+    if (not distributed and work >= GRAPH_MIN_WORK and _cores() >= 2
+            and not tf.config.list_logical_devices("GPU")):
+        return False
+    return True
 
 
 def dtype_of(name):

@@ -1,5 +1,9 @@
-"""Rows over the cores (JAX): a minibatch's rows split over the JAX CPU devices, with the
-gradients summed over devices per update, train to the weights of the one-device program."""
+"""What keraseq does with the cores of one machine.
+
+JAX: a minibatch's rows split over the JAX CPU devices, with the gradients summed over
+devices per update, train to the weights of the one-device program. TensorFlow:
+``jit_compile="auto"`` runs large windows as a plain graph (intra-op threads) on several cores.
+"""
 import os
 
 import keras
@@ -10,12 +14,13 @@ from hypothesis import strategies as st
 
 from keraseq import Estimator
 
-pytestmark = [
-    pytest.mark.backend,
-    pytest.mark.skipif(keras.backend.backend() != "jax",
-                       reason="rows over CPU devices is the JAX backend's (TensorFlow runs a "
-                              "minibatch on one device; mpirun uses the cores there)"),
-]
+pytestmark = pytest.mark.backend
+on_jax = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="rows over CPU devices is the JAX backend's (TensorFlow runs a minibatch on one "
+           "device: its graph threads or mpirun use the cores there)")
+on_tf = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                           reason="XLA or not is TensorFlow's choice (JAX always compiles)")
 
 
 @pytest.fixture
@@ -56,6 +61,7 @@ CASE = st.fixed_dictionaries({
 })
 
 
+@on_jax
 @pytest.mark.property
 @settings(max_examples=int(os.environ.get("KERASEQ_ROWS_EXAMPLES", "6")), deadline=None,
           suppress_health_check=list(HealthCheck))
@@ -93,6 +99,7 @@ def test_rows_split_over_devices_train_to_the_one_device_weights(kj, case, data)
     np.testing.assert_allclose(split.predict(x), one.predict(x), rtol=1e-5, atol=1e-5)
 
 
+@on_jax
 def test_dropout_rows_differ_by_device_and_the_seed_state_advances_as_on_one_device(kj):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 6, 2)).astype("float32")
@@ -115,6 +122,7 @@ def test_dropout_rows_differ_by_device_and_the_seed_state_advances_as_on_one_dev
     assert np.abs(weights(split) - weights(one)).max() > 1e-4
 
 
+@on_jax
 def test_batch_statistics_keep_the_rows_on_one_device(kj):
     """A layer whose training output mixes rows (BatchNormalization) is never split."""
     rng = np.random.default_rng(0)
@@ -132,9 +140,44 @@ def test_batch_statistics_keep_the_rows_on_one_device(kj):
     np.testing.assert_array_equal(weights(split), weights(one))
 
 
+@on_jax
 def test_the_rule_splits_only_where_the_work_pays(kj):
     kj.MIN_WORK_PER_DEVICE = 4_000_000
     assert kj.row_replicas(20, 170_200) == 1          # the seed workload
     assert kj.row_replicas(64, 105_678_080) == 2      # the realistic one, on two devices
     assert kj.row_replicas(63, 105_678_080) == 1      # rows that do not split evenly (2 devices)
     assert kj.row_replicas(1, 10 ** 12) == 1
+
+
+@on_tf
+def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
+    from keraseq.backend import tensorflow as backend
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3),
+                              keras.layers.Dense(1)])
+    monkeypatch.setattr(backend, "_cores", lambda: 2)
+    big = backend.GRAPH_MIN_WORK
+    assert backend.jit_for(model, "auto", work=big - 1) is True
+    assert backend.jit_for(model, "auto", work=big) is False
+    assert backend.jit_for(model, "auto", work=big, distributed=True) is True  # MPI: XLA
+    assert backend.jit_for(model, True, work=big) is True  # an explicit choice is kept
+    monkeypatch.setattr(backend, "_cores", lambda: 1)
+    assert backend.jit_for(model, "auto", work=big) is True
+
+    # fit hands the rule the work of its windows: rows x window steps x weights.
+    seen = []
+    build = backend.build_step_functions
+
+    def spy(*args, **kwargs):
+        seen.append(args[8])  # jit_compile
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "build_step_functions", spy)
+    monkeypatch.setattr(backend, "_cores", lambda: 2)
+    x = np.zeros((6, 8, 2), "float32")
+    y = np.zeros((6, 1), "float32")
+    work = 4 * 5 * model.count_params()
+    for threshold, expected in ((work, False), (work + 1, True)):
+        monkeypatch.setattr(backend, "GRAPH_MIN_WORK", threshold)
+        Estimator(keras.models.clone_model(model), batch_size=4, seq_len=5, epochs=1,
+                  verbose=0).fit(x, y)
+        assert seen[-1] is expected
