@@ -75,7 +75,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         rebatch: when ``batch_size`` > N, cut each series into contiguous time pieces to fill the
             minibatch (the seed's ``rebatch``); each piece starts from a zero state.
         jit_compile: compile the window loop with XLA: ``"auto"`` (Keras's rule: on, unless a
-            layer opts out, e.g. LSTM/GRU on a GPU, which then use cuDNN), ``True`` or ``False``.
+            layer opts out, e.g. LSTM/GRU on a GPU, which then use cuDNN; on TensorFlow in one
+            process on a multi-core CPU, off for windows of >= 60 M multiply-adds, where the
+            graph's threads use every core), ``True`` or ``False``.
         device: ``"auto"`` (a GPU when present, else the CPU), ``None`` (TensorFlow decides) or a
             device string such as ``"/CPU:0"``.
         distributed: ``"auto"`` (MPI when launched with more than one rank), ``False``, ``True``
