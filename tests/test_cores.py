@@ -99,18 +99,24 @@ def test_rows_split_over_devices_train_to_the_one_device_weights(kj, case, data)
     np.testing.assert_allclose(split.predict(x), one.predict(x), rtol=1e-5, atol=1e-5)
 
 
-@on_jax
-def test_dropout_rows_differ_by_device_and_the_seed_state_advances_as_on_one_device(kj):
+def small_case(*layers):
+    """Eight series of 6 steps, and a builder of the model ``Input -> layers -> Dense(1)``."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 6, 2)).astype("float32")
     y = rng.normal(size=(8, 6, 1)).astype("float32")
 
     def make():
         keras.utils.set_random_seed(1)
-        return keras.Sequential([keras.Input((None, 2)),
-                                 keras.layers.LSTM(4, return_sequences=True, dropout=0.5),
-                                 keras.layers.Dense(1)])
+        return keras.Sequential([keras.Input((None, 2))] + [layer() for layer in layers]
+                                + [keras.layers.Dense(1)])
 
+    return x, y, make
+
+
+@on_jax
+def test_dropout_rows_differ_by_device_and_the_seed_state_advances_as_on_one_device(kj):
+    x, y, make = small_case(
+        lambda: keras.layers.LSTM(4, return_sequences=True, dropout=0.5))
     one, split, n_split = fit_both(kj, make, x, y, seq_len=3, batch_size=4, epochs=2)
     assert n_split > 0
     seeds = lambda est: [v.numpy() for v in est.model_.non_trainable_variables]  # noqa: E731
@@ -125,16 +131,8 @@ def test_dropout_rows_differ_by_device_and_the_seed_state_advances_as_on_one_dev
 @on_jax
 def test_batch_statistics_keep_the_rows_on_one_device(kj):
     """A layer whose training output mixes rows (BatchNormalization) is never split."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(8, 6, 2)).astype("float32")
-    y = rng.normal(size=(8, 6, 1)).astype("float32")
-
-    def make():
-        keras.utils.set_random_seed(1)
-        return keras.Sequential([keras.Input((None, 2)), keras.layers.BatchNormalization(),
-                                 keras.layers.LSTM(4, return_sequences=True),
-                                 keras.layers.Dense(1)])
-
+    x, y, make = small_case(keras.layers.BatchNormalization,
+                            lambda: keras.layers.LSTM(4, return_sequences=True))
     one, split, n_split = fit_both(kj, make, x, y, seq_len=3, batch_size=4, epochs=1)
     assert n_split == 0
     np.testing.assert_array_equal(weights(split), weights(one))
