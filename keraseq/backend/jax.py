@@ -36,6 +36,7 @@ from .. import distributed as dist
 from ..losses import output_mask
 from ..windows import StateCarry
 from . import StepFunctions
+from .plan import WindowPlan
 
 NAME = "jax"
 
@@ -73,6 +74,13 @@ def _slice_time(a, start, length):
 def _pad_time(a, extra):
     """``a`` with ``extra`` zero steps appended on the time axis (axis 1)."""
     return jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2))
+
+
+def WHILE(bound, body, init, maximum=None):
+    """``i = 0; while i < bound: carry = body(i, carry)`` (``bound`` may be traced)."""
+    _, out = lax.while_loop(lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])),
+                            (_i32(0), init))
+    return out
 
 
 def _f32(v):
@@ -150,13 +158,11 @@ def build_step_functions(
             out.append(o if new is None else jnp.asarray(new, jnp.dtype(o.dtype)))
         return out
 
-    def zero_states(batch):
-        return [[jnp.zeros((batch,) + tuple(shape), jnp.dtype(dtype)) for shape, dtype in spec]
-                for spec in state_specs]
+    def zero_states(x0):
+        return [[jnp.zeros((x0.shape[0],) + tuple(shape), jnp.dtype(dtype))
+                 for shape, dtype in spec] for spec in state_specs]
 
-    def windows_of(T):
-        S = T if seq_len is None else min(seq_len, T)
-        return S, T // S, T - (T // S) * S
+    plan = WindowPlan(carry, seq_len, per_series, WHILE, _slice_time, _pad_time, zero_states)
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -304,86 +310,16 @@ def build_step_functions(
         count_acc = count_acc + jnp.where(ok, count, 0.0)
         return vals, new_states, (loss_acc, count_acc, bad, step + 1)
 
-    def end_windows(tm, S):
-        """Per row, the index of the window holding its last real time step (0 if none)."""
-        T = tm.shape[1]
-        length = jnp.max(tm * jnp.arange(1, T + 1, dtype=tm.dtype)[None], axis=1)
-        return jnp.maximum(length - 1.0, 0.0).astype(jnp.int32) // S
-
     cond = lax.cond
 
-    def while_(bound, body, init):
-        """``i = 0; while i < bound: carry = body(i, carry)`` (``bound`` may be traced)."""
-        _, out = lax.while_loop(lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])),
-                                (_i32(0), init))
-        return out
-
     def loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc):
-        """Run ``window_fn`` over the windows of a minibatch; returns (vals, states, acc).
+        """Run ``window_fn`` over the windows of a minibatch (see ``plan.WindowPlan.run``),
+        threading the variables' values ``vals`` through; returns (vals, states, acc)."""
+        def fn(xw, yw, ww, mw, states, c, has_loss):
+            vals, states, acc = window_fn(c[0], xw, yw, ww, mw, states, c[1], has_loss)
+            return states, (vals, acc)
 
-        ``tm`` (B, T) marks real time steps (``None``: all real); then only the first
-        ``n_win`` windows run (later ones are padding for every row; a short tail window is
-        padded to a full one) and, with per-series targets, each row's loss is taken in
-        the window holding its last real step: every window is a loss window (``has_loss``).
-        """
-        T = x[0].shape[1]
-        S, n_full, tail = windows_of(T)
-        if tm is not None and tail:
-            # Pad the time axis to whole windows: the extra steps are masked like any padding
-            # (the RNNs hold their state, no loss), so the short tail window joins the loop
-            # and is skipped with the others when every row has ended before it.
-            extra = S - tail
-            x = tuple(_pad_time(a, extra) for a in x)
-            tm = _pad_time(tm, extra)
-            if not per_series:
-                y, w, m = (None if g is None else tuple(_pad_time(a, extra) for a in g)
-                           for g in (y, w, m))
-            T, n_full, tail = T + extra, n_full + 1, 0
-        batch = x[0].shape[0]
-        states = zero_states(batch) if h0 is None else h0
-        n_windows = n_full + (1 if tail else 0)
-        ends = end_windows(tm, S) if (per_series and tm is not None) else None
-
-        def cut(arrays, start, length):
-            if arrays is None:
-                return None
-            return tuple(_slice_time(a, start, length) for a in arrays)
-
-        def window(vals, index, start, length, states, acc, is_last):
-            xw = cut(x, start, length)
-            has_loss = not per_series or is_last or ends is not None
-            if per_series:
-                yw = y if has_loss else None
-                ww = w[0] if (w is not None and has_loss) else None
-                mw = m[0] if (m is not None and has_loss) else None
-                if ends is not None:
-                    here = (ends == index).astype(jnp.float32)
-                    mw = here if mw is None else mw * here
-            else:
-                yw = cut(y, start, length)
-                ww = cut(w, start, length)[0] if w is not None else None
-                mw = cut(m, start, length)[0] if m is not None else None
-            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
-            try:
-                return window_fn(vals, xw, yw, ww, mw, states, acc, has_loss)
-            finally:
-                carry.window_mask = None
-
-        # Full windows run in a loop: the program holds one copy of the window step. With
-        # per-series targets of equal lengths the last window is the only one with a loss,
-        # so it is peeled off the loop.
-        loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
-        if loop_windows > 0:
-            def body(i, c):
-                return window(*c[:1], i, i * S, S, *c[1:], False)
-
-            bound = loop_windows if n_win is None else jnp.minimum(n_win, loop_windows)
-            vals, states, acc = while_(bound, body, (vals, states, acc))
-        if loop_windows < n_windows:
-            start = loop_windows * S
-            vals, states, acc = window(vals, loop_windows, start,
-                                       T - start if tail and loop_windows == n_full else S,
-                                       states, acc, True)
+        states, (vals, acc) = plan.run(x, y, w, m, tm, n_win, h0, fn, (vals, acc))
         return vals, states, acc
 
     def train(vals, x, y, w, m, tm, n_win, h0):
@@ -483,14 +419,13 @@ def build_step_functions(
         """Every window runs (outputs at padded steps are those of the whole sequence); a
         per-series output is, per row, that of the window holding its last real step."""
         T = x[0].shape[1]
-        S, n_full, tail = windows_of(T)
-        batch = x[0].shape[0]
-        states = zero_states(batch) if h0 is None else h0
-        ends = None if tm is None else end_windows(tm, S)
+        S, n_full, tail = plan.windows_of(T)
+        states = zero_states(x[0]) if h0 is None else h0
+        ends = None if tm is None else plan.end_windows(tm, S)
 
         def step(vals, start, length, states):
             xw = tuple(_slice_time(a, start, length) for a in x)
-            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
+            plan.window_mask(tm, start, length)
             try:
                 y_pred, new_states, vals = run_model(vals, xw, states, False)
             finally:

@@ -25,6 +25,7 @@ from .. import distributed as dist
 from ..losses import output_mask
 from ..windows import StateCarry
 from . import StepFunctions
+from .plan import WindowPlan
 
 NAME = "tensorflow"
 
@@ -89,6 +90,14 @@ def _pad_time(a, extra):
     return tf.pad(a, [[0, 0], [0, extra]] + [[0, 0]] * (len(a.shape) - 2))
 
 
+def WHILE(bound, body, init, maximum):
+    """``i = 0; while i < bound: carry = body(i, carry)`` as a symbolic ``tf.while_loop``
+    (``bound`` may be a tensor, at most ``maximum``): the graph holds one copy of ``body``."""
+    _, out = tf.while_loop(lambda i, c: i < bound, lambda i, c: (i + 1, body(i, c)),
+                           (tf.constant(0), init), maximum_iterations=maximum)
+    return out
+
+
 def build_step_functions(
     model: keras.Model,
     carry: StateCarry,
@@ -128,13 +137,12 @@ def build_step_functions(
     # wrapped by compile's LossScaleOptimizer under mixed_float16).
     apply_grads = None if optimizer is None else optimizer.apply
 
-    def zero_states(batch):
+    def zero_states(x0):
+        batch = tf.shape(x0)[0]
         return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
                 for spec in state_specs]
 
-    def windows_of(T):
-        S = T if seq_len is None else min(seq_len, T)
-        return S, T // S, T - (T // S) * S
+    plan = WindowPlan(carry, seq_len, per_series, WHILE, _slice_time, _pad_time, zero_states)
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -271,82 +279,9 @@ def build_step_functions(
         count_acc = count_acc + tf.where(ok, count, 0.0)
         return new_states, (loss_acc, count_acc, bad, step + 1)
 
-    def end_windows(tm, S):
-        """Per row, the index of the window holding its last real time step (0 if none)."""
-        T = tm.shape[1]
-        length = tf.reduce_max(tm * tf.range(1, T + 1, dtype=tm.dtype)[None], axis=1)
-        return tf.cast(tf.maximum(length - 1.0, 0.0), tf.int32) // S
-
     def loop(x, y, w, m, tm, n_win, h0, window_fn, acc):
-        """Run ``window_fn`` over the windows of a minibatch; returns (states, acc).
-
-        ``tm`` (B, T) marks real time steps (``None``: all real); then only the first
-        ``n_win`` windows run (later ones are padding for every row; a short tail window is
-        padded to a full one) and, with per-series targets, each row's loss is taken in
-        the window holding its last real step: every window is a loss window (``has_loss``).
-        """
-        T = x[0].shape[1]
-        S, n_full, tail = windows_of(T)
-        if tm is not None and tail:
-            # Pad the time axis to whole windows: the extra steps are masked like any padding
-            # (the RNNs hold their state, no loss), so the short tail window joins the loop
-            # and is skipped with the others when every row has ended before it.
-            extra = S - tail
-            x = tuple(_pad_time(a, extra) for a in x)
-            tm = _pad_time(tm, extra)
-            if not per_series:
-                y, w, m = (None if g is None else tuple(_pad_time(a, extra) for a in g)
-                           for g in (y, w, m))
-            T, n_full, tail = T + extra, n_full + 1, 0
-        batch = tf.shape(x[0])[0]
-        states = zero_states(batch) if h0 is None else h0
-        n_windows = n_full + (1 if tail else 0)
-        ends = end_windows(tm, S) if (per_series and tm is not None) else None
-
-        def cut(arrays, start, length):
-            if arrays is None:
-                return None
-            return tuple(_slice_time(a, start, length) for a in arrays)
-
-        def window(index, start, length, states, acc, is_last):
-            xw = cut(x, start, length)
-            has_loss = not per_series or is_last or ends is not None
-            if per_series:
-                yw = y if has_loss else None
-                ww = w[0] if (w is not None and has_loss) else None
-                mw = m[0] if (m is not None and has_loss) else None
-                if ends is not None:
-                    here = tf.cast(tf.equal(ends, index), tf.float32)
-                    mw = here if mw is None else mw * here
-            else:
-                yw = cut(y, start, length)
-                ww = cut(w, start, length)[0] if w is not None else None
-                mw = cut(m, start, length)[0] if m is not None else None
-            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
-            try:
-                return window_fn(xw, yw, ww, mw, states, acc, has_loss)
-            finally:
-                carry.window_mask = None
-
-        # Full windows run in a symbolic loop: the graph holds one copy of the window step.
-        # With per-series targets of equal lengths the last window is the only one with a
-        # loss, so it is peeled off the loop.
-        loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
-        if loop_windows > 0:
-            def body(i, states, acc):
-                states, acc = window(i, i * S, S, states, acc, False)
-                return i + 1, states, acc
-
-            bound = loop_windows if n_win is None else tf.minimum(n_win, loop_windows)
-            _, states, acc = tf.while_loop(
-                lambda i, *_: i < bound, body, (tf.constant(0), states, acc),
-                maximum_iterations=loop_windows)
-        if loop_windows < n_windows:
-            start = loop_windows * S
-            states, acc = window(loop_windows, start,
-                                 T - start if tail and loop_windows == n_full else S,
-                                 states, acc, True)
-        return states, acc
+        """Run ``window_fn`` over the windows of a minibatch (see ``plan.WindowPlan.run``)."""
+        return plan.run(x, y, w, m, tm, n_win, h0, window_fn, acc)
 
     def train(x, y, w, m, tm, n_win, h0):
         if per_series and tm is not None:
@@ -438,14 +373,14 @@ def build_step_functions(
         """Every window runs (outputs at padded steps are those of the whole sequence); a
         per-series output is, per row, that of the window holding its last real step."""
         T = x[0].shape[1]
-        S, n_full, tail = windows_of(T)
+        S, n_full, tail = plan.windows_of(T)
         batch = tf.shape(x[0])[0]
-        states = zero_states(batch) if h0 is None else h0
-        ends = None if tm is None else end_windows(tm, S)
+        states = zero_states(x[0]) if h0 is None else h0
+        ends = None if tm is None else plan.end_windows(tm, S)
 
         def step(index, start, length, states):
             xw = tuple(_slice_time(a, start, length) for a in x)
-            carry.window_mask = None if tm is None else _slice_time(tm, start, length) > 0
+            plan.window_mask(tm, start, length)
             try:
                 y_pred, new_states = run_model(xw, states, False)
             finally:

@@ -1,0 +1,139 @@
+"""The window plan both backends compile: which windows of a minibatch run, in what order, with
+which targets, masks and weights.
+
+What lives here: :class:`WindowPlan`, written once with ``keras.ops`` for both backends.
+It pads a short tail to a whole window when series have unequal lengths and bounds the loop
+by the runtime window count. It chooses each window's targets (per step, or per series in the
+window of each row's last real step), and hands every window to the backend's
+``window_fn`` with the state carried. Each backend module supplies its own ``while_`` loop,
+time slicing and zero states.
+
+What does not live here: what a window does (forward, gradient, update: ``backend/<name>.py``),
+the state carry itself (``windows.py``), the objectives (``losses.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from keras import ops
+
+from ..windows import StateCarry
+
+
+class WindowPlan:
+    """The windows ``[0:S], [S:2S], ...`` of one minibatch.
+
+    ``while_(bound, body, init, maximum)`` runs ``body(i, carry) -> carry`` for
+    ``i = 0 .. bound - 1`` (``bound`` may be a traced value, at most ``maximum``);
+    ``slice_time(a, start, length)`` is ``a[:, start:start + length]``; ``pad_time(a, extra)``
+    appends ``extra`` zero steps; ``zero_states(x0)`` gives the zero states for the rows of
+    ``x0``.
+
+    Example (eager, with TensorFlow's or JAX's primitives):
+
+        >>> import numpy as np
+        >>> from keraseq.backend import current
+        >>> b = current()
+        >>> plan = WindowPlan(None, 4, False, b.WHILE, b._slice_time, b._pad_time,
+        ...                   lambda x0: [])
+        >>> plan.windows_of(10)  # window length, full windows, tail length
+        (4, 2, 2)
+    """
+
+    def __init__(self, carry: StateCarry | None, seq_len: int | None, per_series: bool,
+                 while_: Callable, slice_time: Callable, pad_time: Callable,
+                 zero_states: Callable):
+        self.carry = carry
+        self.seq_len = seq_len
+        self.per_series = per_series
+        self.while_ = while_
+        self.slice_time = slice_time
+        self.pad_time = pad_time
+        self.zero_states = zero_states
+
+    def windows_of(self, T: int) -> tuple[int, int, int]:
+        """(window length S, number of full windows, length of the short tail window)."""
+        S = T if self.seq_len is None else min(self.seq_len, T)
+        return S, T // S, T - (T // S) * S
+
+    @staticmethod
+    def end_windows(tm, S: int):
+        """Per row, the index of the window holding its last real time step (0 if none)."""
+        T = tm.shape[1]
+        steps = ops.cast(ops.arange(1, T + 1), tm.dtype)
+        length = ops.max(tm * steps[None], axis=1)
+        return ops.cast(ops.maximum(length - 1.0, 0.0), "int32") // S
+
+    def window_mask(self, tm, start, length):
+        """Set the state carry's time mask for one window (``None``: every step is real)."""
+        self.carry.window_mask = None if tm is None else self.slice_time(tm, start, length) > 0
+
+    def run(self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any):
+        """Run ``window_fn`` over the windows of a minibatch; returns (final states, carry).
+
+        ``window_fn(xw, yw, ww, mw, states, carry, has_loss) -> (new states, carry)``.
+        ``tm`` (B, T) marks real time steps (``None``: all real); then only the first
+        ``n_win`` windows run (later ones are padding for every row; a short tail window is
+        padded to a full one) and, with per-series targets, each row's loss is taken in
+        the window holding its last real step: every window is a loss window (``has_loss``).
+        """
+        per_series = self.per_series
+        T = x[0].shape[1]
+        S, n_full, tail = self.windows_of(T)
+        if tm is not None and tail:
+            # Pad the time axis to whole windows: the extra steps are masked like any padding
+            # (the RNNs hold their state, no loss), so the short tail window joins the loop
+            # and is skipped with the others when every row has ended before it.
+            extra = S - tail
+            x = tuple(self.pad_time(a, extra) for a in x)
+            tm = self.pad_time(tm, extra)
+            if not per_series:
+                y, w, m = (None if g is None else tuple(self.pad_time(a, extra) for a in g)
+                           for g in (y, w, m))
+            T, n_full, tail = T + extra, n_full + 1, 0
+        states = self.zero_states(x[0]) if h0 is None else h0
+        n_windows = n_full + (1 if tail else 0)
+        ends = self.end_windows(tm, S) if (per_series and tm is not None) else None
+
+        def cut(arrays, start, length):
+            if arrays is None:
+                return None
+            return tuple(self.slice_time(a, start, length) for a in arrays)
+
+        def window(index, start, length, states, carry, is_last):
+            xw = cut(x, start, length)
+            has_loss = not per_series or is_last or ends is not None
+            if per_series:
+                yw = y if has_loss else None
+                ww = w[0] if (w is not None and has_loss) else None
+                mw = m[0] if (m is not None and has_loss) else None
+                if ends is not None:
+                    here = ops.cast(ops.equal(ends, index), "float32")
+                    mw = here if mw is None else mw * here
+            else:
+                yw = cut(y, start, length)
+                ww = cut(w, start, length)[0] if w is not None else None
+                mw = cut(m, start, length)[0] if m is not None else None
+            self.window_mask(tm, start, length)
+            try:
+                return window_fn(xw, yw, ww, mw, states, carry, has_loss)
+            finally:
+                self.carry.window_mask = None
+
+        # Full windows run in a loop: the program holds one copy of the window step. With
+        # per-series targets of equal lengths the last window is the only one with a loss,
+        # so it is peeled off the loop.
+        loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
+        carry = init
+        if loop_windows > 0:
+            def body(i, c):
+                return window(i, i * S, S, *c, False)
+
+            bound = loop_windows if n_win is None else ops.minimum(n_win, loop_windows)
+            states, carry = self.while_(bound, body, (states, carry), loop_windows)
+        if loop_windows < n_windows:
+            start = loop_windows * S
+            states, carry = window(loop_windows, start,
+                                   T - start if tail and loop_windows == n_full else S,
+                                   states, carry, True)
+        return states, carry
