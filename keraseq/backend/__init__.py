@@ -2,7 +2,8 @@
 
 What lives here: :class:`StepFunctions` (what every backend builds) and :func:`current`, the
 module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, as in Keras):
-``backend/tensorflow.py`` or ``backend/jax.py``. Each backend module offers the same names:
+``backend/tensorflow.py`` or ``backend/jax.py``; both run the window plan of
+``backend/plan.py`` (written once with ``keras.ops``). Each backend module offers the same names:
 
 - ``build_step_functions(model, carry, state_specs, objective, optimizer, metrics, seq_len,
   per_series, jit_compile, allreduce=None, sync_every=1) -> StepFunctions``;
@@ -10,7 +11,8 @@ module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, a
   and ``fused_allreduce(comm, tensors)`` (for :func:`keraseq.distributed.DistributedOptimizer`);
 - ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting, work, distributed)``
   (XLA or not for ``jit_compile``);
-- ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``.
+- ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``;
+- ``WHILE(bound, body, init, maximum)``, ``_slice_time``, ``_pad_time`` (for the plan).
 
 What does not live here: anything that does not depend on the backend (the epoch loop in
 ``trainer.py``, inference in ``inference.py``, the state carry in ``windows.py``).
