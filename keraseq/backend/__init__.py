@@ -12,7 +12,7 @@ module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, a
 - ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting, work, distributed)``
   (XLA or not for ``jit_compile``);
 - ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``;
-- ``WHILE(bound, body, init, maximum)``, ``_slice_time``, ``_pad_time`` (for the plan).
+- ``while_loop(bound, body, init, maximum)``, ``slice_time``, ``pad_time`` (for the plan).
 
 What does not live here: anything that does not depend on the backend (the epoch loop in
 ``trainer.py``, inference in ``inference.py``, the state carry in ``windows.py``).

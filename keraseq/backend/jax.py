@@ -62,7 +62,7 @@ def dtype_of(name):
     return jnp.dtype(name)
 
 
-def _slice_time(a, start, length):
+def slice_time(a, start, length):
     """``a[:, start:start+length]``: ``start`` static or traced, ``length`` static."""
     if a is None:
         return None
@@ -71,12 +71,12 @@ def _slice_time(a, start, length):
     return lax.dynamic_slice_in_dim(a, start, length, axis=1)
 
 
-def _pad_time(a, extra):
+def pad_time(a, extra):
     """``a`` with ``extra`` zero steps appended on the time axis (axis 1)."""
     return jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2))
 
 
-def WHILE(bound, body, init, maximum=None):
+def while_loop(bound, body, init, maximum=None):
     """``i = 0; while i < bound: carry = body(i, carry)`` (``bound`` may be traced)."""
     _, out = lax.while_loop(lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])),
                             (_i32(0), init))
@@ -162,7 +162,7 @@ def build_step_functions(
         return [[jnp.zeros((x0.shape[0],) + tuple(shape), jnp.dtype(dtype))
                  for shape, dtype in spec] for spec in state_specs]
 
-    plan = WindowPlan(carry, seq_len, per_series, WHILE, _slice_time, _pad_time, zero_states)
+    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states)
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -424,7 +424,7 @@ def build_step_functions(
         ends = None if tm is None else plan.end_windows(tm, S)
 
         def step(vals, start, length, states):
-            xw = tuple(_slice_time(a, start, length) for a in x)
+            xw = tuple(slice_time(a, start, length) for a in x)
             plan.window_mask(tm, start, length)
             try:
                 y_pred, new_states, vals = run_model(vals, xw, states, False)

@@ -34,7 +34,7 @@ class WindowPlan:
         >>> import numpy as np
         >>> from keraseq.backend import current
         >>> b = current()
-        >>> plan = WindowPlan(None, 4, False, b.WHILE, b._slice_time, b._pad_time,
+        >>> plan = WindowPlan(None, 4, False, b.while_loop, b.slice_time, b.pad_time,
         ...                   lambda x0: [])
         >>> plan.windows_of(10)  # window length, full windows, tail length
         (4, 2, 2)

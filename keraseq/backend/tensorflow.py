@@ -75,7 +75,7 @@ def dtype_of(name):
     return tf.as_dtype(name)
 
 
-def _slice_time(a, start, length):
+def slice_time(a, start, length):
     """``a[:, start:start+length]`` with a static window length (XLA friendly)."""
     if a is None:
         return None
@@ -85,12 +85,12 @@ def _slice_time(a, start, length):
     return tf.slice(a, tf.stack([tf.cast(b, tf.int32) for b in begin]), size)
 
 
-def _pad_time(a, extra):
+def pad_time(a, extra):
     """``a`` with ``extra`` zero steps appended on the time axis (axis 1)."""
     return tf.pad(a, [[0, 0], [0, extra]] + [[0, 0]] * (len(a.shape) - 2))
 
 
-def WHILE(bound, body, init, maximum):
+def while_loop(bound, body, init, maximum):
     """``i = 0; while i < bound: carry = body(i, carry)`` as a symbolic ``tf.while_loop``
     (``bound`` may be a tensor, at most ``maximum``): the graph holds one copy of ``body``."""
     _, out = tf.while_loop(lambda i, c: i < bound, lambda i, c: (i + 1, body(i, c)),
@@ -142,7 +142,7 @@ def build_step_functions(
         return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
                 for spec in state_specs]
 
-    plan = WindowPlan(carry, seq_len, per_series, WHILE, _slice_time, _pad_time, zero_states)
+    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states)
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -379,7 +379,7 @@ def build_step_functions(
         ends = None if tm is None else plan.end_windows(tm, S)
 
         def step(index, start, length, states):
-            xw = tuple(_slice_time(a, start, length) for a in x)
+            xw = tuple(slice_time(a, start, length) for a in x)
             plan.window_mask(tm, start, length)
             try:
                 y_pred, new_states = run_model(xw, states, False)
