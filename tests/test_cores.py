@@ -139,6 +139,36 @@ def test_batch_statistics_keep_the_rows_on_one_device(kj):
 
 
 @on_jax
+@pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
+def test_predict_split_over_devices_equals_one_device_with_streaming(kj, per_series):
+    """Inference rows are independent (BatchNormalization uses its moving statistics):
+    predict splits them, also continuing the states of a first chunk (``reset=False``)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, 12, 2)).astype("float32")
+    lengths = rng.integers(3, 13, 10)
+    y = rng.normal(size=(10, 1) if per_series else (10, 12, 1)).astype("float32")
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.BatchNormalization(),
+                              keras.layers.GRU(5, return_sequences=not per_series),
+                              keras.layers.Dense(1)])
+    kj.MIN_WORK_PER_DEVICE = 10 ** 18
+    est = Estimator(model, seq_len=4, batch_size=5, epochs=1, verbose=0).fit(
+        x, y, lengths=lengths)
+    out = {}
+    for rule in (10 ** 18, 0):
+        kj.MIN_WORK_PER_DEVICE = rule
+        before = kj.split_calls[0]
+        whole = est.predict(x, lengths=lengths, batch_size=10)
+        first = est.predict(x[:, :5], batch_size=10)
+        second = est.predict(x[:, 5:], reset=False, batch_size=10)
+        out[rule] = (whole, first, second, kj.split_calls[0] - before)
+    (w1, f1, s1, n1), (w2, f2, s2, n2) = out[10 ** 18], out[0]
+    assert n1 == 0 and n2 == 3
+    for a, b in ((w1, w2), (f1, f2), (s1, s2)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+@on_jax
 def test_the_rule_splits_only_where_the_work_pays(kj):
     kj.MIN_WORK_PER_DEVICE = 4_000_000
     assert kj.row_replicas(20, 170_200) == 1          # the seed workload

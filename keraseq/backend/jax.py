@@ -492,27 +492,27 @@ def build_step_functions(
         mv = [a + lax.psum(b - a, _ROWS) for a, b in zip(vals[3], mv)]
         return result, (tv, ntv, ov, mv)
 
-    sharded = {}  # replicas -> the jitted row-sharded program
+    programs = {}  # (name, replicas) -> the jitted row-split program
 
-    def train_sharded(k):
-        if k not in sharded:
+    def on_devices(name, fn, k, in_kinds, out_kinds):
+        """``fn`` run by ``k`` CPU devices at once, each on its share of the rows of the
+        arguments marked ``"rows"`` (the others, ``"all"``, are copied to every device); an
+        output marked ``"all"`` is device 0's."""
+        if (name, k) not in programs:
             from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
             mesh = Mesh(np.array(jax.devices("cpu")[:k]), (_ROWS,))
-            rows = P(_ROWS)
+            spec = lambda kind: P(_ROWS) if kind == "rows" else P()  # noqa: E731
             program = jax.jit(jax.shard_map(
-                train_rows, mesh=mesh,
-                in_specs=(P(), rows, rows, rows, rows, rows, P(), rows),
-                out_specs=(P(), P()), check_vma=False))
-            every, split = NamedSharding(mesh, P()), NamedSharding(mesh, rows)
+                fn, mesh=mesh, in_specs=tuple(spec(kind) for kind in in_kinds),
+                out_specs=jax.tree.map(spec, out_kinds), check_vma=False))
+            places = [NamedSharding(mesh, spec(kind)) for kind in in_kinds]
 
-            def call(vals, x, y, w, m, tm, n_win, h0):
+            def call(*args):
                 # The arrays live on device 0 (committed there): place them on the devices.
-                vals, n_win = jax.device_put((vals, n_win), every)
-                x, y, w, m, tm, h0 = jax.device_put((x, y, w, m, tm, h0), split)
-                return program(vals, x, y, w, m, tm, n_win, h0)
+                return program(*(jax.device_put(a, at) for a, at in zip(args, places)))
 
-            sharded[k] = call
-        return sharded[k]
+            programs[name, k] = call
+        return programs[name, k]
 
     # Row sharding keeps the result of one device (the same maths, summed in another order):
     # not with MPI (one rank per core is the user's choice there), not for models whose
@@ -557,7 +557,10 @@ def build_step_functions(
         k = replicas_for(x)
         if k > 1:
             split_calls[0] += 1
-            result, new = train_sharded(k)(current(), x, y, w, m, tm, n_win, h0)
+            result, new = on_devices(
+                "train", train_rows, k, ("all", "rows", "rows", "rows", "rows", "rows", "all",
+                                         "rows"), ("all", "all"))(
+                current(), x, y, w, m, tm, n_win, h0)
             # Replicated over the devices: the variables keep device 0's copy (no copy made).
             tv, ntv, ov, mv = ([_first_shard(a) for a in part] for part in new)
             result = _first_shard(result)
@@ -577,7 +580,20 @@ def build_step_functions(
 
     def predict_call(x, tm, h0):
         tv, ntv, _, _ = current()
-        result, (_, ntv, _, _) = predict_c((tv, ntv, [], []), x, tm, h0)
+        rows, T = x[0].shape[0], x[0].shape[1]
+        # Rows are independent in inference (dropout off, normalisation by its moving
+        # statistics) and the devices never wait for each other: split when the work pays.
+        k = row_replicas(rows, rows * T * n_params)
+        if k > 1:
+            split_calls[0] += 1
+            result, (_, ntv, _, _) = on_devices(
+                "predict", predict, k, ("all", "rows", "rows", "rows"),
+                (("rows", "rows"), "all"))((tv, ntv, [], []), x, tm, h0)
+            # Outputs and states back on device 0, where the next call's arguments live.
+            result = jax.device_put(result, jax.devices("cpu")[0])
+            ntv = [_first_shard(a) for a in ntv]
+        else:
+            result, (_, ntv, _, _) = predict_c((tv, ntv, [], []), x, tm, h0)
         assign(non_trainable, ntv)
         return result
 
