@@ -168,6 +168,29 @@ def test_predict_split_over_devices_equals_one_device_with_streaming(kj, per_ser
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+class MonteCarloDropout(keras.layers.Dropout):
+    """Dropout in inference too (Keras 3 lets the outer ``training=False`` override a
+    ``training=True`` given when a functional model is built, so this needs a subclass)."""
+
+    def call(self, inputs, training=None):
+        return super().call(inputs, training=True)
+
+
+@on_jax
+def test_monte_carlo_dropout_in_a_split_predict_draws_other_masks_per_device(kj):
+    model = keras.Sequential([keras.Input((None, 2)),
+                              keras.layers.LSTM(6, return_sequences=True),
+                              MonteCarloDropout(0.5), keras.layers.Dense(1)])
+    x = np.random.default_rng(0).normal(size=(5, 8, 2)).astype("float32")
+    x = np.concatenate([x, x])  # rows i and i + 5 are the same series, on different devices
+    est = Estimator(model, seq_len=4, batch_size=10, epochs=1, verbose=0).fit(x, x[..., :1])
+    kj.MIN_WORK_PER_DEVICE = 0
+    before = kj.split_calls[0]
+    out = est.predict(x, batch_size=10)
+    assert kj.split_calls[0] == before + 1
+    assert np.abs(out[:5] - out[5:]).max() > 1e-3  # not the same masks on both devices
+
+
 @on_jax
 def test_the_rule_splits_only_where_the_work_pays(kj):
     kj.MIN_WORK_PER_DEVICE = 4_000_000

@@ -286,6 +286,8 @@ def build_step_functions(
     # rows of the minibatch: the buffer is summed over the devices (``psum``) before the
     # ranks (MPI), exactly as ranks sum theirs.
     tracing = {"rows": False}
+    seeds = {id(sg.state) for layer in model._flatten_layers(include_self=True)
+             for sg in getattr(layer, "_seed_generators", [])}
 
     def reduce(buf):
         if tracing["rows"]:
@@ -478,19 +480,28 @@ def build_step_functions(
         """``train`` on this device's rows; the gradients are summed over devices per update
         (``reduce``), so every device applies the same update to the same weights. The
         minibatch's loss and count and the metrics' increments are summed at the end."""
-        # Dropout draws from the seed generators' states: each device offsets its copy, so the
-        # rows of different devices get different masks; device 0's copy (offset 0) is kept.
-        offset = (lax.axis_index(_ROWS).astype(jnp.uint32) * jnp.uint32(0x9E3779B9))
-        ntv = [v + jnp.asarray([1, 0], v.dtype) * offset.astype(v.dtype) for v in vals[1]]
         tracing["rows"] = True
         try:
-            result, (tv, ntv, ov, mv) = train((vals[0], ntv, vals[2], vals[3]), x, y, w, m,
-                                              tm, n_win, h0)
+            result, (tv, ntv, ov, mv) = train(own_seeds(vals), x, y, w, m, tm, n_win, h0)
         finally:
             tracing["rows"] = False
         result = jnp.concatenate([lax.psum(result[:2], _ROWS), result[2:]])
         mv = [a + lax.psum(b - a, _ROWS) for a, b in zip(vals[3], mv)]
         return result, (tv, ntv, ov, mv)
+
+    def own_seeds(vals):
+        """Dropout draws from the seed generators' states: each device offsets its copy, so
+        the rows of different devices get different masks; device 0's copy (offset 0) is the
+        one kept, so the states advance as on one device."""
+        offset = lax.axis_index(_ROWS).astype(jnp.uint32) * jnp.uint32(0x9E3779B9)
+        ntv = [v + jnp.asarray([1, 0], v.dtype) * offset.astype(v.dtype) if id(var) in seeds
+               else v for var, v in zip(non_trainable, vals[1])]
+        return (vals[0], ntv) + tuple(vals[2:])
+
+    def predict_rows(vals, x, tm, h0):
+        """``predict`` on this device's rows (its own dropout masks, e.g. Monte Carlo
+        dropout with ``training=True``)."""
+        return predict(own_seeds(vals), x, tm, h0)
 
     programs = {}  # (name, replicas) -> the jitted row-split program
 
@@ -514,14 +525,12 @@ def build_step_functions(
             programs[name, k] = call
         return programs[name, k]
 
-    # Row sharding keeps the result of one device (the same maths, summed in another order):
-    # not with MPI (one rank per core is the user's choice there), not for models whose
-    # non-trainable state depends on the rows
-    # (normalisation statistics), not for a callable loss that may mix rows. Dropout's seed
-    # generators are the one non-trainable state allowed (see ``train_rows``).
+    # Splitting the rows of a training minibatch keeps the result of one device (the same
+    # maths, summed in another order). Not with MPI (one rank per core is the user's choice
+    # there), not for models whose non-trainable state depends on the rows (normalisation
+    # statistics), not for a callable loss that may mix rows. Dropout's seed generators are
+    # the one non-trainable state allowed (see ``own_seeds``).
     n_params = sum(sizes)
-    seeds = {id(sg.state) for layer in model._flatten_layers(include_self=True)
-             for sg in getattr(layer, "_seed_generators", [])}
     can_shard = (allreduce is None and all(id(v) in seeds for v in non_trainable)
                  and optimizer is not None
                  and not getattr(objective, "needs_exact_rows", False))
@@ -587,7 +596,7 @@ def build_step_functions(
         if k > 1:
             split_calls[0] += 1
             result, (_, ntv, _, _) = on_devices(
-                "predict", predict, k, ("all", "rows", "rows", "rows"),
+                "predict", predict_rows, k, ("all", "rows", "rows", "rows"),
                 (("rows", "rows"), "all"))((tv, ntv, [], []), x, tm, h0)
             # Outputs and states back on device 0, where the next call's arguments live.
             result = jax.device_put(result, jax.devices("cpu")[0])
