@@ -63,7 +63,7 @@ CASE = st.fixed_dictionaries({
 
 @on_jax
 @pytest.mark.property
-@settings(max_examples=int(os.environ.get("KERASEQ_ROWS_EXAMPLES", "6")), deadline=None,
+@settings(max_examples=int(os.environ.get("KERASEQ_ROWS_EXAMPLES", "4")), deadline=None,
           suppress_health_check=list(HealthCheck))
 @given(case=CASE, data=st.data())
 def test_rows_split_over_devices_train_to_the_one_device_weights(kj, case, data):

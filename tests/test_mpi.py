@@ -13,6 +13,9 @@ import pytest
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 pytestmark = pytest.mark.mpi
+# On JAX these MPI cases cost ~20 s each (every rank imports JAX, and TensorFlow through
+# Keras): the rarer ones run again on JAX in `make test-full` only (CI runs both).
+jax_slow = pytest.mark.slow if os.environ.get("KERAS_BACKEND") == "jax" else pytest.mark.mpi
 
 
 def mpirun(np_, script, *args, timeout=240):
@@ -67,6 +70,7 @@ def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
 
 
 @pytest.mark.backend
+@jax_slow
 def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
     """Gradient accumulation over k windows (one Allreduce per k) is still exactly the union
     minibatch of one process with the same k."""
@@ -78,6 +82,7 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
 
 
 @pytest.mark.backend
+@jax_slow
 def test_mixed_float16_two_ranks_equal_one_process(tmp_path):
     """compile wraps the DistributedOptimizer in a LossScaleOptimizer: the window loop's
     Allreduce is the only one (the wrapped optimizer must not reduce again inside the step)."""
