@@ -17,7 +17,7 @@ from typing import Any, Callable
 import keras
 from keras import ops, tree
 
-__all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask"]
+__all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask", "metric_updates"]
 
 
 def output_mask(y_pred):
@@ -29,6 +29,33 @@ def output_mask(y_pred):
     except ImportError:  # pragma: no cover - older Keras
         return getattr(y_pred, "_keras_mask", None)
     return get_keras_mask(y_pred)
+
+
+def metric_updates(metrics: list, yw, preds, masks, ww, mw):
+    """Per metric, the ``update_state`` arguments of one window, as ``model.fit`` weighs them:
+    ``(metric, y_true, y_pred, sample_weight)``.
+
+    ``preds`` are the flattened outputs and ``masks`` their Keras masks (:func:`output_mask`);
+    ``ww``/``mw`` the window's sample weights and loss mask (``None``: none). A metric follows
+    output ``k % n_outputs`` (or its ``_keraseq_output``); a per-step output counts every time
+    step as one sample, so windows of different length weigh right.
+    """
+    for k, metric in enumerate(metrics):
+        out = k % len(preds) if len(preds) > 1 else 0
+        out = getattr(metric, "_keraseq_output", out)
+        sw = None
+        if ww is not None or mw is not None:
+            sw = ww if mw is None else (mw if ww is None else ww * mw)
+        yt, yp = yw[out], preds[out]
+        keras_mask = masks[out]
+        if keras_mask is not None and len(keras_mask.shape) == len(yp.shape) - 1:
+            keras_mask = ops.cast(keras_mask, "float32")
+            sw = keras_mask if sw is None else sw * keras_mask
+        if len(yp.shape) == 3:
+            yt = ops.reshape(yt, (-1, ops.shape(yt)[-1]))
+            yp = ops.reshape(yp, (-1, ops.shape(yp)[-1]))
+            sw = None if sw is None else ops.reshape(sw, (-1,))
+        yield metric, yt, yp, sw
 
 
 def seqloss(fn: Callable) -> Callable:

@@ -33,7 +33,7 @@ from jax import lax
 from keras import tree
 
 from .. import distributed as dist
-from ..losses import output_mask
+from ..losses import metric_updates, output_mask
 from ..windows import StateCarry
 from . import StepFunctions
 from .plan import WindowPlan
@@ -192,22 +192,7 @@ def build_step_functions(
             return vals
         tv, ntv, ov, mv = vals
         with keras.StatelessScope(state_mapping=list(zip(metric_vars, mv))) as scope:
-            for k, metric in enumerate(metrics):
-                out = k % len(preds) if len(preds) > 1 else 0
-                out = getattr(metric, "_keraseq_output", out)
-                sw = None
-                if ww is not None or mw is not None:
-                    sw = ww if mw is None else (mw if ww is None else ww * mw)
-                yt, yp = yw[out], preds[out]
-                keras_mask = masks[out]
-                if keras_mask is not None and keras_mask.ndim == yp.ndim - 1:
-                    keras_mask = keras_mask.astype(jnp.float32)
-                    sw = keras_mask if sw is None else sw * keras_mask
-                if yp.ndim == 3:
-                    # Every time step is one sample, so windows of different length weigh right.
-                    yt = jnp.reshape(yt, (-1, yt.shape[-1]))
-                    yp = jnp.reshape(yp, (-1, yp.shape[-1]))
-                    sw = None if sw is None else jnp.reshape(sw, (-1,))
+            for metric, yt, yp, sw in metric_updates(metrics, yw, preds, masks, ww, mw):
                 metric.update_state(yt, yp, sample_weight=sw)
         return (tv, ntv, ov, read(scope, metric_vars, mv))
 

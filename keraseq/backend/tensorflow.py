@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras import tree
 
 from .. import distributed as dist
-from ..losses import output_mask
+from ..losses import metric_updates, output_mask
 from ..windows import StateCarry
 from . import StepFunctions
 from .plan import WindowPlan
@@ -157,22 +157,8 @@ def build_step_functions(
         if not metrics:
             return
         preds = tree.flatten(y_pred)
-        for k, metric in enumerate(metrics):
-            out = k % len(preds) if len(preds) > 1 else 0
-            out = getattr(metric, "_keraseq_output", out)
-            sw = None
-            if ww is not None or mw is not None:
-                sw = ww if mw is None else (mw if ww is None else ww * mw)
-            yt, yp = yw[out], preds[out]
-            keras_mask = output_mask(yp)
-            if keras_mask is not None and len(keras_mask.shape) == len(yp.shape) - 1:
-                keras_mask = tf.cast(keras_mask, tf.float32)
-                sw = keras_mask if sw is None else sw * keras_mask
-            if len(yp.shape) == 3:
-                # Every time step is one sample, so windows of different length weigh right.
-                yt = tf.reshape(yt, [-1, tf.shape(yt)[-1]])
-                yp = tf.reshape(yp, [-1, tf.shape(yp)[-1]])
-                sw = None if sw is None else tf.reshape(sw, [-1])
+        for metric, yt, yp, sw in metric_updates(metrics, yw, preds,
+                                                 [output_mask(p) for p in preds], ww, mw):
             metric.update_state(yt, yp, sample_weight=sw)
 
     # ----------------------------------------------------------------------------------- train
