@@ -68,7 +68,7 @@ def main():
         from keraseq.backend import tensorflow as backend
         modes = [True, False]
         names = ("XLA", "graph")
-        print(f"TensorFlow, {backend._cores()} core(s); GRAPH_MIN_WORK = "
+        print(f"TensorFlow, {backend.dist.usable_cores()} core(s); GRAPH_MIN_WORK = "
               f"{backend.GRAPH_MIN_WORK:,}")
     else:
         if keras.backend.backend() != "jax":

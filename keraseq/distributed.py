@@ -69,6 +69,19 @@ def _launched_under_mpi() -> bool:
                                   "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"))
 
 
+def launched_with_several_ranks() -> bool:
+    """True when the launcher's environment says this job has more than one rank (read
+    before MPI starts, e.g. when a backend sizes its CPU devices)."""
+    return any(int(os.environ.get(k, "1") or 1) > 1
+               for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. an MPI rank's binding)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
 class _Comm:
     """A thin view of an mpi4py communicator with ``rank``/``size`` attributes."""
 

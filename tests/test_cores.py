@@ -205,13 +205,13 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
     from keraseq.backend import tensorflow as backend
     model = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3),
                               keras.layers.Dense(1)])
-    monkeypatch.setattr(backend, "_cores", lambda: 2)
+    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 2)
     big = backend.GRAPH_MIN_WORK
     assert backend.jit_for(model, "auto", work=big - 1) is True
     assert backend.jit_for(model, "auto", work=big) is False
     assert backend.jit_for(model, "auto", work=big, distributed=True) is True  # MPI: XLA
     assert backend.jit_for(model, True, work=big) is True  # an explicit choice is kept
-    monkeypatch.setattr(backend, "_cores", lambda: 1)
+    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 1)
     assert backend.jit_for(model, "auto", work=big) is True
 
     # fit hands the rule the work of its windows: rows x window steps x weights.
@@ -223,7 +223,7 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
         return build(*args, **kwargs)
 
     monkeypatch.setattr(backend, "build_step_functions", spy)
-    monkeypatch.setattr(backend, "_cores", lambda: 2)
+    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 2)
     x = np.zeros((6, 8, 2), "float32")
     y = np.zeros((6, 1), "float32")
     work = 4 * 5 * model.count_params()

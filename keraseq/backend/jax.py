@@ -639,11 +639,7 @@ def _wanted_cpu_devices() -> int:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"KERASEQ_CPU_DEVICES={env!r}: expected a whole number >= 1")
         return int(env)
-    for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        if int(os.environ.get(key, "1") or 1) > 1:
-            return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    return 1 if dist.launched_with_several_ranks() else dist.usable_cores()
 
 
 def _ask_for_cpu_devices() -> None:

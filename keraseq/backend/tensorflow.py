@@ -48,11 +48,6 @@ def to_numpy(t) -> np.ndarray:
 GRAPH_MIN_WORK = 60_000_000
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-
-
 def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> bool:
     """``jit_compile="auto"`` follows Keras's own rule (``model_supports_jit``): XLA unless a
     layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on; and,
@@ -65,7 +60,7 @@ def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> boo
     if (not all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
             or is_op_determinism_enabled()):
         return False
-    if (not distributed and work >= GRAPH_MIN_WORK and _cores() >= 2
+    if (not distributed and work >= GRAPH_MIN_WORK and dist.usable_cores() >= 2
             and not tf.config.list_logical_devices("GPU")):
         return False
     return True
@@ -511,7 +506,7 @@ def default_device(comm) -> str:
         # Cores this rank may run on: Open MPI binds a rank to its cores by default (then
         # use them all), else the node's cores are shared by its ranks.
         total = os.cpu_count() or 1
-        mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+        mine = dist.usable_cores()
         per_rank = mine if mine < total else max(1, total // dist._local_size(comm))
         try:
             tf.config.threading.set_intra_op_parallelism_threads(per_rank)
