@@ -18,7 +18,8 @@ so that the noise of a shared machine hits every contender alike:
   ``torch.set_num_threads(1)`` (``torch-1t``). On a busy machine torch's multi-threaded
   kernels can stall for seconds per minibatch; a torch epoch therefore stops after the
   minibatch that passes ``--max-epoch-s`` (10 s) and its time is extrapolated to all N rows
-  (marked ``*``).
+  (marked ``*``). ``torch-cuda`` (not in the default set; for a GPU machine): the same loop
+  with the model and data on torch's CUDA device.
 
 Workloads (mse on per-step targets, ``shuffle=False``, AdamW with Keras's defaults: lr 1e-3,
 betas (0.9, 0.999), eps 1e-7, weight decay 0.004, for every system):
@@ -63,7 +64,8 @@ WORKLOADS = {
 QUICK = {"seed": (10, 10, 200, 20, 10, 40), "realistic": (32, 128, 100, 64, 20, 64)}
 SYSTEMS = ["keraseq[tensorflow]", "keraseq[jax]", "jax", "torch", "torch-1t"]
 LABELS = {"keraseq[tensorflow]": "keraseq[tensorflow]", "keraseq[jax]": "keraseq[jax]",
-          "jax": "jax hand loop", "torch": "torch", "torch-1t": "torch (1 thread)"}
+          "jax": "jax hand loop", "torch": "torch", "torch-1t": "torch (1 thread)",
+          "torch-cuda": "torch (CUDA)"}
 KQ = {"keraseq[tensorflow]": "kq[tf]", "keraseq[jax]": "kq[jax]"}
 LR, BETA1, BETA2, EPS, WD = 1e-3, 0.9, 0.999, 1e-7, 0.004  # keras.optimizers.AdamW's defaults
 
@@ -108,29 +110,32 @@ def run_keraseq(shape, epochs):
             "keraseq": os.path.dirname(keraseq.__file__)}
 
 
-def run_torch(shape, epochs, threads=None, max_epoch_s=None):
+def run_torch(shape, epochs, threads=None, max_epoch_s=None, device="cpu"):
     import torch
     from torch import nn
     if threads:
         torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("torch sees no CUDA device")
     F, units, T, batch, window, N = shape
     x, y = make_data(shape)
-    X, Y = torch.from_numpy(x), torch.from_numpy(y)
+    X, Y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     torch.manual_seed(0)
-    lstm, dense = nn.LSTM(F, units, batch_first=True), nn.Linear(units, 1)
+    lstm = nn.LSTM(F, units, batch_first=True).to(device)
+    dense = nn.Linear(units, 1).to(device)
     params = list(lstm.parameters()) + list(dense.parameters())
     opt = torch.optim.AdamW(params, lr=LR, betas=(BETA1, BETA2), eps=EPS, weight_decay=WD)
     loss_fn = nn.MSELoss()
     times, loss, scaled = [], None, []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        total, count, done = torch.zeros(()), 0, 0
+        total, count, done = torch.zeros((), device=device), 0, 0
         for b in range(0, N, batch):
             if max_epoch_s and time.perf_counter() - t0 > max_epoch_s:
                 break  # pathologically slow (see --max-epoch-s): extrapolate from `done` rows
             xb, yb = X[b:b + batch], Y[b:b + batch]
-            h = torch.zeros(1, xb.shape[0], units)
-            c = torch.zeros(1, xb.shape[0], units)
+            h = torch.zeros(1, xb.shape[0], units, device=device)
+            c = torch.zeros(1, xb.shape[0], units, device=device)
             for s in range(0, T, window):
                 out, (h, c) = lstm(xb[:, s:s + window], (h, c))
                 lw = loss_fn(dense(out), yb[:, s:s + window])
@@ -141,11 +146,11 @@ def run_torch(shape, epochs, threads=None, max_epoch_s=None):
                 total += lw.detach()
                 count += 1
             done += xb.shape[0]
-        loss = float(total) / count
+        loss = float(total) / count  # waits for the device
         times.append((time.perf_counter() - t0) * N / done)
         scaled.append(done < N)
     return {"times": times, "loss": loss, "threads": torch.get_num_threads(),
-            "extrapolated": any(scaled)}
+            "extrapolated": any(scaled), "device": device}
 
 
 def run_jax(shape, epochs):
@@ -249,6 +254,8 @@ def worker(args):
         res = run_torch(shape, args.epochs, max_epoch_s=args.max_epoch_s)
     elif args.worker == "torch-1t":
         res = run_torch(shape, args.epochs, threads=1, max_epoch_s=args.max_epoch_s)
+    elif args.worker == "torch-cuda":
+        res = run_torch(shape, args.epochs, max_epoch_s=args.max_epoch_s, device="cuda")
     else:
         raise SystemExit(f"unknown system {args.worker}")
     res["affinity"] = len(os.sched_getaffinity(0))

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import json
 import os
 import platform
@@ -736,7 +737,8 @@ def main(argv=None):
                       "default_backend": jax.default_backend(),
                       "keras_backend": keras.backend.backend()}
     try:  # Keras's JAX LSTM runs cuDNN (jax.experimental.rnn) on a GPU when it can
-        from keras.src.backend.jax import rnn as _keras_rnn
+        # (``from keras.src.backend.jax import rnn`` gives the function ``rnn``, not the module)
+        _keras_rnn = importlib.import_module("keras.src.backend.jax.rnn")
         summary["jax"]["keras_lstm_cudnn"] = bool(_keras_rnn._is_gpu_available())
     except Exception as exc:  # noqa: BLE001 - a private Keras name: informational only
         summary["jax"]["keras_lstm_cudnn"] = f"unknown ({type(exc).__name__})"
