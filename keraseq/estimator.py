@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from . import distributed as dist
-from . import inference, trainer
+from . import inference, trainer, utils
 from .backend import current as _backend
 from .checks import check_outputs
 from .losses import is_window_loss
@@ -351,7 +351,7 @@ class Estimator(RegressorMixin, BaseEstimator):
             # Lambda's Python function from it is no deserialisation risk.
             from keras.src.saving.serialization_lib import SafeModeScope
             with SafeModeScope(False):
-                model = keras.models.clone_model(self.model)
+                model = utils._clone_model(self.model)
             model.set_weights(self.model.get_weights())
             return model
         except Exception:  # a subclassed model without a config

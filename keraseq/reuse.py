@@ -31,6 +31,8 @@ from typing import Any
 
 import keras
 
+from .utils import _unconfigured_options
+
 __all__ = ["key_of", "take", "register", "clear", "stats"]
 
 
@@ -81,6 +83,7 @@ def key_of(model, optimizer, parts: dict) -> str | None:
         return None  # a subclassed model's call may depend on more than its config
     try:
         config = _strip_names(model.get_config())
+        options = _unconfigured_options(model)  # e.g. use_cudnn: not in the config
         opt_config = dict(optimizer.get_config())
     except Exception:
         return None
@@ -89,7 +92,8 @@ def key_of(model, optimizer, parts: dict) -> str | None:
         opt_config.pop("learning_rate")
     variables = [(v.path.split("/")[-1], tuple(v.shape), str(v.dtype)) for v in model.weights]
     try:
-        return json.dumps({"model": [type(model).__module__, type(model).__qualname__, config],
+        return json.dumps({"model": [type(model).__module__, type(model).__qualname__, config,
+                                     options],
                            "variables": variables,
                            "optimizer": [type(optimizer).__qualname__, opt_config],
                            "backend": keras.backend.backend(),

@@ -367,6 +367,34 @@ def weights(model: keras.Model) -> list:
     return [v for v in model.trainable_weights if _is_kernel(v)]
 
 
+# -------------------------------------------------------------------------------- copies
+#: Layer options Keras keeps out of ``get_config``: ``keras.models.clone_model`` drops them.
+_UNCONFIGURED = ("use_cudnn",)
+
+
+def _unconfigured_options(model: keras.Model) -> list:
+    """The values of :data:`_UNCONFIGURED` options set on the model's layers, in layer order
+    (part of what a compiled step depends on, though ``get_config`` omits them)."""
+    return [(i, name, getattr(layer, name))
+            for i, layer in enumerate(model._flatten_layers(include_self=False))
+            for name in _UNCONFIGURED if name in vars(layer)]
+
+
+def _clone_model(model: keras.Model) -> keras.Model:
+    """``keras.models.clone_model`` (new variables, same architecture), keeping the layer
+    options Keras leaves out of ``get_config``: an ``LSTM(use_cudnn=False)`` stays so in the
+    copy (Keras's clone would give it back ``"auto"``). The weights are not copied."""
+    clone = keras.models.clone_model(model)
+    pairs = zip(model._flatten_layers(include_self=False), clone._flatten_layers(include_self=False))
+    for src, dst in pairs:
+        if type(src) is not type(dst):
+            break  # not the same structure: nothing more can be matched
+        for name in _UNCONFIGURED:
+            if name in vars(src) and getattr(dst, name, None) != getattr(src, name):
+                setattr(dst, name, getattr(src, name))
+    return clone
+
+
 # -------------------------------------------------------------------------------- no tracking
 def notrack(model: keras.Model) -> keras.Model:
     """An inference-only copy of ``model``: same outputs, no trainable weights.
@@ -387,7 +415,7 @@ def notrack(model: keras.Model) -> keras.Model:
         True
     """
     try:
-        copy = keras.models.clone_model(model)
+        copy = _clone_model(model)
         copy.set_weights(model.get_weights())
     except Exception:  # subclassed models: clone_model cannot rebuild them
         with tempfile.TemporaryDirectory() as tmp:

@@ -86,6 +86,11 @@ def test_other_settings_compile_anew(data, fresh_pool):
     _est(model, seq_len=6).fit(x, y)
     _est(lstm_model(units=9)).fit(x, y)
     assert reuse.stats()["compiled"] == compiled + 3
+    # use_cudnn is not in the config, but a GPU compiles another program for it
+    other = keras.models.clone_model(model)
+    other.layers[0].use_cudnn = False
+    _est(other).fit(x, y)
+    assert reuse.stats()["compiled"] == compiled + 4
 
 
 def test_grid_search_compiles_once_per_architecture(data, fresh_pool):
