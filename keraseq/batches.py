@@ -203,9 +203,19 @@ class DatasetReader:
             yield padded + [None, None], mask, n_real
 
 
-def x_dtype(xs):
-    """float32 for float inputs; ``None`` (keep the dtype) when an input holds integers."""
-    return np.float32 if all(a.dtype.kind == "f" for a in xs) else None
+def x_dtype(xs, model=None):
+    """float32 for float inputs (float64 for a model computing in float64, as Keras feeds it);
+    ``None`` (keep the dtype) when an input holds integers."""
+    if not all(a.dtype.kind == "f" for a in xs):
+        return None
+    return y_dtype(model)
+
+
+def y_dtype(model=None):
+    """The dtype targets and float inputs are read in: float64 for a model computing in
+    float64 (the data keep their precision, as in ``model.fit``), else float32."""
+    from .losses import data_dtype
+    return np.dtype(data_dtype(model)).type
 
 
 def pad_rows(a, size):

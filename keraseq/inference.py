@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 
 from . import distributed as dist
@@ -41,6 +42,15 @@ def output_shapes(session: Session, n, t):
     """The shape of each prediction for ``n`` series of ``t`` steps."""
     return [(n, t) + tuple(shape[1:]) if len(shape) == 2 else (n,) + tuple(shape)
             for shape in session.out_shapes]
+
+
+def _float_dtype(dtype) -> np.dtype:
+    """A state's dtype as NumPy's (float32 for what is not a float)."""
+    try:
+        dtype = np.dtype(keras.backend.standardize_dtype(dtype))
+    except (TypeError, ValueError):
+        return np.dtype(np.float32)
+    return dtype if dtype.kind == "f" else np.dtype(np.float32)
 
 
 def check_predict_x(session: Session, x):
@@ -66,7 +76,7 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
     plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
     rule = input_mask_rule(session.model)
     reader = MinibatchReader([xs, (lengths,) if lengths is not None else None], plan, batch,
-                             [x_dtype(xs), np.int64], fallback_row=lo if hi > lo else 0)
+                             [x_dtype(xs, session.model), np.int64], fallback_row=lo if hi > lo else 0)
     for index, ((bx, bl), _, n_real) in zip(plan, reader):
         h0 = None
         if h_all is not None:
@@ -129,9 +139,11 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
     # Rows this rank writes directly (its own block); the rest is gathered below.
     direct = [o is not None and comm.size == 1 or isinstance(o, np.memmap)
               for o in (outs or [None] * len(shapes))]
-    local = [None if d else np.empty((hi - lo,) + sh[1:], np.float32)
+    # Outputs and states keep the model's dtypes, as model.predict gives them (float64 for a
+    # float64 model); a rank without rows takes the model's compute dtype.
+    local = [None if d else np.empty((hi - lo,) + sh[1:], _float_dtype(session.model.compute_dtype))
              for d, sh in zip(direct, shapes)]
-    new_states = [[np.zeros((hi - lo,) + shape, np.float32) for shape, _ in spec]
+    new_states = [[np.zeros((hi - lo,) + shape, _float_dtype(dtype)) for shape, dtype in spec]
                   for spec in session.state_specs]
     for first, n_real, preds, states, _ in predict_blocks(session, xs, lo, hi, batch, h_all,
                                                                  lengths):
@@ -140,6 +152,8 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
             if direct[k]:
                 outs[k][first:first + n_real] = values
             else:
+                if local[k].dtype != values.dtype:
+                    local[k] = local[k].astype(values.dtype)
                 local[k][rows] = values
         for c, call in enumerate(states):
             for s_, st in enumerate(call):

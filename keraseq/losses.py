@@ -128,9 +128,15 @@ def _per_element(loss):
     if isinstance(loss, str):
         loss = keras.losses.get(loss)
     if isinstance(loss, keras.losses.Loss):
-        return loss.call
+        def call(y_true, y_pred):  # as Loss.__call__: both in the loss's dtype first
+            return loss.call(ops.cast(y_true, loss.dtype), ops.cast(y_pred, loss.dtype))
+        return call
     if callable(loss):
-        return loss
+        def function(y_true, y_pred):  # as compile's wrapper of a function: floatx first
+            dtype = keras.backend.floatx()
+            return loss(ops.cast(y_true, dtype), ops.cast(y_pred, dtype))
+        function.__name__ = getattr(loss, "__name__", "loss")
+        return function
     raise TypeError(f"`loss` must be a Keras loss (name, function or Loss), got {loss!r}")
 
 
@@ -152,14 +158,35 @@ def resolve_output_losses(loss: Any, output_names: list[str]) -> list:
     return [_per_element(loss)] * n
 
 
+def data_dtype(model: keras.Model | None) -> str:
+    """The dtype targets and float inputs are read in: float64 when a layer of the model
+    computes in float64 (``model.fit`` hands float64 data to such a model unrounded), else
+    float32."""
+    if model is None:
+        return "float32"
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    return "float64" if any(getattr(layer, "compute_dtype", None) == "float64"
+                            for layer in layers) else "float32"
+
+
+def loss_dtype() -> str:
+    """The dtype losses are computed and summed in: Keras's (``keras.backend.floatx()``,
+    the dtype of compile's loss wrappers and of the regularisation sum), float64 or float32
+    (also under mixed precision, where floatx stays float32)."""
+    return "float64" if keras.backend.floatx() == "float64" else "float32"
+
+
 def build_objective(model: keras.Model, loss: Any, output_names: list[str],
                     loss_weights: list[float] | None = None) -> Callable:
     """The per-window objective for ``loss`` (see the module docstring)."""
     unpack = (lambda a: a[0] if len(a) == 1 else tuple(a))
+    # The loss is summed in float32, in float64 for a float64 model (as Keras computes it
+    # there: a float32 sum would round the loss and its gradient). ``count`` stays float32.
+    dtype = loss_dtype()
 
     def regularisation():
-        return ops.cast(ops.sum([ops.sum(v) for v in model.losses]), "float32") \
-            if model.losses else ops.convert_to_tensor(0.0, "float32")
+        return ops.cast(ops.sum([ops.sum(v) for v in model.losses]), dtype) \
+            if model.losses else ops.convert_to_tensor(0.0, dtype)
 
     if is_window_loss(loss):
         pass_training = _accepts_training(loss)
@@ -171,14 +198,15 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
                 return loss(model, unpack(xw), unpack(yw))
 
             value, new_states = forward(states, call)
-            value = ops.cast(value, "float32")
+            value = ops.cast(value, dtype)
             rows = ops.cast(ops.shape(xw[0])[0], "float32")
             if mw is not None:
                 rows = ops.sum(mw if len(mw.shape) == 1 else mw[:, 0])
             # The value is the window's mean: it counts rows x time steps, so a short last
             # window weighs less in the reported mean (and under MPI) than a full one.
             count = rows * ops.cast(ops.shape(xw[0])[1], "float32")
-            loss_sum = ops.where(count > 0, value * count, 0.0)
+            loss_sum = ops.where(count > 0, value * ops.cast(count, dtype),
+                                 ops.convert_to_tensor(0.0, dtype))
             return loss_sum, count, regularisation(), None, new_states
 
         objective.needs_exact_rows = True
@@ -190,17 +218,17 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
     def objective(forward, xw, yw, ww, mw, training, states):
         y_pred, new_states = forward(states, lambda: model(unpack(xw), training=training))
         preds = tree.flatten(y_pred)
-        loss_sum = ops.convert_to_tensor(0.0, "float32")
+        loss_sum = ops.convert_to_tensor(0.0, dtype)
         count = None
         for fn, weight, yt, yp in zip(fns, weights, yw, preds):
             if fn is None:
                 continue
-            values = ops.cast(fn(ops.cast(yt, yp.dtype), yp), "float32")
+            values = ops.cast(fn(ops.cast(yt, yp.dtype), yp), dtype)
             target_rank = len(yp.shape) - 1  # (B, T) per step, (B,) per series
             while len(values.shape) > target_rank:
                 values = ops.mean(values, axis=-1)
             if ww is not None:
-                values = values * ww
+                values = values * ops.cast(ww, dtype)
             mask = mw
             keras_mask = output_mask(yp)
             if keras_mask is not None and len(keras_mask.shape) == len(values.shape):
@@ -208,7 +236,7 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
                 mask = keras_mask if mask is None else mask * keras_mask
             if mask is not None:
                 # Keras's rule (losses.loss.apply_mask): the mean over unmasked elements.
-                values = values * mask
+                values = values * ops.cast(mask, dtype)
                 c = ops.sum(mask)
             else:
                 c = ops.cast(ops.size(values), "float32")

@@ -33,7 +33,7 @@ from . import distributed as dist
 from . import reuse
 from .backend import StepFunctions, current as _backend
 from .batches import (DatasetReader, MinibatchReader, as_dataset, dataset_batch,
-                      minibatch_plan, predict_batch_size, read_rows, x_dtype)
+                      minibatch_plan, predict_batch_size, read_rows, x_dtype, y_dtype)
 from .checks import (FitData, check_fit, check_model_inputs, check_windows, keyed,
                      split_validation, unragged)
 from .lengths import grouped_plan, input_mask_rule, series_lengths, time_mask, windows_needed
@@ -343,12 +343,13 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
             m.reset_state()
         if dataset is not None:
             reader = DatasetReader(dataset, list(range(n_steps)), p["batch_size"],
-                                   [x_dtype(xs), np.float32, np.float32])
+                                   [x_dtype(xs, model), y_dtype(model), np.float32])
         else:
             reader = MinibatchReader(
                 [xs, ys, ws, (rebatch_mask,) if rebatch_mask is not None else None,
                  (lengths,) if lengths is not None else None], plan_of(p["shuffle"], epoch_rng),
-                p["batch_size"], [x_dtype(xs), np.float32, np.float32, np.float32, np.int64],
+                p["batch_size"], [x_dtype(xs, model), y_dtype(model), np.float32, np.float32,
+                                  np.int64],
                 pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
         total = np.zeros(2)
         for step, (batch, rows_mask, n_real) in enumerate(reader):
@@ -410,7 +411,8 @@ def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:
     n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
     reader = MinibatchReader([xs, ys, ws, (lengths,) if lengths is not None else None],
                              minibatch_plan(lo, hi, batch, n_steps, False, None),
-                             batch, [x_dtype(xs), np.float32, np.float32, np.int64],
+                             batch, [x_dtype(xs, session.model), y_dtype(session.model),
+                                     np.float32, np.int64],
                              fallback_row=lo if hi > lo else 0)
     masked = rule is not None or lengths is not None
     total = np.zeros(2)

@@ -209,7 +209,8 @@ def build_step_functions(
             with scope_of((tv_, ntv, ov, mv), with_opt=True, collect_losses=True) as scope:
                 loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw,
                                                                      True, states)
-                mean = loss_sum / jnp.maximum(count, 1.0) + reg
+                # (float64 when floatx is: see losses.loss_dtype)
+                mean = loss_sum / jnp.maximum(count, 1.0).astype(loss_sum.dtype) + reg
                 if loss_scaled:
                     mean = optimizer.scale_loss(mean)
                 preds, masks = masks_of(y_pred)

@@ -170,12 +170,14 @@ def build_step_functions(
         with tf.GradientTape() as tape:
             loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, True,
                                                                  states)
-            mean = loss_sum / tf.maximum(count, 1.0) + reg
+            # (float64 when floatx is: see losses.loss_dtype)
+            mean = loss_sum / tf.cast(tf.maximum(count, 1.0), loss_sum.dtype) + reg
             if loss_scaled:
                 mean = optimizer.scale_loss(mean)
         grads = tape.gradient(mean, trainable)
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
                  for g, v in zip(grads, trainable)]
+        loss_sum, reg = tf.cast(loss_sum, tf.float32), tf.cast(reg, tf.float32)
         # One fused reduction: a NaN or Inf anywhere makes the sum non-finite.
         finite = tf.math.is_finite(tf.add_n(
             [loss_sum] + ([] if loss_scaled else
@@ -342,6 +344,7 @@ def build_step_functions(
                                                                  states)
             update_metrics(yw, y_pred, ww, mw)
             loss_acc, count_acc, bad, step = acc
+            loss_sum, reg = tf.cast(loss_sum, tf.float32), tf.cast(reg, tf.float32)
             return new_states, (loss_acc + loss_sum + reg * count,
                                 count_acc + count, bad, step + 1)
 
