@@ -265,8 +265,14 @@ def assert_outputs_close(got, want, atol=PREDICT_ATOL):
 def assert_weights_close(got_model, want_model, atol=WEIGHT_ATOL):
     got, want = got_model.get_weights(), want_model.get_weights()
     assert len(got) == len(want)
-    for k, (g, w) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(g, w, rtol=0, atol=atol, err_msg=f"weight {k}")
+    for k, (g, w, v) in enumerate(zip(got, want, want_model.weights)):
+        if v.path.endswith("key/bias"):
+            # MultiHeadAttention's key bias adds the same logit to every key of a query, which
+            # the softmax cancels: its true gradient is 0 and what it gets is rounding noise,
+            # which Adam scales up to lr-sized steps (seen: 3e-5 apart while every other weight
+            # agreed to 1e-7). Its value depends on the order of float32 sums only.
+            continue
+        np.testing.assert_allclose(g, w, rtol=0, atol=atol, err_msg=f"weight {k} ({v.path})")
 
 
 def twin(model: keras.Model) -> keras.Model:
@@ -533,9 +539,12 @@ def test_05_float64_model_fits_like_keras(xy, float64_mode):
     est = Estimator(model, "mse", opt, epochs=1, batch_size=4, seq_len=None, shuffle=False,
                     verbose=0).fit(x, y)
     assert all(w.dtype == np.float64 for w in est.model_.get_weights())
-    assert_weights_close(est.model_, reference, atol=1e-7)
-    assert est.history_["loss"] == pytest.approx(history["loss"], rel=1e-6)
-    assert est.predict(x).shape == y.shape
+    # float64 all the way: data, loss and gradients are not rounded to float32 on the way
+    assert_weights_close(est.model_, reference, atol=1e-12)
+    assert est.history_["loss"] == pytest.approx(history["loss"], rel=1e-6)  # Keras logs float32
+    pred = est.predict(x)
+    assert pred.dtype == np.float64  # as model.predict gives it
+    np.testing.assert_allclose(pred, reference.predict(x, verbose=0), rtol=0, atol=1e-12)
 
 
 @pytest.mark.backend
