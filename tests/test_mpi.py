@@ -39,7 +39,8 @@ MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
 
 @pytest.mark.parametrize("opt,jit", [
     pytest.param("sgd", "jit", marks=pytest.mark.slow),
-    pytest.param("adam", "jit", marks=pytest.mark.backend), ("adam", "nojit")])
+    pytest.param("adam", "jit", marks=pytest.mark.backend),
+    pytest.param("adam", "nojit", marks=pytest.mark.slow)])  # make test-full (budget)
 def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
     """With XLA the Allreduce is an XLA custom call inside the compiled window loop; without,
     a host callback between two compiled halves. Both must equal one process. (On JAX the
@@ -90,7 +91,7 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
 
 
 @pytest.mark.backend
-@jax_slow
+@pytest.mark.slow  # make test-full on both backends (make test's budget); parity covers fp16
 def test_mixed_float16_two_ranks_equal_one_process(tmp_path):
     """compile wraps the DistributedOptimizer in a LossScaleOptimizer: the window loop's
     Allreduce is the only one (the wrapped optimizer must not reduce again inside the step)."""

@@ -239,6 +239,7 @@ def _kill_inside_the_backup_write(tmp_path, double):
     return out, restart
 
 
+@pytest.mark.slow  # make test-full (make test's budget); the atomic-write kill stays in make test
 def test_kill_inside_the_backup_write_with_double_checkpoint_resumes_exactly(
         tmp_path, single_reference):
     out, restart = _kill_inside_the_backup_write(tmp_path, double=True)
