@@ -76,7 +76,8 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
     plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
     rule = input_mask_rule(session.model)
     reader = MinibatchReader([xs, (lengths,) if lengths is not None else None], plan, batch,
-                             [x_dtype(xs, session.model), np.int64], fallback_row=lo if hi > lo else 0)
+                             [x_dtype(xs, session.model), np.int64],
+                             fallback_row=lo if hi > lo else 0)
     for index, ((bx, bl), _, n_real) in zip(plan, reader):
         h0 = None
         if h_all is not None:
@@ -141,7 +142,8 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
               for o in (outs or [None] * len(shapes))]
     # Outputs and states keep the model's dtypes, as model.predict gives them (float64 for a
     # float64 model); a rank without rows takes the model's compute dtype.
-    local = [None if d else np.empty((hi - lo,) + sh[1:], _float_dtype(session.model.compute_dtype))
+    first_dtype = _float_dtype(session.model.compute_dtype)
+    local = [None if d else np.empty((hi - lo,) + sh[1:], first_dtype)
              for d, sh in zip(direct, shapes)]
     new_states = [[np.zeros((hi - lo,) + shape, _float_dtype(dtype)) for shape, dtype in spec]
                   for spec in session.state_specs]

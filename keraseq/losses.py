@@ -180,8 +180,8 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
                     loss_weights: list[float] | None = None) -> Callable:
     """The per-window objective for ``loss`` (see the module docstring)."""
     unpack = (lambda a: a[0] if len(a) == 1 else tuple(a))
-    # The loss is summed in float32, in float64 for a float64 model (as Keras computes it
-    # there: a float32 sum would round the loss and its gradient). ``count`` stays float32.
+    # The loss is computed and summed in Keras's loss dtype (floatx: float64 when the user
+    # set it, else float32, as compile's loss wrappers do). ``count`` stays float32.
     dtype = loss_dtype()
 
     def regularisation():
@@ -223,7 +223,7 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
         for fn, weight, yt, yp in zip(fns, weights, yw, preds):
             if fn is None:
                 continue
-            values = ops.cast(fn(ops.cast(yt, yp.dtype), yp), dtype)
+            values = ops.cast(fn(yt, yp), dtype)  # fn casts both to the loss's dtype
             target_rank = len(yp.shape) - 1  # (B, T) per step, (B,) per series
             while len(values.shape) > target_rank:
                 values = ops.mean(values, axis=-1)

@@ -385,7 +385,8 @@ def _clone_model(model: keras.Model) -> keras.Model:
     options Keras leaves out of ``get_config``: an ``LSTM(use_cudnn=False)`` stays so in the
     copy (Keras's clone would give it back ``"auto"``). The weights are not copied."""
     clone = keras.models.clone_model(model)
-    pairs = zip(model._flatten_layers(include_self=False), clone._flatten_layers(include_self=False))
+    pairs = zip(model._flatten_layers(include_self=False),
+                clone._flatten_layers(include_self=False))
     for src, dst in pairs:
         if type(src) is not type(dst):
             break  # not the same structure: nothing more can be matched

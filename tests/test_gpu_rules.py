@@ -27,7 +27,8 @@ def lstm_model(use_cudnn="auto"):
 
 def data(n=4, t=8):
     rng = np.random.default_rng(0)
-    return rng.normal(size=(n, t, 2)).astype("float32"), rng.normal(size=(n, t, 1)).astype("float32")
+    return (rng.normal(size=(n, t, 2)).astype("float32"),
+            rng.normal(size=(n, t, 1)).astype("float32"))
 
 
 def test_copies_keep_use_cudnn():
