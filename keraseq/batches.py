@@ -212,10 +212,12 @@ def x_dtype(xs, model=None):
 
 
 def y_dtype(model=None):
-    """The dtype targets and float inputs are read in: float64 for a model computing in
-    float64 (the data keep their precision, as in ``model.fit``), else float32."""
-    from .losses import data_dtype
-    return np.dtype(data_dtype(model)).type
+    """The dtype targets and float inputs are read in: float64 when a layer of ``model``
+    computes in float64 (``model.fit`` hands float64 data to such a model unrounded), else
+    float32."""
+    layers = [] if model is None else model._flatten_layers(include_self=True, recursive=True)
+    return np.float64 if any(getattr(layer, "compute_dtype", None) == "float64"
+                             for layer in layers) else np.float32
 
 
 def pad_rows(a, size):

@@ -142,8 +142,8 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
               for o in (outs or [None] * len(shapes))]
     # Outputs and states keep the model's dtypes, as model.predict gives them (float64 for a
     # float64 model); a rank without rows takes the model's compute dtype.
-    first_dtype = _float_dtype(session.model.compute_dtype)
-    local = [None if d else np.empty((hi - lo,) + sh[1:], first_dtype)
+    compute_dtype = _float_dtype(session.model.compute_dtype)
+    local = [None if d else np.empty((hi - lo,) + sh[1:], compute_dtype)
              for d, sh in zip(direct, shapes)]
     new_states = [[np.zeros((hi - lo,) + shape, _float_dtype(dtype)) for shape, dtype in spec]
                   for spec in session.state_specs]

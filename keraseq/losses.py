@@ -135,7 +135,6 @@ def _per_element(loss):
         def function(y_true, y_pred):  # as compile's wrapper of a function: floatx first
             dtype = keras.backend.floatx()
             return loss(ops.cast(y_true, dtype), ops.cast(y_pred, dtype))
-        function.__name__ = getattr(loss, "__name__", "loss")
         return function
     raise TypeError(f"`loss` must be a Keras loss (name, function or Loss), got {loss!r}")
 
@@ -156,17 +155,6 @@ def resolve_output_losses(loss: Any, output_names: list[str]) -> list:
                              f"outputs {output_names}")
         return [(_per_element(item) if item is not None else None) for item in loss]
     return [_per_element(loss)] * n
-
-
-def data_dtype(model: keras.Model | None) -> str:
-    """The dtype targets and float inputs are read in: float64 when a layer of the model
-    computes in float64 (``model.fit`` hands float64 data to such a model unrounded), else
-    float32."""
-    if model is None:
-        return "float32"
-    layers = model._flatten_layers(include_self=True, recursive=True)
-    return "float64" if any(getattr(layer, "compute_dtype", None) == "float64"
-                            for layer in layers) else "float32"
 
 
 def loss_dtype() -> str:

@@ -385,14 +385,10 @@ def _clone_model(model: keras.Model) -> keras.Model:
     options Keras leaves out of ``get_config``: an ``LSTM(use_cudnn=False)`` stays so in the
     copy (Keras's clone would give it back ``"auto"``). The weights are not copied."""
     clone = keras.models.clone_model(model)
-    pairs = zip(model._flatten_layers(include_self=False),
-                clone._flatten_layers(include_self=False))
-    for src, dst in pairs:
-        if type(src) is not type(dst):
-            break  # not the same structure: nothing more can be matched
-        for name in _UNCONFIGURED:
-            if name in vars(src) and getattr(dst, name, None) != getattr(src, name):
-                setattr(dst, name, getattr(src, name))
+    layers = list(clone._flatten_layers(include_self=False))
+    if len(layers) == len(list(model._flatten_layers(include_self=False))):  # same structure
+        for i, name, value in _unconfigured_options(model):
+            setattr(layers[i], name, value)
     return clone
 
 
