@@ -1,6 +1,7 @@
 # keraseq — two commands set everything up on a fresh machine:
 #   make demo   create .venv, install, train + predict on a real data set (1 process and 2 MPI ranks)
 #   make test   create .venv, install, run every test (TensorFlow; the backend tests again on JAX)
+# and for the docs and the release: make docs, make lint, make dist, make wheel-test (see below).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MPIRUN := $(VENV)/bin/mpirun
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.demo-installed
 	$(PY) examples/demo.py --out out/demo
 	$(MPIRUN) -np 2 --oversubscribe $(PY) examples/demo.py --out out/demo_mpi --compare out/demo
 
@@ -39,11 +40,12 @@ test: $(VENV)/.installed
 
 # The cases kept out of `make test` (marked slow: full fault injection, 4-rank runs, the
 # slower notebooks) and the property tests with more hypothesis examples. CI runs both.
-test-full: $(VENV)/.installed
+test-full: $(VENV)/.installed $(VENV)/.dev-installed
 	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUZZ_EXAMPLES=150 \
 	  KERASEQ_BACKEND_EXAMPLES=3 $(PY) -m pytest -q -p no:cacheprovider -m "slow or property"
 	KERAS_BACKEND=jax KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_ROWS_EXAMPLES=30 \
 	  $(PY) -m pytest -q -p no:cacheprovider -m "backend and (slow or property)"
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keraseq  # the docstring examples
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py
@@ -74,3 +76,51 @@ gpu-wheels: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
+
+# ---- docs, packaging, lint (issue 23) ---------------------------------------------------------
+.PHONY: docs docs-serve lint format dist wheel-test
+
+# make demo installs only what the demo needs: TensorFlow, Open MPI + mpi4py, statsmodels and
+# matplotlib (not the test extra: no hypothesis, sktime, JAX or mpi4jax build).
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[tensorflow,mpi,demo]"
+	touch $@
+
+# The docs, lint and dist extras' tools (read from pyproject.toml; keraseq itself is not needed
+# to build the site: mkdocstrings reads the sources).
+$(VENV)/.dev-installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $$($(PY) .ci/extra docs lint dist)
+	touch $@
+
+# The site (mkdocs.yml, pages in docs/, API from the docstrings, the notebooks as stored) into
+# site/, strictly: a broken link or a docstring warning fails; then every public name must have
+# been rendered (.ci/check_api_docs.py).
+docs: $(VENV)/.dev-installed
+	$(PY) -m mkdocs build --strict --site-dir site
+	$(PY) .ci/check_api_docs.py site
+
+docs-serve: $(VENV)/.dev-installed
+	$(PY) -m mkdocs serve
+
+# ruff (rules in pyproject.toml) and mypy on the typed public modules ([tool.mypy] files).
+lint: $(VENV)/.installed $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# The one-time reformat + safe autofixes (run once by whoever merges; see .ci/lint-fix).
+format: $(VENV)/.dev-installed
+	RUFF="$(PY) -m ruff" bash .ci/lint-fix
+
+# sdist + wheel into dist/, checked by twine.
+dist: $(VENV)/.dev-installed
+	rm -rf dist/keraseq-* build keraseq.egg-info
+	$(PY) -m build -o dist .
+	$(PY) -m twine check --strict dist/keraseq-*
+
+# The wheel installed with [jax] alone in a fresh venv (no TensorFlow) imports and trains.
+wheel-test: dist
+	bash .ci/wheel-jax dist

@@ -13,23 +13,51 @@ Public API (everything else is internal):
 - :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
   :mod:`keraseq.layers` — ``WinsorNorm``.
 """
+import importlib.util as _importlib_util
 import os as _os
 
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (setuptools dynamic)
+
+_BACKEND_DEFAULTED = "KERAS_BACKEND" not in _os.environ
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+#: The package each Keras backend needs, and the keraseq extra that installs it.
+_BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "TensorFlow"), "jax": ("jax", "JAX")}
+
+
+def _check_backend_installed() -> None:
+    """Raise a clear ImportError, naming the extra, when the chosen backend is not installed.
+
+    Keras would fail later inside its own import with ``No module named 'tensorflow'``; the
+    backend is the user's choice (``KERAS_BACKEND``, TensorFlow when unset), as in Keras.
+    """
+    backend = _os.environ["KERAS_BACKEND"]
+    if backend not in _BACKEND_PACKAGES:
+        return  # keraseq.backend.current() names the supported backends
+    package, label = _BACKEND_PACKAGES[backend]
+    if _importlib_util.find_spec(package) is None:
+        unset = " (the default when KERAS_BACKEND is unset)" if _BACKEND_DEFAULTED else ""
+        other = "jax" if backend == "tensorflow" else "tensorflow"
+        raise ImportError(
+            f"keraseq runs on the Keras backend KERAS_BACKEND={backend!r}{unset}, but {label} is "
+            f"not installed: pip install 'keraseq[{backend}]' (or set KERAS_BACKEND={other} "
+            f"and pip install 'keraseq[{other}]')")
+
+
+_check_backend_installed()
 
 from .backend import name as _backend_name  # noqa: E402
 
 if _backend_name() == "jax":
     # Asks JAX for one CPU device per core before JAX starts (see backend/jax.py).
-    from .backend import jax as _jax_backend  # noqa: E402,F401
+    from .backend import jax as _jax_backend  # noqa: F401
 
-from . import callbacks  # noqa: E402
+from . import callbacks as callbacks  # noqa: E402  (keraseq.callbacks)
 from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .classifier import Classifier  # noqa: E402
 from .inputs import SliceTuple, from_channels_first  # noqa: E402
 from .losses import seqloss  # noqa: E402
 from .model_selection import TimeSplit  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "TimeSplit",
            "from_channels_first", "seqloss", "__version__"]

@@ -46,7 +46,7 @@ class Classifier(ClassifierMixin, Estimator):
         >>> x = np.random.rand(20, 12, 2).astype("float32")
         >>> labels = np.where(x[:, :, 0].mean(1) > 0.5, "up", "down")
         >>> clf = Classifier(model, epochs=2, batch_size=10, seq_len=6, verbose=0).fit(x, labels)
-        >>> clf.predict(x).shape, list(clf.classes_)
+        >>> clf.predict(x).shape, [str(c) for c in clf.classes_]
         ((20,), ['down', 'up'])
     """
 

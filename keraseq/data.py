@@ -402,23 +402,23 @@ def h5concat(
     """
     if isinstance(srcs, (str, bytes, os.PathLike)):
         raise TypeError("srcs must be a sequence of file names, not a single name")
-    srcs = [os.fspath(s) for s in srcs]
-    dst = os.fspath(dst)
-    if not srcs:
+    sources: list[str] = [os.fspath(s) for s in srcs]
+    dst_path = os.fspath(dst)
+    if not sources:
         raise ValueError("h5concat needs at least one source file (srcs is empty)")
     if isinstance(axis, bool):
         raise TypeError("axis must be an int, not bool")
     axis = operator.index(axis)
-    _check_dst_not_a_source(dst, srcs)
+    _check_dst_not_a_source(dst_path, sources)
 
-    first_inv, infos, axes = _plan(srcs, axis)
+    first_inv, infos, axes = _plan(sources, axis)
 
     created = False
     try:
         with contextlib.ExitStack() as stack:
-            out = stack.enter_context(h5py.File(dst, "w"))
+            out = stack.enter_context(h5py.File(dst_path, "w"))
             created = True
-            f0 = stack.enter_context(h5py.File(srcs[0], "r"))
+            f0 = stack.enter_context(h5py.File(sources[0], "r"))
             _copy_attrs(f0["/"], out["/"])
             targets: dict[str, h5py.Dataset] = {}
             for path, (kind, detail) in first_inv.items():
@@ -434,17 +434,19 @@ def h5concat(
             for path, per_src in infos.items():
                 ax = axes[path]
                 first = f0[path]
-                shape = list(per_src[0].shape)
-                shape[ax] = sum(info.shape[ax] for info in per_src)
-                shape = tuple(shape)
+                # _plan refused null (shapeless) datasets: every shape here is a tuple
+                dims = list(per_src[0].shape or ())
+                dims[ax] = sum((info.shape or ())[ax] for info in per_src)
+                shape = tuple(dims)
                 if virtual:
                     layout = h5py.VirtualLayout(shape=shape, dtype=first.dtype)
                     offset = 0
-                    for src, info in zip(srcs, per_src):
-                        n = info.shape[ax]
+                    for src, info in zip(sources, per_src):
+                        n = (info.shape or ())[ax]
                         if n:
                             vsrc = h5py.VirtualSource(
-                                _vds_path(src, dst), name=path, shape=info.shape, dtype=info.dtype
+                                _vds_path(src, dst_path), name=path, shape=info.shape,
+                                dtype=info.dtype,
                             )
                             sel = (slice(None),) * ax + (slice(offset, offset + n),)
                             layout[sel] = vsrc
@@ -457,7 +459,7 @@ def h5concat(
             if not virtual:
                 # One source open at a time; each copies into its slot of every target.
                 offsets = dict.fromkeys(infos, 0)
-                for src in srcs:
+                for src in sources:
                     with h5py.File(src, "r") as f:
                         for path, dset in targets.items():
                             ax = axes[path]
@@ -466,7 +468,7 @@ def h5concat(
     except BaseException:
         if created:  # never remove a file we could not even open
             try:
-                os.remove(dst)
+                os.remove(dst_path)
             except OSError:
                 pass
         raise

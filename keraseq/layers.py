@@ -9,7 +9,8 @@ utilities (``utils.py``) and data helpers (``data.py``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -19,7 +20,8 @@ __all__ = ["WinsorNorm"]
 
 _BIG = float(np.finfo(np.float32).max)
 # radix digit widths (bits) of the exact streaming selection, fewest passes first
-_DIGIT_SCHEDULES = ((16, 16), (11, 11, 10), (8, 8, 8, 8), (6, 6, 6, 6, 4, 4), (4,) * 8)
+_DIGIT_SCHEDULES: tuple[tuple[int, ...], ...] = (
+    (16, 16), (11, 11, 10), (8, 8, 8, 8), (6, 6, 6, 6, 4, 4), (4,) * 8)
 _SIGN = np.uint32(0x80000000)
 _LOW31 = np.uint32(0x7FFFFFFF)
 
@@ -74,13 +76,13 @@ def _streaming_stats(
         shift = 32 - done_bits - bits
         mask = np.uint32(B - 1)
         if level == 0:
-            hist = np.zeros(F * B, dtype=np.int64)
+            hist0 = np.zeros(F * B, dtype=np.int64)
             for x in chunks():
                 valid = ~np.isnan(x)
                 digit = (_to_keys(x) >> np.uint32(shift)).astype(np.int64)
                 idx = (feat * B + digit)[valid]
-                hist += np.bincount(idx, minlength=F * B)
-            hist = hist.reshape(F, B)
+                hist0 += np.bincount(idx, minlength=F * B)
+            hist = hist0.reshape(F, B)
             counts = hist.sum(axis=1)
             for i, q in enumerate((lower, upper)):
                 h = np.maximum(counts - 1, 0) * q
@@ -227,7 +229,7 @@ class WinsorNorm(keras.layers.Layer):
 
     # ------------------------------------------------------------------------------- adapt
     def adapt(self, data: Any, batch_size: int | None = None,
-              max_memory: int = 64 * 2 ** 20) -> "WinsorNorm":
+              max_memory: int = 64 * 2 ** 20) -> WinsorNorm:
         """Learn ``low``, ``high``, ``mean``, ``std`` from ``data`` of shape ``(N, T, F)`` or
         ``(N, F)``, streamed in blocks of ``batch_size`` rows along axis 0.
 
@@ -299,5 +301,5 @@ class WinsorNorm(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "WinsorNorm":
+    def from_config(cls, config: dict) -> WinsorNorm:
         return cls(**config)

@@ -20,7 +20,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -77,9 +78,9 @@ class TimeFolds:
         out = np.asarray(self.array[np.sort(series)])[:, :stop]
         if not test:
             return out
-        out = out.view(ScoredFrom)
-        out.keraseq_score_from = cut
-        return out
+        scored = out.view(ScoredFrom)
+        scored.keraseq_score_from = cut
+        return scored
 
 
 class TimeSplit:

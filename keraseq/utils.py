@@ -1,4 +1,4 @@
-"""Small model utilities in the spirit of FluxUtils.jl, for Keras 3 models (TensorFlow or JAX backend).
+"""Small model utilities in the spirit of FluxUtils.jl, for Keras 3 models (TensorFlow or JAX).
 
 What lives here: flattening the trainable weights into one vector and back (:func:`net2vec`,
 :func:`vec2net`), the flattened gradient of a loss (:func:`net2grad`), readable unique names
@@ -18,7 +18,8 @@ import inspect
 import os
 import re
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -271,7 +272,7 @@ def _stateful_rnns(model: keras.Model) -> list:
 
 def _state_variables(model: keras.Model) -> list[tuple[Any, Any]]:
     """``(layer, variable)`` for every state variable of every stateful RNN, in order."""
-    out = []
+    out: list[tuple[Any, Any]] = []
     for layer in _stateful_rnns(model):
         if layer.states is None:  # not built yet: no state to copy
             continue
