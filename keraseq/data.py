@@ -1,32 +1,27 @@
 """HDF5 data utilities for keraseq: combining many HDF5 files into one.
 
-What lives here
----------------
-* :func:`h5concat` -- stack every same-named dataset of several HDF5 files
-  along one axis into a new file, either as an HDF5 *virtual dataset*
-  (no data copied) or as a real, chunk-by-chunk copy with bounded memory.
-* :func:`main` -- the command line, ``python -m keraseq.data concat ...``.
+What lives here: :func:`h5concat`, which stacks every same-named dataset of several HDF5 files
+along one axis into a new file, either as an HDF5 *virtual dataset* (no data copied) or as a
+real, chunk-by-chunk copy with bounded memory; and :func:`main`, the command line
+``python -m keraseq.data concat ...``.
 
-What does not live here
------------------------
-Nothing about models, training, batching or windowing of sequences: this
-module only handles files.  It deliberately imports nothing from the rest of
-``keraseq`` (only ``numpy`` and ``h5py``), so it can be used, and its command
-line run, on a machine that only prepares data.
+What does not live here: nothing about models, training, batching or windowing of sequences:
+this module only handles files. It deliberately imports nothing from the rest of ``keraseq``
+(only ``numpy`` and ``h5py``), so it can be used, and its command line run, on a machine that
+only prepares data.
 
-Example
--------
->>> import os, tempfile, numpy as np, h5py
->>> from keraseq.data import h5concat
->>> d = tempfile.mkdtemp()
->>> for i in range(2):
-...     with h5py.File(os.path.join(d, f"part{i}.h5"), "w") as f:
-...         f["x"] = np.full((2, 3), i, dtype="float32")
->>> parts = [os.path.join(d, f"part{i}.h5") for i in range(2)]
->>> h5concat(os.path.join(d, "all.h5"), parts)
->>> with h5py.File(os.path.join(d, "all.h5"), "r") as f:
-...     f["x"].shape, f["x"].is_virtual
-((4, 3), True)
+Example:
+    >>> import os, tempfile, numpy as np, h5py
+    >>> from keraseq.data import h5concat
+    >>> d = tempfile.mkdtemp()
+    >>> for i in range(2):
+    ...     with h5py.File(os.path.join(d, f"part{i}.h5"), "w") as f:
+    ...         f["x"] = np.full((2, 3), i, dtype="float32")
+    >>> parts = [os.path.join(d, f"part{i}.h5") for i in range(2)]
+    >>> h5concat(os.path.join(d, "all.h5"), parts)
+    >>> with h5py.File(os.path.join(d, "all.h5"), "r") as f:
+    ...     f["x"].shape, f["x"].is_virtual
+    ((4, 3), True)
 """
 
 from __future__ import annotations
@@ -52,6 +47,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Default memory budget of one block read/written by ``h5concat(virtual=False)``.
 DEFAULT_BLOCK_BYTES: int = 64 * 2**20
+"""Memory budget of one block when :func:`h5concat` copies (``virtual=False``): 64 MiB."""
 
 
 # ---------------------------------------------------------------------------
@@ -332,73 +328,70 @@ def h5concat(
     (``/x``, ``/labels/y``, ...); dataset ``/p`` of ``dst`` equals
     ``numpy.concatenate([f[p] for f in srcs], axis=axis)``.
 
-    Parameters
-    ----------
-    dst:
-        Output file; created, or overwritten if it exists.  It must not be one
-        of the sources.
-    srcs:
-        Source files, in concatenation order (at least one).
-    axis:
-        Axis to stack along.  Negative values count from the end and are
-        normalised per dataset rank (``-1`` is the last axis of each
-        dataset).  All other dimensions, and the dtypes, must agree.
-    virtual:
-        ``True`` (default): each output dataset is an HDF5 *virtual dataset*
-        mapping the source datasets; nothing is copied and ``dst`` is tiny.
-        Sources are referenced by file name and are read every time ``dst``
-        is read, so **the sources must stay in place** (and must not be
-        rewritten with other shapes).  A source in ``dst``'s folder or below
-        is stored by its path relative to that folder (HDF5 looks such paths
-        up relative to the virtual file's folder, so the folder may be moved
-        or copied as a whole); any other source is stored by absolute path.
-        Beware: when a source cannot be found at read time, HDF5 returns the
-        fill value (zeros) for its part instead of raising.  The environment
-        variable ``HDF5_VDS_PREFIX`` overrides where relative names are
-        looked up.
-        ``False``: the data is copied block by block into real datasets, never
-        holding more than about ``block_bytes`` of one dataset in memory.  The
-        output dataset takes the chunk shape, filters (compression, shuffle,
-        checksum, ...), fill value and unlimited dimensions of the *first*
-        source when that one is chunked; otherwise it is contiguous.
-    block_bytes:
-        Memory budget of one block in copy mode (default 64 MiB).  Blocks
-        span whole trailing dimensions and run along axis 0; they are aligned
-        to the source's chunks when possible.
-
     Besides datasets, the first source's attributes (of the root, groups and
     datasets), groups, soft links, external links (verbatim) and named
     datatypes are copied once.  Non-dataset objects of the other sources are
     ignored.  Attributes holding object references are skipped with a
     warning.
 
-    Raises
-    ------
-    ValueError
-        ``srcs`` is empty; ``dst`` is one of ``srcs``; a dataset is missing
-        from some source; dtypes or shapes (all dimensions but ``axis``) of a
-        dataset disagree; ``axis`` is out of range for a dataset's rank
-        (including scalar datasets, which cannot be stacked).  The message
-        names the dataset and the file(s).  Everything is checked before
-        ``dst`` is opened, so an invalid call leaves ``dst`` untouched.
-    OSError
-        A source cannot be opened, or ``dst`` cannot be written (a partly
-        written ``dst`` is removed).
+    Args:
+        dst:
+            Output file; created, or overwritten if it exists.  It must not be one
+            of the sources.
+        srcs:
+            Source files, in concatenation order (at least one).
+        axis:
+            Axis to stack along.  Negative values count from the end and are
+            normalised per dataset rank (``-1`` is the last axis of each
+            dataset).  All other dimensions, and the dtypes, must agree.
+        virtual:
+            ``True`` (default): each output dataset is an HDF5 *virtual dataset*
+            mapping the source datasets; nothing is copied and ``dst`` is tiny.
+            Sources are referenced by file name and are read every time ``dst``
+            is read, so **the sources must stay in place** (and must not be
+            rewritten with other shapes).  A source in ``dst``'s folder or below
+            is stored by its path relative to that folder (HDF5 looks such paths
+            up relative to the virtual file's folder, so the folder may be moved
+            or copied as a whole); any other source is stored by absolute path.
+            Beware: when a source cannot be found at read time, HDF5 returns the
+            fill value (zeros) for its part instead of raising.  The environment
+            variable ``HDF5_VDS_PREFIX`` overrides where relative names are
+            looked up.
+            ``False``: the data is copied block by block into real datasets, never
+            holding more than about ``block_bytes`` of one dataset in memory.  The
+            output dataset takes the chunk shape, filters (compression, shuffle,
+            checksum, ...), fill value and unlimited dimensions of the *first*
+            source when that one is chunked; otherwise it is contiguous.
+        block_bytes:
+            Memory budget of one block in copy mode (default 64 MiB).  Blocks
+            span whole trailing dimensions and run along axis 0; they are aligned
+            to the source's chunks when possible.
 
-    Example
-    -------
-    >>> import os, tempfile, numpy as np, h5py
-    >>> d = tempfile.mkdtemp()
-    >>> srcs = []
-    >>> for i in range(3):
-    ...     srcs.append(os.path.join(d, f"s{i}.h5"))
-    ...     with h5py.File(srcs[-1], "w") as f:
-    ...         f["x"] = np.arange(6, dtype="float32").reshape(1, 2, 3) + i
-    ...         f["meta/n"] = np.array([[i]])
-    >>> h5concat(os.path.join(d, "time.h5"), srcs, axis=1, virtual=False)
-    >>> with h5py.File(os.path.join(d, "time.h5"), "r") as f:
-    ...     f["x"].shape, f["meta/n"][()].tolist()
-    ((1, 6, 3), [[0, 1, 2]])
+    Raises:
+        ValueError:
+            ``srcs`` is empty; ``dst`` is one of ``srcs``; a dataset is missing
+            from some source; dtypes or shapes (all dimensions but ``axis``) of a
+            dataset disagree; ``axis`` is out of range for a dataset's rank
+            (including scalar datasets, which cannot be stacked).  The message
+            names the dataset and the file(s).  Everything is checked before
+            ``dst`` is opened, so an invalid call leaves ``dst`` untouched.
+        OSError:
+            A source cannot be opened, or ``dst`` cannot be written (a partly
+            written ``dst`` is removed).
+
+    Examples:
+        >>> import os, tempfile, numpy as np, h5py
+        >>> d = tempfile.mkdtemp()
+        >>> srcs = []
+        >>> for i in range(3):
+        ...     srcs.append(os.path.join(d, f"s{i}.h5"))
+        ...     with h5py.File(srcs[-1], "w") as f:
+        ...         f["x"] = np.arange(6, dtype="float32").reshape(1, 2, 3) + i
+        ...         f["meta/n"] = np.array([[i]])
+        >>> h5concat(os.path.join(d, "time.h5"), srcs, axis=1, virtual=False)
+        >>> with h5py.File(os.path.join(d, "time.h5"), "r") as f:
+        ...     f["x"].shape, f["meta/n"][()].tolist()
+        ((1, 6, 3), [[0, 1, 2]])
     """
     if isinstance(srcs, (str, bytes, os.PathLike)):
         raise TypeError("srcs must be a sequence of file names, not a single name")

@@ -169,7 +169,8 @@ class WinsorNorm(keras.layers.Layer):
     (it maps to 0). ``call`` uses ``keras.ops`` only and runs under ``tf.function`` and XLA.
 
     Args:
-        lower, upper: the quantile levels, ``0 <= lower < upper <= 1``.
+        lower: the lower quantile level, ``0 <= lower < upper``.
+        upper: the upper quantile level, ``lower < upper <= 1``.
 
     Example:
         >>> import keras, numpy as np
