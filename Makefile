@@ -99,7 +99,7 @@ $(VENV)/.dev-installed: pyproject.toml
 # site/, strictly: a broken link or a docstring warning fails; then every public name must have
 # been rendered (.ci/check_api_docs.py).
 docs: $(VENV)/.dev-installed
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 	$(PY) .ci/check_api_docs.py site
 
 docs-serve: $(VENV)/.dev-installed

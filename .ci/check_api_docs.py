@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Check that the built site documents every public name (make docs, after mkdocs build).
 
-The public API is ``keraseq.__all__`` and the ``__all__`` of every public module, i.e. every
-``:mod:`keraseq.X``` named in keraseq/__init__.py's docstring and every module with a page
-docs/api/X.md (read from the sources, without importing keraseq). Each public module needs a page ``docs/api/X.md`` and each name an anchor
-``id="keraseq.X.name"`` (``id="keraseq.name"`` for the top level) in the built ``site/api/``.
-mkdocstrings renders no undocumented name (``show_if_no_docstring: false``), so a public name
-without a docstring fails here too. Usage: .ci/check_api_docs.py SITE_DIR
+The public API is ``keraseq.__all__`` and the ``__all__`` of every public module: each
+``:mod:`keraseq.X``` named in keraseq/__init__.py's docstring and each module with a page
+docs/api/X.md (read from the sources, without importing keraseq). Each public module needs a
+page docs/api/X.md, and each name an anchor ``id="keraseq.X.name"`` (``id="keraseq.name"``
+for the top level) in the built site/api/. mkdocstrings renders no undocumented name
+(``show_if_no_docstring: false``), so a public name without a docstring fails here too.
+Usage: .ci/check_api_docs.py SITE_DIR
 """
+
 import ast
 import re
 import sys
@@ -27,17 +29,20 @@ def public_names(name: str) -> tuple[list[str], str]:
     names: list[str] = []
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
             names = list(ast.literal_eval(node.value))
-    return [n for n in names if not (n.startswith("__") and n.endswith("__"))], \
-        ast.get_docstring(tree) or ""
+    return [n for n in names if not (n.startswith("__") and n.endswith("__"))], ast.get_docstring(
+        tree
+    ) or ""
 
 
 def main(site: Path) -> int:
     top, doc = public_names("keraseq")
     modules = set(re.findall(r":mod:`(keraseq\.[\w.]+)`", doc))
-    modules.update(f"keraseq.{p.stem}" for p in (ROOT / "docs" / "api").glob("*.md")
-                   if p.stem != "index")
+    modules.update(
+        f"keraseq.{p.stem}" for p in (ROOT / "docs" / "api").glob("*.md") if p.stem != "index"
+    )
     modules = sorted(modules)
     html = {p.name: p.read_text() for p in (site / "api").glob("*.html")}
     ids = set()
@@ -53,12 +58,16 @@ def main(site: Path) -> int:
         missing += [f"{mod}.{n}" for n in names if f"{mod}.{n}" not in ids]
     n = len(top) + sum(len(public_names(m)[0]) for m in modules)
     if missing:
-        print(f"check_api_docs: {len(missing)} public name(s) not documented in {site}/api "
-              "(no docstring, or no API page):")
+        print(
+            f"check_api_docs: {len(missing)} public name(s) not documented in {site}/api "
+            "(no docstring, or no API page):"
+        )
         print("\n".join(f"  {m}" for m in missing))
         return 1
-    print(f"check_api_docs: all {n} public names of keraseq and {len(modules)} public modules "
-          "are documented")
+    print(
+        f"check_api_docs: all {n} public names of keraseq and {len(modules)} public modules "
+        "are documented"
+    )
     return 0
 
 
