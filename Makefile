@@ -92,7 +92,7 @@ $(VENV)/.demo-installed: pyproject.toml
 # to build the site: mkdocstrings reads the sources).
 $(VENV)/.dev-installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q $$($(PY) .ci/extra docs lint dist)
+	$(PY) .ci/extra docs lint dist | xargs -d '\n' $(PY) -m pip install -q
 	touch $@
 
 # The site (mkdocs.yml, pages in docs/, API from the docstrings, the notebooks as stored) into

@@ -4,6 +4,7 @@ keraseq's docstrings are Google style with two habits the Google parser does not
 singular ``Example:`` section (read here as ``Examples:``, so that ``>>>`` lines render as
 code) and Sphinx roles such as ``:class:`X``` (rendered here as the code span ``X``).
 """
+
 import re
 
 import griffe

@@ -4,6 +4,7 @@
 README's repository-relative links rewritten into site links, so the front page and the home
 page never drift apart (``mkdocs build --strict`` then checks every rewritten link).
 """
+
 import re
 from pathlib import Path
 
@@ -15,11 +16,11 @@ def _site_link(match: re.Match) -> str:
     if re.match(r"[a-z]+://|#", target):
         return match.group(0)
     if target.startswith("docs/"):
-        target = target[len("docs/"):]
+        target = target[len("docs/") :]
     elif target == "notebooks/":
         target = "getting-started.md#tutorials"
     elif target.startswith("notebooks/"):
-        target = "tutorials/" + target[len("notebooks/"):]
+        target = "tutorials/" + target[len("notebooks/") :]
     elif target == "CHANGELOG.md":
         target = "changelog.md"
     elif target == "LICENSE":

@@ -5,6 +5,7 @@ Slow (``make test-full``, which CI runs): builds the whole site (~30 s). Skips o
 docs extra (``pip install -e ".[docs]"``) or Debian's ``chromium`` is missing; CI installs both
 (``make test-full`` installs the extra, ``.ci/run`` installs chromium).
 """
+
 import html.parser
 import importlib.util
 import shutil
@@ -19,8 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DOCS_EXTRA = all(importlib.util.find_spec(m) for m in
-                 ("mkdocs", "material", "mkdocstrings_handlers", "mkdocs_jupyter"))
+DOCS_EXTRA = all(
+    importlib.util.find_spec(m)
+    for m in ("mkdocs", "material", "mkdocstrings_handlers", "mkdocs_jupyter")
+)
 
 
 class _Text(html.parser.HTMLParser):
@@ -54,9 +57,18 @@ class _Text(html.parser.HTMLParser):
 
 def chromium(*args, tmp_path):
     profile = tmp_path / f"profile{len(list(tmp_path.glob('profile*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", f"--user-data-dir={profile}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -75,11 +87,20 @@ def site(tmp_path_factory):
     if not DOCS_EXTRA:
         pytest.skip('the docs extra is not installed (pip install -e ".[docs]"; CI has it)')
     out_dir = tmp_path_factory.mktemp("site")
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
-                            str(out_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-4000:]
-    check = subprocess.run([sys.executable, str(ROOT / ".ci" / "check_api_docs.py"),
-                            str(out_dir)], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "check_api_docs.py"), str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     return out_dir
 
@@ -88,14 +109,24 @@ def test_landing_page_reads_well(site, tmp_path):
     page = seen((site / "index.html").as_uri(), tmp_path)
     assert page.title.strip().startswith("keraseq")
     assert "keraseq" in page.headings
-    for words in ("truncated backpropagation through time", "Getting started", "User guide",
-                  "API reference", "pip install"):
+    for words in (
+        "truncated backpropagation through time",
+        "Getting started",
+        "User guide",
+        "API reference",
+        "pip install",
+    ):
         assert words in page.text, words
     shot = tmp_path / "index.png"
-    out = chromium("--window-size=1280,900", f"--screenshot={shot}", (site / "index.html").as_uri(),
-                   tmp_path=tmp_path)
+    out = chromium(
+        "--window-size=1280,900",
+        f"--screenshot={shot}",
+        (site / "index.html").as_uri(),
+        tmp_path=tmp_path,
+    )
     assert out.returncode == 0 and shot.exists(), out.stderr[-2000:]
     import matplotlib.image
+
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (900, 1280)
     # a styled page, not a blank one: the Material header's colour and dark text are there

@@ -4,16 +4,17 @@ backend package is a clear ImportError at ``import keraseq`` naming the extra to
 The wheel itself (built, installed with ``[jax]`` alone in a fresh venv, trained without
 TensorFlow) is checked by ``.ci/wheel-jax`` (``make wheel-test``, run by CI).
 """
+
 import ast
 import importlib.metadata
 import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,15 +26,19 @@ def import_without(package: str, backend: str | None) -> subprocess.CompletedPro
         env["KERAS_BACKEND"] = backend
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     code = f"import sys; sys.modules[{package!r}] = None; import keraseq"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("backend, package, extra", [
-    ("tensorflow", "tensorflow", "keraseq[tensorflow]"),
-    (None, "tensorflow", "keraseq[tensorflow]"),  # TensorFlow is the default, as in Keras
-    ("jax", "jax", "keraseq[jax]"),
-])
+@pytest.mark.parametrize(
+    "backend, package, extra",
+    [
+        ("tensorflow", "tensorflow", "keraseq[tensorflow]"),
+        (None, "tensorflow", "keraseq[tensorflow]"),  # TensorFlow is the default, as in Keras
+        ("jax", "jax", "keraseq[jax]"),
+    ],
+)
 def test_missing_backend_names_the_extra(backend, package, extra):
     out = import_without(package, backend)
     assert out.returncode != 0
@@ -55,8 +60,12 @@ def test_one_version_source():
     attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
     assert attr == "keraseq.__version__"
     tree = ast.parse((ROOT / "keraseq" / "__init__.py").read_text())
-    version = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                   and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__version__"])
+    version = next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__version__"]
+    )
     assert re.fullmatch(r"\d+\.\d+\.\d+([ab]|rc|\.dev|\.post)?\d*", version), version
     # the installed metadata (pip install -e .) is built from it
     assert importlib.metadata.version("keraseq") == version
