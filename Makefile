@@ -75,7 +75,7 @@ gpu-wheels: $(VENV)/.installed
 	ls -l $(GPU_WHEELS) && du -sh $(GPU_WHEELS)
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build *.egg-info site .cache dist/keraseq-*
 
 # ---- docs, packaging, lint (issue 23) ---------------------------------------------------------
 .PHONY: docs docs-serve lint format dist wheel-test
