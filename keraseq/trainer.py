@@ -109,14 +109,17 @@ def probe(model, carry, xs, seq_len, row=0):
     s = t if seq_len is None else min(seq_len, t)
     window = tuple(np.asarray(read_rows(a, slice(row, row + 1)))[:, :s].astype(
         np.float32 if a.dtype.kind == "f" else np.int32) for a in xs)
-    with carry:
+    def call(w):
         carry.feed(None)
-        try:
-            out = model(window[0] if len(window) == 1 else window, training=False)
+        return model(w, training=False), carry.collected()
+
+    with carry:
+        try:  # shapes only: traced, not run, where the backend can (no compile kept)
+            out, states = _backend().shapes_of(
+                model, call, window[0] if len(window) == 1 else window)
         except Exception as exc:
             raise ValueError(f"the model cannot be called on a window of `x` with shape "
                              f"{[w.shape for w in window]}: {exc}") from exc
-        states = carry.collected()
         # Keras drops a mask at a layer without mask support: then no recurrent layer
         # sees it and the padding is computed over, which keraseq must follow.
         object.__setattr__(model, "_keraseq_mask_reaches_rnn",

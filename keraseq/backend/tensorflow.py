@@ -70,6 +70,12 @@ def dtype_of(name):
     return tf.as_dtype(name)
 
 
+def shapes_of(model, fn: Callable, *args):
+    """``fn(*args)`` (a call of ``model``), run eagerly: its outputs (an eager call keeps
+    nothing behind on TensorFlow; on JAX it would, see ``backend/jax.py``)."""
+    return fn(*args)
+
+
 def slice_time(a, start, length):
     """``a[:, start:start+length]`` with a static window length (XLA friendly)."""
     if a is None:
