@@ -461,10 +461,12 @@ CALL_SECONDS = 1.0
 #: The rough cost of one window on a CPU, to turn ``CALL_SECONDS`` into windows:
 #: ``WINDOW_SECONDS + work / WORK_PER_SECOND`` seconds for ``work`` = rows x window steps x
 #: weights (the multiply-adds of the forward pass, roughly; training does ~3x that). Fitted to
-#: this project's workloads on one core of the 2-core EPYC CI machine, both backends
-#: (benchmarks/bench_chunks.py prints the measured seconds per window next to this estimate).
+#: the steady epochs of ``benchmarks/bench_cores.py`` on this project's 2-core CPU machine
+#: (one device, XLA): 0.14-0.19 ms per window at the seed size (0.17 M), 1.5 ms at 13 M,
+#: 3.0 ms at 32 M, 10 ms at the realistic size (106 M); ``benchmarks/bench_chunks.py`` prints
+#: the measured time per window next to this estimate.
 WINDOW_SECONDS = 1.5e-4
-WORK_PER_SECOND = 2.5e9
+WORK_PER_SECOND = 1e10
 #: Fewest windows per call ("auto"): a faster device (a GPU) runs windows faster than the CPU
 #: estimate; at least this many keeps its calls' fixed cost small there too.
 MIN_WINDOWS_PER_CALL = 64
