@@ -2,17 +2,18 @@
 
 keraseq trains a long minibatch as several compiled calls so that the progress bar and the
 callbacks move inside it (docs/guide/progress.md). Each call costs a little (argument
-conversion, dispatch, the result's transfer, the callbacks): this script measures it at the
-seed and realistic workloads of the other benchmarks, with chunks much SHORTER than
-``"auto"`` picks there (auto keeps both workloads one call per minibatch: ~1 s of work per
-call), so the figure is an upper bound. The contenders run interleaved, in alternating order,
-in one process, on the backend Keras runs on (``KERAS_BACKEND``).
+conversion, dispatch, the result's transfer, the callbacks). Measured at the seed and realistic
+workloads of the other benchmarks with forced calls much SHORTER than ``"auto"`` picks (auto
+keeps them one call per minibatch): an upper bound of the cost; and at long minibatches of the
+same models (``*-long``) cut as ``"auto"`` cuts them (calls of about a second). The contenders
+run interleaved, in alternating order, in one process, on the backend Keras runs on
+(``KERAS_BACKEND``).
 
 Prints, per workload: steady s/epoch of one call per minibatch and of the chunks, the ratio
 chunked / one call (target <= 1.02), and the measured seconds per window next to the estimate
 ``"auto"`` sizes its calls with (``keraseq.trainer.auto_windows``).
 
-    python benchmarks/bench_chunks.py [--rounds 3] [--epochs 3] [--sizes seed,realistic]
+    python benchmarks/bench_chunks.py [--rounds 3] [--epochs 3] [--sizes seed,realistic,seed-long,realistic-long]
     KERAS_BACKEND=jax python benchmarks/bench_chunks.py
 """
 import argparse
@@ -31,8 +32,12 @@ from epoch_timer import EpochTimer  # noqa: E402
 
 # name: (units, features, T, batch, window, N, windows per call when chunked)
 SIZES = {
-    "seed": (10, 10, 1000, 20, 10, 200, 25),         # 100 windows: 4 calls per minibatch
-    "realistic": (128, 32, 200, 64, 20, 256, 5),     # 10 windows: 2 calls per minibatch
+    # Forced short calls (an upper bound of the cost: "auto" keeps these one call).
+    "seed": (10, 10, 1000, 20, 10, 200, 25),            # 100 windows: 4 calls of ~5 ms
+    "realistic": (128, 32, 200, 64, 20, 256, 5),        # 10 windows: 2 calls of ~50 ms
+    # Long minibatches, as "auto" cuts them (calls of about a second).
+    "seed-long": (10, 10, 100_000, 20, 10, 20, "auto"),     # 10,000 windows: 2 calls
+    "realistic-long": (128, 32, 2000, 64, 20, 128, "auto"),  # 100 windows: 2 calls
 }
 ONE_CALL = 10 ** 9
 
@@ -56,7 +61,7 @@ def epochs_of(size, windows_per_call, x, y, epochs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="seed,realistic")
+    ap.add_argument("--sizes", default="seed,realistic,seed-long,realistic-long")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3, help="per fit, the first not timed")
     args = ap.parse_args()
@@ -73,12 +78,18 @@ def main():
                 steady, est = epochs_of(size, wpc, x, y, args.epochs)
                 times[wpc] += steady
         one, chunked = min(times[ONE_CALL]), min(times[chunk])
+        windows_per_minibatch = -(-t // window)
+        label = chunk
+        if chunk == "auto":
+            per_call = trainer.auto_windows(min(batch, n) * window * est.model_.count_params())
+            calls = -(-windows_per_minibatch // per_call)
+            label = f"auto: {calls} calls of {-(-windows_per_minibatch // calls)} windows"
         med = statistics.median(times[chunk]) / statistics.median(times[ONE_CALL])
-        windows = -(-n // batch) * -(-t // window)
+        windows = -(-n // batch) * windows_per_minibatch
         work = min(batch, n) * window * est.model_.count_params()
         estimate = trainer.WINDOW_SECONDS + work / trainer.WORK_PER_SECOND
         print(f"{size}: LSTM({units}), F={features}, T={t}, batch {batch}, window {window}, "
-              f"N={n}: {-(-t // window)} windows per minibatch, chunks of {chunk}")
+              f"N={n}: {windows_per_minibatch} windows per minibatch, chunks of {label}")
         print(f"  one call per minibatch {one:.3f} s/epoch; chunked {chunked:.3f} s/epoch; "
               f"ratio chunked/one = {chunked / one:.3f} (best epochs; medians: {med:.3f}; "
               f"target <= 1.02)")

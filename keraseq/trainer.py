@@ -364,7 +364,8 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
             tensors = batch_tensors(bx, by, bw, rows_mask, session.per_series, bt, bl, rule,
                                     masked, p["seq_len"], comm)
             for args, final in calls_of(tensors, chunk, steps, p["seq_len"], comm,
-                                        session.device):
+                                        session.device,
+                                        1 if session.per_series else p["sync_every"]):
                 cb.on_train_batch_begin(call)
                 with carry, backend.device_scope(session.device), uninterrupted():
                     # Ctrl-C waits for the call to end and its update to be in place.
@@ -501,11 +502,12 @@ def chunk_windows(p, session: Session, xs, comm) -> int | None:
     return None if windows_of(xs, p["seq_len"]) <= chunk else chunk
 
 
-def calls_of(tensors, chunk, steps: StepFunctions, seq_len, comm, device):
+def calls_of(tensors, chunk, steps: StepFunctions, seq_len, comm, device, multiple=1):
     """The compiled calls of one minibatch: ``(arguments of steps.train, final)`` pairs.
 
     One call (``chunk`` None), or the chunks ``[0, chunk), [chunk, 2 chunk), ...`` of its
-    windows (up to the runtime window count ``n_win`` of unequal lengths). The caller puts
+    windows (up to the runtime window count ``n_win`` of unequal lengths), evened out in
+    whole multiples of ``multiple`` (``sync_every``). The caller puts
     each call's returned states and accumulators into the arguments (``args[-2]``, the last
     entry of ``args[-1]``) before the next one is drawn. Under MPI every rank makes the same
     number of calls (a rank whose series end sooner runs empty ones: the in-program
@@ -519,6 +521,9 @@ def calls_of(tensors, chunk, steps: StepFunctions, seq_len, comm, device):
     n_calls = max(1, math.ceil(windows / chunk))
     if comm.size > 1:
         n_calls = dist.max_over_ranks(n_calls, comm)
+    # Calls of even size (100 windows in calls of at most 93: 50 + 50, not 93 + 7), whole
+    # multiples of ``sync_every`` as ``chunk`` is.
+    chunk = min(chunk, math.ceil(math.ceil(windows / n_calls) / multiple) * multiple)
     with backend.device_scope(device):
         h0, acc = steps.chunk_start(x, tm)
     for k in range(n_calls):
