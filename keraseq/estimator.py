@@ -102,6 +102,13 @@ class Estimator(RegressorMixin, BaseEstimator):
         steps_per_epoch: minibatches per epoch when ``x`` is a pipeline (``tf.data``,
             generator, ``PyDataset``), as ``model.fit``'s: needed for an endless one (the
             iterator then runs on across epochs); ``None``: until the source runs out.
+        windows_per_call: how many windows of a minibatch one compiled call trains, so that
+            the progress bar, ``on_train_batch_*`` callbacks, ``stop_training`` and Ctrl-C act
+            inside a long minibatch (a language model's 400 windows, a series of 200,000
+            steps): ``"auto"`` (default: about one second of work per call, estimated from
+            rows x window x weights; a minibatch of fewer windows stays one call) or a
+            positive int. Each call is then one "step" of the bar and of the callbacks. The
+            result does not depend on it (see docs/guide/progress.md).
 
     Unequal lengths: pass ``x`` as a list of ``(T_i, F)`` arrays (``y`` as a list of
     ``(T_i, F_out)`` arrays or per-series ``(N, F_out)``), or padded arrays with ``lengths``
@@ -133,7 +140,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                      verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
                      rebatch=False, jit_compile="auto", device="auto", distributed="auto",
                      warm_start=False, group_by_length=False, callbacks=None,
-                     validation_split=0.0, sync_every=1, steps_per_epoch=None)
+                     validation_split=0.0, sync_every=1, steps_per_epoch=None,
+                     windows_per_call="auto")
     #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins).
     _SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
 
@@ -147,7 +155,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                  distributed: Any = "auto", warm_start: bool = False,
                  group_by_length: bool = False, callbacks: Sequence | None = None,
                  validation_split: float = 0.0, sync_every: int = 1,
-                 steps_per_epoch: int | None = None, **model_params: Any):
+                 steps_per_epoch: int | None = None, windows_per_call: int | str = "auto",
+                 **model_params: Any):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
         self.model = model
         self.loss = loss
@@ -172,6 +181,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         self.validation_split = validation_split
         self.sync_every = sync_every
         self.steps_per_epoch = steps_per_epoch
+        self.windows_per_call = windows_per_call
         for key, value in model_params.items():  # model__<name>; anything else: fit says so
             setattr(self, key, value)
 
@@ -324,6 +334,12 @@ class Estimator(RegressorMixin, BaseEstimator):
         p["sync_every"] = check_positive_int(p["sync_every"], "sync_every")
         p["steps_per_epoch"] = check_positive_int(p["steps_per_epoch"], "steps_per_epoch",
                                                   allow_none=True)
+        if isinstance(p["windows_per_call"], str) and p["windows_per_call"] != "auto":
+            raise ValueError(f"`windows_per_call` must be 'auto' or a positive integer, got "
+                             f"{p['windows_per_call']!r}")
+        if p["windows_per_call"] != "auto":
+            p["windows_per_call"] = check_positive_int(p["windows_per_call"],
+                                                       "windows_per_call")
         p["predict_batch_size"] = check_positive_int(p["predict_batch_size"],
                                                      "predict_batch_size", allow_none=True)
         if p["verbose"] == "auto":

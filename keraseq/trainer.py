@@ -23,6 +23,7 @@ Example (normally reached through ``Estimator.fit``):
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -355,8 +356,13 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
         seed = p["random_state"] if p["random_state"] is not None else \
             int(np.random.default_rng().integers(2**31))
         shuffle_seed = dist.broadcast_object(int(seed), comm)
+    # Chunks of windows (``windows_per_call``): each compiled call is one step of the bar
+    # and of the callbacks; ``chunk`` is None when every minibatch is one call (as always
+    # before), else the windows per call (the same on every rank).
+    chunk = chunk_windows(p, session, xs, comm)
+    calls = 1 if chunk is None else math.ceil(windows_of(xs, p["seq_len"]) / chunk)
     cb = callback_list(list(p["callbacks"] or []) + list(callbacks or []), model, p,
-                       n_steps, comm, epochs=last)
+                       n_steps * calls, comm, epochs=last)
     history = progress.history if warm else {}
     model.stop_training = False
     model._initial_epoch = None
@@ -388,32 +394,50 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
                                   np.int64],
                 pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
         total = np.zeros(2)
+        call = 0  # the callbacks' step: one per compiled call
         for step, (batch, rows_mask, n_real) in enumerate(reader):
-            cb.on_train_batch_begin(step)
             bx, by, bw, bt, bl = batch
             tensors = batch_tensors(bx, by, bw, rows_mask, session.per_series, bt, bl, rule,
                                     masked, p["seq_len"], comm)
-            with carry, backend.device_scope(session.device):
-                result = steps.train(*tensors, None)
-            loss_sum, count, bad = backend.to_numpy(result).tolist()
-            bad = int(bad)
-            if bad >= 0:
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at epoch {epoch + 1}, minibatch "
-                    f"{step + 1}, window {bad + 1}"
-                    f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
-                    f"from before that update. Lower the learning rate, clip gradients "
-                    f"(optimizer clipnorm=...) or check the data")
-            # Logged like model.fit: the mean of the minibatch losses weighted by their
-            # number of series (a minibatch's loss: the mean over its unmasked elements).
-            loss_sum, count, rows = dist.allreduce_sum(np.array([loss_sum, count, n_real]),
-                                                       comm)
-            total += [loss_sum / count * rows if count else 0.0, rows]
-            logs = {"loss": total[0] / max(total[1], 1.0)}
-            logs.update(dist.metric_results(metrics, comm))
-            cb.on_train_batch_end(step, logs)
-            if comm.size > 1:  # a callback that stops one rank stops all (no hang)
-                model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
+            for args, final in calls_of(tensors, chunk, steps, p["seq_len"], comm,
+                                        session.device,
+                                        1 if session.per_series else p["sync_every"]):
+                cb.on_train_batch_begin(call)
+                with carry, backend.device_scope(session.device), uninterrupted():
+                    # Ctrl-C waits for the call to end and its update to be in place.
+                    out = steps.train(*args)
+                    result = out if chunk is None else out[0]
+                    result = backend.to_numpy(result).tolist()
+                if chunk is not None:
+                    args[-2], args[-1] = out[1], (args[-1][0], args[-1][1], out[2])
+                loss_sum, count, bad = result
+                bad = int(bad)
+                if bad >= 0:
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at epoch {epoch + 1}, minibatch "
+                        f"{step + 1}, window {bad + 1}"
+                        f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
+                        f"from before that update. Lower the learning rate, clip gradients "
+                        f"(optimizer clipnorm=...) or check the data")
+                # Logged like model.fit: the mean of the minibatch losses weighted by their
+                # number of series (a minibatch's loss: the mean over its unmasked elements);
+                # inside a minibatch, with the mean of its windows trained so far.
+                loss_sum, count, rows = dist.allreduce_sum(
+                    np.array([loss_sum, count, n_real]), comm)
+                minibatch = np.array([loss_sum, count])  # (the sums so far: see calls_of)
+                done = total + ([minibatch[0] / minibatch[1] * rows, rows] if minibatch[1]
+                                else [0.0, rows if final else 0.0])
+                if final:
+                    total = done
+                logs = {"loss": done[0] / max(done[1], 1.0)}
+                logs.update(dist.metric_results(metrics, comm))
+                cb.on_train_batch_end(call, logs)
+                call += 1
+                if comm.size > 1:  # a callback that stops one rank stops all (no hang)
+                    model.stop_training = bool(
+                        dist.max_over_ranks(int(model.stop_training), comm))
+                if model.stop_training:
+                    break
             if model.stop_training:
                 break
         if data.val is not None:
@@ -482,6 +506,120 @@ def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:
     out = {"loss": total[0] / max(total[1], 1.0)}
     out.update(dist.metric_results(metrics, comm))
     return out
+
+
+# ----------------------------------------------------------------------- chunks of windows
+#: ``windows_per_call="auto"``: the seconds of work one compiled call aims at. Long enough that
+#: a call's fixed cost (a few hundred microseconds: argument conversion, dispatch, one result
+#: transfer, the callbacks) is lost in it (< 0.1 %), short enough that the progress bar,
+#: callbacks, ``stop_training`` and Ctrl-C act every second or so.
+CALL_SECONDS = 1.0
+#: The rough cost of one window on a CPU, to turn ``CALL_SECONDS`` into windows:
+#: ``WINDOW_SECONDS + work / WORK_PER_SECOND`` seconds for ``work`` = rows x window steps x
+#: weights (the multiply-adds of the forward pass, roughly; training does ~3x that). Fitted to
+#: the steady epochs of ``benchmarks/bench_cores.py`` on this project's 2-core CPU machine
+#: (one device, XLA): 0.14-0.19 ms per window at the seed size (0.17 M), 1.5 ms at 13 M,
+#: 3.0 ms at 32 M, 10 ms at the realistic size (106 M); ``benchmarks/bench_chunks.py`` prints
+#: the measured time per window next to this estimate.
+WINDOW_SECONDS = 1.5e-4
+WORK_PER_SECOND = 1e10
+#: Fewest windows per call ("auto"): a faster device (a GPU) runs windows faster than the CPU
+#: estimate; at least this many keeps its calls' fixed cost small there too.
+MIN_WINDOWS_PER_CALL = 64
+
+
+def auto_windows(work: float) -> int:
+    """``windows_per_call="auto"``: the windows of about :data:`CALL_SECONDS` of training."""
+    per_window = WINDOW_SECONDS + work / WORK_PER_SECOND
+    return max(MIN_WINDOWS_PER_CALL, int(CALL_SECONDS / per_window))
+
+
+def windows_of(xs, seq_len) -> int:
+    """Windows of a minibatch of the arrays ``xs`` (a short tail counts as one)."""
+    t = int(xs[0].shape[1])
+    return max(1, math.ceil(t / (t if seq_len is None else min(seq_len, t))))
+
+
+def chunk_windows(p, session: Session, xs, comm) -> int | None:
+    """Windows per compiled call (a multiple of ``sync_every``, the same on every rank), or
+    ``None`` when each minibatch is one call (it has no more windows than that): then
+    training runs exactly as without chunks."""
+    setting = p.get("windows_per_call", "auto")
+    if session.steps.chunk_start is None:
+        return None
+    if setting == "auto":
+        rows = min(p["batch_size"], int(xs[0].shape[0]))
+        t = int(xs[0].shape[1])
+        window = t if p["seq_len"] is None else min(p["seq_len"], t)
+        setting = auto_windows(rows * window * session.model.count_params())
+    k = 1 if session.per_series else p["sync_every"]
+    chunk = dist.max_over_ranks(math.ceil(setting / k) * k, comm)
+    return None if windows_of(xs, p["seq_len"]) <= chunk else chunk
+
+
+def calls_of(tensors, chunk, steps: StepFunctions, seq_len, comm, device, multiple=1):
+    """The compiled calls of one minibatch: ``(arguments of steps.train, final)`` pairs.
+
+    One call (``chunk`` None), or the chunks ``[0, chunk), [chunk, 2 chunk), ...`` of its
+    windows (up to the runtime window count ``n_win`` of unequal lengths), evened out in
+    whole multiples of ``multiple`` (``sync_every``). The caller puts
+    each call's returned states and accumulators into the arguments (``args[-2]``, the last
+    entry of ``args[-1]``) before the next one is drawn. Under MPI every rank makes the same
+    number of calls (a rank whose series end sooner runs empty ones: the in-program
+    Allreduce of the per-series update comes with the last)."""
+    if chunk is None:
+        yield list(tensors) + [None], True
+        return
+    backend = _backend()
+    x, y, w, m, tm, n_win = tensors
+    windows = windows_of(x, seq_len) if n_win is None else int(backend.to_numpy(n_win))
+    n_calls = max(1, math.ceil(windows / chunk))
+    if comm.size > 1:
+        n_calls = dist.max_over_ranks(n_calls, comm)
+    # Calls of even size (100 windows in calls of at most 93: 50 + 50, not 93 + 7), whole
+    # multiples of ``sync_every`` as ``chunk`` is.
+    chunk = min(chunk, math.ceil(math.ceil(windows / n_calls) / multiple) * multiple)
+    with backend.device_scope(device):
+        h0, acc = steps.chunk_start(x, tm)
+    for k in range(n_calls):
+        first = k * chunk
+        final = k == n_calls - 1
+        args = [x, y, w, m, tm, backend.to_tensor(np.int32(min(windows, first + chunk))), h0,
+                (backend.to_tensor(np.int32(first)), backend.to_tensor(np.bool_(final)), acc)]
+        yield args, final
+        h0, acc = args[-2], args[-1][2]
+
+
+class uninterrupted:
+    """Ctrl-C (SIGINT) inside the block is held until it ends, then raised: a compiled call
+    and the assignment of its results (JAX donates the old variable buffers) either both
+    happen or neither starts, so an interrupted fit keeps valid, up-to-date weights. Only in
+    the main thread (elsewhere Python delivers no signals)."""
+
+    def __enter__(self):
+        self.pending, self.installed = False, False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._hold)
+            self.installed = True
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def _hold(self, signum, frame):
+        self.pending = True
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.installed:
+            return False
+        # (None: a handler set from C, which Python cannot put back; its default then.)
+        signal.signal(signal.SIGINT, signal.default_int_handler if self.previous is None
+                      else self.previous)
+        if self.pending and exc_type is None:
+            if callable(self.previous):
+                self.previous(signal.SIGINT, None)
+            elif self.previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+        return False
 
 
 # ------------------------------------------------------------------------------- minibatches

@@ -94,6 +94,21 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
 
 
 @pytest.mark.backend
+@jax_slow
+def test_chunks_of_windows_two_ranks_equal_one_process(tmp_path):
+    """windows_per_call=1 on the ranks (4 calls per minibatch), per-series targets of unequal
+    lengths: each rank's window count differs, the ranks agree on the calls (the per-series
+    update's Allreduce comes with the last); still the one process's single calls."""
+    report = tmp_path / "r.json"
+    proc, _ = mpirun(2, "equivalence.py", report, "adam", 30, 4, "jit", "masked-series", 1, 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["max_diff"] < 1e-5 and r["identical_across_ranks"], r
+    for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"]):
+        assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
+
+
+@pytest.mark.backend
 @pytest.mark.slow  # make test-full on both backends (make test's budget); parity covers fp16
 def test_mixed_float16_two_ranks_equal_one_process(tmp_path):
     """compile wraps the DistributedOptimizer in a LossScaleOptimizer: the window loop's

@@ -42,14 +42,26 @@ class StepFunctions:
     final states)``. ``x``, ``y`` are tuples of arrays; ``w``, ``m`` 1-tuples or ``None``;
     ``tm`` the (B, T) time mask or ``None``; ``n_win`` the windows to run or ``None``; ``h0``
     the initial states (``None``: zeros).
+
+    Chunks of windows (so that progress and callbacks move inside a long minibatch):
+    ``train(x, y, w, m, tm, n_win, h0, chunk)`` with ``chunk = (first, final, acc)`` trains
+    windows ``first .. n_win - 1`` only (``first``, ``n_win``: int32 tensors), from the states
+    ``h0``; with the runtime flag ``final`` it also ends the minibatch (a short tail window, the
+    per-series update, the ``sync_every`` remainder). It returns ``(result, states, acc)``: the
+    result as above for these windows (window indices counted from the minibatch's start),
+    the final states and accumulators to pass to the next chunk. ``chunk_start(x, tm)`` gives
+    the ``(h0, acc)`` of a minibatch's first chunk. One compiled program serves every chunk;
+    chunks ``[0, c1), ..., [ck, n)`` train exactly as one call.
     """
 
-    def __init__(self, train, evaluate, predict, exact_rows=False):
+    def __init__(self, train, evaluate, predict, exact_rows=False, chunk_start=None):
         #: True when minibatches must not be padded (a callable loss sees every row).
         self.exact_rows = exact_rows
         self.train = train
         self.evaluate = evaluate
         self.predict = predict
+        #: ``chunk_start(x, tm) -> (h0, acc)`` for chunked training (``None``: not offered).
+        self.chunk_start = chunk_start
 
 
 def name() -> str:

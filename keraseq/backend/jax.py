@@ -97,6 +97,11 @@ def pad_time(a, extra):
     return jnp.pad(a, [(0, 0), (0, extra)] + [(0, 0)] * (a.ndim - 2))
 
 
+def cond(pred, true_fn, false_fn, operand):
+    """``true_fn(operand) if pred else false_fn(operand)`` with a traced ``pred``."""
+    return lax.cond(pred, true_fn, false_fn, operand)
+
+
 def while_loop(bound, body, init, maximum=None):
     """``i = 0; while i < bound: carry = body(i, carry)`` (``bound`` may be traced)."""
     _, out = lax.while_loop(lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])),
@@ -183,7 +188,8 @@ def build_step_functions(
         return [[jnp.zeros((x0.shape[0],) + tuple(shape), jnp.dtype(dtype))
                  for shape, dtype in spec] for spec in state_specs]
 
-    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states)
+    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states,
+                      cond)
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -319,23 +325,24 @@ def build_step_functions(
         count_acc = count_acc + jnp.where(ok, count, 0.0)
         return vals, new_states, (loss_acc, count_acc, bad, step + 1)
 
-    cond = lax.cond
-
-    def loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc):
+    def loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first=None, final=None):
         """Run ``window_fn`` over the windows of a minibatch (see ``plan.WindowPlan.run``),
         threading the variables' values ``vals`` through; returns (vals, states, acc)."""
         def fn(xw, yw, ww, mw, states, c, has_loss):
             vals, states, acc = window_fn(c[0], xw, yw, ww, mw, states, c[1], has_loss)
             return states, (vals, acc)
 
-        states, (vals, acc) = plan.run(x, y, w, m, tm, n_win, h0, fn, (vals, acc))
+        states, (vals, acc) = plan.run(x, y, w, m, tm, n_win, h0, fn, (vals, acc), first, final)
         return vals, states, acc
 
-    def train(vals, x, y, w, m, tm, n_win, h0):
+    def train(vals, x, y, w, m, tm, n_win, h0, chunk=None):
+        """One minibatch, or one chunk of it (``chunk = (first, final, acc)``: see
+        ``backend/tensorflow.py``); returns (result, vals), or ((result, states, acc), vals)."""
         if per_series and tm is not None:
-            return train_series(vals, x, y, w, m, tm, n_win, h0)
+            return train_series(vals, x, y, w, m, tm, n_win, h0, chunk)
         if sync_every > 1 and not per_series:
-            return train_accumulated(vals, x, y, w, m, tm, n_win, h0)
+            return train_accumulated(vals, x, y, w, m, tm, n_win, h0, chunk)
+        first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
 
         def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
             if not has_loss:
@@ -343,15 +350,24 @@ def build_step_functions(
                 return vals, new_states, acc
             return train_window(vals, xw, yw, ww, mw, states, acc)
 
-        acc = (_f32(0.0), _f32(0.0), _i32(-1), _i32(0))
-        vals, _, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc)
+        acc = (loss0, count0, _i32(-1), _i32(0) if first is None else _i32(first))
+        vals, states, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         # One array, so the host fetches the minibatch's result with one transfer.
-        return jnp.stack([acc[0], acc[1], acc[2].astype(jnp.float32)]), vals
+        result = jnp.stack([acc[0], acc[1], acc[2].astype(jnp.float32)])
+        return (result if chunk is None else (result, states, (acc[0], acc[1]))), vals
+
+    def zero_sums():
+        """The loss sum and count a minibatch starts from (a chunk: the previous one's)."""
+        return _f32(0.0), _f32(0.0)
 
     def zero_grads():
         return [jnp.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)]
 
-    def train_series(vals, x, y, w, m, tm, n_win, h0):
+    def zero_series_acc():
+        """What a chunk of ``train_series`` continues from: loss, count, finite, gradients."""
+        return (_f32(0.0), _f32(0.0), jnp.asarray(True), zero_grads())
+
+    def train_series(vals, x, y, w, m, tm, n_win, h0, chunk=None):
         """Per-series targets of unequal lengths: each row's loss lives in the window of its
         last real step, so the count-weighted gradients of every window are summed and
         applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
@@ -363,15 +379,23 @@ def build_step_functions(
             return vals, new_states, (loss_acc + loss_sum, count_acc + count,
                                       jnp.logical_and(finite_acc, finite), grads_acc)
 
-        acc = (_f32(0.0), _f32(0.0), jnp.asarray(True), zero_grads())
-        vals, _, (loss_sum, count, finite, grads_acc) = loop(vals, x, y, w, m, tm, n_win, h0,
-                                                             window_fn, acc)
-        vals, bad, ok = unpack_apply(vals, reduce(pack_buffer(grads_acc, count, finite)),
-                                     _i32(-1), _i32(0))
-        return jnp.stack([jnp.where(ok, loss_sum, 0.0), jnp.where(ok, count, 0.0),
-                          bad.astype(jnp.float32)]), vals
+        first, final, acc = (None, None, zero_series_acc()) if chunk is None else chunk
+        vals, states, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
+        loss_sum, count, finite, grads_acc = acc
 
-    def train_accumulated(vals, x, y, w, m, tm, n_win, h0):
+        def update(vals):
+            return unpack_apply(vals, reduce(pack_buffer(grads_acc, count, finite)),
+                                _i32(-1), _i32(0))
+
+        # A chunk before the last one only sums (and reports the sums so far): the update
+        # comes with the minibatch's end.
+        vals, bad, ok = update(vals) if chunk is None else cond(
+            final, update, lambda v: (v, _i32(-1), jnp.asarray(True)), vals)
+        result = jnp.stack([jnp.where(ok, loss_sum, 0.0), jnp.where(ok, count, 0.0),
+                            bad.astype(jnp.float32)])
+        return (result if chunk is None else (result, states, acc)), vals
+
+    def train_accumulated(vals, x, y, w, m, tm, n_win, h0, chunk=None):
         """``sync_every = k > 1`` (for slow networks): the count-weighted gradients of k
         consecutive windows are summed and applied in one update, one Allreduce per k windows
         (and one for a remainder at the minibatch's end). Windows still carry the state; the
@@ -395,12 +419,14 @@ def build_step_functions(
             vals, acc = cond((step + 1) % sync_every == 0, flush, lambda c: c, (vals, acc))
             return vals, new_states, acc
 
-        acc = (_f32(0.0), _f32(0.0), _i32(-1), _i32(0), _f32(0.0), _f32(0.0),
-               jnp.asarray(True), zero_grads())
-        vals, _, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc)
+        first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
+        acc = (loss0, count0, _i32(-1), _i32(0) if first is None else _i32(first),
+               _f32(0.0), _f32(0.0), jnp.asarray(True), zero_grads())
+        vals, states, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         # A remainder of fewer than k windows: one more update (the same on every rank).
         vals, acc = cond(acc[3] % sync_every == 0, lambda c: c, flush, (vals, acc))
-        return jnp.stack([acc[0], acc[1], acc[2].astype(jnp.float32)]), vals
+        result = jnp.stack([acc[0], acc[1], acc[2].astype(jnp.float32)])
+        return (result if chunk is None else (result, states, (acc[0], acc[1]))), vals
 
     # -------------------------------------------------------------------------------- evaluate
     def evaluate(vals, x, y, w, m, tm, n_win, h0):
@@ -483,17 +509,26 @@ def build_step_functions(
     predict_c = compiled(predict, False)
 
     # ------------------------------------------------------------- rows over the CPU devices
-    def train_rows(vals, x, y, w, m, tm, n_win, h0):
+    def train_rows(vals, x, y, w, m, tm, n_win, h0, chunk=None):
         """``train`` on this device's rows; the gradients are summed over devices per update
         (``reduce``), so every device applies the same update to the same weights. The
-        minibatch's loss and count and the metrics' increments are summed at the end."""
+        minibatch's loss and count and the metrics' increments are summed at the end.
+
+        A chunk's sums (loss, count, per-series gradients) are this device's own, summed over
+        the devices as at the end of one call: between chunks they travel with a leading
+        axis of one entry per device."""
+        if chunk is not None:
+            chunk = chunk[:2] + (jax.tree.map(lambda a: a[0], chunk[2]),)
         tracing["rows"] = True
         try:
-            result, (tv, ntv, ov, mv) = train(own_seeds(vals), x, y, w, m, tm, n_win, h0)
+            out, (tv, ntv, ov, mv) = train(own_seeds(vals), x, y, w, m, tm, n_win, h0, chunk)
         finally:
             tracing["rows"] = False
+        result = out if chunk is None else out[0]
         result = jnp.concatenate([lax.psum(result[:2], _ROWS), result[2:]])
         mv = [a + lax.psum(b - a, _ROWS) for a, b in zip(vals[3], mv)]
+        if chunk is not None:
+            result = (result, out[1], jax.tree.map(lambda a: a[None], out[2]))
         return result, (tv, ntv, ov, mv)
 
     def own_seeds(vals):
@@ -521,13 +556,17 @@ def build_step_functions(
             mesh = Mesh(np.array(jax.devices("cpu")[:k]), (_ROWS,))
             spec = lambda kind: P(_ROWS) if kind == "rows" else P()  # noqa: E731
             program = jax.jit(jax.shard_map(
-                fn, mesh=mesh, in_specs=tuple(spec(kind) for kind in in_kinds),
+                fn, mesh=mesh, in_specs=jax.tree.map(spec, tuple(in_kinds)),
                 out_specs=jax.tree.map(spec, out_kinds), check_vma=False))
-            places = [NamedSharding(mesh, spec(kind)) for kind in in_kinds]
+
+            def place(a, kind):
+                if isinstance(kind, tuple):  # a tuple of arguments of their own kinds
+                    return tuple(place(b, k) for b, k in zip(a, kind))
+                return jax.device_put(a, NamedSharding(mesh, spec(kind)))
 
             def call(*args):
                 # The arrays live on device 0 (committed there): place them on the devices.
-                return program(*(jax.device_put(a, at) for a, at in zip(args, places)))
+                return program(*(place(a, kind) for a, kind in zip(args, in_kinds)))
 
             programs[name, k] = call
         return programs[name, k]
@@ -569,19 +608,24 @@ def build_step_functions(
         for v, a in zip(variables, values):
             v._direct_assign(a)
 
-    def train_call(x, y, w, m, tm, n_win, h0):
+    def train_call(x, y, w, m, tm, n_win, h0, chunk=None):
         k = replicas_for(x)
         if k > 1:
             split_calls[0] += 1
-            result, new = on_devices(
-                "train", train_rows, k, ("all", "rows", "rows", "rows", "rows", "rows", "all",
-                                         "rows"), ("all", "all"))(
-                current(), x, y, w, m, tm, n_win, h0)
+            kinds = ["all", "rows", "rows", "rows", "rows", "rows", "all", "rows"]
+            out_kind = "all"
+            if chunk is not None:  # (first, final, per-device sums)
+                kinds.append(("all", "all", "rows"))
+                out_kind = ("all", "rows", "rows")
+            result, new = on_devices("train" if chunk is None else "train_chunk", train_rows,
+                                     k, tuple(kinds), (out_kind, "all"))(
+                current(), x, y, w, m, tm, n_win, h0, *([] if chunk is None else [chunk]))
             # Replicated over the devices: the variables keep device 0's copy (no copy made).
             tv, ntv, ov, mv = ([_first_shard(a) for a in part] for part in new)
-            result = _first_shard(result)
+            result = _first_shard(result) if chunk is None else (
+                (_first_shard(result[0]),) + tuple(result[1:]))
         else:
-            result, (tv, ntv, ov, mv) = train_c(current(), x, y, w, m, tm, n_win, h0)
+            result, (tv, ntv, ov, mv) = train_c(current(), x, y, w, m, tm, n_win, h0, chunk)
         assign(trainable, tv)
         assign(non_trainable, ntv)
         assign(opt_vars, ov)
@@ -613,11 +657,21 @@ def build_step_functions(
         assign(non_trainable, ntv)
         return result
 
+    def chunk_start(x, tm):
+        """The zero states and accumulators the first chunk of a minibatch starts from (the
+        per-series sums with one entry per device when the rows are split)."""
+        states = zero_states(x[0])
+        k = replicas_for(x)
+        acc = zero_series_acc() if per_series and tm is not None else zero_sums()
+        return states, (acc if k == 1 else jax.tree.map(
+            lambda a: jnp.zeros((k,) + a.shape, a.dtype), acc))
+
     return StepFunctions(
         train=None if optimizer is None else train_call,
         evaluate=evaluate_call,
         predict=predict_call,
         exact_rows=getattr(objective, "needs_exact_rows", False),
+        chunk_start=chunk_start,
     )
 
 

@@ -27,7 +27,8 @@ class WindowPlan:
     ``i = 0 .. bound - 1`` (``bound`` may be a traced value, at most ``maximum``);
     ``slice_time(a, start, length)`` is ``a[:, start:start + length]``; ``pad_time(a, extra)``
     appends ``extra`` zero steps; ``zero_states(x0)`` gives the zero states for the rows of
-    ``x0``.
+    ``x0``; ``cond(pred, true_fn, false_fn, operand)`` (only for chunks, see :meth:`run`) is
+    the backend's traced conditional.
 
     Example (eager, with TensorFlow's or JAX's primitives):
 
@@ -42,7 +43,7 @@ class WindowPlan:
 
     def __init__(self, carry: StateCarry | None, seq_len: int | None, per_series: bool,
                  while_: Callable, slice_time: Callable, pad_time: Callable,
-                 zero_states: Callable):
+                 zero_states: Callable, cond: Callable | None = None):
         self.carry = carry
         self.seq_len = seq_len
         self.per_series = per_series
@@ -50,6 +51,7 @@ class WindowPlan:
         self.slice_time = slice_time
         self.pad_time = pad_time
         self.zero_states = zero_states
+        self.cond = cond
 
     def windows_of(self, T: int) -> tuple[int, int, int]:
         """(window length S, number of full windows, length of the short tail window)."""
@@ -68,7 +70,8 @@ class WindowPlan:
         """Set the state carry's time mask for one window (``None``: every step is real)."""
         self.carry.window_mask = None if tm is None else self.slice_time(tm, start, length) > 0
 
-    def run(self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any):
+    def run(self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any,
+            first=None, final=None):
         """Run ``window_fn`` over the windows of a minibatch; returns (final states, carry).
 
         ``window_fn(xw, yw, ww, mw, states, carry, has_loss) -> (new states, carry)``.
@@ -76,6 +79,13 @@ class WindowPlan:
         ``n_win`` windows run (later ones are padding for every row; a short tail window is
         padded to a full one) and, with per-series targets, each row's loss is taken in
         the window holding its last real step: every window is a loss window (``has_loss``).
+
+        A chunk (``first`` given, a runtime int): only windows ``first .. n_win - 1`` of the
+        loop run, from the states ``h0``, with the same window indices (targets, ends) as in
+        the whole run; the window after the loop (a short tail, or the per-series loss window
+        of equal lengths) runs when the runtime flag ``final`` is true. Chunks
+        ``[0, c1), [c1, c2), ..., [ck, n)`` (the last one ``final``) run exactly the windows of
+        one whole call, in order, in one compiled program whatever the chunk bounds.
         """
         per_series = self.per_series
         T = x[0].shape[1]
@@ -129,11 +139,22 @@ class WindowPlan:
             def body(i, c):
                 return window(i, i * S, S, *c, False)
 
-            bound = loop_windows if n_win is None else ops.minimum(n_win, loop_windows)
-            states, carry = self.while_(bound, body, (states, carry), loop_windows)
+            if first is None:
+                bound = loop_windows if n_win is None else ops.minimum(n_win, loop_windows)
+                states, carry = self.while_(bound, body, (states, carry), loop_windows)
+            else:
+                def chunk_body(j, c):
+                    return body(first + j, c)
+
+                bound = ops.minimum(n_win, loop_windows) - first
+                states, carry = self.while_(bound, chunk_body, (states, carry), loop_windows)
         if loop_windows < n_windows:
             start = loop_windows * S
-            states, carry = window(loop_windows, start,
-                                   T - start if tail and loop_windows == n_full else S,
-                                   states, carry, True)
+            length = T - start if tail and loop_windows == n_full else S
+            if first is None:
+                states, carry = window(loop_windows, start, length, states, carry, True)
+            else:
+                states, carry = self.cond(
+                    final, lambda c: window(loop_windows, start, length, *c, True),
+                    lambda c: c, (states, carry))
         return states, carry

@@ -91,6 +91,11 @@ def pad_time(a, extra):
     return tf.pad(a, [[0, 0], [0, extra]] + [[0, 0]] * (len(a.shape) - 2))
 
 
+def cond(pred, true_fn, false_fn, operand):
+    """``true_fn(operand) if pred else false_fn(operand)`` with a traced ``pred``."""
+    return tf.cond(pred, lambda: true_fn(operand), lambda: false_fn(operand))
+
+
 def while_loop(bound, body, init, maximum):
     """``i = 0; while i < bound: carry = body(i, carry)`` as a symbolic ``tf.while_loop``
     (``bound`` may be a tensor, at most ``maximum``): the graph holds one copy of ``body``."""
@@ -130,6 +135,13 @@ def build_step_functions(
     so the weights stay those from before the bad update. ``h0`` is the initial state (``None``:
     zeros). It returns one float tensor ``[loss_sum, count, bad_window]`` (one transfer to the
     host), ``bad_window = -1`` when all were finite.
+
+    ``train(x, y, w, m, tm, n_win, h0, chunk)`` with ``chunk = (first, final, acc)`` trains
+    one chunk of a minibatch (``backend/__init__.py``): windows ``first .. n_win - 1``, from
+    the states ``h0``, the minibatch's end (tail window, per-series update) only when
+    ``final``; it returns ``(result, final states, acc)``, where ``acc`` is what the next
+    chunk continues from (the loss sum and count so far; with per-series targets of unequal
+    lengths also the finite flag and the gradient sums).
     """
     trainable = model.trainable_variables
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -143,7 +155,8 @@ def build_step_functions(
         return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
                 for spec in state_specs]
 
-    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states)
+    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states,
+                      cond)
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -268,15 +281,16 @@ def build_step_functions(
         count_acc = count_acc + tf.where(ok, count, 0.0)
         return new_states, (loss_acc, count_acc, bad, step + 1)
 
-    def loop(x, y, w, m, tm, n_win, h0, window_fn, acc):
+    def loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first=None, final=None):
         """Run ``window_fn`` over the windows of a minibatch (see ``plan.WindowPlan.run``)."""
-        return plan.run(x, y, w, m, tm, n_win, h0, window_fn, acc)
+        return plan.run(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
 
-    def train(x, y, w, m, tm, n_win, h0):
+    def train(x, y, w, m, tm, n_win, h0, chunk=None):
         if per_series and tm is not None:
-            return train_series(x, y, w, m, tm, n_win, h0)
+            return train_series(x, y, w, m, tm, n_win, h0, chunk)
         if sync_every > 1 and not per_series:
-            return train_accumulated(x, y, w, m, tm, n_win, h0)
+            return train_accumulated(x, y, w, m, tm, n_win, h0, chunk)
+        first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
 
         def window_fn(xw, yw, ww, mw, states, acc, has_loss):
             if not has_loss:
@@ -284,12 +298,22 @@ def build_step_functions(
                 return new_states, acc
             return train_window(xw, yw, ww, mw, states, acc)
 
-        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
-        _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
+        acc = (loss0, count0, tf.constant(-1), tf.constant(0) if first is None else first)
+        states, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         # One tensor, so the host fetches the minibatch's result with one transfer.
-        return tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
+        result = tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
+        return result if chunk is None else (result, states, (acc[0], acc[1]))
 
-    def train_series(x, y, w, m, tm, n_win, h0):
+    def zero_sums():
+        """The loss sum and count a minibatch starts from (a chunk: the previous one's)."""
+        return tf.constant(0.0), tf.constant(0.0)
+
+    def zero_series_acc():
+        """What a chunk of ``train_series`` continues from: loss, count, finite, gradients."""
+        return (tf.constant(0.0), tf.constant(0.0), tf.constant(True),
+                [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)])
+
+    def train_series(x, y, w, m, tm, n_win, h0, chunk=None):
         """Per-series targets of unequal lengths: each row's loss lives in the window of its
         last real step, so the count-weighted gradients of every window are summed and
         applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
@@ -300,21 +324,33 @@ def build_step_functions(
             return new_states, (loss_acc + loss_sum, count_acc + count,
                                 tf.logical_and(finite_acc, finite), grads_acc)
 
-        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(True),
-               [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)])
-        _, (loss_sum, count, finite, grads_acc) = loop(
-            x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc)
-        bad, ok = reduce_apply(pack_buffer(grads_acc, count, finite), tf.constant(-1),
-                               tf.constant(0))
-        return tf.stack([tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0),
-                         tf.cast(bad, tf.float32)])
+        first, final, acc = (None, None, zero_series_acc()) if chunk is None else chunk
+        states, acc = loop(x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc,
+                           first, final)
+        loss_sum, count, finite, grads_acc = acc
 
-    def train_accumulated(x, y, w, m, tm, n_win, h0):
+        def update():
+            return reduce_apply(pack_buffer(grads_acc, count, finite), tf.constant(-1),
+                                tf.constant(0))
+
+        if chunk is None:
+            bad, ok = update()
+        else:
+            # A chunk before the last one only sums (and reports the sums so far): the update
+            # comes with the minibatch's end.
+            bad, ok = tf.cond(final, update, lambda: (tf.constant(-1), tf.constant(True)))
+        result = tf.stack([tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0),
+                           tf.cast(bad, tf.float32)])
+        return result if chunk is None else (result, states, acc)
+
+    def train_accumulated(x, y, w, m, tm, n_win, h0, chunk=None):
         """``sync_every = k > 1`` (for slow networks): the count-weighted gradients of k
         consecutive windows are summed and applied in one update, one Allreduce per k windows
         (and one for a remainder at the minibatch's end). Windows still carry the state; the
         gradient of each is still cut at its borders. Same on every rank: the window count is
-        agreed, so every rank flushes at the same windows."""
+        agreed, so every rank flushes at the same windows. A chunk starts at a multiple of k
+        (the trainer's chunks are whole multiples of k), so it flushes where the whole call
+        does."""
         zeros = lambda: [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)]
 
         def flush(acc):
@@ -333,12 +369,14 @@ def build_step_functions(
                           lambda: acc)
             return new_states, acc
 
-        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0),
+        first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
+        acc = (loss0, count0, tf.constant(-1), tf.constant(0) if first is None else first,
                tf.constant(0.0), tf.constant(0.0), tf.constant(True), zeros())
-        _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
+        states, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         # A remainder of fewer than k windows: one more update (the same on every rank).
         acc = tf.cond(tf.equal(acc[3] % sync_every, 0), lambda: acc, lambda: flush(acc))
-        return tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
+        result = tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
+        return result if chunk is None else (result, states, (acc[0], acc[1]))
 
     # -------------------------------------------------------------------------------- evaluate
     def evaluate(x, y, w, m, tm, n_win, h0):
@@ -427,6 +465,12 @@ def build_step_functions(
                         else keep_series(n_full, a, p) for a, p in zip(outs, preds)]
         return tuple(outs), states
 
+    def chunk_start(x, tm):
+        """The zero states and accumulators the first chunk of a minibatch starts from."""
+        states = [[tf.zeros((x[0].shape[0],) + tuple(shape), dtype) for shape, dtype in spec]
+                  for spec in state_specs]
+        return states, (zero_series_acc() if per_series and tm is not None else zero_sums())
+
     compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
     return StepFunctions(
         # With the host-callback Allreduce the outer window loop stays a plain graph; its two
@@ -436,6 +480,7 @@ def build_step_functions(
         evaluate=compile_(evaluate),
         predict=compile_(predict),
         exact_rows=getattr(objective, "needs_exact_rows", False),
+        chunk_start=chunk_start,
     )
 
 

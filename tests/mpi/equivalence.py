@@ -5,6 +5,8 @@ bit-identical weights, and the history of both. argv[6] (optional): "equal" (def
 "masked-step" or "masked-series": unequal lengths (zero padding after a random length per
 series, a Masking layer in front), with per-step or per-series targets; "tokens": token ids
 (N, T) padded with 0 into Embedding(mask_zero=True), next-token labels (N, T), sparse loss.
+argv[7]: sync_every; argv[8]: the ranks' windows_per_call (chunks of windows; the one process
+keeps "auto").
 """
 import json
 import os
@@ -22,6 +24,7 @@ out_path, opt_name, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(s
 jit = sys.argv[5] == "jit" if len(sys.argv) > 5 else True
 mode = sys.argv[6] if len(sys.argv) > 6 else "equal"
 sync_every = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+windows_per_call = int(sys.argv[8]) if len(sys.argv) > 8 else "auto"
 comm = MPI.COMM_WORLD
 k = comm.Get_size()
 
@@ -65,7 +68,7 @@ elif mode != "equal":
 # An explicit communicator (here the world one; "auto" would find it too).
 est = Estimator(model(), LOSS, optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
                 verbose=0, metrics=METRICS, jit_compile=jit, distributed=comm,
-                sync_every=sync_every).fit(x, y)
+                sync_every=sync_every, windows_per_call=windows_per_call).fit(x, y)
 w = net2vec(est.model_)
 all_w = comm.gather(w, root=0)
 # Distributed predict: each rank predicts its block, every rank returns the full result.
