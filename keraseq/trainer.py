@@ -362,7 +362,7 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
     chunk = chunk_windows(p, session, xs, comm)
     calls = 1 if chunk is None else math.ceil(windows_of(xs, p["seq_len"]) / chunk)
     cb = callback_list(list(p["callbacks"] or []) + list(callbacks or []), model, p,
-                       n_steps * calls, comm, epochs=last)
+                       None if n_steps is None else n_steps * calls, comm, epochs=last)
     history = progress.history if warm else {}
     model.stop_training = False
     model._initial_epoch = None
