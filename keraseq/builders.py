@@ -50,7 +50,11 @@ META_NAMES = ("n_features_in_", "n_outputs_", "n_outputs_expected_", "X_shape_",
 def _shape(a) -> tuple | None:
     if hasattr(a, "shape") and hasattr(a, "dtype"):
         return tuple(int(d) for d in a.shape)
-    if is_ragged(a):  # a list of (T_i, F) series
+    try:
+        ragged = is_ragged(a)
+    except ValueError:  # nested sequences numpy cannot read
+        return None
+    if ragged:  # a list of (T_i, F) series
         first = np.shape(a[0])
         return (len(a), None) + tuple(int(d) for d in first[1:])
     try:
@@ -68,7 +72,18 @@ def _arrays(value) -> list:
 
 
 def data_meta(x, y) -> dict[str, Any]:
-    """What a builder may ask about ``x`` and ``y`` (see the module docstring)."""
+    """What a builder may ask about ``x`` and ``y`` (see the module docstring); for a
+    dataset of batches, the widths of its first batch (no ``X_shape_``/``y_shape_``)."""
+    from .batches import as_dataset, dataset_batch
+    dataset = as_dataset(x) if y is None else None
+    if dataset is not None:
+        if not len(dataset):
+            return {}
+        bx, by, _ = dataset_batch(dataset[0], 0)
+        meta = data_meta(bx, by)
+        meta.pop("X_shape_", None)
+        meta.pop("y_shape_", None)
+        return meta
     meta: dict[str, Any] = {}
     if x is not None:
         xs = [_shape(a) for a in _arrays(x)]

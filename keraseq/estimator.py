@@ -507,14 +507,17 @@ class Estimator(RegressorMixin, BaseEstimator):
         if y is None and tabular.row_widths(x) is not None:
             raise ValueError("`y` is None: this estimator requires y to be passed, but the "
                              "target y is None; expected targets (N,) or (N, F_out)")
-        meta = {**builders.data_meta(x, y), **self._builder_meta()}
+        x0, y0 = x, y
+
+        def meta():  # read when a builder is called (a dataset's first batch is read then)
+            return {**builders.data_meta(x0, y0), **self._builder_meta()}
 
         def new_model():
-            return self._new_model(meta)
+            return self._new_model(meta())
         rows = bool(getattr(self, "_rows", False)) if warm else False
         widths = tabular.row_widths(x) if lengths is None else None
         if widths is not None and not warm:
-            built = self._build_now(p, meta)
+            built = self._build_now(p, meta())
             takes = tabular.takes_rows(built)
             floats = all(np.dtype(a.dtype).kind == "f" for a in
                          (x.arrays if hasattr(x, "arrays") else
