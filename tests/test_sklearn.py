@@ -364,6 +364,20 @@ def test_tabular_estimator_saves_and_pickles(rows, tmp_path):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).predict(x), est.predict(x))
 
 
+def test_tabular_rows_out_of_core_equal_in_memory(rows, tmp_path):
+    import h5py
+    x, y = rows
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        f["x"] = x
+    params = dict(epochs=1, batch_size=8, verbose=0, shuffle=False, jit_compile=False)
+    ref = Estimator(rows_model(), **params).fit(x, y)
+    with h5py.File(tmp_path / "rows.h5", "r") as f:
+        est = Estimator(rows_model(), **params).fit(f["x"], y)  # read row by row
+        np.testing.assert_array_equal(est.predict(f["x"]), ref.predict(x))
+    for a, b in zip(est.model_.get_weights(), ref.model_.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def _save(est, path):
     est.save(path)
     return path
