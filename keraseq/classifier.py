@@ -14,6 +14,8 @@ from sklearn.base import ClassifierMixin
 from .estimator import Estimator
 from .lengths import check_lengths, is_ragged
 from .model_selection import whole
+from .tabular import row_widths
+from .validation import check_sklearn_array
 
 __all__ = ["Classifier"]
 
@@ -73,6 +75,14 @@ class Classifier(ClassifierMixin, Estimator):
     @classmethod
     def _get_param_names(cls) -> list[str]:
         return super()._get_param_names() + ["class_weight"]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = False  # one label per series (or per step), not (N, k)
+        return tags
+
+    def _builder_meta(self) -> dict:
+        return {"classes_": self.classes_, "n_classes_": len(self.classes_)}
 
     def _class_weights(self, y, lengths, sample_weight):
         """``sample_weight`` times the weight of each label's class (``class_weight``).
@@ -159,8 +169,10 @@ class Classifier(ClassifierMixin, Estimator):
         if y is None:
             self._encode(y)  # raises the message scikit-learn expects (datasets: Estimator)
         x, y = whole(x), whole(y)  # a refit on TimeSplit's folds: all of every series
+        x, y, sample_weight = _in_memory(x, y, sample_weight)
         y = _stacked_unless_ragged(x, y)
         _check_not_one_hot(x, y)
+        _check_label_kind(self._real_labels(y, lengths))
         self.classes_ = np.unique(self._real_labels(y, lengths))
         codes = self._encode(y, lengths=lengths)
         if validation_data is not None:
@@ -175,6 +187,7 @@ class Classifier(ClassifierMixin, Estimator):
     def partial_fit(self, x, y, classes=None, sample_weight=None, validation_data=None,
                     callbacks=None, lengths=None) -> "Classifier":
         """One epoch, continuing; pass every label in ``classes`` on the first call."""
+        x, y, sample_weight = _in_memory(x, y, sample_weight)
         y = _stacked_unless_ragged(x, y)
         if not hasattr(self, "classes_"):
             self.classes_ = np.unique(self._real_labels(y, lengths) if classes is None
@@ -259,6 +272,36 @@ class Classifier(ClassifierMixin, Estimator):
         if score_from and hits.ndim == 2:
             w = w * (np.arange(hits.shape[1])[None, :] >= score_from)
         return float((hits * w).sum() / w.sum())
+
+
+def _in_memory(x, y, sample_weight):
+    """scikit-learn's array-likes (lists, DataFrames, objects with ``__array__``) as arrays;
+    a column of labels ``(N, 1)`` for tabular ``x`` as ``(N,)``, with scikit-learn's
+    ``DataConversionWarning``."""
+    x = check_sklearn_array(x, "x")
+    if sample_weight is not None:
+        sample_weight = check_sklearn_array(sample_weight, "sample_weight")
+    if y is not None and not isinstance(y, (np.ndarray, list, tuple)) and (
+            hasattr(y, "__array__") or hasattr(y, "iloc")):
+        y = np.asarray(y)
+    if isinstance(y, np.ndarray) and y.ndim == 2 and y.shape[1] == 1 \
+            and row_widths(x) is not None:
+        import warnings
+        from sklearn.exceptions import DataConversionWarning
+        warnings.warn("A column-vector y was passed when a 1d array was expected: labels per "
+                      "row of tabular `x` are (N,); y.ravel() is used", DataConversionWarning,
+                      stacklevel=3)
+        y = y[:, 0]
+    return x, y, sample_weight
+
+
+def _check_label_kind(labels) -> None:
+    """Class labels, not continuous values (scikit-learn's ``check_classification_targets``:
+    "Unknown label type: continuous ...")."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f" and labels.size:
+        from sklearn.utils.multiclass import check_classification_targets
+        check_classification_targets(labels.ravel())
 
 
 def _stacked_unless_ragged(x, y):

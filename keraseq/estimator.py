@@ -25,14 +25,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from . import distributed as dist
-from . import inference, trainer, utils
+from . import builders, inference, tabular, trainer, utils
 from .backend import current as _backend
 from .batches import is_pipeline
 from .checks import check_outputs
 from .losses import is_window_loss
 from .model_selection import whole
 from .trainer import NonFiniteLossError, Progress, Session
-from .validation import REQUIRED_SPEC_FIELDS, check_positive_int, spec_fields
+from .validation import (REQUIRED_SPEC_FIELDS, check_n_features, check_positive_int,
+                         check_sklearn_array, check_weights_not_all_zero, spec_fields)
 from .windows import StateCarry
 
 __all__ = ["Estimator", "NonFiniteLossError"]
@@ -40,6 +41,25 @@ __all__ = ["Estimator", "NonFiniteLossError"]
 
 def _unpack(arrays: tuple):
     return arrays[0] if len(arrays) == 1 else arrays
+
+
+class StreamStates:
+    """The final recurrent state of every series after the last ``predict``: what
+    ``predict(..., reset=False)`` continues from. One is created by each ``fit`` (and by
+    loading/unpickling); ``predict`` fills it and never rebinds an estimator attribute, so
+    the estimator's ``__dict__`` is the same before and after ``predict`` (scikit-learn's
+    contract)."""
+
+    __slots__ = ("states",)
+
+    def __init__(self, states=None):
+        self.states = states
+
+    def __getstate__(self):
+        return {"states": self.states}
+
+    def __setstate__(self, state):
+        self.states = state["states"]
 
 
 class Estimator(RegressorMixin, BaseEstimator):
@@ -53,11 +73,21 @@ class Estimator(RegressorMixin, BaseEstimator):
             works too). It is not modified: ``fit`` trains a copy, ``model_``. Or a function
             (or model class) that builds the model, called by each ``fit`` with the
             ``model__<name>`` parameters (``Estimator(build, model__units=64)``), so that
-            model selection can tune the architecture.
+            model selection can tune the architecture; a builder whose signature names
+            ``n_features_in_``, ``n_outputs_``, ``X_shape_``, ``y_shape_``, ``classes_``,
+            ``n_classes_`` or ``meta`` also receives them, read from the data of that
+            ``fit`` (see :mod:`keraseq.builders`), so one builder serves data of any width.
+            Tabular data: a model whose input is ``keras.Input((F,))`` (no time axis) takes
+            ``x`` as scikit-learn's rows ``(N, F)`` (read inside as series of one step, see
+            :mod:`keraseq.tabular`), ``y`` ``(N,)`` or ``(N, F_out)``, and ``predict``
+            returns the shape of ``y``; ``model_`` is then the fitted model behind a
+            ``Reshape`` (``model_.layers[-1]`` is your model).
         loss: a Keras loss (name, function or ``Loss``; a list/dict per output like
             ``compile``), applied to each window; or a callable ``loss(model, x, y)`` returning
             the window's mean loss (see :func:`keraseq.seqloss`).
-        optimizer: a Keras optimizer instance (copied at each ``fit``) or its name.
+        optimizer: a Keras optimizer instance (copied at each ``fit``), its name, or its
+            ``keras.optimizers.serialize`` dict (``{"class_name": "Adam", "config":
+            {"learning_rate": 0.01}}``, which ``keras.optimizers.get`` reads).
         spec: optional dict / dataclass / namedtuple / object whose fields fill the keywords
             below (at least ``epochs``, ``batch_size``, ``seq_len``; the seed's ``batchsize``
             and ``seqsize`` are accepted), read by ``fit``. ``epochs``, ``batch_size`` and
@@ -119,8 +149,13 @@ class Estimator(RegressorMixin, BaseEstimator):
     ``seq_len``.
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
-    ``n_outputs_``, ``n_epochs_`` (epochs trained so far, warm fits included: the next epoch's
-    number).
+    ``n_outputs_`` (the model's outputs), ``n_epochs_`` (epochs trained so far, warm fits
+    included: the next epoch's number).
+
+    scikit-learn's input rules hold, in its words: sparse and complex data are refused, so
+    are 1-D ``x``, empty data and all-zero ``sample_weight``; ``predict``, ``score`` and a
+    warm ``fit`` refuse an ``x`` whose feature count differs from ``n_features_in_``.
+    ``docs/guide/sklearn_checks.md`` lists scikit-learn's estimator checks and their results.
 
     Example:
         >>> import keras, numpy as np
@@ -245,12 +280,12 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     def _optimizer_class(self):
         opt = self.optimizer
-        return type(keras.optimizers.get(opt)) if isinstance(opt, str) else type(opt)
+        return type(keras.optimizers.get(opt)) if isinstance(opt, (str, dict)) else type(opt)
 
     def _optimizer_config(self) -> dict[str, Any]:
         opt = self.optimizer
         try:
-            opt = keras.optimizers.get(opt) if isinstance(opt, str) else opt
+            opt = keras.optimizers.get(opt) if isinstance(opt, (str, dict)) else opt
             config = dict(opt.get_config())
         except Exception:
             return {}
@@ -262,8 +297,11 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True   # x is (N, T, F)
+        # A built model says which data it takes: rows (N, F) for an input (F,), sequences
+        # (N, T, F) otherwise; a builder (or an unbuilt model) decides at fit: both.
+        rows = tabular.takes_rows(self.model)
+        tags.input_tags.two_d_array = rows is not False
+        tags.input_tags.three_d_array = rows is not True
         tags.target_tags.multi_output = True   # tuples of outputs, or F_out > 1
         return tags
 
@@ -352,12 +390,16 @@ class Estimator(RegressorMixin, BaseEstimator):
         return p
 
     # ------------------------------------------------------------------------------- building
-    def _new_model(self) -> keras.Model:
+    def _builder_meta(self) -> dict:
+        """What a model builder may ask beyond the data's shapes (a subclass adds to it)."""
+        return {}
+
+    def _new_model(self, meta: dict | None = None) -> keras.Model:
         if not isinstance(self.model, keras.Model):
             if callable(self.model):  # a function or class building the model
                 kwargs = self._model_params()
                 try:
-                    model = self.model(**kwargs)
+                    model = builders.call_builder(self.model, kwargs, meta or {})
                 except TypeError as exc:
                     raise TypeError(f"`model` was called with {kwargs} (the model__<name> "
                                     f"parameters) and failed: {exc}") from exc
@@ -406,8 +448,8 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     def _new_optimizer(self) -> keras.optimizers.Optimizer:
         opt = self.optimizer
-        if isinstance(opt, str):
-            return keras.optimizers.get(opt)
+        if isinstance(opt, (str, dict)):
+            return keras.optimizers.get(copy.deepcopy(opt))
         if isinstance(opt, keras.optimizers.Optimizer):
             return opt.__class__.from_config(opt.get_config())
         raise TypeError(f"`optimizer` must be a keras optimizer or its name, got {opt!r}")
@@ -458,25 +500,92 @@ class Estimator(RegressorMixin, BaseEstimator):
             p["epochs"] = check_positive_int(epochs, "epochs")
         progress = Progress(getattr(self, "history_", {}), int(getattr(self, "n_epochs_", 0)),
                             getattr(self, "_shuffle_seed", None)) if warm else None
+        x, y, sample_weight, validation_data, new_model, layout = self._face_fit_data(
+            p, whole(x), whole(y), sample_weight, validation_data, lengths, warm)
         try:
             session, progress = trainer.fit(
-                p, self.loss, whole(x), whole(y), sample_weight, validation_data, callbacks,
-                lengths, initial_epoch, new_model=self._new_model,
+                p, self.loss, x, y, sample_weight, validation_data, callbacks,
+                lengths, initial_epoch, new_model=new_model,
                 new_optimizer=self._new_optimizer, check_outputs=self._check_outputs,
                 warm=self._session if warm else None, progress=progress,
                 previous=getattr(self, "_session", None))
         except BaseException as exc:
             if getattr(exc, "keraseq_session", None) is not None:
-                self._adopt(exc.keraseq_session)  # the weights before the failed update
+                self._adopt(exc.keraseq_session, *layout)  # the weights before the failed update
             raise
-        self._adopt(session)
+        self._adopt(session, *layout)
         self.history_ = progress.history
         self.n_epochs_ = progress.n_epochs
         self._shuffle_seed = progress.shuffle_seed
         return self
 
-    def _adopt(self, session: Session) -> None:
+    def _face_fit_data(self, p, x, y, sample_weight, validation_data, lengths, warm):
+        """scikit-learn's input rules, the builder's data facts and tabular rows, applied
+        before any training step. Returns ``(x, y, sample_weight, validation_data,
+        new_model, (rows, flat_y))``: tabular ``x`` (N, F) comes back as series of one step
+        (N, 1, F) with ``new_model`` giving the wrapped model, 1-D ``y`` as (N, 1)."""
+        x = check_sklearn_array(x, "x")
+        if y is not None:
+            y = check_sklearn_array(y, "y")
+        if sample_weight is not None:
+            sample_weight = check_sklearn_array(sample_weight, "sample_weight")
+            check_weights_not_all_zero(sample_weight)
+        if warm:
+            check_n_features(x, self.n_features_in_, type(self).__name__)
+        if y is None and tabular.row_widths(x) is not None:
+            raise ValueError("`y` is None: this estimator requires y to be passed, but the "
+                             "target y is None; expected targets (N,) or (N, F_out)")
+        x0, y0 = x, y
+
+        def meta():  # read when a builder is called (a dataset's first batch is read then)
+            return {**builders.data_meta(x0, y0), **self._builder_meta()}
+
+        def new_model():
+            return self._new_model(meta())
+        rows = bool(getattr(self, "_rows", False)) if warm else False
+        widths = tabular.row_widths(x) if lengths is None else None
+        if widths is not None and not warm:
+            built = self._build_now(p, meta())
+            takes = tabular.takes_rows(built)
+            floats = all(np.dtype(a.dtype).kind == "f" for a in
+                         (x.arrays if hasattr(x, "arrays") else
+                          x if isinstance(x, tuple) else (x,)))
+            if takes or (takes is None and floats):
+                built = tabular.wrap(built, widths)
+                rows = True
+
+            def new_model():  # noqa: F811 - built once, here, for the check above
+                return built
+        flat_y = False
+        if rows:
+            x = tabular.as_steps(x)
+            flat_y = isinstance(y, np.ndarray) and y.ndim == 1
+            if flat_y:
+                y = y[:, None]
+            if validation_data is not None and isinstance(validation_data, (tuple, list)) \
+                    and len(validation_data) >= 2:
+                vx = check_sklearn_array(whole(validation_data[0]), "x")
+                vy = check_sklearn_array(whole(validation_data[1]), "y")
+                if tabular.row_widths(vx) is not None:
+                    vx = tabular.as_steps(vx)
+                if isinstance(vy, np.ndarray) and vy.ndim == 1:
+                    vy = vy[:, None]
+                validation_data = (vx, vy, *validation_data[2:])
+        return x, y, sample_weight, validation_data, new_model, (rows, flat_y)
+
+    def _build_now(self, p, meta) -> keras.Model:
+        """The model of a new fit, built before the data checks (tabular ``x`` needs to know
+        its input), seeded and placed as the training loop would."""
+        comm = dist.get_comm(p["distributed"])
+        if p["random_state"] is not None:
+            keras.utils.set_random_seed(int(p["random_state"]))
+        with _backend().device_scope(trainer.device_for(p["device"], comm)):
+            return self._new_model(meta)
+
+    def _adopt(self, session: Session, rows: bool = False, flat_y: bool = False) -> None:
         """Take a trained session's model and what ``predict``/``save`` need of it."""
+        self._rows = rows
+        self._flat_y = flat_y
         self._session = session
         self.model_ = session.model
         self.optimizer_ = session.optimizer
@@ -486,7 +595,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         self._state_specs = session.state_specs
         self._per_series = session.per_series
         self._fit_seq_len = session.seq_len
-        self._final_states = None
+        self._stream = StreamStates()
 
     # -------------------------------------------------------------------------------- predict
     def _check_fitted(self, method: str):
@@ -504,8 +613,15 @@ class Estimator(RegressorMixin, BaseEstimator):
         step, and ``reset=False`` continues each series from there.
 
         ``out`` (an ndarray, memmap, ``h5py.Dataset`` or a tuple of them, one per output) is
-        filled minibatch by minibatch and returned. The final state of every series is kept:
-        ``predict(next_chunk, reset=False)`` continues the sequences (streaming inference).
+        filled minibatch by minibatch and returned.
+
+        ``reset=True`` (the default) starts every series from a zero state, so the result
+        depends on ``x`` alone, as scikit-learn expects of ``predict``. The final state of
+        every series is kept (in an object that ``fit`` creates, so no attribute of the
+        estimator is rebound): ``predict(next_chunk, reset=False)`` continues the sequences
+        from there (streaming inference), and keeps the new final states in turn. Only
+        ``reset=False`` reads the kept states; ``score`` and ``fit`` ignore them, and a new
+        ``fit`` forgets them. Tabular ``x`` (N, F) gives ``(N,)`` for ``y`` fitted as ``(N,)``.
         Under MPI ``predict`` is collective: each rank predicts its block of series; an
         ndarray result holds every row on every rank; a memmap ``out`` gets each rank's rows
         written by that rank; an ``h5py.Dataset`` ``out`` is written by rank 0 (the others may
@@ -515,16 +631,29 @@ class Estimator(RegressorMixin, BaseEstimator):
         p = self._resolved()
         if is_pipeline(x):
             return inference.predict_dataset(self._session, p, x)
+        x = self._face_x(x)
         h_all = None
         if not reset:
-            h_all = getattr(self, "_final_states", None)
+            h_all = self._stream.states
             if h_all is None:
                 raise ValueError("`reset=False` continues the series of the previous `predict`, "
                                  "but there is none (or `fit` ran since); call predict with "
                                  "reset=True first")
-        result, self._final_states = inference.predict(self._session, p, x, out, h_all,
-                                                       batch_size, lengths)
+        result, self._stream.states = inference.predict(self._session, p, x, out, h_all,
+                                                        batch_size, lengths)
+        if out is None and getattr(self, "_flat_y", False) and isinstance(result, np.ndarray) \
+                and result.ndim == 2 and result.shape[1] == 1:
+            result = result[:, 0]  # y was fitted as (N,): predictions (N,), as scikit-learn's
         return result
+
+    def _face_x(self, x):
+        """``x`` of ``predict``/``score`` under scikit-learn's rules (its messages, the
+        ``n_features_in_`` rule), tabular rows read as series of one step."""
+        x = check_sklearn_array(whole(x), "x")
+        check_n_features(x, self.n_features_in_, type(self).__name__)
+        if getattr(self, "_rows", False) and tabular.row_widths(x) is not None:
+            x = tabular.as_steps(x)
+        return x
 
     def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """Coefficient of determination R² over all outputs and time steps (uniform average).
@@ -535,12 +664,16 @@ class Estimator(RegressorMixin, BaseEstimator):
         ``predict`` untouched. Collective under MPI.
         """
         self._check_fitted("score")
+        x = self._face_x(x)
+        y = check_sklearn_array(whole(y), "y")
+        if getattr(self, "_rows", False) and isinstance(y, np.ndarray) and y.ndim == 1:
+            y = y[:, None]
         return inference.score(self._session, self._resolved(), x, y, sample_weight, lengths)
 
     # -------------------------------------------------------------------------- states (utils)
     def _get_states(self) -> list[np.ndarray]:
         """The final state of every series after the last ``predict`` (flat list, leading N)."""
-        states = getattr(self, "_final_states", None)
+        states = self._stream.states if hasattr(self, "_stream") else None
         if states is None:
             raise ValueError("no states kept: call `predict` first")
         return [np.array(s) for call in states for s in call]
@@ -561,7 +694,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                 group.append(a.copy())
                 k += 1
             out.append(group)
-        self._final_states = out
+        self._stream = StreamStates(out)
 
     # ---------------------------------------------------------------------------- save / load
     def _fitted_extras(self) -> dict:
@@ -591,6 +724,8 @@ class Estimator(RegressorMixin, BaseEstimator):
                 "n_features_in_": self.n_features_in_, "n_outputs_": self.n_outputs_,
                 "n_outputs_shapes_": [list(s) for s in self.n_outputs_shapes_],
                 "per_series": self._per_series, "history_": self.history_,
+                "rows": bool(getattr(self, "_rows", False)),
+                "flat_y": bool(getattr(self, "_flat_y", False)),
                 "state_specs": [[[list(shape), str(np.dtype(dtype.name if hasattr(dtype, "name")
                                                          else dtype))]
                                  for shape, dtype in call] for call in self._state_specs],
@@ -602,7 +737,7 @@ class Estimator(RegressorMixin, BaseEstimator):
             self.model_.save(tmp)
             with zipfile.ZipFile(tmp, "a") as zf:
                 zf.writestr("keraseq.json", json.dumps(meta, default=_json_default))
-                if getattr(self, "_final_states", None) is not None:
+                if getattr(self, "_stream", StreamStates()).states is not None:
                     buf = io.BytesIO()
                     np.savez(buf, *self._get_states())
                     zf.writestr("keraseq_states.npz", buf.getvalue())
@@ -645,8 +780,10 @@ class Estimator(RegressorMixin, BaseEstimator):
         est._state_specs = [[(tuple(shape), _backend().dtype_of(dtype)) for shape, dtype in call]
                             for call in meta["state_specs"]]
         est._fit_seq_len = params["seq_len"]
+        est._rows = bool(meta.get("rows", False))
+        est._flat_y = bool(meta.get("flat_y", False))
         est._restore_runtime()  # optimizer link, communicator, state carry, compiled steps
-        est._final_states = None
+        est._stream = StreamStates()
         est._load_fitted_extras(meta.get("fitted", {}))
         if states is not None:
             est._set_states(states)

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["as_arrays", "check_finite", "check_positive_int", "spec_fields",
-           "SPEC_ALIASES", "REQUIRED_SPEC_FIELDS"]
+           "SPEC_ALIASES", "REQUIRED_SPEC_FIELDS", "is_sparse", "check_sklearn_array",
+           "check_n_features", "check_weights_not_all_zero"]
 
 #: Seed (FluxUtils.jl) spelling -> keraseq keyword.
 SPEC_ALIASES = {"batchsize": "batch_size", "seqsize": "seq_len"}
@@ -38,8 +39,9 @@ def as_arrays(value: Any, name: str, ndims: Sequence[int] | None, what: str) -> 
         raise ValueError(f"`{name}` is None: this estimator requires {name} to be passed, but "
                          f"the target {name} is None; expected {what}" if name == "y" else
                          f"`{name}` is None; expected {what}")
-    if hasattr(value, "tocsr") or type(value).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"`{name}` is a scipy sparse matrix; keraseq needs dense arrays: {what}")
+    if is_sparse(value):
+        raise TypeError(f"`{name}` is a SciPy sparse matrix: sparse data is not supported, "
+                        f"keraseq needs dense arrays ({what}); use `.toarray()`")
     from .inputs import SliceTuple
     if isinstance(value, SliceTuple):
         value = value.arrays
@@ -68,6 +70,9 @@ def as_arrays(value: Any, name: str, ndims: Sequence[int] | None, what: str) -> 
                 item = np.asarray(item)
             except Exception as exc:  # pragma: no cover - numpy's own message is kept
                 raise TypeError(f"`{label}` is not an array: {exc}") from None
+        if item.dtype.kind == "c":
+            raise ValueError(f"Complex data not supported: `{label}` has dtype {item.dtype}; "
+                             f"expected real numbers ({what})")
         if item.dtype.kind not in "biuf":
             raise TypeError(f"`{label}` has dtype {item.dtype}; expected a numeric array "
                             f"({what})")
@@ -131,3 +136,102 @@ def spec_fields(spec: Any) -> dict[str, Any]:
         raise TypeError(f"`spec` must be a dict, dataclass, namedtuple or object with "
                         f"attributes, got {type(spec).__name__}")
     return {SPEC_ALIASES.get(k, k): v for k, v in fields.items()}
+
+
+# --- scikit-learn's rules at the estimator face (its wording, which its checks match) -------
+def is_sparse(value: Any) -> bool:
+    """A SciPy sparse matrix or array."""
+    return hasattr(value, "tocsr") or type(value).__module__.startswith("scipy.sparse")
+
+
+def check_sklearn_array(value: Any, name: str) -> Any:
+    """One array given to ``fit``/``predict``/``score`` under scikit-learn's rules, in its
+    words: sparse data, complex data, 1-D ``x`` ("Reshape your data ..."), no rows and no
+    features are refused. Lists, DataFrames and object arrays of numbers come back as
+    numeric ndarrays (``check_array``'s conversion); a numeric ndarray (memmaps and
+    subclasses included) and out-of-core arrays come back as they are. Anything else
+    (tuples of inputs, ragged lists of series, datasets) is left to the sequence checks."""
+    if is_sparse(value):
+        raise TypeError(f"Sparse data was passed for `{name}`, but dense data is required: "
+                        f"sparse data is not supported; use `{name}.toarray()`")
+    if isinstance(value, (tuple, dict)) or value is None or any(
+            c.__name__ in ("SliceTuple", "PyDataset", "TimeFolds")
+            for c in type(value).__mro__):
+        return value
+    if isinstance(value, list):
+        numbers_ = value and all(isinstance(v, numbers.Number) for v in value)
+        rows = value and all(isinstance(v, (list, tuple)) and all(
+            isinstance(e, numbers.Number) for e in v) for v in value) and len(
+            {len(v) for v in value}) == 1  # a table as nested lists: (N, F)
+        if not (numbers_ or rows):
+            return value  # series of unequal lengths, batches, ...: the sequence checks
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "biufcO":
+        return value  # strings, dates, ...: refused by the sequence checks, naming the dtype
+    if not (isinstance(value, np.ndarray) and value.dtype.kind in "biufc"):
+        if hasattr(value, "shape") and not hasattr(value, "iloc") and isinstance(
+                getattr(value, "dtype", None), np.dtype) and value.dtype.kind in "biuf":
+            return value  # out of core (h5py.Dataset): read row by row later
+        from sklearn.utils.validation import check_array
+        try:
+            value = check_array(value, accept_sparse=False, dtype="numeric", ensure_2d=False,
+                                allow_nd=True, ensure_all_finite=False,
+                                ensure_min_samples=0, ensure_min_features=0, input_name=name)
+        except ValueError as exc:
+            if "Complex data" in str(exc):
+                raise ValueError(f"Complex data not supported: `{name}` holds complex "
+                                 f"numbers") from None
+            if "bytes/strings" not in str(exc) and "convert" not in str(exc):
+                raise
+            raise TypeError(f"`{name}` has a non-numeric dtype: {exc}; expected a numeric "
+                            f"array") from None
+        except TypeError as exc:  # numpy's "float() argument must be a string or a number"
+            raise TypeError(f"`{name}` has dtype object holding a non-number: {exc}; "
+                            f"expected a numeric array") from None
+    if value.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: `{name}` has dtype {value.dtype}")
+    if value.ndim == 1 and name == "x":
+        raise ValueError(
+            f"`x` has shape {value.shape} (rank 1); expected a 2D array (N, F) for a model "
+            f"whose input is (F,), or (N, T, F) sequences. Reshape your data either using "
+            f"x.reshape(-1, 1) if your data has a single feature or x.reshape(1, -1) if it "
+            f"contains a single sample.")
+    if value.ndim >= 1 and value.shape[0] == 0:
+        raise ValueError(f"Found array with 0 sample(s) (shape={value.shape}) while a "
+                         f"minimum of 1 is required: `{name}` is empty")
+    if name == "x" and value.ndim >= 2 and value.shape[-1] == 0:
+        raise ValueError(f"Found array with 0 feature(s) (shape={value.shape}) while a "
+                         f"minimum of 1 is required: `x` is empty")
+    return value
+
+
+def check_n_features(x: Any, expected: int, estimator: str) -> None:
+    """scikit-learn's ``n_features_in_`` rule for ``predict``/``score``/a warm ``fit``: the
+    last axis of ``x`` (of its first input) must have the fitted feature count."""
+    first = x.arrays[0] if type(x).__name__ == "SliceTuple" else (
+        x[0] if isinstance(x, tuple) and x and hasattr(x[0], "shape") else x)
+    shape = getattr(first, "shape", None)
+    if shape is None or len(shape) < 2 or not hasattr(first, "dtype"):
+        return
+    got = int(shape[-1])
+    if got != int(expected):
+        raise ValueError(f"X has {got} features, but {estimator} is expecting {expected} "
+                         f"features as input: `x` has F={got} features, the fit had "
+                         f"{expected} (x of shape (N, {expected}) or (N, T, {expected}))")
+
+
+def check_weights_not_all_zero(sample_weight: Any) -> None:
+    """All-zero ``sample_weight`` makes every weighted mean 0/0: refused, in scikit-learn's
+    words."""
+    if sample_weight is None or is_sparse(sample_weight):
+        return
+    from .lengths import is_ragged
+    try:
+        if is_ragged(sample_weight):
+            w = np.concatenate([np.ravel(np.asarray(s, np.float64)) for s in sample_weight])
+        else:
+            w = np.asarray(sample_weight, np.float64)
+    except (TypeError, ValueError):
+        return  # the shape checks name what is wrong
+    if w.size and not np.any(w):
+        raise ValueError("Sample weights must contain at least one non-zero number: "
+                         "`sample_weight` is all zero, so every weighted loss would be 0/0")
