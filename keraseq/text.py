@@ -81,6 +81,7 @@ class Vocabulary:
     def encode(self, tokens: Iterable[Hashable], dtype: Any = np.int32) -> np.ndarray:
         """The ids of ``tokens`` (a string: its characters) as a 1-D integer array."""
         index = self._index
+        tokens = tokens if isinstance(tokens, str) else list(tokens)
         try:
             return np.fromiter((index[t] for t in tokens), dtype=dtype)
         except KeyError:
