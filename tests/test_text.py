@@ -250,8 +250,21 @@ def step_by_hand(model_weights, prompts, length, temperature, seed):
 def fitted():
     x, y = batchify(corpus(), B)
     est = Estimator(lm_model(), LOSS, "adam", epochs=1, batch_size=B, seq_len=S,
-                    shuffle=False, verbose=0).fit(x[..., None], y[..., None])
-    return est, x
+                    shuffle=False, verbose=0,
+                    metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)])
+    return est.fit(x[..., None], y[..., None]), x
+
+
+@pytest.mark.backend
+def test_metrics_survive_save_load_and_generation_continues_alike(fitted, tmp_path):
+    est, x = fitted
+    path = tmp_path / "lm.keras"
+    est.save(path)
+    loaded = Estimator.load(path)
+    assert [(type(m), m.name, m.from_logits) for m in loaded.metrics] == [
+        (BitsPerToken, "bits_per_token", True), (Perplexity, "perplexity", True)]
+    np.testing.assert_array_equal(generate(loaded, x[0, :4], 6, random_state=3),
+                                  generate(est, x[0, :4], 6, random_state=3))
 
 
 @pytest.mark.backend
