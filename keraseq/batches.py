@@ -4,8 +4,9 @@ What lives here: :class:`MinibatchReader`, which reads the rows of one minibatch
 array (``numpy.ndarray``, ``numpy.memmap`` or ``h5py.Dataset``) with one slice per array,
 pads a short minibatch to the fixed batch size (padded rows are masked out of the loss, so one
 compiled graph serves every minibatch), and reads minibatch ``i + 1`` in a background thread
-while ``i`` trains. What does not: validation (``validation.py``) and the window loop
-(``backend/``).
+while ``i`` trains; and minibatches that come ready from a pipeline as ``model.fit`` takes
+them (:class:`BatchSource` over Keras's own data adapters, read by :class:`DatasetReader`).
+What does not: validation (``validation.py``) and the window loop (``backend/``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import numpy as np
 
 from .validation import check_positive_int
 
-__all__ = ["MinibatchReader", "DatasetReader", "as_dataset", "read_rows", "minibatch_plan"]
+__all__ = ["MinibatchReader", "DatasetReader", "BatchSource", "as_dataset", "is_pipeline",
+           "read_rows", "minibatch_plan"]
 
 
 def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
@@ -130,42 +132,173 @@ class MinibatchReader:
                 yield item
 
 
-def as_dataset(value):
-    """``value`` when it is a source of ready minibatches: a ``keras.utils.PyDataset`` or any
-    sequence of ``(x, y[, sample_weight])`` batches (``len`` and indexing, e.g. a list);
-    ``None`` for arrays, tuples of arrays and ragged lists of series."""
+def is_pipeline(value) -> bool:
+    """A source of ready minibatches as ``model.fit`` takes them (not arrays)."""
     import keras
-    if isinstance(value, keras.utils.PyDataset):
-        return value
-    if isinstance(value, (list, tuple)) and value and all(
+    from keras.src.trainers.data_adapters import (is_grain_dataset, is_tf_dataset,
+                                                  is_torch_dataloader)
+    if isinstance(value, keras.utils.PyDataset) or is_tf_dataset(value) or \
+            is_torch_dataloader(value) or is_grain_dataset(value):
+        return True
+    if isinstance(value, (list, tuple)):  # a list of (x, y[, w]) batches
+        return bool(value) and all(
             isinstance(item, (list, tuple)) and len(item) in (2, 3)
-            and hasattr(item[0], "shape") for item in value):
-        return value
-    return None
+            and hasattr(item[0], "shape") for item in value)
+    if hasattr(value, "shape") or isinstance(value, (dict, str, bytes)):
+        return False
+    from .inputs import SliceTuple
+    if isinstance(value, SliceTuple):
+        return False
+    return hasattr(value, "__next__") or hasattr(value, "__iter__")
+
+
+def as_dataset(value, steps_per_epoch: int | None = None) -> "BatchSource | None":
+    """A :class:`BatchSource` when ``value`` is a source of ready minibatches as
+    ``model.fit`` takes them: a ``tf.data.Dataset``, a ``keras.utils.PyDataset``, a Python
+    generator or iterator, any other iterable (a list included) of ``(x, y[,
+    sample_weight])`` batches, a torch ``DataLoader`` or a grain dataset; ``None`` for arrays,
+    tuples/dicts of arrays and ragged lists of series."""
+    if not is_pipeline(value):
+        return None
+    return BatchSource(value, steps_per_epoch)
 
 
 def dataset_batch(item, index: int):
-    """One batch of a dataset as ``(x, y, sample_weight or None)``."""
-    if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
-        raise ValueError(f"batch {index} of the dataset is a {type(item).__name__}; expected a "
-                         f"tuple (x, y) or (x, y, sample_weight) of arrays (B, T, F), ...")
+    """One batch of a dataset as ``(x, y, sample_weight or None)`` (Keras's rule,
+    ``keras.utils.unpack_x_y_sample_weight``: a tuple of 1 to 3)."""
+    if isinstance(item, list) and len(item) in (2, 3):
+        item = tuple(item)
+    if not isinstance(item, tuple) or len(item) not in (2, 3):
+        raise ValueError(f"batch {index} of the dataset is a {type(item).__name__}"
+                         f"{' of ' + str(len(item)) if isinstance(item, tuple) else ''}; "
+                         f"expected a tuple (x, y) or (x, y, sample_weight) of arrays "
+                         f"(B, T, ...): keraseq needs the targets in the batches")
     x, y = item[0], item[1]
     w = item[2] if len(item) == 3 else None
     return x, y, w
 
 
-class DatasetReader:
-    """Minibatches read from a dataset (see :func:`as_dataset`), shaped like
-    :class:`MinibatchReader`'s: ``([xs, ys, ws, None, None], mask_rows, n_real)``, every batch
-    padded with masked rows to ``batch_size`` (the first batch's size), so one compiled graph
-    serves all. A plan index past the dataset's end (a rank with fewer batches under MPI)
-    yields one masked row."""
+class BatchSource:
+    """Ready minibatches read as ``model.fit`` reads them: through Keras's own
+    ``EpochIterator`` and data adapters (``keras/src/trainers/data_adapters``), so epochs,
+    ``steps_per_epoch`` (an endless source: that many batches per epoch, the iterator kept
+    across epochs), ``PyDataset.on_epoch_begin/on_epoch_end`` and a source that runs out
+    behave as in ``model.fit``. Batches come back as NumPy.
 
-    def __init__(self, dataset, plan: list[int], batch_size: int, dtypes: Sequence):
-        self.dataset, self.plan, self.batch_size, self.dtypes = dataset, plan, batch_size, dtypes
+    Example:
+        >>> import numpy as np
+        >>> batches = ((np.ones((2, 3, 1)), np.zeros((2, 3, 1))) for _ in range(4))
+        >>> src = BatchSource(batches)
+        >>> src.first()[0].shape, src.num_batches, sum(1 for _ in src.epoch())
+        ((2, 3, 1), None, 4)
+    """
+
+    def __init__(self, value, steps_per_epoch: int | None = None):
+        import keras
+        from keras.src.trainers.data_adapters import data_adapter_utils
+        from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+        from keras.src.trainers.epoch_iterator import EpochIterator
+
+        class _Iterable(DataAdapter):  # a list or other re-iterable of batches
+            def __init__(self, batches):
+                self.batches = batches
+
+            def get_numpy_iterator(self):
+                return data_adapter_utils.get_numpy_iterator(iter(self.batches))
+
+            @property
+            def num_batches(self):
+                return len(self.batches) if hasattr(self.batches, "__len__") else None
+
+            batch_size = has_partial_batch = partial_batch_size = None
+
+        self.value = value
+        source = value
+        if hasattr(value, "__next__") and not hasattr(value, "gi_frame"):
+            source = (item for item in value)  # any iterator: as a generator
+        from keras.src.trainers.data_adapters import (is_grain_dataset, is_tf_dataset,
+                                                      is_torch_dataloader)
+        import types
+        if not (isinstance(source, (keras.utils.PyDataset, types.GeneratorType))
+                or is_tf_dataset(source) or is_torch_dataloader(source)
+                or is_grain_dataset(source)):
+            source = _Iterable(source)
+        try:
+            self.iterator = EpochIterator(source, steps_per_epoch=steps_per_epoch)
+        except ValueError as exc:  # e.g. an empty generator: Keras's message
+            raise ValueError(f"`x`: {exc}") from None
+        self._pending = None
+        self._first = None
+
+    def close(self) -> None:
+        """Close an epoch that :meth:`first` opened and no :meth:`epoch` continued."""
+        if self._pending is not None:
+            self._pending.close()
+        self._pending = self._first = None
+
+    @property
+    def num_batches(self) -> int | None:
+        """Batches per epoch (``steps_per_epoch``, the source's length, or ``None`` when it
+        is unknown until the source runs out)."""
+        return self.iterator.num_batches
+
+    def first(self):
+        """The first batch ``(x, y, sample_weight)``, read by starting the first epoch
+        (which :meth:`epoch` then continues: no batch is read twice, nothing is skipped)."""
+        if self._first is None:
+            self._pending = self.items()
+            try:
+                item = next(self._pending)
+            except StopIteration:
+                raise ValueError("`x` is an empty dataset: it yields no batch") from None
+            self._first = dataset_batch(item, 0)
+        return self._first
+
+    def epoch(self):
+        """The batches of one epoch (the first epoch's first batch included)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            yield self._first
+            yield from (dataset_batch(item, k) for k, item in enumerate(pending, 1))
+            return
+        for k, item in enumerate(self.items()):
+            yield dataset_batch(item, k)
+
+    def items(self):
+        """The raw items of one epoch, as Keras's ``EpochIterator`` yields them."""
+        import warnings
+        finished = False
+        try:
+            with warnings.catch_warnings():
+                if self.iterator.steps_per_epoch is None:  # running out ends an epoch
+                    warnings.filterwarnings("ignore", message="Your input ran out of data")
+                for _, _, data in self.iterator:
+                    for item in data:
+                        yield item
+            finished = True
+        finally:
+            if not finished:  # stopped early: close the epoch as Keras does
+                self.iterator.data_adapter.on_epoch_end()
+
+
+class DatasetReader:
+    """Minibatches read from a :class:`BatchSource`, shaped like :class:`MinibatchReader`'s:
+    ``([xs, ys, ws, None, None], mask_rows, n_real)``, every batch padded with masked rows to
+    ``batch_size`` (the first batch's size), so one compiled graph serves all.
+
+    ``n_steps`` batches per epoch (a rank whose own source has fewer yields one masked row
+    for each missing batch); ``None`` when unknown: until the source runs out, and under MPI
+    (``comm``) until every rank's has (the ranks agree on each step: no rank hangs).
+    ``standardize(x, y, w)`` turns a batch into tuples of arrays as ``fit`` checked them
+    (dict keys, sparse labels)."""
+
+    def __init__(self, source: BatchSource, n_steps: int | None, batch_size: int,
+                 dtypes: Sequence, comm=None, standardize=None):
+        self.source, self.n_steps, self.batch_size = source, n_steps, batch_size
+        self.dtypes, self.comm, self.standardize = dtypes, comm, standardize
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return self.n_steps or 0
 
     def _arrays(self, value, dtype):
         if value is None:
@@ -180,27 +313,43 @@ class DatasetReader:
         return tuple(out)
 
     def __iter__(self) -> Iterator:
-        for index in self.plan:
-            past_end = index >= len(self.dataset)
-            x, y, w = dataset_batch(self.dataset[0 if past_end else index], index)
-            groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
-            n_real = 0 if past_end else int(groups[0][0].shape[0])
-            if n_real > self.batch_size:
-                raise ValueError(f"batch {index} of the dataset has {n_real} series, more than "
-                                 f"the first batch's {self.batch_size}; the first batch must be "
-                                 f"the largest")
-            padded = []
-            for group in groups:
-                if group is None:
-                    padded.append(None)
-                    continue
-                rows = max(n_real, 1)
-                padded.append(tuple(np.concatenate(
-                    [a[:rows], np.zeros((self.batch_size - rows,) + a.shape[1:], a.dtype)])
-                    if rows < self.batch_size else a[:rows] for a in group))
-            mask = np.zeros(self.batch_size, np.float32)
-            mask[:n_real] = 1.0
-            yield padded + [None, None], mask, n_real
+        from . import distributed as dist
+        batches = self.source.epoch()
+        several = self.comm is not None and self.comm.size > 1
+        step = 0
+        try:
+            while self.n_steps is None or step < self.n_steps:
+                item = next(batches, None)
+                if self.n_steps is None:
+                    more = int(item is not None)
+                    if (dist.max_over_ranks(more, self.comm) if several else more) == 0:
+                        return
+                past_end = item is None
+                x, y, w = self.source.first() if past_end else item
+                if self.standardize is not None:
+                    x, y, w = self.standardize(x, y, w)
+                groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
+                n_real = 0 if past_end else int(groups[0][0].shape[0])
+                if n_real > self.batch_size:
+                    raise ValueError(f"batch {step} of the dataset has {n_real} series, more "
+                                     f"than the first batch's {self.batch_size}; the first "
+                                     f"batch must be the largest")
+                padded = []
+                for group in groups:
+                    if group is None:
+                        padded.append(None)
+                        continue
+                    rows = max(n_real, 1)
+                    padded.append(tuple(np.concatenate(
+                        [a[:rows], np.zeros((self.batch_size - rows,) + a.shape[1:], a.dtype)])
+                        if rows < self.batch_size else a[:rows] for a in group))
+                mask = np.zeros(self.batch_size, np.float32)
+                mask[:n_real] = 1.0
+                yield padded + [None, None], mask, n_real
+                step += 1
+            next(batches, None)  # lets Keras's EpochIterator close the epoch its own way
+        finally:
+            batches.close()
 
 
 def x_dtype(xs, model=None):

@@ -25,23 +25,102 @@ import keras
 import numpy as np
 
 from . import distributed as dist
-from .inputs import SliceTuple, split_rows
+from .inputs import SliceTuple, expand_last, split_rows
 from .lengths import check_lengths, input_mask_rule, is_ragged, pad_ragged
 from .losses import is_window_loss
 from .validation import as_arrays, check_finite
 from .windows import carries_masked_output, find_causal_convs, find_rnn_layers
 
 __all__ = ["check_x", "check_xy", "check_model_inputs", "check_outputs", "check_windows",
+           "Layout", "input_specs", "output_layouts", "per_series_targets", "x_layout",
+           "step_features", "step_rank",
            "window_bound_layers", "keyed", "unragged", "check_fit", "FitData"]
 
-_X_WHAT = "sequence inputs (N series, T time steps, F features); use T = 1 for non-sequence data"
+_X_WHAT = ("sequence inputs (N series, T time steps, F features), or (N, T) integer token ids "
+           "or (N, T, *step_shape) as the model's input reads them; use T = 1 for "
+           "non-sequence data")
 _Y_WHAT = ("targets per time step (N, T, F_out) or per series (N, F_out), sharing N and T "
            "with `x`")
 
 
-def check_x(x) -> tuple[tuple, int, int]:
-    """``x`` as a tuple of (N, T, F) arrays sharing N and T; returns (xs, N, T)."""
-    xs = as_arrays(x, "x", (3,), _X_WHAT)
+class Layout(NamedTuple):
+    """How one model output is laid out, read from the model's output spec."""
+    per_step: bool  #: the output has a time axis (batch, time, ...)
+    shape: tuple    #: what one element holds: after (batch, time) per step, after batch else
+
+
+def input_specs(model) -> list | None:
+    """The model's symbolic inputs (``keras.Input``), or ``None`` when it has none (a
+    subclassed model that was never built)."""
+    try:
+        inputs = list(getattr(model, "inputs", None) or [])
+    except (AttributeError, ValueError):
+        return None
+    return inputs or None
+
+
+def output_layouts(model, xs) -> list[Layout] | None:
+    """Per output of ``model``, whether it has a time axis, decided as Keras shapes it: the
+    output specs for windows of 2 and of 3 steps (``model.compute_output_spec``); an axis 1
+    that follows the window length is the time axis. ``None`` when the model cannot be
+    traced symbolically (then the rank of ``y`` decides, as before)."""
+    specs = input_specs(model)
+    if specs is not None and len(specs) != len(xs):
+        return None
+
+    def spec_at(t):
+        args = []
+        for k, a in enumerate(xs):
+            batch = specs[k].shape[0] if specs else None
+            dtype = specs[k].dtype if specs else ("float32" if a.dtype.kind == "f" else "int32")
+            args.append(keras.KerasTensor((batch, t) + tuple(int(d) for d in a.shape[2:]),
+                                          dtype=dtype))
+        out = model.compute_output_spec(args[0] if len(args) == 1 else args)
+        return [tuple(o.shape) for o in keras.tree.flatten(out)]
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            two, three = spec_at(2), spec_at(3)
+    except Exception:  # noqa: BLE001 - any failure: fall back to the legacy rule
+        return None
+    layouts = []
+    for a, b in zip(two, three):
+        per_step = len(a) >= 2 and a[1] == 2 and b[1] == 3
+        layouts.append(Layout(per_step, tuple(a[2:] if per_step else a[1:])))
+    return layouts
+
+
+def _is_int(dtype) -> bool:
+    try:
+        return np.dtype(keras.backend.standardize_dtype(dtype)).kind in "iub"
+    except (TypeError, ValueError):
+        return False
+
+
+def x_layout(shape, dtype=None) -> str:
+    """The layout of ``x`` a model input of ``shape`` (batch, time, *step) takes."""
+    step = tuple(shape[2:])
+    if not step:
+        return "(N, T) integer token ids" if dtype is not None and _is_int(dtype) else "(N, T)"
+    dims = ", ".join("?" if d is None else str(d) for d in step)
+    if len(step) == 1:
+        return f"(N, T, F) = (N, T, {dims})"
+    return f"(N, T, {dims}) (N, T, *step_shape)"
+
+
+def check_x(x, specs=None) -> tuple[tuple, int, int]:
+    """``x`` as a tuple of ``(N, T, *step_shape)`` arrays sharing N and T; returns
+    (xs, N, T). With the model's input ``specs``, every array must have its input's rank,
+    step shape and kind (integer ids for an integer input)."""
+    xs = as_arrays(x, "x", None, _X_WHAT)
+    for k, a in enumerate(xs):
+        label = "x" if len(xs) == 1 else f"x[{k}]"
+        if specs is None and (a.ndim < 2 or (a.ndim == 2 and a.dtype.kind == "f")):
+            raise ValueError(f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}); "
+                             f"expected (N, T, F): {_X_WHAT}")
+    if specs is not None:
+        check_model_inputs(None, xs, specs)
     n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
     for k, a in enumerate(xs[1:], 1):
         if int(a.shape[0]) != n or int(a.shape[1]) != t:
@@ -49,23 +128,103 @@ def check_x(x) -> tuple[tuple, int, int]:
                              f"T={t}; all inputs must share N and T")
     return xs, n, t
 
-def check_xy(x, y, sample_weight):
+
+def _matches(shape, expected) -> bool:
+    return len(shape) == len(expected) and all(
+        e is None or int(d) == int(e) for d, e in zip(shape, expected))
+
+
+def _fmt(dims) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + \
+        ("," if len(dims) == 1 else "") + ")"
+
+
+def _target(a, layout: Layout, k: int, label: str, n: int, t: int):
+    """``a`` checked against output ``k``'s layout, as Keras pairs targets with outputs:
+    the output's shape, or integer labels without its last axis (sparse losses; read with
+    a trailing axis of 1, lazily)."""
+    o = tuple(layout.shape)
+    lead = (n, t) if layout.per_step else (n,)
+    rest = tuple(a.shape[len(lead):])
+    fits = a.ndim >= len(lead) and tuple(int(d) for d in a.shape[:len(lead)]) == lead
+    if fits and _matches(rest, o):
+        return a
+    if fits and o and _matches(rest, o[:-1]):
+        return expand_last(a)  # sparse labels: (N, T) for (N, T, V), (N,) for (N, V)
+    if fits and o and _matches(rest, o[:-1] + (1,)):
+        return a
+    dense, sparse = _fmt(lead + o), _fmt(lead + o[:-1]) if o else None
+    expected = f"expected {dense}" + (f" (or integer labels {sparse} with a sparse loss)"
+                                      if sparse else "")
+    per_window = "(batch, time) + " + _fmt(o) if layout.per_step else "(batch,) + " + _fmt(o)
+    if layout.per_step:
+        if a.ndim == 2 + len(o) and int(a.shape[1]) != t:
+            raise ValueError(f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; "
+                             f"{expected}")
+        if a.ndim == 2 + len(o):
+            raise ValueError(f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
+                             f"has {o[-1] if o else None} features: {expected}")
+        if a.ndim == 1 + len(o):
+            raise ValueError(
+                f"`{label}` has per-series targets {tuple(a.shape)} but the model returns "
+                f"{per_window} for a window; per-series targets need a model that returns "
+                f"one vector per series (return_sequences=False), or pass per-step targets: "
+                f"{expected}")
+    else:
+        if a.ndim >= 3 and int(a.shape[1]) == t and a.ndim == 2 + len(o):
+            raise ValueError(
+                f"`{label}` has targets per time step {tuple(a.shape)} but the model returns "
+                f"{per_window} per window; use return_sequences=True on the last recurrent "
+                f"layer, or pass per-series targets: {expected}")
+        if a.ndim == 1 + len(o) and o:
+            raise ValueError(f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
+                             f"has {o[-1]} features: {expected}")
+    raise ValueError(f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}) but the model's "
+                     f"output {k} is {per_window}: {expected}")
+
+
+def per_series_targets(ys, layouts=None) -> bool:
+    """Whether the targets are per series: from the model's outputs when known, else
+    (a model that cannot be traced) from the rank of ``y``: (N, F_out)."""
+    if layouts:
+        return not layouts[0].per_step
+    return ys[0].ndim == 2
+
+
+def check_xy(x, y, sample_weight, layouts=None, specs=None):
+    """``(xs, ys, ws)``: ``x``/``y``/``sample_weight`` as tuples of arrays, checked against
+    each other and, when given, the model's input ``specs`` and output ``layouts``
+    (:func:`output_layouts`); sparse labels come back with a trailing axis of 1."""
+    as_arrays(x, "x", None, _X_WHAT)  # an `x` of no known kind is named first
     if y is None:
         as_arrays(y, "y", (3, 2), _Y_WHAT)  # raises the message scikit-learn expects
-    xs, n, t = check_x(x)
-    ys = as_arrays(y, "y", (3, 2), _Y_WHAT)
-    ranks = {a.ndim for a in ys}
-    if len(ranks) > 1:
-        raise ValueError("`y` mixes per-step (N, T, F) and per-series (N, F) targets; use "
-                         "one kind for all outputs")
+    xs, n, t = check_x(x, specs)
+    if layouts is None:
+        ys = as_arrays(y, "y", (3, 2), _Y_WHAT)
+        ranks = {a.ndim for a in ys}
+        if len(ranks) > 1:
+            raise ValueError("`y` mixes per-step (N, T, F) and per-series (N, F) targets; "
+                             "use one kind for all outputs")
+    else:
+        ys = as_arrays(y, "y", None, _Y_WHAT)
+        if len({lay.per_step for lay in layouts}) > 1:
+            raise ValueError("the model mixes outputs per time step and per series; keraseq "
+                             "needs one kind for all outputs")
+        if len(layouts) != len(ys):
+            raise ValueError(f"the model has {len(layouts)} output(s) but `y` has {len(ys)} "
+                             f"array(s); pass one array per output")
     for k, a in enumerate(ys):
         label = "y" if len(ys) == 1 else f"y[{k}]"
         if int(a.shape[0]) != n:
             raise ValueError(f"`{label}` has N={a.shape[0]} series but `x` has N={n}; "
                              f"expected shape ({n}, {t}, F_out) or ({n}, F_out)")
-        if a.ndim == 3 and int(a.shape[1]) != t:
+        if layouts is None and a.ndim == 3 and int(a.shape[1]) != t:
             raise ValueError(f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; "
                              f"expected shape ({n}, {t}, F_out)")
+    if layouts is not None:
+        ys = tuple(_target(a, lay, k, "y" if len(ys) == 1 else f"y[{k}]", n, t)
+                   for k, (a, lay) in enumerate(zip(ys, layouts)))
+    per_series = per_series_targets(ys, layouts)
     ws = None
     if sample_weight is not None:
         ws = as_arrays(sample_weight, "sample_weight", (1, 2),
@@ -76,43 +235,63 @@ def check_xy(x, y, sample_weight):
         if int(w.shape[0]) != n or (w.ndim == 2 and int(w.shape[1]) != t):
             raise ValueError(f"`sample_weight` has shape {tuple(w.shape)}; expected ({n},) "
                              f"or ({n}, {t})")
-        if w.ndim == 2 and ys[0].ndim == 2:
+        if w.ndim == 2 and per_series:
             raise ValueError("`sample_weight` of shape (N, T) needs per-step targets; with "
                              "per-series targets `y` (N, F_out) pass shape (N,)")
     return xs, ys, ws
 
-def check_model_inputs(model, xs):
-    inputs = getattr(model, "inputs", None)
-    if not inputs:
+
+def check_model_inputs(model, xs, specs=None):
+    """Each array of ``xs`` against the model's input: rank (N, T, *step_shape), step shape
+    and kind (integer token ids for an integer input such as ``Embedding``'s)."""
+    specs = specs if specs is not None else input_specs(model)
+    if not specs:
         return
-    if len(inputs) != len(xs):
-        raise ValueError(f"the model has {len(inputs)} input(s) but `x` has {len(xs)} "
-                         f"array(s); pass a tuple with one (N, T, F) array per input")
-    for k, (spec, a) in enumerate(zip(inputs, xs)):
+    if len(specs) != len(xs):
+        raise ValueError(f"the model has {len(specs)} input(s) but `x` has {len(xs)} "
+                         f"array(s); pass a tuple with one array per input, each "
+                         f"{' / '.join(x_layout(tuple(s.shape), s.dtype) for s in specs)}")
+    for k, (spec, a) in enumerate(zip(specs, xs)):
         label = "x" if len(xs) == 1 else f"x[{k}]"
         shape = tuple(spec.shape)
-        if len(shape) != 3:
+        if len(shape) < 2:
             raise ValueError(f"the model's input {k} has shape {shape}; keraseq needs "
-                             f"(batch, time, features) inputs (reshape inside the model)")
-        if shape[-1] is not None and shape[-1] != a.shape[-1]:
+                             f"(batch, time, ...) inputs (reshape inside the model)")
+        layout = x_layout(shape, spec.dtype)
+        if a.ndim != len(shape):
+            raise ValueError(f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}); "
+                             f"expected {layout}: the model's input {k} is {shape}")
+        if len(shape) == 3 and shape[-1] is not None and shape[-1] != a.shape[-1]:
             raise ValueError(f"`{label}` has F={a.shape[-1]} features but the model expects "
                              f"{shape[-1]}: shape (N, T, {shape[-1]})")
+        if not _matches(tuple(a.shape[2:]), shape[2:]):
+            raise ValueError(f"`{label}` has step shape {tuple(a.shape[2:])} (shape "
+                             f"{tuple(a.shape)}) but the model's input {k} takes "
+                             f"{tuple(shape[2:])} per step: expected {layout}")
+        if _is_int(spec.dtype) and a.dtype.kind == "f":
+            raise TypeError(f"`{label}` has dtype {a.dtype} but the model's input {k} takes "
+                            f"integers ({spec.dtype}, e.g. token ids for an Embedding): "
+                            f"expected {layout}; pass x.astype('int32')")
 
 
-def check_outputs(out_shapes, ys, window):
+def check_outputs(out_shapes, ys, window, per_series=None):
+    """The model's outputs on a window (``out_shapes``, without the batch) against the
+    targets: one array per output, with the time axis when they are per step."""
     if len(out_shapes) != len(ys):
         raise ValueError(f"the model has {len(out_shapes)} output(s) but `y` has {len(ys)} "
                          f"array(s); pass one array per output")
+    if per_series is None:
+        per_series = ys[0].ndim == 2
     for k, (shape, a) in enumerate(zip(out_shapes, ys)):
         label = "y" if len(ys) == 1 else f"y[{k}]"
-        if a.ndim == 3:
-            if len(shape) != 2 or shape[0] != window:
+        if not per_series:
+            if len(shape) != a.ndim - 1 or shape[0] != window:
                 raise ValueError(
                     f"`{label}` has targets per time step {tuple(a.shape)} but the model "
                     f"returns {('(batch,) + ' + str(shape))} for a window of {window} steps; "
                     f"use return_sequences=True on the last recurrent layer, or pass "
                     f"per-series targets (N, F_out)")
-        elif len(shape) != 1:
+        elif len(shape) != a.ndim - 1:
             raise ValueError(
                 f"`{label}` has per-series targets {tuple(a.shape)} but the model returns "
                 f"{('(batch,) + ' + str(shape))} per window; per-series targets need a model "
@@ -211,17 +390,31 @@ def keyed(value, model, name):
     return tuple(value[k] for k in names)
 
 
-def unragged(x, y, sample_weight, lengths):
+def step_features(a) -> int:
+    """``n_features_in_`` of ``x``: the size of its last axis, 1 for token ids (N, T)."""
+    return int(a.shape[-1]) if a.ndim > 2 else 1
+
+
+def step_rank(model) -> int | None:
+    """The rank of one series ``(T_i, *step_shape)`` of a one-input model (``None`` when
+    unknown or several inputs): a list of such arrays is a ragged ``x``."""
+    specs = input_specs(model)
+    return len(specs[0].shape) - 1 if specs is not None and len(specs) == 1 else None
+
+
+def unragged(x, y, sample_weight, lengths, series_rank=None):
     """Ragged inputs (lists of per-series arrays) padded at the end; the lengths they give.
 
+    ``series_rank`` (:func:`step_rank`): the rank of one series of the model's input, so that
+    a list of ``(T_i, W, C)`` series (``ConvLSTM1D``) is told from a tuple of inputs.
     Returns ``(x, y, sample_weight, lengths)``; arrays pass through untouched."""
-    if is_ragged(x):
+    if is_ragged(x, series_rank):
         if lengths is not None:
             raise ValueError("`lengths` is given by the ragged `x` (a list of (T_i, F) "
                              "arrays); pass padded `x` with `lengths`, or the list alone")
         x, lengths = pad_ragged(x, "x", np.float32 if all(
             np.asarray(s).dtype.kind == "f" for s in x) else None)
-        if x.ndim != 3:
+        if x.ndim == 2 and x.dtype.kind == "f":
             raise ValueError(f"`x` is a list of series of shape (T_i,); expected (T_i, F) "
                              f"arrays (use a[:, None] for one feature)")
     for name, value in (("y", y), ("sample_weight", sample_weight)):
@@ -253,8 +446,8 @@ def unragged(x, y, sample_weight, lengths):
 
 class FitData(NamedTuple):
     """The checked data of one ``fit`` call."""
-    xs: tuple            #: inputs, each (N, T, F)
-    ys: tuple            #: targets, each (N, T, F_out) or (N, F_out)
+    xs: tuple            #: inputs, each (N, T, *step_shape)
+    ys: tuple            #: targets, each (N, T, ...) per step or (N, ...) per series
     ws: tuple | None     #: (sample_weight,) or None
     per_series: bool     #: targets per series (N, F_out)
     window_loss: bool    #: a callable loss(model, x, y)
@@ -284,12 +477,22 @@ def split_validation(x, y, sample_weight, lengths, split, validation_data):
 
 
 def check_fit(x, y, sample_weight, lengths, validation_data, loss, metrics, rebatch,
-              comm) -> FitData:
+              comm, model=None) -> FitData:
     """Every check of a ``fit`` call's data, before any training step; under MPI every rank
-    raises the same error (each checks the finiteness of its own block of rows)."""
+    raises the same error (each checks the finiteness of its own block of rows). ``model``
+    (built): its input specs and output layouts decide how ``x`` and ``y`` are read."""
+    specs = None if model is None else input_specs(model)
+    series_rank = None if model is None else step_rank(model)
+    layouts = None
     def validate():
-        xs, ys, ws = check_xy(x, y, sample_weight)
-        per_series = ys[0].ndim == 2
+        nonlocal layouts
+        if model is not None and y is not None:
+            try:
+                layouts = output_layouts(model, check_x(x, specs)[0])
+            except (TypeError, ValueError):
+                pass  # check_xy names what is wrong, in its order
+        xs, ys, ws = check_xy(x, y, sample_weight, layouts, specs)
+        per_series = per_series_targets(ys, layouts)
         window_loss = is_window_loss(loss)
         if window_loss and ws is not None:
             raise ValueError("`sample_weight` needs a Keras loss; a callable loss(model, x, y) "
@@ -315,9 +518,10 @@ def check_fit(x, y, sample_weight, lengths, validation_data, loss, metrics, reba
                 raise ValueError("`validation_data` must be a tuple (x_val, y_val), "
                                  "(x_val, y_val, sample_weight_val) or (x_val, y_val, "
                                  "sample_weight_val, lengths_val)")
-            vx, vy, vw, vl = unragged(*(tuple(validation_data) + (None, None))[:4])
-            val = check_xy(vx, vy, vw)
-            if val[1][0].ndim != ys[0].ndim:
+            vx, vy, vw, vl = unragged(*(tuple(validation_data) + (None, None))[:4],
+                                      series_rank=series_rank)
+            val = check_xy(vx, vy, vw, layouts, specs)
+            if layouts is None and val[1][0].ndim != ys[0].ndim:
                 raise ValueError("`validation_data` targets must be of the same kind as `y`")
             val = val + (None if vl is None else check_lengths(
                 vl, int(val[0][0].shape[0]), int(val[0][0].shape[1]),

@@ -205,8 +205,8 @@ class Classifier(ClassifierMixin, Estimator):
     def _binary_unit(self) -> bool:
         return self.n_outputs_shapes_[0][-1] == 1 and len(self.classes_) == 2
 
-    def _check_outputs(self, out_shapes, ys, window):
-        super()._check_outputs(out_shapes, ys, window)
+    def _check_outputs(self, out_shapes, ys, window, per_series=None):
+        super()._check_outputs(out_shapes, ys, window, per_series)
         units, n_classes = out_shapes[0][-1], len(self.classes_)
         if units == n_classes:
             return

@@ -27,6 +27,7 @@ from sklearn.exceptions import NotFittedError
 from . import distributed as dist
 from . import inference, trainer, utils
 from .backend import current as _backend
+from .batches import is_pipeline
 from .checks import check_outputs
 from .losses import is_window_loss
 from .model_selection import whole
@@ -45,9 +46,10 @@ class Estimator(RegressorMixin, BaseEstimator):
     """Fit, predict and score a Keras sequence model with truncated BPTT.
 
     Parameters:
-        model: a Keras model taking ``(batch, time, features)`` input(s): plain recurrent layers
-            (``LSTM``, ``GRU``, ``SimpleRNN``, stacked; ``Bidirectional`` with
-            ``seq_len=None``), any batch size, no ``stateful=True`` needed (a stateful model
+        model: a Keras model taking ``(batch, time, *step_shape)`` input(s) (features,
+            integer token ids, ``ConvLSTM`` frames; see ``docs/guide/inputs.md``): plain
+            recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``, ``ConvLSTM*``, stacked;
+            ``Bidirectional`` with ``seq_len=None``), any batch size, no ``stateful=True`` needed (a stateful model
             works too). It is not modified: ``fit`` trains a copy, ``model_``. Or a function
             (or model class) that builds the model, called by each ``fit`` with the
             ``model__<name>`` parameters (``Estimator(build, model__units=64)``), so that
@@ -97,6 +99,9 @@ class Estimator(RegressorMixin, BaseEstimator):
             pools of 32 minibatches and across them, deterministic with ``random_state``), so
             that with unequal lengths the windows past a minibatch's longest series, which
             are skipped, are most of the padding.
+        steps_per_epoch: minibatches per epoch when ``x`` is a pipeline (``tf.data``,
+            generator, ``PyDataset``), as ``model.fit``'s: needed for an endless one (the
+            iterator then runs on across epochs); ``None``: until the source runs out.
 
     Unequal lengths: pass ``x`` as a list of ``(T_i, F)`` arrays (``y`` as a list of
     ``(T_i, F_out)`` arrays or per-series ``(N, F_out)``), or padded arrays with ``lengths``
@@ -128,7 +133,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                      verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
                      rebatch=False, jit_compile="auto", device="auto", distributed="auto",
                      warm_start=False, group_by_length=False, callbacks=None,
-                     validation_split=0.0, sync_every=1)
+                     validation_split=0.0, sync_every=1, steps_per_epoch=None)
     #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins).
     _SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
 
@@ -142,7 +147,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                  distributed: Any = "auto", warm_start: bool = False,
                  group_by_length: bool = False, callbacks: Sequence | None = None,
                  validation_split: float = 0.0, sync_every: int = 1,
-                 **model_params: Any):
+                 steps_per_epoch: int | None = None, **model_params: Any):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
         self.model = model
         self.loss = loss
@@ -166,6 +171,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         self.callbacks = callbacks
         self.validation_split = validation_split
         self.sync_every = sync_every
+        self.steps_per_epoch = steps_per_epoch
         for key, value in model_params.items():  # model__<name>; anything else: fit says so
             setattr(self, key, value)
 
@@ -316,6 +322,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         p["batch_size"] = check_positive_int(p["batch_size"], "batch_size")
         p["seq_len"] = check_positive_int(p["seq_len"], "seq_len", allow_none=True)
         p["sync_every"] = check_positive_int(p["sync_every"], "sync_every")
+        p["steps_per_epoch"] = check_positive_int(p["steps_per_epoch"], "steps_per_epoch",
+                                                  allow_none=True)
         p["predict_batch_size"] = check_positive_int(p["predict_batch_size"],
                                                      "predict_batch_size", allow_none=True)
         if p["verbose"] == "auto":
@@ -388,9 +396,9 @@ class Estimator(RegressorMixin, BaseEstimator):
             return opt.__class__.from_config(opt.get_config())
         raise TypeError(f"`optimizer` must be a keras optimizer or its name, got {opt!r}")
 
-    def _check_outputs(self, out_shapes, ys, window):
+    def _check_outputs(self, out_shapes, ys, window, per_series=None):
         """The model's outputs against the targets (a subclass adds its own checks)."""
-        check_outputs(out_shapes, ys, window)
+        check_outputs(out_shapes, ys, window, per_series)
 
     # ------------------------------------------------------------------------------------ fit
     def fit(self, x, y=None, sample_weight=None, validation_data=None, callbacks=None,
@@ -407,10 +415,14 @@ class Estimator(RegressorMixin, BaseEstimator):
         ``(x, y, sample_weight, lengths)``. Epochs are numbered as in ``model.fit``: a warm
         fit continues the count (callbacks see the true epoch, ``history_`` grows);
         ``initial_epoch`` has Keras's meaning (run epochs ``initial_epoch .. epochs - 1``).
-        ``x`` may also be a ``keras.utils.PyDataset`` (or a list) of ``(x, y[,
-        sample_weight])`` minibatches (B, T, F), with ``y=None``: they are trained as given
-        (the first batch the largest; ``on_epoch_end`` called after each epoch; under MPI each
-        rank passes its own), exactly as the same minibatches of arrays.
+        ``x`` may also be a pipeline of ``(x, y[, sample_weight])`` minibatches as
+        ``model.fit`` takes them, with ``y=None``: a ``tf.data.Dataset``, a
+        ``keras.utils.PyDataset``, a Python generator or iterator, a list or other iterable
+        of batches (on JAX also a torch ``DataLoader`` or a grain dataset). They are trained
+        as given, read through Keras's own data adapters (the first batch the largest;
+        ``PyDataset.on_epoch_end`` after each epoch; ``steps_per_epoch`` for an endless
+        source; under MPI each rank passes its own shard), exactly as the same minibatches
+        of arrays.
         """
         return self._fit(x, y, sample_weight, validation_data, callbacks, epochs,
                          warm=bool(self.warm_start) and hasattr(self, "model_"),
@@ -485,7 +497,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         """
         self._check_fitted("predict")
         p = self._resolved()
-        if isinstance(x, keras.utils.PyDataset):
+        if is_pipeline(x):
             return inference.predict_dataset(self._session, p, x)
         h_all = None
         if not reset:

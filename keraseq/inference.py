@@ -24,8 +24,10 @@ import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
-from .batches import MinibatchReader, minibatch_plan, pad_rows, predict_batch_size, x_dtype
-from .checks import check_model_inputs, check_windows, check_x, check_xy, keyed, unragged
+from .batches import (BatchSource, MinibatchReader, minibatch_plan, pad_rows,
+                      predict_batch_size, x_dtype)
+from .checks import (check_windows, check_x, check_xy, input_specs, output_layouts, keyed,
+                     step_features, step_rank, unragged)
 from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
 from .model_selection import whole
 from .trainer import Session
@@ -40,7 +42,7 @@ def _unpack(arrays: tuple):
 
 def output_shapes(session: Session, n, t):
     """The shape of each prediction for ``n`` series of ``t`` steps."""
-    return [(n, t) + tuple(shape[1:]) if len(shape) == 2 else (n,) + tuple(shape)
+    return [(n,) + tuple(shape) if session.per_series else (n, t) + tuple(shape[1:])
             for shape in session.out_shapes]
 
 
@@ -54,13 +56,25 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def check_predict_x(session: Session, x):
-    xs, n, t = check_x(x)
-    check_model_inputs(session.model, xs)
-    if xs[0].shape[-1] != session.n_features:
+    xs, n, t = check_x(x, input_specs(session.model))
+    if step_features(xs[0]) != session.n_features:
         raise ValueError(f"`x` has F={xs[0].shape[-1]} features but the estimator was "
                          f"fitted with {session.n_features}: shape (N, T, "
                          f"{session.n_features})")
     return xs, n, t
+
+
+def _layouts(session: Session, x):
+    """The output layouts of the fitted model, as ``fit`` read them (from the model; else
+    from what fit recorded: per series or per step)."""
+    xs = check_x(x, input_specs(session.model))[0]
+    layouts = output_layouts(session.model, xs)
+    if layouts is None:
+        from .checks import Layout
+        layouts = [Layout(not session.per_series,
+                          tuple(shape) if session.per_series else tuple(shape[1:]))
+                   for shape in session.out_shapes]
+    return layouts
 
 
 def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
@@ -104,8 +118,8 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
     ``h_all``: the states to continue from (``None``: zeros). Collective under MPI.
     """
     x = keyed(whole(x), session.model, "x")
-    ragged = is_ragged(x)
-    x, _, _, lengths = unragged(x, None, None, lengths)
+    ragged = is_ragged(x, step_rank(session.model))
+    x, _, _, lengths = unragged(x, None, None, lengths, step_rank(session.model))
     if ragged and out is not None:
         raise ValueError("`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` "
                          "returns a list")
@@ -179,23 +193,27 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
                       for call in new_states]
         comm.Barrier()  # every rank's rows are in the shared files before anyone reads
     if ragged:
-        results = [unpad(r, lengths) if len(sh) >= 3 else r
-                   for r, sh in zip(results, shapes)]
+        results = [r if session.per_series else unpad(r, lengths) for r in results]
     return (out if out is not None else _unpack(tuple(results))), new_states
 
 
 def predict_dataset(session: Session, p: dict, batches):
-    """Predictions for a dataset of batches, concatenated over its batches."""
+    """Predictions for a pipeline of batches (one pass, as ``model.predict`` reads it:
+    ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``), concatenated over its
+    batches."""
     if session.comm.size > 1:
         raise ValueError("predict on a dataset of batches runs in one process; under MPI "
                          "pass arrays (each rank predicts its block of rows)")
+    source = BatchSource(batches)
     parts = []
-    for k in range(len(batches)):
-        item = batches[k]
-        # Keras's rule (unpack_x_y_sample_weight): a tuple of 1-3 is (x[, y[, w]]).
-        bx = item[0] if isinstance(item, (tuple, list)) and len(item) in (1, 2, 3) else item
+    for item in source.items():
+        if isinstance(item, list):
+            item = tuple(item)
+        bx = keras.utils.unpack_x_y_sample_weight(item)[0] if isinstance(item, tuple) else item
         pred, _ = predict(session, p, bx)
         parts.append(pred if isinstance(pred, tuple) else (pred,))
+    if not parts:
+        raise ValueError("`x` is an empty dataset: it yields no batch")
     out = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
     return _unpack(out)
 
@@ -210,9 +228,20 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     """
     score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
     x, y = keyed(whole(x), session.model, "x"), keyed(whole(y), session.model, "y")
-    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths)
-    xs, ys, ws = check_xy(x, y, sample_weight)
-    _, n_, t_ = check_predict_x(session, _unpack(xs))
+    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths,
+                                            step_rank(session.model))
+    _, n_, t_ = check_predict_x(session, x)
+    xs, ys, ws = check_xy(x, y, sample_weight, _layouts(session, x),
+                          input_specs(session.model))
+    for k, (a, shape) in enumerate(zip(ys, session.out_shapes)):
+        skip = 1 if session.per_series else 2
+        if tuple(a.shape[skip:]) != tuple(shape[skip - 1:]):
+            label = "y" if len(ys) == 1 else f"y[{k}]"
+            raise ValueError(
+                f"`{label}` has shape {tuple(a.shape)}: integer labels for a sparse loss, "
+                f"not values shaped like the model's output {k}; `score` is the R² of "
+                f"predictions against such values. For class labels use "
+                f"keraseq.Classifier, whose `score` is the accuracy")
     if lengths is not None:
         lengths = check_lengths(lengths, n_, t_)
     check_windows(session.model, session.seq_len, t_, lengths is not None)
@@ -232,11 +261,12 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
         for k, (a, yp) in enumerate(zip(ys, preds)):
             yt = np.asarray(a[rows], np.float64)
             f = yt.shape[-1]
-            wk = np.ones(yt.shape[:-1]) if w is None else (
-                np.broadcast_to(w[:, None], yt.shape[:-1]) if w.ndim < yt.ndim - 1 else w)
-            if tm is not None and yt.ndim == 3:
-                wk = wk * tm  # padded steps are no samples
-            if score_from and yt.ndim == 3:
+            per_step = not session.per_series
+            wk = np.ones(yt.shape[:-1]) if w is None else np.broadcast_to(
+                w.reshape(w.shape + (1,) * (yt.ndim - 1 - w.ndim)), yt.shape[:-1])
+            if tm is not None and per_step:  # padded steps are no samples
+                wk = wk * tm.reshape(tm.shape + (1,) * (yt.ndim - 3))
+            if score_from and per_step:
                 wk = np.array(wk, np.float64)
                 wk[:, :score_from] = 0.0  # the history a TimeSplit fold runs through
             wk = wk.reshape(-1, 1)

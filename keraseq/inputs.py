@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["SliceTuple", "RowRange", "split_rows", "from_channels_first"]
+__all__ = ["SliceTuple", "RowRange", "ExpandLast", "expand_last", "split_rows",
+           "from_channels_first"]
 
 
 class SliceTuple:
@@ -106,6 +107,51 @@ class RowRange:
     def __array__(self, dtype=None, copy=None):
         out = np.asarray(self.array[self.lo:self.hi])
         return out if dtype is None else out.astype(dtype)
+
+
+class ExpandLast:
+    """An array read with one more axis of size 1 at the end, lazily (sparse labels
+    ``(N, T)`` of an ``h5py.Dataset`` or memmap seen as ``(N, T, 1)``).
+
+    Example:
+        >>> import numpy as np
+        >>> e = ExpandLast(np.arange(6).reshape(2, 3))
+        >>> e.shape, e[1:2].shape
+        ((2, 3, 1), (1, 3, 1))
+    """
+
+    def __init__(self, array: Any):
+        self.array = array
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.array.shape) + (1,)
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):  # an index over the new last axis is dropped
+            key = key[:len(self.array.shape)]
+        return np.asarray(self.array[key])[..., None]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.array)[..., None]
+        return out if dtype is None else out.astype(dtype)
+
+
+def expand_last(a: Any) -> Any:
+    """``a[..., None]``: a view for an ndarray (memmaps included), :class:`ExpandLast`
+    for anything else (``h5py.Dataset``, :class:`RowRange`)."""
+    return a[..., None] if isinstance(a, np.ndarray) else ExpandLast(a)
 
 
 def split_rows(value: Any, at: int) -> tuple[Any, Any]:

@@ -2,14 +2,16 @@
 
 What lives here: turning a list of ``(T_i, F)`` arrays into a padded ``(N, T, F)`` array and
 its lengths (:func:`pad_ragged`, :func:`unpad`), reading which time steps are real from the
-model's own input ``Masking`` layer (:func:`input_mask_rule`), the per-minibatch time mask and
-the number of windows it needs (:func:`time_mask`, :func:`windows_needed`), and the
-length-grouped minibatch plan (:func:`grouped_plan`). What does not: the masked window loop
+model's own input ``Masking`` layer or ``Embedding(mask_zero=True)``
+(:func:`input_mask_rule`), the per-minibatch time mask and the number of windows it needs
+(:func:`time_mask`, :func:`windows_needed`), and the length-grouped minibatch plan
+(:func:`grouped_plan`). What does not: the masked window loop
 itself (``backend/``), which receives the time mask.
 
 Series are padded at the end. A time step is real when it is before the series' length (given
 explicitly, or by a ragged input) and, when the model starts with ``keras.layers.Masking``,
-when that layer keeps it (the same rule as Keras: some feature differs from ``mask_value``).
+when that layer keeps it (the same rule as Keras: some feature differs from ``mask_value``), and
+when it starts with ``Embedding(mask_zero=True)``, when its token id is not 0.
 
 Example:
     >>> import numpy as np
@@ -31,9 +33,11 @@ __all__ = ["is_ragged", "pad_ragged", "unpad", "check_lengths", "input_mask_rule
            "time_mask", "windows_needed", "series_lengths", "grouped_plan"]
 
 
-def is_ragged(value: Any) -> bool:
+def is_ragged(value: Any, series_rank: int | None = None) -> bool:
     """True for a list/tuple (or object ndarray) of per-series arrays ``(T_i, F)``/``(T_i,)``
-    whose lengths differ or whose rank is below the (N, T, F) layout."""
+    whose lengths differ or whose rank is below the (N, T, F) layout; with ``series_rank``
+    (the rank of one series of the model's one input, e.g. 3 for ``(T_i, W, C)``), also a
+    list of arrays of that rank."""
     if isinstance(value, np.ndarray):
         if value.dtype != object or value.ndim != 1:
             return False
@@ -41,6 +45,9 @@ def is_ragged(value: Any) -> bool:
     if not isinstance(value, (list, tuple)) or not value:
         return False
     items = [np.asarray(v) if not hasattr(v, "ndim") else v for v in value]
+    if series_rank is not None and series_rank >= 3 and isinstance(value, list) and all(
+            hasattr(v, "ndim") and v.ndim == series_rank for v in items):
+        return True
     if not all(hasattr(v, "ndim") and v.ndim in (1, 2) for v in items):
         return False
     # A tuple of 2-D arrays of one shape is a multi-input/multi-output tuple of (N, F) arrays,
@@ -94,9 +101,10 @@ def check_lengths(lengths: Any, n: int, t: int, name: str = "lengths") -> np.nda
 
 
 def input_mask_rule(model: keras.Model) -> Callable | None:
-    """``rule(xs) -> (B, T) bool`` when a model input feeds a ``Masking`` layer directly
-    (``Sequential([Input, Masking, ...])`` included) and that mask reaches the recurrent
-    layers, the same rule Keras applies; else None."""
+    """``rule(xs) -> (B, T) bool`` when a model input feeds a ``Masking`` layer or an
+    ``Embedding(mask_zero=True)`` directly (``Sequential([Input, Masking, ...])`` included)
+    and that mask reaches the recurrent layers, the same rule Keras applies (some feature
+    differs from ``mask_value``; the token id is not 0); else None."""
     inputs = list(getattr(model, "inputs", None) or [])
     if not inputs or getattr(model, "_keraseq_mask_reaches_rnn", True) is False:
         # No input, or (seen by keraseq's probe) the mask is dropped before any recurrent
@@ -105,20 +113,28 @@ def input_mask_rule(model: keras.Model) -> Callable | None:
         return None
     rules = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.layers.Masking):
+        if isinstance(layer, keras.layers.Masking):
+            value = layer.mask_value
+        elif isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+            value = None  # Keras's rule: token id 0 is padding
+        else:
             continue
         for node in getattr(layer, "_inbound_nodes", []):
             for tensor in getattr(node, "input_tensors", []):
                 for k, inp in enumerate(inputs):
                     if tensor is inp:
-                        rules.append((k, layer.mask_value))
+                        rules.append((k, value))
     if not rules:
         return None
 
     def rule(xs):
         mask = None
         for k, value in rules:
-            real = np.any(np.asarray(xs[k]) != value, axis=-1)
+            a = np.asarray(xs[k])
+            if value is None:  # token ids (N, T): real where not 0
+                real = a != 0 if a.ndim == 2 else np.any(a != 0, axis=tuple(range(2, a.ndim)))
+            else:  # Masking: real where some feature differs from mask_value
+                real = np.any(a != value, axis=-1)
             mask = real if mask is None else mask | real
         return mask
 

@@ -51,9 +51,11 @@ def metric_updates(metrics: list, yw, preds, masks, ww, mw):
         if keras_mask is not None and len(keras_mask.shape) == len(yp.shape) - 1:
             keras_mask = ops.cast(keras_mask, "float32")
             sw = keras_mask if sw is None else sw * keras_mask
-        if len(yp.shape) == 3:
-            yt = ops.reshape(yt, (-1, ops.shape(yt)[-1]))
-            yp = ops.reshape(yp, (-1, ops.shape(yp)[-1]))
+        per_step = len(yp.shape) == 3 or (sw is not None and len(sw.shape) == 2
+                                          and len(yp.shape) > 3)
+        if per_step:  # (B, S, ...) -> (B * S, ...): every time step one sample
+            yt = ops.reshape(yt, (-1,) + tuple(yt.shape[2:]))
+            yp = ops.reshape(yp, (-1,) + tuple(yp.shape[2:]))
             sw = None if sw is None else ops.reshape(sw, (-1,))
         yield metric, yt, yp, sw
 
@@ -165,8 +167,13 @@ def loss_dtype() -> str:
 
 
 def build_objective(model: keras.Model, loss: Any, output_names: list[str],
-                    loss_weights: list[float] | None = None) -> Callable:
-    """The per-window objective for ``loss`` (see the module docstring)."""
+                    loss_weights: list[float] | None = None,
+                    per_series: bool | None = None) -> Callable:
+    """The per-window objective for ``loss`` (see the module docstring).
+
+    ``per_series``: the outputs are one value per series (``(B, ...)``) rather than per
+    time step (``(B, S, ...)``); the loss of an element is averaged over the axes after
+    those (``None``: after the output's second-to-last axis)."""
     unpack = (lambda a: a[0] if len(a) == 1 else tuple(a))
     # The loss is computed and summed in Keras's loss dtype (floatx: float64 when the user
     # set it, else float32, as compile's loss wrappers do). ``count`` stays float32.
@@ -212,7 +219,8 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
             if fn is None:
                 continue
             values = ops.cast(fn(yt, yp), dtype)  # fn casts both to the loss's dtype
-            target_rank = len(yp.shape) - 1  # (B, T) per step, (B,) per series
+            target_rank = (len(yp.shape) - 1 if per_series is None
+                           else 1 if per_series else 2)  # (B,) per series, (B, S) per step
             while len(values.shape) > target_rank:
                 values = ops.mean(values, axis=-1)
             if ww is not None:

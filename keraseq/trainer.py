@@ -32,10 +32,10 @@ import numpy as np
 from . import distributed as dist
 from . import reuse
 from .backend import StepFunctions, current as _backend
-from .batches import (DatasetReader, MinibatchReader, as_dataset, dataset_batch,
-                      minibatch_plan, predict_batch_size, read_rows, x_dtype, y_dtype)
+from .batches import (DatasetReader, MinibatchReader, as_dataset, minibatch_plan,
+                      predict_batch_size, read_rows, x_dtype, y_dtype)
 from .checks import (FitData, check_fit, check_model_inputs, check_windows, keyed,
-                     split_validation, unragged)
+                     split_validation, step_features, step_rank, unragged)
 from .lengths import grouped_plan, input_mask_rule, series_lengths, time_mask, windows_needed
 from .losses import build_objective, is_window_loss
 from .validation import check_positive_int
@@ -88,7 +88,8 @@ def output_names(model, n_outputs) -> list[str]:
 def build_steps(model, opt, carry, state_specs, per_series, p, comm, metrics, loss,
                 n_outputs, device, jit, val_metrics=None):
     """Compiled step functions for training (and, when asked, for validation)."""
-    objective = build_objective(model, loss, output_names(model, n_outputs), p["loss_weights"])
+    objective = build_objective(model, loss, output_names(model, n_outputs), p["loss_weights"],
+                                per_series)
     backend = _backend()
     allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
     steps = backend.build_step_functions(model, carry, state_specs, objective, opt, metrics,
@@ -136,40 +137,71 @@ def fit(p: dict, loss, x, y, sample_weight, validation_data, callbacks, lengths,
 
     ``p``: the resolved hyper-parameters (``epochs`` already the count for this call);
     ``new_model()``/``new_optimizer()`` build fresh ones (not called on a warm fit);
-    ``check_outputs(out_shapes, ys, window)`` checks the model's outputs against the
+    ``check_outputs(out_shapes, ys, window, per_series)`` checks the model's outputs against the
     targets (a subclass adds its own checks); ``warm``/``progress``: the previous fit's, to
     continue from; ``previous``: this estimator's last session, whose compiled steps a new
     (not warm) fit may recycle. Nothing is returned (and no fitted state changes) when a check fails.
     """
     p = dict(p)
-    dataset = as_dataset(x)
+    if p.get("steps_per_epoch") is not None:
+        check_positive_int(p["steps_per_epoch"], "steps_per_epoch")
+    dataset = as_dataset(x, p.get("steps_per_epoch"))
+    if dataset is None and p.get("steps_per_epoch") is not None:
+        raise ValueError("`steps_per_epoch` counts the batches of a pipeline (tf.data, "
+                         "generator, PyDataset); with arrays an epoch is every series once")
     if dataset is not None:
-        # Ready minibatches (a PyDataset or a list of (x, y[, w]) batches): the first one
-        # stands for the data in every check and probe below.
-        if y is not None or sample_weight is not None or lengths is not None:
-            raise ValueError("`x` is a dataset of (x, y[, sample_weight]) batches: pass "
-                             "y=None (the targets are in the batches)")
-        if p["validation_split"] or p["group_by_length"]:
-            raise ValueError("validation_split and group_by_length need arrays; a dataset "
-                             "brings its own batches (use validation_data)")
-        if len(dataset) == 0:
-            raise ValueError("`x` is an empty dataset")
-        if is_window_loss(loss):
-            raise ValueError("a dataset of batches needs a Keras loss (its last batch is "
-                             "padded with masked rows)")
-        x, y, sample_weight = dataset_batch(dataset[0], 0)
-        p["batch_size"] = int(np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0])
-        p["shuffle"] = False  # the dataset orders its batches (PyDataset.on_epoch_end)
-    built = None
+        try:
+            x, y, sample_weight = _first_batch(p, dataset, y, sample_weight, lengths, loss)
+            return _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths,
+                        initial_epoch, new_model, new_optimizer, check_outputs, warm,
+                        progress, previous, dataset)
+        finally:
+            dataset.close()  # an epoch opened to read the first batch and never run
+    return _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths,
+                initial_epoch, new_model, new_optimizer, check_outputs, warm, progress,
+                previous, None)
+
+
+def _first_batch(p, dataset, y, sample_weight, lengths, loss):
+    """Ready minibatches (a pipeline): the first one stands for the data in every check and
+    probe of ``fit``; returns its ``(x, y, sample_weight)``."""
+    if y is not None or sample_weight is not None or lengths is not None:
+        raise ValueError("`x` is a dataset of (x, y[, sample_weight]) batches: pass "
+                         "y=None (the targets are in the batches)")
+    if p["validation_split"] or p["group_by_length"]:
+        raise ValueError("validation_split and group_by_length need arrays; a dataset "
+                         "brings its own batches (use validation_data)")
+    if is_window_loss(loss):
+        raise ValueError("a dataset of batches needs a Keras loss (its last batch is "
+                         "padded with masked rows)")
+    x, y, sample_weight = dataset.first()
+    first = x
+    while isinstance(first, (tuple, list, dict)) and first:
+        first = next(iter(first.values())) if isinstance(first, dict) else first[0]
+    p["batch_size"] = int(np.shape(first)[0])
+    p["shuffle"] = False  # the dataset orders its batches (PyDataset.on_epoch_end)
+    return x, y, sample_weight
+
+
+def _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths, initial_epoch,
+         new_model, new_optimizer, check_outputs, warm, progress, previous, dataset):
+    comm = dist.get_comm(p["distributed"])
+    # The model first: its input specs and output layouts decide how x and y are read
+    # (token ids, step shapes, targets per step or per series, sparse labels).
+    if warm is not None:
+        built = warm.model
+    else:
+        if p["random_state"] is not None:
+            keras.utils.set_random_seed(int(p["random_state"]))
+        with _backend().device_scope(device_for(p["device"], comm)):
+            built = new_model()
     if isinstance(x, dict) or isinstance(y, dict):  # keyed by the model's input/output names
-        built = warm.model if warm is not None else new_model()
         x, y = keyed(x, built, "x"), keyed(y, built, "y")
-    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths)
+    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(built))
     x, y, sample_weight, lengths, validation_data = split_validation(
         x, y, sample_weight, lengths, p["validation_split"], validation_data)
-    comm = dist.get_comm(p["distributed"])
     data = check_fit(x, y, sample_weight, lengths, validation_data, loss, p["metrics"],
-                     p["rebatch"], comm)
+                     p["rebatch"], comm, model=built)
     session, val_steps, val_metrics = _prepare(p, loss, data, comm, warm, built, new_model,
                                                new_optimizer, check_outputs, previous)
     try:
@@ -194,7 +226,7 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
     (``reuse.py``): the new model's initial weights and a fresh optimizer state are loaded
     into the objects they were compiled for."""
     xs, ys = data.xs, data.ys
-    if p["random_state"] is not None:
+    if p["random_state"] is not None and warm is not None:  # (a new model: seeded by fit)
         keras.utils.set_random_seed(int(p["random_state"]))
     device = device_for(p["device"], comm)
     backend = _backend()
@@ -208,7 +240,7 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
         own = dist.shard(int(xs[0].shape[0]), comm)[0]
         state_specs, out_shapes, window = probe(model, carry, xs, p["seq_len"],
                                                 row=min(own, int(xs[0].shape[0]) - 1))
-        check_outputs(out_shapes, ys, window)
+        check_outputs(out_shapes, ys, window, per_series=data.per_series)
         opt = warm.optimizer if warm is not None else new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(xs[0].shape[0])) * window * model.count_params()
@@ -250,7 +282,7 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
         entry = reuse.Entry(key, model, opt, carry, steps, metrics, val_steps, val_metrics)
         reuse.register(key, entry)
     session = Session(model, opt, carry, steps, comm, device, state_specs, data.per_series,
-                      p["seq_len"], out_shapes, int(xs[0].shape[-1]), len(ys), metrics)
+                      p["seq_len"], out_shapes, step_features(xs[0]), len(ys), metrics)
     reuse.own(entry, session)
     return session, val_steps, val_metrics
 
@@ -291,7 +323,7 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
     n_steps = dist.max_over_ranks(math.ceil((hi - lo) / p["batch_size"]), comm)
     if dataset is not None:  # under MPI each rank brings its own dataset
         lo, hi = 0, n
-        n_steps = dist.max_over_ranks(len(dataset), comm)
+        n_steps = dataset_steps(dataset, comm)
     rule = input_mask_rule(model)
     masked = rule is not None or lengths is not None
     if p["group_by_length"]:
@@ -342,8 +374,9 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
         for m in metrics:
             m.reset_state()
         if dataset is not None:
-            reader = DatasetReader(dataset, list(range(n_steps)), p["batch_size"],
-                                   [x_dtype(xs, model), y_dtype(model), np.float32])
+            reader = DatasetReader(dataset, n_steps, p["batch_size"],
+                                   [x_dtype(xs, model), y_dtype(model), np.float32], comm,
+                                   standardizer(model, ys))
         else:
             reader = MinibatchReader(
                 [xs, ys, ws, (rebatch_mask,) if rebatch_mask is not None else None,
@@ -384,8 +417,6 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
             logs.update({f"val_{k}": v for k, v in evaluate(
                 session, val_steps, data.val, val_metrics, p).items()})
         cb.on_epoch_end(epoch, logs)
-        if dataset is not None and hasattr(dataset, "on_epoch_end"):
-            dataset.on_epoch_end()  # as model.fit: a PyDataset may reshuffle here
         if comm.size > 1:
             model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
         if model.stop_training:
@@ -397,6 +428,27 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
     for key, values in model.history.history.items():
         history.setdefault(key, []).extend(float(v) for v in values)
     return Progress(history, epoch + 1, shuffle_seed)
+
+
+def dataset_steps(dataset, comm) -> int | None:
+    """Minibatches per epoch of a pipeline: the most over the ranks (each brings its own),
+    or ``None`` when some rank's count is unknown (then the ranks agree step by step)."""
+    count = dataset.num_batches
+    if dist.max_over_ranks(int(count is None), comm):
+        return None
+    return dist.max_over_ranks(int(count), comm)
+
+
+def standardizer(model, ys):
+    """A pipeline batch ``(x, y, w)`` as ``fit`` checked the first one: dicts in the model's
+    input/output order, sparse labels with their trailing axis of 1."""
+    def standardize(bx, by, bw):
+        bx, by = keyed(bx, model, "x"), keyed(by, model, "y")
+        by = tuple(by) if isinstance(by, (tuple, list)) else (by,)
+        by = tuple(np.asarray(a)[..., None] if np.ndim(a) == ys[k].ndim - 1 else a
+                   for k, a in enumerate(by))
+        return bx, by, bw
+    return standardize
 
 
 def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:

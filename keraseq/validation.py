@@ -27,11 +27,12 @@ def _is_array_like(a: Any) -> bool:
     return hasattr(a, "shape") and hasattr(a, "dtype")
 
 
-def as_arrays(value: Any, name: str, ndims: Sequence[int], what: str) -> tuple:
+def as_arrays(value: Any, name: str, ndims: Sequence[int] | None, what: str) -> tuple:
     """``value`` (one array or a tuple/list of arrays) as a tuple of arrays.
 
     ndarrays, memmaps and ``h5py.Dataset`` objects are kept as they are (never copied nor
     loaded); anything else array-like (lists, tensors) goes through ``np.asarray``.
+    ``ndims``: the ranks allowed (``None``: any; the caller checks them against the model).
     """
     if value is None:
         raise ValueError(f"`{name}` is None: this estimator requires {name} to be passed, but "
@@ -54,6 +55,12 @@ def as_arrays(value: Any, name: str, ndims: Sequence[int], what: str) -> tuple:
     arrays = []
     for k, item in enumerate(items):
         label = name if len(items) == 1 else f"{name}[{k}]"
+        if not _is_array_like(item) and not isinstance(item, (list, tuple, numbers.Number)):
+            kind = f"{type(item).__module__}.{type(item).__qualname__}"
+            raise TypeError(f"`{label}` is a {kind}; expected {what}" + (
+                "; or, as model.fit takes them, a tf.data.Dataset, a keras.utils.PyDataset, "
+                "a generator or an iterable of (x, y[, sample_weight]) batches (with y=None)"
+                if name == "x" else ""))
         if _is_array_like(item) and not isinstance(item.dtype, np.dtype):
             item = np.asarray(item)  # a tf.Tensor / keras.ops tensor: its values, once
         if not _is_array_like(item):
@@ -64,7 +71,7 @@ def as_arrays(value: Any, name: str, ndims: Sequence[int], what: str) -> tuple:
         if item.dtype.kind not in "biuf":
             raise TypeError(f"`{label}` has dtype {item.dtype}; expected a numeric array "
                             f"({what})")
-        if item.ndim not in ndims:
+        if ndims is not None and item.ndim not in ndims:
             shapes = " or ".join({3: "(N, T, F)", 2: "(N, F)" if "series" in what else "(N, T)",
                                   1: "(N,)"}[d] for d in ndims)
             raise ValueError(f"`{label}` has shape {tuple(item.shape)} (rank {item.ndim}); "

@@ -62,11 +62,14 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
 
 @pytest.mark.parametrize("mode", [pytest.param("masked-step", marks=pytest.mark.backend),
                                   pytest.param("masked-series", marks=[pytest.mark.slow,
-                                                                       pytest.mark.backend])])
+                                                                       pytest.mark.backend]),
+                                  pytest.param("tokens", marks=[pytest.mark.slow,
+                                                                pytest.mark.backend])])
 def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
-    """Padded series of random lengths behind a Masking layer: each rank skips the windows past
-    its longest series (the ranks agree on the count), per-series losses sit in each series'
-    last window; still the union minibatch of one process."""
+    """Padded series of random lengths behind a Masking layer (or token ids padded with 0
+    into ``Embedding(mask_zero=True)``, sparse next-token labels): each rank skips the windows
+    past its longest series (the ranks agree on the count), per-series losses sit in each
+    series' last window; still the union minibatch of one process."""
     report = tmp_path / "r.json"
     proc, _ = mpirun(2, "equivalence.py", report, "adam", 30, 4, "jit", mode)
     assert proc.returncode == 0, proc.stderr[-3000:]

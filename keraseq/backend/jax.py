@@ -436,7 +436,7 @@ def build_step_functions(
         outs = []
         for k in range(len(per_window[0])):
             parts = [w[k] for w in per_window]
-            if parts[0].ndim >= 4:  # per step: (n, B, S, ...) -> (B, n*S, ...), then the tail
+            if not per_series:  # per step: (n, B, S, ...) -> (B, n*S, ...), then the tail
                 seq = []
                 for p in parts:
                     p = jnp.moveaxis(p, 0, 1)

@@ -383,7 +383,7 @@ def build_step_functions(
             # Trace one window outside the loop to learn the output structure.
             first, states = step(0, 0, S, states)
             if n_full > 1:
-                seq = [len(p.shape) >= 3 for p in first]
+                seq = [not per_series for p in first]
                 arrays = [tf.TensorArray(p.dtype, size=n_full - 1, element_shape=None)
                           for p, s in zip(first, seq) if s]
                 series = [p for p, s in zip(first, seq) if not s]
@@ -417,7 +417,7 @@ def build_step_functions(
             if outs is None:
                 outs = preds
             else:
-                outs = [tf.concat([a, p], axis=1) if len(p.shape) >= 3
+                outs = [tf.concat([a, p], axis=1) if not per_series
                         else keep_series(n_full, a, p) for a, p in zip(outs, preds)]
         return tuple(outs), states
 

@@ -3,7 +3,8 @@
 Writes a JSON report from rank 0 to argv[1]: max |w_mpi - w_single|, whether all ranks hold
 bit-identical weights, and the history of both. argv[6] (optional): "equal" (default),
 "masked-step" or "masked-series": unequal lengths (zero padding after a random length per
-series, a Masking layer in front), with per-step or per-series targets.
+series, a Masking layer in front), with per-step or per-series targets; "tokens": token ids
+(N, T) padded with 0 into Embedding(mask_zero=True), next-token labels (N, T), sparse loss.
 """
 import json
 import os
@@ -25,8 +26,16 @@ comm = MPI.COMM_WORLD
 k = comm.Get_size()
 
 
+V = 11  # "tokens": the vocabulary of the token ids
+
+
 def model():
     keras.utils.set_random_seed(1)
+    if mode == "tokens":  # token ids (N, T) with 0 as padding, per-step sparse labels (N, T)
+        return keras.Sequential([keras.Input((None,), dtype="int32"),
+                                 keras.layers.Embedding(V, 4, mask_zero=True),
+                                 keras.layers.LSTM(6, return_sequences=True),
+                                 keras.layers.Dense(V)])
     front = [keras.layers.Masking(0.0)] if mode != "equal" else []
     return keras.Sequential([keras.Input((None, 3))] + front + [
         keras.layers.LSTM(6, return_sequences=mode != "masked-series"), keras.layers.Dense(2)])
@@ -39,15 +48,23 @@ def optimizer():
 rng = np.random.default_rng(0)
 x = rng.normal(size=(n, 23, 3)).astype("float32")
 y = np.stack([np.cumsum(x[..., 0], 1), x[..., 1] * x[..., 2]], -1).astype("float32") / 5
-if mode != "equal":
+LOSS, METRICS = "mse", ["mae"]
+if mode == "tokens":
+    LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    METRICS = ["sparse_categorical_accuracy"]
+    lengths = rng.integers(1, 24, n)
+    x = rng.integers(1, V, size=(n, 23)).astype("int32")
+    x[np.arange(23)[None, :] >= lengths[:, None]] = 0
+    y = np.roll(x, -1, axis=1)  # the next token
+elif mode != "equal":
     lengths = rng.integers(1, 24, n)
     x[np.arange(23)[None, :] >= lengths[:, None]] = 0.0
     if mode == "masked-series":
         y = y[np.arange(n), lengths - 1]  # the target at each series' last real step
 
 # An explicit communicator (here the world one; "auto" would find it too).
-est = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
-                verbose=0, metrics=["mae"], jit_compile=jit, distributed=comm,
+est = Estimator(model(), LOSS, optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
+                verbose=0, metrics=METRICS, jit_compile=jit, distributed=comm,
                 sync_every=sync_every).fit(x, y)
 w = net2vec(est.model_)
 all_w = comm.gather(w, root=0)
@@ -72,8 +89,8 @@ if comm.Get_rank() == 0:
     order = [np.arange(lo, hi)[i * batch:(i + 1) * batch] for i in range(steps)
              for lo, hi in bounds]
     order = np.concatenate(order)
-    single = Estimator(model(), "mse", optimizer(), epochs=2, batch_size=k * batch, seq_len=7,
-                       shuffle=False, verbose=0, metrics=["mae"], distributed=False,
+    single = Estimator(model(), LOSS, optimizer(), epochs=2, batch_size=k * batch, seq_len=7,
+                       shuffle=False, verbose=0, metrics=METRICS, distributed=False,
                        jit_compile=jit, sync_every=sync_every).fit(x[order], y[order])
     ws = net2vec(single.model_)
     report = {
