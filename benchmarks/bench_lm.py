@@ -83,18 +83,15 @@ def corpus(chars):
 
 def build(V, stateful_batch=None, one_hot=False):
     import keras
+    inp = (keras.Input(batch_shape=(stateful_batch, None), dtype="int32") if stateful_batch
+           else keras.Input((None,), dtype="int32"))
     if one_hot:  # the Embedding as one-hot @ matrix: the same function, weights and gradient
         return keras.Sequential([
-            keras.Input(batch_shape=(stateful_batch, None, 1)), keras.layers.Reshape((-1,)),
-            keras.layers.Lambda(lambda t: keras.ops.one_hot(keras.ops.cast(t, "int32"), V)),
+            inp, keras.layers.Lambda(lambda t: keras.ops.one_hot(t, V)),
             keras.layers.Dense(EMB, use_bias=False),
             keras.layers.LSTM(UNITS, return_sequences=True, stateful=True),
             keras.layers.Dense(V)])
-    # Token ids fed as (N, T, 1) and reshaped to (N, T) inside the model: keraseq's input check
-    # reads (N, T, F) arrays until (N, T) integer ids for an Embedding input land (issue 21).
-    inp = (keras.Input(batch_shape=(stateful_batch, None, 1)) if stateful_batch
-           else keras.Input((None, 1)))
-    return keras.Sequential([inp, keras.layers.Reshape((-1,)), keras.layers.Embedding(V, EMB),
+    return keras.Sequential([inp, keras.layers.Embedding(V, EMB),
                              keras.layers.LSTM(UNITS, return_sequences=True,
                                                stateful=bool(stateful_batch)),
                              keras.layers.Dense(V)])
@@ -116,7 +113,7 @@ def stateful_run(model, xs, window=WINDOW):
     for layer in model.layers:
         if getattr(layer, "stateful", False):
             layer.reset_states()
-    return np.concatenate([np.asarray(model(xs[:, s:s + window, None]))
+    return np.concatenate([np.asarray(model(xs[:, s:s + window]))
                            for s in range(0, xs.shape[1], window)], axis=1)
 
 
@@ -141,25 +138,25 @@ def generation_latency(est, weights, V):
     import numpy as np
     from keraseq.text import sample
     rng = np.random.default_rng(0)
-    est.predict(np.zeros((1, 5, 1), np.int32))
-    tok = np.zeros((1, 1, 1), np.int32)
+    est.predict(np.zeros((1, 5), np.int32))
+    tok = np.zeros((1, 1), np.int32)
     kq = []
     for k in range(GEN_WARMUP + GEN_STEPS):
         t0 = time.perf_counter()
         out = est.predict(tok, reset=False)
         kq.append(time.perf_counter() - t0)
-        tok = sample(out[:, -1], 1.0, rng)[:, None, None].astype(np.int32)
+        tok = sample(out[:, -1], 1.0, rng)[:, None].astype(np.int32)
     model = build(V, stateful_batch=1)
     model.set_weights(weights)
-    model(np.zeros((1, 5, 1), np.int32))
+    model(np.zeros((1, 5), np.int32))
     out = []
     for call in (lambda t: np.asarray(model(t)), model.predict_on_batch):
-        tok, times = np.zeros((1, 1, 1), np.int32), []
+        tok, times = np.zeros((1, 1), np.int32), []
         for k in range(GEN_WARMUP + GEN_STEPS):
             t0 = time.perf_counter()
             pred = call(tok)
             times.append(time.perf_counter() - t0)
-            tok = sample(pred[:, -1], 1.0, rng)[:, None, None].astype(np.int32)
+            tok = sample(pred[:, -1], 1.0, rng)[:, None].astype(np.int32)
         out.append(statistics.median(times[GEN_WARMUP:]))
     return statistics.median(kq[GEN_WARMUP:]), out[0], out[1]
 
@@ -176,8 +173,8 @@ def run_keraseq(args):
     timer = EpochTimer()
     est = Estimator(model, keras_loss(), keras_adam(), epochs=args.epochs, batch_size=STREAMS,
                     seq_len=WINDOW, shuffle=False, verbose=0)
-    est.fit(x[..., None], y[..., None], callbacks=[timer])
-    bits = bits_per_token(yv, est.predict(xv[..., None]), from_logits=True)
+    est.fit(x, y, callbacks=[timer])
+    bits = bits_per_token(yv, est.predict(xv), from_logits=True)
     res = {"times": timer.times, "bits": bits, "backend": keras.backend.backend()}
     if args.generation:
         res["gen_keraseq"], res["gen_keras"], res["gen_keras_pob"] = generation_latency(
@@ -200,7 +197,7 @@ def run_keras_loop(args, one_hot=False):
             if getattr(layer, "stateful", False):
                 layer.reset_states()
         for s in range(0, x.shape[1], WINDOW):
-            loss = model.train_on_batch(x[:, s:s + WINDOW, None], y[:, s:s + WINDOW, None])
+            loss = model.train_on_batch(x[:, s:s + WINDOW], y[:, s:s + WINDOW])
         float(loss)
         times.append(time.perf_counter() - t0)
     bits = bits_per_token(yv, stateful_run(model, xv), from_logits=True)

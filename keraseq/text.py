@@ -296,14 +296,6 @@ def sample(y_pred, temperature: float = 1.0, rng: np.random.Generator | None = N
     return np.minimum((cdf < u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
 
 
-def _feed(estimator, ids: np.ndarray) -> np.ndarray:
-    """Ids ``(n, t)`` in the layout of the model's input: ``(n, t)`` for an ``Embedding``
-    input of shape ``(None,)``, ``(n, t, 1)`` for one of shape ``(None, 1)``."""
-    inputs = getattr(estimator.model_, "inputs", None)
-    rank = len(inputs[0].shape) if inputs else 2
-    return ids[..., None] if rank == 3 else ids
-
-
 def generate(estimator, prompt, length: int, temperature: float = 1.0,
              random_state: int | np.random.Generator | None = None,
              from_logits: bool = True) -> np.ndarray:
@@ -319,8 +311,8 @@ def generate(estimator, prompt, length: int, temperature: float = 1.0,
     of the generated sequences.
 
     Parameters:
-        estimator: a fitted :class:`~keraseq.Estimator` whose model maps ids ``(n, t)`` (or
-            ``(n, t, 1)``, for a model with an ``Input((None, 1))``) to ``(n, t, V)``.
+        estimator: a fitted :class:`~keraseq.Estimator` whose model maps token ids ``(n, t)``
+            (``keras.Input((None,), dtype="int32")``) to next-token outputs ``(n, t, V)``.
         prompt: ids ``(t0,)`` or ``(n, t0)`` (``n`` continuations at once), ``t0 >= 1``.
         length: how many tokens to generate.
 
@@ -332,14 +324,14 @@ def generate(estimator, prompt, length: int, temperature: float = 1.0,
         >>> from keraseq import Estimator
         >>> from keraseq.text import batchify, generate
         >>> keras.utils.set_random_seed(0)
-        >>> model = keras.Sequential([keras.Input((None, 1)), keras.layers.Reshape((-1,)),
+        >>> model = keras.Sequential([keras.Input((None,), dtype="int32"),
         ...                           keras.layers.Embedding(5, 4),
         ...                           keras.layers.LSTM(8, return_sequences=True),
         ...                           keras.layers.Dense(5)])
         >>> x, y = batchify(np.tile(np.arange(5), 40), n_streams=4)
         >>> est = Estimator(model, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         ...                 "adam", epochs=1, batch_size=4, seq_len=10, verbose=0)
-        >>> est = est.fit(x[..., None], y[..., None])
+        >>> est = est.fit(x, y)
         >>> new = generate(est, [0, 1, 2], length=6, random_state=0)
         >>> new.shape, bool(np.all(new == generate(est, [0, 1, 2], length=6, random_state=0)))
         ((6,), True)
@@ -362,9 +354,9 @@ def generate(estimator, prompt, length: int, temperature: float = 1.0,
     out = np.zeros((ids.shape[0], int(length)), np.int64)
     if length == 0:
         return out[0] if single else out
-    pred = estimator.predict(_feed(estimator, ids), reset=True)
+    pred = estimator.predict(ids, reset=True)
     for k in range(int(length)):
         out[:, k] = sample(np.asarray(pred)[:, -1], temperature, rng, from_logits)
         if k + 1 < length:
-            pred = estimator.predict(_feed(estimator, out[:, k:k + 1]), reset=False)
+            pred = estimator.predict(out[:, k:k + 1], reset=False)
     return out[0] if single else out

@@ -19,11 +19,11 @@ V, B, S = 7, 4, 10
 
 
 def lm_model(stateful_batch=None, units=8, seed=0):
-    """Embedding + LSTM + Dense(V) logits over token ids fed as ``(N, T, 1)`` (Reshape inside)."""
+    """Embedding + LSTM + Dense(V) logits over token ids ``(N, T)``."""
     keras.utils.set_random_seed(seed)
-    inp = (keras.Input(batch_shape=(stateful_batch, None, 1)) if stateful_batch
-           else keras.Input((None, 1)))
-    return keras.Sequential([inp, keras.layers.Reshape((-1,)), keras.layers.Embedding(V, 4),
+    inp = (keras.Input(batch_shape=(stateful_batch, None), dtype="int32") if stateful_batch
+           else keras.Input((None,), dtype="int32"))
+    return keras.Sequential([inp, keras.layers.Embedding(V, 4),
                              keras.layers.LSTM(units, return_sequences=True,
                                                stateful=bool(stateful_batch)),
                              keras.layers.Dense(V)])
@@ -160,14 +160,14 @@ def one_hot_model(stateful_batch, seed=0):
     a repeated token instead of squaring their sum (``ops.square`` of the slices): not Adam's
     formula; this form makes Keras's own loop compute Adam's update on both backends."""
     keras.utils.set_random_seed(seed)
-    emb = lm_model(seed=seed).layers[1].get_weights()[0]
+    emb = lm_model(seed=seed).layers[0].get_weights()[0]
     model = keras.Sequential([
-        keras.Input(batch_shape=(stateful_batch, None, 1)), keras.layers.Reshape((-1,)),
-        keras.layers.CategoryEncoding(V, output_mode="one_hot"),
+        keras.Input(batch_shape=(stateful_batch, None), dtype="int32"),
+        keras.layers.Lambda(lambda t: keras.ops.one_hot(t, V)),
         keras.layers.Dense(4, use_bias=False),
         keras.layers.LSTM(8, return_sequences=True, stateful=True), keras.layers.Dense(V)])
     model.set_weights(lm_model(seed=seed).get_weights())
-    np.testing.assert_array_equal(model.layers[2].get_weights()[0], emb)
+    np.testing.assert_array_equal(model.layers[1].get_weights()[0], emb)
     return model
 
 
@@ -188,7 +188,7 @@ def keras_stateful_loop(tokens, epochs, optimizer, one_hot=False):
     for _ in range(epochs):
         reset_states(model)
         for s in range(0, x.shape[1], S):
-            xw, yw = x[:, s:s + S, None], y[:, s:s + S, None]
+            xw, yw = x[:, s:s + S], y[:, s:s + S]
             before = [[np.asarray(v) for v in layer.states] for layer in rnn]
             model(xw)                                     # the state this window leaves
             after = [[np.asarray(v) for v in layer.states] for layer in rnn]
@@ -214,7 +214,7 @@ def test_lm_windows_equal_kerass_stateful_train_on_batch_loop(opt):
     est = Estimator(lm_model(), LOSS, OPTIMIZERS[opt](), epochs=2, batch_size=B,
                     seq_len=S, shuffle=False, verbose=0,
                     metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)])
-    est.fit(x[..., None], y[..., None])
+    est.fit(x, y)
     ref = keras_stateful_loop(tokens, 2, OPTIMIZERS[opt](), one_hot=opt == "adam")
     for a, b in zip(est.model_.get_weights(), ref.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -222,9 +222,9 @@ def test_lm_windows_equal_kerass_stateful_train_on_batch_loop(opt):
     assert h["perplexity"][-1] == pytest.approx(2.0 ** h["bits_per_token"][-1], rel=1e-5)
     # Validation bits: windowed streaming predict == the stateful model run over each stream.
     xv, yv = batchify(corpus(seed=1), B)
-    logits = est.predict(xv[..., None])
+    logits = est.predict(xv)
     reset_states(ref)
-    ref_logits = np.concatenate([np.asarray(ref(xv[:, s:s + S, None]))
+    ref_logits = np.concatenate([np.asarray(ref(xv[:, s:s + S]))
                                  for s in range(0, xv.shape[1], S)], axis=1)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
     bits = bits_per_token(yv, logits, from_logits=True)
@@ -237,12 +237,12 @@ def step_by_hand(model_weights, prompts, length, temperature, seed):
     model = lm_model(stateful_batch=prompts.shape[0])
     model.set_weights(model_weights)
     rng = np.random.default_rng(seed)
-    logits = np.asarray(model(prompts[..., None]))[:, -1]
+    logits = np.asarray(model(prompts))[:, -1]
     out = []
     for _ in range(length):
         tok = sample(logits, temperature, rng)
         out.append(tok)
-        logits = np.asarray(model(tok[:, None, None].astype(np.int32)))[:, -1]
+        logits = np.asarray(model(tok[:, None].astype(np.int32)))[:, -1]
     return np.stack(out, axis=1)
 
 
@@ -252,7 +252,7 @@ def fitted():
     est = Estimator(lm_model(), LOSS, "adam", epochs=1, batch_size=B, seq_len=S,
                     shuffle=False, verbose=0,
                     metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)])
-    return est.fit(x[..., None], y[..., None]), x
+    return est.fit(x, y), x
 
 
 @pytest.mark.backend
