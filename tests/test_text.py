@@ -311,3 +311,17 @@ def test_generate_bad_input():
         generate(est, [0.5], 3)
     with pytest.raises(ValueError, match=r"`length` must be an integer >= 0, got -2"):
         generate(est, [0], -2)
+
+
+def test_stdlib_corpus_is_the_modules_source():
+    import argparse
+    import inspect as inspect_module
+
+    from keraseq.datasets import load_stdlib_text
+    text = load_stdlib_text(("argparse", "inspect"))
+    with open(argparse.__file__, encoding="utf-8") as f1, \
+            open(inspect_module.__file__, encoding="utf-8") as f2:
+        assert text == f1.read() + f2.read()
+    assert load_stdlib_text(max_chars=1000) == load_stdlib_text()[:1000]
+    with pytest.raises(ValueError, match=r"`modules`: 'sys' has no Python source file"):
+        load_stdlib_text(("sys",))
