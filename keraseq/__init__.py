@@ -8,6 +8,9 @@ Public API (everything else is internal):
 - :func:`from_channels_first` — sktime's / aeon's ``(N, channels, T)`` as ``(N, T, channels)``.
 - :func:`seqloss` — a window loss from a per-time-step loss.
 - :class:`TimeSplit` — cross-validation along the time axis (train on the past, score the future).
+- :mod:`keraseq.text` — language models: :func:`batchify` (one long token sequence as ``B``
+  streams), :class:`Vocabulary`, the metrics :class:`BitsPerToken` and :class:`Perplexity`,
+  :func:`bits_per_token`, :func:`generate` (sampling by streaming ``predict``).
 - :mod:`keraseq.callbacks` — ``BackupAndRestore`` with atomic writes.
 - :mod:`keraseq.distributed` — MPI: ``DistributedOptimizer``, ``BroadcastWeightsCallback``.
 - :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
@@ -58,6 +61,9 @@ from .classifier import Classifier  # noqa: E402
 from .inputs import SliceTuple, from_channels_first  # noqa: E402
 from .losses import seqloss  # noqa: E402
 from .model_selection import TimeSplit  # noqa: E402
+from .text import (BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token,  # noqa: E402
+                   generate)
 
 __all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "TimeSplit",
-           "from_channels_first", "seqloss", "__version__"]
+           "from_channels_first", "seqloss", "batchify", "Vocabulary", "BitsPerToken",
+           "Perplexity", "bits_per_token", "generate", "__version__"]

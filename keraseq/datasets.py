@@ -23,6 +23,13 @@ a folder that holds the two ``.ts`` files instead.
 
 This module is not imported by ``import keraseq``; import it as ``keraseq.datasets``.
 
+:func:`load_stdlib_text`: a text corpus for character language models (notebook 07,
+``benchmarks/bench_lm.py``): the source code of a few modules of Python's standard library
+(``argparse``, ``inspect``, ``typing``, ``pydoc``, ``difflib``, ``enum``, ``dataclasses``:
+about 670,000 characters of code, comments and docstrings in Python 3.11), read from the
+``.py`` files every CPython installation ships. Nothing is downloaded; the exact text follows
+the running Python's version.
+
     >>> from keraseq.datasets import load_japanese_vowels
     >>> x_train, y_train, x_test, y_test = load_japanese_vowels()
     >>> len(x_train), x_train[0].shape, y_train[:3]
@@ -36,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_japanese_vowels", "japanese_vowels_dir", "read_ts"]
+__all__ = ["load_japanese_vowels", "japanese_vowels_dir", "read_ts", "load_stdlib_text",
+           "STDLIB_MODULES"]
 
 N_FEATURES = 12
 N_CLASSES = 9
@@ -107,6 +115,36 @@ def load_japanese_vowels(
             raise ValueError(f"unexpected contents in {folder}/JapaneseVowels_{split}.ts")
         out += [xs, y]
     return out[0], out[1], out[2], out[3]
+
+
+#: The standard-library modules whose source :func:`load_stdlib_text` reads, in this order.
+STDLIB_MODULES = ("argparse", "inspect", "typing", "pydoc", "difflib", "enum", "dataclasses")
+
+
+def load_stdlib_text(modules: tuple[str, ...] | list[str] = STDLIB_MODULES,
+                     max_chars: int | None = None) -> str:
+    """The source code of standard-library ``modules``, concatenated (a character corpus).
+
+    Each module's ``.py`` file is located with :func:`importlib.util.find_spec` (without
+    importing it) and read as UTF-8; the texts are joined in the order given, and the result
+    is cut to its first ``max_chars`` characters when given.
+
+        >>> text = load_stdlib_text(max_chars=1000)
+        >>> len(text), text.startswith("# Author: Steven J. Bethard")
+        (1000, True)
+    """
+    parts = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        origin = getattr(spec, "origin", None)
+        if origin is None or not str(origin).endswith(".py"):
+            raise ValueError(f"`modules`: {name!r} has no Python source file here "
+                             f"(found {origin!r})")
+        parts.append(Path(origin).read_text(encoding="utf-8"))
+        if max_chars is not None and sum(map(len, parts)) >= max_chars:
+            break
+    text = "".join(parts)
+    return text if max_chars is None else text[:int(max_chars)]
 
 
 if __name__ == "__main__":

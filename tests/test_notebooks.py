@@ -49,7 +49,8 @@ def _uses_mpirun(path: Path) -> bool:
 
 #: Executed by `make test-full` (CI runs it too), to keep `make test` within its time budget.
 SLOW = {"01_quickstart.ipynb", "02_forecasting_real_data.ipynb", "03_distributed_mpi.ipynb", "04_big_data_hdf5.ipynb",
-        "05_sklearn_model_selection.ipynb", "06_unequal_lengths.ipynb"}
+        "05_sklearn_model_selection.ipynb", "06_unequal_lengths.ipynb",
+        "07_language_model.ipynb"}
 
 
 def _params():
