@@ -117,8 +117,8 @@ def load_japanese_vowels(
     return out[0], out[1], out[2], out[3]
 
 
-#: The standard-library modules whose source :func:`load_stdlib_text` reads, in this order.
 STDLIB_MODULES = ("argparse", "inspect", "typing", "pydoc", "difflib", "enum", "dataclasses")
+"""The standard-library modules whose source :func:`load_stdlib_text` reads, in this order."""
 
 
 def load_stdlib_text(modules: tuple[str, ...] | list[str] = STDLIB_MODULES,

@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
 
 import keras
 import numpy as np
+
+if TYPE_CHECKING:
+    from .estimator import Estimator
 
 __all__ = ["Vocabulary", "batchify", "BitsPerToken", "Perplexity", "bits_per_token", "sample",
            "generate"]
@@ -296,7 +299,7 @@ def sample(y_pred, temperature: float = 1.0, rng: np.random.Generator | None = N
     return np.minimum((cdf < u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
 
 
-def generate(estimator, prompt, length: int, temperature: float = 1.0,
+def generate(estimator: Estimator, prompt: Sequence[int] | np.ndarray, length: int, temperature: float = 1.0,
              random_state: int | np.random.Generator | None = None,
              from_logits: bool = True) -> np.ndarray:
     """Continue ``prompt`` by ``length`` tokens sampled from a fitted next-token model.
