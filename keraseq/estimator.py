@@ -531,7 +531,8 @@ class Estimator(RegressorMixin, BaseEstimator):
             sample_weight = check_sklearn_array(sample_weight, "sample_weight")
             check_weights_not_all_zero(sample_weight)
         if warm:
-            check_n_features(x, self.n_features_in_, type(self).__name__)
+            check_n_features(x, self.n_features_in_, type(self).__name__,
+                             rows=bool(getattr(self, "_rows", False)))
         if y is None and tabular.row_widths(x) is not None:
             raise ValueError("`y` is None: this estimator requires y to be passed, but the "
                              "target y is None; expected targets (N,) or (N, F_out)")
@@ -650,7 +651,8 @@ class Estimator(RegressorMixin, BaseEstimator):
         """``x`` of ``predict``/``score`` under scikit-learn's rules (its messages, the
         ``n_features_in_`` rule), tabular rows read as series of one step."""
         x = check_sklearn_array(whole(x), "x")
-        check_n_features(x, self.n_features_in_, type(self).__name__)
+        check_n_features(x, self.n_features_in_, type(self).__name__,
+                         rows=bool(getattr(self, "_rows", False)))
         if getattr(self, "_rows", False) and tabular.row_widths(x) is not None:
             x = tabular.as_steps(x)
         return x

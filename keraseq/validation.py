@@ -204,15 +204,17 @@ def check_sklearn_array(value: Any, name: str) -> Any:
     return value
 
 
-def check_n_features(x: Any, expected: int, estimator: str) -> None:
+def check_n_features(x: Any, expected: int, estimator: str, rows: bool = False) -> None:
     """scikit-learn's ``n_features_in_`` rule for ``predict``/``score``/a warm ``fit``: the
-    last axis of ``x`` (of its first input) must have the fitted feature count."""
+    features of ``x`` (of its first input) must be the fitted count. Features are the last
+    axis of tabular rows (``rows``: a model with input ``(F,)``) and of ``(N, T, ..., F)``
+    sequences; token ids ``(N, T)`` have one (as ``checks.step_features`` counts them)."""
     first = x.arrays[0] if type(x).__name__ == "SliceTuple" else (
         x[0] if isinstance(x, tuple) and x and hasattr(x[0], "shape") else x)
     shape = getattr(first, "shape", None)
     if shape is None or len(shape) < 2 or not hasattr(first, "dtype"):
         return
-    got = int(shape[-1])
+    got = int(shape[-1]) if rows or len(shape) > 2 else 1
     if got != int(expected):
         raise ValueError(f"X has {got} features, but {estimator} is expecting {expected} "
                          f"features as input: `x` has F={got} features, the fit had "
