@@ -1,7 +1,9 @@
 """Checks of what the user passes: shapes, kinds and the model, before any training step.
 
 What lives here: ``x``/``y``/``sample_weight`` as tuples of arrays with one N and T
-(:func:`check_xy`), the model's inputs and outputs against them, the refusals and warnings
+(:func:`check_xy`), read as the model's input specs and output layouts say (token ids
+``(N, T)``, any step shape, targets per step or per series, sparse labels:
+:func:`output_layouts`), the model's inputs and outputs against them, the refusals and warnings
 for layers that windows would silently change (:func:`check_windows`), dict inputs by name
 (:func:`keyed`), ragged lists padded with their lengths (:func:`unragged`), and the whole
 validation of a ``fit`` call (:func:`check_fit`), agreed by every MPI rank. Every error is a

@@ -6,7 +6,8 @@ file run as a script, ``worker``): it builds every case's model from weights dra
 saves the estimator (``Estimator.save``) and its model (``model_.save``). Then each backend
 loads the other's files and predicts. Cases are drawn by hypothesis (several cases in one
 example, so that one pair of subprocesses serves them all): per-step targets over windows
-with a short tail, unequal lengths (``lengths=``) with per-step and per-series targets.
+with a short tail, unequal lengths (``lengths=``) with per-step and per-series targets, and
+token ids padded with 0 into ``Embedding(mask_zero=True)`` with sparse labels.
 """
 from __future__ import annotations
 
@@ -27,10 +28,13 @@ WEIGHT_ATOL = 1e-4   # after a few TBPTT updates
 def _model(case):
     import keras
     layer = getattr(keras.layers, case["cell"])
-    model = keras.Sequential([
-        keras.Input((None, case["features"])),
+    front = [keras.Input((None, case["features"]))]
+    if case.get("tokens"):  # token ids padded with 0, read through Embedding(mask_zero=True)
+        front = [keras.Input((None,), dtype="int32"),
+                 keras.layers.Embedding(case["features"] + 2, 3, mask_zero=True)]
+    model = keras.Sequential(front + [
         layer(case["units"], return_sequences=case["kind"] == "step"),
-        keras.layers.Dense(case["outputs"]),
+        keras.layers.Dense(case["outputs"] + (2 if case.get("tokens") else 0)),
     ])
     rng = np.random.default_rng(case["seed"])
     model.set_weights([(rng.normal(size=w.shape) * 0.4).astype("float32")
@@ -48,7 +52,17 @@ def _data(case):
         lengths[0] = t  # one full-length series
     if case["kind"] == "series":
         y = y[np.arange(n), (lengths - 1) if lengths is not None else t - 1]
+    if case.get("tokens"):  # ids in [1, V), 0 after each length; next-id labels (N, T)
+        x = rng.integers(1, f + 2, size=(n, t)).astype("int32")
+        x[np.arange(t)[None, :] >= lengths[:, None]] = 0
+        y, lengths = np.roll(x, -1, axis=1), None  # the lengths: read from the padding
     return x, y, lengths
+
+
+def _loss(case):
+    import keras
+    return (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if case.get("tokens")
+            else "mse")
 
 
 def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
@@ -63,7 +77,7 @@ def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
             x, y, lengths = _data(case)
             model = _model(case)
             w0 = model.get_weights()
-            est = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2,
+            est = Estimator(model, _loss(case), keras.optimizers.Adam(0.01), epochs=2,
                             batch_size=case["batch"], seq_len=case["seq_len"], shuffle=False,
                             verbose=0).fit(x, y, lengths=lengths)
             trained = est.model_.get_weights()
@@ -107,7 +121,8 @@ BACKENDS = ("tensorflow", "jax")
 
 def _launch(backend, out_dir, cases_file, load_from=None):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=str(HERE.parent))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent),
+                                                        os.environ.get("PYTHONPATH")])))
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(HERE), "worker", str(out_dir), str(cases_file)]
     if load_from is not None:
@@ -138,25 +153,27 @@ def _shape():
 
 
 def _cases(shapes):
-    """Three kinds: per-step targets (equal lengths), per-step and per-series with lengths."""
+    """Four kinds: per-step targets (equal lengths), per-step and per-series with lengths,
+    token ids (N, T) padded with 0 into Embedding(mask_zero=True) with labels (N, T)."""
     cases = []
-    for shape, (kind, lengths) in zip(shapes, [("step", False), ("step", True),
-                                               ("series", True)]):
-        case = dict(shape, kind=kind, lengths=lengths)
+    for shape, (kind, lengths, tokens) in zip(shapes, [
+            ("step", False, False), ("step", True, False), ("series", True, False),
+            ("step", True, True)]):
+        case = dict(shape, kind=kind, lengths=lengths, tokens=tokens)
         window = case.pop("window")
         case["seq_len"] = window if window <= case["t"] else None
         cases.append(case)
     return cases
 
 
-# Examples of three cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=3).
+# Examples of four cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=3).
 EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
 
 
 @pytest.mark.property
 @settings(max_examples=EXAMPLES, deadline=None, phases=(Phase.explicit, Phase.generate),
           suppress_health_check=list(HealthCheck))
-@given(shapes=st.lists(_shape(), min_size=3, max_size=3))
+@given(shapes=st.lists(_shape(), min_size=4, max_size=4))
 def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_factory):
     cases = _cases(shapes)
     root = tmp_path_factory.mktemp("backends")

@@ -81,6 +81,23 @@ def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
         assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
 
 
+@pytest.mark.parametrize("mode", [pytest.param("tf.data", marks=pytest.mark.slow),
+                                  pytest.param("generator", marks=pytest.mark.slow)])
+def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_path):
+    """tf.data sharded with .shard(size, rank), or each rank's own generator of unknown and
+    unequal length (rank 0 one batch more): the union minibatches of one process, and no
+    rank hangs when its generator runs out first."""
+    report = tmp_path / "r.json"
+    proc, _ = mpirun(2, "pipelines.py", report, mode)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["max_diff"] < 1e-5, r
+    assert r["identical_across_ranks"], r
+    for key in ("loss", "mae"):
+        for a, b in zip(r["history_mpi"][key], r["history_single"][key]):
+            assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
+
+
 @pytest.mark.backend
 @jax_slow
 def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):

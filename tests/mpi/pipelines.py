@@ -2,8 +2,9 @@
 minibatches.
 
 argv[1]: the JSON report (rank 0); argv[2]: "tf.data" (each rank shards one dataset with
-``.shard(size, rank)``: known length) or "generator" (each rank's own generator of unknown
-length, rank 0 one batch more than the others: the ranks agree step by step, none hangs).
+``.shard(size, rank)``: known length) or "generator" (each rank's own iterable of batches
+made by a generator, of unknown length, rank 0 one batch more than the others: the ranks agree
+step by step, none hangs).
 """
 import json
 import os
@@ -49,8 +50,12 @@ def source():
         import tensorflow as tf
         return tf.data.Dataset.from_tensor_slices((x, y, w)).shard(k, rank).batch(B)
     mine = rows[rank]
-    return ((x[mine[i:i + B]], y[mine[i:i + B]], w[mine[i:i + B]])
-            for i in range(0, len(mine), B))
+
+    class Batches:  # re-iterable, no length: read anew each epoch, the count found by running
+        def __iter__(self):
+            return ((x[mine[i:i + B]], y[mine[i:i + B]], w[mine[i:i + B]])
+                    for i in range(0, len(mine), B))
+    return Batches()
 
 
 kw = dict(epochs=2, seq_len=4, shuffle=False, verbose=0, metrics=["mae"])
