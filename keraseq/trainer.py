@@ -510,9 +510,10 @@ def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:
 
 # ----------------------------------------------------------------------- chunks of windows
 #: ``windows_per_call="auto"``: the seconds of work one compiled call aims at. Long enough that
-#: a call's fixed cost (a few hundred microseconds: argument conversion, dispatch, one result
-#: transfer, the callbacks) is lost in it (< 0.1 %), short enough that the progress bar,
-#: callbacks, ``stop_training`` and Ctrl-C act every second or so.
+#: a call's fixed cost (about a millisecond on TensorFlow, less on JAX: argument conversion,
+#: dispatch, one result transfer, the callbacks; benchmarks/bench_chunks.py) is lost in it
+#: (~0.1 %), short enough that the progress bar, callbacks, ``stop_training`` and Ctrl-C act
+#: every second or so.
 CALL_SECONDS = 1.0
 #: The rough cost of one window on a CPU, to turn ``CALL_SECONDS`` into windows:
 #: ``WINDOW_SECONDS + work / WORK_PER_SECOND`` seconds for ``work`` = rows x window steps x

@@ -111,7 +111,7 @@ def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
 
 
 @pytest.mark.backend
-@jax_slow
+@pytest.mark.slow  # ~15-20 s per backend on a quiet machine: make test-full (CI runs it)
 def test_chunks_of_windows_two_ranks_equal_one_process(tmp_path):
     """windows_per_call=1 on the ranks (4 calls per minibatch), per-series targets of unequal
     lengths: each rank's window count differs, the ranks agree on the calls (the per-series

@@ -215,6 +215,9 @@ def test_chunks_of_rows_split_over_devices_train_as_one_call():
             # Every call split: 2 epochs of 2 minibatches, then of several chunks each.
             assert middle - before == 4 and kj.split_calls[0] - middle > 8
             assert same_weights(one, chunked)
-            assert one.history_ == chunked.history_
+            assert one.history_["loss"] == chunked.history_["loss"]
+            # The metrics' increments are summed over the devices per call: float rounding.
+            np.testing.assert_allclose(one.history_["mae"], chunked.history_["mae"],
+                                       rtol=1e-6)
     finally:
         kj.MIN_WORK_PER_DEVICE = rule

@@ -664,7 +664,7 @@ def build_step_functions(
         k = replicas_for(x)
         acc = zero_series_acc() if per_series and tm is not None else zero_sums()
         return states, (acc if k == 1 else jax.tree.map(
-            lambda a: jnp.zeros((k,) + a.shape, a.dtype), acc))
+            lambda a: jnp.broadcast_to(a, (k,) + a.shape), acc))
 
     return StepFunctions(
         train=None if optimizer is None else train_call,
