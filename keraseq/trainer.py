@@ -115,6 +115,7 @@ def probe(model, carry, xs, seq_len, row=0):
         carry.feed(None)
         return model(w, training=False), carry.collected()
 
+    _backend().release_eager_kernels()  # once per fit: what earlier models left in the backend
     with carry:
         try:  # shapes only: traced, not run, where the backend can (no compile kept)
             out, states = _backend().shapes_of(

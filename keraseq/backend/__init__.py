@@ -12,7 +12,8 @@ module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, a
 - ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting, work, distributed)``
   (XLA or not for ``jit_compile``);
 - ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``, ``shapes_of(model, fn,
-  *args)`` (a model call's output shapes and dtypes, without keeping a compiled program);
+  *args)`` (a model call's output shapes and dtypes, without keeping a compiled program),
+  ``release_eager_kernels()`` (what earlier models left in the backend's caches; once per fit);
 - ``while_loop(bound, body, init, maximum)``, ``slice_time``, ``pad_time`` (for the plan).
 
 What does not live here: anything that does not depend on the backend (the epoch loop in

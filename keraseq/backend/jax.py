@@ -83,6 +83,10 @@ def shapes_of(model, fn: Callable, *args):
     return fn(*args)
 
 
+def release_eager_kernels() -> None:
+    """Nothing to do: JAX keeps no kernel per variable (TensorFlow does, see there)."""
+
+
 def slice_time(a, start, length):
     """``a[:, start:start+length]``: ``start`` static or traced, ``length`` static."""
     if a is None:

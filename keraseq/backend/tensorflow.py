@@ -76,6 +76,15 @@ def shapes_of(model, fn: Callable, *args):
     return fn(*args)
 
 
+def release_eager_kernels() -> None:
+    """Drop TensorFlow's cache of eager kernels (as ``keras.backend.clear_session`` does, without
+    resetting Keras's names and graph). It keys a kernel by the op's attributes, and a
+    variable's handle op names its variable: every model and optimizer made left ~0.6 MB
+    behind, 0.59 MB per fit of a search (issue 24). Called once per fit."""
+    from tensorflow.python.eager import context
+    context.context().clear_kernel_cache()
+
+
 def slice_time(a, start, length):
     """``a[:, start:start+length]`` with a static window length (XLA friendly)."""
     if a is None:
