@@ -73,13 +73,20 @@ def _arrays(value) -> list:
 
 def data_meta(x, y) -> dict[str, Any]:
     """What a builder may ask about ``x`` and ``y`` (see the module docstring); for a
-    dataset of batches, the widths of its first batch (no ``X_shape_``/``y_shape_``)."""
-    from .batches import as_dataset, dataset_batch
-    dataset = as_dataset(x) if y is None else None
-    if dataset is not None:
-        if not len(dataset):
+    dataset of batches, the widths of its first batch (no ``X_shape_``/``y_shape_``); none for
+    a generator or iterator (reading its first batch would take it from ``fit``)."""
+    from .batches import BatchSource, dataset_batch, is_pipeline
+    if y is None and is_pipeline(x):
+        if hasattr(x, "__next__"):  # a generator or iterator: reading it would consume it
             return {}
-        bx, by, _ = dataset_batch(dataset[0], 0)
+        if hasattr(x, "__getitem__"):  # a list or PyDataset: its first batch, no epoch hooks
+            bx, by, _ = dataset_batch(x[0], 0)
+        else:  # re-iterable (tf.data): fit reads it anew
+            source = BatchSource(x)
+            try:
+                bx, by, _ = source.first()
+            finally:
+                source.close()
         meta = data_meta(bx, by)
         meta.pop("X_shape_", None)
         meta.pop("y_shape_", None)

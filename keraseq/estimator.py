@@ -541,8 +541,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         def meta():  # read when a builder is called (a dataset's first batch is read then)
             return {**builders.data_meta(x0, y0), **self._builder_meta()}
 
-        def new_model():
-            return self._new_model(meta())
+        def new_model():  # the data's facts are read only for a builder that may ask
+            builder = callable(self.model) and not isinstance(self.model, keras.Model)
+            return self._new_model(meta() if builder else None)
         rows = bool(getattr(self, "_rows", False)) if warm else False
         widths = tabular.row_widths(x) if lengths is None else None
         if widths is not None and not warm:

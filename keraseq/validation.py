@@ -158,6 +158,12 @@ def check_sklearn_array(value: Any, name: str) -> Any:
             c.__name__ in ("SliceTuple", "PyDataset", "TimeFolds")
             for c in type(value).__mro__):
         return value
+    from .batches import is_pipeline  # (batches imports this module)
+    if is_pipeline(value):  # tf.data, generators, lists of batches: read batch by batch later
+        return value
+    if not (hasattr(value, "__array__") or hasattr(value, "shape") or isinstance(
+            value, (list, numbers.Number))):
+        return value  # no array at all: the sequence checks name its type
     if isinstance(value, list):
         numbers_ = value and all(isinstance(v, numbers.Number) for v in value)
         rows = value and all(isinstance(v, (list, tuple)) and all(
