@@ -15,46 +15,59 @@ chunked / one call (target <= 1.02), and the measured seconds per window next to
 
     python benchmarks/bench_chunks.py [--rounds 3] [--epochs 3] [--sizes seed,realistic,seed-long,realistic-long]
     KERAS_BACKEND=jax python benchmarks/bench_chunks.py
-"""
+"""  # noqa: E501
+
 import argparse
 import os
 import statistics
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from keraseq import Estimator, trainer  # noqa: E402
+from keraseq import Estimator, trainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from epoch_timer import EpochTimer  # noqa: E402
+from epoch_timer import EpochTimer
 
 # name: (units, features, T, batch, window, N, windows per call when chunked)
 SIZES = {
     # Forced short calls (an upper bound of the cost: "auto" keeps these one call).
-    "seed": (10, 10, 1000, 20, 10, 200, 25),            # 100 windows: 4 calls of ~5 ms
-    "realistic": (128, 32, 200, 64, 20, 256, 5),        # 10 windows: 2 calls of ~50 ms
+    "seed": (10, 10, 1000, 20, 10, 200, 25),  # 100 windows: 4 calls of ~5 ms
+    "realistic": (128, 32, 200, 64, 20, 256, 5),  # 10 windows: 2 calls of ~50 ms
     # Long minibatches, as "auto" cuts them (calls of about a second).
-    "seed-long": (10, 10, 100_000, 20, 10, 20, "auto"),     # 10,000 windows: 2 calls
+    "seed-long": (10, 10, 100_000, 20, 10, 20, "auto"),  # 10,000 windows: 2 calls
     "realistic-long": (128, 32, 2000, 64, 20, 128, "auto"),  # 100 windows: 2 calls
 }
-ONE_CALL = 10 ** 9
+ONE_CALL = 10**9
 
 
 def make_model(units, features):
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((None, features)),
-                             keras.layers.LSTM(units, return_sequences=True),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((None, features)),
+            keras.layers.LSTM(units, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def epochs_of(size, windows_per_call, x, y, epochs):
     units, features, _, batch, window, _, _ = SIZES[size]
     timer = EpochTimer()
-    est = Estimator(make_model(units, features), "mse", keras.optimizers.AdamW(1e-3),
-                    epochs=epochs, batch_size=batch, seq_len=window, shuffle=False, verbose=0,
-                    windows_per_call=windows_per_call)
+    est = Estimator(
+        make_model(units, features),
+        "mse",
+        keras.optimizers.AdamW(1e-3),
+        epochs=epochs,
+        batch_size=batch,
+        seq_len=window,
+        shuffle=False,
+        verbose=0,
+        windows_per_call=windows_per_call,
+    )
     est.fit(x, y, callbacks=[timer])
     return timer.times[1:], est  # steady epochs (the first one compiles)
 
@@ -65,8 +78,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3, help="per fit, the first not timed")
     args = ap.parse_args()
-    print(f"backend {keras.backend.backend()}; {args.rounds} interleaved rounds of "
-          f"{args.epochs - 1} steady epochs per contender")
+    print(
+        f"backend {keras.backend.backend()}; {args.rounds} interleaved rounds of "
+        f"{args.epochs - 1} steady epochs per contender"
+    )
     for size in args.sizes.split(","):
         units, features, t, batch, window, n, chunk = SIZES[size]
         rng = np.random.default_rng(0)
@@ -74,7 +89,7 @@ def main():
         y = (np.cumsum(x[..., :1], axis=1) / 30).astype("float32")
         times = {ONE_CALL: [], chunk: []}
         for rnd in range(args.rounds):
-            for wpc in ((ONE_CALL, chunk) if rnd % 2 == 0 else (chunk, ONE_CALL)):
+            for wpc in (ONE_CALL, chunk) if rnd % 2 == 0 else (chunk, ONE_CALL):
                 steady, est = epochs_of(size, wpc, x, y, args.epochs)
                 times[wpc] += steady
         one, chunked = min(times[ONE_CALL]), min(times[chunk])
@@ -88,14 +103,20 @@ def main():
         windows = -(-n // batch) * windows_per_minibatch
         work = min(batch, n) * window * est.model_.count_params()
         estimate = trainer.WINDOW_SECONDS + work / trainer.WORK_PER_SECOND
-        print(f"{size}: LSTM({units}), F={features}, T={t}, batch {batch}, window {window}, "
-              f"N={n}: {windows_per_minibatch} windows per minibatch, chunks of {label}")
-        print(f"  one call per minibatch {one:.3f} s/epoch; chunked {chunked:.3f} s/epoch; "
-              f"ratio chunked/one = {chunked / one:.3f} (best epochs; medians: {med:.3f}; "
-              f"target <= 1.02)")
-        print(f"  seconds per window: measured {one / windows * 1e3:.3f} ms, auto's estimate "
-              f"{estimate * 1e3:.3f} ms (work {work / 1e6:.2f} M) -> auto calls of "
-              f"{trainer.auto_windows(work)} windows")
+        print(
+            f"{size}: LSTM({units}), F={features}, T={t}, batch {batch}, window {window}, "
+            f"N={n}: {windows_per_minibatch} windows per minibatch, chunks of {label}"
+        )
+        print(
+            f"  one call per minibatch {one:.3f} s/epoch; chunked {chunked:.3f} s/epoch; "
+            f"ratio chunked/one = {chunked / one:.3f} (best epochs; medians: {med:.3f}; "
+            f"target <= 1.02)"
+        )
+        print(
+            f"  seconds per window: measured {one / windows * 1e3:.3f} ms, auto's estimate "
+            f"{estimate * 1e3:.3f} ms (work {work / 1e6:.2f} M) -> auto calls of "
+            f"{trainer.auto_windows(work)} windows"
+        )
 
 
 if __name__ == "__main__":

@@ -12,21 +12,23 @@ Prints the steady s/epoch of each, the speed-up, the work per window the rules c
     KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_cores.py [--rounds 3] [--epochs 4]
     .venv/bin/python benchmarks/bench_cores.py --tf
 """
+
 import argparse
 import os
 import statistics
 import sys
 
-os.environ["KERAS_BACKEND"] = "tensorflow" if "--tf" in sys.argv else \
-    os.environ.get("KERAS_BACKEND", "jax")
+os.environ["KERAS_BACKEND"] = (
+    "tensorflow" if "--tf" in sys.argv else os.environ.get("KERAS_BACKEND", "jax")
+)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from epoch_timer import EpochTimer  # noqa: E402
+from epoch_timer import EpochTimer
 
-from keraseq import Estimator  # noqa: E402
+from keraseq import Estimator
 
 # (name, units, features, T, batch, window, N)
 SIZES = [
@@ -41,16 +43,20 @@ SIZES = [
 
 def model(units, features):
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((None, features)),
-                             keras.layers.LSTM(units, return_sequences=True),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((None, features)),
+            keras.layers.LSTM(units, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def measure(make_estimator, modes, x, y, rounds):
     """Steady epoch times per mode (the first epoch of each fit is not timed)."""
     times = {mode: [] for mode in modes}
     for rnd in range(rounds):
-        for mode in (modes if rnd % 2 == 0 else modes[::-1]):
+        for mode in modes if rnd % 2 == 0 else modes[::-1]:
             timer = EpochTimer()
             est = make_estimator(mode, timer).fit(x, y)
             times[mode] += timer.times[1:]
@@ -66,17 +72,21 @@ def main():
     args = ap.parse_args()
     if args.tf:
         from keraseq.backend import tensorflow as backend
+
         modes = [True, False]
         names = ("XLA", "graph")
-        print(f"TensorFlow, {backend.dist.usable_cores()} core(s); GRAPH_MIN_WORK = "
-              f"{backend.GRAPH_MIN_WORK:,}")
+        print(
+            f"TensorFlow, {backend.dist.usable_cores()} core(s); GRAPH_MIN_WORK = "
+            f"{backend.GRAPH_MIN_WORK:,}"
+        )
     else:
         if keras.backend.backend() != "jax":
             sys.exit("run with KERAS_BACKEND=jax (or --tf)")
         import jax
 
         from keraseq.backend import jax as backend
-        modes = [10 ** 18, 0]  # MIN_WORK_PER_DEVICE: never split, always split
+
+        modes = [10**18, 0]  # MIN_WORK_PER_DEVICE: never split, always split
         names = ("one device", "rows split")
         rule = backend.MIN_WORK_PER_DEVICE
         n_dev = len(jax.devices("cpu"))
@@ -96,25 +106,35 @@ def main():
                 jit = mode
             else:
                 backend.MIN_WORK_PER_DEVICE, jit = mode, "auto"
-            return Estimator(model(units, features), seq_len=window, batch_size=batch,
-                             epochs=args.epochs, verbose=0, random_state=0, jit_compile=jit,
-                             callbacks=[timer])
+            return Estimator(
+                model(units, features),
+                seq_len=window,
+                batch_size=batch,
+                epochs=args.epochs,
+                verbose=0,
+                random_state=0,
+                jit_compile=jit,
+                callbacks=[timer],
+            )
 
         (first, second), params = measure(make_estimator, modes, x, y, args.rounds)
         work = batch * window * params
         if args.tf:
-            pick = "graph" if not backend.jit_for(model(units, features), "auto", work) \
-                else "XLA"
+            pick = "graph" if not backend.jit_for(model(units, features), "auto", work) else "XLA"
         else:
             backend.MIN_WORK_PER_DEVICE = rule
             k = backend.row_replicas(batch, work)
             pick = f"split ({k} devices)" if k > 1 else "one device"
         rows.append((name, work, first, second, pick))
-    print(f"{'size':<10} {'work/window':>13} {names[0]:>11} {names[1]:>11} {'speed-up':>9}  "
-          f"keraseq picks")
+    print(
+        f"{'size':<10} {'work/window':>13} {names[0]:>11} {names[1]:>11} {'speed-up':>9}  "
+        f"keraseq picks"
+    )
     for name, work, first, second, pick in rows:
-        print(f"{name:<10} {work:>13,} {first:>10.3f}s {second:>10.3f}s {first / second:>8.2f}x  "
-              f"{pick}")
+        print(
+            f"{name:<10} {work:>13,} {first:>10.3f}s {second:>10.3f}s {first / second:>8.2f}x  "
+            f"{pick}"
+        )
 
 
 if __name__ == "__main__":

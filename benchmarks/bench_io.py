@@ -8,6 +8,7 @@
 
 Usage: python benchmarks/bench_io.py [--skip-rss] [--folder /tmp/keraseq_io]
 """
+
 import argparse
 import json
 import os
@@ -23,6 +24,7 @@ HERE = os.path.abspath(__file__)
 def make_file(path, n, t, f, block=50):
     import h5py
     import numpy as np
+
     if os.path.exists(path):
         return
     rng = np.random.default_rng(0)
@@ -31,8 +33,8 @@ def make_file(path, n, t, f, block=50):
         y = h.create_dataset("y", (n, t, 1), "float32", chunks=(1, t, 1))
         for i in range(0, n, block):
             xb = rng.normal(size=(min(block, n - i), t, f)).astype("float32")
-            x[i:i + len(xb)] = xb
-            y[i:i + len(xb)] = xb[..., :1].cumsum(1) / 30
+            x[i : i + len(xb)] = xb
+            y[i : i + len(xb)] = xb[..., :1].cumsum(1) / 30
     os.replace(path + ".tmp", path)
 
 
@@ -40,13 +42,19 @@ def job(path):
     """fit 1 epoch + predict(out=h5) on ``path``; print peak RSS (MB) as JSON."""
     import h5py
     import keras
+
     from keraseq import Estimator
+
     keras.utils.set_random_seed(0)
     with h5py.File(path, "r") as f:
         x, y = f["x"], f["y"]
-        model = keras.Sequential([keras.Input((None, x.shape[-1])),
-                                  keras.layers.LSTM(8, return_sequences=True),
-                                  keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [
+                keras.Input((None, x.shape[-1])),
+                keras.layers.LSTM(8, return_sequences=True),
+                keras.layers.Dense(1),
+            ]
+        )
         est = Estimator(model, "mse", "adam", epochs=1, batch_size=32, seq_len=100, verbose=0)
         t0 = time.perf_counter()
         est.fit(x, y)
@@ -70,8 +78,9 @@ def run_job(path):
 def throughput(folder, epochs=4):
     import h5py
     import keras
-    import numpy as np
+
     from keraseq import Estimator
+
     n, t, f = 512, 200, 32
     path = os.path.join(folder, "throughput.h5")
     make_file(path, n, t, f)
@@ -83,11 +92,24 @@ def throughput(folder, epochs=4):
 
     def run(x, y):
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((None, f)), keras.layers.LSTM(64, return_sequences=True),
-                                  keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [
+                keras.Input((None, f)),
+                keras.layers.LSTM(64, return_sequences=True),
+                keras.layers.Dense(1),
+            ]
+        )
         timer = Timer()
-        Estimator(model, "mse", "adam", epochs=epochs, batch_size=32, seq_len=20, verbose=0,
-                  random_state=0).fit(x, y, callbacks=[timer])
+        Estimator(
+            model,
+            "mse",
+            "adam",
+            epochs=epochs,
+            batch_size=32,
+            seq_len=20,
+            verbose=0,
+            random_state=0,
+        ).fit(x, y, callbacks=[timer])
         return min(timer.times[1:])
 
     mem, disk = [], []
@@ -118,9 +140,11 @@ def main():
     make_file(big, 2000, 1000, 500)
     r_small, r_big = run_job(small), run_job(big)
     gb = os.path.getsize(big) / 2**30
-    print(f"peak RSS, fit 1 epoch + predict(out=h5), LSTM(8), F=500, T=1000, batch 32:")
-    print(f"  {os.path.getsize(small) / 2**20:.0f} MB file (N=20):   {r_small['rss_mb']:.0f} MB "
-          f"({r_small['seconds']:.1f} s)")
+    print("peak RSS, fit 1 epoch + predict(out=h5), LSTM(8), F=500, T=1000, batch 32:")
+    print(
+        f"  {os.path.getsize(small) / 2**20:.0f} MB file (N=20):   {r_small['rss_mb']:.0f} MB "
+        f"({r_small['seconds']:.1f} s)"
+    )
     print(f"  {gb:.1f} GB file (N=2000):  {r_big['rss_mb']:.0f} MB ({r_big['seconds']:.1f} s)")
     print(f"  difference = {r_big['rss_mb'] - r_small['rss_mb']:.0f} MB   (target < 200 MB)")
 

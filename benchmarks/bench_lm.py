@@ -48,6 +48,7 @@ Usage::
 Needs torch for the PyTorch row (the ``bench`` extra); a system that cannot run gets a
 "not available (<reason>)" row and the run goes on.
 """
+
 import argparse
 import json
 import math
@@ -59,11 +60,23 @@ import tempfile
 import time
 
 HERE = os.path.abspath(__file__)
-SYSTEMS = ["keraseq[tensorflow]", "keraseq[jax]", "keras loop", "keras loop (one-hot)", "torch",
-           "torch-1t"]
-BACKEND = {"keraseq[tensorflow]": "tensorflow", "keraseq[jax]": "jax", "keras loop": "tensorflow",
-           "keras loop (one-hot)": "tensorflow",
-           "torch": "tensorflow", "torch-1t": "tensorflow", "init": "tensorflow"}
+SYSTEMS = [
+    "keraseq[tensorflow]",
+    "keraseq[jax]",
+    "keras loop",
+    "keras loop (one-hot)",
+    "torch",
+    "torch-1t",
+]
+BACKEND = {
+    "keraseq[tensorflow]": "tensorflow",
+    "keraseq[jax]": "jax",
+    "keras loop": "tensorflow",
+    "keras loop (one-hot)": "tensorflow",
+    "torch": "tensorflow",
+    "torch-1t": "tensorflow",
+    "init": "tensorflow",
+}
 STREAMS, WINDOW, EMB, UNITS, LR, EPS = 32, 50, 32, 128, 2e-3, 1e-7
 GEN_STEPS, GEN_WARMUP = 100, 10
 
@@ -72,6 +85,7 @@ def corpus(chars):
     """(train x, train y, val x, val y, V): ids as 32 streams of next-character pairs."""
     from keraseq.datasets import load_stdlib_text
     from keraseq.text import Vocabulary, batchify
+
     text = load_stdlib_text(max_chars=chars)
     vocab = Vocabulary(text)
     ids = vocab.encode(text)
@@ -83,44 +97,61 @@ def corpus(chars):
 
 def build(V, stateful_batch=None, one_hot=False):
     import keras
-    inp = (keras.Input(batch_shape=(stateful_batch, None), dtype="int32") if stateful_batch
-           else keras.Input((None,), dtype="int32"))
+
+    inp = (
+        keras.Input(batch_shape=(stateful_batch, None), dtype="int32")
+        if stateful_batch
+        else keras.Input((None,), dtype="int32")
+    )
     if one_hot:  # the Embedding as one-hot @ matrix: the same function, weights and gradient
-        return keras.Sequential([
-            inp, keras.layers.Lambda(lambda t: keras.ops.one_hot(t, V)),
-            keras.layers.Dense(EMB, use_bias=False),
-            keras.layers.LSTM(UNITS, return_sequences=True, stateful=True),
-            keras.layers.Dense(V)])
-    return keras.Sequential([inp, keras.layers.Embedding(V, EMB),
-                             keras.layers.LSTM(UNITS, return_sequences=True,
-                                               stateful=bool(stateful_batch)),
-                             keras.layers.Dense(V)])
+        return keras.Sequential(
+            [
+                inp,
+                keras.layers.Lambda(lambda t: keras.ops.one_hot(t, V)),
+                keras.layers.Dense(EMB, use_bias=False),
+                keras.layers.LSTM(UNITS, return_sequences=True, stateful=True),
+                keras.layers.Dense(V),
+            ]
+        )
+    return keras.Sequential(
+        [
+            inp,
+            keras.layers.Embedding(V, EMB),
+            keras.layers.LSTM(UNITS, return_sequences=True, stateful=bool(stateful_batch)),
+            keras.layers.Dense(V),
+        ]
+    )
 
 
 def keras_loss():
     import keras
+
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def keras_adam():
     import keras
+
     return keras.optimizers.Adam(LR, epsilon=EPS)
 
 
 def stateful_run(model, xs, window=WINDOW):
     """Logits of a stateful Keras model over whole streams, window by window."""
     import numpy as np
+
     for layer in model.layers:
         if getattr(layer, "stateful", False):
             layer.reset_states()
-    return np.concatenate([np.asarray(model(xs[:, s:s + window]))
-                           for s in range(0, xs.shape[1], window)], axis=1)
+    return np.concatenate(
+        [np.asarray(model(xs[:, s : s + window])) for s in range(0, xs.shape[1], window)], axis=1
+    )
 
 
 # --------------------------------------------------------------------------------- workers
 def run_init(args):
     import keras
     import numpy as np
+
     V = corpus(args.chars)[4]
     keras.utils.set_random_seed(0)
     np.savez(args.init, *build(V).get_weights())
@@ -129,6 +160,7 @@ def run_init(args):
 
 def load_init(path):
     import numpy as np
+
     with np.load(path) as f:
         return [f[f"arr_{k}"] for k in range(len(f.files))]
 
@@ -136,12 +168,14 @@ def load_init(path):
 def generation_latency(est, weights, V):
     """Median seconds of one generation step: keraseq streaming predict vs the Keras model."""
     import numpy as np
+
     from keraseq.text import sample
+
     rng = np.random.default_rng(0)
     est.predict(np.zeros((1, 5), np.int32))
     tok = np.zeros((1, 1), np.int32)
     kq = []
-    for k in range(GEN_WARMUP + GEN_STEPS):
+    for _k in range(GEN_WARMUP + GEN_STEPS):
         t0 = time.perf_counter()
         out = est.predict(tok, reset=False)
         kq.append(time.perf_counter() - t0)
@@ -152,7 +186,7 @@ def generation_latency(est, weights, V):
     out = []
     for call in (lambda t: np.asarray(model(t)), model.predict_on_batch):
         tok, times = np.zeros((1, 1), np.int32), []
-        for k in range(GEN_WARMUP + GEN_STEPS):
+        for _k in range(GEN_WARMUP + GEN_STEPS):
             t0 = time.perf_counter()
             pred = call(tok)
             times.append(time.perf_counter() - t0)
@@ -163,22 +197,33 @@ def generation_latency(est, weights, V):
 
 def run_keraseq(args):
     import keras
+
     sys.path.insert(0, os.path.dirname(HERE))
     from epoch_timer import EpochTimer
 
     from keraseq import Estimator, bits_per_token
+
     x, y, xv, yv, V = corpus(args.chars)
     model = build(V)
     model.set_weights(load_init(args.init))
     timer = EpochTimer()
-    est = Estimator(model, keras_loss(), keras_adam(), epochs=args.epochs, batch_size=STREAMS,
-                    seq_len=WINDOW, shuffle=False, verbose=0)
+    est = Estimator(
+        model,
+        keras_loss(),
+        keras_adam(),
+        epochs=args.epochs,
+        batch_size=STREAMS,
+        seq_len=WINDOW,
+        shuffle=False,
+        verbose=0,
+    )
     est.fit(x, y, callbacks=[timer])
     bits = bits_per_token(yv, est.predict(xv), from_logits=True)
     res = {"times": timer.times, "bits": bits, "backend": keras.backend.backend()}
     if args.generation:
         res["gen_keraseq"], res["gen_keras"], res["gen_keras_pob"] = generation_latency(
-            est, est.model_.get_weights(), V)
+            est, est.model_.get_weights(), V
+        )
     return res
 
 
@@ -186,6 +231,7 @@ def run_keras_loop(args, one_hot=False):
     import keras
 
     from keraseq import bits_per_token
+
     x, y, xv, yv, V = corpus(args.chars)
     model = build(V, stateful_batch=STREAMS, one_hot=one_hot)
     model.set_weights(load_init(args.init))
@@ -197,7 +243,7 @@ def run_keras_loop(args, one_hot=False):
             if getattr(layer, "stateful", False):
                 layer.reset_states()
         for s in range(0, x.shape[1], WINDOW):
-            loss = model.train_on_batch(x[:, s:s + WINDOW], y[:, s:s + WINDOW])
+            loss = model.train_on_batch(x[:, s : s + WINDOW], y[:, s : s + WINDOW])
         float(loss)
         times.append(time.perf_counter() - t0)
     bits = bits_per_token(yv, stateful_run(model, xv), from_logits=True)
@@ -208,10 +254,12 @@ def run_torch(args, threads=None):
     import numpy as np
     import torch
     from torch import nn
+
     if threads:
         torch.set_num_threads(threads)
 
     from keraseq import bits_per_token
+
     x, y, xv, yv, V = corpus(args.chars)
     emb, kernel, rec, bias, dk, db = load_init(args.init)
 
@@ -256,7 +304,7 @@ def run_torch(args, threads=None):
             if time.perf_counter() - t0 > args.max_epoch_s:
                 cut = True  # pathologically slow: extrapolate from the windows done
                 break
-            inp, target = data[i:i + WINDOW], targets[i:i + WINDOW]
+            inp, target = data[i : i + WINDOW], targets[i : i + WINDOW]
             hidden = repackage_hidden(hidden)
             optimizer.zero_grad()
             output, hidden = model(inp, hidden)
@@ -270,25 +318,44 @@ def run_torch(args, threads=None):
         hidden, outs = init_hidden(STREAMS), []
         val = torch.from_numpy(np.ascontiguousarray(xv.T).astype(np.int64))
         for i in range(0, val.size(0), WINDOW):
-            output, hidden = model(val[i:i + WINDOW], hidden)
+            output, hidden = model(val[i : i + WINDOW], hidden)
             outs.append(output.numpy())
     logits = np.concatenate(outs, axis=0).transpose(1, 0, 2)
-    return {"times": times, "bits": bits_per_token(yv, logits, from_logits=True),
-            "threads": torch.get_num_threads(), "extrapolated": cut}
+    return {
+        "times": times,
+        "bits": bits_per_token(yv, logits, from_logits=True),
+        "threads": torch.get_num_threads(),
+        "extrapolated": cut,
+    }
 
 
 def worker(args):
-    fn = {"init": run_init, "keras loop": run_keras_loop,
-          "keras loop (one-hot)": lambda a: run_keras_loop(a, one_hot=True), "torch": run_torch,
-          "torch-1t": lambda a: run_torch(a, threads=1)}.get(args.worker, run_keraseq)
+    fn = {
+        "init": run_init,
+        "keras loop": run_keras_loop,
+        "keras loop (one-hot)": lambda a: run_keras_loop(a, one_hot=True),
+        "torch": run_torch,
+        "torch-1t": lambda a: run_torch(a, threads=1),
+    }.get(args.worker, run_keraseq)
     print("RESULT " + json.dumps(fn(args)), flush=True)
 
 
 # ---------------------------------------------------------------------------------- parent
 def launch(system, args, generation=False):
-    cmd = [sys.executable, HERE, "--worker", system, "--chars", str(args.chars),
-           "--epochs", str(args.epochs), "--init", args.init,
-           "--max-epoch-s", str(args.max_epoch_s)]
+    cmd = [
+        sys.executable,
+        HERE,
+        "--worker",
+        system,
+        "--chars",
+        str(args.chars),
+        "--epochs",
+        str(args.epochs),
+        "--init",
+        args.init,
+        "--max-epoch-s",
+        str(args.max_epoch_s),
+    ]
     cmd += ["--generation"] if generation else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=BACKEND[system])
     try:
@@ -310,9 +377,13 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="per run; the first includes compiling")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per worker")
-    ap.add_argument("--max-epoch-s", type=float, default=30.0,
-                    help="a torch epoch stops after the window that passes this many seconds "
-                         "and its time is extrapolated (marked *)")
+    ap.add_argument(
+        "--max-epoch-s",
+        type=float,
+        default=30.0,
+        help="a torch epoch stops after the window that passes this many seconds "
+        "and its time is extrapolated (marked *)",
+    )
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--init", default=None, help=argparse.SUPPRESS)
@@ -330,34 +401,47 @@ def main():
         results = {s: [] for s in systems}
         errors = {s: [] for s in systems}
         for rnd in range(args.rounds):
-            order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
+            order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
             for s in order:
                 if errors[s] and not results[s]:
                     continue
                 res = launch(s, args, generation=s.startswith("keraseq") and rnd == 0)
                 (errors if "error" in res else results)[s].append(res.get("error", res))
-                print(f"  [round {rnd + 1}] {s}: "
-                      + (", ".join(f"{t:.2f}" for t in res["times"]) + " s, "
-                         f"{res['bits']:.4f} bits/char" if "times" in res else res["error"]),
-                      flush=True)
+                print(
+                    f"  [round {rnd + 1}] {s}: "
+                    + (
+                        ", ".join(f"{t:.2f}" for t in res["times"]) + " s, "
+                        f"{res['bits']:.4f} bits/char"
+                        if "times" in res
+                        else res["error"]
+                    ),
+                    flush=True,
+                )
     x, _, xv, _, V = corpus(args.chars)
     n_win = math.ceil(x.shape[1] / WINDOW)
-    print(f"\nchar LM: {args.chars} chars, V={V}, Embedding({V},{EMB})+LSTM({UNITS})+Dense({V}), "
-          f"Adam {LR}, {STREAMS} streams x {x.shape[1]} steps, windows of {WINDOW} "
-          f"({n_win} updates/epoch); {args.rounds} round(s) x {args.epochs - 1} steady epoch(s); "
-          f"{os.cpu_count()} cores")
+    print(
+        f"\nchar LM: {args.chars} chars, V={V}, Embedding({V},{EMB})+LSTM({UNITS})+Dense({V}), "
+        f"Adam {LR}, {STREAMS} streams x {x.shape[1]} steps, windows of {WINDOW} "
+        f"({n_win} updates/epoch); {args.rounds} round(s) x {args.epochs - 1} steady epoch(s); "
+        f"{os.cpu_count()} cores"
+    )
     stats = {}
     for s in systems:
         runs = results[s]
         steady = [t for r in runs for t in r["times"][1:]]
         if steady:
             first = [r["times"][0] - statistics.median(r["times"][1:]) for r in runs]
-            stats[s] = {"median": statistics.median(steady), "first": statistics.median(first),
-                        "bits": runs[-1]["bits"],
-                        "mark": "*" if any(r.get("extrapolated") for r in runs) else " "}
+            stats[s] = {
+                "median": statistics.median(steady),
+                "first": statistics.median(first),
+                "bits": runs[-1]["bits"],
+                "mark": "*" if any(r.get("extrapolated") for r in runs) else " ",
+            }
     kq = [s for s in systems if s.startswith("keraseq") and s in stats]
-    head = (f"{'system':22s} {'s/epoch':>8s} {'1st-epoch extra':>15s} {'val bits/char':>13s} "
-            + " ".join(f"{'vs ' + k:>22s}" for k in kq))
+    head = (
+        f"{'system':22s} {'s/epoch':>8s} {'1st-epoch extra':>15s} {'val bits/char':>13s} "
+        + " ".join(f"{'vs ' + k:>22s}" for k in kq)
+    )
     print(head + "\n" + "-" * len(head))
     for s in systems:
         if s not in stats:
@@ -367,26 +451,34 @@ def main():
         ratios = " ".join(f"{st['median'] / stats[k]['median']:21.2f}x" for k in kq)
         bits = f"{st['bits']:13.4f}" if st["mark"] == " " else f"{'(cut)':>13s}"
         print(f"{s:22s} {st['median']:7.2f}{st['mark']} {st['first']:15.2f} {bits} {ratios}")
-    print("(vs keraseq[..] = this system's median s/epoch / keraseq's: > 1 = keraseq faster; "
-          "* = epochs cut at --max-epoch-s and extrapolated)")
+    print(
+        "(vs keraseq[..] = this system's median s/epoch / keraseq's: > 1 = keraseq faster; "
+        "* = epochs cut at --max-epoch-s and extrapolated)"
+    )
     for ref in ("keras loop", "keras loop (one-hot)"):
         for k in kq:
             if ref in stats:
-                print(f"{k} bits/char - {ref} bits/char = "
-                      f"{stats[k]['bits'] - stats[ref]['bits']:+.4f} (target: within 0.02)")
+                print(
+                    f"{k} bits/char - {ref} bits/char = "
+                    f"{stats[k]['bits'] - stats[ref]['bits']:+.4f} (target: within 0.02)"
+                )
     torch_best = [stats[t]["median"] for t in ("torch", "torch-1t") if t in stats]
     for k in kq:
         if torch_best:
-            print(f"{k} vs torch (its faster thread setting): "
-                  f"{min(torch_best) / stats[k]['median']:.2f}x (target on JAX: >= 1.0)")
+            print(
+                f"{k} vs torch (its faster thread setting): "
+                f"{min(torch_best) / stats[k]['median']:.2f}x (target on JAX: >= 1.0)"
+            )
     print(f"\ngeneration, one step (batch 1), median of {GEN_STEPS}:")
     for s in kq:
         gen = [r for r in results[s] if "gen_keraseq" in r]
         if gen:
             a, b, c = gen[0]["gen_keraseq"], gen[0]["gen_keras"], gen[0]["gen_keras_pob"]
-            print(f"  {s}: predict(reset=False) {1e3 * a:.2f} ms; Keras model(x) {1e3 * b:.2f} ms"
-                  f" ({b / a:.2f}x keraseq's); predict_on_batch {1e3 * c:.2f} ms "
-                  f"({c / a:.2f}x keraseq's)")
+            print(
+                f"  {s}: predict(reset=False) {1e3 * a:.2f} ms; Keras model(x) {1e3 * b:.2f} ms"
+                f" ({b / a:.2f}x keraseq's); predict_on_batch {1e3 * c:.2f} ms "
+                f"({c / a:.2f}x keraseq's)"
+            )
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

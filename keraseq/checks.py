@@ -17,11 +17,12 @@ Example:
     >>> ys[0].shape
     (4, 1)
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -33,22 +34,39 @@ from .losses import is_window_loss
 from .validation import as_arrays, check_finite
 from .windows import carries_masked_output, find_causal_convs, find_rnn_layers
 
-__all__ = ["check_x", "check_xy", "check_model_inputs", "check_outputs", "check_windows",
-           "Layout", "input_specs", "output_layouts", "per_series_targets", "x_layout",
-           "step_features", "step_rank",
-           "window_bound_layers", "keyed", "unragged", "check_fit", "FitData"]
+__all__ = [
+    "check_x",
+    "check_xy",
+    "check_model_inputs",
+    "check_outputs",
+    "check_windows",
+    "Layout",
+    "input_specs",
+    "output_layouts",
+    "per_series_targets",
+    "x_layout",
+    "step_features",
+    "step_rank",
+    "window_bound_layers",
+    "keyed",
+    "unragged",
+    "check_fit",
+    "FitData",
+]
 
-_X_WHAT = ("sequence inputs (N series, T time steps, F features), or (N, T) integer token ids "
-           "or (N, T, *step_shape) as the model's input reads them; use T = 1 for "
-           "non-sequence data")
-_Y_WHAT = ("targets per time step (N, T, F_out) or per series (N, F_out), sharing N and T "
-           "with `x`")
+_X_WHAT = (
+    "sequence inputs (N series, T time steps, F features), or (N, T) integer token ids "
+    "or (N, T, *step_shape) as the model's input reads them; use T = 1 for "
+    "non-sequence data"
+)
+_Y_WHAT = "targets per time step (N, T, F_out) or per series (N, F_out), sharing N and T with `x`"
 
 
 class Layout(NamedTuple):
     """How one model output is laid out, read from the model's output spec."""
+
     per_step: bool  #: the output has a time axis (batch, time, ...)
-    shape: tuple    #: what one element holds: after (batch, time) per step, after batch else
+    shape: tuple  #: what one element holds: after (batch, time) per step, after batch else
 
 
 def input_specs(model) -> list | None:
@@ -75,8 +93,9 @@ def output_layouts(model, xs) -> list[Layout] | None:
         for k, a in enumerate(xs):
             batch = specs[k].shape[0] if specs else None
             dtype = specs[k].dtype if specs else ("float32" if a.dtype.kind == "f" else "int32")
-            args.append(keras.KerasTensor((batch, t) + tuple(int(d) for d in a.shape[2:]),
-                                          dtype=dtype))
+            args.append(
+                keras.KerasTensor((batch, t) + tuple(int(d) for d in a.shape[2:]), dtype=dtype)
+            )
         out = model.compute_output_spec(args[0] if len(args) == 1 else args)
         return [tuple(o.shape) for o in keras.tree.flatten(out)]
 
@@ -84,7 +103,7 @@ def output_layouts(model, xs) -> list[Layout] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             two, three = spec_at(2), spec_at(3)
-    except Exception:  # noqa: BLE001 - any failure: fall back to the legacy rule
+    except Exception:
         return None
     layouts = []
     for a, b in zip(two, three):
@@ -119,26 +138,35 @@ def check_x(x, specs=None) -> tuple[tuple, int, int]:
     for k, a in enumerate(xs):
         label = "x" if len(xs) == 1 else f"x[{k}]"
         if specs is None and (a.ndim < 2 or (a.ndim == 2 and a.dtype.kind == "f")):
-            raise ValueError(f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}); "
-                             f"expected (N, T, F): {_X_WHAT}")
+            raise ValueError(
+                f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}); "
+                f"expected (N, T, F): {_X_WHAT}"
+            )
     if specs is not None:
         check_model_inputs(None, xs, specs)
     n, t = int(xs[0].shape[0]), int(xs[0].shape[1])
     for k, a in enumerate(xs[1:], 1):
         if int(a.shape[0]) != n or int(a.shape[1]) != t:
-            raise ValueError(f"`x[{k}]` has shape {tuple(a.shape)} but `x[0]` has N={n}, "
-                             f"T={t}; all inputs must share N and T")
+            raise ValueError(
+                f"`x[{k}]` has shape {tuple(a.shape)} but `x[0]` has N={n}, "
+                f"T={t}; all inputs must share N and T"
+            )
     return xs, n, t
 
 
 def _matches(shape, expected) -> bool:
     return len(shape) == len(expected) and all(
-        e is None or int(d) == int(e) for d, e in zip(shape, expected))
+        e is None or int(d) == int(e) for d, e in zip(shape, expected)
+    )
 
 
 def _fmt(dims) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + \
-        ("," if len(dims) == 1 else "") + ")"
+    return (
+        "("
+        + ", ".join("?" if d is None else str(d) for d in dims)
+        + ("," if len(dims) == 1 else "")
+        + ")"
+    )
 
 
 def _target(a, layout: Layout, k: int, label: str, n: int, t: int):
@@ -147,8 +175,8 @@ def _target(a, layout: Layout, k: int, label: str, n: int, t: int):
     a trailing axis of 1, lazily)."""
     o = tuple(layout.shape)
     lead = (n, t) if layout.per_step else (n,)
-    rest = tuple(a.shape[len(lead):])
-    fits = a.ndim >= len(lead) and tuple(int(d) for d in a.shape[:len(lead)]) == lead
+    rest = tuple(a.shape[len(lead) :])
+    fits = a.ndim >= len(lead) and tuple(int(d) for d in a.shape[: len(lead)]) == lead
     if fits and _matches(rest, o):
         return a
     if fits and o and _matches(rest, o[:-1]):
@@ -156,33 +184,43 @@ def _target(a, layout: Layout, k: int, label: str, n: int, t: int):
     if fits and o and _matches(rest, o[:-1] + (1,)):
         return a
     dense, sparse = _fmt(lead + o), _fmt(lead + o[:-1]) if o else None
-    expected = f"expected {dense}" + (f" (or integer labels {sparse} with a sparse loss)"
-                                      if sparse else "")
+    expected = f"expected {dense}" + (
+        f" (or integer labels {sparse} with a sparse loss)" if sparse else ""
+    )
     per_window = "(batch, time) + " + _fmt(o) if layout.per_step else "(batch,) + " + _fmt(o)
     if layout.per_step:
         if a.ndim == 2 + len(o) and int(a.shape[1]) != t:
-            raise ValueError(f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; "
-                             f"{expected}")
+            raise ValueError(
+                f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; {expected}"
+            )
         if a.ndim == 2 + len(o):
-            raise ValueError(f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
-                             f"has {o[-1] if o else None} features: {expected}")
+            raise ValueError(
+                f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
+                f"has {o[-1] if o else None} features: {expected}"
+            )
         if a.ndim == 1 + len(o):
             raise ValueError(
                 f"`{label}` has per-series targets {tuple(a.shape)} but the model returns "
                 f"{per_window} for a window; per-series targets need a model that returns "
                 f"one vector per series (return_sequences=False), or pass per-step targets: "
-                f"{expected}")
+                f"{expected}"
+            )
     else:
         if a.ndim >= 3 and int(a.shape[1]) == t and a.ndim == 2 + len(o):
             raise ValueError(
                 f"`{label}` has targets per time step {tuple(a.shape)} but the model returns "
                 f"{per_window} per window; use return_sequences=True on the last recurrent "
-                f"layer, or pass per-series targets: {expected}")
+                f"layer, or pass per-series targets: {expected}"
+            )
         if a.ndim == 1 + len(o) and o:
-            raise ValueError(f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
-                             f"has {o[-1]} features: {expected}")
-    raise ValueError(f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}) but the model's "
-                     f"output {k} is {per_window}: {expected}")
+            raise ValueError(
+                f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
+                f"has {o[-1]} features: {expected}"
+            )
+    raise ValueError(
+        f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}) but the model's "
+        f"output {k} is {per_window}: {expected}"
+    )
 
 
 def per_series_targets(ys, layouts=None) -> bool:
@@ -205,41 +243,60 @@ def check_xy(x, y, sample_weight, layouts=None, specs=None):
         ys = as_arrays(y, "y", (3, 2), _Y_WHAT)
         ranks = {a.ndim for a in ys}
         if len(ranks) > 1:
-            raise ValueError("`y` mixes per-step (N, T, F) and per-series (N, F) targets; "
-                             "use one kind for all outputs")
+            raise ValueError(
+                "`y` mixes per-step (N, T, F) and per-series (N, F) targets; "
+                "use one kind for all outputs"
+            )
     else:
         ys = as_arrays(y, "y", None, _Y_WHAT)
         if len({lay.per_step for lay in layouts}) > 1:
-            raise ValueError("the model mixes outputs per time step and per series; keraseq "
-                             "needs one kind for all outputs")
+            raise ValueError(
+                "the model mixes outputs per time step and per series; keraseq "
+                "needs one kind for all outputs"
+            )
         if len(layouts) != len(ys):
-            raise ValueError(f"the model has {len(layouts)} output(s) but `y` has {len(ys)} "
-                             f"array(s); pass one array per output")
+            raise ValueError(
+                f"the model has {len(layouts)} output(s) but `y` has {len(ys)} "
+                f"array(s); pass one array per output"
+            )
     for k, a in enumerate(ys):
         label = "y" if len(ys) == 1 else f"y[{k}]"
         if int(a.shape[0]) != n:
-            raise ValueError(f"`{label}` has N={a.shape[0]} series but `x` has N={n}; "
-                             f"expected shape ({n}, {t}, F_out) or ({n}, F_out)")
+            raise ValueError(
+                f"`{label}` has N={a.shape[0]} series but `x` has N={n}; "
+                f"expected shape ({n}, {t}, F_out) or ({n}, F_out)"
+            )
         if layouts is None and a.ndim == 3 and int(a.shape[1]) != t:
-            raise ValueError(f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; "
-                             f"expected shape ({n}, {t}, F_out)")
+            raise ValueError(
+                f"`{label}` has T={a.shape[1]} time steps but `x` has T={t}; "
+                f"expected shape ({n}, {t}, F_out)"
+            )
     if layouts is not None:
-        ys = tuple(_target(a, lay, k, "y" if len(ys) == 1 else f"y[{k}]", n, t)
-                   for k, (a, lay) in enumerate(zip(ys, layouts)))
+        ys = tuple(
+            _target(a, lay, k, "y" if len(ys) == 1 else f"y[{k}]", n, t)
+            for k, (a, lay) in enumerate(zip(ys, layouts))
+        )
     per_series = per_series_targets(ys, layouts)
     ws = None
     if sample_weight is not None:
-        ws = as_arrays(sample_weight, "sample_weight", (1, 2),
-                       "one weight per series (N,) or per time step (N, T)")
+        ws = as_arrays(
+            sample_weight,
+            "sample_weight",
+            (1, 2),
+            "one weight per series (N,) or per time step (N, T)",
+        )
         if len(ws) != 1:
             raise ValueError("`sample_weight` must be one array of shape (N,) or (N, T)")
         w = ws[0]
         if int(w.shape[0]) != n or (w.ndim == 2 and int(w.shape[1]) != t):
-            raise ValueError(f"`sample_weight` has shape {tuple(w.shape)}; expected ({n},) "
-                             f"or ({n}, {t})")
+            raise ValueError(
+                f"`sample_weight` has shape {tuple(w.shape)}; expected ({n},) or ({n}, {t})"
+            )
         if w.ndim == 2 and per_series:
-            raise ValueError("`sample_weight` of shape (N, T) needs per-step targets; with "
-                             "per-series targets `y` (N, F_out) pass shape (N,)")
+            raise ValueError(
+                "`sample_weight` of shape (N, T) needs per-step targets; with "
+                "per-series targets `y` (N, F_out) pass shape (N,)"
+            )
     return xs, ys, ws
 
 
@@ -250,38 +307,52 @@ def check_model_inputs(model, xs, specs=None):
     if not specs:
         return
     if len(specs) != len(xs):
-        raise ValueError(f"the model has {len(specs)} input(s) but `x` has {len(xs)} "
-                         f"array(s); pass a tuple with one array per input, each "
-                         f"{' / '.join(x_layout(tuple(s.shape), s.dtype) for s in specs)}")
+        raise ValueError(
+            f"the model has {len(specs)} input(s) but `x` has {len(xs)} "
+            f"array(s); pass a tuple with one array per input, each "
+            f"{' / '.join(x_layout(tuple(s.shape), s.dtype) for s in specs)}"
+        )
     for k, (spec, a) in enumerate(zip(specs, xs)):
         label = "x" if len(xs) == 1 else f"x[{k}]"
         shape = tuple(spec.shape)
         if len(shape) < 2:
-            raise ValueError(f"the model's input {k} has shape {shape}; keraseq needs "
-                             f"(batch, time, ...) inputs (reshape inside the model)")
+            raise ValueError(
+                f"the model's input {k} has shape {shape}; keraseq needs "
+                f"(batch, time, ...) inputs (reshape inside the model)"
+            )
         layout = x_layout(shape, spec.dtype)
         if a.ndim != len(shape):
-            raise ValueError(f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}); "
-                             f"expected {layout}: the model's input {k} is {shape}")
+            raise ValueError(
+                f"`{label}` has shape {tuple(a.shape)} (rank {a.ndim}); "
+                f"expected {layout}: the model's input {k} is {shape}"
+            )
         if len(shape) == 3 and shape[-1] is not None and shape[-1] != a.shape[-1]:
-            raise ValueError(f"`{label}` has F={a.shape[-1]} features but the model expects "
-                             f"{shape[-1]}: shape (N, T, {shape[-1]})")
+            raise ValueError(
+                f"`{label}` has F={a.shape[-1]} features but the model expects "
+                f"{shape[-1]}: shape (N, T, {shape[-1]})"
+            )
         if not _matches(tuple(a.shape[2:]), shape[2:]):
-            raise ValueError(f"`{label}` has step shape {tuple(a.shape[2:])} (shape "
-                             f"{tuple(a.shape)}) but the model's input {k} takes "
-                             f"{tuple(shape[2:])} per step: expected {layout}")
+            raise ValueError(
+                f"`{label}` has step shape {tuple(a.shape[2:])} (shape "
+                f"{tuple(a.shape)}) but the model's input {k} takes "
+                f"{tuple(shape[2:])} per step: expected {layout}"
+            )
         if _is_int(spec.dtype) and a.dtype.kind == "f":
-            raise TypeError(f"`{label}` has dtype {a.dtype} but the model's input {k} takes "
-                            f"integers ({spec.dtype}, e.g. token ids for an Embedding): "
-                            f"expected {layout}; pass x.astype('int32')")
+            raise TypeError(
+                f"`{label}` has dtype {a.dtype} but the model's input {k} takes "
+                f"integers ({spec.dtype}, e.g. token ids for an Embedding): "
+                f"expected {layout}; pass x.astype('int32')"
+            )
 
 
 def check_outputs(out_shapes, ys, window, per_series=None):
     """The model's outputs on a window (``out_shapes``, without the batch) against the
     targets: one array per output, with the time axis when they are per step."""
     if len(out_shapes) != len(ys):
-        raise ValueError(f"the model has {len(out_shapes)} output(s) but `y` has {len(ys)} "
-                         f"array(s); pass one array per output")
+        raise ValueError(
+            f"the model has {len(out_shapes)} output(s) but `y` has {len(ys)} "
+            f"array(s); pass one array per output"
+        )
     if per_series is None:
         per_series = ys[0].ndim == 2
     for k, (shape, a) in enumerate(zip(out_shapes, ys)):
@@ -292,16 +363,20 @@ def check_outputs(out_shapes, ys, window, per_series=None):
                     f"`{label}` has targets per time step {tuple(a.shape)} but the model "
                     f"returns {('(batch,) + ' + str(shape))} for a window of {window} steps; "
                     f"use return_sequences=True on the last recurrent layer, or pass "
-                    f"per-series targets (N, F_out)")
+                    f"per-series targets (N, F_out)"
+                )
         elif len(shape) != a.ndim - 1:
             raise ValueError(
                 f"`{label}` has per-series targets {tuple(a.shape)} but the model returns "
                 f"{('(batch,) + ' + str(shape))} per window; per-series targets need a model "
-                f"that returns one vector per series (return_sequences=False)")
+                f"that returns one vector per series (return_sequences=False)"
+            )
         if shape[-1] != a.shape[-1] and not (shape[-1] and a.shape[-1] == 1):
             # sparse integer labels (F_out = 1) against class scores are allowed
-            raise ValueError(f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
-                             f"has {shape[-1]} features")
+            raise ValueError(
+                f"`{label}` has F_out={a.shape[-1]} but the model's output {k} "
+                f"has {shape[-1]} features"
+            )
 
 
 def check_windows(model, seq_len, t, masked) -> None:
@@ -312,9 +387,11 @@ def check_windows(model, seq_len, t, masked) -> None:
     With masks, a custom cell's masked outputs cannot be carried across windows."""
     if seq_len is None or seq_len >= t:
         return
-    mask_layers = [layer for layer in model._flatten_layers(include_self=False)
-                   if isinstance(layer, keras.layers.Masking)
-                   or getattr(layer, "mask_zero", False)]
+    mask_layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
+    ]
     if getattr(model, "_keraseq_mask_reaches_rnn", True) is False:
         mask_layers = []  # dropped before the recurrent layers (Keras ignores it too)
     if mask_layers and not masked and input_mask_rule(model) is None:
@@ -322,38 +399,60 @@ def check_windows(model, seq_len, t, masked) -> None:
             f"layer {mask_layers[0].name!r} masks time steps, but keraseq reads which steps "
             f"are real only from a keras.layers.Masking layer applied directly to a model "
             f"input; with windows (seq_len={seq_len} < T={t}) pass `lengths` (or a list of "
-            f"(T_i, F) arrays as `x`) so that each series' last real step is known")
+            f"(T_i, F) arrays as `x`) so that each series' last real step is known"
+        )
     masked = masked or bool(mask_layers)
-    backward = [layer for layer in model._flatten_layers(include_self=False)
-                if isinstance(layer, keras.layers.Bidirectional)
-                or (isinstance(layer, keras.layers.RNN) and layer.go_backwards)]
+    backward = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Bidirectional)
+        or (isinstance(layer, keras.layers.RNN) and layer.go_backwards)
+    ]
     if backward:
-        kind = ("Bidirectional" if isinstance(backward[0], keras.layers.Bidirectional)
-                else "go_backwards=True")
+        kind = (
+            "Bidirectional"
+            if isinstance(backward[0], keras.layers.Bidirectional)
+            else "go_backwards=True"
+        )
         raise ValueError(
             f"layer {backward[0].name!r} ({kind}) runs backwards in time: a window of "
             f"seq_len={seq_len} < T={t} would restart its backward pass from each "
             f"window's end, which is not the whole-sequence result; use seq_len=None "
-            f"(or >= T) for this model")
+            f"(or >= T) for this model"
+        )
     for layer in window_bound_layers(model):
         warnings.warn(
             f"layer {layer.name!r} ({type(layer).__name__}) sees only its window of "
             f"seq_len={seq_len} steps, not the series before it: the result depends on "
             f"seq_len (use seq_len=None or >= T={t} for the whole-sequence result)",
-            UserWarning, stacklevel=4)
+            UserWarning,
+            stacklevel=4,
+        )
     for layer in find_rnn_layers(model):
         if masked and not carries_masked_output(layer) and not layer.zero_output_for_mask:
             raise ValueError(
                 f"layer {layer.name!r} has a {type(layer.cell).__name__} cell: keraseq "
                 f"carries the output of masked (padded) steps across windows only for "
-                f"SimpleRNN/GRU/LSTM cells; use seq_len=None for unequal lengths with it")
+                f"SimpleRNN/GRU/LSTM cells; use seq_len=None for unequal lengths with it"
+            )
 
 
 #: Layers that mix time steps and that keraseq does not carry across windows.
-_WINDOW_BOUND = tuple(getattr(keras.layers, name) for name in (
-    "MultiHeadAttention", "GroupQueryAttention", "Attention", "AdditiveAttention",
-    "GlobalAveragePooling1D", "GlobalMaxPooling1D", "AveragePooling1D", "MaxPooling1D",
-    "Flatten") if hasattr(keras.layers, name))
+_WINDOW_BOUND = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "MultiHeadAttention",
+        "GroupQueryAttention",
+        "Attention",
+        "AdditiveAttention",
+        "GlobalAveragePooling1D",
+        "GlobalMaxPooling1D",
+        "AveragePooling1D",
+        "MaxPooling1D",
+        "Flatten",
+    )
+    if hasattr(keras.layers, name)
+)
 
 
 def window_bound_layers(model) -> list:
@@ -362,10 +461,11 @@ def window_bound_layers(model) -> list:
     carried = find_causal_convs(model)
     found = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, _WINDOW_BOUND):
-            found.append(layer)
-        elif isinstance(layer, keras.layers.Conv1D) and layer not in carried \
-                and (layer.kernel_size[0] > 1 or layer.strides[0] > 1):
+        if isinstance(layer, _WINDOW_BOUND) or (
+            isinstance(layer, keras.layers.Conv1D)
+            and layer not in carried
+            and (layer.kernel_size[0] > 1 or layer.strides[0] > 1)
+        ):
             found.append(layer)
     return found
 
@@ -380,15 +480,19 @@ def keyed(value, model, name):
     else:
         names = list(getattr(model, "output_names", None) or [])
     if not names or None in names:
-        raise TypeError(f"`{name}` is a dict but the model's {'inputs' if name == 'x' else 'outputs'}"
-                        f" have no names; pass a tuple in the model's order")
+        raise TypeError(
+            f"`{name}` is a dict but the model's {'inputs' if name == 'x' else 'outputs'}"
+            f" have no names; pass a tuple in the model's order"
+        )
     missing = [k for k in names if k not in value]
     unknown = [k for k in value if k not in names]
     if missing or unknown:
-        raise ValueError(f"`{name}` is a dict with keys {sorted(value)}; the model's "
-                         f"{'inputs' if name == 'x' else 'outputs'} are {names}"
-                         + (f" (missing {missing})" if missing else "")
-                         + (f" (unknown {unknown})" if unknown else ""))
+        raise ValueError(
+            f"`{name}` is a dict with keys {sorted(value)}; the model's "
+            f"{'inputs' if name == 'x' else 'outputs'} are {names}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {unknown})" if unknown else "")
+        )
     return tuple(value[k] for k in names)
 
 
@@ -412,33 +516,48 @@ def unragged(x, y, sample_weight, lengths, series_rank=None):
     Returns ``(x, y, sample_weight, lengths)``; arrays pass through untouched."""
     if is_ragged(x, series_rank):
         if lengths is not None:
-            raise ValueError("`lengths` is given by the ragged `x` (a list of (T_i, F) "
-                             "arrays); pass padded `x` with `lengths`, or the list alone")
-        x, lengths = pad_ragged(x, "x", np.float32 if all(
-            np.asarray(s).dtype.kind == "f" for s in x) else None)
+            raise ValueError(
+                "`lengths` is given by the ragged `x` (a list of (T_i, F) "
+                "arrays); pass padded `x` with `lengths`, or the list alone"
+            )
+        x, lengths = pad_ragged(
+            x, "x", np.float32 if all(np.asarray(s).dtype.kind == "f" for s in x) else None
+        )
         if x.ndim == 2 and x.dtype.kind == "f":
-            raise ValueError(f"`x` is a list of series of shape (T_i,); expected (T_i, F) "
-                             f"arrays (use a[:, None] for one feature)")
+            raise ValueError(
+                "`x` is a list of series of shape (T_i,); expected (T_i, F) "
+                "arrays (use a[:, None] for one feature)"
+            )
     for name, value in (("y", y), ("sample_weight", sample_weight)):
         if value is None or not is_ragged(value):
             continue
         if lengths is None and len({len(v) for v in value}) == 1:
             continue  # a list of equal rows: an ordinary array
         if lengths is None:
-            raise ValueError(f"`{name}` is a list of per-step series but `x` is not; pass a "
-                             f"list of (T_i, F) arrays as `x` too (or padded arrays and "
-                             f"`lengths`)")
+            raise ValueError(
+                f"`{name}` is a list of per-step series but `x` is not; pass a "
+                f"list of (T_i, F) arrays as `x` too (or padded arrays and "
+                f"`lengths`)"
+            )
         padded, got = pad_ragged(value, name, np.float32 if name == "sample_weight" else None)
-        wrong = np.flatnonzero(got != np.asarray(lengths)[:len(got)]) if len(got) == len(
-            lengths) else [min(len(got), len(lengths)) - 1]
+        wrong = (
+            np.flatnonzero(got != np.asarray(lengths)[: len(got)])
+            if len(got) == len(lengths)
+            else [min(len(got), len(lengths)) - 1]
+        )
         if len(got) != len(lengths) or len(wrong):
             k = int(wrong[0])
-            raise ValueError(f"`{name}[{k}]` has {got[k] if k < len(got) else 'no'} time steps "
-                             f"but `x[{k}]` has {lengths[k] if k < len(lengths) else 'none'}; "
-                             f"per-step series must match `x` in length")
+            raise ValueError(
+                f"`{name}[{k}]` has {got[k] if k < len(got) else 'no'} time steps "
+                f"but `x[{k}]` has {lengths[k] if k < len(lengths) else 'none'}; "
+                f"per-step series must match `x` in length"
+            )
         if padded.shape[1] < int(np.max(lengths)):
-            padded = np.pad(padded, [(0, 0), (0, int(np.max(lengths)) - padded.shape[1])]
-                            + [(0, 0)] * (padded.ndim - 2))
+            padded = np.pad(
+                padded,
+                [(0, 0), (0, int(np.max(lengths)) - padded.shape[1])]
+                + [(0, 0)] * (padded.ndim - 2),
+            )
         if name == "y":
             y = padded
         else:
@@ -448,12 +567,13 @@ def unragged(x, y, sample_weight, lengths, series_rank=None):
 
 class FitData(NamedTuple):
     """The checked data of one ``fit`` call."""
-    xs: tuple            #: inputs, each (N, T, *step_shape)
-    ys: tuple            #: targets, each (N, T, ...) per step or (N, ...) per series
-    ws: tuple | None     #: (sample_weight,) or None
-    per_series: bool     #: targets per series (N, F_out)
-    window_loss: bool    #: a callable loss(model, x, y)
-    val: tuple | None    #: (xs, ys, ws, lengths) of validation_data, or None
+
+    xs: tuple  #: inputs, each (N, T, *step_shape)
+    ys: tuple  #: targets, each (N, T, ...) per step or (N, ...) per series
+    ws: tuple | None  #: (sample_weight,) or None
+    per_series: bool  #: targets per series (N, F_out)
+    window_loss: bool  #: a callable loss(model, x, y)
+    val: tuple | None  #: (xs, ys, ws, lengths) of validation_data, or None
     lengths: np.ndarray | None  #: real steps per series, or None
 
 
@@ -467,25 +587,33 @@ def split_validation(x, y, sample_weight, lengths, split, validation_data):
         raise ValueError(f"`validation_split` must be a fraction in [0, 1), got {split!r}")
     if validation_data is not None:
         raise ValueError("pass `validation_data` or `validation_split`, not both")
-    n = len(x) if isinstance(x, SliceTuple) else int(
-        np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0])
-    at = int(math.floor(n * (1.0 - split)))  # Keras's rule: the last rows
+    n = (
+        len(x)
+        if isinstance(x, SliceTuple)
+        else int(np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0])
+    )
+    at = math.floor(n * (1.0 - split))  # Keras's rule: the last rows
     if at < 1 or at >= n:
-        raise ValueError(f"`validation_split={split}` leaves {at} of {n} series for "
-                         f"training; it needs at least one series on each side")
+        raise ValueError(
+            f"`validation_split={split}` leaves {at} of {n} series for "
+            f"training; it needs at least one series on each side"
+        )
     (x, vx), (y, vy), (sample_weight, vw), (lengths, vl) = (
-        split_rows(v, at) for v in (x, y, sample_weight, lengths))
+        split_rows(v, at) for v in (x, y, sample_weight, lengths)
+    )
     return x, y, sample_weight, lengths, (vx, vy, vw, vl)
 
 
-def check_fit(x, y, sample_weight, lengths, validation_data, loss, metrics, rebatch,
-              comm, model=None) -> FitData:
+def check_fit(
+    x, y, sample_weight, lengths, validation_data, loss, metrics, rebatch, comm, model=None
+) -> FitData:
     """Every check of a ``fit`` call's data, before any training step; under MPI every rank
     raises the same error (each checks the finiteness of its own block of rows). ``model``
     (built): its input specs and output layouts decide how ``x`` and ``y`` are read."""
     specs = None if model is None else input_specs(model)
     series_rank = None if model is None else step_rank(model)
     layouts = None
+
     def validate():
         nonlocal layouts
         if model is not None and y is not None:
@@ -497,11 +625,15 @@ def check_fit(x, y, sample_weight, lengths, validation_data, loss, metrics, reba
         per_series = per_series_targets(ys, layouts)
         window_loss = is_window_loss(loss)
         if window_loss and ws is not None:
-            raise ValueError("`sample_weight` needs a Keras loss; a callable loss(model, x, y) "
-                             "returns one number per window and cannot weight series")
+            raise ValueError(
+                "`sample_weight` needs a Keras loss; a callable loss(model, x, y) "
+                "returns one number per window and cannot weight series"
+            )
         if window_loss and metrics:
-            raise ValueError("`metrics` need a Keras loss: with a callable loss(model, x, y) "
-                             "keraseq never sees the predictions")
+            raise ValueError(
+                "`metrics` need a Keras loss: with a callable loss(model, x, y) "
+                "keraseq never sees the predictions"
+            )
         if rebatch:
             if per_series:
                 raise ValueError("`rebatch=True` needs per-step targets `y` (N, T, F_out)")
@@ -510,24 +642,36 @@ def check_fit(x, y, sample_weight, lengths, validation_data, loss, metrics, reba
         checked = None
         if lengths is not None:
             if rebatch:
-                raise ValueError("`rebatch=True` cannot be combined with unequal lengths "
-                                 "(`lengths` or a ragged `x`)")
+                raise ValueError(
+                    "`rebatch=True` cannot be combined with unequal lengths "
+                    "(`lengths` or a ragged `x`)"
+                )
             checked = check_lengths(lengths, int(xs[0].shape[0]), int(xs[0].shape[1]))
         val = None
         if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or \
-                    len(validation_data) not in (2, 3, 4):
-                raise ValueError("`validation_data` must be a tuple (x_val, y_val), "
-                                 "(x_val, y_val, sample_weight_val) or (x_val, y_val, "
-                                 "sample_weight_val, lengths_val)")
-            vx, vy, vw, vl = unragged(*(tuple(validation_data) + (None, None))[:4],
-                                      series_rank=series_rank)
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (
+                2,
+                3,
+                4,
+            ):
+                raise ValueError(
+                    "`validation_data` must be a tuple (x_val, y_val), "
+                    "(x_val, y_val, sample_weight_val) or (x_val, y_val, "
+                    "sample_weight_val, lengths_val)"
+                )
+            vx, vy, vw, vl = unragged(
+                *(tuple(validation_data) + (None, None))[:4], series_rank=series_rank
+            )
             val = check_xy(vx, vy, vw, layouts, specs)
             if layouts is None and val[1][0].ndim != ys[0].ndim:
                 raise ValueError("`validation_data` targets must be of the same kind as `y`")
-            val = val + (None if vl is None else check_lengths(
-                vl, int(val[0][0].shape[0]), int(val[0][0].shape[1]),
-                "validation_data lengths"),)
+            val = val + (
+                None
+                if vl is None
+                else check_lengths(
+                    vl, int(val[0][0].shape[0]), int(val[0][0].shape[1]), "validation_data lengths"
+                ),
+            )
         lo, hi = dist.shard(int(xs[0].shape[0]), comm)
         for name, arrays in (("x", xs), ("y", ys), ("sample_weight", ws or ())):
             check_finite(arrays, name, rows=(lo, hi))

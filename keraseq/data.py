@@ -265,12 +265,8 @@ def _create_copy_target(
 ) -> h5py.Dataset:
     """Create the (empty) destination dataset with the first source's storage."""
     if first.chunks is None:  # contiguous / compact / virtual first source
-        return out.create_dataset(
-            path, shape=shape, dtype=first.dtype, fillvalue=_fillvalue(first)
-        )
-    maxshape = tuple(
-        None if m is None else n for m, n in zip(first.maxshape, shape)
-    )
+        return out.create_dataset(path, shape=shape, dtype=first.dtype, fillvalue=_fillvalue(first))
+    maxshape = tuple(None if m is None else n for m, n in zip(first.maxshape, shape))
     # Copying the creation property list keeps every filter (including
     # plugin filters h5py has no name for), fill value and fill time.
     return out.create_dataset(
@@ -438,7 +434,9 @@ def h5concat(
                         n = (info.shape or ())[ax]
                         if n:
                             vsrc = h5py.VirtualSource(
-                                _vds_path(src, dst_path), name=path, shape=info.shape,
+                                _vds_path(src, dst_path),
+                                name=path,
+                                shape=info.shape,
                                 dtype=info.dtype,
                             )
                             sel = (slice(None),) * ax + (slice(offset, offset + n),)
@@ -503,11 +501,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out", metavar="OUT.h5", help="output file (overwritten)")
     p.add_argument("inputs", metavar="IN.h5", nargs="+", help="input files, in order")
     p.add_argument(
-        "--axis", type=int, default=0,
+        "--axis",
+        type=int,
+        default=0,
         help="axis to stack along (default 0; negative counts from the end)",
     )
     p.add_argument(
-        "--copy", action="store_true",
+        "--copy",
+        action="store_true",
         help="copy the data instead of writing virtual datasets",
     )
     p.add_argument(

@@ -35,6 +35,7 @@ the running Python's version.
     >>> len(x_train), x_train[0].shape, y_train[:3]
     (270, (20, 12), array([0, 0, 0]))
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_japanese_vowels", "japanese_vowels_dir", "read_ts", "load_stdlib_text",
-           "STDLIB_MODULES"]
+__all__ = [
+    "load_japanese_vowels",
+    "japanese_vowels_dir",
+    "read_ts",
+    "load_stdlib_text",
+    "STDLIB_MODULES",
+]
 
 N_FEATURES = 12
 N_CLASSES = 9
@@ -58,13 +64,16 @@ def japanese_vowels_dir() -> Path:
             "keraseq.datasets reads Japanese Vowels from the files shipped in the sktime "
             'wheel, and sktime is not installed: pip install "keraseq[demo]" or '
             'pip install "sktime>=1.2" (or pass data_dir= to a folder holding '
-            "JapaneseVowels_TRAIN.ts and JapaneseVowels_TEST.ts)")
+            "JapaneseVowels_TRAIN.ts and JapaneseVowels_TEST.ts)"
+        )
     for root in spec.submodule_search_locations:
         folder = Path(root) / "datasets" / "data" / "JapaneseVowels"
         if (folder / "JapaneseVowels_TRAIN.ts").is_file():
             return folder
-    raise FileNotFoundError(f"no datasets/data/JapaneseVowels folder in the installed sktime "
-                            f"({list(spec.submodule_search_locations)})")
+    raise FileNotFoundError(
+        f"no datasets/data/JapaneseVowels folder in the installed sktime "
+        f"({list(spec.submodule_search_locations)})"
+    )
 
 
 def read_ts(path: str | os.PathLike) -> tuple[list[np.ndarray], list[str]]:
@@ -121,8 +130,9 @@ STDLIB_MODULES = ("argparse", "inspect", "typing", "pydoc", "difflib", "enum", "
 """The standard-library modules whose source :func:`load_stdlib_text` reads, in this order."""
 
 
-def load_stdlib_text(modules: tuple[str, ...] | list[str] = STDLIB_MODULES,
-                     max_chars: int | None = None) -> str:
+def load_stdlib_text(
+    modules: tuple[str, ...] | list[str] = STDLIB_MODULES, max_chars: int | None = None
+) -> str:
     """The source code of standard-library ``modules``, concatenated (a character corpus).
 
     Each module's ``.py`` file is located with :func:`importlib.util.find_spec` (without
@@ -138,18 +148,21 @@ def load_stdlib_text(modules: tuple[str, ...] | list[str] = STDLIB_MODULES,
         spec = importlib.util.find_spec(name)
         origin = getattr(spec, "origin", None)
         if origin is None or not str(origin).endswith(".py"):
-            raise ValueError(f"`modules`: {name!r} has no Python source file here "
-                             f"(found {origin!r})")
+            raise ValueError(
+                f"`modules`: {name!r} has no Python source file here (found {origin!r})"
+            )
         parts.append(Path(origin).read_text(encoding="utf-8"))
         if max_chars is not None and sum(map(len, parts)) >= max_chars:
             break
     text = "".join(parts)
-    return text if max_chars is None else text[:int(max_chars)]
+    return text if max_chars is None else text[: int(max_chars)]
 
 
 if __name__ == "__main__":
     x_train, y_train, x_test, y_test = load_japanese_vowels()
     for name, xs, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         lengths = [len(x) for x in xs]
-        print(f"{name}: {len(xs)} series, lengths {min(lengths)}..{max(lengths)}, "
-              f"{xs[0].shape[1]} features, classes {np.bincount(y).tolist()}")
+        print(
+            f"{name}: {len(xs)} series, lengths {min(lengths)}..{max(lengths)}, "
+            f"{xs[0].shape[1]} features, classes {np.bincount(y).tolist()}"
+        )

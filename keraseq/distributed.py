@@ -18,25 +18,39 @@ Example (``examples/mpi_train.py`` is the full template)::
     est = keraseq.Estimator(model, "mse", "adam", epochs=2, batch_size=20, seq_len=10)
     est.fit(x, y)          # every rank trains on its own block of the N series
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import threading
-import time
-import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-__all__ = ["LocalComm", "get_comm", "shard", "DistributedOptimizer",
-           "BroadcastWeightsCallback", "rank", "size", "local_rank"]
+__all__ = [
+    "LocalComm",
+    "get_comm",
+    "shard",
+    "DistributedOptimizer",
+    "BroadcastWeightsCallback",
+    "rank",
+    "size",
+    "local_rank",
+]
 
 #: Callbacks that write files or print: kept on rank 0 only.
-ROOT_ONLY_CALLBACKS = (keras.callbacks.ModelCheckpoint, keras.callbacks.CSVLogger,
-                       keras.callbacks.TensorBoard, keras.callbacks.ProgbarLogger,
-                       keras.callbacks.RemoteMonitor, keras.callbacks.BackupAndRestore)
+ROOT_ONLY_CALLBACKS = (
+    keras.callbacks.ModelCheckpoint,
+    keras.callbacks.CSVLogger,
+    keras.callbacks.TensorBoard,
+    keras.callbacks.ProgbarLogger,
+    keras.callbacks.RemoteMonitor,
+    keras.callbacks.BackupAndRestore,
+)
+
 
 class LocalComm:
     """The communicator of a single process: rank 0 of 1; every collective is the identity."""
@@ -65,21 +79,32 @@ def _mpi():
 
 def _launched_under_mpi() -> bool:
     env = os.environ
-    return any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK",
-                                  "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS"))
+    return any(
+        k in env
+        for k in (
+            "OMPI_COMM_WORLD_SIZE",
+            "PMI_SIZE",
+            "PMIX_RANK",
+            "MPI_LOCALNRANKS",
+            "SLURM_STEP_NUM_TASKS",
+        )
+    )
 
 
 def launched_with_several_ranks() -> bool:
     """True when the launcher's environment says this job has more than one rank (read
     before MPI starts, e.g. when a backend sizes its CPU devices)."""
-    return any(int(os.environ.get(k, "1") or 1) > 1
-               for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"))
+    return any(
+        int(os.environ.get(k, "1") or 1) > 1
+        for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+    )
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, e.g. an MPI rank's binding)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 class _Comm:
@@ -119,8 +144,9 @@ def get_comm(setting: Any = "auto"):
         return _wrap(MPI.COMM_WORLD) if MPI.COMM_WORLD.Get_size() > 1 else _LOCAL
     if hasattr(setting, "Allreduce") and hasattr(setting, "Get_rank"):
         return _wrap(setting) if setting.Get_size() > 1 else _LOCAL
-    raise ValueError(f"`distributed` must be 'auto', True, False or an mpi4py communicator, "
-                     f"got {setting!r}")
+    raise ValueError(
+        f"`distributed` must be 'auto', True, False or an mpi4py communicator, got {setting!r}"
+    )
 
 
 _wrapped: dict = {}
@@ -177,8 +203,9 @@ def install_abort_hook() -> None:
     def hook(kind, value, tb):
         MPI = _mpi()
         r = MPI.COMM_WORLD.Get_rank() if MPI is not None else 0
-        sys.stderr.write(f"keraseq: rank {r} failed with {kind.__name__}: {value}; "
-                         f"aborting all ranks\n")
+        sys.stderr.write(
+            f"keraseq: rank {r} failed with {kind.__name__}: {value}; aborting all ranks\n"
+        )
         previous(kind, value, tb)
         sys.stderr.flush()
         if MPI is not None:
@@ -270,7 +297,7 @@ def metric_results(metrics: Sequence, comm) -> dict[str, float]:
             total = allreduce_sum(flat, comm)
             k = 0
             for v, a in zip(metric.variables, local):
-                v.assign(total[k:k + a.size].reshape(a.shape).astype(a.dtype))
+                v.assign(total[k : k + a.size].reshape(a.shape).astype(a.dtype))
                 k += a.size
             result = metric.result()
             for v, a in zip(metric.variables, local):
@@ -348,6 +375,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any 
             grads = list(grads)
             present = [k for k, g in enumerate(grads) if g is not None]
             from .backend import current  # the backend's in-graph Allreduce
+
             reduced, _ = current().fused_allreduce(c, [grads[k] for k in present])
             for k, g in zip(present, reduced):
                 grads[k] = g / c.size
@@ -357,10 +385,19 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any 
         """Apply gradients that are already averaged over ranks (keraseq's window loop)."""
         return base.apply(self, grads, trainable_variables)
 
-    cls = type(base.__name__, (base,), {
-        "apply": apply, "apply_reduced": apply_reduced, "_keraseq_distributed": True,
-        "_keraseq_comm": c, "__module__": base.__module__, "__qualname__": base.__qualname__,
-        "__doc__": base.__doc__})
+    cls = type(
+        base.__name__,
+        (base,),
+        {
+            "apply": apply,
+            "apply_reduced": apply_reduced,
+            "_keraseq_distributed": True,
+            "_keraseq_comm": c,
+            "__module__": base.__module__,
+            "__qualname__": base.__qualname__,
+            "__doc__": base.__doc__,
+        },
+    )
     return cls.from_config(optimizer.get_config())
 
 
@@ -373,7 +410,7 @@ def broadcast_variables(variables: Sequence, comm, root: int = 0) -> None:
     comm.Bcast(flat, root=root)
     k = 0
     for v, a in zip(variables, values):
-        v.assign(flat[k:k + a.size].reshape(a.shape).astype(a.dtype))
+        v.assign(flat[k : k + a.size].reshape(a.shape).astype(a.dtype))
         k += a.size
 
 

@@ -6,7 +6,8 @@ pickling, building a fresh model and optimizer from the parameters, saving and l
 public methods, which delegate: ``fit`` -> ``trainer.fit``; ``predict``/``score`` ->
 ``inference``. What does not: data checks (``checks.py``), the epoch loop (``trainer.py``),
 inference (``inference.py``), the window loops (``backend/``), MPI (``distributed.py``).
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import copy
@@ -16,24 +17,30 @@ import os
 import tempfile
 import warnings
 import zipfile
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
-
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
-from . import distributed as dist
 from . import builders, inference, tabular, trainer, utils
+from . import distributed as dist
 from .backend import current as _backend
 from .batches import is_pipeline
 from .checks import check_outputs
 from .losses import is_window_loss
 from .model_selection import whole
 from .trainer import NonFiniteLossError, Progress, Session
-from .validation import (REQUIRED_SPEC_FIELDS, check_n_features, check_positive_int,
-                         check_sklearn_array, check_weights_not_all_zero, spec_fields)
+from .validation import (
+    REQUIRED_SPEC_FIELDS,
+    check_n_features,
+    check_positive_int,
+    check_sklearn_array,
+    check_weights_not_all_zero,
+    spec_fields,
+)
 from .windows import StateCarry
 
 __all__ = ["Estimator", "NonFiniteLossError"]
@@ -167,31 +174,64 @@ class Estimator(RegressorMixin, BaseEstimator):
         >>> est = Estimator(model, "mse", "adam", epochs=2, batch_size=8, seq_len=10, verbose=0)
         >>> est.fit(x, y).predict(x).shape
         (16, 30, 1)
-    """
+    """  # noqa: E501
 
     #: Effective defaults of the keywords (``epochs``/``batch_size`` default to ``None`` in
     #: the signature: "from ``spec``, else this").
-    _DEFAULTS = dict(epochs=1, batch_size=32, seq_len=None, shuffle=True, random_state=None,
-                     verbose="auto", metrics=None, loss_weights=None, predict_batch_size=None,
-                     rebatch=False, jit_compile="auto", device="auto", distributed="auto",
-                     warm_start=False, group_by_length=False, callbacks=None,
-                     validation_split=0.0, sync_every=1, steps_per_epoch=None,
-                     windows_per_call="auto")
+    _DEFAULTS = dict(
+        epochs=1,
+        batch_size=32,
+        seq_len=None,
+        shuffle=True,
+        random_state=None,
+        verbose="auto",
+        metrics=None,
+        loss_weights=None,
+        predict_batch_size=None,
+        rebatch=False,
+        jit_compile="auto",
+        device="auto",
+        distributed="auto",
+        warm_start=False,
+        group_by_length=False,
+        callbacks=None,
+        validation_split=0.0,
+        sync_every=1,
+        steps_per_epoch=None,
+        windows_per_call="auto",
+    )
     #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins).
     _SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
 
-    def __init__(self, model: Any, loss: Any = "mse", optimizer: Any = "adam",
-                 spec: Any = None, *, epochs: int | None = None, batch_size: int | None = None,
-                 seq_len: int | None = None, shuffle: bool = True, random_state: int | None = None,
-                 verbose: int | str = "auto", metrics: Sequence | None = None,
-                 loss_weights: Sequence[float] | None = None,
-                 predict_batch_size: int | None = None, rebatch: bool = False,
-                 jit_compile: bool | str = "auto", device: str | None = "auto",
-                 distributed: Any = "auto", warm_start: bool = False,
-                 group_by_length: bool = False, callbacks: Sequence | None = None,
-                 validation_split: float = 0.0, sync_every: int = 1,
-                 steps_per_epoch: int | None = None, windows_per_call: int | str = "auto",
-                 **model_params: Any):
+    def __init__(
+        self,
+        model: Any,
+        loss: Any = "mse",
+        optimizer: Any = "adam",
+        spec: Any = None,
+        *,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        seq_len: int | None = None,
+        shuffle: bool = True,
+        random_state: int | None = None,
+        verbose: int | str = "auto",
+        metrics: Sequence | None = None,
+        loss_weights: Sequence[float] | None = None,
+        predict_batch_size: int | None = None,
+        rebatch: bool = False,
+        jit_compile: bool | str = "auto",
+        device: str | None = "auto",
+        distributed: Any = "auto",
+        warm_start: bool = False,
+        group_by_length: bool = False,
+        callbacks: Sequence | None = None,
+        validation_split: float = 0.0,
+        sync_every: int = 1,
+        steps_per_epoch: int | None = None,
+        windows_per_call: int | str = "auto",
+        **model_params: Any,
+    ):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
         self.model = model
         self.loss = loss
@@ -229,13 +269,19 @@ class Estimator(RegressorMixin, BaseEstimator):
         """Keyword arguments beyond the signature's, as stored by ``__init__``/``set_params``
         (public names, not fitted ``name_`` attributes)."""
         fixed = set(self._get_param_names())
-        return {k: v for k, v in sorted(vars(self).items())
-                if k not in fixed and not k.startswith("_") and not k.endswith("_")}
+        return {
+            k: v
+            for k, v in sorted(vars(self).items())
+            if k not in fixed and not k.startswith("_") and not k.endswith("_")
+        }
 
     def _model_params(self) -> dict[str, Any]:
         """The ``model__<name>`` parameters, as ``{name: value}`` for the model builder."""
-        return {k[len("model__"):]: v for k, v in self._extra_params().items()
-                if k.startswith("model__")}
+        return {
+            k[len("model__") :]: v
+            for k, v in self._extra_params().items()
+            if k.startswith("model__")
+        }
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Hyper-parameters as a dict (scikit-learn convention).
@@ -251,7 +297,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                 params[f"optimizer__{key}"] = value
         return params
 
-    def set_params(self, **params: Any) -> "Estimator":
+    def set_params(self, **params: Any) -> Estimator:
         """Set hyper-parameters (scikit-learn convention), ``optimizer__<key>`` included: the
         optimizer is then replaced by a new one with that setting (the old one is untouched).
         Returns ``self``."""
@@ -259,21 +305,25 @@ class Estimator(RegressorMixin, BaseEstimator):
         nested = {}
         for key, value in params.items():
             if key.startswith("optimizer__"):
-                nested[key[len("optimizer__"):]] = value
+                nested[key[len("optimizer__") :]] = value
             elif key.startswith("model__"):
                 setattr(self, key, value)  # an argument of the model-building function
             elif key not in valid:
-                raise ValueError(f"Invalid parameter {key!r} for {type(self).__name__}; "
-                                 f"valid parameters: {sorted(valid)}, optimizer__<key> and "
-                                 f"model__<name>")
+                raise ValueError(
+                    f"Invalid parameter {key!r} for {type(self).__name__}; "
+                    f"valid parameters: {sorted(valid)}, optimizer__<key> and "
+                    f"model__<name>"
+                )
             else:
                 setattr(self, key, value)
         if nested:
             config = self._optimizer_config()
             unknown = sorted(set(nested) - set(config))
             if unknown:
-                raise ValueError(f"Invalid optimizer parameter(s) {unknown}; the optimizer "
-                                 f"takes {sorted(config)}")
+                raise ValueError(
+                    f"Invalid optimizer parameter(s) {unknown}; the optimizer "
+                    f"takes {sorted(config)}"
+                )
             config.update(nested)
             self.optimizer = self._optimizer_class().from_config(config)
         return self
@@ -302,7 +352,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         rows = tabular.takes_rows(self.model)
         tags.input_tags.two_d_array = rows is not False
         tags.input_tags.three_d_array = rows is not True
-        tags.target_tags.multi_output = True   # tuples of outputs, or F_out > 1
+        tags.target_tags.multi_output = True  # tuples of outputs, or F_out > 1
         return tags
 
     # ----------------------------------------------------------------------------- pickling
@@ -328,15 +378,35 @@ class Estimator(RegressorMixin, BaseEstimator):
         comm = dist.get_comm(self.distributed)
         device = trainer.device_for(p["device"], comm)
         carry = StateCarry(model)
-        steps, _ = trainer.build_steps(model, model.optimizer, carry, self._state_specs,
-                                       self._per_series, p, comm, [], self.loss,
-                                       len(self.n_outputs_shapes_), device,
-                                       _backend().jit_for(model, p["jit_compile"]))
+        steps, _ = trainer.build_steps(
+            model,
+            model.optimizer,
+            carry,
+            self._state_specs,
+            self._per_series,
+            p,
+            comm,
+            [],
+            self.loss,
+            len(self.n_outputs_shapes_),
+            device,
+            _backend().jit_for(model, p["jit_compile"]),
+        )
         self.optimizer_ = model.optimizer
-        self._session = Session(model, model.optimizer, carry, steps, comm, device,
-                                self._state_specs, self._per_series, p["seq_len"],
-                                list(self.n_outputs_shapes_), int(self.n_features_in_),
-                                int(self.n_outputs_))
+        self._session = Session(
+            model,
+            model.optimizer,
+            carry,
+            steps,
+            comm,
+            device,
+            self._state_specs,
+            self._per_series,
+            p["seq_len"],
+            list(self.n_outputs_shapes_),
+            int(self.n_features_in_),
+            int(self.n_outputs_),
+        )
 
     # ------------------------------------------------------------------------- hyper-parameters
     def _resolved(self) -> dict[str, Any]:
@@ -348,45 +418,55 @@ class Estimator(RegressorMixin, BaseEstimator):
         if self.spec is not None:
             unknown = sorted(set(fields) - set(self._DEFAULTS))
             if unknown:
-                raise ValueError(f"`spec` has unknown field(s) {unknown}; known fields: "
-                                 f"{sorted(self._DEFAULTS)}")
+                raise ValueError(
+                    f"`spec` has unknown field(s) {unknown}; known fields: {sorted(self._DEFAULTS)}"
+                )
             missing = [f for f in REQUIRED_SPEC_FIELDS if f not in fields]
             if missing:
-                raise ValueError(f"`spec` is missing field(s) {missing}; a spec needs at least "
-                                 f"{list(REQUIRED_SPEC_FIELDS)}")
+                raise ValueError(
+                    f"`spec` is missing field(s) {missing}; a spec needs at least "
+                    f"{list(REQUIRED_SPEC_FIELDS)}"
+                )
         unknown = [k for k in self._extra_params() if not k.startswith("model__")]
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unknown} "
-                            f"(arguments of a model-building function are passed as "
-                            f"model__<name>)")
+            raise TypeError(
+                f"{type(self).__name__} got unexpected keyword argument(s) {unknown} "
+                f"(arguments of a model-building function are passed as "
+                f"model__<name>)"
+            )
         p = {}
         for key, default in self._DEFAULTS.items():
             value = getattr(self, key)
-            if key in fields and (value is None if key in self._SPEC_WHEN_NONE
-                                  else value is default):
+            if key in fields and (
+                value is None if key in self._SPEC_WHEN_NONE else value is default
+            ):
                 value = fields[key]  # the spec fills what was not given
             p[key] = default if value is None else value
         p["epochs"] = check_positive_int(p["epochs"], "epochs")
         p["batch_size"] = check_positive_int(p["batch_size"], "batch_size")
         p["seq_len"] = check_positive_int(p["seq_len"], "seq_len", allow_none=True)
         p["sync_every"] = check_positive_int(p["sync_every"], "sync_every")
-        p["steps_per_epoch"] = check_positive_int(p["steps_per_epoch"], "steps_per_epoch",
-                                                  allow_none=True)
+        p["steps_per_epoch"] = check_positive_int(
+            p["steps_per_epoch"], "steps_per_epoch", allow_none=True
+        )
         if isinstance(p["windows_per_call"], str) and p["windows_per_call"] != "auto":
-            raise ValueError(f"`windows_per_call` must be 'auto' or a positive integer, got "
-                             f"{p['windows_per_call']!r}")
+            raise ValueError(
+                f"`windows_per_call` must be 'auto' or a positive integer, got "
+                f"{p['windows_per_call']!r}"
+            )
         if p["windows_per_call"] != "auto":
-            p["windows_per_call"] = check_positive_int(p["windows_per_call"],
-                                                       "windows_per_call")
-        p["predict_batch_size"] = check_positive_int(p["predict_batch_size"],
-                                                     "predict_batch_size", allow_none=True)
+            p["windows_per_call"] = check_positive_int(p["windows_per_call"], "windows_per_call")
+        p["predict_batch_size"] = check_positive_int(
+            p["predict_batch_size"], "predict_batch_size", allow_none=True
+        )
         if p["verbose"] == "auto":
             p["verbose"] = 1
         if p["verbose"] not in (0, 1, 2):
             raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto', got {p['verbose']!r}")
         if p["jit_compile"] not in ("auto", True, False):
-            raise ValueError(f"`jit_compile` must be 'auto', True or False, "
-                             f"got {p['jit_compile']!r}")
+            raise ValueError(
+                f"`jit_compile` must be 'auto', True or False, got {p['jit_compile']!r}"
+            )
         return p
 
     # ------------------------------------------------------------------------------- building
@@ -401,29 +481,39 @@ class Estimator(RegressorMixin, BaseEstimator):
                 try:
                     model = builders.call_builder(self.model, kwargs, meta or {})
                 except TypeError as exc:
-                    raise TypeError(f"`model` was called with {kwargs} (the model__<name> "
-                                    f"parameters) and failed: {exc}") from exc
+                    raise TypeError(
+                        f"`model` was called with {kwargs} (the model__<name> "
+                        f"parameters) and failed: {exc}"
+                    ) from exc
                 if not isinstance(model, keras.Model):
-                    raise TypeError(f"`model` is a callable that returned "
-                                    f"{type(model).__name__}; it must return a keras.Model")
+                    raise TypeError(
+                        f"`model` is a callable that returned "
+                        f"{type(model).__name__}; it must return a keras.Model"
+                    )
                 return model
-            raise TypeError(f"`model` must be a keras.Model or a function returning one, got "
-                            f"{type(self.model).__name__}")
+            raise TypeError(
+                f"`model` must be a keras.Model or a function returning one, got "
+                f"{type(self.model).__name__}"
+            )
         if self._model_params():
-            raise ValueError(f"model__ parameters {sorted(self._model_params())} need `model` "
-                             f"to be a function that builds the model, not a built model")
+            raise ValueError(
+                f"model__ parameters {sorted(self._model_params())} need `model` "
+                f"to be a function that builds the model, not a built model"
+            )
         try:
             # The config comes from the user's own live model, not from a file: rebuilding a
             # Lambda's Python function from it is no deserialisation risk.
             from keras.src.saving.serialization_lib import SafeModeScope
+
             with SafeModeScope(False):
                 model = utils._clone_model(self.model)
             model.set_weights(self.model.get_weights())
             return model
         except Exception:  # a subclassed model without a config
             pass
-        if not any(isinstance(layer, keras.layers.Lambda)
-                   for layer in self.model._flatten_layers()):
+        if not any(
+            isinstance(layer, keras.layers.Lambda) for layer in self.model._flatten_layers()
+        ):
             try:  # (a deep copy goes through a saved file: Lambda functions would not survive)
                 model = copy.deepcopy(self.model)
                 model.set_weights(self.model.get_weights())
@@ -442,7 +532,10 @@ class Estimator(RegressorMixin, BaseEstimator):
             f"keraseq cannot copy this {type(model).__name__} (keras.models.clone_model and "
             f"copy.deepcopy need a get_config): it is trained in place, each fit starting from "
             f"its initial weights. To keep your model untouched, give it a get_config, or pass "
-            f"a function that builds it as `model`", UserWarning, stacklevel=4)
+            f"a function that builds it as `model`",
+            UserWarning,
+            stacklevel=4,
+        )
         model.set_weights(initial)
         return model
 
@@ -459,9 +552,17 @@ class Estimator(RegressorMixin, BaseEstimator):
         check_outputs(out_shapes, ys, window, per_series)
 
     # ------------------------------------------------------------------------------------ fit
-    def fit(self, x, y=None, sample_weight=None, validation_data=None, callbacks=None,
-            epochs: int | None = None, lengths=None,
-            initial_epoch: int | None = None) -> "Estimator":
+    def fit(
+        self,
+        x,
+        y=None,
+        sample_weight=None,
+        validation_data=None,
+        callbacks=None,
+        epochs: int | None = None,
+        lengths=None,
+        initial_epoch: int | None = None,
+    ) -> Estimator:
         """Train on ``x`` (N, T, F) and ``y`` (N, T, F_out) or (N, F_out); returns ``self``.
 
         Minibatches over N; within each, windows ``[0:S], [S:2S], ...`` over T in order, the
@@ -482,33 +583,79 @@ class Estimator(RegressorMixin, BaseEstimator):
         source; under MPI each rank passes its own shard), exactly as the same minibatches
         of arrays.
         """
-        return self._fit(x, y, sample_weight, validation_data, callbacks, epochs,
-                         warm=bool(self.warm_start) and hasattr(self, "model_"),
-                         lengths=lengths, initial_epoch=initial_epoch)
+        return self._fit(
+            x,
+            y,
+            sample_weight,
+            validation_data,
+            callbacks,
+            epochs,
+            warm=bool(self.warm_start) and hasattr(self, "model_"),
+            lengths=lengths,
+            initial_epoch=initial_epoch,
+        )
 
-    def partial_fit(self, x, y=None, sample_weight=None, validation_data=None,
-                    callbacks=None, lengths=None) -> "Estimator":
+    def partial_fit(
+        self, x, y=None, sample_weight=None, validation_data=None, callbacks=None, lengths=None
+    ) -> Estimator:
         """One epoch on ``(x, y)``, continuing from the fitted weights and optimizer state
         (the first call starts from ``model``); ``history_`` grows by one entry per call."""
-        return self._fit(x, y, sample_weight, validation_data, callbacks, 1,
-                         warm=hasattr(self, "model_"), lengths=lengths)
+        return self._fit(
+            x,
+            y,
+            sample_weight,
+            validation_data,
+            callbacks,
+            1,
+            warm=hasattr(self, "model_"),
+            lengths=lengths,
+        )
 
-    def _fit(self, x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths=None,
-             initial_epoch=None):
+    def _fit(
+        self,
+        x,
+        y,
+        sample_weight,
+        validation_data,
+        callbacks,
+        epochs,
+        warm,
+        lengths=None,
+        initial_epoch=None,
+    ):
         p = self._resolved()
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
-        progress = Progress(getattr(self, "history_", {}), int(getattr(self, "n_epochs_", 0)),
-                            getattr(self, "_shuffle_seed", None)) if warm else None
+        progress = (
+            Progress(
+                getattr(self, "history_", {}),
+                int(getattr(self, "n_epochs_", 0)),
+                getattr(self, "_shuffle_seed", None),
+            )
+            if warm
+            else None
+        )
         x, y, sample_weight, validation_data, new_model, layout = self._face_fit_data(
-            p, whole(x), whole(y), sample_weight, validation_data, lengths, warm)
+            p, whole(x), whole(y), sample_weight, validation_data, lengths, warm
+        )
         try:
             session, progress = trainer.fit(
-                p, self.loss, x, y, sample_weight, validation_data, callbacks,
-                lengths, initial_epoch, new_model=new_model,
-                new_optimizer=self._new_optimizer, check_outputs=self._check_outputs,
-                warm=self._session if warm else None, progress=progress,
-                previous=getattr(self, "_session", None))
+                p,
+                self.loss,
+                x,
+                y,
+                sample_weight,
+                validation_data,
+                callbacks,
+                lengths,
+                initial_epoch,
+                new_model=new_model,
+                new_optimizer=self._new_optimizer,
+                check_outputs=self._check_outputs,
+                warm=self._session if warm else None,
+                progress=progress,
+                previous=getattr(self, "_session", None),
+            )
         except BaseException as exc:
             if getattr(exc, "keraseq_session", None) is not None:
                 self._adopt(exc.keraseq_session, *layout)  # the weights before the failed update
@@ -531,11 +678,17 @@ class Estimator(RegressorMixin, BaseEstimator):
             sample_weight = check_sklearn_array(sample_weight, "sample_weight")
             check_weights_not_all_zero(sample_weight)
         if warm:
-            check_n_features(x, self.n_features_in_, type(self).__name__,
-                             rows=bool(getattr(self, "_rows", False)))
+            check_n_features(
+                x,
+                self.n_features_in_,
+                type(self).__name__,
+                rows=bool(getattr(self, "_rows", False)),
+            )
         if y is None and tabular.row_widths(x) is not None:
-            raise ValueError("`y` is None: this estimator requires y to be passed, but the "
-                             "target y is None; expected targets (N,) or (N, F_out)")
+            raise ValueError(
+                "`y` is None: this estimator requires y to be passed, but the "
+                "target y is None; expected targets (N,) or (N, F_out)"
+            )
         x0, y0 = x, y
 
         def meta():  # read when a builder is called (a dataset's first batch is read then)
@@ -544,28 +697,34 @@ class Estimator(RegressorMixin, BaseEstimator):
         def new_model():  # the data's facts are read only for a builder that may ask
             builder = callable(self.model) and not isinstance(self.model, keras.Model)
             return self._new_model(meta() if builder else None)
+
         rows = bool(getattr(self, "_rows", False)) if warm else False
         widths = tabular.row_widths(x) if lengths is None else None
         if widths is not None and not warm:
             built = self._build_now(p, meta())
             takes = tabular.takes_rows(built)
-            floats = all(np.dtype(a.dtype).kind == "f" for a in
-                         (x.arrays if hasattr(x, "arrays") else
-                          x if isinstance(x, tuple) else (x,)))
+            floats = all(
+                np.dtype(a.dtype).kind == "f"
+                for a in (x.arrays if hasattr(x, "arrays") else x if isinstance(x, tuple) else (x,))
+            )
             if takes or (takes is None and floats):
                 built = tabular.wrap(built, widths)
                 rows = True
 
-            def new_model():  # noqa: F811 - built once, here, for the check above
+            def new_model():
                 return built
+
         flat_y = False
         if rows:
             x = tabular.as_steps(x)
             flat_y = isinstance(y, np.ndarray) and y.ndim == 1
             if flat_y:
                 y = y[:, None]
-            if validation_data is not None and isinstance(validation_data, (tuple, list)) \
-                    and len(validation_data) >= 2:
+            if (
+                validation_data is not None
+                and isinstance(validation_data, (tuple, list))
+                and len(validation_data) >= 2
+            ):
                 vx = check_sklearn_array(whole(validation_data[0]), "x")
                 vy = check_sklearn_array(whole(validation_data[1]), "y")
                 if tabular.row_widths(vx) is not None:
@@ -602,11 +761,11 @@ class Estimator(RegressorMixin, BaseEstimator):
     # -------------------------------------------------------------------------------- predict
     def _check_fitted(self, method: str):
         if not hasattr(self, "model_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call `fit` "
-                                 f"before `{method}`")
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call `fit` before `{method}`"
+            )
 
-    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None,
-                lengths=None):
+    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None, lengths=None):
         """Predictions for ``x`` (N, T, F), window by window with the state carried.
 
         Unequal lengths: ``x`` a list of ``(T_i, F)`` arrays gives a list of ``(T_i, F_out)``
@@ -638,13 +797,21 @@ class Estimator(RegressorMixin, BaseEstimator):
         if not reset:
             h_all = self._stream.states
             if h_all is None:
-                raise ValueError("`reset=False` continues the series of the previous `predict`, "
-                                 "but there is none (or `fit` ran since); call predict with "
-                                 "reset=True first")
-        result, self._stream.states = inference.predict(self._session, p, x, out, h_all,
-                                                        batch_size, lengths)
-        if out is None and getattr(self, "_flat_y", False) and isinstance(result, np.ndarray) \
-                and result.ndim == 2 and result.shape[1] == 1:
+                raise ValueError(
+                    "`reset=False` continues the series of the previous `predict`, "
+                    "but there is none (or `fit` ran since); call predict with "
+                    "reset=True first"
+                )
+        result, self._stream.states = inference.predict(
+            self._session, p, x, out, h_all, batch_size, lengths
+        )
+        if (
+            out is None
+            and getattr(self, "_flat_y", False)
+            and isinstance(result, np.ndarray)
+            and result.ndim == 2
+            and result.shape[1] == 1
+        ):
             result = result[:, 0]  # y was fitted as (N,): predictions (N,), as scikit-learn's
         return result
 
@@ -652,8 +819,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         """``x`` of ``predict``/``score`` under scikit-learn's rules (its messages, the
         ``n_features_in_`` rule), tabular rows read as series of one step."""
         x = check_sklearn_array(whole(x), "x")
-        check_n_features(x, self.n_features_in_, type(self).__name__,
-                         rows=bool(getattr(self, "_rows", False)))
+        check_n_features(
+            x, self.n_features_in_, type(self).__name__, rows=bool(getattr(self, "_rows", False))
+        )
         if getattr(self, "_rows", False) and tabular.row_widths(x) is not None:
             x = tabular.as_steps(x)
         return x
@@ -718,21 +886,35 @@ class Estimator(RegressorMixin, BaseEstimator):
         if dist.get_comm(self.distributed).rank != 0:
             return
         resolved = self._resolved()
-        params = {k: (getattr(self, k) if k == "verbose" else resolved[k])
-                  for k in self._DEFAULTS if k not in ("distributed", "callbacks")}
-        params["metrics"] = [m if isinstance(m, str) else keras.metrics.serialize(m)
-                             for m in (params["metrics"] or [])]
-        meta = {"class": type(self).__name__, "params": params,
-                "loss": _serialize_loss(self.loss),
-                "n_features_in_": self.n_features_in_, "n_outputs_": self.n_outputs_,
-                "n_outputs_shapes_": [list(s) for s in self.n_outputs_shapes_],
-                "per_series": self._per_series, "history_": self.history_,
-                "rows": bool(getattr(self, "_rows", False)),
-                "flat_y": bool(getattr(self, "_flat_y", False)),
-                "state_specs": [[[list(shape), str(np.dtype(dtype.name if hasattr(dtype, "name")
-                                                         else dtype))]
-                                 for shape, dtype in call] for call in self._state_specs],
-                "fitted": self._fitted_extras()}
+        params = {
+            k: (getattr(self, k) if k == "verbose" else resolved[k])
+            for k in self._DEFAULTS
+            if k not in ("distributed", "callbacks")
+        }
+        params["metrics"] = [
+            m if isinstance(m, str) else keras.metrics.serialize(m)
+            for m in (params["metrics"] or [])
+        ]
+        meta = {
+            "class": type(self).__name__,
+            "params": params,
+            "loss": _serialize_loss(self.loss),
+            "n_features_in_": self.n_features_in_,
+            "n_outputs_": self.n_outputs_,
+            "n_outputs_shapes_": [list(s) for s in self.n_outputs_shapes_],
+            "per_series": self._per_series,
+            "history_": self.history_,
+            "rows": bool(getattr(self, "_rows", False)),
+            "flat_y": bool(getattr(self, "_flat_y", False)),
+            "state_specs": [
+                [
+                    [list(shape), str(np.dtype(dtype.name if hasattr(dtype, "name") else dtype))]
+                    for shape, dtype in call
+                ]
+                for call in self._state_specs
+            ],
+            "fitted": self._fitted_extras(),
+        }
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
         os.close(fd)
@@ -750,7 +932,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                 os.remove(tmp)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, loss: Any = None, custom_objects=None) -> "Estimator":
+    def load(cls, path: str | os.PathLike, loss: Any = None, custom_objects=None) -> Estimator:
         """Load an estimator saved by :meth:`save` (Keras ``safe_mode``: no arbitrary code).
 
         A callable loss cannot be stored: pass it again as ``loss``.
@@ -758,8 +940,10 @@ class Estimator(RegressorMixin, BaseEstimator):
         path = os.fspath(path)
         with zipfile.ZipFile(path) as zf:
             if "keraseq.json" not in zf.namelist():
-                raise ValueError(f"{path!r} is a Keras file without keraseq metadata; load the "
-                                 f"model with keras.saving.load_model and wrap it")
+                raise ValueError(
+                    f"{path!r} is a Keras file without keraseq metadata; load the "
+                    f"model with keras.saving.load_model and wrap it"
+                )
             meta = json.loads(zf.read("keraseq.json"))
             states = None
             if "keraseq_states.npz" in zf.namelist():
@@ -768,11 +952,14 @@ class Estimator(RegressorMixin, BaseEstimator):
         model = keras.saving.load_model(path, custom_objects=custom_objects, safe_mode=True)
         stored_loss = _deserialize_loss(meta["loss"])
         if stored_loss is None and loss is None:
-            raise ValueError("this estimator was saved with a callable loss; pass it again: "
-                             "Estimator.load(path, loss=...)")
+            raise ValueError(
+                "this estimator was saved with a callable loss; pass it again: "
+                "Estimator.load(path, loss=...)"
+            )
         params = meta["params"]
-        params["metrics"] = [m if isinstance(m, str) else keras.metrics.deserialize(m)
-                             for m in params["metrics"]] or None
+        params["metrics"] = [
+            m if isinstance(m, str) else keras.metrics.deserialize(m) for m in params["metrics"]
+        ] or None
         est = cls(model, loss if loss is not None else stored_loss, model.optimizer, **params)
         est.model_ = model
         est.n_features_in_ = meta["n_features_in_"]
@@ -780,8 +967,10 @@ class Estimator(RegressorMixin, BaseEstimator):
         est.n_outputs_shapes_ = [tuple(s) for s in meta["n_outputs_shapes_"]]
         est.history_ = meta["history_"]
         est._per_series = meta["per_series"]
-        est._state_specs = [[(tuple(shape), _backend().dtype_of(dtype)) for shape, dtype in call]
-                            for call in meta["state_specs"]]
+        est._state_specs = [
+            [(tuple(shape), _backend().dtype_of(dtype)) for shape, dtype in call]
+            for call in meta["state_specs"]
+        ]
         est._fit_seq_len = params["seq_len"]
         est._rows = bool(meta.get("rows", False))
         est._flat_y = bool(meta.get("flat_y", False))

@@ -14,7 +14,8 @@ Example (normally reached through ``Estimator.predict``/``score``):
     >>> x = np.random.rand(6, 10, 2).astype("float32")
     >>> Estimator(m, epochs=1, batch_size=3, seq_len=5, verbose=0).fit(x, x[..., :1]).predict(x).shape
     (6, 10, 1)
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import math
@@ -24,10 +25,25 @@ import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
-from .batches import (BatchSource, MinibatchReader, minibatch_plan, pad_rows,
-                      predict_batch_size, x_dtype)
-from .checks import (check_windows, check_x, check_xy, input_specs, output_layouts, keyed,
-                     step_features, step_rank, unragged)
+from .batches import (
+    BatchSource,
+    MinibatchReader,
+    minibatch_plan,
+    pad_rows,
+    predict_batch_size,
+    x_dtype,
+)
+from .checks import (
+    check_windows,
+    check_x,
+    check_xy,
+    input_specs,
+    keyed,
+    output_layouts,
+    step_features,
+    step_rank,
+    unragged,
+)
 from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
 from .model_selection import whole
 from .trainer import Session
@@ -42,8 +58,10 @@ def _unpack(arrays: tuple):
 
 def output_shapes(session: Session, n, t):
     """The shape of each prediction for ``n`` series of ``t`` steps."""
-    return [(n,) + tuple(shape) if session.per_series else (n, t) + tuple(shape[1:])
-            for shape in session.out_shapes]
+    return [
+        (n,) + tuple(shape) if session.per_series else (n, t) + tuple(shape[1:])
+        for shape in session.out_shapes
+    ]
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -58,9 +76,11 @@ def _float_dtype(dtype) -> np.dtype:
 def check_predict_x(session: Session, x):
     xs, n, t = check_x(x, input_specs(session.model))
     if step_features(xs[0]) != session.n_features:
-        raise ValueError(f"`x` has F={xs[0].shape[-1]} features but the estimator was "
-                         f"fitted with {session.n_features}: shape (N, T, "
-                         f"{session.n_features})")
+        raise ValueError(
+            f"`x` has F={xs[0].shape[-1]} features but the estimator was "
+            f"fitted with {session.n_features}: shape (N, T, "
+            f"{session.n_features})"
+        )
     return xs, n, t
 
 
@@ -71,9 +91,11 @@ def _layouts(session: Session, x):
     layouts = output_layouts(session.model, xs)
     if layouts is None:
         from .checks import Layout
-        layouts = [Layout(not session.per_series,
-                          tuple(shape) if session.per_series else tuple(shape[1:]))
-                   for shape in session.out_shapes]
+
+        layouts = [
+            Layout(not session.per_series, tuple(shape) if session.per_series else tuple(shape[1:]))
+            for shape in session.out_shapes
+        ]
     return layouts
 
 
@@ -89,30 +111,43 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
     n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
     plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
     rule = input_mask_rule(session.model)
-    reader = MinibatchReader([xs, (lengths,) if lengths is not None else None], plan, batch,
-                             [x_dtype(xs, session.model), np.int64],
-                             fallback_row=lo if hi > lo else 0)
+    reader = MinibatchReader(
+        [xs, (lengths,) if lengths is not None else None],
+        plan,
+        batch,
+        [x_dtype(xs, session.model), np.int64],
+        fallback_row=lo if hi > lo else 0,
+    )
     for index, ((bx, bl), _, n_real) in zip(plan, reader):
         h0 = None
         if h_all is not None:
             rows = index if n_real else np.array([0])
-            h0 = [[backend.to_tensor(pad_rows(np.asarray(s)[rows], batch))
-                   for s in call] for call in h_all]
+            h0 = [
+                [backend.to_tensor(pad_rows(np.asarray(s)[rows], batch)) for s in call]
+                for call in h_all
+            ]
         tm = None
         if rule is not None or lengths is not None:
             tm = time_mask(bx, None if bl is None else bl[0], rule)
         with session.carry, backend.device_scope(session.device):
             preds, states = session.steps.predict(
                 tuple(backend.to_tensor(a) for a in bx),
-                None if tm is None else backend.to_tensor(tm), h0)
+                None if tm is None else backend.to_tensor(tm),
+                h0,
+            )
         if n_real:
-            yield (int(index[0]), n_real, [backend.to_numpy(pr)[:n_real] for pr in preds],
-                   [[backend.to_numpy(st)[:n_real] for st in call] for call in states],
-                   None if tm is None else tm[:n_real])
+            yield (
+                int(index[0]),
+                n_real,
+                [backend.to_numpy(pr)[:n_real] for pr in preds],
+                [[backend.to_numpy(st)[:n_real] for st in call] for call in states],
+                None if tm is None else tm[:n_real],
+            )
 
 
-def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int | None = None,
-            lengths=None):
+def predict(
+    session: Session, p: dict, x, out=None, h_all=None, batch_size: int | None = None, lengths=None
+):
     """Predictions for ``x`` (N, T, F), window by window with the state carried, as
     :meth:`keraseq.Estimator.predict` documents; returns ``(predictions, final states)``.
     ``h_all``: the states to continue from (``None``: zeros). Collective under MPI.
@@ -121,8 +156,9 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
     ragged = is_ragged(x, step_rank(session.model))
     x, _, _, lengths = unragged(x, None, None, lengths, step_rank(session.model))
     if ragged and out is not None:
-        raise ValueError("`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` "
-                         "returns a list")
+        raise ValueError(
+            "`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` returns a list"
+        )
     xs, n, t = check_predict_x(session, x)
     if lengths is not None:
         lengths = check_lengths(lengths, n, t)
@@ -135,38 +171,47 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
     if out is not None:
         outs = out if isinstance(out, (tuple, list)) else (out,)
         if len(outs) != len(shapes):
-            raise ValueError(f"`out` has {len(outs)} array(s) but the model has "
-                             f"{len(shapes)} output(s)")
+            raise ValueError(
+                f"`out` has {len(outs)} array(s) but the model has {len(shapes)} output(s)"
+            )
         for k, (o, shape) in enumerate(zip(outs, shapes)):
             label = "out" if len(outs) == 1 else f"out[{k}]"
             if not hasattr(o, "shape") or tuple(o.shape) != shape:
-                raise ValueError(f"`{label}` has shape {getattr(o, 'shape', None)}; "
-                                 f"expected {shape}")
+                raise ValueError(
+                    f"`{label}` has shape {getattr(o, 'shape', None)}; expected {shape}"
+                )
             if np.dtype(o.dtype).kind != "f":
                 raise TypeError(f"`{label}` has dtype {o.dtype}; expected a float dtype")
             if isinstance(o, np.ndarray) and not o.flags.writeable:
                 raise ValueError(f"`{label}` is read-only")
     if h_all is not None:
         if h_all and h_all[0] and int(h_all[0][0].shape[0]) != n:
-            raise ValueError(f"`reset=False` continues {h_all[0][0].shape[0]} series but `x` "
-                             f"has N={n}")
+            raise ValueError(
+                f"`reset=False` continues {h_all[0][0].shape[0]} series but `x` has N={n}"
+            )
     batch = predict_batch_size(p, xs, batch_size)
     # Rows this rank writes directly (its own block); the rest is gathered below.
-    direct = [o is not None and comm.size == 1 or isinstance(o, np.memmap)
-              for o in (outs or [None] * len(shapes))]
+    direct = [
+        (o is not None and comm.size == 1) or isinstance(o, np.memmap)
+        for o in (outs or [None] * len(shapes))
+    ]
     # Outputs and states keep the model's dtypes, as model.predict gives them (float64 for a
     # float64 model); a rank without rows takes the model's compute dtype.
     compute_dtype = _float_dtype(session.model.compute_dtype)
-    local = [None if d else np.empty((hi - lo,) + sh[1:], compute_dtype)
-             for d, sh in zip(direct, shapes)]
-    new_states = [[np.zeros((hi - lo,) + shape, _float_dtype(dtype)) for shape, dtype in spec]
-                  for spec in session.state_specs]
-    for first, n_real, preds, states, _ in predict_blocks(session, xs, lo, hi, batch, h_all,
-                                                                 lengths):
+    local = [
+        None if d else np.empty((hi - lo,) + sh[1:], compute_dtype) for d, sh in zip(direct, shapes)
+    ]
+    new_states = [
+        [np.zeros((hi - lo,) + shape, _float_dtype(dtype)) for shape, dtype in spec]
+        for spec in session.state_specs
+    ]
+    for first, n_real, preds, states, _ in predict_blocks(
+        session, xs, lo, hi, batch, h_all, lengths
+    ):
         rows = slice(first - lo, first - lo + n_real)
         for k, values in enumerate(preds):
             if direct[k]:
-                outs[k][first:first + n_real] = values
+                outs[k][first : first + n_real] = values
             else:
                 if local[k].dtype != values.dtype:
                     local[k] = local[k].astype(values.dtype)
@@ -175,22 +220,24 @@ def predict(session: Session, p: dict, x, out=None, h_all=None, batch_size: int 
             for s_, st in enumerate(call):
                 new_states[c][s_][rows] = st
     results = []
-    for k, (d, sh) in enumerate(zip(direct, shapes)):
+    for k, (d, _sh) in enumerate(zip(direct, shapes)):
         if d:
             if isinstance(outs[k], np.memmap):
                 outs[k].flush()
             results.append(outs[k])
             continue
         full = dist.allgather_rows([local[k]], comm)[0] if comm.size > 1 else local[k]
-        if outs is not None and outs[k] is not None and (comm.rank == 0 or
-                                                         isinstance(outs[k], np.ndarray)):
+        if (
+            outs is not None
+            and outs[k] is not None
+            and (comm.rank == 0 or isinstance(outs[k], np.ndarray))
+        ):
             outs[k][...] = full  # an h5py.Dataset is written by rank 0 only
             results.append(outs[k])
         else:
             results.append(full)
     if comm.size > 1:
-        new_states = [[dist.allgather_rows([s_], comm)[0] for s_ in call]
-                      for call in new_states]
+        new_states = [[dist.allgather_rows([s_], comm)[0] for s_ in call] for call in new_states]
         comm.Barrier()  # every rank's rows are in the shared files before anyone reads
     if ragged:
         results = [r if session.per_series else unpad(r, lengths) for r in results]
@@ -202,8 +249,10 @@ def predict_dataset(session: Session, p: dict, batches):
     ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``), concatenated over its
     batches."""
     if session.comm.size > 1:
-        raise ValueError("predict on a dataset of batches runs in one process; under MPI "
-                         "pass arrays (each rank predicts its block of rows)")
+        raise ValueError(
+            "predict on a dataset of batches runs in one process; under MPI "
+            "pass arrays (each rank predicts its block of rows)"
+        )
     source = BatchSource(batches)
     parts = []
     for item in source.items():
@@ -228,20 +277,19 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     """
     score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
     x, y = keyed(whole(x), session.model, "x"), keyed(whole(y), session.model, "y")
-    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths,
-                                            step_rank(session.model))
+    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(session.model))
     _, n_, t_ = check_predict_x(session, x)
-    xs, ys, ws = check_xy(x, y, sample_weight, _layouts(session, x),
-                          input_specs(session.model))
+    xs, ys, ws = check_xy(x, y, sample_weight, _layouts(session, x), input_specs(session.model))
     for k, (a, shape) in enumerate(zip(ys, session.out_shapes)):
         skip = 1 if session.per_series else 2
-        if tuple(a.shape[skip:]) != tuple(shape[skip - 1:]):
+        if tuple(a.shape[skip:]) != tuple(shape[skip - 1 :]):
             label = "y" if len(ys) == 1 else f"y[{k}]"
             raise ValueError(
                 f"`{label}` has shape {tuple(a.shape)}: integer labels for a sparse loss, "
                 f"not values shaped like the model's output {k}; `score` is the R² of "
                 f"predictions against such values. For class labels use "
-                f"keraseq.Classifier, whose `score` is the accuracy")
+                f"keraseq.Classifier, whose `score` is the accuracy"
+            )
     if lengths is not None:
         lengths = check_lengths(lengths, n_, t_)
     check_windows(session.model, session.seq_len, t_, lengths is not None)
@@ -254,16 +302,20 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     # variance keeps its precision for series far from zero (prices, CO2 levels, ...).
     sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
     shifts = [None] * len(ys)
-    for first, n_real, preds, _, tm in predict_blocks(session, xs, lo, hi, batch, None,
-                                                            lengths):
+    for first, n_real, preds, _, tm in predict_blocks(session, xs, lo, hi, batch, None, lengths):
         rows = slice(first, first + n_real)
         w = None if ws is None else np.asarray(ws[0][rows], np.float64)
         for k, (a, yp) in enumerate(zip(ys, preds)):
             yt = np.asarray(a[rows], np.float64)
             f = yt.shape[-1]
             per_step = not session.per_series
-            wk = np.ones(yt.shape[:-1]) if w is None else np.broadcast_to(
-                w.reshape(w.shape + (1,) * (yt.ndim - 1 - w.ndim)), yt.shape[:-1])
+            wk = (
+                np.ones(yt.shape[:-1])
+                if w is None
+                else np.broadcast_to(
+                    w.reshape(w.shape + (1,) * (yt.ndim - 1 - w.ndim)), yt.shape[:-1]
+                )
+            )
             if tm is not None and per_step:  # padded steps are no samples
                 wk = wk * tm.reshape(tm.shape + (1,) * (yt.ndim - 3))
             if score_from and per_step:
@@ -274,8 +326,14 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
             if shifts[k] is None:
                 shifts[k] = yt.mean(0)
             yc = yt - shifts[k]
-            sums[k] += np.stack([np.broadcast_to(wk, yt.shape).sum(0), (wk * yc).sum(0),
-                                 (wk * yc ** 2).sum(0), (wk * (yt - yp) ** 2).sum(0)])
+            sums[k] += np.stack(
+                [
+                    np.broadcast_to(wk, yt.shape).sum(0),
+                    (wk * yc).sum(0),
+                    (wk * yc**2).sum(0),
+                    (wk * (yt - yp) ** 2).sum(0),
+                ]
+            )
     # Merge per-rank (count, mean, M2) exactly (Chan et al.), in rank order.
     local = [(sm, np.zeros(sm.shape[1]) if c is None else c) for sm, c in zip(sums, shifts)]
     gathered = comm.allgather(local) if comm.size > 1 else [local]
@@ -287,15 +345,18 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
             if not np.any(sw):
                 continue
             mean_r = c + swy / np.maximum(sw, 1e-300)
-            m2_r = np.maximum(swy2 - swy ** 2 / np.maximum(sw, 1e-300), 0.0)
+            m2_r = np.maximum(swy2 - swy**2 / np.maximum(sw, 1e-300), 0.0)
             total = count + sw
             delta = mean_r - mean
             mean = mean + delta * sw / np.maximum(total, 1e-300)
-            m2 = m2 + m2_r + delta ** 2 * count * sw / np.maximum(total, 1e-300)
+            m2 = m2 + m2_r + delta**2 * count * sw / np.maximum(total, 1e-300)
             count, ss_res = total, ss_res + res
         ss_tot = m2
         with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
-                          np.where(ss_res == 0, 1.0, 0.0))
+            r2 = np.where(
+                ss_tot > 0,
+                1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                np.where(ss_res == 0, 1.0, 0.0),
+            )
         scores.extend(np.atleast_1d(r2).tolist())
     return float(np.mean(scores))

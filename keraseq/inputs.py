@@ -6,14 +6,22 @@ for dicts; :class:`RowRange` and :func:`split_rows` (``validation_split`` withou
 out-of-core data); :func:`from_channels_first` for sktime's and aeon's ``(N, channels, T)``.
 What does not: validation of the arrays (``validation.py``), ragged series (``lengths.py``).
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SliceTuple", "RowRange", "ExpandLast", "expand_last", "split_rows",
-           "from_channels_first"]
+__all__ = [
+    "SliceTuple",
+    "RowRange",
+    "ExpandLast",
+    "expand_last",
+    "split_rows",
+    "from_channels_first",
+]
 
 
 class SliceTuple:
@@ -52,7 +60,7 @@ class SliceTuple:
     def __iter__(self) -> Iterator:
         return iter(self.arrays)
 
-    def __getitem__(self, rows) -> "SliceTuple":
+    def __getitem__(self, rows) -> SliceTuple:
         return SliceTuple(*(np.asarray(a)[rows] for a in self.arrays))
 
     def __repr__(self) -> str:
@@ -105,7 +113,7 @@ class RowRange:
         return self.array[(rows,) + rest] if rest else self.array[rows]
 
     def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self.array[self.lo:self.hi])
+        out = np.asarray(self.array[self.lo : self.hi])
         return out if dtype is None else out.astype(dtype)
 
 
@@ -140,7 +148,7 @@ class ExpandLast:
 
     def __getitem__(self, key):
         if isinstance(key, tuple):  # an index over the new last axis is dropped
-            key = key[:len(self.array.shape)]
+            key = key[: len(self.array.shape)]
         return np.asarray(self.array[key])[..., None]
 
     def __array__(self, dtype=None, copy=None):

@@ -7,6 +7,7 @@ arrays (``numpy.ndarray``, ``numpy.memmap``, ``h5py.Dataset``) and saved with th
 What does not live here: training and windowing (``trainer.py``, ``windows.py``), model
 utilities (``utils.py``) and data helpers (``data.py``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -21,7 +22,12 @@ __all__ = ["WinsorNorm"]
 _BIG = float(np.finfo(np.float32).max)
 # radix digit widths (bits) of the exact streaming selection, fewest passes first
 _DIGIT_SCHEDULES: tuple[tuple[int, ...], ...] = (
-    (16, 16), (11, 11, 10), (8, 8, 8, 8), (6, 6, 6, 6, 4, 4), (4,) * 8)
+    (16, 16),
+    (11, 11, 10),
+    (8, 8, 8, 8),
+    (6, 6, 6, 6, 4, 4),
+    (4,) * 8,
+)
 _SIGN = np.uint32(0x80000000)
 _LOW31 = np.uint32(0x7FFFFFFF)
 
@@ -67,7 +73,7 @@ def _streaming_stats(
     feat = np.arange(F, dtype=np.int64)
 
     prefix = np.zeros((4, F), dtype=np.uint64)  # key bits already fixed, per target
-    resid = np.zeros((4, F), dtype=np.int64)    # rank of the target among the prefix matches
+    resid = np.zeros((4, F), dtype=np.int64)  # rank of the target among the prefix matches
     counts = np.zeros(F, dtype=np.int64)
     frac = np.zeros((2, F))
     done_bits = 0
@@ -116,8 +122,9 @@ def _streaming_stats(
             hist4 = hist.reshape(4, F, B)
         cum = np.cumsum(hist4, axis=-1)
         d = np.minimum((cum <= resid[..., None]).sum(axis=-1), B - 1)
-        below = (np.take_along_axis(cum, d[..., None], -1)
-                 - np.take_along_axis(hist4, d[..., None], -1))[..., 0]
+        below = (
+            np.take_along_axis(cum, d[..., None], -1) - np.take_along_axis(hist4, d[..., None], -1)
+        )[..., 0]
         resid = resid - below
         prefix = (prefix << np.uint64(bits)) | d.astype(np.uint64)
         done_bits += bits
@@ -142,7 +149,7 @@ def _streaming_stats(
             tot = n + nb
             delta = mb - mean
             mean = np.where(tot > 0, mean + delta * nb / np.maximum(tot, 1), 0.0)
-            m2 = m2 + m2b + delta ** 2 * n * nb / np.maximum(tot, 1)
+            m2 = m2 + m2b + delta**2 * n * nb / np.maximum(tot, 1)
         n = tot
     with np.errstate(invalid="ignore", divide="ignore"):
         std = np.sqrt(m2 / np.maximum(n, 1))
@@ -202,14 +209,18 @@ class WinsorNorm(keras.layers.Layer):
             )
         n_features = int(n_features)
         const = keras.initializers.Constant
-        self.low = self.add_weight(name="low", shape=(n_features,),
-                                   initializer=const(-_BIG), trainable=False)
-        self.high = self.add_weight(name="high", shape=(n_features,),
-                                    initializer=const(_BIG), trainable=False)
-        self.mean = self.add_weight(name="mean", shape=(n_features,),
-                                    initializer="zeros", trainable=False)
-        self.std = self.add_weight(name="std", shape=(n_features,),
-                                   initializer="ones", trainable=False)
+        self.low = self.add_weight(
+            name="low", shape=(n_features,), initializer=const(-_BIG), trainable=False
+        )
+        self.high = self.add_weight(
+            name="high", shape=(n_features,), initializer=const(_BIG), trainable=False
+        )
+        self.mean = self.add_weight(
+            name="mean", shape=(n_features,), initializer="zeros", trainable=False
+        )
+        self.std = self.add_weight(
+            name="std", shape=(n_features,), initializer="ones", trainable=False
+        )
         self.built = True
 
     # -------------------------------------------------------------------------------- call
@@ -229,8 +240,9 @@ class WinsorNorm(keras.layers.Layer):
         return mask
 
     # ------------------------------------------------------------------------------- adapt
-    def adapt(self, data: Any, batch_size: int | None = None,
-              max_memory: int = 64 * 2 ** 20) -> WinsorNorm:
+    def adapt(
+        self, data: Any, batch_size: int | None = None, max_memory: int = 64 * 2**20
+    ) -> WinsorNorm:
         """Learn ``low``, ``high``, ``mean``, ``std`` from ``data`` of shape ``(N, T, F)`` or
         ``(N, F)``, streamed in blocks of ``batch_size`` rows along axis 0.
 
@@ -284,11 +296,12 @@ class WinsorNorm(keras.layers.Layer):
 
         def chunks() -> Iterator[np.ndarray]:
             for start in range(0, n_rows, batch_size):
-                block = np.asarray(data[start:start + batch_size], dtype=np.float32)
+                block = np.asarray(data[start : start + batch_size], dtype=np.float32)
                 yield block.reshape(-1, n_features)
 
-        low, high, mean, std = _streaming_stats(chunks, n_features, self.lower, self.upper,
-                                                int(max_memory))
+        low, high, mean, std = _streaming_stats(
+            chunks, n_features, self.lower, self.upper, int(max_memory)
+        )
         self.low.assign(low)
         self.high.assign(high)
         self.mean.assign(mean)

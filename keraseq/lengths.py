@@ -21,16 +21,27 @@ Example:
     >>> [a.shape for a in unpad(x, lengths)]
     [(2, 3), (4, 3)]
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-__all__ = ["is_ragged", "pad_ragged", "unpad", "check_lengths", "input_mask_rule",
-           "time_mask", "windows_needed", "series_lengths", "grouped_plan"]
+__all__ = [
+    "is_ragged",
+    "pad_ragged",
+    "unpad",
+    "check_lengths",
+    "input_mask_rule",
+    "time_mask",
+    "windows_needed",
+    "series_lengths",
+    "grouped_plan",
+]
 
 
 def is_ragged(value: Any, series_rank: int | None = None) -> bool:
@@ -45,8 +56,12 @@ def is_ragged(value: Any, series_rank: int | None = None) -> bool:
     if not isinstance(value, (list, tuple)) or not value:
         return False
     items = [np.asarray(v) if not hasattr(v, "ndim") else v for v in value]
-    if series_rank is not None and series_rank >= 3 and isinstance(value, list) and all(
-            hasattr(v, "ndim") and v.ndim == series_rank for v in items):
+    if (
+        series_rank is not None
+        and series_rank >= 3
+        and isinstance(value, list)
+        and all(hasattr(v, "ndim") and v.ndim == series_rank for v in items)
+    ):
         return True
     if not all(hasattr(v, "ndim") and v.ndim in (1, 2) for v in items):
         return False
@@ -61,12 +76,16 @@ def pad_ragged(seqs: Sequence, name: str, dtype=None) -> tuple[np.ndarray, np.nd
     items = [np.asarray(s) for s in seqs]
     ranks = {a.ndim for a in items}
     if len(ranks) != 1:
-        raise ValueError(f"`{name}` is a list of series of mixed ranks {sorted(ranks)}; pass "
-                         f"arrays of shape (T_i, F) for every series")
+        raise ValueError(
+            f"`{name}` is a list of series of mixed ranks {sorted(ranks)}; pass "
+            f"arrays of shape (T_i, F) for every series"
+        )
     tails = {a.shape[1:] for a in items}
     if len(tails) != 1:
-        raise ValueError(f"`{name}` is a list of series with different feature shapes "
-                         f"{sorted(tails)}; every series needs shape (T_i, F) with one F")
+        raise ValueError(
+            f"`{name}` is a list of series with different feature shapes "
+            f"{sorted(tails)}; every series needs shape (T_i, F) with one F"
+        )
     for k, a in enumerate(items):
         if a.dtype.kind not in "biuf":
             raise TypeError(f"`{name}[{k}]` has dtype {a.dtype}; expected numbers")
@@ -76,27 +95,25 @@ def pad_ragged(seqs: Sequence, name: str, dtype=None) -> tuple[np.ndarray, np.nd
     dtype = dtype or np.result_type(*items)
     out = np.zeros((len(items), int(lengths.max())) + tails.pop(), dtype)
     for k, a in enumerate(items):
-        out[k, :a.shape[0]] = a
+        out[k, : a.shape[0]] = a
     return out, lengths
 
 
 def unpad(padded: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
     """The inverse of :func:`pad_ragged`: each series cut back to its length."""
-    return [padded[k, :int(n)] for k, n in enumerate(lengths)]
+    return [padded[k, : int(n)] for k, n in enumerate(lengths)]
 
 
 def check_lengths(lengths: Any, n: int, t: int, name: str = "lengths") -> np.ndarray:
     """``lengths`` as an int array of shape (N,) with 0 <= length <= T; else a clear error."""
     a = np.asarray(lengths)
     if a.ndim != 1 or a.shape[0] != n:
-        raise ValueError(f"`{name}` has shape {a.shape}; expected one length per series: "
-                         f"({n},)")
+        raise ValueError(f"`{name}` has shape {a.shape}; expected one length per series: ({n},)")
     if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.all(a == np.round(a))):
         raise TypeError(f"`{name}` has dtype {a.dtype}; expected integers (time steps)")
     a = a.astype(np.int64)
     if a.size and (a.min() < 1 or a.max() > t):
-        raise ValueError(f"`{name}` must lie in [1, T={t}]; got values in "
-                         f"[{a.min()}, {a.max()}]")
+        raise ValueError(f"`{name}` must lie in [1, T={t}]; got values in [{a.min()}, {a.max()}]")
     return a
 
 
@@ -141,8 +158,9 @@ def input_mask_rule(model: keras.Model) -> Callable | None:
     return rule
 
 
-def time_mask(xs: Sequence[np.ndarray], lengths: np.ndarray | None,
-              rule: Callable | None) -> np.ndarray | None:
+def time_mask(
+    xs: Sequence[np.ndarray], lengths: np.ndarray | None, rule: Callable | None
+) -> np.ndarray | None:
     """The (B, T) float32 mask of a minibatch's real steps (``None`` when every step is)."""
     t = int(xs[0].shape[1])
     mask = None
@@ -162,26 +180,42 @@ def windows_needed(mask: np.ndarray, seq_len: int | None) -> int:
     return math.ceil(last / (seq_len or t))
 
 
-def series_lengths(xs: Sequence, lengths: np.ndarray | None, rule: Callable | None,
-                   lo: int, hi: int, chunk_rows: int = 1024) -> np.ndarray:
+def series_lengths(
+    xs: Sequence,
+    lengths: np.ndarray | None,
+    rule: Callable | None,
+    lo: int,
+    hi: int,
+    chunk_rows: int = 1024,
+) -> np.ndarray:
     """Per series of rows ``[lo, hi)``, 1 + its last real step (streamed over ``xs``)."""
     t = int(xs[0].shape[1])
     if rule is None:
-        return (np.full(hi - lo, t, np.int64) if lengths is None
-                else np.asarray(lengths[lo:hi], np.int64))
+        return (
+            np.full(hi - lo, t, np.int64)
+            if lengths is None
+            else np.asarray(lengths[lo:hi], np.int64)
+        )
     out = np.empty(hi - lo, np.int64)
     for start in range(lo, hi, chunk_rows):
         stop = min(hi, start + chunk_rows)
         block = tuple(np.asarray(a[start:stop]) for a in xs)
         mask = time_mask(block, None if lengths is None else lengths[start:stop], rule)
         steps = np.arange(1, t + 1)[None, :] * (mask > 0)
-        out[start - lo:stop - lo] = steps.max(axis=1)
+        out[start - lo : stop - lo] = steps.max(axis=1)
     return out
 
 
-def grouped_plan(lo: int, hi: int, batch_size: int, n_steps: int, lengths: np.ndarray,
-                 shuffle: bool, rng: np.random.Generator | None,
-                 pool_batches: int = 32) -> list[np.ndarray]:
+def grouped_plan(
+    lo: int,
+    hi: int,
+    batch_size: int,
+    n_steps: int,
+    lengths: np.ndarray,
+    shuffle: bool,
+    rng: np.random.Generator | None,
+    pool_batches: int = 32,
+) -> list[np.ndarray]:
     """Minibatches of series of similar length over rows ``[lo, hi)`` (``lengths`` per row).
 
     With ``shuffle``, rows are permuted, taken in pools of ``pool_batches`` minibatches,
@@ -200,13 +234,13 @@ def grouped_plan(lo: int, hi: int, batch_size: int, n_steps: int, lengths: np.nd
         pool = pool_batches * batch_size
         batches = []
         for start in range(0, len(rows), pool):
-            part = rows[start:start + pool]
+            part = rows[start : start + pool]
             part = part[np.argsort(-lengths[part - lo], kind="stable")]
-            batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+            batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
         batches = [batches[k] for k in rng.permutation(len(batches))]
     else:
         rows = rows[np.argsort(-lengths, kind="stable")]
-        batches = [rows[k:k + batch_size] for k in range(0, len(rows), batch_size)]
+        batches = [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
     batches = [np.sort(b) for b in batches]
     assert len(batches) <= n_steps, (len(batches), n_steps)
     return batches + [rows[:0]] * (n_steps - len(batches))

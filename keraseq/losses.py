@@ -9,10 +9,12 @@ An objective returns, for one window, ``(loss_sum, count, reg, y_pred, new_state
 convention for sample weights (weighted sum divided by the number of elements), so that sums
 and counts add up exactly over minibatches and MPI ranks.
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 from keras import ops, tree
@@ -51,8 +53,9 @@ def metric_updates(metrics: list, yw, preds, masks, ww, mw):
         if keras_mask is not None and len(keras_mask.shape) == len(yp.shape) - 1:
             keras_mask = ops.cast(keras_mask, "float32")
             sw = keras_mask if sw is None else sw * keras_mask
-        per_step = len(yp.shape) == 3 or (sw is not None and len(sw.shape) == 2
-                                          and len(yp.shape) > 3)
+        per_step = len(yp.shape) == 3 or (
+            sw is not None and len(sw.shape) == 2 and len(yp.shape) > 3
+        )
         if per_step:  # (B, S, ...) -> (B * S, ...): every time step one sample
             yt = ops.reshape(yt, (-1,) + tuple(yt.shape[2:]))
             yp = ops.reshape(yp, (-1,) + tuple(yp.shape[2:]))
@@ -94,8 +97,10 @@ def seqloss(fn: Callable) -> Callable:
             if len(values.shape) >= 1:
                 total = total + ops.mean(values)
                 continue
-            per_t = ops.map(lambda pair: ops.cast(fn(pair[0], pair[1]), "float32"),
-                            (ops.moveaxis(yt, 1, 0), ops.moveaxis(yp, 1, 0)))
+            per_t = ops.map(
+                lambda pair: ops.cast(fn(pair[0], pair[1]), "float32"),
+                (ops.moveaxis(yt, 1, 0), ops.moveaxis(yp, 1, 0)),
+            )
             total = total + ops.mean(per_t)
         return total
 
@@ -109,9 +114,11 @@ def is_window_loss(loss: Any) -> bool:
     if isinstance(loss, (str, keras.losses.Loss, list, tuple, dict)) or not callable(loss):
         return False
     try:
-        params = [p for p in inspect.signature(loss).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                  and p.default is p.empty]
+        params = [
+            p
+            for p in inspect.signature(loss).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
     except (TypeError, ValueError):
         return False
     return len(params) == 3
@@ -130,13 +137,17 @@ def _per_element(loss):
     if isinstance(loss, str):
         loss = keras.losses.get(loss)
     if isinstance(loss, keras.losses.Loss):
+
         def call(y_true, y_pred):  # as Loss.__call__: both in the loss's dtype first
             return loss.call(ops.cast(y_true, loss.dtype), ops.cast(y_pred, loss.dtype))
+
         return call
     if callable(loss):
+
         def function(y_true, y_pred):  # as compile's wrapper of a function: floatx first
             dtype = keras.backend.floatx()
             return loss(ops.cast(y_true, dtype), ops.cast(y_pred, dtype))
+
         return function
     raise TypeError(f"`loss` must be a Keras loss (name, function or Loss), got {loss!r}")
 
@@ -147,14 +158,20 @@ def resolve_output_losses(loss: Any, output_names: list[str]) -> list:
     if isinstance(loss, dict):
         unknown = set(loss) - set(output_names)
         if unknown:
-            raise ValueError(f"`loss` names outputs {sorted(unknown)} that the model does not "
-                             f"have; its outputs are {output_names}")
-        return [(_per_element(loss[name]) if loss.get(name) is not None else None)
-                for name in output_names]
+            raise ValueError(
+                f"`loss` names outputs {sorted(unknown)} that the model does not "
+                f"have; its outputs are {output_names}"
+            )
+        return [
+            (_per_element(loss[name]) if loss.get(name) is not None else None)
+            for name in output_names
+        ]
     if isinstance(loss, (list, tuple)):
         if len(loss) != n:
-            raise ValueError(f"`loss` is a list of {len(loss)} losses but the model has {n} "
-                             f"outputs {output_names}")
+            raise ValueError(
+                f"`loss` is a list of {len(loss)} losses but the model has {n} "
+                f"outputs {output_names}"
+            )
         return [(_per_element(item) if item is not None else None) for item in loss]
     return [_per_element(loss)] * n
 
@@ -166,22 +183,29 @@ def loss_dtype() -> str:
     return "float64" if keras.backend.floatx() == "float64" else "float32"
 
 
-def build_objective(model: keras.Model, loss: Any, output_names: list[str],
-                    loss_weights: list[float] | None = None,
-                    per_series: bool | None = None) -> Callable:
+def build_objective(
+    model: keras.Model,
+    loss: Any,
+    output_names: list[str],
+    loss_weights: list[float] | None = None,
+    per_series: bool | None = None,
+) -> Callable:
     """The per-window objective for ``loss`` (see the module docstring).
 
     ``per_series``: the outputs are one value per series (``(B, ...)``) rather than per
     time step (``(B, S, ...)``); the loss of an element is averaged over the axes after
     those (``None``: after the output's second-to-last axis)."""
-    unpack = (lambda a: a[0] if len(a) == 1 else tuple(a))
+    unpack = lambda a: a[0] if len(a) == 1 else tuple(a)
     # The loss is computed and summed in Keras's loss dtype (floatx: float64 when the user
     # set it, else float32, as compile's loss wrappers do). ``count`` stays float32.
     dtype = loss_dtype()
 
     def regularisation():
-        return ops.cast(ops.sum([ops.sum(v) for v in model.losses]), dtype) \
-            if model.losses else ops.convert_to_tensor(0.0, dtype)
+        return (
+            ops.cast(ops.sum([ops.sum(v) for v in model.losses]), dtype)
+            if model.losses
+            else ops.convert_to_tensor(0.0, dtype)
+        )
 
     if is_window_loss(loss):
         pass_training = _accepts_training(loss)
@@ -200,8 +224,9 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
             # The value is the window's mean: it counts rows x time steps, so a short last
             # window weighs less in the reported mean (and under MPI) than a full one.
             count = rows * ops.cast(ops.shape(xw[0])[1], "float32")
-            loss_sum = ops.where(count > 0, value * ops.cast(count, dtype),
-                                 ops.convert_to_tensor(0.0, dtype))
+            loss_sum = ops.where(
+                count > 0, value * ops.cast(count, dtype), ops.convert_to_tensor(0.0, dtype)
+            )
             return loss_sum, count, regularisation(), None, new_states
 
         objective.needs_exact_rows = True
@@ -219,8 +244,9 @@ def build_objective(model: keras.Model, loss: Any, output_names: list[str],
             if fn is None:
                 continue
             values = ops.cast(fn(yt, yp), dtype)  # fn casts both to the loss's dtype
-            target_rank = (len(yp.shape) - 1 if per_series is None
-                           else 1 if per_series else 2)  # (B,) per series, (B, S) per step
+            target_rank = (
+                len(yp.shape) - 1 if per_series is None else 1 if per_series else 2
+            )  # (B,) per series, (B, S) per step
             while len(values.shape) > target_rank:
                 values = ops.mean(values, axis=-1)
             if ww is not None:

@@ -18,6 +18,7 @@ Example:
     >>> [(xf[tr].shape, xf[te].shape, xf[te].keraseq_score_from) for tr, te in cv.split(xf)]
     [((4, 70, 2), (4, 80, 2), 70), ((4, 80, 2), (4, 90, 2), 80), ((4, 90, 2), (4, 100, 2), 90)]
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -105,16 +106,20 @@ class TimeSplit:
         horizon = int(self.horizon) if self.horizon is not None else t // (k + 1)
         first = t - k * horizon
         if horizon < 1 or first < 1:
-            raise ValueError(f"TimeSplit(n_splits={k}, horizon={self.horizon}) does not fit "
-                             f"T={t} steps: it needs T > n_splits * horizon")
+            raise ValueError(
+                f"TimeSplit(n_splits={k}, horizon={self.horizon}) does not fit "
+                f"T={t} steps: it needs T > n_splits * horizon"
+            )
         return [first + i * horizon for i in range(k)], horizon
 
     def wrap(self, x: Any, y: Any) -> tuple[TimeFolds, TimeFolds]:
         """``x`` (N, T, F) and per-step ``y`` (N, T, ...) as the rows :meth:`split` indexes."""
         t = int(x.shape[1])
         if np.ndim(y) < 2 or int(np.shape(y)[1]) != t:
-            raise ValueError(f"TimeSplit needs targets per time step (N, T={t}, ...); got "
-                             f"`y` of shape {np.shape(y)}")
+            raise ValueError(
+                f"TimeSplit needs targets per time step (N, T={t}, ...); got "
+                f"`y` of shape {np.shape(y)}"
+            )
         cuts, horizon = self._cuts(t)
         return TimeFolds(x, cuts, horizon), TimeFolds(y, cuts, horizon)
 

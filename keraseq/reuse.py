@@ -20,6 +20,7 @@ Example:
     >>> reuse.stats()["compiled"] >= 0
     True
 """
+
 from __future__ import annotations
 
 import gc
@@ -79,6 +80,7 @@ def key_of(model, optimizer, parts: dict) -> str | None:
     if not enabled():
         return None
     from keras.src.models.functional import Functional
+
     if type(model) not in (keras.Sequential, Functional):
         return None  # a subclassed model's call may depend on more than its config
     try:
@@ -92,13 +94,18 @@ def key_of(model, optimizer, parts: dict) -> str | None:
         opt_config.pop("learning_rate")
     variables = [(v.path.split("/")[-1], tuple(v.shape), str(v.dtype)) for v in model.weights]
     try:
-        return json.dumps({"model": [type(model).__module__, type(model).__qualname__, config,
-                                     options],
-                           "variables": variables,
-                           "optimizer": [type(optimizer).__qualname__, opt_config],
-                           "backend": keras.backend.backend(),
-                           "policy": keras.config.dtype_policy().name, **parts},
-                          sort_keys=True, default=repr)
+        return json.dumps(
+            {
+                "model": [type(model).__module__, type(model).__qualname__, config, options],
+                "variables": variables,
+                "optimizer": [type(optimizer).__qualname__, opt_config],
+                "backend": keras.backend.backend(),
+                "policy": keras.config.dtype_policy().name,
+                **parts,
+            },
+            sort_keys=True,
+            default=repr,
+        )
     except Exception:
         return None
 

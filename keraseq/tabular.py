@@ -18,6 +18,7 @@ Example:
     >>> tabular.takes_rows(model), tabular.as_steps(np.zeros((5, 3))).shape
     (True, (5, 1, 3))
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -58,8 +59,7 @@ def _rank(a) -> int | None:
 def row_widths(x) -> tuple[int, ...] | None:
     """The feature count of each input when ``x`` is tabular: one 2-D array (N, F), or a
     tuple / :class:`SliceTuple` of 2-D arrays sharing N; else None."""
-    items = x.arrays if isinstance(x, SliceTuple) else (
-        x if isinstance(x, tuple) and x else (x,))
+    items = x.arrays if isinstance(x, SliceTuple) else (x if isinstance(x, tuple) and x else (x,))
     if any(_rank(a) != 2 for a in items):
         return None
     if len({int(a.shape[0]) for a in items}) != 1:
@@ -86,8 +86,10 @@ class RowSteps:
 
 def as_steps(x):
     """Tabular ``x`` as series of one step: (N, F) -> (N, 1, F), each input of a tuple too."""
+
     def one(a):
         return a[:, None, :] if isinstance(a, np.ndarray) else RowSteps(a)
+
     if isinstance(x, SliceTuple):
         return SliceTuple(*(one(a) for a in x.arrays))
     if isinstance(x, tuple):
@@ -99,21 +101,30 @@ def wrap(model: keras.Model, widths: tuple[int, ...]) -> keras.Model:
     """``model`` (inputs ``(F,)``, or not built yet) called on series of one step:
     ``Input((1, F)) -> Reshape((F,)) -> model``. The wrapper adds no weights."""
     given = takes_rows(model)
-    dtypes = ([keras.backend.standardize_dtype(s.dtype) for s in model.inputs] if given
-              else [keras.backend.floatx()] * len(widths))
+    dtypes = (
+        [keras.backend.standardize_dtype(s.dtype) for s in model.inputs]
+        if given
+        else [keras.backend.floatx()] * len(widths)
+    )
     if given and len(model.inputs) != len(widths):
-        raise ValueError(f"the model has {len(model.inputs)} input(s) but `x` has "
-                         f"{len(widths)} array(s); pass a tuple with one (N, F) array per input")
-    inputs = [keras.Input((1, f), dtype=d, name=f"rows_{k}")
-              for k, (f, d) in enumerate(zip(widths, dtypes))]
-    flat = [keras.layers.Reshape((f,), name=f"rows_{k}_as_features")(i)
-            for k, (f, i) in enumerate(zip(widths, inputs))]
+        raise ValueError(
+            f"the model has {len(model.inputs)} input(s) but `x` has "
+            f"{len(widths)} array(s); pass a tuple with one (N, F) array per input"
+        )
+    inputs = [
+        keras.Input((1, f), dtype=d, name=f"rows_{k}")
+        for k, (f, d) in enumerate(zip(widths, dtypes))
+    ]
+    flat = [
+        keras.layers.Reshape((f,), name=f"rows_{k}_as_features")(i)
+        for k, (f, i) in enumerate(zip(widths, inputs))
+    ]
     try:
         out = model(flat[0] if len(flat) == 1 else flat)
     except Exception as exc:
         raise ValueError(
             f"`x` is 2-D (N, F) tabular data, read as rows for a model whose input is (F,), "
             f"but the model cannot take (batch, {', '.join(map(str, widths))}) input: {exc}. "
-            f"For sequences pass `x` as (N, T, F) (T = 1 for one step)") from None
-    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, out,
-                       name=f"{model.name}_rows")
+            f"For sequences pass `x` as (N, T, F) (T = 1 for one step)"
+        ) from None
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, out, name=f"{model.name}_rows")

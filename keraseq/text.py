@@ -32,11 +32,13 @@ Example:
     >>> round(bits_per_token(np.array([0, 1]), np.full((2, 4), 0.25)), 6)  # uniform over 4
     2.0
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from typing import TYPE_CHECKING, Any, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -44,8 +46,15 @@ import numpy as np
 if TYPE_CHECKING:
     from .estimator import Estimator
 
-__all__ = ["Vocabulary", "batchify", "BitsPerToken", "Perplexity", "bits_per_token", "sample",
-           "generate"]
+__all__ = [
+    "Vocabulary",
+    "batchify",
+    "BitsPerToken",
+    "Perplexity",
+    "bits_per_token",
+    "sample",
+    "generate",
+]
 
 _LN2 = math.log(2.0)
 
@@ -89,19 +98,24 @@ class Vocabulary:
             return np.fromiter((index[t] for t in tokens), dtype=dtype)
         except KeyError:
             unknown = sorted({repr(t) for t in tokens if t not in index})
-            raise ValueError(f"`tokens` holds {len(unknown)} token(s) not in the vocabulary: "
-                             f"{', '.join(unknown[:10])}; build the Vocabulary from the whole "
-                             f"corpus") from None
+            raise ValueError(
+                f"`tokens` holds {len(unknown)} token(s) not in the vocabulary: "
+                f"{', '.join(unknown[:10])}; build the Vocabulary from the whole "
+                f"corpus"
+            ) from None
 
     def decode(self, ids: Iterable[int], sep: str = "") -> str:
         """The tokens of ``ids`` (1-D) joined by ``sep`` (characters: ``""``)."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-            raise ValueError(f"`ids` must be a 1-D array of integer ids, got shape {ids.shape} "
-                             f"and dtype {ids.dtype}")
+            raise ValueError(
+                f"`ids` must be a 1-D array of integer ids, got shape {ids.shape} "
+                f"and dtype {ids.dtype}"
+            )
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise ValueError(f"`ids` must lie in [0, {len(self)}), got values in "
-                             f"[{ids.min()}, {ids.max()}]")
+            raise ValueError(
+                f"`ids` must lie in [0, {len(self)}), got values in [{ids.min()}, {ids.max()}]"
+            )
         return sep.join(str(self.tokens[k]) for k in ids.tolist())
 
 
@@ -128,21 +142,25 @@ def batchify(tokens: Sequence[int] | np.ndarray, n_streams: int) -> tuple[np.nda
         >>> x.tolist(), y.tolist()
         ([[0, 1], [3, 4], [6, 7]], [[1, 2], [4, 5], [7, 8]])
     """
-    if isinstance(n_streams, bool) or not isinstance(n_streams, numbers.Integral) \
-            or n_streams < 1:
+    if isinstance(n_streams, bool) or not isinstance(n_streams, numbers.Integral) or n_streams < 1:
         raise ValueError(f"`n_streams` must be a positive integer, got {n_streams!r}")
     ids = np.asarray(tokens)
     if ids.ndim != 1:
-        raise ValueError(f"`tokens` must be one sequence of token ids, shape (L,); got shape "
-                         f"{ids.shape}")
+        raise ValueError(
+            f"`tokens` must be one sequence of token ids, shape (L,); got shape {ids.shape}"
+        )
     if ids.dtype.kind not in "iu":
-        raise TypeError(f"`tokens` must hold integer token ids, got dtype {ids.dtype} "
-                        f"(encode a text with keraseq.text.Vocabulary)")
+        raise TypeError(
+            f"`tokens` must hold integer token ids, got dtype {ids.dtype} "
+            f"(encode a text with keraseq.text.Vocabulary)"
+        )
     per_stream = ids.shape[0] // int(n_streams)
     if per_stream < 2:
-        raise ValueError(f"`tokens` has {ids.shape[0]} tokens: too few for {n_streams} streams "
-                         f"of at least 2 tokens (one next-token pair) each")
-    streams = ids[:per_stream * int(n_streams)].reshape(int(n_streams), per_stream)
+        raise ValueError(
+            f"`tokens` has {ids.shape[0]} tokens: too few for {n_streams} streams "
+            f"of at least 2 tokens (one next-token pair) each"
+        )
+    streams = ids[: per_stream * int(n_streams)].reshape(int(n_streams), per_stream)
     return streams[:, :-1].copy(), streams[:, 1:].copy()
 
 
@@ -155,8 +173,9 @@ def _squeezed(y_true, y_pred):
 
 
 def _nats(y_true, y_pred, from_logits=False):
-    return keras.losses.sparse_categorical_crossentropy(_squeezed(y_true, y_pred), y_pred,
-                                                        from_logits=from_logits)
+    return keras.losses.sparse_categorical_crossentropy(
+        _squeezed(y_true, y_pred), y_pred, from_logits=from_logits
+    )
 
 
 def _bits(y_true, y_pred, from_logits=False):
@@ -182,8 +201,7 @@ class BitsPerToken(keras.metrics.MeanMetricWrapper):
         1.5
     """
 
-    def __init__(self, from_logits: bool = False, name: str = "bits_per_token",
-                 dtype: Any = None):
+    def __init__(self, from_logits: bool = False, name: str = "bits_per_token", dtype: Any = None):
         super().__init__(_bits, name=name, dtype=dtype, from_logits=from_logits)
         self.from_logits = from_logits
 
@@ -191,7 +209,7 @@ class BitsPerToken(keras.metrics.MeanMetricWrapper):
         return {"name": self.name, "dtype": self.dtype, "from_logits": self.from_logits}
 
     @classmethod
-    def from_config(cls, config: dict) -> "BitsPerToken":
+    def from_config(cls, config: dict) -> BitsPerToken:
         return cls(**config)
 
 
@@ -222,7 +240,7 @@ class Perplexity(keras.metrics.MeanMetricWrapper):
         return {"name": self.name, "dtype": self.dtype, "from_logits": self.from_logits}
 
     @classmethod
-    def from_config(cls, config: dict) -> "Perplexity":
+    def from_config(cls, config: dict) -> Perplexity:
         return cls(**config)
 
 
@@ -252,15 +270,18 @@ def bits_per_token(y_true, y_pred, from_logits: bool = False, sample_weight=None
     if yt.ndim == yp.ndim and yt.shape[-1:] == (1,):
         yt = yt[..., 0]
     if yt.shape != yp.shape[:-1]:
-        raise ValueError(f"`y_true` has shape {np.shape(y_true)}; expected {yp.shape[:-1]} "
-                         f"(or {yp.shape[:-1] + (1,)}) for `y_pred` of shape {yp.shape}")
+        raise ValueError(
+            f"`y_true` has shape {np.shape(y_true)}; expected {yp.shape[:-1]} "
+            f"(or {yp.shape[:-1] + (1,)}) for `y_pred` of shape {yp.shape}"
+        )
     if yt.dtype.kind not in "iu":
         if not np.all(np.mod(yt, 1) == 0):
             raise TypeError(f"`y_true` must hold integer token ids, got dtype {yt.dtype}")
         yt = yt.astype(np.int64)
     if yt.size and (yt.min() < 0 or yt.max() >= yp.shape[-1]):
-        raise ValueError(f"`y_true` ids must lie in [0, {yp.shape[-1]}), got values in "
-                         f"[{yt.min()}, {yt.max()}]")
+        raise ValueError(
+            f"`y_true` ids must lie in [0, {yp.shape[-1]}), got values in [{yt.min()}, {yt.max()}]"
+        )
     nll = -np.take_along_axis(_log_probs(yp, from_logits), yt[..., None], axis=-1)[..., 0]
     if sample_weight is None:
         return float(nll.mean() / _LN2)
@@ -269,8 +290,12 @@ def bits_per_token(y_true, y_pred, from_logits: bool = False, sample_weight=None
 
 
 # --------------------------------------------------------------------------------- generation
-def sample(y_pred, temperature: float = 1.0, rng: np.random.Generator | None = None,
-           from_logits: bool = True) -> np.ndarray:
+def sample(
+    y_pred,
+    temperature: float = 1.0,
+    rng: np.random.Generator | None = None,
+    from_logits: bool = True,
+) -> np.ndarray:
     """One token id per row of ``y_pred`` ``(n, V)`` (logits, or probabilities with
     ``from_logits=False``).
 
@@ -299,9 +324,14 @@ def sample(y_pred, temperature: float = 1.0, rng: np.random.Generator | None = N
     return np.minimum((cdf < u * cdf[:, -1:]).sum(axis=-1), p.shape[-1] - 1)
 
 
-def generate(estimator: Estimator, prompt: Sequence[int] | np.ndarray, length: int, temperature: float = 1.0,
-             random_state: int | np.random.Generator | None = None,
-             from_logits: bool = True) -> np.ndarray:
+def generate(
+    estimator: Estimator,
+    prompt: Sequence[int] | np.ndarray,
+    length: int,
+    temperature: float = 1.0,
+    random_state: int | np.random.Generator | None = None,
+    from_logits: bool = True,
+) -> np.ndarray:
     """Continue ``prompt`` by ``length`` tokens sampled from a fitted next-token model.
 
     The prompt runs through ``estimator.predict`` (windows, state carried), then each new
@@ -348,12 +378,17 @@ def generate(estimator: Estimator, prompt: Sequence[int] | np.ndarray, length: i
     if single:
         ids = ids[None]
     if ids.ndim != 2 or ids.shape[1] < 1:
-        raise ValueError(f"`prompt` must be token ids of shape (t0,) or (n, t0) with t0 >= 1, "
-                         f"got shape {np.shape(prompt)}")
+        raise ValueError(
+            f"`prompt` must be token ids of shape (t0,) or (n, t0) with t0 >= 1, "
+            f"got shape {np.shape(prompt)}"
+        )
     if ids.dtype.kind not in "iu":
         raise TypeError(f"`prompt` must hold integer token ids, got dtype {ids.dtype}")
-    rng = random_state if isinstance(random_state, np.random.Generator) \
+    rng = (
+        random_state
+        if isinstance(random_state, np.random.Generator)
         else np.random.default_rng(random_state)
+    )
     out = np.zeros((ids.shape[0], int(length)), np.int64)
     if length == 0:
         return out[0] if single else out
@@ -361,5 +396,5 @@ def generate(estimator: Estimator, prompt: Sequence[int] | np.ndarray, length: i
     for k in range(int(length)):
         out[:, k] = sample(np.asarray(pred)[:, -1], temperature, rng, from_logits)
         if k + 1 < length:
-            pred = estimator.predict(out[:, k:k + 1], reset=False)
+            pred = estimator.predict(out[:, k : k + 1], reset=False)
     return out[0] if single else out

@@ -20,23 +20,43 @@ Example (normally reached through ``Estimator.fit``):
     >>> Estimator(m, epochs=1, batch_size=4, seq_len=6, verbose=0).fit(x, x[..., :1]).n_epochs_
     1
 """
+
 from __future__ import annotations
 
 import math
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import keras
 import numpy as np
 
 from . import distributed as dist
 from . import reuse
-from .backend import StepFunctions, current as _backend
-from .batches import (DatasetReader, MinibatchReader, as_dataset, minibatch_plan,
-                      predict_batch_size, read_rows, x_dtype, y_dtype)
-from .checks import (FitData, check_fit, check_model_inputs, check_windows, keyed,
-                     split_validation, step_features, step_rank, unragged)
+from .backend import StepFunctions
+from .backend import current as _backend
+from .batches import (
+    DatasetReader,
+    MinibatchReader,
+    as_dataset,
+    minibatch_plan,
+    predict_batch_size,
+    read_rows,
+    x_dtype,
+    y_dtype,
+)
+from .checks import (
+    FitData,
+    check_fit,
+    check_model_inputs,
+    check_windows,
+    keyed,
+    split_validation,
+    step_features,
+    step_rank,
+    unragged,
+)
 from .lengths import grouped_plan, input_mask_rule, series_lengths, time_mask, windows_needed
 from .losses import build_objective, is_window_loss
 from .validation import check_positive_int
@@ -53,16 +73,17 @@ class NonFiniteLossError(FloatingPointError):
 class Session:
     """A model ready to run window by window: what ``predict``, ``score`` and a warm ``fit``
     need. Built by :func:`fit` (or rebuilt after loading/unpickling by :func:`build_steps`)."""
+
     model: keras.Model
     optimizer: Any
     carry: StateCarry
     steps: StepFunctions
     comm: Any
     device: str | None
-    state_specs: list          #: per RNN call, the per-series (shape, dtype) of its states
-    per_series: bool           #: targets per series (N, F_out)
-    seq_len: int | None        #: the windows of the compiled steps
-    out_shapes: list           #: per output, its shape per window without the batch
+    state_specs: list  #: per RNN call, the per-series (shape, dtype) of its states
+    per_series: bool  #: targets per series (N, F_out)
+    seq_len: int | None  #: the windows of the compiled steps
+    out_shapes: list  #: per output, its shape per window without the batch
     n_features: int
     n_outputs: int
     train_metrics: list = field(default_factory=list)  #: the metrics the train step updates
@@ -71,6 +92,7 @@ class Session:
 @dataclass
 class Progress:
     """What a fit leaves for the next warm fit: history, epochs done, the shuffle seed."""
+
     history: dict = field(default_factory=dict)
     n_epochs: int = 0
     shuffle_seed: int | None = None
@@ -86,20 +108,45 @@ def output_names(model, n_outputs) -> list[str]:
     return names if len(names) == n_outputs else [f"output_{k}" for k in range(n_outputs)]
 
 
-def build_steps(model, opt, carry, state_specs, per_series, p, comm, metrics, loss,
-                n_outputs, device, jit, val_metrics=None):
+def build_steps(
+    model,
+    opt,
+    carry,
+    state_specs,
+    per_series,
+    p,
+    comm,
+    metrics,
+    loss,
+    n_outputs,
+    device,
+    jit,
+    val_metrics=None,
+):
     """Compiled step functions for training (and, when asked, for validation)."""
-    objective = build_objective(model, loss, output_names(model, n_outputs), p["loss_weights"],
-                                per_series)
+    objective = build_objective(
+        model, loss, output_names(model, n_outputs), p["loss_weights"], per_series
+    )
     backend = _backend()
     allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
-    steps = backend.build_step_functions(model, carry, state_specs, objective, opt, metrics,
-                                         p["seq_len"], per_series, jit, allreduce,
-                                         sync_every=p["sync_every"])
+    steps = backend.build_step_functions(
+        model,
+        carry,
+        state_specs,
+        objective,
+        opt,
+        metrics,
+        p["seq_len"],
+        per_series,
+        jit,
+        allreduce,
+        sync_every=p["sync_every"],
+    )
     val_steps = None
     if val_metrics is not None:
-        val_steps = backend.build_step_functions(model, carry, state_specs, objective, None,
-                                                 val_metrics, p["seq_len"], per_series, jit)
+        val_steps = backend.build_step_functions(
+            model, carry, state_specs, objective, None, val_metrics, p["seq_len"], per_series, jit
+        )
     return steps, val_steps
 
 
@@ -109,8 +156,13 @@ def probe(model, carry, xs, seq_len, row=0):
     ``row`` is a series of this rank's own block (under MPI a rank reads no other rows)."""
     t = int(xs[0].shape[1])
     s = t if seq_len is None else min(seq_len, t)
-    window = tuple(np.asarray(read_rows(a, slice(row, row + 1)))[:, :s].astype(
-        np.float32 if a.dtype.kind == "f" else np.int32) for a in xs)
+    window = tuple(
+        np.asarray(read_rows(a, slice(row, row + 1)))[:, :s].astype(
+            np.float32 if a.dtype.kind == "f" else np.int32
+        )
+        for a in xs
+    )
+
     def call(w):
         carry.feed(None)
         return model(w, training=False), carry.collected()
@@ -119,25 +171,41 @@ def probe(model, carry, xs, seq_len, row=0):
     with carry:
         try:  # shapes only: traced, not run, where the backend can (no compile kept)
             out, states = _backend().shapes_of(
-                model, call, window[0] if len(window) == 1 else window)
+                model, call, window[0] if len(window) == 1 else window
+            )
         except Exception as exc:
-            raise ValueError(f"the model cannot be called on a window of `x` with shape "
-                             f"{[w.shape for w in window]}: {exc}") from exc
+            raise ValueError(
+                f"the model cannot be called on a window of `x` with shape "
+                f"{[w.shape for w in window]}: {exc}"
+            ) from exc
         # Keras drops a mask at a layer without mask support: then no recurrent layer
         # sees it and the padding is computed over, which keraseq must follow.
-        object.__setattr__(model, "_keraseq_mask_reaches_rnn",
-                           any(carry.model_masks) or not carry.model_masks)
-    specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call]
-             for call in states]
+        object.__setattr__(
+            model, "_keraseq_mask_reaches_rnn", any(carry.model_masks) or not carry.model_masks
+        )
+    specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call] for call in states]
     outs = keras.tree.flatten(out)
     return specs, [tuple(o.shape[1:]) for o in outs], s
 
 
-def fit(p: dict, loss, x, y, sample_weight, validation_data, callbacks, lengths,
-        initial_epoch, *, new_model: Callable[[], keras.Model],
-        new_optimizer: Callable[[], Any], check_outputs: Callable,
-        warm: Session | None = None, progress: Progress | None = None,
-        previous: Session | None = None) -> tuple[Session, Progress]:
+def fit(
+    p: dict,
+    loss,
+    x,
+    y,
+    sample_weight,
+    validation_data,
+    callbacks,
+    lengths,
+    initial_epoch,
+    *,
+    new_model: Callable[[], keras.Model],
+    new_optimizer: Callable[[], Any],
+    check_outputs: Callable,
+    warm: Session | None = None,
+    progress: Progress | None = None,
+    previous: Session | None = None,
+) -> tuple[Session, Progress]:
     """Train as ``Estimator.fit`` does; returns the fitted session and the progress.
 
     ``p``: the resolved hyper-parameters (``epochs`` already the count for this call);
@@ -146,39 +214,76 @@ def fit(p: dict, loss, x, y, sample_weight, validation_data, callbacks, lengths,
     targets (a subclass adds its own checks); ``warm``/``progress``: the previous fit's, to
     continue from; ``previous``: this estimator's last session, whose compiled steps a new
     (not warm) fit may recycle. Nothing is returned (and no fitted state changes) when a check fails.
-    """
+    """  # noqa: E501
     p = dict(p)
     if p.get("steps_per_epoch") is not None:
         check_positive_int(p["steps_per_epoch"], "steps_per_epoch")
     dataset = as_dataset(x, p.get("steps_per_epoch"))
     if dataset is None and p.get("steps_per_epoch") is not None:
-        raise ValueError("`steps_per_epoch` counts the batches of a pipeline (tf.data, "
-                         "generator, PyDataset); with arrays an epoch is every series once")
+        raise ValueError(
+            "`steps_per_epoch` counts the batches of a pipeline (tf.data, "
+            "generator, PyDataset); with arrays an epoch is every series once"
+        )
     if dataset is not None:
         try:
             x, y, sample_weight = _first_batch(p, dataset, y, sample_weight, lengths, loss)
-            return _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths,
-                        initial_epoch, new_model, new_optimizer, check_outputs, warm,
-                        progress, previous, dataset)
+            return _fit(
+                p,
+                loss,
+                x,
+                y,
+                sample_weight,
+                validation_data,
+                callbacks,
+                lengths,
+                initial_epoch,
+                new_model,
+                new_optimizer,
+                check_outputs,
+                warm,
+                progress,
+                previous,
+                dataset,
+            )
         finally:
             dataset.close()  # an epoch opened to read the first batch and never run
-    return _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths,
-                initial_epoch, new_model, new_optimizer, check_outputs, warm, progress,
-                previous, None)
+    return _fit(
+        p,
+        loss,
+        x,
+        y,
+        sample_weight,
+        validation_data,
+        callbacks,
+        lengths,
+        initial_epoch,
+        new_model,
+        new_optimizer,
+        check_outputs,
+        warm,
+        progress,
+        previous,
+        None,
+    )
 
 
 def _first_batch(p, dataset, y, sample_weight, lengths, loss):
     """Ready minibatches (a pipeline): the first one stands for the data in every check and
     probe of ``fit``; returns its ``(x, y, sample_weight)``."""
     if y is not None or sample_weight is not None or lengths is not None:
-        raise ValueError("`x` is a dataset of (x, y[, sample_weight]) batches: pass "
-                         "y=None (the targets are in the batches)")
+        raise ValueError(
+            "`x` is a dataset of (x, y[, sample_weight]) batches: pass "
+            "y=None (the targets are in the batches)"
+        )
     if p["validation_split"] or p["group_by_length"]:
-        raise ValueError("validation_split and group_by_length need arrays; a dataset "
-                         "brings its own batches (use validation_data)")
+        raise ValueError(
+            "validation_split and group_by_length need arrays; a dataset "
+            "brings its own batches (use validation_data)"
+        )
     if is_window_loss(loss):
-        raise ValueError("a dataset of batches needs a Keras loss (its last batch is "
-                         "padded with masked rows)")
+        raise ValueError(
+            "a dataset of batches needs a Keras loss (its last batch is padded with masked rows)"
+        )
     x, y, sample_weight = dataset.first()
     first = x
     while isinstance(first, (tuple, list, dict)) and first:
@@ -188,8 +293,24 @@ def _first_batch(p, dataset, y, sample_weight, lengths, loss):
     return x, y, sample_weight
 
 
-def _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths, initial_epoch,
-         new_model, new_optimizer, check_outputs, warm, progress, previous, dataset):
+def _fit(
+    p,
+    loss,
+    x,
+    y,
+    sample_weight,
+    validation_data,
+    callbacks,
+    lengths,
+    initial_epoch,
+    new_model,
+    new_optimizer,
+    check_outputs,
+    warm,
+    progress,
+    previous,
+    dataset,
+):
     comm = dist.get_comm(p["distributed"])
     # The model first: its input specs and output layouts decide how x and y are read
     # (token ids, step shapes, targets per step or per series, sparse labels).
@@ -204,14 +325,36 @@ def _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths, init
         x, y = keyed(x, built, "x"), keyed(y, built, "y")
     x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(built))
     x, y, sample_weight, lengths, validation_data = split_validation(
-        x, y, sample_weight, lengths, p["validation_split"], validation_data)
-    data = check_fit(x, y, sample_weight, lengths, validation_data, loss, p["metrics"],
-                     p["rebatch"], comm, model=built)
-    session, val_steps, val_metrics = _prepare(p, loss, data, comm, warm, built, new_model,
-                                               new_optimizer, check_outputs, previous)
+        x, y, sample_weight, lengths, p["validation_split"], validation_data
+    )
+    data = check_fit(
+        x,
+        y,
+        sample_weight,
+        lengths,
+        validation_data,
+        loss,
+        p["metrics"],
+        p["rebatch"],
+        comm,
+        model=built,
+    )
+    session, val_steps, val_metrics = _prepare(
+        p, loss, data, comm, warm, built, new_model, new_optimizer, check_outputs, previous
+    )
     try:
-        progress = _epochs(p, session, data, dataset, val_steps, val_metrics, callbacks,
-                           initial_epoch, warm is not None, progress or Progress())
+        progress = _epochs(
+            p,
+            session,
+            data,
+            dataset,
+            val_steps,
+            val_metrics,
+            callbacks,
+            initial_epoch,
+            warm is not None,
+            progress or Progress(),
+        )
     except BaseException as exc:
         # Stopped mid-training (a non-finite loss, Ctrl-C, a failing callback): the caller
         # still gets the model as it is (for a non-finite loss, from before that update).
@@ -223,8 +366,18 @@ def _fit(p, loss, x, y, sample_weight, validation_data, callbacks, lengths, init
     return session, progress
 
 
-def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer,
-             check_outputs, previous=None):
+def _prepare(
+    p,
+    loss,
+    data: FitData,
+    comm,
+    warm,
+    built,
+    new_model,
+    new_optimizer,
+    check_outputs,
+    previous=None,
+):
     """Model, optimizer, probe, metrics and compiled steps (every rank identical).
 
     The compiled steps of a finished fit of the same architecture and settings are reused
@@ -238,27 +391,43 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
     with backend.device_scope(device):
         model = warm.model if warm is not None else (built or new_model())
         check_model_inputs(model, xs)
-        check_windows(model, p["seq_len"], int(xs[0].shape[1]),
-                      data.lengths is not None or (data.val is not None
-                                                   and data.val[3] is not None))
+        check_windows(
+            model,
+            p["seq_len"],
+            int(xs[0].shape[1]),
+            data.lengths is not None or (data.val is not None and data.val[3] is not None),
+        )
         carry = StateCarry(model)
         own = dist.shard(int(xs[0].shape[0]), comm)[0]
-        state_specs, out_shapes, window = probe(model, carry, xs, p["seq_len"],
-                                                row=min(own, int(xs[0].shape[0]) - 1))
+        state_specs, out_shapes, window = probe(
+            model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1)
+        )
         check_outputs(out_shapes, ys, window, per_series=data.per_series)
         opt = warm.optimizer if warm is not None else new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(xs[0].shape[0])) * window * model.count_params()
         jit = backend.jit_for(model, p["jit_compile"], work=work, distributed=comm.size > 1)
-        key = reuse.key_of(model, opt, {
-            "loss": reuse.describe(loss), "metrics": reuse.describe(p["metrics"]),
-            "loss_weights": reuse.describe(p["loss_weights"]), "seq_len": p["seq_len"],
-            "per_series": data.per_series, "jit": jit,
-            "sync_every": p["sync_every"], "ranks": [comm.rank, comm.size], "device": device,
-            "validation": data.val is not None, "state_specs": repr(state_specs),
-            "out_shapes": out_shapes})
-        entry = reuse.take(key, previous=warm or previous,
-                           model=model if warm is not None else None)
+        key = reuse.key_of(
+            model,
+            opt,
+            {
+                "loss": reuse.describe(loss),
+                "metrics": reuse.describe(p["metrics"]),
+                "loss_weights": reuse.describe(p["loss_weights"]),
+                "seq_len": p["seq_len"],
+                "per_series": data.per_series,
+                "jit": jit,
+                "sync_every": p["sync_every"],
+                "ranks": [comm.rank, comm.size],
+                "device": device,
+                "validation": data.val is not None,
+                "state_specs": repr(state_specs),
+                "out_shapes": out_shapes,
+            },
+        )
+        entry = reuse.take(
+            key, previous=warm or previous, model=model if warm is not None else None
+        )
         if entry is not None and warm is None and not _load_initial(entry, model, opt, comm):
             entry = None
         if entry is not None:
@@ -272,22 +441,51 @@ def _prepare(p, loss, data: FitData, comm, warm, built, new_model, new_optimizer
                 if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
                     opt = model.optimizer  # mixed_float16: compile's loss scaling, as model.fit
             opt.build(model.trainable_variables)
-            metrics, val_metrics = ([metric(m, *metric_shapes(k, ys, out_shapes))
-                                     for k, m in enumerate(p["metrics"] or [])]
-                                    for _ in range(2))
+            metrics, val_metrics = (
+                [
+                    metric(m, *metric_shapes(k, ys, out_shapes))
+                    for k, m in enumerate(p["metrics"] or [])
+                ]
+                for _ in range(2)
+            )
         if comm.size > 1:
             dist.broadcast_variables(model.variables + opt.variables, comm)
     if entry is not None:
         steps, val_steps = entry.steps, entry.val_steps
     else:
         # Building checks the loss against the outputs: before any fitted state is returned.
-        steps, val_steps = build_steps(model, opt, carry, state_specs, data.per_series, p,
-                                       comm, metrics, loss, len(out_shapes), device, jit,
-                                       val_metrics if data.val is not None else None)
+        steps, val_steps = build_steps(
+            model,
+            opt,
+            carry,
+            state_specs,
+            data.per_series,
+            p,
+            comm,
+            metrics,
+            loss,
+            len(out_shapes),
+            device,
+            jit,
+            val_metrics if data.val is not None else None,
+        )
         entry = reuse.Entry(key, model, opt, carry, steps, metrics, val_steps, val_metrics)
         reuse.register(key, entry)
-    session = Session(model, opt, carry, steps, comm, device, state_specs, data.per_series,
-                      p["seq_len"], out_shapes, step_features(xs[0]), len(ys), metrics)
+    session = Session(
+        model,
+        opt,
+        carry,
+        steps,
+        comm,
+        device,
+        state_specs,
+        data.per_series,
+        p["seq_len"],
+        out_shapes,
+        step_features(xs[0]),
+        len(ys),
+        metrics,
+    )
     reuse.own(entry, session)
     return session, val_steps, val_metrics
 
@@ -303,8 +501,9 @@ def _load_initial(entry, model, fresh_opt, comm) -> bool:
         fresh_opt = keras.optimizers.LossScaleOptimizer(fresh_opt)
     fresh_opt.build(target.trainable_variables)
     if len(fresh_opt.variables) != len(entry.optimizer.variables) or any(
-            tuple(a.shape) != tuple(b.shape)
-            for a, b in zip(fresh_opt.variables, entry.optimizer.variables)):
+        tuple(a.shape) != tuple(b.shape)
+        for a, b in zip(fresh_opt.variables, entry.optimizer.variables)
+    ):
         return False
     target.set_weights(weights)
     for var, fresh in zip(entry.optimizer.variables, fresh_opt.variables):
@@ -312,8 +511,18 @@ def _load_initial(entry, model, fresh_opt, comm) -> bool:
     return True
 
 
-def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics, callbacks,
-            initial_epoch, warm: bool, progress: Progress) -> Progress:
+def _epochs(
+    p,
+    session: Session,
+    data: FitData,
+    dataset,
+    val_steps,
+    val_metrics,
+    callbacks,
+    initial_epoch,
+    warm: bool,
+    progress: Progress,
+) -> Progress:
     """The epoch loop (numbered as in ``model.fit``)."""
     model, opt, comm, carry = session.model, session.optimizer, session.comm, session.carry
     steps, metrics, backend = session.steps, session.train_metrics, _backend()
@@ -335,9 +544,9 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
         row_lengths = series_lengths(xs, lengths, rule, lo, hi)
 
         def plan_of(shuffle, epoch_rng):
-            return grouped_plan(lo, hi, p["batch_size"], n_steps, row_lengths, shuffle,
-                                epoch_rng)
+            return grouped_plan(lo, hi, p["batch_size"], n_steps, row_lengths, shuffle, epoch_rng)
     else:
+
         def plan_of(shuffle, epoch_rng):
             return minibatch_plan(lo, hi, p["batch_size"], n_steps, shuffle, epoch_rng)
 
@@ -354,16 +563,25 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
     if not warm or shuffle_seed is None:
         # One seed per estimator (rank 0's under MPI); epoch e shuffles with (seed, e),
         # so a resumed or continued run shuffles exactly like an uninterrupted one.
-        seed = p["random_state"] if p["random_state"] is not None else \
-            int(np.random.default_rng().integers(2**31))
+        seed = (
+            p["random_state"]
+            if p["random_state"] is not None
+            else int(np.random.default_rng().integers(2**31))
+        )
         shuffle_seed = dist.broadcast_object(int(seed), comm)
     # Chunks of windows (``windows_per_call``): each compiled call is one step of the bar
     # and of the callbacks; ``chunk`` is None when every minibatch is one call (as always
     # before), else the windows per call (the same on every rank).
     chunk = chunk_windows(p, session, xs, comm)
     calls = 1 if chunk is None else math.ceil(windows_of(xs, p["seq_len"]) / chunk)
-    cb = callback_list(list(p["callbacks"] or []) + list(callbacks or []), model, p,
-                       None if n_steps is None else n_steps * calls, comm, epochs=last)
+    cb = callback_list(
+        list(p["callbacks"] or []) + list(callbacks or []),
+        model,
+        p,
+        None if n_steps is None else n_steps * calls,
+        comm,
+        epochs=last,
+    )
     history = progress.history if warm else {}
     model.stop_training = False
     model._initial_epoch = None
@@ -384,25 +602,45 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
         for m in metrics:
             m.reset_state()
         if dataset is not None:
-            reader = DatasetReader(dataset, n_steps, p["batch_size"],
-                                   [x_dtype(xs, model), y_dtype(model), np.float32], comm,
-                                   standardizer(model, ys))
+            reader = DatasetReader(
+                dataset,
+                n_steps,
+                p["batch_size"],
+                [x_dtype(xs, model), y_dtype(model), np.float32],
+                comm,
+                standardizer(model, ys),
+            )
         else:
             reader = MinibatchReader(
-                [xs, ys, ws, (rebatch_mask,) if rebatch_mask is not None else None,
-                 (lengths,) if lengths is not None else None], plan_of(p["shuffle"], epoch_rng),
-                p["batch_size"], [x_dtype(xs, model), y_dtype(model), np.float32, np.float32,
-                                  np.int64],
-                pad=not steps.exact_rows, fallback_row=lo if hi > lo else 0)
+                [
+                    xs,
+                    ys,
+                    ws,
+                    (rebatch_mask,) if rebatch_mask is not None else None,
+                    (lengths,) if lengths is not None else None,
+                ],
+                plan_of(p["shuffle"], epoch_rng),
+                p["batch_size"],
+                [x_dtype(xs, model), y_dtype(model), np.float32, np.float32, np.int64],
+                pad=not steps.exact_rows,
+                fallback_row=lo if hi > lo else 0,
+            )
         total = np.zeros(2)
         call = 0  # the callbacks' step: one per compiled call
         for step, (batch, rows_mask, n_real) in enumerate(reader):
             bx, by, bw, bt, bl = batch
-            tensors = batch_tensors(bx, by, bw, rows_mask, session.per_series, bt, bl, rule,
-                                    masked, p["seq_len"], comm)
-            for args, final in calls_of(tensors, chunk, steps, p["seq_len"], comm,
-                                        session.device,
-                                        1 if session.per_series else p["sync_every"]):
+            tensors = batch_tensors(
+                bx, by, bw, rows_mask, session.per_series, bt, bl, rule, masked, p["seq_len"], comm
+            )
+            for args, final in calls_of(
+                tensors,
+                chunk,
+                steps,
+                p["seq_len"],
+                comm,
+                session.device,
+                1 if session.per_series else p["sync_every"],
+            ):
                 cb.on_train_batch_begin(call)
                 with carry, backend.device_scope(session.device), uninterrupted():
                     # Ctrl-C waits for the call to end and its update to be in place.
@@ -419,15 +657,20 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
                         f"{step + 1}, window {bad + 1}"
                         f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
                         f"from before that update. Lower the learning rate, clip gradients "
-                        f"(optimizer clipnorm=...) or check the data")
+                        f"(optimizer clipnorm=...) or check the data"
+                    )
                 # Logged like model.fit: the mean of the minibatch losses weighted by their
                 # number of series (a minibatch's loss: the mean over its unmasked elements);
                 # inside a minibatch, with the mean of its windows trained so far.
                 loss_sum, count, rows = dist.allreduce_sum(
-                    np.array([loss_sum, count, n_real]), comm)
+                    np.array([loss_sum, count, n_real]), comm
+                )
                 minibatch = np.array([loss_sum, count])  # (the sums so far: see calls_of)
-                done = total + ([minibatch[0] / minibatch[1] * rows, rows] if minibatch[1]
-                                else [0.0, rows if final else 0.0])
+                done = total + (
+                    [minibatch[0] / minibatch[1] * rows, rows]
+                    if minibatch[1]
+                    else [0.0, rows if final else 0.0]
+                )
                 if final:
                     total = done
                 logs = {"loss": done[0] / max(done[1], 1.0)}
@@ -435,15 +678,18 @@ def _epochs(p, session: Session, data: FitData, dataset, val_steps, val_metrics,
                 cb.on_train_batch_end(call, logs)
                 call += 1
                 if comm.size > 1:  # a callback that stops one rank stops all (no hang)
-                    model.stop_training = bool(
-                        dist.max_over_ranks(int(model.stop_training), comm))
+                    model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
                 if model.stop_training:
                     break
             if model.stop_training:
                 break
         if data.val is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(
-                session, val_steps, data.val, val_metrics, p).items()})
+            logs.update(
+                {
+                    f"val_{k}": v
+                    for k, v in evaluate(session, val_steps, data.val, val_metrics, p).items()
+                }
+            )
         cb.on_epoch_end(epoch, logs)
         if comm.size > 1:
             model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
@@ -470,12 +716,16 @@ def dataset_steps(dataset, comm) -> int | None:
 def standardizer(model, ys):
     """A pipeline batch ``(x, y, w)`` as ``fit`` checked the first one: dicts in the model's
     input/output order, sparse labels with their trailing axis of 1."""
+
     def standardize(bx, by, bw):
         bx, by = keyed(bx, model, "x"), keyed(by, model, "y")
         by = tuple(by) if isinstance(by, (tuple, list)) else (by,)
-        by = tuple(np.asarray(a)[..., None] if np.ndim(a) == ys[k].ndim - 1 else a
-                   for k, a in enumerate(by))
+        by = tuple(
+            np.asarray(a)[..., None] if np.ndim(a) == ys[k].ndim - 1 else a
+            for k, a in enumerate(by)
+        )
         return bx, by, bw
+
     return standardize
 
 
@@ -489,17 +739,20 @@ def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:
     batch = predict_batch_size(p, xs, None)
     lo, hi = dist.shard(int(xs[0].shape[0]), comm)
     n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
-    reader = MinibatchReader([xs, ys, ws, (lengths,) if lengths is not None else None],
-                             minibatch_plan(lo, hi, batch, n_steps, False, None),
-                             batch, [x_dtype(xs, session.model), y_dtype(session.model),
-                                     np.float32, np.int64],
-                             fallback_row=lo if hi > lo else 0)
+    reader = MinibatchReader(
+        [xs, ys, ws, (lengths,) if lengths is not None else None],
+        minibatch_plan(lo, hi, batch, n_steps, False, None),
+        batch,
+        [x_dtype(xs, session.model), y_dtype(session.model), np.float32, np.int64],
+        fallback_row=lo if hi > lo else 0,
+    )
     masked = rule is not None or lengths is not None
     total = np.zeros(2)
     for (bx, by, bw, bl), rows_mask, _ in reader:
         # No collective inside evaluate's window loop: ranks need not agree on windows.
-        tensors = batch_tensors(bx, by, bw, rows_mask, session.per_series, None, bl, rule,
-                                masked, p["seq_len"], None)
+        tensors = batch_tensors(
+            bx, by, bw, rows_mask, session.per_series, None, bl, rule, masked, p["seq_len"], None
+        )
         with session.carry, backend.device_scope(session.device):
             loss_sum, count = steps.evaluate(*tensors, None)
         total += np.array([float(loss_sum), float(count)])
@@ -586,8 +839,16 @@ def calls_of(tensors, chunk, steps: StepFunctions, seq_len, comm, device, multip
     for k in range(n_calls):
         first = k * chunk
         final = k == n_calls - 1
-        args = [x, y, w, m, tm, backend.to_tensor(np.int32(min(windows, first + chunk))), h0,
-                (backend.to_tensor(np.int32(first)), backend.to_tensor(np.bool_(final)), acc)]
+        args = [
+            x,
+            y,
+            w,
+            m,
+            tm,
+            backend.to_tensor(np.int32(min(windows, first + chunk))),
+            h0,
+            (backend.to_tensor(np.int32(first)), backend.to_tensor(np.bool_(final)), acc),
+        ]
         yield args, final
         h0, acc = args[-2], args[-1][2]
 
@@ -614,8 +875,9 @@ class uninterrupted:
         if not self.installed:
             return False
         # (None: a handler set from C, which Python cannot put back; its default then.)
-        signal.signal(signal.SIGINT, signal.default_int_handler if self.previous is None
-                      else self.previous)
+        signal.signal(
+            signal.SIGINT, signal.default_int_handler if self.previous is None else self.previous
+        )
         if self.pending and exc_type is None:
             if callable(self.previous):
                 self.previous(signal.SIGINT, None)
@@ -625,8 +887,9 @@ class uninterrupted:
 
 
 # ------------------------------------------------------------------------------- minibatches
-def batch_tensors(bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, masked, seq_len,
-                  agree_comm):
+def batch_tensors(
+    bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, masked, seq_len, agree_comm
+):
     """A read minibatch as the step functions take it: ``(x, y, weights or None, mask,
     time mask or None, windows to run or None)``.
 
@@ -649,8 +912,14 @@ def batch_tensors(bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, mas
         if agree_comm is not None and agree_comm.size > 1 and not per_series:
             n_win = dist.max_over_ranks(n_win, agree_comm)
         tm, n_win = to_tensor(tm), to_tensor(np.int32(n_win))
-    return (tuple(to_tensor(a) for a in bx), tuple(to_tensor(a) for a in by),
-            weights, (to_tensor(mask),), tm, n_win)
+    return (
+        tuple(to_tensor(a) for a in bx),
+        tuple(to_tensor(a) for a in by),
+        weights,
+        (to_tensor(mask),),
+        tm,
+        n_win,
+    )
 
 
 def _weights(w, per_series, t):
@@ -684,7 +953,8 @@ def rebatch(xs, ys, ws, batch_size, seq_len):
         if pad:
             a = np.concatenate([a, np.zeros((a.shape[0], pad) + a.shape[2:], a.dtype)], axis=1)
         return a.reshape((a.shape[0], k, length) + a.shape[2:]).reshape(
-            (a.shape[0] * k, length) + a.shape[2:])
+            (a.shape[0] * k, length) + a.shape[2:]
+        )
 
     mask = cut(np.ones((n, t), np.float32))
     if ws is not None:
@@ -700,10 +970,15 @@ def callback_list(callbacks, model, p, n_steps, comm, epochs=None):
     if comm.rank != 0:
         callbacks = [c for c in callbacks if not isinstance(c, dist.ROOT_ONLY_CALLBACKS)]
     verbose = p["verbose"] if comm.rank == 0 else 0
-    return keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
-                                        model=model, verbose=verbose,
-                                        epochs=p["epochs"] if epochs is None else epochs,
-                                        steps=n_steps)
+    return keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        model=model,
+        verbose=verbose,
+        epochs=p["epochs"] if epochs is None else epochs,
+        steps=n_steps,
+    )
 
 
 def reseed(model, random_state: int, epoch: int) -> None:
@@ -727,8 +1002,12 @@ def metric(spec, y_true_shape=None, y_pred_shape=None) -> keras.metrics.Metric:
         from types import SimpleNamespace
 
         from keras.src.trainers.compile_utils import get_metric
-        return get_metric(spec, SimpleNamespace(shape=tuple(y_true_shape)),
-                          SimpleNamespace(shape=tuple(y_pred_shape)))
+
+        return get_metric(
+            spec,
+            SimpleNamespace(shape=tuple(y_true_shape)),
+            SimpleNamespace(shape=tuple(y_pred_shape)),
+        )
     fn = keras.metrics.get(spec)
     if isinstance(fn, keras.metrics.Metric):
         config = fn.get_config()

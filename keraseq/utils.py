@@ -12,6 +12,7 @@ non-stateful models (``windows.py``), data helpers (``data.py``) and layers (``l
 All functions work on plain Keras models; :func:`states` and :func:`load_states` also accept a
 fitted keraseq ``Estimator``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -51,8 +52,10 @@ def net2vec(model: keras.Model) -> np.ndarray:
         >>> net2vec(m).shape   # 3*2 kernel + 2 bias
         (8,)
     """
-    parts = [np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float32).ravel()
-             for w in model.trainable_weights]
+    parts = [
+        np.asarray(keras.ops.convert_to_numpy(w), dtype=np.float32).ravel()
+        for w in model.trainable_weights
+    ]
     if not parts:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(parts)
@@ -87,7 +90,7 @@ def vec2net(model: keras.Model, v: Any) -> keras.Model:
     offset = 0
     for w in ws:
         size = int(np.prod(w.shape))
-        w.assign(arr[offset:offset + size].reshape(tuple(w.shape)).astype(w.dtype))
+        w.assign(arr[offset : offset + size].reshape(tuple(w.shape)).astype(w.dtype))
         offset += size
     return model
 
@@ -100,8 +103,11 @@ def _required_positional(fn: Callable) -> int | None:
     except (TypeError, ValueError):
         return None
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(1 for p in sig.parameters.values()
-               if p.kind in kinds and p.default is inspect.Parameter.empty)
+    return sum(
+        1
+        for p in sig.parameters.values()
+        if p.kind in kinds and p.default is inspect.Parameter.empty
+    )
 
 
 def _is_model_loss(loss: Any) -> bool:
@@ -190,11 +196,11 @@ def net2grad(model: keras.Model, x: Any, y: Any, loss: Any) -> np.ndarray:
         grads = _jax_gradients(model, value_of)
     else:
         import tensorflow as tf
+
         with tf.GradientTape() as tape:
             value = value_of()
         grads = tape.gradient(value, trainable)
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                 for g in grads]
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
     parts = []
     for g, w in zip(grads, trainable):
         if g is None:
@@ -259,15 +265,16 @@ def named_params(model: keras.Model, trainable_only: bool = True) -> dict[str, k
 
 # ------------------------------------------------------------------------------------- states
 def _is_estimator(obj: Any) -> bool:
-    return (not isinstance(obj, keras.layers.Layer)
-            and callable(getattr(obj, "_get_states", None))
-            and callable(getattr(obj, "_set_states", None)))
+    return (
+        not isinstance(obj, keras.layers.Layer)
+        and callable(getattr(obj, "_get_states", None))
+        and callable(getattr(obj, "_set_states", None))
+    )
 
 
 def _stateful_rnns(model: keras.Model) -> list:
     layers = model._flatten_layers(include_self=False, recursive=True)
-    return [layer for layer in layers
-            if isinstance(layer, keras.layers.RNN) and layer.stateful]
+    return [layer for layer in layers if isinstance(layer, keras.layers.RNN) and layer.stateful]
 
 
 def _state_variables(model: keras.Model) -> list[tuple[Any, Any]]:
@@ -376,9 +383,12 @@ _UNCONFIGURED = ("use_cudnn",)
 def _unconfigured_options(model: keras.Model) -> list:
     """The values of :data:`_UNCONFIGURED` options set on the model's layers, in layer order
     (part of what a compiled step depends on, though ``get_config`` omits them)."""
-    return [(i, name, getattr(layer, name))
-            for i, layer in enumerate(model._flatten_layers(include_self=False))
-            for name in _UNCONFIGURED if name in vars(layer)]
+    return [
+        (i, name, getattr(layer, name))
+        for i, layer in enumerate(model._flatten_layers(include_self=False))
+        for name in _UNCONFIGURED
+        if name in vars(layer)
+    ]
 
 
 def _clone_model(model: keras.Model) -> keras.Model:

@@ -9,9 +9,11 @@ What does not live here: the compiled window loops (one module per backend in
 ``keraseq/backend/``), the epoch loop (``trainer.py``), reading the data (``batches.py``) and MPI
 (``distributed.py``).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import ops, tree
@@ -24,8 +26,10 @@ def find_causal_convs(model: keras.Model) -> list:
     return [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.Conv1D) and layer.padding == "causal"
-        and layer.data_format == "channels_last" and tuple(layer.strides) == (1,)
+        if isinstance(layer, keras.layers.Conv1D)
+        and layer.padding == "causal"
+        and layer.data_format == "channels_last"
+        and tuple(layer.strides) == (1,)
     ]
 
 
@@ -61,7 +65,7 @@ class StateCarry:
         ...     carry.feed(s); y2 = m(x[:, 3:])
         >>> bool(np.allclose(np.concatenate([y1, y2], 1), m(x), atol=1e-5))
         True
-    """
+    """  # noqa: E501
 
     def __init__(self, model: keras.Model):
         self.layers = find_rnn_layers(model)
@@ -87,7 +91,7 @@ class StateCarry:
         return list(self._outgoing)
 
     # -- context manager: patch / unpatch ------------------------------------------------------
-    def __enter__(self) -> "StateCarry":
+    def __enter__(self) -> StateCarry:
         self._depth += 1
         if self._depth == 1:
             self._saved_stateful = [layer.stateful for layer in self.layers]
@@ -121,29 +125,34 @@ class StateCarry:
 
         def inner_loop(sequences, initial_state, mask, training=False):
             if not layer.__dict__.get("_keraseq_default", False):
-                return orig_loop(sequences=sequences, initial_state=initial_state,
-                                 mask=mask, training=training)
+                return orig_loop(
+                    sequences=sequences, initial_state=initial_state, mask=mask, training=training
+                )
             object.__setattr__(layer, "_keraseq_default", False)
             carry.model_masks.append(mask is not None)  # did the model's own mask get here?
             if carry.window_mask is not None:  # lengths given to keraseq: mask the padding
                 window_mask = ops.cast(carry.window_mask, "bool")
-                mask = window_mask if mask is None else ops.logical_and(ops.cast(mask, "bool"),
-                                                                        window_mask)
+                mask = (
+                    window_mask
+                    if mask is None
+                    else ops.logical_and(ops.cast(mask, "bool"), window_mask)
+                )
             index = len(carry._outgoing)
             if carry._incoming is not None:
                 if index >= len(carry._incoming):
                     raise RuntimeError(
                         "keraseq: the model called its recurrent layers more often in this "
                         "window than in the first one; state carry needs the same call order "
-                        "in every window.")
+                        "in every window."
+                    )
                 flat_default = tree.flatten(initial_state)
                 flat = [ops.cast(s, d.dtype) for s, d in zip(carry._incoming[index], flat_default)]
                 initial_state = tree.pack_sequence_as(initial_state, flat)
-            last, outputs, states = orig_loop(sequences=sequences, initial_state=initial_state,
-                                              mask=mask, training=training)
+            last, outputs, states = orig_loop(
+                sequences=sequences, initial_state=initial_state, mask=mask, training=training
+            )
             if mask is not None and carries_masked_output(layer):
-                last, outputs = _masked_output_from_state(layer, mask, initial_state, last,
-                                                          outputs)
+                last, outputs = _masked_output_from_state(layer, mask, initial_state, last, outputs)
             carry._outgoing.append(list(tree.flatten(states)))
             return last, outputs, states
 
@@ -166,7 +175,7 @@ class StateCarry:
             else:
                 context = ops.zeros_like(inputs[:, :1]) * ops.zeros((1, left, 1), inputs.dtype)
             full = ops.concatenate([context, inputs], axis=1)
-            carry._outgoing.append([full[:, ops.shape(full)[1] - left:]])
+            carry._outgoing.append([full[:, ops.shape(full)[1] - left :]])
             return orig_call(full, *args, **kwargs)
 
         object.__setattr__(layer, "_compute_causal_padding", lambda: [[0, 0], [0, 0], [0, 0]])
@@ -186,8 +195,11 @@ def carries_masked_output(layer) -> bool:
     that of the last real step; a window that starts (or is all) padding would instead start
     from zeros. For the built-in cells that output is the first state, which keraseq carries.
     """
-    return (isinstance(getattr(layer, "cell", None), _OUTPUT_IS_STATE)
-            and not layer.zero_output_for_mask and not layer.go_backwards)
+    return (
+        isinstance(getattr(layer, "cell", None), _OUTPUT_IS_STATE)
+        and not layer.zero_output_for_mask
+        and not layer.go_backwards
+    )
 
 
 def _masked_output_from_state(layer, mask, initial_state, last, outputs):
@@ -201,5 +213,3 @@ def _masked_output_from_state(layer, mask, initial_state, last, outputs):
         seen = ops.cumsum(ops.cast(mask, "int32"), axis=1) > 0  # (B, S)
         outputs = ops.where(seen[:, :, None], outputs, ops.cast(h_in, outputs.dtype)[:, None])
     return last, outputs
-
-

@@ -1,4 +1,5 @@
 """Shared fixtures: quiet TensorFlow, small data, small models."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -19,17 +20,21 @@ if os.environ["KERAS_BACKEND"] == "jax":
     # Two JAX CPU devices even on a one-core machine, so the row-split program is tested.
     os.environ.setdefault("KERASEQ_CPU_DEVICES", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 
 def lstm_model(features=3, units=8, outputs=1, cell="LSTM", seed=0):
     keras.utils.set_random_seed(seed)
     layer = getattr(keras.layers, cell)
-    return keras.Sequential([keras.Input((None, features)),
-                             layer(units, return_sequences=True),
-                             keras.layers.Dense(outputs)])
+    return keras.Sequential(
+        [
+            keras.Input((None, features)),
+            layer(units, return_sequences=True),
+            keras.layers.Dense(outputs),
+        ]
+    )
 
 
 @pytest.fixture

@@ -11,29 +11,34 @@ After each call the resident set size (``/proc/self/statm``) is recorded; the sc
 ``RESULT {"slope_mb": ..., "rss_mb": [...]}``: the least-squares slope of the resident memory in
 MB per call over the calls after the first WARMUP (by then every program exists).
 """
+
 import gc
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from keraseq import Estimator  # noqa: E402
+from keraseq import Estimator
 
 PROGRAMS = [(units, seq_len) for units in (2, 3, 4) for seq_len in (4, 6)]
 
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def estimator(units, seq_len):
-    model = keras.Sequential([keras.Input((None, 2)),
-                              keras.layers.LSTM(units, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            keras.layers.LSTM(units, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
     return Estimator(model, "mse", "adam", epochs=1, batch_size=4, seq_len=seq_len, verbose=0)
 
 

@@ -9,6 +9,7 @@ example, so that one pair of subprocesses serves them all): per-step targets ove
 with a short tail, unequal lengths (``lengths=``) with per-step and per-series targets, and
 token ids padded with 0 into ``Embedding(mask_zero=True)`` with sparse labels.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,25 +21,32 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
-PRED_ATOL = 1e-5     # same weights, same data -> same predictions
-WEIGHT_ATOL = 1e-4   # after a few TBPTT updates
+PRED_ATOL = 1e-5  # same weights, same data -> same predictions
+WEIGHT_ATOL = 1e-4  # after a few TBPTT updates
 
 
 # --------------------------------------------------------------------------------- the worker
 def _model(case):
     import keras
+
     layer = getattr(keras.layers, case["cell"])
     front = [keras.Input((None, case["features"]))]
     if case.get("tokens"):  # token ids padded with 0, read through Embedding(mask_zero=True)
-        front = [keras.Input((None,), dtype="int32"),
-                 keras.layers.Embedding(case["features"] + 2, 3, mask_zero=True)]
-    model = keras.Sequential(front + [
-        layer(case["units"], return_sequences=case["kind"] == "step"),
-        keras.layers.Dense(case["outputs"] + (2 if case.get("tokens") else 0)),
-    ])
+        front = [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(case["features"] + 2, 3, mask_zero=True),
+        ]
+    model = keras.Sequential(
+        front
+        + [
+            layer(case["units"], return_sequences=case["kind"] == "step"),
+            keras.layers.Dense(case["outputs"] + (2 if case.get("tokens") else 0)),
+        ]
+    )
     rng = np.random.default_rng(case["seed"])
-    model.set_weights([(rng.normal(size=w.shape) * 0.4).astype("float32")
-                       for w in model.get_weights()])
+    model.set_weights(
+        [(rng.normal(size=w.shape) * 0.4).astype("float32") for w in model.get_weights()]
+    )
     return model
 
 
@@ -61,8 +69,12 @@ def _data(case):
 
 def _loss(case):
     import keras
-    return (keras.losses.SparseCategoricalCrossentropy(from_logits=True) if case.get("tokens")
-            else "mse")
+
+    return (
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if case.get("tokens")
+        else "mse"
+    )
 
 
 def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
@@ -77,9 +89,16 @@ def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
             x, y, lengths = _data(case)
             model = _model(case)
             w0 = model.get_weights()
-            est = Estimator(model, _loss(case), keras.optimizers.Adam(0.01), epochs=2,
-                            batch_size=case["batch"], seq_len=case["seq_len"], shuffle=False,
-                            verbose=0).fit(x, y, lengths=lengths)
+            est = Estimator(
+                model,
+                _loss(case),
+                keras.optimizers.Adam(0.01),
+                epochs=2,
+                batch_size=case["batch"],
+                seq_len=case["seq_len"],
+                shuffle=False,
+                verbose=0,
+            ).fit(x, y, lengths=lengths)
             trained = est.model_.get_weights()
             pred_trained = est.predict(x, lengths=lengths)
             est.model_.set_weights(w0)  # the initial weights: predictions from equal weights
@@ -87,8 +106,12 @@ def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
             est.model_.set_weights(trained)
             est.save(out_dir / f"est_{k}.keras")
             est.model_.save(out_dir / f"model_{k}.keras")
-            np.savez(out_dir / f"case_{k}.npz", pred_initial=pred_initial,
-                     pred_trained=pred_trained, **{f"w{j}": w for j, w in enumerate(trained)})
+            np.savez(
+                out_dir / f"case_{k}.npz",
+                pred_initial=pred_initial,
+                pred_trained=pred_trained,
+                **{f"w{j}": w for j, w in enumerate(trained)},
+            )
     else:
         for k, case in enumerate(cases):
             x, _, lengths = _data(case)
@@ -97,17 +120,22 @@ def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
             model = keras.saving.load_model(load_from / f"model_{k}.keras")
             whole = np.asarray(model.predict(x, verbose=0)) if lengths is None else None
             results[k] = {
-                "est_predict": float(np.abs(est.predict(x, lengths=lengths)
-                                            - saved["pred_trained"]).max()),
-                "model_predict": None if whole is None else float(
-                    np.abs(whole - saved["pred_trained"]).max()),
+                "est_predict": float(
+                    np.abs(est.predict(x, lengths=lengths) - saved["pred_trained"]).max()
+                ),
+                "model_predict": None
+                if whole is None
+                else float(np.abs(whole - saved["pred_trained"]).max()),
             }
     (out_dir / "done.json").write_text(json.dumps({"backend": backend, "loaded": results}))
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
-    _work(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()),
-          Path(sys.argv[4]) if len(sys.argv) > 4 else None)
+    _work(
+        Path(sys.argv[2]),
+        json.loads(Path(sys.argv[3]).read_text()),
+        Path(sys.argv[4]) if len(sys.argv) > 4 else None,
+    )
     sys.exit(0)
 
 
@@ -120,15 +148,17 @@ BACKENDS = ("tensorflow", "jax")
 
 
 def _launch(backend, out_dir, cases_file, load_from=None):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent),
-                                                        os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(HERE), "worker", str(out_dir), str(cases_file)]
     if load_from is not None:
         cmd.append(str(load_from))
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _run_all(procs, timeout=600):
@@ -139,26 +169,34 @@ def _run_all(procs, timeout=600):
 
 
 def _shape():
-    return st.fixed_dictionaries({
-        "cell": st.sampled_from(["LSTM", "GRU", "SimpleRNN"]),
-        "units": st.integers(1, 6),
-        "features": st.integers(1, 4),
-        "outputs": st.integers(1, 3),
-        "n": st.integers(3, 9),
-        "t": st.integers(3, 14),
-        "window": st.integers(1, 16),   # seq_len: > t means the whole sequence
-        "batch": st.integers(2, 6),
-        "seed": st.integers(0, 2**16),
-    })
+    return st.fixed_dictionaries(
+        {
+            "cell": st.sampled_from(["LSTM", "GRU", "SimpleRNN"]),
+            "units": st.integers(1, 6),
+            "features": st.integers(1, 4),
+            "outputs": st.integers(1, 3),
+            "n": st.integers(3, 9),
+            "t": st.integers(3, 14),
+            "window": st.integers(1, 16),  # seq_len: > t means the whole sequence
+            "batch": st.integers(2, 6),
+            "seed": st.integers(0, 2**16),
+        }
+    )
 
 
 def _cases(shapes):
     """Four kinds: per-step targets (equal lengths), per-step and per-series with lengths,
     token ids (N, T) padded with 0 into Embedding(mask_zero=True) with labels (N, T)."""
     cases = []
-    for shape, (kind, lengths, tokens) in zip(shapes, [
-            ("step", False, False), ("step", True, False), ("series", True, False),
-            ("step", True, True)]):
+    for shape, (kind, lengths, tokens) in zip(
+        shapes,
+        [
+            ("step", False, False),
+            ("step", True, False),
+            ("series", True, False),
+            ("step", True, True),
+        ],
+    ):
         case = dict(shape, kind=kind, lengths=lengths, tokens=tokens)
         window = case.pop("window")
         case["seq_len"] = window if window <= case["t"] else None
@@ -171,8 +209,12 @@ EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
 
 
 @pytest.mark.property
-@settings(max_examples=EXAMPLES, deadline=None, phases=(Phase.explicit, Phase.generate),
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=list(HealthCheck),
+)
 @given(shapes=st.lists(_shape(), min_size=4, max_size=4))
 def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_factory):
     cases = _cases(shapes)
@@ -194,8 +236,12 @@ def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_fa
         diff = np.abs(tf_["pred_trained"] - jx["pred_trained"]).max()
         assert diff <= WEIGHT_ATOL, f"{where}: predictions after fit differ by {diff}"
     # Round 2: each backend loads the other's .keras files and predicts what it predicted.
-    _run_all({f"{b} loading {a}'s files": _launch(b, root / f"{b}_loads", cases_file, root / a)
-              for a, b in (BACKENDS, BACKENDS[::-1])})
+    _run_all(
+        {
+            f"{b} loading {a}'s files": _launch(b, root / f"{b}_loads", cases_file, root / a)
+            for a, b in (BACKENDS, BACKENDS[::-1])
+        }
+    )
     for b in BACKENDS:
         report = json.loads((root / f"{b}_loads" / "done.json").read_text())
         assert report["backend"] == b
@@ -230,7 +276,8 @@ def test_keraseq_imports_and_trains_on_jax_without_tensorflow(tmp_path):
         "print('TF-FREE', [k for k in sys.modules if k.split('.')[0] == 'tensorflow'])\n"
     )
     env = dict(os.environ, KERAS_BACKEND="jax")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "TF-FREE []" in out.stdout, out.stdout[-2000:]

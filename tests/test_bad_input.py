@@ -1,5 +1,6 @@
 """Bad input: a clear ValueError/TypeError naming the argument, raised before any training step,
 with the user's arrays left untouched."""
+
 from __future__ import annotations
 
 import collections
@@ -8,8 +9,8 @@ import h5py
 import keras
 import numpy as np
 import pytest
-
 from conftest import lstm_model
+
 from keraseq import Estimator
 
 N, T, F = 12, 20, 3
@@ -37,8 +38,7 @@ class Recorder(keras.callbacks.Callback):
 
 
 def estimator(model=None, **kw):
-    params = dict(epochs=1, batch_size=4, seq_len=5, shuffle=False, verbose=0,
-                  jit_compile=False)
+    params = dict(epochs=1, batch_size=4, seq_len=5, shuffle=False, verbose=0, jit_compile=False)
     params.update(kw)
     return Estimator(model if model is not None else lstm_model(), "mse", "adam", **params)
 
@@ -59,8 +59,9 @@ def assert_fit_rejected(est, exc, match, x, y, **kwargs):
     arrays = [x, y, kwargs.get("sample_weight")]
     before = copies(*[a if isinstance(a, np.ndarray) else None for a in arrays])
     recorder = Recorder()
-    weights_before = [w.copy() for w in est.model.get_weights()] \
-        if isinstance(est.model, keras.Model) else None
+    weights_before = (
+        [w.copy() for w in est.model.get_weights()] if isinstance(est.model, keras.Model) else None
+    )
     with pytest.raises(exc, match=match):
         est.fit(x, y, callbacks=[recorder], **kwargs)
     assert recorder.events == []
@@ -92,14 +93,14 @@ def test_t_mismatch_names_y():
 def test_wrong_rank_of_x(shape):
     _, y = make_data()
     x = np.ones(shape, np.float32)
-    assert_fit_rejected(estimator(), ValueError, r"`x`.*rank %d" % len(shape), x, y)
+    assert_fit_rejected(estimator(), ValueError, r"`x`.*rank %d" % len(shape), x, y)  # noqa: UP031
 
 
 @pytest.mark.parametrize("shape", [(N,), (N, T, 1, 1)], ids=["rank1", "rank4"])
 def test_wrong_rank_of_y(shape):
     x, _ = make_data()
     y = np.ones(shape, np.float32)
-    assert_fit_rejected(estimator(), ValueError, r"`y`.*rank %d" % len(shape), x, y)
+    assert_fit_rejected(estimator(), ValueError, r"`y`.*rank %d" % len(shape), x, y)  # noqa: UP031
 
 
 def test_feature_size_unlike_the_model_input():
@@ -140,12 +141,14 @@ def test_non_finite_sample_weight_and_validation_data():
     x, y = make_data()
     w = np.ones(N, np.float32)
     w[2] = np.nan
-    assert_fit_rejected(estimator(), ValueError, r"`sample_weight`.*NaN or Inf", x, y,
-                        sample_weight=w)
+    assert_fit_rejected(
+        estimator(), ValueError, r"`sample_weight`.*NaN or Inf", x, y, sample_weight=w
+    )
     xv, yv = make_data(n=5)
     xv[1, 0, 0] = np.inf
-    assert_fit_rejected(estimator(), ValueError, r"validation_data.*x.*NaN or Inf", x, y,
-                        validation_data=(xv, yv))
+    assert_fit_rejected(
+        estimator(), ValueError, r"validation_data.*x.*NaN or Inf", x, y, validation_data=(xv, yv)
+    )
 
 
 def test_non_finite_x_in_predict(fitted):
@@ -165,8 +168,11 @@ def test_non_finite_rejected_in_h5py_input(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- empty
-@pytest.mark.parametrize("which,shape", [("x", (0, T, F)), ("x", (N, 0, F)), ("y", (0, T, 1))],
-                         ids=["x_no_series", "x_no_steps", "y_no_series"])
+@pytest.mark.parametrize(
+    "which,shape",
+    [("x", (0, T, F)), ("x", (N, 0, F)), ("y", (0, T, 1))],
+    ids=["x_no_series", "x_no_steps", "y_no_series"],
+)
 def test_empty_arrays(which, shape):
     x, y = make_data()
     if which == "x":
@@ -183,9 +189,11 @@ def test_empty_tuple_of_inputs():
 
 # ---------------------------------------------------------------------- hyper-parameters
 @pytest.mark.parametrize("name", ["seq_len", "batch_size", "epochs"])
-@pytest.mark.parametrize("value,exc", [(0, ValueError), (-3, ValueError), (2.5, TypeError),
-                                       ("8", TypeError), (4.0, TypeError)],
-                         ids=["zero", "negative", "float", "str", "integral_float"])
+@pytest.mark.parametrize(
+    "value,exc",
+    [(0, ValueError), (-3, ValueError), (2.5, TypeError), ("8", TypeError), (4.0, TypeError)],
+    ids=["zero", "negative", "float", "str", "integral_float"],
+)
 def test_bad_hyper_parameter(name, value, exc):
     x, y = make_data()
     assert_fit_rejected(estimator(**{name: value}), exc, rf"`{name}`", x, y)
@@ -225,14 +233,17 @@ def two_in_two_out():
     keras.utils.set_random_seed(0)
     a, b = keras.Input((None, 2), name="a"), keras.Input((None, 3), name="b")
     h = keras.layers.LSTM(4, return_sequences=True)(keras.layers.Concatenate()([a, b]))
-    return keras.Model([a, b], [keras.layers.Dense(1, name="p")(h),
-                                keras.layers.Dense(2, name="q")(h)])
+    return keras.Model(
+        [a, b], [keras.layers.Dense(1, name="p")(h), keras.layers.Dense(2, name="q")(h)]
+    )
 
 
 def two_io_data():
     rng = np.random.default_rng(0)
-    xs = (rng.normal(size=(N, T, 2)).astype("float32"),
-          rng.normal(size=(N, T, 3)).astype("float32"))
+    xs = (
+        rng.normal(size=(N, T, 2)).astype("float32"),
+        rng.normal(size=(N, T, 3)).astype("float32"),
+    )
     ys = (np.ones((N, T, 1), np.float32), np.ones((N, T, 2), np.float32))
     return xs, ys
 
@@ -244,14 +255,12 @@ def test_too_many_inputs():
 
 def test_too_few_inputs():
     xs, ys = two_io_data()
-    assert_fit_rejected(estimator(two_in_two_out()), ValueError, r"2 input.*`x` has 1",
-                        xs[0], ys)
+    assert_fit_rejected(estimator(two_in_two_out()), ValueError, r"2 input.*`x` has 1", xs[0], ys)
 
 
 def test_too_few_outputs():
     xs, ys = two_io_data()
-    assert_fit_rejected(estimator(two_in_two_out()), ValueError, r"2 output.*`y` has 1",
-                        xs, ys[0])
+    assert_fit_rejected(estimator(two_in_two_out()), ValueError, r"2 output.*`y` has 1", xs, ys[0])
 
 
 def test_too_many_outputs():
@@ -261,14 +270,23 @@ def test_too_many_outputs():
 
 def test_inputs_with_different_n():
     xs, ys = two_io_data()
-    assert_fit_rejected(estimator(two_in_two_out()), ValueError, r"`x\[1\]`",
-                        (xs[0], xs[1][:-1]), ys)
+    assert_fit_rejected(
+        estimator(two_in_two_out()), ValueError, r"`x\[1\]`", (xs[0], xs[1][:-1]), ys
+    )
 
 
 def test_loss_dict_with_an_unknown_output_name():
     xs, ys = two_io_data()
-    est = Estimator(two_in_two_out(), {"p": "mse", "nope": "mae"}, "adam", epochs=1,
-                    batch_size=4, seq_len=5, verbose=0, jit_compile=False)
+    est = Estimator(
+        two_in_two_out(),
+        {"p": "mse", "nope": "mae"},
+        "adam",
+        epochs=1,
+        batch_size=4,
+        seq_len=5,
+        verbose=0,
+        jit_compile=False,
+    )
     assert_fit_rejected(est, ValueError, r"`loss`.*nope", xs, ys)
 
 
@@ -293,8 +311,7 @@ def test_spec_of_an_unusable_type():
 
 
 # ------------------------------------------------------------------------------- out=
-@pytest.mark.parametrize("shape", [(N, T - 1, 1), (N + 1, T, 1), (N, T)],
-                         ids=["T", "N", "rank"])
+@pytest.mark.parametrize("shape", [(N, T - 1, 1), (N + 1, T, 1), (N, T)], ids=["T", "N", "rank"])
 def test_out_of_the_wrong_shape(fitted, shape):
     x, _ = make_data()
     out = np.full(shape, 7.0, np.float32)
@@ -332,16 +349,20 @@ def test_out_tuple_length_unlike_the_outputs(fitted):
 def test_use_before_fit(method, tmp_path):
     x, y = make_data()
     est = estimator()
-    call = {"predict": lambda: est.predict(x), "score": lambda: est.score(x, y),
-            "save": lambda: est.save(tmp_path / "e.keras")}[method]
+    call = {
+        "predict": lambda: est.predict(x),
+        "score": lambda: est.score(x, y),
+        "save": lambda: est.save(tmp_path / "e.keras"),
+    }[method]
     with pytest.raises(ValueError, match=r"not fitted.*`fit`"):
         call()
     assert not (tmp_path / "e.keras").exists()
 
 
 # ----------------------------------------------------------------------------- sample_weight
-@pytest.mark.parametrize("shape", [(N + 1,), (N, T + 1), (N - 1, T), (N, T, 1)],
-                         ids=["N+1", "T+1", "N-1_T", "rank3"])
+@pytest.mark.parametrize(
+    "shape", [(N + 1,), (N, T + 1), (N - 1, T), (N, T, 1)], ids=["N+1", "T+1", "N-1_T", "rank3"]
+)
 def test_sample_weight_of_the_wrong_shape(shape):
     x, y = make_data()
     w = np.ones(shape, np.float32)
@@ -351,11 +372,16 @@ def test_sample_weight_of_the_wrong_shape(shape):
 def test_per_step_sample_weight_with_per_series_targets():
     x, _ = make_data()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, F)), keras.layers.LSTM(4),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential([keras.Input((None, F)), keras.layers.LSTM(4), keras.layers.Dense(1)])
     y = np.ones((N, 1), np.float32)
-    assert_fit_rejected(estimator(model), ValueError, r"`sample_weight`.*\(N,\)", x, y,
-                        sample_weight=np.ones((N, T), np.float32))
+    assert_fit_rejected(
+        estimator(model),
+        ValueError,
+        r"`sample_weight`.*\(N,\)",
+        x,
+        y,
+        sample_weight=np.ones((N, T), np.float32),
+    )
 
 
 # --------------------------------------------------------------------------- reset=False

@@ -5,21 +5,26 @@ Metrics resolve as ``compile`` resolves them, epochs continue across warm fits a
 checked with scikit-learn's own checks), the architecture can be tuned through a
 model-building function, and constructor callbacks survive ``clone``.
 """
+
+import keras
 import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils import estimator_checks as checks
 
-import keras
 from keraseq import Classifier, Estimator
 
 
 def gru(units=4, features=2, outputs=1, per_series=False, softmax=False, seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((None, features)), keras.layers.GRU(units, return_sequences=not per_series),
-        keras.layers.Dense(outputs, activation="softmax" if softmax else None)])
+    return keras.Sequential(
+        [
+            keras.Input((None, features)),
+            keras.layers.GRU(units, return_sequences=not per_series),
+            keras.layers.Dense(outputs, activation="softmax" if softmax else None),
+        ]
+    )
 
 
 def data(n=24, t=6, seed=0):
@@ -37,11 +42,17 @@ def test_accuracy_resolves_like_compile_and_logs_what_model_fit_logs(name):
     model = gru(per_series=True, outputs=2, softmax=True)
     reference = keras.models.clone_model(model)
     reference.set_weights(model.get_weights())
-    reference.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
-                      metrics=[name])
+    reference.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy", metrics=[name])
     history = reference.fit(x, labels, batch_size=8, epochs=2, shuffle=False, verbose=0).history
-    clf = Classifier(model, optimizer=keras.optimizers.SGD(0.1), epochs=2, batch_size=8,
-                     shuffle=False, verbose=0, metrics=[name]).fit(x, labels)
+    clf = Classifier(
+        model,
+        optimizer=keras.optimizers.SGD(0.1),
+        epochs=2,
+        batch_size=8,
+        shuffle=False,
+        verbose=0,
+        metrics=[name],
+    ).fit(x, labels)
     for key in ("loss", name):
         np.testing.assert_allclose(clf.history_[key], history[key], rtol=1e-6, atol=1e-7)
     assert clf.history_[name][-1] > 0.0  # was Keras's exact-match Accuracy: always 0.0
@@ -52,9 +63,11 @@ def test_partial_fit_continues_the_epoch_count_for_schedulers_and_history():
     x, y = data()
     seen = []
     schedule = keras.callbacks.LearningRateScheduler(
-        lambda epoch: seen.append(epoch) or 1e-2 * 0.5 ** epoch)
-    est = Estimator(gru(), "mse", keras.optimizers.SGD(1e-2), batch_size=8, verbose=0,
-                    callbacks=[schedule])
+        lambda epoch: seen.append(epoch) or 1e-2 * 0.5**epoch
+    )
+    est = Estimator(
+        gru(), "mse", keras.optimizers.SGD(1e-2), batch_size=8, verbose=0, callbacks=[schedule]
+    )
     for _ in range(3):
         est.partial_fit(x, y)
     assert seen == [0, 1, 2]
@@ -93,10 +106,16 @@ def test_explicit_keywords_win_over_spec_resolved_at_fit():
 
 
 @pytest.mark.parametrize("cls", [Estimator, Classifier])
-@pytest.mark.parametrize("check", [
-    checks.check_get_params_invariance, checks.check_set_params,
-    checks.check_parameters_default_constructible, checks.check_no_attributes_set_in_init,
-], ids=lambda c: getattr(c, "__name__", str(c)))
+@pytest.mark.parametrize(
+    "check",
+    [
+        checks.check_get_params_invariance,
+        checks.check_set_params,
+        checks.check_parameters_default_constructible,
+        checks.check_no_attributes_set_in_init,
+    ],
+    ids=lambda c: getattr(c, "__name__", str(c)),
+)
 def test_scikit_learn_contract_checks(cls, check):
     # run explicitly: the 3-D input tag makes parametrize_with_checks skip them
     check(cls.__name__, cls(gru(), verbose=0))
@@ -105,9 +124,16 @@ def test_scikit_learn_contract_checks(cls, check):
 def test_fit_does_not_overwrite_parameters():
     """scikit-learn's check_estimators_overwrite_params, on (N, T, F) data."""
     x, y = data()
-    est = Estimator(gru(), "mse", "adam", dict(epochs=2, batch_size=8, seq_len=3), verbose=0,
-                    metrics=["mae"], callbacks=[keras.callbacks.TerminateOnNaN()])
-    before = {k: v for k, v in est.get_params(deep=False).items()}
+    est = Estimator(
+        gru(),
+        "mse",
+        "adam",
+        dict(epochs=2, batch_size=8, seq_len=3),
+        verbose=0,
+        metrics=["mae"],
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    before = dict(est.get_params(deep=False).items())
     est.fit(x, y)
     after = est.get_params(deep=False)
     assert before.keys() == after.keys()
@@ -129,8 +155,17 @@ def test_model_builder_parameters_are_searched_and_callbacks_survive_clone():
         def on_epoch_end(self, epoch, logs=None):
             type(self).epochs += 1
 
-    est = Estimator(build, "mse", "adam", epochs=2, batch_size=8, seq_len=3, verbose=0,
-                    callbacks=[Count()], model__units=2)
+    est = Estimator(
+        build,
+        "mse",
+        "adam",
+        epochs=2,
+        batch_size=8,
+        seq_len=3,
+        verbose=0,
+        callbacks=[Count()],
+        model__units=2,
+    )
     grid = [{"model__units": [6], "model__depth": [2]}, {"model__units": [2], "model__depth": [1]}]
     search = GridSearchCV(est, grid, cv=2).fit(x, y)
     best = search.best_estimator_
@@ -146,10 +181,12 @@ def test_model_builder_parameters_are_searched_and_callbacks_survive_clone():
 
 def test_tensor_inputs_equal_numpy():
     import tensorflow as tf
+
     x, y = data(n=8)
     a = Estimator(gru(), "mse", "adam", batch_size=4, random_state=0, verbose=0).fit(x, y)
     b = Estimator(gru(), "mse", "adam", batch_size=4, random_state=0, verbose=0).fit(
-        tf.constant(x), keras.ops.convert_to_tensor(y))
+        tf.constant(x), keras.ops.convert_to_tensor(y)
+    )
     for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     np.testing.assert_array_equal(a.predict(x), b.predict(tf.constant(x)))
@@ -160,19 +197,28 @@ def test_tensor_inputs_equal_numpy():
 @pytest.mark.parametrize("class_weight", ["balanced", {"a": 3.0, "b": 0.5}])
 def test_class_weight_equals_the_explicit_sample_weight(per_step, class_weight):
     from sklearn.utils.class_weight import compute_class_weight
+
     rng = np.random.default_rng(2)
     x = rng.normal(size=(30, 7, 2)).astype("float32")
     labels = np.where(x[..., 0] > 0.6, "a", np.where(x[..., 0] < -0.6, "c", "b"))
     if not per_step:
         labels = labels[:, -1]
     classes = np.unique(labels)
-    per_class = (compute_class_weight("balanced", classes=classes, y=labels.ravel())
-                 if class_weight == "balanced"
-                 else np.array([class_weight.get(c, 1.0) for c in classes]))
+    per_class = (
+        compute_class_weight("balanced", classes=classes, y=labels.ravel())
+        if class_weight == "balanced"
+        else np.array([class_weight.get(c, 1.0) for c in classes])
+    )
     w = rng.uniform(0.5, 1.5, size=30).astype("float32")
     explicit = per_class[np.searchsorted(classes, labels)] * (w[:, None] if per_step else w)
-    kw = dict(optimizer=keras.optimizers.Adam(0.01), epochs=2, batch_size=8, seq_len=3,
-              random_state=0, verbose=0)
+    kw = dict(
+        optimizer=keras.optimizers.Adam(0.01),
+        epochs=2,
+        batch_size=8,
+        seq_len=3,
+        random_state=0,
+        verbose=0,
+    )
     model = lambda: gru(per_series=not per_step, outputs=3, softmax=True)
     a = Classifier(model(), class_weight=class_weight, **kw).fit(x, labels, sample_weight=w)
     b = Classifier(model(), **kw).fit(x, labels, sample_weight=explicit)
@@ -203,29 +249,46 @@ def test_validation_split_is_the_last_fraction_like_keras(tmp_path):
 @pytest.mark.slow
 def test_time_split_trains_on_the_past_and_scores_the_future():
     from sklearn.model_selection import cross_val_score
+
     from keraseq import TimeSplit
+
     x, y = data(n=8, t=40)
     cv = TimeSplit(n_splits=3, horizon=8)
     xf, yf = cv.wrap(x, y)
     folds = list(cv.split(xf))
-    assert [(xf[tr].shape[1], xf[te].shape[1], xf[te].keraseq_score_from)
-            for tr, te in folds] == [(16, 24, 16), (24, 32, 24), (32, 40, 32)]
-    scores = cross_val_score(Estimator(gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4,
-                                       random_state=0, verbose=0), xf, yf, cv=cv)
+    assert [(xf[tr].shape[1], xf[te].shape[1], xf[te].keraseq_score_from) for tr, te in folds] == [
+        (16, 24, 16),
+        (24, 32, 24),
+        (32, 40, 32),
+    ]
+    scores = cross_val_score(
+        Estimator(
+            gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4, random_state=0, verbose=0
+        ),
+        xf,
+        yf,
+        cv=cv,
+    )
     # each fold's score is R² on its future steps only, the past run through for the state
     tr, te = folds[0]
-    est = Estimator(gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4, random_state=0,
-                    verbose=0).fit(xf[tr], yf[tr])
+    est = Estimator(
+        gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4, random_state=0, verbose=0
+    ).fit(xf[tr], yf[tr])
     pred = est.predict(x[:, :24])
     from sklearn.metrics import r2_score
+
     expected = r2_score(y[:, 16:24].reshape(-1, 1), pred[:, 16:].reshape(-1, 1))
     assert scores[0] == pytest.approx(expected, abs=1e-6)
     with pytest.raises(ValueError, match="per time step"):
         cv.wrap(x, y[:, 0])
     # GridSearchCV's refit trains on all of every series
-    search = GridSearchCV(Estimator(gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4,
-                                    random_state=0, verbose=0), {"seq_len": [4, 8]},
-                          cv=cv).fit(xf, yf)
+    search = GridSearchCV(
+        Estimator(
+            gru(), "mse", "adam", epochs=1, batch_size=4, seq_len=4, random_state=0, verbose=0
+        ),
+        {"seq_len": [4, 8]},
+        cv=cv,
+    ).fit(xf, yf)
     assert search.best_estimator_.predict(x).shape == y.shape
 
 
@@ -236,13 +299,15 @@ def test_dict_inputs_and_outputs_keyed_by_the_models_names():
     keras.utils.set_random_seed(0)
     ia, ib = keras.Input((None, 2), name="prices"), keras.Input((None, 3), name="volumes")
     h = keras.layers.GRU(4, return_sequences=True)(keras.layers.Concatenate()([ia, ib]))
-    model = keras.Model([ia, ib], [keras.layers.Dense(1, name="level")(h),
-                                   keras.layers.Dense(2, name="spread")(h)])
+    model = keras.Model(
+        [ia, ib], [keras.layers.Dense(1, name="level")(h), keras.layers.Dense(2, name="spread")(h)]
+    )
     y1, y2 = a[..., :1], b[..., :2]
     kw = dict(batch_size=4, seq_len=3, random_state=0, verbose=0)
     by_tuple = Estimator(model, "mse", "adam", **kw).fit((a, b), (y1, y2))
-    by_dict = Estimator(model, "mse", "adam", **kw).fit({"volumes": b, "prices": a},
-                                                        {"spread": y2, "level": y1})
+    by_dict = Estimator(model, "mse", "adam", **kw).fit(
+        {"volumes": b, "prices": a}, {"spread": y2, "level": y1}
+    )
     for wa, wb in zip(by_tuple.model_.get_weights(), by_dict.model_.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     for pa, pb in zip(by_tuple.predict((a, b)), by_dict.predict({"prices": a, "volumes": b})):
@@ -270,8 +335,9 @@ def test_pydataset_and_list_of_batches_equal_the_array_path():
         def on_epoch_end(self):
             self.epochs_seen += 1
 
-    kw = dict(epochs=2, batch_size=8, seq_len=4, shuffle=False, random_state=0, verbose=0,
-              metrics=["mae"])
+    kw = dict(
+        epochs=2, batch_size=8, seq_len=4, shuffle=False, random_state=0, verbose=0, metrics=["mae"]
+    )
     arrays = Estimator(gru(), "mse", "adam", **kw).fit(x, y, sample_weight=w)
     ds = Batches()
     batches = Estimator(gru(), "mse", "adam", **kw).fit(ds)
@@ -288,6 +354,7 @@ def test_pydataset_and_list_of_batches_equal_the_array_path():
 
 def test_channels_first_layout_of_sktime_and_aeon():
     from keraseq import from_channels_first
+
     x = np.arange(2 * 3 * 5, dtype="float32").reshape(2, 3, 5)  # (N, channels, T)
     out = from_channels_first(x)
     assert out.shape == (2, 5, 3) and out[1, 4, 2] == x[1, 2, 4]

@@ -51,8 +51,13 @@ def make_sources(tmp_path: Path, axis: int, *, chunked: bool = False) -> list[st
             if chunked:
                 chunks = tuple(min(c, d) for c, d in zip((1, 2, 3), x.shape))
                 f.create_dataset(
-                    "x", data=x, chunks=chunks, compression="gzip", compression_opts=4,
-                    shuffle=True, maxshape=(None, 4, 3) if axis == 0 else None,
+                    "x",
+                    data=x,
+                    chunks=chunks,
+                    compression="gzip",
+                    compression_opts=4,
+                    shuffle=True,
+                    maxshape=(None, 4, 3) if axis == 0 else None,
                 )
                 f.create_dataset("grp/y", data=y, chunks=(1, 1), compression="gzip")
             else:
@@ -376,7 +381,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "keraseq.data", "concat", *args],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 

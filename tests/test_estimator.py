@@ -4,6 +4,7 @@ Every test checks a number a user relies on (a loss, equal weights, equal predic
 against an independent computation where one exists: the model run on the whole sequence, a fit
 on a subset of the data, a manual NumPy evaluation, a reloaded file.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,9 +16,9 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import lstm_model
 from keras import ops
 
-from conftest import lstm_model
 from keraseq import Estimator, NonFiniteLossError, seqloss
 
 
@@ -65,8 +66,15 @@ class BatchCounter(keras.callbacks.Callback):
 
 def small(model, **kw):
     """An estimator with quiet, deterministic, fast-compiling defaults."""
-    params = dict(epochs=1, batch_size=8, seq_len=10, shuffle=False, random_state=0,
-                  verbose=0, jit_compile=False)
+    params = dict(
+        epochs=1,
+        batch_size=8,
+        seq_len=10,
+        shuffle=False,
+        random_state=0,
+        verbose=0,
+        jit_compile=False,
+    )
     params.update(kw)
     loss = params.pop("loss", "mse")
     opt = params.pop("optimizer", None) or keras.optimizers.Adam(0.01)
@@ -106,8 +114,14 @@ def single():
 def multi():
     """A fitted two-input, two-output estimator (loss given as a list)."""
     (xa, xb), (y1, y2) = multi_io_data()
-    est = small(multi_io_model(), loss=["mse", "mae"], epochs=4, batch_size=8, seq_len=8,
-                optimizer=keras.optimizers.SGD(0.05)).fit((xa, xb), (y1, y2))
+    est = small(
+        multi_io_model(),
+        loss=["mse", "mae"],
+        epochs=4,
+        batch_size=8,
+        seq_len=8,
+        optimizer=keras.optimizers.SGD(0.05),
+    ).fit((xa, xb), (y1, y2))
     return est, (xa, xb), (y1, y2)
 
 
@@ -125,9 +139,17 @@ def test_state_carry_beats_reset_windows():
     y = (np.cumsum(x, axis=1) / np.sqrt(t)).astype("float32")
 
     def fit(xx, yy):
-        return Estimator(lstm_model(features=1, units=8), "mse", keras.optimizers.Adam(0.01),
-                         epochs=30, batch_size=b, seq_len=s, shuffle=True, random_state=0,
-                         verbose=0).fit(xx, yy)  # default jit_compile: the XLA path
+        return Estimator(
+            lstm_model(features=1, units=8),
+            "mse",
+            keras.optimizers.Adam(0.01),
+            epochs=30,
+            batch_size=b,
+            seq_len=s,
+            shuffle=True,
+            random_state=0,
+            verbose=0,
+        ).fit(xx, yy)  # default jit_compile: the XLA path
 
     carry = fit(x, y)
     # reset emulation: N*T/S series of length S; batch_size b -> T/S times more minibatches
@@ -137,8 +159,9 @@ def test_state_carry_beats_reset_windows():
     assert (n // b) * (t // s) == (n * t // s) // b  # updates per epoch: 24 and 24
     carry_loss, reset_loss = carry.history_["loss"][-1], reset.history_["loss"][-1]
     # the reset model cannot beat the variance of the offset it never sees
-    floor = np.mean([np.mean(np.cumsum(x, axis=1)[:, k * s - 1] ** 2) / t if k else 0.0
-                     for k in range(t // s)])
+    floor = np.mean(
+        [np.mean(np.cumsum(x, axis=1)[:, k * s - 1] ** 2) / t if k else 0.0 for k in range(t // s)]
+    )
     assert reset_loss > 0.8 * floor
     assert carry_loss < 0.5 * reset_loss, (carry_loss, reset_loss)
     # and the carried predictions on the whole series are good as well
@@ -164,12 +187,24 @@ def test_multi_input_multi_output_predict_shapes(multi):
 @pytest.mark.backend
 def test_multi_output_loss_dict_equals_list(multi):
     est_list, x, y = multi
-    est_dict = small(multi_io_model(), loss={"level": "mse", "slope": "mae"}, epochs=4,
-                     batch_size=8, seq_len=8, optimizer=keras.optimizers.SGD(0.05)).fit(x, y)
+    est_dict = small(
+        multi_io_model(),
+        loss={"level": "mse", "slope": "mae"},
+        epochs=4,
+        batch_size=8,
+        seq_len=8,
+        optimizer=keras.optimizers.SGD(0.05),
+    ).fit(x, y)
     assert_weights_close(est_dict.model_, est_list.model_, atol=1e-6)
     # the dict is per output: swapping the losses trains something else
-    est_swap = small(multi_io_model(), loss={"level": "mae", "slope": "mse"}, epochs=4,
-                     batch_size=8, seq_len=8, optimizer=keras.optimizers.SGD(0.05)).fit(x, y)
+    est_swap = small(
+        multi_io_model(),
+        loss={"level": "mae", "slope": "mse"},
+        epochs=4,
+        batch_size=8,
+        seq_len=8,
+        optimizer=keras.optimizers.SGD(0.05),
+    ).fit(x, y)
     assert max_weight_diff(est_swap.model_, est_list.model_) > 1e-4
 
 
@@ -185,7 +220,8 @@ def test_zero_sample_weight_equals_fitting_the_rest(per_step):
         w = np.repeat(w[:, None], x.shape[1], axis=1)
     opt = lambda: keras.optimizers.SGD(0.1)
     weighted = small(lstm_model(), optimizer=opt(), epochs=2, batch_size=32).fit(
-        x, y, sample_weight=w)
+        x, y, sample_weight=w
+    )
     half = small(lstm_model(), optimizer=opt(), epochs=2, batch_size=32).fit(x[:10], y[:10])
     assert_weights_close(weighted.model_, half.model_, atol=1e-6)
     plain = small(lstm_model(), optimizer=opt(), epochs=2, batch_size=32).fit(x, y)
@@ -195,10 +231,12 @@ def test_zero_sample_weight_equals_fitting_the_rest(per_step):
 def test_sample_weight_changes_training():
     x, y = make_data(n=20, t=20)
     w = np.random.default_rng(3).uniform(0.1, 3.0, size=20).astype("float32")
-    weighted = small(lstm_model(), optimizer=keras.optimizers.SGD(0.1), epochs=2,
-                     batch_size=32).fit(x, y, sample_weight=w)
-    plain = small(lstm_model(), optimizer=keras.optimizers.SGD(0.1), epochs=2,
-                  batch_size=32).fit(x, y)
+    weighted = small(
+        lstm_model(), optimizer=keras.optimizers.SGD(0.1), epochs=2, batch_size=32
+    ).fit(x, y, sample_weight=w)
+    plain = small(lstm_model(), optimizer=keras.optimizers.SGD(0.1), epochs=2, batch_size=32).fit(
+        x, y
+    )
     assert max_weight_diff(weighted.model_, plain.model_) > 1e-4
 
 
@@ -208,8 +246,7 @@ def test_per_series_targets():
     x, _ = make_data(n=32, t=25)
     y = np.stack([x[..., 0].sum(1) / 5.0, x[..., 1].mean(1) * 3.0], axis=-1).astype("float32")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(8),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(8), keras.layers.Dense(2)])
     est = small(model, epochs=15, batch_size=8, seq_len=10).fit(x, y)
     pred = est.predict(x)
     assert pred.shape == (32, 2)
@@ -229,7 +266,8 @@ def test_partial_last_minibatch_is_trained():
     counter = BatchCounter()
     sgd = lambda: keras.optimizers.SGD(0.1)
     est = small(lstm_model(), optimizer=sgd(), epochs=2, batch_size=10).fit(
-        x, y, callbacks=[counter])
+        x, y, callbacks=[counter]
+    )
     assert counter.per_epoch == [3, 3]
     # series 24 (alone with 20..23 in the short last minibatch) affects the fitted weights
     x2 = x.copy()
@@ -239,8 +277,11 @@ def test_partial_last_minibatch_is_trained():
     # and the short minibatch is the mean over its 5 real series (padding is masked out):
     # one epoch on all 25 == one epoch on the first 20, then one minibatch on the last 5
     once = small(lstm_model(), optimizer=sgd(), epochs=1, batch_size=10).fit(x, y)
-    split = small(lstm_model(), optimizer=sgd(), epochs=1, batch_size=10,
-                  warm_start=True).fit(x[:20], y[:20]).fit(x[20:], y[20:])
+    split = (
+        small(lstm_model(), optimizer=sgd(), epochs=1, batch_size=10, warm_start=True)
+        .fit(x[:20], y[:20])
+        .fit(x[20:], y[20:])
+    )
     assert_weights_close(once.model_, split.model_, atol=1e-6)
 
 
@@ -258,12 +299,16 @@ def test_checkpoint_csvlogger_lr_scheduler_history(tmp_path):
     ckpt = tmp_path / "ck.keras"
     log = tmp_path / "log.csv"
     # lr 0.05 in the first epoch, 0 afterwards: the later epochs must not move the weights
-    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.05 if epoch == 0
-                                                     else 0.0)
-    callbacks = [keras.callbacks.ModelCheckpoint(str(ckpt)), keras.callbacks.CSVLogger(str(log)),
-                 schedule, keras.callbacks.TerminateOnNaN()]
-    est = small(lstm_model(), optimizer=keras.optimizers.SGD(0.5), epochs=7,
-                jit_compile=True).fit(x, y, callbacks=callbacks, epochs=3)  # fit's epochs wins
+    schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.05 if epoch == 0 else 0.0)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(str(ckpt)),
+        keras.callbacks.CSVLogger(str(log)),
+        schedule,
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    est = small(lstm_model(), optimizer=keras.optimizers.SGD(0.5), epochs=7, jit_compile=True).fit(
+        x, y, callbacks=callbacks, epochs=3
+    )  # fit's epochs wins
     # history_: a plain dict of lists of floats, one per epoch
     assert type(est.history_) is dict
     assert len(est.history_["loss"]) == 3 and est.n_epochs_ == 3
@@ -271,8 +316,9 @@ def test_checkpoint_csvlogger_lr_scheduler_history(tmp_path):
         assert type(values) is list and all(type(v) is float for v in values), key
     # the scheduler drives the optimizer of the compiled step
     assert float(ops.convert_to_numpy(est.optimizer_.learning_rate)) == 0.0
-    one = small(lstm_model(), optimizer=keras.optimizers.SGD(0.05), epochs=1,
-                jit_compile=True).fit(x, y)
+    one = small(lstm_model(), optimizer=keras.optimizers.SGD(0.05), epochs=1, jit_compile=True).fit(
+        x, y
+    )
     assert_weights_close(est.model_, one.model_, atol=1e-6)
     assert max_weight_diff(est.model_, lstm_model()) > 1e-4
     # CSVLogger: a header and one row per epoch
@@ -291,16 +337,19 @@ def test_checkpoint_csvlogger_lr_scheduler_history(tmp_path):
 def test_validation_loss_and_metrics_equal_manual_evaluation():
     x, y = make_data(n=20, t=23)
     xv, yv = make_data(n=13, t=23, seed=7)
-    est = small(lstm_model(), epochs=2, seq_len=10, metrics=["mae"],
-                predict_batch_size=5).fit(x, y, validation_data=(xv, yv))
+    est = small(lstm_model(), epochs=2, seq_len=10, metrics=["mae"], predict_batch_size=5).fit(
+        x, y, validation_data=(xv, yv)
+    )
     assert set(est.history_) >= {"loss", "mae", "val_loss", "val_mae"}
     for key in ("loss", "mae", "val_loss", "val_mae"):
         assert len(est.history_[key]) == 2
     pred = est.predict(xv)
-    np.testing.assert_allclose(est.history_["val_loss"][-1], np.mean((pred - yv) ** 2),
-                               rtol=0, atol=1e-5)
-    np.testing.assert_allclose(est.history_["val_mae"][-1], np.mean(np.abs(pred - yv)),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        est.history_["val_loss"][-1], np.mean((pred - yv) ** 2), rtol=0, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        est.history_["val_mae"][-1], np.mean(np.abs(pred - yv)), rtol=0, atol=1e-5
+    )
 
 
 # -------------------------------------------------------------------------------- predict out
@@ -338,8 +387,10 @@ def test_predict_into_tuple_of_outs(multi, tmp_path):
     est, x, _ = multi
     expected = est.predict(x)
     with h5py.File(tmp_path / "out.h5", "w") as fh:
-        outs = (np.zeros(expected[0].shape, np.float32),
-                fh.create_dataset("slope", shape=expected[1].shape, dtype="float64"))
+        outs = (
+            np.zeros(expected[0].shape, np.float32),
+            fh.create_dataset("slope", shape=expected[1].shape, dtype="float64"),
+        )
         got = est.predict(x, out=outs)
         assert got is outs or (isinstance(got, tuple) and all(a is b for a, b in zip(got, outs)))
         np.testing.assert_allclose(outs[0], expected[0], rtol=0, atol=1e-6)
@@ -358,20 +409,22 @@ def test_streaming_predict_equals_whole_predict(single, t1):
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, rtol=0, atol=1e-5)
     # a third chunk continues from the second one
     a = est.predict(x[:, :7])
-    b = est.predict(x[:, 7:t1 + 5], reset=False)
-    c = est.predict(x[:, t1 + 5:], reset=False)
+    b = est.predict(x[:, 7 : t1 + 5], reset=False)
+    c = est.predict(x[:, t1 + 5 :], reset=False)
     np.testing.assert_allclose(np.concatenate([a, b, c], axis=1), whole, rtol=0, atol=1e-5)
     # reset=True (the default) starts over
-    np.testing.assert_allclose(est.predict(x[:, t1:]), full_run(est.model_, x[:, t1:]),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        est.predict(x[:, t1:]), full_run(est.model_, x[:, t1:]), rtol=0, atol=1e-5
+    )
 
 
 def test_predict_batch_size_does_not_matter(single):
     est, x, _ = single
     expected = est.predict(x)
     for batch_size in (5, 7, 100):
-        np.testing.assert_allclose(est.predict(x, batch_size=batch_size), expected,
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            est.predict(x, batch_size=batch_size), expected, rtol=0, atol=1e-6
+        )
     # the hyper-parameter predict_batch_size as well (training used batch_size 8)
     est.set_params(predict_batch_size=3)
     try:
@@ -384,8 +437,9 @@ def test_predict_batch_size_does_not_matter(single):
 @pytest.mark.backend
 def test_save_load_roundtrip_and_continue_fit(tmp_path):
     x, y = make_data(n=16, t=20)
-    est = small(lstm_model(), epochs=3, batch_size=8, seq_len=10, predict_batch_size=7,
-                warm_start=True).fit(x, y)
+    est = small(
+        lstm_model(), epochs=3, batch_size=8, seq_len=10, predict_batch_size=7, warm_start=True
+    ).fit(x, y)
     path = tmp_path / "e.keras"
     est.save(path)
 
@@ -433,20 +487,24 @@ def test_streaming_state_survives_save(single, tmp_path):
 @pytest.mark.backend
 def test_user_stateful_model_trains_and_predicts_any_batch():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input(batch_shape=(4, None, 3)),
-                              keras.layers.LSTM(6, return_sequences=True, stateful=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input(batch_shape=(4, None, 3)),
+            keras.layers.LSTM(6, return_sequences=True, stateful=True),
+            keras.layers.Dense(1),
+        ]
+    )
     x, y = make_data(n=18, t=20)
-    est = small(model, epochs=4, batch_size=8).fit(x, y)   # 8, 8 and 2 series, not 4
+    est = small(model, epochs=4, batch_size=8).fit(x, y)  # 8, 8 and 2 series, not 4
     assert np.isfinite(est.history_["loss"]).all()
     assert est.history_["loss"][-1] < est.history_["loss"][0]
     pred = est.predict(x[:10], batch_size=3)
     assert pred.shape == (10, 20, 1)
     # the same weights in a plain (non-stateful) model, run on the whole sequence
     keras.utils.set_random_seed(0)
-    plain = keras.Sequential([keras.Input((None, 3)),
-                              keras.layers.LSTM(6, return_sequences=True),
-                              keras.layers.Dense(1)])
+    plain = keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True), keras.layers.Dense(1)]
+    )
     plain.set_weights(est.model_.get_weights())
     np.testing.assert_allclose(pred, full_run(plain, x[:10]), rtol=0, atol=1e-5)
     # the user's layer is still stateful afterwards
@@ -456,28 +514,40 @@ def test_user_stateful_model_trains_and_predicts_any_batch():
 # --------------------------------------------------------------- bidirectional and stacked
 def bidirectional_model():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((None, 3)),
-                             keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True)),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True)),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def stacked_model():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((None, 3)),
-                             keras.layers.LSTM(6, return_sequences=True),
-                             keras.layers.GRU(4, return_sequences=True),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.LSTM(6, return_sequences=True),
+            keras.layers.GRU(4, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
-@pytest.mark.parametrize("build", [bidirectional_model, stacked_model],
-                         ids=["bidirectional", "stacked_lstm_gru"])
+@pytest.mark.parametrize(
+    "build", [bidirectional_model, stacked_model], ids=["bidirectional", "stacked_lstm_gru"]
+)
 def test_bidirectional_and_stacked_train_and_predict(build):
     x, y = make_data(n=16, t=25)
     if build is bidirectional_model:  # windows would restart the backward pass: refused
-        with pytest.raises(ValueError, match="'bidirectional[_0-9]*' \\(Bidirectional\\) runs backwards"):
+        with pytest.raises(
+            ValueError, match="'bidirectional[_0-9]*' \\(Bidirectional\\) runs backwards"
+        ):
             small(build(), epochs=6).fit(x, y)
-    est = small(build(), epochs=6,
-                **({"seq_len": None} if build is bidirectional_model else {})).fit(x, y)
+    est = small(
+        build(), epochs=6, **({"seq_len": None} if build is bidirectional_model else {})
+    ).fit(x, y)
     loss = est.history_["loss"]
     assert np.isfinite(loss).all() and loss[-1] < loss[0]
     pred = est.predict(x)
@@ -491,15 +561,17 @@ def test_seqloss_mse_equals_keras_mse():
     x, y = make_data(n=20, t=25)  # batch 8: minibatches of 8, 8, 4; windows 10, 10, 5
     sgd = lambda: keras.optimizers.SGD(0.1)
     a = small(lstm_model(), optimizer=sgd(), epochs=2).fit(x, y)
-    b = small(lstm_model(), loss=seqloss(keras.losses.mean_squared_error), optimizer=sgd(),
-              epochs=2).fit(x, y)
+    b = small(
+        lstm_model(), loss=seqloss(keras.losses.mean_squared_error), optimizer=sgd(), epochs=2
+    ).fit(x, y)
     assert_weights_close(a.model_, b.model_, atol=1e-5)
     assert b.history_["loss"][-1] < b.history_["loss"][0]
     # with whole windows only, the reported epoch losses agree too
     x20, y20 = x[:, :20], y[:, :20]
     a = small(lstm_model(), optimizer=sgd(), epochs=2).fit(x20, y20)
-    b = small(lstm_model(), loss=seqloss(keras.losses.mean_squared_error), optimizer=sgd(),
-              epochs=2).fit(x20, y20)
+    b = small(
+        lstm_model(), loss=seqloss(keras.losses.mean_squared_error), optimizer=sgd(), epochs=2
+    ).fit(x20, y20)
     np.testing.assert_allclose(b.history_["loss"], a.history_["loss"], rtol=1e-5)
 
 
@@ -516,8 +588,12 @@ def test_reported_loss_is_the_mean_over_time_steps_with_a_short_last_window():
     est = small(model, optimizer=keras.optimizers.SGD(0.0), epochs=1, metrics=["mae"]).fit(x, y)
     np.testing.assert_allclose(est.history_["loss"][0], mse, rtol=1e-5)
     np.testing.assert_allclose(est.history_["mae"][0], mae, rtol=1e-5)
-    est = small(model, loss=seqloss(keras.losses.mean_squared_error),
-                optimizer=keras.optimizers.SGD(0.0), epochs=1).fit(x, y)
+    est = small(
+        model,
+        loss=seqloss(keras.losses.mean_squared_error),
+        optimizer=keras.optimizers.SGD(0.0),
+        epochs=1,
+    ).fit(x, y)
     np.testing.assert_allclose(est.history_["loss"][0], mse, rtol=1e-5)
 
 
@@ -575,8 +651,14 @@ def test_rebatch_small_n_trains():
     x = rng.normal(size=(2, 40, 3)).astype("float32")
     y = (2.0 * x[..., :1] - x[..., 1:2]).astype("float32")
     counter = BatchCounter()
-    est = small(lstm_model(), epochs=25, batch_size=8, seq_len=10, rebatch=True,
-                optimizer=keras.optimizers.Adam(0.02)).fit(x, y, callbacks=[counter])
+    est = small(
+        lstm_model(),
+        epochs=25,
+        batch_size=8,
+        seq_len=10,
+        rebatch=True,
+        optimizer=keras.optimizers.Adam(0.02),
+    ).fit(x, y, callbacks=[counter])
     assert counter.per_epoch == [1] * 25
     loss = est.history_["loss"]
     assert np.isfinite(loss).all() and loss[-1] < 0.5 * loss[0], loss
@@ -596,13 +678,17 @@ class SpecDC:
 SpecNT = collections.namedtuple("SpecNT", "epochs batch_size seq_len")
 
 
-@pytest.mark.parametrize("spec", [
-    dict(epochs=2, batch_size=6, seq_len=7),
-    SpecDC(2, 6, 7),
-    SpecNT(2, 6, 7),
-    types.SimpleNamespace(epochs=2, batch_size=6, seq_len=7),
-    dict(epochs=2, batchsize=6, seqsize=7),   # the FluxUtils.jl spelling
-], ids=["dict", "dataclass", "namedtuple", "object", "seed_names"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(epochs=2, batch_size=6, seq_len=7),
+        SpecDC(2, 6, 7),
+        SpecNT(2, 6, 7),
+        types.SimpleNamespace(epochs=2, batch_size=6, seq_len=7),
+        dict(epochs=2, batchsize=6, seqsize=7),  # the FluxUtils.jl spelling
+    ],
+    ids=["dict", "dataclass", "namedtuple", "object", "seed_names"],
+)
 def test_spec_forms_fill_hyper_parameters(spec):
     est = Estimator(lstm_model(), "mse", "adam", spec)
     params = est._resolved()  # fit resolves the spec; __init__ stores what it is given
@@ -614,10 +700,15 @@ def test_spec_equals_keywords():
     opt = lambda: keras.optimizers.Adam(0.01)
     common = dict(shuffle=False, random_state=0, verbose=0, jit_compile=False)
     by_spec = Estimator(lstm_model(), "mse", opt(), SpecNT(2, 6, 7), **common).fit(x, y)
-    by_kw = Estimator(lstm_model(), "mse", opt(), epochs=2, batch_size=6, seq_len=7,
-                      **common).fit(x, y)
+    by_kw = Estimator(lstm_model(), "mse", opt(), epochs=2, batch_size=6, seq_len=7, **common).fit(
+        x, y
+    )
     assert_weights_close(by_spec.model_, by_kw.model_, atol=0)
     assert by_spec.history_ == by_kw.history_
     # a keyword given explicitly wins over the spec
-    assert Estimator(lstm_model(), "mse", "adam", dict(epochs=2, batch_size=6, seq_len=7),
-                     epochs=5)._resolved()["epochs"] == 5
+    assert (
+        Estimator(
+            lstm_model(), "mse", "adam", dict(epochs=2, batch_size=6, seq_len=7), epochs=5
+        )._resolved()["epochs"]
+        == 5
+    )

@@ -10,17 +10,19 @@ inputs, per-step or per-series targets (and a model of the other kind), and NaN 
   (a TensorFlow internal error) and never a hang (an alarm turns one into a failure);
 - in every case the caller's arrays and model are left as they were.
 """
+
 import os
 import signal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
+import keras
 import numpy as np
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from keraseq import Estimator  # noqa: E402
+from keraseq import Estimator
 
 NUMERIC = ("float32", "float64", "float16", "int32", "bool")
 DTYPES = NUMERIC + ("str", "object")
@@ -35,8 +37,7 @@ def model_for(features: int, n_inputs: int, sequences: bool) -> keras.Model:
         inputs = [keras.Input((None, features)) for _ in range(n_inputs)]
         h = inputs[0] if n_inputs == 1 else keras.layers.Concatenate()(inputs)
         h = keras.layers.GRU(3, return_sequences=sequences)(h)
-        _MODELS[key] = keras.Model(inputs[0] if n_inputs == 1 else inputs,
-                                   keras.layers.Dense(1)(h))
+        _MODELS[key] = keras.Model(inputs[0] if n_inputs == 1 else inputs, keras.layers.Dense(1)(h))
     return _MODELS[key]
 
 
@@ -79,18 +80,28 @@ def _alarm(signum, frame):
 
 # About 0.4 s per example on 2 cores (valid ones trace a new graph); more: KERASEQ_FUZZ_EXAMPLES.
 @pytest.mark.property
-@settings(max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "25")), deadline=None,
-          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(n=st.integers(1, 6), t=st.integers(1, 9), f=st.integers(1, 3),
-       seq_len=st.one_of(st.none(), st.integers(1, 12)), batch_size=st.integers(1, 8),
-       x_dtypes=st.lists(st.sampled_from(DTYPES), min_size=1, max_size=2),
-       y_dtype=st.sampled_from(DTYPES), per_step=st.booleans(),
-       model_matches=st.sampled_from([True, True, True, False]),
-       nan_in=st.sampled_from([None, None, None, None, "x", "y"]),
-       seed=st.integers(0, 2**31 - 1))
-def test_fit_predict_works_or_raises_a_clear_error(n, t, f, seq_len, batch_size, x_dtypes,
-                                                   y_dtype, per_step, model_matches, nan_in,
-                                                   seed):
+@settings(
+    max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "25")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    n=st.integers(1, 6),
+    t=st.integers(1, 9),
+    f=st.integers(1, 3),
+    seq_len=st.one_of(st.none(), st.integers(1, 12)),
+    batch_size=st.integers(1, 8),
+    x_dtypes=st.lists(st.sampled_from(DTYPES), min_size=1, max_size=2),
+    y_dtype=st.sampled_from(DTYPES),
+    per_step=st.booleans(),
+    model_matches=st.sampled_from([True, True, True, False]),
+    nan_in=st.sampled_from([None, None, None, None, "x", "y"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fit_predict_works_or_raises_a_clear_error(
+    n, t, f, seq_len, batch_size, x_dtypes, y_dtype, per_step, model_matches, nan_in, seed
+):
     rng = np.random.default_rng(seed)
     xs = [make_array(rng, (n, t, f), d) for d in x_dtypes]
     y = make_array(rng, (n, t, 1) if per_step else (n, 1), y_dtype)
@@ -108,8 +119,17 @@ def test_fit_predict_works_or_raises_a_clear_error(n, t, f, seq_len, batch_size,
     bad_dtype = any(d not in NUMERIC for d in x_dtypes + [y_dtype])
     valid = not bad_dtype and not nan_placed and model_matches
 
-    est = Estimator(model, "mse", "adam", epochs=1, batch_size=batch_size, seq_len=seq_len,
-                    verbose=0, jit_compile=False, random_state=0)
+    est = Estimator(
+        model,
+        "mse",
+        "adam",
+        epochs=1,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        verbose=0,
+        jit_compile=False,
+        random_state=0,
+    )
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(60)
     try:
@@ -135,5 +155,6 @@ def test_fit_predict_works_or_raises_a_clear_error(n, t, f, seq_len, batch_size,
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert unchanged(before, xs + [y]), "the caller's arrays were modified"
-    assert all(np.array_equal(a, b) for a, b in zip(model_weights, model.get_weights())), \
+    assert all(np.array_equal(a, b) for a, b in zip(model_weights, model.get_weights())), (
         "the caller's model was modified"
+    )

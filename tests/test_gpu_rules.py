@@ -7,6 +7,7 @@
   ``use_cudnn="auto"`` with Keras's XLA loop (``backend.jax.xla_rnn_loops``); the fitted model
   keeps the user's setting.
 """
+
 import keras
 import numpy as np
 import pytest
@@ -15,20 +16,28 @@ from keraseq import Estimator
 from keraseq.utils import notrack
 
 pytestmark = pytest.mark.backend
-on_jax = pytest.mark.skipif(keras.backend.backend() != "jax",
-                            reason="cuDNN or XLA's loop inside the window loop: JAX backend")
+on_jax = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="cuDNN or XLA's loop inside the window loop: JAX backend",
+)
 
 
 def lstm_model(use_cudnn="auto"):
-    return keras.Sequential([keras.Input((None, 2)),
-                             keras.layers.LSTM(3, return_sequences=True, use_cudnn=use_cudnn),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            keras.layers.LSTM(3, return_sequences=True, use_cudnn=use_cudnn),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def data(n=4, t=8):
     rng = np.random.default_rng(0)
-    return (rng.normal(size=(n, t, 2)).astype("float32"),
-            rng.normal(size=(n, t, 1)).astype("float32"))
+    return (
+        rng.normal(size=(n, t, 2)).astype("float32"),
+        rng.normal(size=(n, t, 1)).astype("float32"),
+    )
 
 
 def test_copies_keep_use_cudnn():
@@ -57,9 +66,18 @@ def seen(monkeypatch):
 
 def fit(seq_len, gpu, monkeypatch, model=None):
     from keraseq.backend import jax as kj
+
     monkeypatch.setattr(kj, "_on_gpu_backend", lambda: gpu)
-    est = Estimator(model or lstm_model(), "mse", "adam", epochs=2, batch_size=2,
-                    seq_len=seq_len, verbose=0, random_state=0)
+    est = Estimator(
+        model or lstm_model(),
+        "mse",
+        "adam",
+        epochs=2,
+        batch_size=2,
+        seq_len=seq_len,
+        verbose=0,
+        random_state=0,
+    )
     return est.fit(*data())
 
 
@@ -92,15 +110,21 @@ def test_long_windows_keep_cudnn(seen, monkeypatch, seq_len):
 @on_jax
 def test_explicit_use_cudnn_is_left_alone():
     from keraseq.backend import jax as kj
-    model = keras.Sequential([keras.Input((None, 2)),
-                              keras.layers.LSTM(3, return_sequences=True, use_cudnn=True),
-                              keras.layers.LSTM(3, use_cudnn="auto")])
+
+    model = keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            keras.layers.LSTM(3, return_sequences=True, use_cudnn=True),
+            keras.layers.LSTM(3, use_cudnn="auto"),
+        ]
+    )
     during = []
     kj_on_gpu = kj._on_gpu_backend
     try:
         kj._on_gpu_backend = lambda: True
-        wrapped = kj.xla_rnn_loops(model, 10, lambda: during.extend(
-            layer.use_cudnn for layer in model.layers))
+        wrapped = kj.xla_rnn_loops(
+            model, 10, lambda: during.extend(layer.use_cudnn for layer in model.layers)
+        )
     finally:
         kj._on_gpu_backend = kj_on_gpu
     wrapped()

@@ -7,6 +7,7 @@ the same through tuples, dicts, HDF5/memmap and ragged lists. The references are
 ``model.predict``/``evaluate``/``fit`` on the whole sequence, and for windowed training a
 stateful Keras model trained window by window with ``train_on_batch``.
 """
+
 from __future__ import annotations
 
 import h5py
@@ -20,15 +21,26 @@ V = 9  # vocabulary of the token-id cases
 SPARSE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def token_model(mask_zero=True, per_series=False, seed=0, batch=None, stateful=False,
-                cell="LSTM", activation=None, outputs=V):
+def token_model(
+    mask_zero=True,
+    per_series=False,
+    seed=0,
+    batch=None,
+    stateful=False,
+    cell="LSTM",
+    activation=None,
+    outputs=V,
+):
     keras.utils.set_random_seed(seed)
     layer = getattr(keras.layers, cell)
-    return keras.Sequential([
-        keras.Input((None,), dtype="int32", batch_size=batch),
-        keras.layers.Embedding(V, 4, mask_zero=mask_zero),
-        layer(6, return_sequences=not per_series, stateful=stateful),
-        keras.layers.Dense(outputs, activation=activation)])
+    return keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32", batch_size=batch),
+            keras.layers.Embedding(V, 4, mask_zero=mask_zero),
+            layer(6, return_sequences=not per_series, stateful=stateful),
+            keras.layers.Dense(outputs, activation=activation),
+        ]
+    )
 
 
 def token_data(n=10, t=13, seed=0, pad=True):
@@ -47,8 +59,17 @@ def token_data(n=10, t=13, seed=0, pad=True):
 
 def frozen(model, seq_len, batch_size, loss=SPARSE, **kw):
     """An estimator whose fit changes nothing (SGD with rate 0)."""
-    return Estimator(model, loss, keras.optimizers.SGD(0.0), epochs=1, batch_size=batch_size,
-                     seq_len=seq_len, shuffle=False, verbose=0, **kw)
+    return Estimator(
+        model,
+        loss,
+        keras.optimizers.SGD(0.0),
+        epochs=1,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        shuffle=False,
+        verbose=0,
+        **kw,
+    )
 
 
 def twin(model):
@@ -73,8 +94,10 @@ def stateful_reference(model_fn, x, y, batch, seq_len, optimizer, loss, weights)
             if getattr(layer, "stateful", False):
                 layer.reset_states()
         for start in range(0, x.shape[1], seq_len):
-            ref.train_on_batch(x[lo:lo + batch, start:start + seq_len],
-                               y[lo:lo + batch, start:start + seq_len])
+            ref.train_on_batch(
+                x[lo : lo + batch, start : start + seq_len],
+                y[lo : lo + batch, start : start + seq_len],
+            )
     return ref
 
 
@@ -121,8 +144,7 @@ def test_token_ids_whole_sequence_fit_equals_keras_fit(from_logits):
     reference = twin(model)
     reference.compile(loss=loss, optimizer=sgd())
     reference.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
-    est = Estimator(model, loss, sgd(), epochs=2, batch_size=4, shuffle=False,
-                    verbose=0).fit(x, y)
+    est = Estimator(model, loss, sgd(), epochs=2, batch_size=4, shuffle=False, verbose=0).fit(x, y)
     assert_weights_close(est.model_, reference)
 
 
@@ -135,10 +157,19 @@ def test_token_ids_windowed_fit_equals_keras_stateful_train_on_batch():
     """Truncated BPTT on token ids: Keras's stateful loop from the same weights."""
     x, y, _ = token_data(n=8, t=12, pad=False)
     model = token_model(mask_zero=False)
-    ref = stateful_reference(lambda b: token_model(False, batch=b, stateful=True), x, y, 4, 5,
-                             sgd(), SPARSE, model.get_weights())
-    est = Estimator(model, SPARSE, sgd(), epochs=1, batch_size=4, seq_len=5, shuffle=False,
-                    verbose=0).fit(x, y)
+    ref = stateful_reference(
+        lambda b: token_model(False, batch=b, stateful=True),
+        x,
+        y,
+        4,
+        5,
+        sgd(),
+        SPARSE,
+        model.get_weights(),
+    )
+    est = Estimator(
+        model, SPARSE, sgd(), epochs=1, batch_size=4, seq_len=5, shuffle=False, verbose=0
+    ).fit(x, y)
     assert_weights_close(est.model_, ref)
 
 
@@ -147,10 +178,12 @@ def test_labels_with_a_trailing_axis_and_ragged_token_lists_agree():
     mask_zero (lengths inferred from the padding)."""
     x, y, lengths = token_data(n=8)
     kw = dict(epochs=1, batch_size=4, seq_len=4, shuffle=False, verbose=0, jit_compile=False)
-    fits = [Estimator(token_model(), SPARSE, keras.optimizers.Adam(0.01), **kw).fit(x, yy)
-            for yy in (y, y[..., None])]
-    xs = [x[i, :lengths[i]] for i in range(len(x))]
-    ys = [y[i, :lengths[i]] for i in range(len(x))]
+    fits = [
+        Estimator(token_model(), SPARSE, keras.optimizers.Adam(0.01), **kw).fit(x, yy)
+        for yy in (y, y[..., None])
+    ]
+    xs = [x[i, : lengths[i]] for i in range(len(x))]
+    ys = [y[i, : lengths[i]] for i in range(len(x))]
     fits.append(Estimator(token_model(), SPARSE, keras.optimizers.Adam(0.01), **kw).fit(xs, ys))
     for other in fits[1:]:
         assert_weights_close(other.model_, fits[0].model_, atol=1e-6)
@@ -158,13 +191,20 @@ def test_labels_with_a_trailing_axis_and_ragged_token_lists_agree():
     assert [p.shape for p in preds] == [(int(n), V) for n in lengths]
     full = fits[0].predict(x)
     for k, p in enumerate(preds):
-        np.testing.assert_allclose(p, full[k, :lengths[k]], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(p, full[k, : lengths[k]], rtol=0, atol=1e-6)
 
 
 def test_token_ids_from_hdf5_and_memmap_equal_memory(tmp_path):
     x, y, _ = token_data(n=8)
-    kw = dict(epochs=1, batch_size=3, seq_len=4, shuffle=True, random_state=0, verbose=0,
-              jit_compile=False)
+    kw = dict(
+        epochs=1,
+        batch_size=3,
+        seq_len=4,
+        shuffle=True,
+        random_state=0,
+        verbose=0,
+        jit_compile=False,
+    )
     mem = Estimator(token_model(), SPARSE, "adam", **kw).fit(x, y)
     mx = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", x.dtype, x.shape)
     my = np.lib.format.open_memmap(tmp_path / "y.npy", "w+", y.dtype, y.shape)
@@ -191,37 +231,59 @@ def test_dict_of_token_ids_and_features_and_a_classifier():
     out = keras.layers.Dense(1)(keras.layers.GRU(4, return_sequences=True)(h))
     model = keras.Model([ids, num], out)
     y = feats[..., :1].cumsum(1)
-    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, seq_len=5, verbose=0,
-                    jit_compile=False)
+    est = Estimator(
+        model, "mse", "adam", epochs=1, batch_size=4, seq_len=5, verbose=0, jit_compile=False
+    )
     est.fit({"num": feats, "ids": x}, y)
-    np.testing.assert_allclose(est.predict({"ids": x, "num": feats}),
-                               est.model_.predict([x, feats], verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        est.predict({"ids": x, "num": feats}),
+        est.model_.predict([x, feats], verbose=0),
+        rtol=0,
+        atol=1e-5,
+    )
     labels = np.where(x[:, 0] > V // 2, "high", "low")
-    clf = Classifier(token_model(per_series=True, outputs=2), loss=SPARSE, epochs=2,
-                     batch_size=4, seq_len=4, verbose=0, jit_compile=False).fit(x, labels)
+    clf = Classifier(
+        token_model(per_series=True, outputs=2),
+        loss=SPARSE,
+        epochs=2,
+        batch_size=4,
+        seq_len=4,
+        verbose=0,
+        jit_compile=False,
+    ).fit(x, labels)
     assert set(clf.predict(x)) <= {"high", "low"} and 0.0 <= clf.score(x, labels) <= 1.0
 
 
 # --------------------------------------------------------------- per-step inputs of any shape
 def conv1d_model(per_series=False, batch=None, stateful=False, seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((None, 5, 2), batch_size=batch),
-        keras.layers.ConvLSTM1D(3, 3, padding="same", return_sequences=not per_series,
-                                stateful=stateful)])
+    return keras.Sequential(
+        [
+            keras.Input((None, 5, 2), batch_size=batch),
+            keras.layers.ConvLSTM1D(
+                3, 3, padding="same", return_sequences=not per_series, stateful=stateful
+            ),
+        ]
+    )
 
 
 def conv2d_model(per_series=False, seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((None, 4, 4, 1)),
-        keras.layers.ConvLSTM2D(2, 3, padding="same", return_sequences=not per_series)])
+    return keras.Sequential(
+        [
+            keras.Input((None, 4, 4, 1)),
+            keras.layers.ConvLSTM2D(2, 3, padding="same", return_sequences=not per_series),
+        ]
+    )
 
 
 @pytest.mark.backend
 @pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
-@pytest.mark.parametrize("make,step", [(conv1d_model, (5, 2)), (conv2d_model, (4, 4, 1))],
-                         ids=["ConvLSTM1D", "ConvLSTM2D"])
+@pytest.mark.parametrize(
+    "make,step",
+    [(conv1d_model, (5, 2)), (conv2d_model, (4, 4, 1))],
+    ids=["ConvLSTM1D", "ConvLSTM2D"],
+)
 def test_convlstm_windows_equal_the_whole_sequence(make, step, per_series):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(6, 9) + step).astype("float32")
@@ -243,10 +305,26 @@ def test_convlstm1d_windowed_fit_equals_keras_stateful_train_on_batch():
     x = rng.normal(size=(6, 8, 5, 2)).astype("float32")
     y = rng.normal(size=(6, 8, 5, 3)).astype("float32")
     model = conv1d_model()
-    ref = stateful_reference(lambda b: conv1d_model(batch=b, stateful=True), x, y, 3, 3,
-                             keras.optimizers.Adam(0.01), "mse", model.get_weights())
-    est = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=1, batch_size=3,
-                    seq_len=3, shuffle=False, verbose=0).fit(x, y)
+    ref = stateful_reference(
+        lambda b: conv1d_model(batch=b, stateful=True),
+        x,
+        y,
+        3,
+        3,
+        keras.optimizers.Adam(0.01),
+        "mse",
+        model.get_weights(),
+    )
+    est = Estimator(
+        model,
+        "mse",
+        keras.optimizers.Adam(0.01),
+        epochs=1,
+        batch_size=3,
+        seq_len=3,
+        shuffle=False,
+        verbose=0,
+    ).fit(x, y)
     assert_weights_close(est.model_, ref)
 
 
@@ -264,8 +342,11 @@ def test_wrong_step_shape_is_named():
     est = frozen(conv2d_model(), 3, 2, loss="mse")
     with pytest.raises(ValueError, match=r"`x` has step shape \(4, 3, 1\).*\(4, 4, 1\)"):
         est.fit(x, np.zeros((4, 6, 4, 4, 2), "float32"))
-    with pytest.raises(ValueError, match=r"`x` has shape \(4, 6, 16\) \(rank 3\); expected "
-                                         r"\(N, T, 4, 4, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`x` has shape \(4, 6, 16\) \(rank 3\); expected "
+        r"\(N, T, 4, 4, 1\)",
+    ):
         est.fit(np.zeros((4, 6, 16), "float32"), np.zeros((4, 6, 4, 4, 2), "float32"))
 
 
@@ -274,8 +355,11 @@ def test_targets_that_fit_no_output_are_named():
     est = frozen(token_model(), 4, 4)
     with pytest.raises(ValueError, match=r"`y` has T=12 time steps but `x` has T=13"):
         est.fit(x, y[:, :12, None])
-    with pytest.raises(ValueError, match=r"`y` has per-series targets \(10, 9\).*"
-                                         r"\(10, 13, 9\).*\(10, 13\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`y` has per-series targets \(10, 9\).*"
+        r"\(10, 13, 9\).*\(10, 13\)",
+    ):
         est.fit(x, np.zeros((10, 9), "float32"))
     with pytest.raises(ValueError, match=r"`y` has shape \(10,\) \(rank 1\)"):
         est.fit(x, y[:, 0])

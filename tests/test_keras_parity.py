@@ -26,19 +26,20 @@ the number of examples per property is ``KERASEQ_PARITY_EXAMPLES`` (default 6; `
 a longer search. Shrinking a failure recompiles a model per attempt, so it is off unless
 ``KERASEQ_PARITY_SHRINK=1``. The explicit tests after it pin one behaviour each (the table of
 issue 16).
-"""
+"""  # noqa: E501
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import warnings
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import keras
 from keraseq import Classifier, Estimator, NonFiniteLossError
 
 # Keras's own warning when a Conv1D drops a Masking mask (a case the grammar draws on purpose).
@@ -47,13 +48,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*does not support masking:UserW
 EXAMPLES = int(os.environ.get("KERASEQ_PARITY_EXAMPLES", "6"))
 # Shrinking a failure takes minutes (a model compiles per attempt): KERASEQ_PARITY_SHRINK=1.
 SHRINK = os.environ.get("KERASEQ_PARITY_SHRINK", "0") not in ("", "0")
-PARITY = settings(max_examples=EXAMPLES, deadline=None,
-                  suppress_health_check=list(HealthCheck),
-                  phases=tuple(Phase) if SHRINK else tuple(p for p in Phase
-                                                          if p != Phase.shrink))
+PARITY = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=tuple(Phase) if SHRINK else tuple(p for p in Phase if p != Phase.shrink),
+)
 
-CELLS = {"SimpleRNN": keras.layers.SimpleRNN, "GRU": keras.layers.GRU,
-         "LSTM": keras.layers.LSTM}
+CELLS = {"SimpleRNN": keras.layers.SimpleRNN, "GRU": keras.layers.GRU, "LSTM": keras.layers.LSTM}
 # Tests of keraseq-only behaviours (no Keras run to match) skip XLA: compiling is most of a small
 # test's time and not what it checks. Comparisons with Keras keep the default (XLA, as Keras).
 NO_XLA = dict(jit_compile=False)
@@ -78,8 +80,12 @@ class SmallSubclassed(keras.Model):
         return self.head(self.rnn(x))
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "n_out": self.n_out,
-                "per_series": self.per_series}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "n_out": self.n_out,
+            "per_series": self.per_series,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,16 +101,16 @@ class Arch:
     """One model of the grammar. Its ``repr`` is a complete recipe (hypothesis prints it):
     ``Arch(...).build(seed)`` rebuilds the model, ``make_data(arch, N, T, seed)`` the data."""
 
-    topology: str            # "sequential" | "multi_input" | "multi_output" | "subclassed"
-    rnns: tuple              # 1-2 Rnn, stacked
-    per_series: bool         # targets (N, F_out): the last RNN has return_sequences=False
-    masking: bool = False    # Masking(0.0) on each input, zero padding after random lengths
+    topology: str  # "sequential" | "multi_input" | "multi_output" | "subclassed"
+    rnns: tuple  # 1-2 Rnn, stacked
+    per_series: bool  # targets (N, F_out): the last RNN has return_sequences=False
+    masking: bool = False  # Masking(0.0) on each input, zero padding after random lengths
     conv: str | None = None  # None | "causal" | "same": a Conv1D front end
     kernel: int = 2
     dilation: int = 1
-    backward: str | None = None    # None | "bidirectional" | "go_backwards" (the first RNN)
-    attention: str | None = None   # None | "mha" | "attention" (self-attention after RNN 1)
-    head: str = "dense"            # "none" | "dense" | "td_dense"
+    backward: str | None = None  # None | "bidirectional" | "go_backwards" (the first RNN)
+    attention: str | None = None  # None | "mha" | "attention" (self-attention after RNN 1)
+    head: str = "dense"  # "none" | "dense" | "td_dense"
     features: int = 3
     outputs: int = 2
 
@@ -154,38 +160,54 @@ class Arch:
             model = SmallSubclassed(self.rnns[0].units, self.outputs, self.per_series)
             model(np.zeros((1, 2, self.features), "float32"))  # built, as after a first use
             return model
-        inputs = [keras.Input((None, self.features + k), name=f"in_{k}")
-                  for k in range(self.n_inputs)]  # a second input is one feature wider
+        inputs = [
+            keras.Input((None, self.features + k), name=f"in_{k}") for k in range(self.n_inputs)
+        ]  # a second input is one feature wider
         with warnings.catch_warnings():  # Keras warns when Conv1D drops a mask: on purpose
             warnings.filterwarnings("ignore", message=".*does not support masking")
             if self.topology == "sequential" and not self.attention:
                 masking = [keras.layers.Masking(0.0)] if self.masking else []
-                return keras.Sequential([inputs[0], *masking, *self._body(),
-                                         *([self._head(0)] if self.head != "none" else [])])
+                return keras.Sequential(
+                    [
+                        inputs[0],
+                        *masking,
+                        *self._body(),
+                        *([self._head(0)] if self.head != "none" else []),
+                    ]
+                )
             hs = [keras.layers.Masking(0.0)(i) if self.masking else i for i in inputs]
             h = keras.layers.Concatenate()(hs) if len(hs) > 1 else hs[0]
             for layer in self._body():
                 h = _attend(layer, h) if isinstance(layer, str) else layer(h)
-            outs = [self._head(k)(h) for k in range(self.n_outputs)] \
-                if self.head != "none" else [h]
-        return keras.Model(inputs if len(inputs) > 1 else inputs[0],
-                           outs if len(outs) > 1 else outs[0])
+            outs = [self._head(k)(h) for k in range(self.n_outputs)] if self.head != "none" else [h]
+        return keras.Model(
+            inputs if len(inputs) > 1 else inputs[0], outs if len(outs) > 1 else outs[0]
+        )
 
     def _body(self) -> list:
         """The layers between the inputs and the heads (an attention step as its kind)."""
         layers = []
         if self.conv:
-            layers.append(keras.layers.Conv1D(3, self.kernel, dilation_rate=self.dilation,
-                                              padding=self.conv,
-                                              name=self.CONV_NAMES[self.conv]))
+            layers.append(
+                keras.layers.Conv1D(
+                    3,
+                    self.kernel,
+                    dilation_rate=self.dilation,
+                    padding=self.conv,
+                    name=self.CONV_NAMES[self.conv],
+                )
+            )
         for k, r in enumerate(self.rnns):
             last = k == len(self.rnns) - 1
             backward = k == 0 and self.backward
-            layer = CELLS[r.cell](r.units, activation=r.activation, use_bias=r.use_bias,
-                                  return_sequences=not (last and self.per_series),
-                                  go_backwards=backward == "go_backwards",
-                                  name=self.BACKWARD_NAME if backward == "go_backwards"
-                                  else None)
+            layer = CELLS[r.cell](
+                r.units,
+                activation=r.activation,
+                use_bias=r.use_bias,
+                return_sequences=not (last and self.per_series),
+                go_backwards=backward == "go_backwards",
+                name=self.BACKWARD_NAME if backward == "go_backwards" else None,
+            )
             if backward == "bidirectional":
                 layer = keras.layers.Bidirectional(layer, name=self.BACKWARD_NAME)
             layers.append(layer)
@@ -210,15 +232,23 @@ def _attend(kind: str, h):
 @st.composite
 def archs(draw) -> Arch:
     """Models of the grammar (see ``Arch``)."""
-    topology = draw(st.sampled_from(["sequential", "multi_input", "multi_output",
-                                     "subclassed"]))
+    topology = draw(st.sampled_from(["sequential", "multi_input", "multi_output", "subclassed"]))
     per_series = draw(st.booleans())
     if topology == "subclassed":
-        return Arch(topology, (Rnn("LSTM", draw(st.integers(2, 6)), "tanh", True),),
-                    per_series, features=draw(st.integers(1, 3)),
-                    outputs=draw(st.integers(1, 3)))
-    rnn = st.builds(Rnn, st.sampled_from(sorted(CELLS)), st.integers(2, 6),
-                    st.sampled_from(["tanh", "relu", "sigmoid"]), st.booleans())
+        return Arch(
+            topology,
+            (Rnn("LSTM", draw(st.integers(2, 6)), "tanh", True),),
+            per_series,
+            features=draw(st.integers(1, 3)),
+            outputs=draw(st.integers(1, 3)),
+        )
+    rnn = st.builds(
+        Rnn,
+        st.sampled_from(sorted(CELLS)),
+        st.integers(2, 6),
+        st.sampled_from(["tanh", "relu", "sigmoid"]),
+        st.booleans(),
+    )
     rnns = tuple(draw(st.lists(rnn, min_size=1, max_size=2)))
     masking = draw(st.booleans())
     conv = draw(st.sampled_from([None, None, "causal", "same"]))
@@ -227,26 +257,43 @@ def archs(draw) -> Arch:
     attention = None
     if not (per_series and len(rnns) == 1):  # attention needs a sequence after RNN 1
         attention = draw(st.sampled_from([None, None, None, "mha", "attention"]))
-    head = draw(st.sampled_from(["dense", "td_dense"] +
-                                ([] if topology == "multi_output" else ["none"])))
-    return Arch(topology, rnns, per_series, masking, conv, kernel, dilation, backward,
-                attention, head, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    head = draw(
+        st.sampled_from(["dense", "td_dense"] + ([] if topology == "multi_output" else ["none"]))
+    )
+    return Arch(
+        topology,
+        rnns,
+        per_series,
+        masking,
+        conv,
+        kernel,
+        dilation,
+        backward,
+        attention,
+        head,
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 3)),
+    )
 
 
 def make_data(arch: Arch, n: int, t: int, seed: int):
     """``(x, y)`` for ``arch``: tuples when it has several inputs/outputs; with ``Masking``,
     random lengths (one series fills T) and zero padding after them."""
     rng = np.random.default_rng(seed)
-    xs = [rng.normal(size=(n, t, arch.features + k)).astype("float32")
-          for k in range(arch.n_inputs)]
+    xs = [
+        rng.normal(size=(n, t, arch.features + k)).astype("float32") for k in range(arch.n_inputs)
+    ]
     if arch.masking:
         lengths = rng.integers(1, t + 1, n)
         lengths[rng.integers(n)] = t
         for x in xs:
             x[np.arange(t)[None, :] >= lengths[:, None]] = 0.0
-    ys = [rng.normal(size=(n, arch.out_features(k)) if arch.per_series
-                     else (n, t, arch.out_features(k))).astype("float32")
-          for k in range(arch.n_outputs)]
+    ys = [
+        rng.normal(
+            size=(n, arch.out_features(k)) if arch.per_series else (n, t, arch.out_features(k))
+        ).astype("float32")
+        for k in range(arch.n_outputs)
+    ]
     return (xs[0] if len(xs) == 1 else tuple(xs)), (ys[0] if len(ys) == 1 else tuple(ys))
 
 
@@ -292,22 +339,35 @@ def same_optimizer(opt: keras.optimizers.Optimizer) -> keras.optimizers.Optimize
 
 def frozen(model, seq_len, batch_size=32, **kw) -> Estimator:
     """An estimator whose fit changes nothing: one epoch of SGD with learning rate 0."""
-    return Estimator(model, "mse", keras.optimizers.SGD(0.0), epochs=1, batch_size=batch_size,
-                     seq_len=seq_len, shuffle=False, verbose=0, **kw)
+    return Estimator(
+        model,
+        "mse",
+        keras.optimizers.SGD(0.0),
+        epochs=1,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        shuffle=False,
+        verbose=0,
+        **kw,
+    )
 
 
 def keras_fit(model, x, y, optimizer, loss="mse", callbacks=(), jit_compile="auto", **fit_kw):
     """``model.fit`` on a twin of ``model``; returns ``(twin, History.history)``."""
     reference = twin(model)
     reference.compile(optimizer=same_optimizer(optimizer), loss=loss, jit_compile=jit_compile)
-    history = reference.fit(x, y, shuffle=False, verbose=0, callbacks=list(callbacks),
-                            **fit_kw)
+    history = reference.fit(x, y, shuffle=False, verbose=0, callbacks=list(callbacks), **fit_kw)
     return reference, history.history
 
 
 def warnings_naming(record, layer: str, phrase: str) -> list:
-    return [w for w in record if issubclass(w.category, UserWarning)
-            and layer in str(w.message) and phrase in str(w.message)]
+    return [
+        w
+        for w in record
+        if issubclass(w.category, UserWarning)
+        and layer in str(w.message)
+        and phrase in str(w.message)
+    ]
 
 
 # ------------------------------------------------------------------ A. property: frozen fits
@@ -315,8 +375,12 @@ def is_clear_refusal(arch: Arch, error: ValueError, windowed: bool) -> bool:
     """Whether ``error`` is a refusal the oracle accepts: a backward layer with windows
     (named, "runs backwards"), or the layer where Keras drops the mask (named)."""
     message = str(error)
-    if windowed and arch.backward_layer and arch.backward_layer in message \
-            and "runs backwards" in message:
+    if (
+        windowed
+        and arch.backward_layer
+        and arch.backward_layer in message
+        and "runs backwards" in message
+    ):
         return True
     return bool(arch.mask_dropped_by) and arch.mask_dropped_by in message
 
@@ -354,8 +418,9 @@ def test_frozen_fit_agrees_with_keras_refuses_or_warns(arch, data):
                 if is_clear_refusal(arch, exc, windowed):
                     return
                 raise
-        assert warnings_naming(record, arch.window_limited_layer, "sees only its window"), \
-            [str(w.message) for w in record]
+        assert warnings_naming(record, arch.window_limited_layer, "sees only its window"), [
+            str(w.message) for w in record
+        ]
         return
 
     with warnings.catch_warnings(record=True) as record:  # (a) agreement, silently
@@ -382,7 +447,7 @@ OPTIMIZERS = {
 
 def halving(epoch, lr):
     """A LearningRateScheduler schedule: 0.02 halved each epoch."""
-    return 0.02 * 0.5 ** epoch
+    return 0.02 * 0.5**epoch
 
 
 @pytest.mark.property
@@ -407,10 +472,20 @@ def test_whole_sequence_fit_equals_keras_fit(arch, data):
     def callbacks():
         return [keras.callbacks.LearningRateScheduler(halving)] if schedule else []
 
-    reference, history = keras_fit(model, x, y, opt, callbacks=callbacks(), jit_compile=jit,
-                                   batch_size=batch, epochs=epochs)
-    est = Estimator(model, "mse", opt, epochs=epochs, batch_size=batch, seq_len=None,
-                    shuffle=False, verbose=0, jit_compile=jit)
+    reference, history = keras_fit(
+        model, x, y, opt, callbacks=callbacks(), jit_compile=jit, batch_size=batch, epochs=epochs
+    )
+    est = Estimator(
+        model,
+        "mse",
+        opt,
+        epochs=epochs,
+        batch_size=batch,
+        seq_len=None,
+        shuffle=False,
+        verbose=0,
+        jit_compile=jit,
+    )
     try:
         est.fit(x, y, callbacks=callbacks())
     except ValueError as exc:
@@ -438,9 +513,10 @@ def xy():
 # 1 ---------------------------------------------------------------------------------------
 def test_01_bidirectional_is_refused_with_windows_and_exact_without(xy):
     x, y = xy
-    model = seq_model(keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True),
-                                                 name="bi_lstm"),
-                      keras.layers.Dense(1))
+    model = seq_model(
+        keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True), name="bi_lstm"),
+        keras.layers.Dense(1),
+    )
     with pytest.raises(ValueError, match=r"bi_lstm.*runs backwards"):
         frozen(model, 5).fit(x, y)
     est = frozen(model, None).fit(x, y)
@@ -450,8 +526,10 @@ def test_01_bidirectional_is_refused_with_windows_and_exact_without(xy):
 # 2 ---------------------------------------------------------------------------------------
 def test_02_go_backwards_is_refused_with_windows(xy):
     x, y = xy
-    model = seq_model(keras.layers.GRU(3, go_backwards=True, return_sequences=True,
-                                       name="gru_back"), keras.layers.Dense(1))
+    model = seq_model(
+        keras.layers.GRU(3, go_backwards=True, return_sequences=True, name="gru_back"),
+        keras.layers.Dense(1),
+    )
     with pytest.raises(ValueError, match=r"gru_back.*runs backwards"):
         frozen(model, 4).fit(x, y)
     est = frozen(model, None).fit(x, y)
@@ -459,8 +537,9 @@ def test_02_go_backwards_is_refused_with_windows(xy):
 
 
 # 3 ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dilation", [1, pytest.param(2, marks=pytest.mark.backend)],
-                         ids=["dilation1", "dilation2"])
+@pytest.mark.parametrize(
+    "dilation", [1, pytest.param(2, marks=pytest.mark.backend)], ids=["dilation1", "dilation2"]
+)
 def test_03_causal_conv_front_end_is_window_invariant(dilation):
     """keraseq carries the last (kernel_size - 1) * dilation_rate inputs across windows, so
     every window length gives Keras's whole-sequence result (T = 5 keeps the sweep short:
@@ -469,9 +548,11 @@ def test_03_causal_conv_front_end_is_window_invariant(dilation):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 5, 3)).astype("float32")
     y = rng.normal(size=(4, 5, 1)).astype("float32")
-    model = seq_model(keras.layers.Conv1D(4, 3, dilation_rate=dilation, padding="causal",
-                                          name="causal_conv"),
-                      keras.layers.LSTM(3, return_sequences=True), keras.layers.Dense(1))
+    model = seq_model(
+        keras.layers.Conv1D(4, 3, dilation_rate=dilation, padding="causal", name="causal_conv"),
+        keras.layers.LSTM(3, return_sequences=True),
+        keras.layers.Dense(1),
+    )
     reference = model.predict(x, verbose=0)
     errors = {}
     for seq_len in range(1, x.shape[1] + 1):
@@ -494,16 +575,18 @@ def test_04_mixed_float16_scales_the_loss_like_keras(xy):
     x, y = xy
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = seq_model(keras.layers.LSTM(4, return_sequences=True),
-                          keras.layers.Dense(1, dtype="float32"))
+        model = seq_model(
+            keras.layers.LSTM(4, return_sequences=True), keras.layers.Dense(1, dtype="float32")
+        )
         initial = model.get_weights()
         # A tiny epsilon makes Adam move every entry whose gradient is non-zero by ~lr and
         # leave the others exactly as they are: "changed" means "got a gradient".
         opt = keras.optimizers.Adam(1e-4, epsilon=1e-12)
         reference, _ = keras_fit(model, x, y, opt, loss=tiny_mse, batch_size=4, epochs=1)
         assert isinstance(reference.optimizer, keras.optimizers.LossScaleOptimizer)
-        est = Estimator(model, tiny_mse, opt, epochs=1, batch_size=4, seq_len=None,
-                        shuffle=False, verbose=0).fit(x, y)
+        est = Estimator(
+            model, tiny_mse, opt, epochs=1, batch_size=4, seq_len=None, shuffle=False, verbose=0
+        ).fit(x, y)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     lstm_kernel = initial[0].size  # the LSTM's input kernel: float16 gradients
@@ -522,6 +605,7 @@ def float64_mode():
         yield
         return
     import jax
+
     jax.config.update("jax_enable_x64", True)
     try:
         yield
@@ -532,12 +616,16 @@ def float64_mode():
 @pytest.mark.backend
 def test_05_float64_model_fits_like_keras(xy, float64_mode):
     x, y = (a.astype("float64") for a in xy)
-    model = seq_model(keras.layers.GRU(4, return_sequences=True, dtype="float64"),
-                      keras.layers.Dense(1, dtype="float64"), dtype="float64")
+    model = seq_model(
+        keras.layers.GRU(4, return_sequences=True, dtype="float64"),
+        keras.layers.Dense(1, dtype="float64"),
+        dtype="float64",
+    )
     opt = keras.optimizers.Adam(0.01)
     reference, history = keras_fit(model, x, y, opt, batch_size=4, epochs=1)
-    est = Estimator(model, "mse", opt, epochs=1, batch_size=4, seq_len=None, shuffle=False,
-                    verbose=0).fit(x, y)
+    est = Estimator(
+        model, "mse", opt, epochs=1, batch_size=4, seq_len=None, shuffle=False, verbose=0
+    ).fit(x, y)
     assert all(w.dtype == np.float64 for w in est.model_.get_weights())
     # float64 all the way: data, loss and gradients are not rounded to float32 on the way
     assert_weights_close(est.model_, reference, atol=1e-12)
@@ -554,10 +642,13 @@ def test_05_float64_model_in_jax_32_bit_mode_is_refused_naming_the_layer(xy):
     if keras.backend.backend() != "jax":
         pytest.skip("JAX only: TensorFlow computes in float64 without a mode (test above)")
     import jax
+
     assert not jax.config.jax_enable_x64
     x, y = xy
-    model = seq_model(keras.layers.GRU(4, return_sequences=True, dtype="float64", name="g64"),
-                      keras.layers.Dense(1))
+    model = seq_model(
+        keras.layers.GRU(4, return_sequences=True, dtype="float64", name="g64"),
+        keras.layers.Dense(1),
+    )
     with pytest.raises(ValueError, match="'g64'.*float64.*jax_enable_x64"):
         Estimator(model, "mse", "adam", epochs=1, batch_size=4, verbose=0).fit(x, y)
 
@@ -584,8 +675,17 @@ def test_06_subclassed_model_is_not_trained_in_place(xy):
     initial = model.get_weights()
     fitted = []
     for _ in range(2):  # without warm_start: each fit starts from the model's weights
-        est = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2, batch_size=4,
-                        seq_len=4, random_state=0, verbose=0, **NO_XLA).fit(x, y)
+        est = Estimator(
+            model,
+            "mse",
+            keras.optimizers.Adam(0.01),
+            epochs=2,
+            batch_size=4,
+            seq_len=4,
+            random_state=0,
+            verbose=0,
+            **NO_XLA,
+        ).fit(x, y)
         fitted.append(est.model_.get_weights())
         for a, b in zip(model.get_weights(), initial):
             assert np.array_equal(a, b), "est.fit changed the user's model"
@@ -606,8 +706,17 @@ def test_06_uncopyable_subclassed_model_is_trained_in_place_from_its_initial_wei
     fitted = []
     for _ in range(2):
         with pytest.warns(UserWarning, match="cannot copy this PlainSubclassed.*in place"):
-            est = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2, batch_size=4,
-                            seq_len=4, random_state=0, verbose=0, **NO_XLA).fit(x, y)
+            est = Estimator(
+                model,
+                "mse",
+                keras.optimizers.Adam(0.01),
+                epochs=2,
+                batch_size=4,
+                seq_len=4,
+                random_state=0,
+                verbose=0,
+                **NO_XLA,
+            ).fit(x, y)
         assert est.model_ is model
         fitted.append(est.model_.get_weights())
     for a, b in zip(*fitted):
@@ -621,8 +730,9 @@ def test_07_adam_ema_weights_are_finalized_like_keras_fit(xy):
     model = seq_model(keras.layers.LSTM(4, return_sequences=True), keras.layers.Dense(1))
     opt = keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.9)
     reference, _ = keras_fit(model, x, y, opt, batch_size=4, epochs=2)
-    est = Estimator(model, "mse", opt, epochs=2, batch_size=4, seq_len=None, shuffle=False,
-                    verbose=0).fit(x, y)
+    est = Estimator(
+        model, "mse", opt, epochs=2, batch_size=4, seq_len=None, shuffle=False, verbose=0
+    ).fit(x, y)
     assert_weights_close(est.model_, reference)
 
 
@@ -633,11 +743,12 @@ def test_08_history_records_the_learning_rate_of_a_scheduler(xy):
     opt = keras.optimizers.SGD(0.1)
 
     def schedule():
-        return keras.callbacks.LearningRateScheduler(lambda epoch: 1e-2 * 0.5 ** epoch)
+        return keras.callbacks.LearningRateScheduler(lambda epoch: 1e-2 * 0.5**epoch)
 
     _, history = keras_fit(model, x, y, opt, callbacks=[schedule()], batch_size=4, epochs=3)
-    est = Estimator(model, "mse", opt, epochs=3, batch_size=4, seq_len=None, shuffle=False,
-                    verbose=0).fit(x, y, callbacks=[schedule()])
+    est = Estimator(
+        model, "mse", opt, epochs=3, batch_size=4, seq_len=None, shuffle=False, verbose=0
+    ).fit(x, y, callbacks=[schedule()])
     assert "learning_rate" in history  # Keras's own record
     assert "learning_rate" in est.history_
     assert est.history_["learning_rate"] == pytest.approx(history["learning_rate"], rel=1e-7)
@@ -649,8 +760,17 @@ def test_09_binary_classifier_with_one_sigmoid_unit(xy):
     x, _ = xy
     labels = np.where(x[:, :, 0].sum(1) > 0, "pos", "neg")
     model = seq_model(keras.layers.GRU(4), keras.layers.Dense(1, activation="sigmoid"))
-    clf = Classifier(model, loss="binary_crossentropy", optimizer=keras.optimizers.Adam(0.05),
-                     epochs=5, batch_size=4, seq_len=4, random_state=0, verbose=0, **NO_XLA)
+    clf = Classifier(
+        model,
+        loss="binary_crossentropy",
+        optimizer=keras.optimizers.Adam(0.05),
+        epochs=5,
+        batch_size=4,
+        seq_len=4,
+        random_state=0,
+        verbose=0,
+        **NO_XLA,
+    )
     clf.fit(x, labels)
     assert list(clf.classes_) == ["neg", "pos"]
     proba = np.asarray(clf.predict_proba(x)).reshape(len(x), -1)[:, -1]
@@ -672,8 +792,9 @@ def test_10_classifier_save_load_keeps_classes(xy, tmp_path):
     x, _ = xy
     labels = np.where(x[:, -1, 0] > 0, "up", "down")
     model = seq_model(keras.layers.GRU(4), keras.layers.Dense(2, activation="softmax"))
-    clf = Classifier(model, epochs=2, batch_size=4, seq_len=4, random_state=0, verbose=0,
-                     **NO_XLA).fit(x, labels)
+    clf = Classifier(
+        model, epochs=2, batch_size=4, seq_len=4, random_state=0, verbose=0, **NO_XLA
+    ).fit(x, labels)
     clf.save(tmp_path / "clf.keras")
     loaded = Classifier.load(tmp_path / "clf.keras")
     assert isinstance(loaded, Classifier)
@@ -691,13 +812,15 @@ def test_11_tensor_inputs_equal_numpy(xy):
     converters = [keras.ops.convert_to_tensor]
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
+
         converters.insert(0, tf.convert_to_tensor)
     for convert in converters:
         tensors = Estimator(model, "mse", "adam", **kw).fit(convert(x), y)
         for a, b in zip(plain.model_.get_weights(), tensors.model_.get_weights()):
             np.testing.assert_array_equal(a, b, err_msg=convert.__module__)
-        np.testing.assert_array_equal(tensors.predict(convert(x)), expected,
-                                      err_msg=convert.__module__)
+        np.testing.assert_array_equal(
+            tensors.predict(convert(x)), expected, err_msg=convert.__module__
+        )
 
 
 # 12 --------------------------------------------------------------------------------------
@@ -716,8 +839,7 @@ def test_13_warm_start_continues_like_one_long_fit(xy):
     model = seq_model(keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1))
     kw = dict(batch_size=3, seq_len=5, shuffle=True, random_state=0, verbose=0, **NO_XLA)
     once = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=4, **kw).fit(x, y)
-    twice = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2, warm_start=True,
-                      **kw)
+    twice = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2, warm_start=True, **kw)
     twice.fit(x, y).fit(x, y)
     for a, b in zip(twice.model_.get_weights(), once.model_.get_weights()):
         assert np.array_equal(a, b)

@@ -9,6 +9,7 @@ reference only by the final rounding to float32 (half an ulp, relative 6e-8) -> 
 ``call`` works in float32: the clipped standardised values are O(1..10), so a few float32
 roundings of |x - mean| / std give absolute errors below ~1e-6 -> atol 1e-5, rtol 1e-5.
 """
+
 from __future__ import annotations
 
 import h5py
@@ -40,16 +41,20 @@ def messy_data(n=40, t=25, f=4, seed=0):
     """Heavy tails, gross outliers, NaNs, ties and very different scales per feature."""
     rng = np.random.default_rng(seed)
     x = rng.standard_t(df=2, size=(n, t, f)) * np.array([1.0, 1e3, 1e-3, 5.0])[:f]
-    x[..., 3 % f] = np.round(x[..., 3 % f])                       # many ties
-    x[rng.random(x.shape) < 0.003] = 1e9                          # outliers
+    x[..., 3 % f] = np.round(x[..., 3 % f])  # many ties
+    x[rng.random(x.shape) < 0.003] = 1e9  # outliers
     x[rng.random(x.shape) < 0.003] = -1e7
-    x[rng.random(x.shape) < 0.05] = np.nan                        # missing values
+    x[rng.random(x.shape) < 0.05] = np.nan  # missing values
     return x.astype(np.float32)
 
 
 def stats(layer):
-    return [np.asarray(layer.low), np.asarray(layer.high), np.asarray(layer.mean),
-            np.asarray(layer.std)]
+    return [
+        np.asarray(layer.low),
+        np.asarray(layer.high),
+        np.asarray(layer.mean),
+        np.asarray(layer.std),
+    ]
 
 
 def check_against_reference(layer, x, lower=0.01, upper=0.99):
@@ -66,9 +71,9 @@ def check_against_reference(layer, x, lower=0.01, upper=0.99):
 
 def test_matches_numpy_reference_on_ndarray():
     x = messy_data()
-    layer = WinsorNorm().adapt(x, batch_size=7)                   # 7 does not divide 40
+    layer = WinsorNorm().adapt(x, batch_size=7)  # 7 does not divide 40
     check_against_reference(layer, x)
-    assert np.all(np.isnan(x) <= (np.asarray(layer(x)) == 0))     # NaN -> 0
+    assert np.all(np.isnan(x) <= (np.asarray(layer(x)) == 0))  # NaN -> 0
 
 
 def test_matches_numpy_reference_on_h5py_dataset(tmp_path):
@@ -82,7 +87,7 @@ def test_matches_numpy_reference_on_h5py_dataset(tmp_path):
 
 
 def test_two_dimensional_data_and_other_quantiles():
-    x = messy_data(n=300, t=1, f=3, seed=2)[:, 0, :]              # (N, F)
+    x = messy_data(n=300, t=1, f=3, seed=2)[:, 0, :]  # (N, F)
     layer = WinsorNorm(lower=0.0, upper=0.75).adapt(x)
     check_against_reference(layer, x, 0.0, 0.75)
 
@@ -93,7 +98,7 @@ def test_streams_rows_without_loading_everything(tmp_path):
     mm[:] = x
     mm.flush()
 
-    class Recorder:                                               # records every slice read
+    class Recorder:  # records every slice read
         shape, reads = x.shape, []
 
         def __getitem__(self, key):
@@ -102,14 +107,14 @@ def test_streams_rows_without_loading_everything(tmp_path):
 
     layer = WinsorNorm().adapt(Recorder(), batch_size=8)
     assert max(Recorder.reads) <= 8
-    assert len(Recorder.reads) == 3 * 7                           # 3 passes of ceil(50 / 8)
+    assert len(Recorder.reads) == 3 * 7  # 3 passes of ceil(50 / 8)
     check_against_reference(layer, x)
 
 
 def test_low_memory_schedules_give_the_same_exact_quantiles():
     x = messy_data(seed=4)
     full = stats(WinsorNorm().adapt(x))
-    for budget in (4 * 4 * 2 ** 11 * 8, 4 * 4 * 2 ** 8 * 8, 1):   # 3, 4 and 8 radix passes
+    for budget in (4 * 4 * 2**11 * 8, 4 * 4 * 2**8 * 8, 1):  # 3, 4 and 8 radix passes
         small = stats(WinsorNorm().adapt(x, max_memory=budget))
         np.testing.assert_array_equal(small[0], full[0])
         np.testing.assert_array_equal(small[1], full[1])
@@ -118,9 +123,15 @@ def test_low_memory_schedules_give_the_same_exact_quantiles():
 
 @settings(max_examples=30, deadline=None)
 @given(
-    x=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=9),
-                 elements=st.one_of(st.floats(-2.0 ** 100, 2.0 ** 100, width=32), st.just(np.nan),
-                                    st.sampled_from([0.0, -0.0, 1.0, -1.0]))),
+    x=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=9),
+        elements=st.one_of(
+            st.floats(-(2.0**100), 2.0**100, width=32),
+            st.just(np.nan),
+            st.sampled_from([0.0, -0.0, 1.0, -1.0]),
+        ),
+    ),
     q=st.tuples(st.floats(0, 0.5), st.floats(0.5, 1)).filter(lambda q: q[0] < q[1]),
     batch=st.integers(1, 5),
 )
@@ -140,7 +151,7 @@ def test_edge_cases_constant_and_all_nan_features_and_defaults():
     x = np.random.default_rng(5).normal(size=(10, 6, 3)).astype(np.float32)
     x[..., 1] = 7.0
     x[..., 2] = np.nan
-    fresh = WinsorNorm()                                          # before adapt: NaN -> 0 only
+    fresh = WinsorNorm()  # before adapt: NaN -> 0 only
     y0 = np.asarray(fresh(x))
     np.testing.assert_array_equal(y0[..., :2], x[..., :2])
     assert (y0[..., 2] == 0).all()
@@ -158,8 +169,9 @@ def test_call_under_tf_function_and_xla():
     x = messy_data(seed=6)
     layer = WinsorNorm().adapt(x)
     eager = np.asarray(layer(x))
-    graph = tf.function(layer, jit_compile=True,
-                        input_signature=[tf.TensorSpec((None, None, 4), tf.float32)])
+    graph = tf.function(
+        layer, jit_compile=True, input_signature=[tf.TensorSpec((None, None, 4), tf.float32)]
+    )
     np.testing.assert_allclose(np.asarray(graph(x)), eager, rtol=1e-6, atol=1e-6)
 
 
@@ -167,9 +179,14 @@ def test_save_and_load_keras_file(tmp_path):
     x = messy_data(seed=7)
     keras.utils.set_random_seed(0)
     norm = WinsorNorm(lower=0.02, upper=0.97, name="wn")
-    model = keras.Sequential([keras.Input((None, 4)), norm,
-                              keras.layers.GRU(3, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 4)),
+            norm,
+            keras.layers.GRU(3, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
     norm.adapt(x)
     path = tmp_path / "model.keras"
     model.save(path)

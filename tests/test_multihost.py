@@ -10,6 +10,7 @@ there resumes with ``BackupAndRestore`` to the uninterrupted weights, bit for bi
 
 Needs root, ``ip``, ``unshare`` and ``nsenter`` (CI runs as root); skipped elsewhere.
 """
+
 import json
 import os
 import signal
@@ -21,7 +22,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from multihost import cluster
 
 HERE = Path(__file__).parent
@@ -69,7 +69,7 @@ def test_ranks_run_on_separate_hosts_and_talk_over_the_link(hosts, tmp_path):
     # The 1 MiB Allreduce crossed the link: each rank sent at least half of it to the other.
     for b, a in zip(before, [h.counters() for h in hosts.hosts]):
         d = sent(b, a)
-        assert d["tx_bytes"] > 2 ** 19 and d["rx_bytes"] > 2 ** 19, d
+        assert d["tx_bytes"] > 2**19 and d["rx_bytes"] > 2**19, d
 
 
 def test_several_ranks_per_host_share_memory_within_a_host_only(tmp_path):
@@ -92,16 +92,20 @@ def reference(hosts, tmp_path_factory):
     """An uninterrupted 2-rank fit across the hosts, with the one-process comparison."""
     folder = tmp_path_factory.mktemp("mh_reference")
     before = [h.counters() for h in hosts.hosts]
-    proc = hosts.run(1, [sys.executable, FIT, folder, folder / "backup", "--reference"],
-                     timeout=240)
+    proc = hosts.run(
+        1, [sys.executable, FIT, folder, folder / "backup", "--reference"], timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     traffic = [sent(b, h.counters()) for b, h in zip(before, hosts.hosts)]
     return folder, traffic
 
 
 def load(folder, rank):
-    return (np.load(folder / f"weights_{rank}.npy"), np.load(folder / f"optimizer_{rank}.npy"),
-            json.loads((folder / f"report_{rank}.json").read_text()))
+    return (
+        np.load(folder / f"weights_{rank}.npy"),
+        np.load(folder / f"optimizer_{rank}.npy"),
+        json.loads((folder / f"report_{rank}.json").read_text()),
+    )
 
 
 def test_two_ranks_on_two_hosts_equal_one_process(reference):
@@ -143,8 +147,11 @@ def killed(hosts, tmp_path_factory):
             assert job.poll() is None, f"ended before pausing:\n{log_err.read_text()[-3000:]}"
             assert time.time() < deadline, "no PAUSED within 180 s"
             time.sleep(0.1)
-        victims = [p for p in hosts.hosts[1].pids()
-                   if str(FIT).encode() in Path(f"/proc/{p}/cmdline").read_bytes()]
+        victims = [
+            p
+            for p in hosts.hosts[1].pids()
+            if str(FIT).encode() in Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
         assert len(victims) == 1, victims  # rank 1, the only rank on host1
         t0 = time.time()
         os.kill(victims[0], signal.SIGKILL)
@@ -157,9 +164,17 @@ def killed(hosts, tmp_path_factory):
         if job.poll() is None:
             hosts.kill_jobs()
             job.wait(timeout=30)
-    return {"cmd": cmd, "out": out, "backup": backup, "rc": job.returncode, "elapsed": elapsed,
-            "pid": victims[0], "stdout": log_out.read_text(), "stderr": log_err.read_text(),
-            "survivors": survivors}
+    return {
+        "cmd": cmd,
+        "out": out,
+        "backup": backup,
+        "rc": job.returncode,
+        "elapsed": elapsed,
+        "pid": victims[0],
+        "stdout": log_out.read_text(),
+        "stderr": log_err.read_text(),
+        "survivors": survivors,
+    }
 
 
 @pytest.mark.slow
@@ -167,8 +182,9 @@ def test_a_rank_killed_on_the_second_host_ends_the_job_promptly(killed):
     assert killed["rc"] != 0
     assert killed["elapsed"] < 60, killed["elapsed"]
     text = " ".join(killed["stderr"].split())
-    assert (f"process rank 1 with PID {killed['pid']} on node host1 exited on signal 9 (Killed)"
-            in text), text[-3000:]
+    assert (
+        f"process rank 1 with PID {killed['pid']} on node host1 exited on signal 9 (Killed)" in text
+    ), text[-3000:]
     assert not killed["survivors"]  # rank 0 and both daemons are gone too
     assert "FINISHED" not in killed["stdout"]
 
@@ -178,8 +194,9 @@ def test_killed_job_resumes_across_hosts_to_the_uninterrupted_weights(hosts, kil
     # The backup written at the end of epoch 0 names epoch 1 as the next one.
     with h5py.File(killed["backup"] / "latest.weights.h5", "r") as f:
         assert json.loads(f.attrs["keraseq_training_metadata"])["epoch"] == 1
-    proc = subprocess.run(killed["cmd"], env=hosts.env(), capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        killed["cmd"], env=hosts.env(), capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "PAUSED" not in proc.stdout and "EPOCH_BEGIN 0" not in proc.stdout  # resumed at 1
     ref_folder = reference[0]

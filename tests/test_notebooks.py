@@ -10,6 +10,7 @@ To refresh the committed outputs after changing a notebook or keraseq::
     .venv/bin/python tests/test_notebooks.py                 # every notebook
     .venv/bin/python tests/test_notebooks.py 02_forecasting_real_data.ipynb
 """
+
 import re
 import sys
 import tempfile
@@ -32,9 +33,13 @@ _PRINTS = re.compile(r"\bprint\(|plt\.show\(|\bdisplay\(|\.summary\(|^%%writefil
 def execute(path: Path, cwd: Path):
     """Run the notebook at ``path`` in a fresh kernel with working directory ``cwd``."""
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     record_timing=False,
-                                     resources={"metadata": {"path": str(cwd)}})
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(cwd)}},
+    )
     client.execute()
     return nb
 
@@ -48,16 +53,27 @@ def _uses_mpirun(path: Path) -> bool:
 
 
 #: Executed by `make test-full` (CI runs it too), to keep `make test` within its time budget.
-SLOW = {"01_quickstart.ipynb", "02_forecasting_real_data.ipynb", "03_distributed_mpi.ipynb", "04_big_data_hdf5.ipynb",
-        "05_sklearn_model_selection.ipynb", "06_unequal_lengths.ipynb",
-        "07_language_model.ipynb"}
+SLOW = {
+    "01_quickstart.ipynb",
+    "02_forecasting_real_data.ipynb",
+    "03_distributed_mpi.ipynb",
+    "04_big_data_hdf5.ipynb",
+    "05_sklearn_model_selection.ipynb",
+    "06_unequal_lengths.ipynb",
+    "07_language_model.ipynb",
+}
 
 
 def _params():
-    return [pytest.param(p, id=p.name,
-                         marks=([pytest.mark.mpi] if _uses_mpirun(p) else [])
-                         + ([pytest.mark.slow] if p.name in SLOW else []))
-            for p in PATHS]
+    return [
+        pytest.param(
+            p,
+            id=p.name,
+            marks=([pytest.mark.mpi] if _uses_mpirun(p) else [])
+            + ([pytest.mark.slow] if p.name in SLOW else []),
+        )
+        for p in PATHS
+    ]
 
 
 def test_there_are_notebooks():
@@ -84,8 +100,9 @@ def test_committed_notebook_has_outputs(path):
     cells = _code_cells(nb)
     assert cells and nb.cells[0].cell_type == "markdown", "a notebook starts with a title"
     counts = [c.execution_count for c in cells]
-    assert counts == list(range(1, len(cells) + 1)), \
+    assert counts == list(range(1, len(cells) + 1)), (
         f"not executed top to bottom in one kernel: execution counts {counts}"
+    )
     images = 0
     for k, cell in enumerate(cells):
         head = cell.source.splitlines()[0] if cell.source else ""
@@ -93,11 +110,14 @@ def test_committed_notebook_has_outputs(path):
         assert "error" not in kinds, f"code cell {k} ({head!r}) has an error output"
         if _PRINTS.search(cell.source):
             assert cell.outputs, f"code cell {k} ({head!r}) prints or plots but has no output"
-        text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                       for o in cell.outputs)
+        text = "".join(
+            str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+            for o in cell.outputs
+        )
         for machine_path in ("/tmp/", "/root/", "/home/", str(NOTEBOOKS.parent) + "/"):
-            assert machine_path not in text, \
+            assert machine_path not in text, (
                 f"code cell {k} ({head!r}) prints a path of the machine it ran on"
+            )
         has_image = any("image/png" in o.get("data", {}) for o in cell.outputs)
         if "plt.show(" in cell.source:
             assert has_image, f"code cell {k} ({head!r}) plots but has no image output"

@@ -1,4 +1,5 @@
 """Out-of-core data: fit, predict and score stream from h5py datasets and memmaps."""
+
 import h5py
 import keras
 import numpy as np
@@ -10,8 +11,9 @@ from keraseq import Estimator
 
 def model():
     keras.utils.set_random_seed(5)
-    return keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True),
-                             keras.layers.Dense(2)])
+    return keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True), keras.layers.Dense(2)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +25,17 @@ def arrays():
 
 
 def fit(x, y, shuffle):
-    return Estimator(model(), "mse", keras.optimizers.Adam(0.01), epochs=2, batch_size=8,
-                     seq_len=5, shuffle=shuffle, random_state=3, verbose=0).fit(x, y)
+    return Estimator(
+        model(),
+        "mse",
+        keras.optimizers.Adam(0.01),
+        epochs=2,
+        batch_size=8,
+        seq_len=5,
+        shuffle=shuffle,
+        random_state=3,
+        verbose=0,
+    ).fit(x, y)
 
 
 class Recorder:
@@ -64,11 +75,21 @@ def test_minibatches_are_read_lazily(arrays, monkeypatch):
     """fit, predict and score never read more than one minibatch of rows at a time (the NaN
     scan's block, 64 MB by default, is shrunk to 8 series here to check it too)."""
     from keraseq import validation
+
     monkeypatch.setattr(validation, "_CHUNK_BYTES", 8 * 21 * 2 * 4)  # <= 8 series of x or y
     x, y = arrays
     rx, ry = Recorder(x), Recorder(y)
-    est = Estimator(model(), "mse", "adam", epochs=1, batch_size=8, seq_len=5, verbose=0,
-                    jit_compile=False, predict_batch_size=8).fit(rx, ry)
+    est = Estimator(
+        model(),
+        "mse",
+        "adam",
+        epochs=1,
+        batch_size=8,
+        seq_len=5,
+        verbose=0,
+        jit_compile=False,
+        predict_batch_size=8,
+    ).fit(rx, ry)
     assert 0 < rx.largest_read <= 8 * 21 * 3 and 0 < ry.largest_read <= 8 * 21 * 2
     rx.largest_read = 0
     est.predict(rx)
@@ -80,6 +101,7 @@ def test_minibatches_are_read_lazily(arrays, monkeypatch):
 
 def test_nan_scan_streams_in_blocks(arrays, monkeypatch):
     from keraseq import validation
+
     x, y = arrays
     monkeypatch.setattr(validation, "_CHUNK_BYTES", 5 * 21 * 3 * 4)  # 5 series per block
     rx = Recorder(x.copy())
@@ -103,6 +125,9 @@ def test_predict_into_h5_equals_in_memory_and_score_equals_sklearn(arrays, tmp_p
     w = np.random.default_rng(0).random(len(x))
     pred = est.predict(x)
     assert est.score(x, offset) == pytest.approx(
-        r2_score(offset.reshape(-1, 2).astype("float64"), pred.reshape(-1, 2) .astype("float64")), rel=1e-9)
+        r2_score(offset.reshape(-1, 2).astype("float64"), pred.reshape(-1, 2).astype("float64")),
+        rel=1e-9,
+    )
     assert est.score(x, y, w) == pytest.approx(
-        r2_score(y.reshape(-1, 2), pred.reshape(-1, 2), sample_weight=np.repeat(w, 21)), rel=1e-6)
+        r2_score(y.reshape(-1, 2), pred.reshape(-1, 2), sample_weight=np.repeat(w, 21)), rel=1e-6
+    )

@@ -1,6 +1,7 @@
 """Pipelines as model.fit takes them: tf.data, generators, iterators and iterables of
 ``(x, y[, sample_weight])`` batches (``steps_per_epoch`` for endless ones), read through
 Keras's own data adapters; the same result as the same minibatches passed as arrays."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,16 +26,24 @@ def data(n=N, seed=0):
 
 def gru(seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((None, F)), keras.layers.GRU(4, return_sequences=True),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [keras.Input((None, F)), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1)]
+    )
 
 
 def batches(x, y, w):
-    return [(x[k:k + B], y[k:k + B], w[k:k + B]) for k in range(0, len(x), B)]
+    return [(x[k : k + B], y[k : k + B], w[k : k + B]) for k in range(0, len(x), B)]
 
 
-KW = dict(batch_size=B, seq_len=4, shuffle=False, random_state=0, verbose=0, metrics=["mae"],
-          jit_compile=False)
+KW = dict(
+    batch_size=B,
+    seq_len=4,
+    shuffle=False,
+    random_state=0,
+    verbose=0,
+    metrics=["mae"],
+    jit_compile=False,
+)
 
 
 def assert_same_fit(a, b):
@@ -62,6 +71,7 @@ def arrays_fit():
 
 def _tf_data(x, y, w):
     import tensorflow as tf
+
     return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(B)
 
 
@@ -69,8 +79,11 @@ def _tf_data(x, y, w):
 @pytest.mark.parametrize("kind", ["tf.data", "list", "iterable"])
 def test_reiterable_pipelines_equal_the_array_path(kind, arrays_fit):
     x, y, w = data()
-    source = {"tf.data": lambda: _tf_data(x, y, w), "list": lambda: batches(x, y, w),
-              "iterable": lambda: Reiterable(batches(x, y, w))}[kind]()
+    source = {
+        "tf.data": lambda: _tf_data(x, y, w),
+        "list": lambda: batches(x, y, w),
+        "iterable": lambda: Reiterable(batches(x, y, w)),
+    }[kind]()
     est = Estimator(gru(), "mse", "adam", epochs=2, **KW).fit(source)
     assert_same_fit(est, arrays_fit)
     np.testing.assert_allclose(est.predict(source), arrays_fit.predict(x), rtol=0, atol=1e-6)
@@ -89,8 +102,9 @@ def test_endless_generator_with_steps_per_epoch_equals_the_array_path(arrays_fit
     one = Estimator(gru(), "mse", "adam", epochs=1, **KW)
     ref = Estimator(gru(), "mse", "adam", epochs=1, **KW).fit(x, y, sample_weight=w)
     assert_same_fit(one.fit(b for b in batches(x, y, w)), ref)
-    assert_same_fit(Estimator(gru(), "mse", "adam", epochs=1, **KW).fit(
-        iter(batches(x, y, w))), ref)
+    assert_same_fit(
+        Estimator(gru(), "mse", "adam", epochs=1, **KW).fit(iter(batches(x, y, w))), ref
+    )
     pred = one.predict((bx,) for bx, _, _ in batches(x, y, w))
     np.testing.assert_allclose(pred, ref.predict(x), rtol=0, atol=1e-6)
 
@@ -98,16 +112,22 @@ def test_endless_generator_with_steps_per_epoch_equals_the_array_path(arrays_fit
 def test_tf_data_repeated_with_steps_per_epoch_and_token_ids():
     """tf.data of token ids with sparse next-token labels (B, T), repeated forever."""
     import tensorflow as tf
+
     rng = np.random.default_rng(0)
     x = rng.integers(1, 7, size=(16, 12)).astype("int32")
     y = np.roll(x, -1, 1)
 
     def lm():
         keras.utils.set_random_seed(0)
-        return keras.Sequential([keras.Input((None,), dtype="int32"),
-                                 keras.layers.Embedding(7, 3),
-                                 keras.layers.LSTM(4, return_sequences=True),
-                                 keras.layers.Dense(7)])
+        return keras.Sequential(
+            [
+                keras.Input((None,), dtype="int32"),
+                keras.layers.Embedding(7, 3),
+                keras.layers.LSTM(4, return_sequences=True),
+                keras.layers.Dense(7),
+            ]
+        )
+
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     kw = dict(epochs=2, batch_size=8, seq_len=5, shuffle=False, verbose=0)
     ref = Estimator(lm(), loss, "adam", **kw).fit(x, y)

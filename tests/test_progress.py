@@ -6,6 +6,7 @@ minibatch bit for bit (per-step and per-series targets, unequal lengths, ``sync_
 short tail window, the JAX row split), ``stop_training`` and Ctrl-C act between chunks and
 leave the update of the last finished chunk in place.
 """
+
 import functools
 import os
 import signal
@@ -14,11 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from keraseq import Estimator
-from keraseq import trainer
+from keraseq import Estimator, trainer
 
 pytestmark = pytest.mark.backend
-ONE_CALL = 10 ** 6  # windows_per_call larger than any minibatch: today's one call
+ONE_CALL = 10**6  # windows_per_call larger than any minibatch: today's one call
 
 
 def model(per_series=False, seed=0):
@@ -31,20 +31,46 @@ def model(per_series=False, seed=0):
 def data(n=12, t=47, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, t, 3)).astype("float32")
-    return (x, rng.normal(size=(n, t, 2)).astype("float32"),
-            rng.normal(size=(n, 2)).astype("float32"), rng.integers(1, t + 1, n))
+    return (
+        x,
+        rng.normal(size=(n, t, 2)).astype("float32"),
+        rng.normal(size=(n, 2)).astype("float32"),
+        rng.integers(1, t + 1, n),
+    )
 
 
-def fit(windows_per_call, per_series=False, t=47, lengths=False, sync_every=1, callbacks=(),
-        epochs=2, batch_size=6, verbose=0):
+def fit(
+    windows_per_call,
+    per_series=False,
+    t=47,
+    lengths=False,
+    sync_every=1,
+    callbacks=(),
+    epochs=2,
+    batch_size=6,
+    verbose=0,
+):
     x, y, ys, lens = data(t=t)
-    est = Estimator(model(per_series), "mse", keras.optimizers.Adam(1e-2), epochs=epochs,
-                    batch_size=batch_size, seq_len=4, shuffle=False, verbose=verbose,
-                    metrics=["mae"],
-                    windows_per_call=windows_per_call, sync_every=sync_every)
-    return est.fit(x, ys if per_series else y, lengths=lens if lengths else None,
-                   sample_weight=np.linspace(0.5, 1.5, len(x)).astype("float32"),
-                   callbacks=list(callbacks))
+    est = Estimator(
+        model(per_series),
+        "mse",
+        keras.optimizers.Adam(1e-2),
+        epochs=epochs,
+        batch_size=batch_size,
+        seq_len=4,
+        shuffle=False,
+        verbose=verbose,
+        metrics=["mae"],
+        windows_per_call=windows_per_call,
+        sync_every=sync_every,
+    )
+    return est.fit(
+        x,
+        ys if per_series else y,
+        lengths=lens if lengths else None,
+        sample_weight=np.linspace(0.5, 1.5, len(x)).astype("float32"),
+        callbacks=list(callbacks),
+    )
 
 
 def same_weights(a, b):
@@ -73,12 +99,16 @@ class Steps(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("case", [
-    dict(),                                        # per step, a short tail window (47 = 11*4+3)
-    dict(per_series=True, t=44),                   # per series: the loss window peeled off
-    dict(lengths=True, sync_every=2),              # unequal lengths, gradient accumulation
-    dict(per_series=True, lengths=True),           # per-series sums carried across chunks
-], ids=["per-step-tail", "per-series", "lengths-sync2", "series-lengths"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(),  # per step, a short tail window (47 = 11*4+3)
+        dict(per_series=True, t=44),  # per series: the loss window peeled off
+        dict(lengths=True, sync_every=2),  # unequal lengths, gradient accumulation
+        dict(per_series=True, lengths=True),  # per-series sums carried across chunks
+    ],
+    ids=["per-step-tail", "per-series", "lengths-sync2", "series-lengths"],
+)
 def test_chunks_train_exactly_as_one_call(case):
     one, chunked = fit(ONE_CALL, **case), fit(2 if case.get("sync_every") else 3, **case)
     assert same_weights(one, chunked)
@@ -100,20 +130,38 @@ def test_each_chunk_is_a_step_of_the_bar_and_the_callbacks(capsys):
     assert "8/8" in capsys.readouterr().out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def truncated_reference(n_windows):
     """One call per minibatch on the first ``n_windows`` windows only (one minibatch, one
     epoch): what chunks [0, n_windows) of the whole series must leave."""
     x, y, _, _ = data(t=40)
-    est = Estimator(model(), "mse", keras.optimizers.Adam(1e-2), epochs=1, batch_size=12,
-                    seq_len=4, shuffle=False, verbose=0, windows_per_call=ONE_CALL)
-    return est.fit(x[:, :4 * n_windows], y[:, :4 * n_windows])
+    est = Estimator(
+        model(),
+        "mse",
+        keras.optimizers.Adam(1e-2),
+        epochs=1,
+        batch_size=12,
+        seq_len=4,
+        shuffle=False,
+        verbose=0,
+        windows_per_call=ONE_CALL,
+    )
+    return est.fit(x[:, : 4 * n_windows], y[:, : 4 * n_windows])
 
 
 def chunked_run(callbacks):
     x, y, _, _ = data(t=40)
-    est = Estimator(model(), "mse", keras.optimizers.Adam(1e-2), epochs=3, batch_size=12,
-                    seq_len=4, shuffle=False, verbose=0, windows_per_call=3)
+    est = Estimator(
+        model(),
+        "mse",
+        keras.optimizers.Adam(1e-2),
+        epochs=3,
+        batch_size=12,
+        seq_len=4,
+        shuffle=False,
+        verbose=0,
+        windows_per_call=3,
+    )
     return est, x, y
 
 
@@ -162,7 +210,8 @@ def test_ctrl_c_during_a_call_waits_for_its_update(monkeypatch):
 def sqrt_gap(yt, yp):
     """The squared error, plus nothing where ``y >= 0`` and NaN where ``y < 0``."""
     return keras.ops.mean(keras.ops.square(yt - yp), -1) + 0.0 * keras.ops.mean(
-        keras.ops.sqrt(yt), -1)
+        keras.ops.sqrt(yt), -1
+    )
 
 
 def test_nonfinite_window_is_counted_from_the_minibatch_start():
@@ -170,10 +219,20 @@ def test_nonfinite_window_is_counted_from_the_minibatch_start():
     y = np.abs(y)
     y[:, 26] = -1.0  # window 7 (steps 24..27), in the third chunk of 3 windows
     runs = []
-    for windows, t in ((3, 40), (ONE_CALL, 24)):  # chunked; one call on windows 1..6
-        runs.append(Estimator(model(), sqrt_gap, keras.optimizers.Adam(1e-2), epochs=1,
-                              batch_size=12, seq_len=4, shuffle=False, verbose=0,
-                              windows_per_call=windows))
+    for windows, _t in ((3, 40), (ONE_CALL, 24)):  # chunked; one call on windows 1..6
+        runs.append(
+            Estimator(
+                model(),
+                sqrt_gap,
+                keras.optimizers.Adam(1e-2),
+                epochs=1,
+                batch_size=12,
+                seq_len=4,
+                shuffle=False,
+                verbose=0,
+                windows_per_call=windows,
+            )
+        )
     with pytest.raises(trainer.NonFiniteLossError, match="minibatch 1, window 7"):
         runs[0].fit(x, y)
     assert same_weights(runs[0], runs[1].fit(x[:, :24], y[:, :24]))
@@ -204,6 +263,7 @@ def test_auto_keeps_short_minibatches_one_call_and_cuts_long_ones():
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the row split is JAX's")
 def test_chunks_of_rows_split_over_devices_train_as_one_call():
     from keraseq.backend import jax as kj
+
     rule = kj.MIN_WORK_PER_DEVICE
     kj.MIN_WORK_PER_DEVICE = 0
     try:
@@ -217,7 +277,6 @@ def test_chunks_of_rows_split_over_devices_train_as_one_call():
             assert same_weights(one, chunked)
             assert one.history_["loss"] == chunked.history_["loss"]
             # The metrics' increments are summed over the devices per call: float rounding.
-            np.testing.assert_allclose(one.history_["mae"], chunked.history_["mae"],
-                                       rtol=1e-6)
+            np.testing.assert_allclose(one.history_["mae"], chunked.history_["mae"], rtol=1e-6)
     finally:
         kj.MIN_WORK_PER_DEVICE = rule

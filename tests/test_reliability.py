@@ -5,6 +5,7 @@ Real processes, real faults: a training run is killed with SIGKILL in the middle
 inside ``BackupAndRestore``'s h5 write; a rank kills itself; one rank's rows hold NaN or values
 that make the averaged update overflow. The training scripts are ``tests/mpi/reliability_*.py``.
 """
+
 import json
 import os
 import shutil
@@ -30,9 +31,14 @@ EPOCHS = 5  # reliability_train.py's default
 
 # --------------------------------------------------------------------------------- processes
 def _env():
-    return dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-                TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1",
-                OMPI_MCA_rmaps_base_oversubscribe="1")
+    return dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
 
 
 def _command(np_, script, *args):
@@ -67,8 +73,9 @@ class Job:
         self.out_path, self.err_path = folder / f"{name}.out", folder / f"{name}.err"
         self.t0 = time.time()
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=_env(),
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=err, env=_env(), start_new_session=True
+            )
 
     @property
     def stdout(self):
@@ -82,8 +89,10 @@ class Job:
         deadline = time.time() + timeout
         while marker not in self.stdout:
             if self.proc.poll() is not None:
-                raise AssertionError(f"ended (rc {self.proc.returncode}) before {marker!r}:\n"
-                                     f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}")
+                raise AssertionError(
+                    f"ended (rc {self.proc.returncode}) before {marker!r}:\n"
+                    f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
+                )
             if time.time() > deadline:
                 self.kill()
                 raise AssertionError(f"no {marker!r} within {timeout} s:\n{self.stdout[-2000:]}")
@@ -112,8 +121,10 @@ class Job:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"still running after {timeout} s (hang?):\n"
-                                 f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}") from None
+            raise AssertionError(
+                f"still running after {timeout} s (hang?):\n"
+                f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
+            ) from None
         self.elapsed = time.time() - self.t0
         leftovers = _session_members(self.proc.pid)
         for pid in leftovers:  # never leave a rank behind, even when the test fails
@@ -129,8 +140,11 @@ def run(np_, script, *args, folder, name, timeout=240):
 
 
 def result(folder, rank=0):
-    return (np.load(folder / f"weights_{rank}.npy"), np.load(folder / f"optimizer_{rank}.npy"),
-            json.loads((folder / f"report_{rank}.json").read_text()))
+    return (
+        np.load(folder / f"weights_{rank}.npy"),
+        np.load(folder / f"optimizer_{rank}.npy"),
+        json.loads((folder / f"report_{rank}.json").read_text()),
+    )
 
 
 def assert_ok(job):
@@ -183,7 +197,8 @@ def _kill_mid_epoch_and_restart(np_, tmp_path, *extra):
 
 
 def test_single_process_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
-        tmp_path, single_reference):
+    tmp_path, single_reference
+):
     out = _kill_mid_epoch_and_restart(1, tmp_path)
     w_ref, opt_ref, ref = result(single_reference)
     w, opt, report = result(out)
@@ -216,7 +231,8 @@ def test_resume_with_dropout_equals_the_uninterrupted_run(tmp_path, dropout_runs
     w_ref, opt_ref, _ = result(dropout_runs[0])
     w, opt, _ = result(out)
     assert np.array_equal(w, w_ref), (
-        f"resumed weights differ from the uninterrupted run by up to {np.abs(w - w_ref).max()}")
+        f"resumed weights differ from the uninterrupted run by up to {np.abs(w - w_ref).max()}"
+    )
     assert np.array_equal(opt, opt_ref)
 
 
@@ -224,8 +240,16 @@ def _kill_inside_the_backup_write(tmp_path, double):
     """A real SIGKILL after the 5th variable of the backup written at the end of epoch index 2
     (the profile hook of reliability_train.py), then the same command again."""
     out, backup = tmp_path / "out", tmp_path / "backup"
-    cmd = _command(1, TRAIN, out, "--backup", backup, "--kill-in-save", "2:5",
-                   *(["--double"] if double else []))
+    cmd = _command(
+        1,
+        TRAIN,
+        out,
+        "--backup",
+        backup,
+        "--kill-in-save",
+        "2:5",
+        *(["--double"] if double else []),
+    )
     killed = Job(cmd, tmp_path, "killed")
     assert killed.wait() == -signal.SIGKILL, killed.stderr[-3000:]
     assert "KILLING IN SAVE" in killed.stdout
@@ -241,7 +265,8 @@ def _kill_inside_the_backup_write(tmp_path, double):
 
 @pytest.mark.slow  # make test-full (make test's budget); the atomic-write kill stays in make test
 def test_kill_inside_the_backup_write_with_double_checkpoint_resumes_exactly(
-        tmp_path, single_reference):
+    tmp_path, single_reference
+):
     out, restart = _kill_inside_the_backup_write(tmp_path, double=True)
     assert_ok(restart)
     w_ref, opt_ref, _ = result(single_reference)
@@ -284,10 +309,20 @@ def test_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
     x = np.random.default_rng(0).normal(size=(8, 6, 2)).astype("float32")
     y = x[..., :1].cumsum(1)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True),
-                              keras.layers.Dense(1)])
-    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, seq_len=3, verbose=0,
-                    jit_compile=False, random_state=0).fit(x, y)
+    model = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True), keras.layers.Dense(1)]
+    )
+    est = Estimator(
+        model,
+        "mse",
+        "adam",
+        epochs=1,
+        batch_size=4,
+        seq_len=3,
+        verbose=0,
+        jit_compile=False,
+        random_state=0,
+    ).fit(x, y)
     path = tmp_path / "est.keras"
     est.save(path)
     saved_bytes = path.read_bytes()
@@ -296,7 +331,7 @@ def test_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
 
     def dies_half_way(filepath, *args, **kwargs):  # a partial file, then the disk is full
         with open(filepath, "wb") as f:
-            f.write(saved_bytes[:len(saved_bytes) // 2])
+            f.write(saved_bytes[: len(saved_bytes) // 2])
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(est.model_, "save", dies_half_way)
@@ -349,10 +384,13 @@ def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
     assert job.elapsed < 60, job.elapsed
     # Whichever rank aborts first, the output names rank 1, the array, NaN and the row.
     err = job.stderr
-    assert ("keraseq: rank 0 failed with ValueError: on rank 1: `x` contains NaN or Inf "
-            "(first at row 13)" in err
-            or "keraseq: rank 1 failed with ValueError: `x` contains NaN or Inf (first at row 13)"
-            in err), err[-3000:]
+    assert (
+        "keraseq: rank 0 failed with ValueError: on rank 1: `x` contains NaN or Inf "
+        "(first at row 13)"
+        in err
+        or "keraseq: rank 1 failed with ValueError: `x` contains NaN or Inf (first at row 13)"
+        in err
+    ), err[-3000:]
     assert "finished without failing" not in job.stdout
 
 
@@ -377,13 +415,14 @@ def test_model_checkpoint_best_only_never_saves_a_nan_model(tmp_path):
     weights, exactly."""
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
     x = rng.normal(size=(16, 10, 3)).astype("float32")
     y = x.sum(-1, keepdims=True).astype("float32")
     x[12:16] *= 10.0
     y[12:16] *= 10.0
-    order = np.concatenate([np.r_[2 * i:2 * i + 2, 8 + 2 * i:8 + 2 * i + 2] for i in range(4)])
+    order = np.concatenate([np.r_[2 * i : 2 * i + 2, 8 + 2 * i : 8 + 2 * i + 2] for i in range(4)])
     x, y = x[order], y[order]
     path = tmp_path / "best.keras"
     epoch_weights = []
@@ -392,9 +431,19 @@ def test_model_checkpoint_best_only_never_saves_a_nan_model(tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             epoch_weights.append([w.copy() for w in self.model.get_weights()])
 
-    est = Estimator(model, "mse", keras.optimizers.SGD(0.05), epochs=4, batch_size=4, seq_len=5,
-                    shuffle=False, verbose=0, random_state=0, jit_compile=False,
-                    distributed=False)
+    est = Estimator(
+        model,
+        "mse",
+        keras.optimizers.SGD(0.05),
+        epochs=4,
+        batch_size=4,
+        seq_len=5,
+        shuffle=False,
+        verbose=0,
+        random_state=0,
+        jit_compile=False,
+        distributed=False,
+    )
     checkpoint = keras.callbacks.ModelCheckpoint(path, monitor="loss", save_best_only=True)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, minibatch \d+, window \d+"):
         est.fit(x, y, callbacks=[checkpoint, Record()])
@@ -414,19 +463,26 @@ def test_load_refuses_a_lambda_layer_and_runs_none_of_its_code(tmp_path):
         return t * 2.0
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True),
-                              keras.layers.Lambda(lambda t: touch_and_double(t)),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            keras.layers.GRU(3, return_sequences=True),
+            keras.layers.Lambda(lambda t: touch_and_double(t)),
+            keras.layers.Dense(1),
+        ]
+    )
     x = np.random.default_rng(0).normal(size=(8, 6, 2)).astype("float32")
-    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, verbose=0,
-                    jit_compile=False).fit(x, x[..., :1])
+    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, verbose=0, jit_compile=False).fit(
+        x, x[..., :1]
+    )
     path = tmp_path / "lambda.keras"
     est.save(path)
     marker.unlink()
     with pytest.raises(ValueError) as info:
         Estimator.load(path)
     message = str(info.value)
-    assert message.startswith("Requested the deserialization of a `Lambda` layer whose "
-                              "`function` is a Python lambda."), message
+    assert message.startswith(
+        "Requested the deserialization of a `Lambda` layer whose `function` is a Python lambda."
+    ), message
     assert "arbitrary code execution" in message and "safe_mode=False" in message
     assert not marker.exists()

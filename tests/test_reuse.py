@@ -1,17 +1,16 @@
 """Compile once, not per fit: a new fit of the same architecture reuses the compiled window
 loops of a finished one, with the same result as a fresh compile; a kept estimator is never
 touched."""
+
 import gc
 
 import keras
 import numpy as np
 import pytest
+from conftest import lstm_model
 from sklearn.model_selection import GridSearchCV
 
 from keraseq import Estimator, reuse
-
-from conftest import lstm_model
-
 
 
 @pytest.fixture
@@ -69,9 +68,9 @@ def test_refit_and_partial_fit_compile_once(data, fresh_pool):
     est = _est(lstm_model())
     est.fit(x, y)
     compiled = reuse.stats()["compiled"]
-    est.fit(x, y)                     # a refit recycles its own previous fit
+    est.fit(x, y)  # a refit recycles its own previous fit
     for _ in range(3):
-        est.partial_fit(x, y)         # warm: the same model, the same compiled steps
+        est.partial_fit(x, y)  # warm: the same model, the same compiled steps
     assert reuse.stats()["compiled"] == compiled
     assert est.n_epochs_ == 2 + 3
 
@@ -81,8 +80,15 @@ def test_other_settings_compile_anew(data, fresh_pool):
     model = lstm_model()
     _est(model).fit(x, y)
     compiled = reuse.stats()["compiled"]
-    Estimator(model, "mse", keras.optimizers.Adam(beta_1=0.8), epochs=1, batch_size=8,
-              seq_len=5, verbose=0).fit(x, y)   # beta_1 is compiled in
+    Estimator(
+        model,
+        "mse",
+        keras.optimizers.Adam(beta_1=0.8),
+        epochs=1,
+        batch_size=8,
+        seq_len=5,
+        verbose=0,
+    ).fit(x, y)  # beta_1 is compiled in
     _est(model, seq_len=6).fit(x, y)
     _est(lstm_model(units=9)).fit(x, y)
     assert reuse.stats()["compiled"] == compiled + 3
@@ -95,9 +101,11 @@ def test_other_settings_compile_anew(data, fresh_pool):
 
 def test_grid_search_compiles_once_per_architecture(data, fresh_pool):
     x, y = data
-    grid = GridSearchCV(_est(lstm_model(), epochs=1),
-                        {"optimizer__learning_rate": [1e-3, 3e-3], "shuffle": [True, False]},
-                        cv=3)
+    grid = GridSearchCV(
+        _est(lstm_model(), epochs=1),
+        {"optimizer__learning_rate": [1e-3, 3e-3], "shuffle": [True, False]},
+        cv=3,
+    )
     before = reuse.stats()
     grid.fit(x, y)  # 12 fits and the refit
     assert reuse.stats()["compiled"] == before["compiled"] + 1

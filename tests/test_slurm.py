@@ -13,6 +13,7 @@ hang, nothing of the job left on either node); a job requeued mid-epoch resumes 
 Needs root, namespaces and the packages (``.ci/run`` installs them); skipped elsewhere with
 the reason (in CI, ``KERASEQ_REQUIRE_SLURM=1``: failed). ``pytest -m slurm`` runs these alone.
 """
+
 import json
 import os
 import re
@@ -24,7 +25,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from multihost import cluster, slurm
 
 HERE = Path(__file__).parent
@@ -33,14 +33,18 @@ GUIDE = HERE.parent / "docs" / "cluster.md"
 WHY_NOT = cluster.unavailable() or slurm.unavailable()
 # CI (.ci/run) installs the packages and sets KERASEQ_REQUIRE_SLURM=1: there they fail, not skip.
 REQUIRED = os.environ.get("KERASEQ_REQUIRE_SLURM") == "1"
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.mpi,
-              pytest.mark.skipif(WHY_NOT is not None and not REQUIRED, reason=str(WHY_NOT))]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.mpi,
+    pytest.mark.skipif(WHY_NOT is not None and not REQUIRED, reason=str(WHY_NOT)),
+]
 
 
 def guide_script() -> str:
     """The batch script of docs/cluster.md's Slurm section, for CPU-only nodes."""
     text = GUIDE.read_text()
-    section = text[text.index("## 5. Slurm"):]
+    section = text[text.index("## 5. Slurm") :]
     block = re.search(r"```bash\n(#!/bin/bash\n.*?)```", section, re.S).group(1)
     return "".join(line + "\n" for line in block.splitlines() if "--gpus-per-node" not in line)
 
@@ -51,19 +55,30 @@ def sl(tmp_path_factory):
     if WHY_NOT is not None:
         pytest.fail(f"KERASEQ_REQUIRE_SLURM=1 but {WHY_NOT}")
     cluster.remove_stale()
-    with cluster.SimulatedCluster(2) as c:
-        with slurm.SlurmCluster(c) as s:
-            s.folder = tmp_path_factory.mktemp("slurm_jobs")
-            (s.folder / "train.sbatch").write_text(guide_script())
-            yield s
+    with cluster.SimulatedCluster(2) as c, slurm.SlurmCluster(c) as s:
+        s.folder = tmp_path_factory.mktemp("slurm_jobs")
+        (s.folder / "train.sbatch").write_text(guide_script())
+        yield s
     assert not c.leftovers(), c.leftovers()
 
 
 def submit(sl, *args, options=()):
     env_options = f"--export=ALL,VENV={Path(sys.executable).parent.parent},NET={cluster.SUBNET}"
-    proc = sl.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1",
-                   "--cpus-per-task=2", env_options, *options, "train.sbatch",
-                   str(FIT), *map(str, args)], cwd=sl.folder)
+    proc = sl.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=2",
+            env_options,
+            *options,
+            "train.sbatch",
+            str(FIT),
+            *map(str, args),
+        ],
+        cwd=sl.folder,
+    )
     return proc.stdout.strip().split(";")[0]
 
 
@@ -84,8 +99,11 @@ def job_processes(sl):
 
 
 def load(folder, rank):
-    return (np.load(folder / f"weights_{rank}.npy"), np.load(folder / f"optimizer_{rank}.npy"),
-            json.loads((folder / f"report_{rank}.json").read_text()))
+    return (
+        np.load(folder / f"weights_{rank}.npy"),
+        np.load(folder / f"optimizer_{rank}.npy"),
+        json.loads((folder / f"report_{rank}.json").read_text()),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +132,7 @@ def test_guide_script_on_two_nodes_equals_one_process(sl, reference):
 @pytest.fixture(scope="module")
 def paused(sl):
     """A job paused mid-epoch 1 (the backup of epoch 0 written); returns (job, out, backup)."""
+
     def start(name):
         out = sl.folder / name
         job = submit(sl, out, out / "backup", "--pause-at", 1, options=["--requeue"])
@@ -124,13 +143,17 @@ def paused(sl):
             assert time.time() < deadline, f"no PAUSED within 240 s: {output(sl, job)}"
             time.sleep(0.2)
         return job, out
+
     return start
 
 
 def test_a_rank_killed_on_one_node_fails_the_job_and_ends_the_other(sl, paused):
     job, out = paused("killed")
-    ranks = [p for p in sl.sim.hosts[1].pids()
-             if str(FIT).encode() in (cluster._read(f"/proc/{p}/cmdline", "rb") or b"")]
+    ranks = [
+        p
+        for p in sl.sim.hosts[1].pids()
+        if str(FIT).encode() in (cluster._read(f"/proc/{p}/cmdline", "rb") or b"")
+    ]
     assert len(ranks) == 1, ranks  # rank 1, the only rank on host1
     t0 = time.time()
     os.kill(ranks[0], signal.SIGKILL)
@@ -156,7 +179,9 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_weights(sl, paused, referen
     info = sl.wait_job(job, 300, until=("COMPLETED", "FAILED", "CANCELLED"))
     assert info["JobState"] == "COMPLETED", (info, output(sl, job)[-3000:])
     assert info["Restarts"] == "1", info
-    print(f"job {job}: requeued, then ran again from {info.get('StartTime')} to {info.get('EndTime')}")
+    print(
+        f"job {job}: requeued, then ran again from {info.get('StartTime')} to {info.get('EndTime')}"
+    )
     w_ref, opt_ref, ref = load(reference[0], 0)
     for rank in (0, 1):
         w, opt, rep = load(out, rank)

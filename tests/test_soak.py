@@ -9,6 +9,7 @@ call compiled the LSTM's ``lax.scan`` into JAX's never-emptied cache of single p
 each TensorFlow fit 0.59 MB (TensorFlow's eager kernel cache kept kernels named after every
 model's and optimizer's variables). Runs on both backends (``make test-full``).
 """
+
 import json
 import os
 import subprocess
@@ -18,18 +19,32 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parent / "soak.py"
-pytestmark = [pytest.mark.slow, pytest.mark.backend,
-              pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
-                                 reason="resident memory is read from /proc (Linux)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.backend,
+    pytest.mark.skipif(
+        not os.path.exists("/proc/self/statm"), reason="resident memory is read from /proc (Linux)"
+    ),
+]
 
 
-@pytest.mark.parametrize("mode,calls,warmup", [("fit", 48, 12), ("predict", 80, 16),
-                                               ("partial_fit", 60, 12)])
+@pytest.mark.parametrize(
+    "mode,calls,warmup", [("fit", 48, 12), ("predict", 80, 16), ("partial_fit", 60, 12)]
+)
 def test_resident_memory_per_call_is_flat(mode, calls, warmup):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    proc = subprocess.run([sys.executable, str(SCRIPT), mode, str(calls), str(warmup)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+        ),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), mode, str(calls), str(warmup)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][7:])

@@ -1,10 +1,11 @@
 """Truncated BPTT semantics: keraseq's fit equals a plain reference written with the backend's
 own gradient (TensorFlow's GradientTape, or jax.value_and_grad over stateless_call)."""
+
 import keras
 import numpy as np
 import pytest
-
 from conftest import lstm_model
+
 from keraseq import Estimator
 
 
@@ -14,6 +15,7 @@ def window_step(ref, optimizer, inputs, yw):
     if keras.backend.backend() == "jax":
         import jax
         import jax.numpy as jnp
+
         ntv = [v.value for v in ref.non_trainable_variables]
 
         def loss(tv):
@@ -21,10 +23,12 @@ def window_step(ref, optimizer, inputs, yw):
             return jnp.mean(jnp.square(out - yw)), new_h
 
         (_, new_h), grads = jax.value_and_grad(loss, has_aux=True)(
-            [v.value for v in ref.trainable_variables])
+            [v.value for v in ref.trainable_variables]
+        )
         optimizer.apply_gradients(zip(grads, ref.trainable_variables))
         return [jax.lax.stop_gradient(s) for s in new_h]
     import tensorflow as tf
+
     with tf.GradientTape() as tape:
         out, *new_h = ref(inputs)
         loss = tf.reduce_mean(tf.square(out - yw))
@@ -49,7 +53,7 @@ def reference_fit(model, optimizer, x, y, seq_len):
     optimizer.build(ref.trainable_variables)
     h = [keras.ops.zeros((x.shape[0], units)) for _ in range(n_states)]
     for start in range(0, x.shape[1], seq_len):
-        xw, yw = x[:, start:start + seq_len], y[:, start:start + seq_len]
+        xw, yw = x[:, start : start + seq_len], y[:, start : start + seq_len]
         h = window_step(ref, optimizer, [keras.ops.convert_to_tensor(xw)] + h, yw)
     return ref.get_weights()
 
@@ -58,16 +62,33 @@ def reference_fit(model, optimizer, x, y, seq_len):
 ON_BOTH = {("LSTM", "adam", True), ("GRU", "sgd", True)}
 
 
-@pytest.mark.parametrize("cell,opt,jit", [
-    pytest.param(cell, opt, jit, marks=[pytest.mark.backend] if (cell, opt, jit) in ON_BOTH else [])
-    for jit in (True, False) for opt in ("sgd", "adam") for cell in ("LSTM", "GRU")])
+@pytest.mark.parametrize(
+    "cell,opt,jit",
+    [
+        pytest.param(
+            cell, opt, jit, marks=[pytest.mark.backend] if (cell, opt, jit) in ON_BOTH else []
+        )
+        for jit in (True, False)
+        for opt in ("sgd", "adam")
+        for cell in ("LSTM", "GRU")
+    ],
+)
 def test_fit_equals_plain_reference(cell, opt, jit, data):
     x, y = data  # T = 25, seq_len = 10: windows of 10, 10 and a short last one of 5
     model = lstm_model(cell=cell)
     make = lambda: keras.optimizers.SGD(0.1) if opt == "sgd" else keras.optimizers.Adam(0.01)
     expected = reference_fit(model, make(), x, y, seq_len=10)
-    est = Estimator(model, "mse", make(), epochs=1, batch_size=len(x), seq_len=10,
-                    shuffle=False, verbose=0, jit_compile=jit).fit(x, y)
+    est = Estimator(
+        model,
+        "mse",
+        make(),
+        epochs=1,
+        batch_size=len(x),
+        seq_len=10,
+        shuffle=False,
+        verbose=0,
+        jit_compile=jit,
+    ).fit(x, y)
     got = est.model_.get_weights()
     assert len(got) == len(expected)
     for a, b in zip(got, expected):

@@ -1,6 +1,7 @@
 """Language modelling (keraseq.text): batchify against PyTorch's definition, metrics against
 the hand computation, LM training with windows against Keras's own stateful ``train_on_batch``
 loop, and generation against stepping a stateful Keras model by hand."""
+
 from __future__ import annotations
 
 import doctest
@@ -11,8 +12,15 @@ import numpy as np
 import pytest
 
 import keraseq.text as ktext
-from keraseq import (BitsPerToken, Estimator, Perplexity, Vocabulary, batchify, bits_per_token,
-                     generate)
+from keraseq import (
+    BitsPerToken,
+    Estimator,
+    Perplexity,
+    Vocabulary,
+    batchify,
+    bits_per_token,
+    generate,
+)
 from keraseq.text import sample
 
 V, B, S = 7, 4, 10
@@ -21,12 +29,19 @@ V, B, S = 7, 4, 10
 def lm_model(stateful_batch=None, units=8, seed=0):
     """Embedding + LSTM + Dense(V) logits over token ids ``(N, T)``."""
     keras.utils.set_random_seed(seed)
-    inp = (keras.Input(batch_shape=(stateful_batch, None), dtype="int32") if stateful_batch
-           else keras.Input((None,), dtype="int32"))
-    return keras.Sequential([inp, keras.layers.Embedding(V, 4),
-                             keras.layers.LSTM(units, return_sequences=True,
-                                               stateful=bool(stateful_batch)),
-                             keras.layers.Dense(V)])
+    inp = (
+        keras.Input(batch_shape=(stateful_batch, None), dtype="int32")
+        if stateful_batch
+        else keras.Input((None,), dtype="int32")
+    )
+    return keras.Sequential(
+        [
+            inp,
+            keras.layers.Embedding(V, 4),
+            keras.layers.LSTM(units, return_sequences=True, stateful=bool(stateful_batch)),
+            keras.layers.Dense(V),
+        ]
+    )
 
 
 def corpus(n=4 * 41 + 3, seed=0):
@@ -40,7 +55,7 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 # ------------------------------------------------------------------------------- batchify
 def test_batchify_is_pytorchs_streams_of_next_token_pairs():
-    tokens = np.arange(100, 123, dtype=np.int64)         # 23 tokens, 5 streams of 4, 3 dropped
+    tokens = np.arange(100, 123, dtype=np.int64)  # 23 tokens, 5 streams of 4, 3 dropped
     before = tokens.copy()
     x, y = batchify(tokens, 5)
     assert x.shape == y.shape == (5, 3) and x.dtype == np.int64
@@ -48,22 +63,30 @@ def test_batchify_is_pytorchs_streams_of_next_token_pairs():
     # get_batch: x = source[i:i+bptt], y = source[i+1:i+1+bptt].
     per = 23 // 5
     for b in range(5):
-        assert x[b].tolist() == tokens[b * per:(b + 1) * per - 1].tolist()
-        assert y[b].tolist() == tokens[b * per + 1:(b + 1) * per].tolist()
+        assert x[b].tolist() == tokens[b * per : (b + 1) * per - 1].tolist()
+        assert y[b].tolist() == tokens[b * per + 1 : (b + 1) * per].tolist()
     x[:] = -1
-    np.testing.assert_array_equal(tokens, before)        # new arrays: input never touched
-    x, y = batchify([3, 1, 4, 1, 5], 1)                  # a list works, one stream
+    np.testing.assert_array_equal(tokens, before)  # new arrays: input never touched
+    x, y = batchify([3, 1, 4, 1, 5], 1)  # a list works, one stream
     assert x.tolist() == [[3, 1, 4, 1]] and y.tolist() == [[1, 4, 1, 5]]
 
 
-@pytest.mark.parametrize("tokens, n, exc, match", [
-    (np.zeros((4, 5), np.int32), 2, ValueError, r"`tokens` must be one sequence.*\(L,\).*\(4, 5\)"),
-    (np.zeros(10, np.float32), 2, TypeError, r"`tokens` must hold integer.*float32"),
-    (np.arange(5), 3, ValueError, r"`tokens` has 5 tokens: too few for 3 streams"),
-    (np.arange(10), 0, ValueError, r"`n_streams` must be a positive integer, got 0"),
-    (np.arange(10), 2.0, ValueError, r"`n_streams` must be a positive integer"),
-    (np.arange(10), True, ValueError, r"`n_streams` must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "tokens, n, exc, match",
+    [
+        (
+            np.zeros((4, 5), np.int32),
+            2,
+            ValueError,
+            r"`tokens` must be one sequence.*\(L,\).*\(4, 5\)",
+        ),
+        (np.zeros(10, np.float32), 2, TypeError, r"`tokens` must hold integer.*float32"),
+        (np.arange(5), 3, ValueError, r"`tokens` has 5 tokens: too few for 3 streams"),
+        (np.arange(10), 0, ValueError, r"`n_streams` must be a positive integer, got 0"),
+        (np.arange(10), 2.0, ValueError, r"`n_streams` must be a positive integer"),
+        (np.arange(10), True, ValueError, r"`n_streams` must be a positive integer"),
+    ],
+)
 def test_batchify_bad_input(tokens, n, exc, match):
     with pytest.raises(exc, match=match):
         batchify(tokens, n)
@@ -108,8 +131,15 @@ def test_generate_example_runs():
 
 # -------------------------------------------------------------------------------- metrics
 def _hand_bits(ids, probs):
-    return float(np.mean([-math.log2(probs[i, t, ids[i, t]])
-                          for i in range(ids.shape[0]) for t in range(ids.shape[1])]))
+    return float(
+        np.mean(
+            [
+                -math.log2(probs[i, t, ids[i, t]])
+                for i in range(ids.shape[0])
+                for t in range(ids.shape[1])
+            ]
+        )
+    )
 
 
 @pytest.mark.backend
@@ -123,17 +153,19 @@ def test_bits_and_perplexity_equal_the_hand_computation(from_logits, trailing_on
     expected = _hand_bits(ids, probs)
     y_pred = logits if from_logits else probs
     y_true = ids[..., None] if trailing_one else ids
-    assert bits_per_token(y_true, y_pred, from_logits=from_logits) == pytest.approx(expected,
-                                                                                    rel=1e-12)
+    assert bits_per_token(y_true, y_pred, from_logits=from_logits) == pytest.approx(
+        expected, rel=1e-12
+    )
     bits, ppl = BitsPerToken(from_logits=from_logits), Perplexity(from_logits=from_logits)
-    for m in (bits, ppl):                                 # two updates: a running mean of tokens
+    for m in (bits, ppl):  # two updates: a running mean of tokens
         m.update_state(y_true[:1], y_pred[:1].astype("float32"))
         m.update_state(y_true[1:], y_pred[1:].astype("float32"))
     assert float(bits.result()) == pytest.approx(expected, rel=1e-5)
-    assert float(ppl.result()) == pytest.approx(2.0 ** expected, rel=1e-5)
+    assert float(ppl.result()) == pytest.approx(2.0**expected, rel=1e-5)
     w = rng.random((3, 5))
-    hand_w = float(np.sum(w * -np.log2(np.take_along_axis(probs, ids[..., None], -1)[..., 0]))
-                   / w.sum())
+    hand_w = float(
+        np.sum(w * -np.log2(np.take_along_axis(probs, ids[..., None], -1)[..., 0])) / w.sum()
+    )
     assert bits_per_token(y_true, y_pred, from_logits, w) == pytest.approx(hand_w, rel=1e-12)
     copy = BitsPerToken.from_config(bits.get_config())
     assert (copy.name, copy.from_logits) == ("bits_per_token", from_logits)
@@ -161,11 +193,15 @@ def one_hot_model(stateful_batch, seed=0):
     formula; this form makes Keras's own loop compute Adam's update on both backends."""
     keras.utils.set_random_seed(seed)
     emb = lm_model(seed=seed).layers[0].get_weights()[0]
-    model = keras.Sequential([
-        keras.Input(batch_shape=(stateful_batch, None), dtype="int32"),
-        keras.layers.Lambda(lambda t: keras.ops.one_hot(t, V)),
-        keras.layers.Dense(4, use_bias=False),
-        keras.layers.LSTM(8, return_sequences=True, stateful=True), keras.layers.Dense(V)])
+    model = keras.Sequential(
+        [
+            keras.Input(batch_shape=(stateful_batch, None), dtype="int32"),
+            keras.layers.Lambda(lambda t: keras.ops.one_hot(t, V)),
+            keras.layers.Dense(4, use_bias=False),
+            keras.layers.LSTM(8, return_sequences=True, stateful=True),
+            keras.layers.Dense(V),
+        ]
+    )
     model.set_weights(lm_model(seed=seed).get_weights())
     np.testing.assert_array_equal(model.layers[1].get_weights()[0], emb)
     return model
@@ -188,9 +224,9 @@ def keras_stateful_loop(tokens, epochs, optimizer, one_hot=False):
     for _ in range(epochs):
         reset_states(model)
         for s in range(0, x.shape[1], S):
-            xw, yw = x[:, s:s + S], y[:, s:s + S]
+            xw, yw = x[:, s : s + S], y[:, s : s + S]
             before = [[np.asarray(v) for v in layer.states] for layer in rnn]
-            model(xw)                                     # the state this window leaves
+            model(xw)  # the state this window leaves
             after = [[np.asarray(v) for v in layer.states] for layer in rnn]
             for layer, values in zip(rnn, before):
                 for v, a in zip(layer.states, values):
@@ -202,18 +238,28 @@ def keras_stateful_loop(tokens, epochs, optimizer, one_hot=False):
     return model
 
 
-OPTIMIZERS = {"sgd": lambda: keras.optimizers.SGD(0.5, momentum=0.9),
-              "adam": lambda: keras.optimizers.Adam(2e-2)}
+OPTIMIZERS = {
+    "sgd": lambda: keras.optimizers.SGD(0.5, momentum=0.9),
+    "adam": lambda: keras.optimizers.Adam(2e-2),
+}
 
 
 @pytest.mark.backend
 @pytest.mark.parametrize("opt", ["sgd", pytest.param("adam", marks=pytest.mark.slow)])
 def test_lm_windows_equal_kerass_stateful_train_on_batch_loop(opt):
     tokens = corpus()
-    x, y = batchify(tokens, B)                             # (4, 41): windows 10,10,10,10,1
-    est = Estimator(lm_model(), LOSS, OPTIMIZERS[opt](), epochs=2, batch_size=B,
-                    seq_len=S, shuffle=False, verbose=0,
-                    metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)])
+    x, y = batchify(tokens, B)  # (4, 41): windows 10,10,10,10,1
+    est = Estimator(
+        lm_model(),
+        LOSS,
+        OPTIMIZERS[opt](),
+        epochs=2,
+        batch_size=B,
+        seq_len=S,
+        shuffle=False,
+        verbose=0,
+        metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)],
+    )
     est.fit(x, y)
     ref = keras_stateful_loop(tokens, 2, OPTIMIZERS[opt](), one_hot=opt == "adam")
     for a, b in zip(est.model_.get_weights(), ref.get_weights()):
@@ -224,8 +270,9 @@ def test_lm_windows_equal_kerass_stateful_train_on_batch_loop(opt):
     xv, yv = batchify(corpus(seed=1), B)
     logits = est.predict(xv)
     reset_states(ref)
-    ref_logits = np.concatenate([np.asarray(ref(xv[:, s:s + S]))
-                                 for s in range(0, xv.shape[1], S)], axis=1)
+    ref_logits = np.concatenate(
+        [np.asarray(ref(xv[:, s : s + S])) for s in range(0, xv.shape[1], S)], axis=1
+    )
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
     bits = bits_per_token(yv, logits, from_logits=True)
     assert bits == pytest.approx(bits_per_token(yv, ref_logits, from_logits=True), abs=1e-5)
@@ -249,9 +296,17 @@ def step_by_hand(model_weights, prompts, length, temperature, seed):
 @pytest.fixture(scope="module")
 def fitted():
     x, y = batchify(corpus(), B)
-    est = Estimator(lm_model(), LOSS, "adam", epochs=1, batch_size=B, seq_len=S,
-                    shuffle=False, verbose=0,
-                    metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)])
+    est = Estimator(
+        lm_model(),
+        LOSS,
+        "adam",
+        epochs=1,
+        batch_size=B,
+        seq_len=S,
+        shuffle=False,
+        verbose=0,
+        metrics=[BitsPerToken(from_logits=True), Perplexity(from_logits=True)],
+    )
     return est.fit(x, y), x
 
 
@@ -262,9 +317,12 @@ def test_metrics_survive_save_load_and_generation_continues_alike(fitted, tmp_pa
     est.save(path)
     loaded = Estimator.load(path)
     assert [(type(m), m.name, m.from_logits) for m in loaded.metrics] == [
-        (BitsPerToken, "bits_per_token", True), (Perplexity, "perplexity", True)]
-    np.testing.assert_array_equal(generate(loaded, x[0, :4], 6, random_state=3),
-                                  generate(est, x[0, :4], 6, random_state=3))
+        (BitsPerToken, "bits_per_token", True),
+        (Perplexity, "perplexity", True),
+    ]
+    np.testing.assert_array_equal(
+        generate(loaded, x[0, :4], 6, random_state=3), generate(est, x[0, :4], 6, random_state=3)
+    )
 
 
 @pytest.mark.backend
@@ -276,19 +334,19 @@ def test_generation_is_seeded_and_equals_stepping_keras_by_hand(fitted, temperat
     assert new.shape == (2, 8) and new.min() >= 0 and new.max() < V
     np.testing.assert_array_equal(new, generate(est, prompts, 8, temperature, random_state=7))
     np.testing.assert_array_equal(
-        new, step_by_hand(est.model_.get_weights(), prompts, 8, temperature, seed=7))
+        new, step_by_hand(est.model_.get_weights(), prompts, 8, temperature, seed=7)
+    )
     one = generate(est, prompts[0], 8, temperature, random_state=7)
     assert one.shape == (8,)
     if temperature == 0:
-        np.testing.assert_array_equal(one, new[0])       # greedy: rows are independent
+        np.testing.assert_array_equal(one, new[0])  # greedy: rows are independent
 
 
 def test_sample_temperature_and_errors():
     rng = np.random.default_rng(0)
     logits = np.log(np.array([[0.7, 0.2, 0.1]]))
     draws = np.concatenate([sample(logits, 1.0, rng) for _ in range(4000)])
-    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.7, 0.2, 0.1],
-                               atol=0.03)
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 4000, [0.7, 0.2, 0.1], atol=0.03)
     cold = np.concatenate([sample(logits, 0.25, rng) for _ in range(2000)])
     p = np.array([0.7, 0.2, 0.1]) ** 4
     np.testing.assert_allclose(np.bincount(cold, minlength=3) / 2000, p / p.sum(), atol=0.03)
@@ -304,8 +362,11 @@ def test_generate_bad_input():
         generate(Estimator(lm_model()), [0, 1], 3)
     est = Estimator(lm_model())
     est.model_ = est.model
-    with pytest.raises(ValueError, match=r"`prompt` must be token ids of shape \(t0,\) or "
-                                         r"\(n, t0\) with t0 >= 1, got shape \(0,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"`prompt` must be token ids of shape \(t0,\) or "
+        r"\(n, t0\) with t0 >= 1, got shape \(0,\)",
+    ):
         generate(est, [], 3)
     with pytest.raises(TypeError, match=r"`prompt` must hold integer token ids, got dtype float"):
         generate(est, [0.5], 3)
@@ -318,9 +379,12 @@ def test_stdlib_corpus_is_the_modules_source():
     import inspect as inspect_module
 
     from keraseq.datasets import load_stdlib_text
+
     text = load_stdlib_text(("argparse", "inspect"))
-    with open(argparse.__file__, encoding="utf-8") as f1, \
-            open(inspect_module.__file__, encoding="utf-8") as f2:
+    with (
+        open(argparse.__file__, encoding="utf-8") as f1,
+        open(inspect_module.__file__, encoding="utf-8") as f2,
+    ):
         assert text == f1.read() + f2.read()
     assert load_stdlib_text(max_chars=1000) == load_stdlib_text()[:1000]
     with pytest.raises(ValueError, match=r"`modules`: 'sys' has no Python source file"):

@@ -1,27 +1,42 @@
 """Tests of keraseq.utils, each against an independent computation (NumPy algebra, an explicit
 tf.GradientTape or jax.grad of stateless_call, a non-stateful rerun of the whole sequence)."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
 
-from keraseq.utils import (bmm, load_states, named_params, net2grad, net2vec, notrack, states,
-                           vec2net, weights)
+from keraseq.utils import (
+    bmm,
+    load_states,
+    named_params,
+    net2grad,
+    net2vec,
+    notrack,
+    states,
+    vec2net,
+    weights,
+)
 
 RNG = np.random.default_rng(1234)
 
 
 def lstm_model(stateful_batch=None):
     keras.utils.set_random_seed(0)
-    inp = (keras.Input(batch_shape=(stateful_batch, None, 3)) if stateful_batch
-           else keras.Input((None, 3)))
-    return keras.Sequential([
-        inp,
-        keras.layers.LSTM(5, return_sequences=True, stateful=bool(stateful_batch)),
-        keras.layers.LSTM(4, return_sequences=True, stateful=bool(stateful_batch)),
-        keras.layers.Dense(2),
-    ])
+    inp = (
+        keras.Input(batch_shape=(stateful_batch, None, 3))
+        if stateful_batch
+        else keras.Input((None, 3))
+    )
+    return keras.Sequential(
+        [
+            inp,
+            keras.layers.LSTM(5, return_sequences=True, stateful=bool(stateful_batch)),
+            keras.layers.LSTM(4, return_sequences=True, stateful=bool(stateful_batch)),
+            keras.layers.Dense(2),
+        ]
+    )
 
 
 def dense_model(m=3, p=2, **kw):
@@ -38,7 +53,7 @@ def test_net2vec_layout_and_dtype():
     assert v.size == sum(sizes)
     # first block is the first LSTM kernel in C order
     k0 = np.asarray(model.trainable_weights[0])
-    np.testing.assert_array_equal(v[:k0.size], k0.ravel())
+    np.testing.assert_array_equal(v[: k0.size], k0.ravel())
 
 
 def test_vec2net_roundtrip_and_inverse():
@@ -60,7 +75,7 @@ def test_vec2net_sets_outputs_as_numpy_predicts():
     model = dense_model(m, p)
     v = RNG.normal(size=m * p + p)
     vec2net(model, v)
-    W, b = v[: m * p].reshape(m, p), v[m * p:]
+    W, b = v[: m * p].reshape(m, p), v[m * p :]
     x = RNG.normal(size=(7, m)).astype("float32")
     np.testing.assert_allclose(np.asarray(model(x)), x @ W + b, rtol=1e-5, atol=1e-5)
 
@@ -82,6 +97,7 @@ def tape_grad(model, x, y, loss_fn):
     explicit GradientTape, or jax.grad of Keras's stateless_call."""
     if keras.backend.backend() == "jax":
         import jax
+
         ntv = [v.value for v in model.non_trainable_variables]
 
         def value(tv):
@@ -91,6 +107,7 @@ def tape_grad(model, x, y, loss_fn):
         grads = jax.grad(value)([v.value for v in model.trainable_variables])
     else:
         import tensorflow as tf
+
         with tf.GradientTape() as tape:
             value = loss_fn(y, model(x, training=True))
         grads = tape.gradient(value, model.trainable_variables)
@@ -100,12 +117,16 @@ def tape_grad(model, x, y, loss_fn):
 @pytest.mark.backend
 def test_net2grad_matches_gradient_tape_plus_l2_regularisation():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((None, 3)),
-        keras.layers.LSTM(4, return_sequences=True, name="rnn",
-                          kernel_regularizer=keras.regularizers.L2(0.1)),
-        keras.layers.Dense(2, name="head", kernel_regularizer=keras.regularizers.L2(0.05)),
-    ], name="regnet")
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.LSTM(
+                4, return_sequences=True, name="rnn", kernel_regularizer=keras.regularizers.L2(0.1)
+            ),
+            keras.layers.Dense(2, name="head", kernel_regularizer=keras.regularizers.L2(0.05)),
+        ],
+        name="regnet",
+    )
     x = RNG.normal(size=(4, 5, 3)).astype("float32")
     y = RNG.normal(size=(4, 5, 2)).astype("float32")
     data_grad = tape_grad(model, x, y, keras.losses.MeanSquaredError())
@@ -113,8 +134,9 @@ def test_net2grad_matches_gradient_tape_plus_l2_regularisation():
     coef = {"regnet/rnn/lstm_cell/kernel": 0.1, "regnet/head/kernel": 0.05}
     c = [coef.get(w.path, 0.0) for w in model.trainable_weights]
     assert sorted(c) == [0.0, 0.0, 0.0, 0.05, 0.1]
-    reg_grad = np.concatenate([2 * ci * np.asarray(w).ravel()
-                               for w, ci in zip(model.trainable_weights, c)])
+    reg_grad = np.concatenate(
+        [2 * ci * np.asarray(w).ravel() for w, ci in zip(model.trainable_weights, c)]
+    )
     for loss in ("mse", keras.losses.MeanSquaredError(), keras.losses.mean_squared_error):
         got = net2grad(model, x, y, loss)
         assert got.shape == net2vec(model).shape
@@ -128,10 +150,11 @@ def test_net2grad_matches_analytic_linear_gradient():
     x = RNG.normal(size=(n, m)).astype("float32")
     y = RNG.normal(size=(n, p)).astype("float32")
     W, b = (np.asarray(w, dtype=np.float64) for w in model.trainable_weights)
-    r = x @ W + b - y                      # mse = mean(r**2) over n*p elements
+    r = x @ W + b - y  # mse = mean(r**2) over n*p elements
     gW, gb = 2 * x.T @ r / (n * p), 2 * r.sum(0) / (n * p)
-    np.testing.assert_allclose(net2grad(model, x, y, "mse"),
-                               np.concatenate([gW.ravel(), gb]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        net2grad(model, x, y, "mse"), np.concatenate([gW.ravel(), gb]), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.backend
@@ -141,24 +164,31 @@ def test_net2grad_model_callable_loss():
     x = RNG.normal(size=(n, m)).astype("float32")
     y = RNG.normal(size=(n, p)).astype("float32")
 
-    def total_abs(model, x, y):      # loss(model, x, y) form: sum instead of mean
+    def total_abs(model, x, y):  # loss(model, x, y) form: sum instead of mean
         return keras.ops.sum(keras.ops.abs(model(x) - y))
 
     W, b = (np.asarray(w, dtype=np.float64) for w in model.trainable_weights)
     s = np.sign(x @ W + b - y)
-    np.testing.assert_allclose(net2grad(model, x, y, total_abs),
-                               np.concatenate([(x.T @ s).ravel(), s.sum(0)]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        net2grad(model, x, y, total_abs),
+        np.concatenate([(x.T @ s).ravel(), s.sum(0)]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 # ---------------------------------------------------------------------------- named_params
 def test_named_params_unique_readable_and_complete():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((None, 3)),
-        keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bi"),
-        keras.layers.LSTM(4, return_sequences=True),
-        keras.layers.Dense(2, name="head"),
-    ], name="net")
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=True), name="bi"),
+            keras.layers.LSTM(4, return_sequences=True),
+            keras.layers.Dense(2, name="head"),
+        ],
+        name="net",
+    )
     names = named_params(model)
     assert len(names) == len(model.trainable_weights)
     assert [id(v) for v in names.values()] == [id(v) for v in model.trainable_weights]
@@ -179,7 +209,7 @@ def test_named_params_deduplicates_equal_paths():
 
     model = keras.Sequential([keras.Input((2,)), Twice(name="twice")], name="m")
     paths = [v.path for v in model.trainable_weights]
-    assert paths[0] == paths[1]            # Keras really gives equal paths here
+    assert paths[0] == paths[1]  # Keras really gives equal paths here
     names = named_params(model)
     assert list(names) == ["m/twice/w", "m/twice/w_1"]
     assert [tuple(v.shape) for v in names.values()] == [(2,), (3,)]
@@ -190,8 +220,13 @@ def test_weights_stacked_lstm_dense_are_the_five_kernels():
     model = lstm_model()
     ks = weights(model)
     assert len(ks) == 5
-    assert [k.name for k in ks] == ["kernel", "recurrent_kernel", "kernel", "recurrent_kernel",
-                                    "kernel"]
+    assert [k.name for k in ks] == [
+        "kernel",
+        "recurrent_kernel",
+        "kernel",
+        "recurrent_kernel",
+        "kernel",
+    ]
     assert all(len(k.shape) == 2 for k in ks)
     biases = [v for v in model.trainable_weights if v.name == "bias"]
     assert len(biases) == 3 and not any(b is k for b in biases for k in ks)
@@ -199,18 +234,30 @@ def test_weights_stacked_lstm_dense_are_the_five_kernels():
 
 def test_weights_bidirectional_embedding_norm():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((None,), dtype="int32"),
-        keras.layers.Embedding(10, 3),
-        keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True)),
-        keras.layers.LayerNormalization(),
-        keras.layers.SeparableConv1D(2, 3, padding="same"),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(10, 3),
+            keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True)),
+            keras.layers.LayerNormalization(),
+            keras.layers.SeparableConv1D(2, 3, padding="same"),
+            keras.layers.Dense(1),
+        ]
+    )
     ks = weights(model)
     names = sorted(k.name for k in ks)
-    assert names == sorted(["embeddings", "kernel", "recurrent_kernel", "kernel",
-                            "recurrent_kernel", "depthwise_kernel", "pointwise_kernel", "kernel"])
+    assert names == sorted(
+        [
+            "embeddings",
+            "kernel",
+            "recurrent_kernel",
+            "kernel",
+            "recurrent_kernel",
+            "depthwise_kernel",
+            "pointwise_kernel",
+            "kernel",
+        ]
+    )
     assert not any(k.name in ("bias", "gamma", "beta") for k in ks)
     # ndim alone would be wrong: GRU biases are 2-D (reset_after), and are excluded
     gru_bias = [v for v in model.trainable_weights if v.name == "bias" and len(v.shape) == 2]
@@ -223,22 +270,27 @@ def test_bmm_value_and_gradient():
     a = RNG.normal(size=(4, 3, 5)).astype("float32")
     b = RNG.normal(size=(4, 5, 2)).astype("float32")
     g = RNG.normal(size=(4, 3, 2)).astype("float32")
-    np.testing.assert_allclose(np.asarray(bmm(a, b)), np.einsum("bnm,bmp->bnp", a, b),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(bmm(a, b)), np.einsum("bnm,bmp->bnp", a, b), rtol=1e-5, atol=1e-5
+    )
     if keras.backend.backend() == "jax":
         import jax
+
         ga, gb = jax.grad(lambda ta, tb: (bmm(ta, tb) * g).sum(), argnums=(0, 1))(a, b)
     else:
         import tensorflow as tf
+
         ta, tb = tf.constant(a), tf.constant(b)
         with tf.GradientTape() as tape:
             tape.watch([ta, tb])
             value = tf.reduce_sum(bmm(ta, tb) * g)
         ga, gb = tape.gradient(value, [ta, tb])
-    np.testing.assert_allclose(np.asarray(ga), np.einsum("bnp,bmp->bnm", g, b), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(np.asarray(gb), np.einsum("bnm,bnp->bmp", a, g), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(ga), np.einsum("bnp,bmp->bnm", g, b), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(gb), np.einsum("bnm,bnp->bmp", a, g), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bmm_under_xla_with_unknown_batch():
@@ -246,16 +298,28 @@ def test_bmm_under_xla_with_unknown_batch():
     if keras.backend.backend() != "tensorflow":
         pytest.skip("TensorFlow only: a batch size unknown at compile time")
     import tensorflow as tf
+
     a = RNG.normal(size=(3, 2, 4)).astype("float32")
     b = RNG.normal(size=(3, 4, 6)).astype("float32")
-    f = tf.function(bmm, jit_compile=True,
-                    input_signature=[tf.TensorSpec((None, 2, 4)), tf.TensorSpec((None, 4, 6))])
-    np.testing.assert_allclose(np.asarray(f(a, b)), np.einsum("bnm,bmp->bnp", a, b), rtol=1e-5,
-                               atol=1e-5)
+    f = tf.function(
+        bmm,
+        jit_compile=True,
+        input_signature=[tf.TensorSpec((None, 2, 4)), tf.TensorSpec((None, 4, 6))],
+    )
+    np.testing.assert_allclose(
+        np.asarray(f(a, b)), np.einsum("bnm,bmp->bnp", a, b), rtol=1e-5, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("sa,sb", [((2, 3, 4), (2, 5, 6)), ((2, 3, 4), (3, 4, 6)),
-                                   ((3, 4), (2, 4, 6)), ((2, 3, 4), (2, 4, 6, 1))])
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((2, 3, 4), (2, 5, 6)),
+        ((2, 3, 4), (3, 4, 6)),
+        ((3, 4), (2, 4, 6)),
+        ((2, 3, 4), (2, 4, 6, 1)),
+    ],
+)
 def test_bmm_shape_errors_name_both_shapes(sa, sb):
     with pytest.raises(ValueError) as err:
         bmm(np.zeros(sa, "float32"), np.zeros(sb, "float32"))
@@ -310,16 +374,18 @@ def test_states_roundtrip_continues_predictions_identically():
 
 def test_states_bidirectional_and_errors():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(batch_shape=(3, None, 2)),
-        keras.layers.Bidirectional(keras.layers.GRU(4, stateful=True, return_sequences=True)),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(batch_shape=(3, None, 2)),
+            keras.layers.Bidirectional(keras.layers.GRU(4, stateful=True, return_sequences=True)),
+            keras.layers.Dense(1),
+        ]
+    )
     model.predict(np.ones((3, 5, 2), "float32"), verbose=0)
     s = states(model)
-    assert [a.shape for a in s] == [(3, 4), (3, 4)]     # backward and forward GRU
+    assert [a.shape for a in s] == [(3, 4), (3, 4)]  # backward and forward GRU
     assert all(np.abs(a).sum() > 0 for a in s)
-    s[0] = s[0] + 1.0                                    # states are copies
+    s[0] = s[0] + 1.0  # states are copies
     assert not np.allclose(states(model)[0], s[0])
     with pytest.raises(ValueError, match="received 1"):
         load_states(model, s[:1])
@@ -329,7 +395,7 @@ def test_states_bidirectional_and_errors():
 
 
 def test_states_delegates_to_estimator_like_objects():
-    class Fitted:                                        # the duck-typed Estimator protocol
+    class Fitted:  # the duck-typed Estimator protocol
         def __init__(self):
             self.saved = [np.arange(6.0).reshape(3, 2)]
 
@@ -352,15 +418,20 @@ def test_estimator_states_resume_streaming_after_load_states():
     from keraseq import Estimator
 
     keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((None, 2)),
-                              keras.layers.GRU(5, return_sequences=True),
-                              keras.layers.LSTM(4, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            keras.layers.GRU(5, return_sequences=True),
+            keras.layers.LSTM(4, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
     rng = np.random.default_rng(3)
     x = rng.normal(size=(7, 22, 2)).astype("float32")
     y = x[..., :1].cumsum(1)
-    est = Estimator(model, "mse", "adam", epochs=1, batch_size=4, seq_len=5, verbose=0,
-                    jit_compile=False).fit(x, y)
+    est = Estimator(
+        model, "mse", "adam", epochs=1, batch_size=4, seq_len=5, verbose=0, jit_compile=False
+    ).fit(x, y)
     full = est.predict(x)
     est.predict(x[:, :13])
     saved = states(est)

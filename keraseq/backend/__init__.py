@@ -24,6 +24,7 @@ Example:
     >>> current().NAME in ("tensorflow", "jax")
     True
 """
+
 from __future__ import annotations
 
 import importlib
@@ -74,6 +75,8 @@ def current() -> ModuleType:
     """The backend module for Keras's backend (imported on first use)."""
     backend = name()
     if backend not in ("tensorflow", "jax"):
-        raise ImportError(f"keraseq runs on the TensorFlow or JAX Keras backend, not "
-                          f"{backend!r}: set KERAS_BACKEND=tensorflow or jax")
+        raise ImportError(
+            f"keraseq runs on the TensorFlow or JAX Keras backend, not "
+            f"{backend!r}: set KERAS_BACKEND=tensorflow or jax"
+        )
     return importlib.import_module(f"{__name__}.{backend}")

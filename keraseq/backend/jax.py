@@ -18,12 +18,14 @@ Same semantics as ``backend/tensorflow.py`` (read it first): this module is its 
 What does not live here: the epoch loop, the state carry (``windows.py``), the objectives
 (``losses.py``), MPI on NumPy buffers (``distributed.py``).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -92,7 +94,7 @@ def slice_time(a, start, length):
     if a is None:
         return None
     if isinstance(start, (int, np.integer)):
-        return a[:, int(start):int(start) + length]
+        return a[:, int(start) : int(start) + length]
     return lax.dynamic_slice_in_dim(a, start, length, axis=1)
 
 
@@ -108,8 +110,9 @@ def cond(pred, true_fn, false_fn, operand):
 
 def while_loop(bound, body, init, maximum=None):
     """``i = 0; while i < bound: carry = body(i, carry)`` (``bound`` may be traced)."""
-    _, out = lax.while_loop(lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])),
-                            (_i32(0), init))
+    _, out = lax.while_loop(
+        lambda c: c[0] < bound, lambda c: (c[0] + 1, body(c[0], c[1])), (_i32(0), init)
+    )
     return out
 
 
@@ -134,7 +137,8 @@ def _check_float64(model) -> None:
                 f"layer {layer.name!r} ({type(layer).__name__}) is float64, but JAX runs in "
                 f"32-bit mode, where it would compute in float32. Turn on JAX's 64-bit mode "
                 f"before building the model: jax.config.update('jax_enable_x64', True) (or "
-                f"JAX_ENABLE_X64=1), or use float32")
+                f"JAX_ENABLE_X64=1), or use float32"
+            )
 
 
 def build_step_functions(
@@ -189,18 +193,20 @@ def build_step_functions(
         return out
 
     def zero_states(x0):
-        return [[jnp.zeros((x0.shape[0],) + tuple(shape), jnp.dtype(dtype))
-                 for shape, dtype in spec] for spec in state_specs]
+        return [
+            [jnp.zeros((x0.shape[0],) + tuple(shape), jnp.dtype(dtype)) for shape, dtype in spec]
+            for spec in state_specs
+        ]
 
-    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states,
-                      cond)
+    plan = WindowPlan(
+        carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states, cond
+    )
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
         carry.feed(states)
         result = fn()
-        return result, [[lax.stop_gradient(jnp.asarray(s)) for s in c]
-                        for c in carry.collected()]
+        return result, [[lax.stop_gradient(jnp.asarray(s)) for s in c] for c in carry.collected()]
 
     def run_model(vals, xw, states, training):
         """The model on one window; returns (outputs, new states, vals with the new
@@ -208,7 +214,8 @@ def build_step_functions(
         tv, ntv, ov, mv = vals
         with scope_of(vals) as scope:
             y_pred, new_states = forward(
-                states, lambda: model(xw if len(xw) > 1 else xw[0], training=training))
+                states, lambda: model(xw if len(xw) > 1 else xw[0], training=training)
+            )
         return y_pred, new_states, (tv, read(scope, non_trainable, ntv), ov, mv)
 
     def masks_of(y_pred):
@@ -238,15 +245,23 @@ def build_step_functions(
 
         def loss_fn(tv_):
             with scope_of((tv_, ntv, ov, mv), with_opt=True, collect_losses=True) as scope:
-                loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw,
-                                                                     True, states)
+                loss_sum, count, reg, y_pred, new_states = objective(
+                    forward, xw, yw, ww, mw, True, states
+                )
                 # (float64 when floatx is: see losses.loss_dtype)
                 mean = loss_sum / jnp.maximum(count, 1.0).astype(loss_sum.dtype) + reg
                 if loss_scaled:
                     mean = optimizer.scale_loss(mean)
                 preds, masks = masks_of(y_pred)
-            return mean, (loss_sum, count, reg, preds, masks, new_states,
-                          read(scope, non_trainable, ntv))
+            return mean, (
+                loss_sum,
+                count,
+                reg,
+                preds,
+                masks,
+                new_states,
+                read(scope, non_trainable, ntv),
+            )
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(list(tv))
         loss_sum, count, reg, preds, masks, new_states, ntv = aux
@@ -270,8 +285,12 @@ def build_step_functions(
                 # Its stateful ``apply`` updates the scale inside ``ops.cond`` branches, which
                 # JAX cannot trace; ``stateless_apply`` is what Keras's JAX trainer calls.
                 new_tv, new_ov = optimizer.stateless_apply(list(ov), grads, list(tv))
-                return ([jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_tv, tv)], ntv,
-                        [jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_ov, ov)], mv)
+                return (
+                    [jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_tv, tv)],
+                    ntv,
+                    [jnp.asarray(a, jnp.dtype(o.dtype)) for a, o in zip(new_ov, ov)],
+                    mv,
+                )
             mapping = list(zip(trainable, tv)) + list(zip(opt_vars, ov))
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 optimizer.apply(grads, trainable)
@@ -281,30 +300,37 @@ def build_step_functions(
         """Apply unless a non-finite value appeared (now or in an earlier window) or the
         window has no unmasked loss element (``count == 0``: all padding)."""
         ok = jnp.logical_and(finite, bad < 0)
-        vals = cond(jnp.logical_and(ok, count > 0), lambda v: apply_update(v, grads),
-                    lambda v: v, vals)
+        vals = cond(
+            jnp.logical_and(ok, count > 0), lambda v: apply_update(v, grads), lambda v: v, vals
+        )
         return vals, jnp.where(jnp.logical_or(ok, bad >= 0), bad, step), ok
 
     def pack_buffer(weighted_grads, count, finite):
-        return jnp.concatenate([jnp.reshape(g.astype(jnp.float32), (-1,))
-                                for g in weighted_grads]
-                               + [jnp.stack([_f32(count),
-                                             1.0 - finite.astype(jnp.float32)])], 0)
+        return jnp.concatenate(
+            [jnp.reshape(g.astype(jnp.float32), (-1,)) for g in weighted_grads]
+            + [jnp.stack([_f32(count), 1.0 - finite.astype(jnp.float32)])],
+            0,
+        )
 
     def unpack_apply(vals, summed, bad, step):
         offsets = np.cumsum(sizes).tolist()
         pieces = jnp.split(summed, offsets)
         total, nonfinite = pieces[-1][0], pieces[-1][1]
-        grads = [(jnp.reshape(p, sh) / jnp.maximum(total, 1e-12)).astype(dt)
-                 for p, sh, dt in zip(pieces[:-1], shapes, dtypes)]
+        grads = [
+            (jnp.reshape(p, sh) / jnp.maximum(total, 1e-12)).astype(dt)
+            for p, sh, dt in zip(pieces[:-1], shapes, dtypes)
+        ]
         return apply_checked(vals, grads, nonfinite < 0.5, total, bad, step)
 
     # While the row-sharded program is traced (see ``sharded`` below), each device holds some
     # rows of the minibatch: the buffer is summed over the devices (``psum``) before the
     # ranks (MPI), exactly as ranks sum theirs.
     tracing = {"rows": False}
-    seeds = {id(sg.state) for layer in model._flatten_layers(include_self=True)
-             for sg in getattr(layer, "_seed_generators", [])}
+    seeds = {
+        id(sg.state)
+        for layer in model._flatten_layers(include_self=True)
+        for sg in getattr(layer, "_seed_generators", [])
+    }
 
     def reduce(buf):
         if tracing["rows"]:
@@ -312,8 +338,7 @@ def build_step_functions(
         return buf if allreduce is None else allreduce(buf)
 
     def learn_window(vals, xw, yw, ww, mw, states, bad, step):
-        vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
-                                                                     states)
+        vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw, states)
         if allreduce is None and not tracing["rows"]:
             vals, bad, ok = apply_checked(vals, grads, finite, count, bad, step)
         else:
@@ -323,8 +348,9 @@ def build_step_functions(
 
     def train_window(vals, xw, yw, ww, mw, states, acc):
         loss_acc, count_acc, bad, step = acc
-        vals, bad, ok, loss_sum, count, new_states = learn_window(vals, xw, yw, ww, mw, states,
-                                                                  bad, step)
+        vals, bad, ok, loss_sum, count, new_states = learn_window(
+            vals, xw, yw, ww, mw, states, bad, step
+        )
         loss_acc = loss_acc + jnp.where(ok, loss_sum, 0.0)
         count_acc = count_acc + jnp.where(ok, count, 0.0)
         return vals, new_states, (loss_acc, count_acc, bad, step + 1)
@@ -332,6 +358,7 @@ def build_step_functions(
     def loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first=None, final=None):
         """Run ``window_fn`` over the windows of a minibatch (see ``plan.WindowPlan.run``),
         threading the variables' values ``vals`` through; returns (vals, states, acc)."""
+
         def fn(xw, yw, ww, mw, states, c, has_loss):
             vals, states, acc = window_fn(c[0], xw, yw, ww, mw, states, c[1], has_loss)
             return states, (vals, acc)
@@ -375,28 +402,43 @@ def build_step_functions(
         """Per-series targets of unequal lengths: each row's loss lives in the window of its
         last real step, so the count-weighted gradients of every window are summed and
         applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
+
         def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
             loss_acc, count_acc, finite_acc, grads_acc = acc
-            vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
-                                                                         states)
+            vals, grads, finite, loss_sum, count, new_states = gradients(
+                vals, xw, yw, ww, mw, states
+            )
             grads_acc = [a + g * count.astype(g.dtype) for a, g in zip(grads_acc, grads)]
-            return vals, new_states, (loss_acc + loss_sum, count_acc + count,
-                                      jnp.logical_and(finite_acc, finite), grads_acc)
+            return (
+                vals,
+                new_states,
+                (
+                    loss_acc + loss_sum,
+                    count_acc + count,
+                    jnp.logical_and(finite_acc, finite),
+                    grads_acc,
+                ),
+            )
 
         first, final, acc = (None, None, zero_series_acc()) if chunk is None else chunk
         vals, states, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         loss_sum, count, finite, grads_acc = acc
 
         def update(vals):
-            return unpack_apply(vals, reduce(pack_buffer(grads_acc, count, finite)),
-                                _i32(-1), _i32(0))
+            return unpack_apply(
+                vals, reduce(pack_buffer(grads_acc, count, finite)), _i32(-1), _i32(0)
+            )
 
         # A chunk before the last one only sums (and reports the sums so far): the update
         # comes with the minibatch's end.
-        vals, bad, ok = update(vals) if chunk is None else cond(
-            final, update, lambda v: (v, _i32(-1), jnp.asarray(True)), vals)
-        result = jnp.stack([jnp.where(ok, loss_sum, 0.0), jnp.where(ok, count, 0.0),
-                            bad.astype(jnp.float32)])
+        vals, bad, ok = (
+            update(vals)
+            if chunk is None
+            else cond(final, update, lambda v: (v, _i32(-1), jnp.asarray(True)), vals)
+        )
+        result = jnp.stack(
+            [jnp.where(ok, loss_sum, 0.0), jnp.where(ok, count, 0.0), bad.astype(jnp.float32)]
+        )
         return (result if chunk is None else (result, states, acc)), vals
 
     def train_accumulated(vals, x, y, w, m, tm, n_win, h0, chunk=None):
@@ -405,27 +447,52 @@ def build_step_functions(
         (and one for a remainder at the minibatch's end). Windows still carry the state; the
         gradient of each is still cut at its borders. Same on every rank: the window count is
         agreed, so every rank flushes at the same windows."""
+
         def flush(c):
             vals, (loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads) = c
-            vals, bad, ok = unpack_apply(vals, reduce(pack_buffer(p_grads, p_count, p_finite)),
-                                         bad, step - 1)
-            return vals, (loss_acc + jnp.where(ok, p_loss, 0.0),
-                          count_acc + jnp.where(ok, p_count, 0.0), bad, step, _f32(0.0),
-                          _f32(0.0), jnp.asarray(True), zero_grads())
+            vals, bad, ok = unpack_apply(
+                vals, reduce(pack_buffer(p_grads, p_count, p_finite)), bad, step - 1
+            )
+            return vals, (
+                loss_acc + jnp.where(ok, p_loss, 0.0),
+                count_acc + jnp.where(ok, p_count, 0.0),
+                bad,
+                step,
+                _f32(0.0),
+                _f32(0.0),
+                jnp.asarray(True),
+                zero_grads(),
+            )
 
         def window_fn(vals, xw, yw, ww, mw, states, acc, has_loss):
             loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
-            vals, grads, finite, loss_sum, count, new_states = gradients(vals, xw, yw, ww, mw,
-                                                                         states)
-            acc = (loss_acc, count_acc, bad, step + 1, p_loss + loss_sum, p_count + count,
-                   jnp.logical_and(p_finite, finite),
-                   [a + g * count.astype(g.dtype) for a, g in zip(p_grads, grads)])
+            vals, grads, finite, loss_sum, count, new_states = gradients(
+                vals, xw, yw, ww, mw, states
+            )
+            acc = (
+                loss_acc,
+                count_acc,
+                bad,
+                step + 1,
+                p_loss + loss_sum,
+                p_count + count,
+                jnp.logical_and(p_finite, finite),
+                [a + g * count.astype(g.dtype) for a, g in zip(p_grads, grads)],
+            )
             vals, acc = cond((step + 1) % sync_every == 0, flush, lambda c: c, (vals, acc))
             return vals, new_states, acc
 
         first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
-        acc = (loss0, count0, _i32(-1), _i32(0) if first is None else _i32(first),
-               _f32(0.0), _f32(0.0), jnp.asarray(True), zero_grads())
+        acc = (
+            loss0,
+            count0,
+            _i32(-1),
+            _i32(0) if first is None else _i32(first),
+            _f32(0.0),
+            _f32(0.0),
+            jnp.asarray(True),
+            zero_grads(),
+        )
         vals, states, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         # A remainder of fewer than k windows: one more update (the same on every rank).
         vals, acc = cond(acc[3] % sync_every == 0, lambda c: c, flush, (vals, acc))
@@ -440,14 +507,24 @@ def build_step_functions(
                 return vals, new_states, acc
             tv, ntv, ov, mv = vals
             with scope_of(vals, collect_losses=True) as scope:
-                loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw,
-                                                                     False, states)
+                loss_sum, count, reg, y_pred, new_states = objective(
+                    forward, xw, yw, ww, mw, False, states
+                )
                 preds, masks = masks_of(y_pred)
-            vals = update_metrics((tv, read(scope, non_trainable, ntv), ov, mv), yw, preds,
-                                  masks, ww, mw)
+            vals = update_metrics(
+                (tv, read(scope, non_trainable, ntv), ov, mv), yw, preds, masks, ww, mw
+            )
             loss_acc, count_acc, bad, step = acc
-            return vals, new_states, (loss_acc + _f32(loss_sum) + _f32(reg) * _f32(count),
-                                      count_acc + _f32(count), bad, step + 1)
+            return (
+                vals,
+                new_states,
+                (
+                    loss_acc + _f32(loss_sum) + _f32(reg) * _f32(count),
+                    count_acc + _f32(count),
+                    bad,
+                    step + 1,
+                ),
+            )
 
         acc = (_f32(0.0), _f32(0.0), _i32(-1), _i32(0))
         vals, _, acc = loop(vals, x, y, w, m, tm, n_win, h0, window_fn, acc)
@@ -473,13 +550,15 @@ def build_step_functions(
 
         per_window = []  # (outputs, is stacked over windows)
         if n_full > 0:
+
             def body(c, i):
                 vals, states = c
                 vals, preds, states = step(vals, i * S, S, states)
                 return (vals, states), preds
 
-            (vals, states), stacked = lax.scan(body, (vals, states),
-                                               jnp.arange(n_full, dtype=jnp.int32))
+            (vals, states), stacked = lax.scan(
+                body, (vals, states), jnp.arange(n_full, dtype=jnp.int32)
+            )
             per_window.append(stacked)  # each (n_full, B, ...)
         if tail:
             vals, preds, states = step(vals, n_full * S, tail, states)
@@ -491,8 +570,9 @@ def build_step_functions(
                 seq = []
                 for p in parts:
                     p = jnp.moveaxis(p, 0, 1)
-                    seq.append(jnp.reshape(p, (p.shape[0], p.shape[1] * p.shape[2])
-                                           + tuple(p.shape[3:])))
+                    seq.append(
+                        jnp.reshape(p, (p.shape[0], p.shape[1] * p.shape[2]) + tuple(p.shape[3:]))
+                    )
                 outs.append(seq[0] if len(seq) == 1 else jnp.concatenate(seq, axis=1))
             else:  # per series: the last window's, or per row that of its last real step
                 every = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
@@ -540,8 +620,10 @@ def build_step_functions(
         the rows of different devices get different masks; device 0's copy (offset 0) is the
         one kept, so the states advance as on one device."""
         offset = lax.axis_index(_ROWS).astype(jnp.uint32) * jnp.uint32(0x9E3779B9)
-        ntv = [v + jnp.asarray([1, 0], v.dtype) * offset.astype(v.dtype) if id(var) in seeds
-               else v for var, v in zip(non_trainable, vals[1])]
+        ntv = [
+            v + jnp.asarray([1, 0], v.dtype) * offset.astype(v.dtype) if id(var) in seeds else v
+            for var, v in zip(non_trainable, vals[1])
+        ]
         return (vals[0], ntv) + tuple(vals[2:])
 
     def predict_rows(vals, x, tm, h0):
@@ -556,12 +638,20 @@ def build_step_functions(
         arguments marked ``"rows"`` (the others, ``"all"``, are copied to every device); an
         output marked ``"all"`` is device 0's."""
         if (name, k) not in programs:
-            from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+            from jax.sharding import Mesh, NamedSharding
+            from jax.sharding import PartitionSpec as P
+
             mesh = Mesh(np.array(jax.devices("cpu")[:k]), (_ROWS,))
-            spec = lambda kind: P(_ROWS) if kind == "rows" else P()  # noqa: E731
-            program = jax.jit(jax.shard_map(
-                fn, mesh=mesh, in_specs=jax.tree.map(spec, tuple(in_kinds)),
-                out_specs=jax.tree.map(spec, out_kinds), check_vma=False))
+            spec = lambda kind: P(_ROWS) if kind == "rows" else P()
+            program = jax.jit(
+                jax.shard_map(
+                    fn,
+                    mesh=mesh,
+                    in_specs=jax.tree.map(spec, tuple(in_kinds)),
+                    out_specs=jax.tree.map(spec, out_kinds),
+                    check_vma=False,
+                )
+            )
 
             def place(a, kind):
                 if isinstance(kind, tuple):  # a tuple of arguments of their own kinds
@@ -581,9 +671,12 @@ def build_step_functions(
     # statistics), not for a callable loss that may mix rows. Dropout's seed generators are
     # the one non-trainable state allowed (see ``own_seeds``).
     n_params = sum(sizes)
-    can_shard = (allreduce is None and all(id(v) in seeds for v in non_trainable)
-                 and optimizer is not None
-                 and not getattr(objective, "needs_exact_rows", False))
+    can_shard = (
+        allreduce is None
+        and all(id(v) in seeds for v in non_trainable)
+        and optimizer is not None
+        and not getattr(objective, "needs_exact_rows", False)
+    )
 
     def replicas_for(x):
         """How many CPU devices share this minibatch's rows (1: the plain program)."""
@@ -605,8 +698,12 @@ def build_step_functions(
             seen.add(id(a))
             return a
 
-        return ([own(v.value) for v in trainable], [own(v.value) for v in non_trainable],
-                [own(v.value) for v in opt_vars], [own(v.value) for v in metric_vars])
+        return (
+            [own(v.value) for v in trainable],
+            [own(v.value) for v in non_trainable],
+            [own(v.value) for v in opt_vars],
+            [own(v.value) for v in metric_vars],
+        )
 
     def assign(variables, values):
         for v, a in zip(variables, values):
@@ -621,13 +718,20 @@ def build_step_functions(
             if chunk is not None:  # (first, final, per-device sums)
                 kinds.append(("all", "all", "rows"))
                 out_kind = ("all", "rows", "rows")
-            result, new = on_devices("train" if chunk is None else "train_chunk", train_rows,
-                                     k, tuple(kinds), (out_kind, "all"))(
-                current(), x, y, w, m, tm, n_win, h0, *([] if chunk is None else [chunk]))
+            result, new = on_devices(
+                "train" if chunk is None else "train_chunk",
+                train_rows,
+                k,
+                tuple(kinds),
+                (out_kind, "all"),
+            )(current(), x, y, w, m, tm, n_win, h0, *([] if chunk is None else [chunk]))
             # Replicated over the devices: the variables keep device 0's copy (no copy made).
             tv, ntv, ov, mv = ([_first_shard(a) for a in part] for part in new)
-            result = _first_shard(result) if chunk is None else (
-                (_first_shard(result[0]),) + tuple(result[1:]))
+            result = (
+                _first_shard(result)
+                if chunk is None
+                else ((_first_shard(result[0]),) + tuple(result[1:]))
+            )
         else:
             result, (tv, ntv, ov, mv) = train_c(current(), x, y, w, m, tm, n_win, h0, chunk)
         assign(trainable, tv)
@@ -651,8 +755,12 @@ def build_step_functions(
         if k > 1:
             split_calls[0] += 1
             result, (_, ntv, _, _) = on_devices(
-                "predict", predict_rows, k, ("all", "rows", "rows", "rows"),
-                (("rows", "rows"), "all"))((tv, ntv, [], []), x, tm, h0)
+                "predict",
+                predict_rows,
+                k,
+                ("all", "rows", "rows", "rows"),
+                (("rows", "rows"), "all"),
+            )((tv, ntv, [], []), x, tm, h0)
             # Outputs and states back on device 0, where the next call's arguments live.
             result = jax.device_put(result, jax.devices("cpu")[0])
             ntv = [_first_shard(a) for a in ntv]
@@ -667,8 +775,9 @@ def build_step_functions(
         states = zero_states(x[0])
         k = replicas_for(x)
         acc = zero_series_acc() if per_series and tm is not None else zero_sums()
-        return states, (acc if k == 1 else jax.tree.map(
-            lambda a: jnp.broadcast_to(a, (k,) + a.shape), acc))
+        return states, (
+            acc if k == 1 else jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), acc)
+        )
 
     return StepFunctions(
         train=None if optimizer is None else train_call,
@@ -704,8 +813,11 @@ def xla_rnn_loops(model: keras.Model, seq_len: int | None, fn: Callable) -> Call
     the last float32 digits (cuDNN sums in another order)."""
     if not _on_gpu_backend() or seq_len is None or seq_len > MAX_XLA_RNN_WINDOW:
         return fn
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if getattr(layer, "use_cudnn", None) == "auto"]
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if getattr(layer, "use_cudnn", None) == "auto"
+    ]
     if not layers:
         return fn
 
@@ -768,8 +880,10 @@ def _ask_for_cpu_devices() -> None:
     """One JAX CPU device per core (``jax_num_cpu_devices``), so a minibatch's rows can run on
     every core (:func:`row_replicas`). Only when neither the user (the config value or
     ``--xla_force_host_platform_device_count``) nor an earlier use of JAX fixed it already."""
-    if (jax.config.jax_num_cpu_devices != -1
-            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    if (
+        jax.config.jax_num_cpu_devices != -1
+        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    ):
         return
     wanted = _wanted_cpu_devices()
     if wanted <= 1:
@@ -816,6 +930,7 @@ def _sum_over_ranks(comm, buf):
     if mpi4jax is None or (_on_gpu(buf) and not _mpi4jax_has_cuda(mpi4jax)):
         return _host_allreduce(comm, buf)
     from mpi4py import MPI
+
     return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
 
 
@@ -838,8 +953,9 @@ def fused_allreduce(comm, tensors: Sequence, extra=None):
     if extra is not None:
         sizes.append(int(jnp.shape(extra)[0]))
     pieces = jnp.split(reduced, np.cumsum(sizes)[:-1].tolist())
-    out = [jnp.reshape(p, jnp.shape(t)).astype(jnp.asarray(t).dtype)
-           for p, t in zip(pieces, tensors)]
+    out = [
+        jnp.reshape(p, jnp.shape(t)).astype(jnp.asarray(t).dtype) for p, t in zip(pieces, tensors)
+    ]
     return out, (pieces[-1] if extra is not None else None)
 
 
@@ -859,6 +975,7 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
         if host:
             return _host_allreduce(comm, buf, delay)
         from mpi4py import MPI
+
         return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
 
     reduce.xla = None if host else "mpi4jax"

@@ -11,9 +11,11 @@ time slicing and zero states.
 What does not live here: what a window does (forward, gradient, update: ``backend/<name>.py``),
 the state carry itself (``windows.py``), the objectives (``losses.py``).
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from keras import ops
 
@@ -41,9 +43,17 @@ class WindowPlan:
         (4, 2, 2)
     """
 
-    def __init__(self, carry: StateCarry | None, seq_len: int | None, per_series: bool,
-                 while_: Callable, slice_time: Callable, pad_time: Callable,
-                 zero_states: Callable, cond: Callable | None = None):
+    def __init__(
+        self,
+        carry: StateCarry | None,
+        seq_len: int | None,
+        per_series: bool,
+        while_: Callable,
+        slice_time: Callable,
+        pad_time: Callable,
+        zero_states: Callable,
+        cond: Callable | None = None,
+    ):
         self.carry = carry
         self.seq_len = seq_len
         self.per_series = per_series
@@ -70,8 +80,9 @@ class WindowPlan:
         """Set the state carry's time mask for one window (``None``: every step is real)."""
         self.carry.window_mask = None if tm is None else self.slice_time(tm, start, length) > 0
 
-    def run(self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any,
-            first=None, final=None):
+    def run(
+        self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any, first=None, final=None
+    ):
         """Run ``window_fn`` over the windows of a minibatch; returns (final states, carry).
 
         ``window_fn(xw, yw, ww, mw, states, carry, has_loss) -> (new states, carry)``.
@@ -98,8 +109,10 @@ class WindowPlan:
             x = tuple(self.pad_time(a, extra) for a in x)
             tm = self.pad_time(tm, extra)
             if not per_series:
-                y, w, m = (None if g is None else tuple(self.pad_time(a, extra) for a in g)
-                           for g in (y, w, m))
+                y, w, m = (
+                    None if g is None else tuple(self.pad_time(a, extra) for a in g)
+                    for g in (y, w, m)
+                )
             T, n_full, tail = T + extra, n_full + 1, 0
         states = self.zero_states(x[0]) if h0 is None else h0
         n_windows = n_full + (1 if tail else 0)
@@ -136,6 +149,7 @@ class WindowPlan:
         loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
         carry = init
         if loop_windows > 0:
+
             def body(i, c):
                 return window(i, i * S, S, *c, False)
 
@@ -143,6 +157,7 @@ class WindowPlan:
                 bound = loop_windows if n_win is None else ops.minimum(n_win, loop_windows)
                 states, carry = self.while_(bound, body, (states, carry), loop_windows)
             else:
+
                 def chunk_body(j, c):
                     return body(first + j, c)
 
@@ -155,6 +170,9 @@ class WindowPlan:
                 states, carry = window(loop_windows, start, length, states, carry, True)
             else:
                 states, carry = self.cond(
-                    final, lambda c: window(loop_windows, start, length, *c, True),
-                    lambda c: c, (states, carry))
+                    final,
+                    lambda c: window(loop_windows, start, length, *c, True),
+                    lambda c: c,
+                    (states, carry),
+                )
         return states, carry

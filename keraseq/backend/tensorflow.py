@@ -10,11 +10,13 @@ What does not live here: the backend-free epoch loop (``trainer.py``), the state
 (``windows.py``), the per-window objectives (``losses.py``), MPI on NumPy buffers
 (``distributed.py``). The JAX twin of this module is ``backend/jax.py``.
 """
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -57,11 +59,18 @@ def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> boo
     if setting != "auto":
         return bool(setting)
     from tensorflow.python.framework.config import is_op_determinism_enabled
-    if (not all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
-            or is_op_determinism_enabled()):
+
+    if (
+        not all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
+        or is_op_determinism_enabled()
+    ):
         return False
-    if (not distributed and work >= GRAPH_MIN_WORK and dist.usable_cores() >= 2
-            and not tf.config.list_logical_devices("GPU")):
+    if (
+        not distributed
+        and work >= GRAPH_MIN_WORK
+        and dist.usable_cores() >= 2
+        and not tf.config.list_logical_devices("GPU")
+    ):
         return False
     return True
 
@@ -82,6 +91,7 @@ def release_eager_kernels() -> None:
     variable's handle op names its variable: every model and optimizer made left ~0.6 MB
     behind, 0.59 MB per fit of a search (issue 24). Called once per fit."""
     from tensorflow.python.eager import context
+
     context.context().clear_kernel_cache()
 
 
@@ -108,8 +118,12 @@ def cond(pred, true_fn, false_fn, operand):
 def while_loop(bound, body, init, maximum):
     """``i = 0; while i < bound: carry = body(i, carry)`` as a symbolic ``tf.while_loop``
     (``bound`` may be a tensor, at most ``maximum``): the graph holds one copy of ``body``."""
-    _, out = tf.while_loop(lambda i, c: i < bound, lambda i, c: (i + 1, body(i, c)),
-                           (tf.constant(0), init), maximum_iterations=maximum)
+    _, out = tf.while_loop(
+        lambda i, c: i < bound,
+        lambda i, c: (i + 1, body(i, c)),
+        (tf.constant(0), init),
+        maximum_iterations=maximum,
+    )
     return out
 
 
@@ -161,11 +175,14 @@ def build_step_functions(
 
     def zero_states(x0):
         batch = tf.shape(x0)[0]
-        return [[tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
-                for spec in state_specs]
+        return [
+            [tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
+            for spec in state_specs
+        ]
 
-    plan = WindowPlan(carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states,
-                      cond)
+    plan = WindowPlan(
+        carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states, cond
+    )
 
     def forward(states, fn):
         """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
@@ -180,8 +197,9 @@ def build_step_functions(
         if not metrics:
             return
         preds = tree.flatten(y_pred)
-        for metric, yt, yp, sw in metric_updates(metrics, yw, preds,
-                                                 [output_mask(p) for p in preds], ww, mw):
+        for metric, yt, yp, sw in metric_updates(
+            metrics, yw, preds, [output_mask(p) for p in preds], ww, mw
+        ):
             metric.update_state(yt, yp, sample_weight=sw)
 
     # ----------------------------------------------------------------------------------- train
@@ -196,20 +214,26 @@ def build_step_functions(
         that of the scaled loss; the optimizer unscales it, and skips updates whose gradient
         overflowed while it lowers the scale, so only a non-finite loss counts as a fault."""
         with tf.GradientTape() as tape:
-            loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, True,
-                                                                 states)
+            loss_sum, count, reg, y_pred, new_states = objective(
+                forward, xw, yw, ww, mw, True, states
+            )
             # (float64 when floatx is: see losses.loss_dtype)
             mean = loss_sum / tf.cast(tf.maximum(count, 1.0), loss_sum.dtype) + reg
             if loss_scaled:
                 mean = optimizer.scale_loss(mean)
         grads = tape.gradient(mean, trainable)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, trainable)]
+        grads = [
+            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, trainable)
+        ]
         loss_sum, reg = tf.cast(loss_sum, tf.float32), tf.cast(reg, tf.float32)
         # One fused reduction: a NaN or Inf anywhere makes the sum non-finite.
-        finite = tf.math.is_finite(tf.add_n(
-            [loss_sum] + ([] if loss_scaled else
-                          [tf.cast(tf.reduce_sum(g), tf.float32) for g in grads])))
+        finite = tf.math.is_finite(
+            tf.add_n(
+                [loss_sum]
+                + ([] if loss_scaled else [tf.cast(tf.reduce_sum(g), tf.float32) for g in grads])
+            )
+        )
         update_metrics(yw, y_pred, ww, mw)
         return grads, finite, loss_sum + reg * count, count, new_states
 
@@ -231,29 +255,40 @@ def build_step_functions(
     # program, exactly like the single-process loop. Without it (GPU, no compiler, or
     # jit_compile=False) the host callback ``allreduce(buf)`` cannot live inside XLA, so the
     # window step is split in two XLA-compiled halves around it inside a plain-graph loop.
-    xla_reduce = getattr(allreduce, "xla", None) if (allreduce is not None and jit_compile) \
-        else None
+    xla_reduce = (
+        getattr(allreduce, "xla", None) if (allreduce is not None and jit_compile) else None
+    )
     fused = allreduce is None or xla_reduce is not None
 
     # (1) forward + backward, packing count-weighted gradients, the count and a non-finite
     # flag into ONE flat buffer; (2) unpack the summed buffer, divide by the total count, apply.
     def pack_buffer(weighted_grads, count, finite):
-        return tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g in weighted_grads]
-                         + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])], 0)
+        return tf.concat(
+            [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in weighted_grads]
+            + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])],
+            0,
+        )
 
     def pack(xw, yw, ww, mw, states):
         grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-        return (pack_buffer([g * tf.cast(count, g.dtype) for g in grads], count, finite),
-                loss_sum, count, new_states)
+        return (
+            pack_buffer([g * tf.cast(count, g.dtype) for g in grads], count, finite),
+            loss_sum,
+            count,
+            new_states,
+        )
 
     def unpack_apply(summed, bad, step):
         pieces = tf.split(summed, sizes + [2])
         total, nonfinite = pieces[-1][0], pieces[-1][1]
-        grads = [tf.cast(tf.reshape(p, sh) / tf.maximum(total, 1e-12), dt)
-                 for p, sh, dt in zip(pieces[:-1], shapes, dtypes)]
+        grads = [
+            tf.cast(tf.reshape(p, sh) / tf.maximum(total, 1e-12), dt)
+            for p, sh, dt in zip(pieces[:-1], shapes, dtypes)
+        ]
         return apply_checked(grads, nonfinite < 0.5, total, bad, step)
 
     if allreduce is None:
+
         def learn_window(xw, yw, ww, mw, states, bad, step):
             grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
             bad, ok = apply_checked(grads, finite, count, bad, step)
@@ -262,6 +297,7 @@ def build_step_functions(
         def reduce_apply(buf, bad, step):
             return unpack_apply(buf, bad, step)
     elif xla_reduce is not None:
+
         def learn_window(xw, yw, ww, mw, states, bad, step):
             buf, loss_sum, count, new_states = pack(xw, yw, ww, mw, states)
             bad, ok = unpack_apply(xla_reduce(buf), bad, step)
@@ -319,28 +355,39 @@ def build_step_functions(
 
     def zero_series_acc():
         """What a chunk of ``train_series`` continues from: loss, count, finite, gradients."""
-        return (tf.constant(0.0), tf.constant(0.0), tf.constant(True),
-                [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)])
+        return (
+            tf.constant(0.0),
+            tf.constant(0.0),
+            tf.constant(True),
+            [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)],
+        )
 
     def train_series(x, y, w, m, tm, n_win, h0, chunk=None):
         """Per-series targets of unequal lengths: each row's loss lives in the window of its
         last real step, so the count-weighted gradients of every window are summed and
         applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
+
         def window_fn(xw, yw, ww, mw, states, acc):
             loss_acc, count_acc, finite_acc, grads_acc = acc
             grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
             grads_acc = [a + g * tf.cast(count, g.dtype) for a, g in zip(grads_acc, grads)]
-            return new_states, (loss_acc + loss_sum, count_acc + count,
-                                tf.logical_and(finite_acc, finite), grads_acc)
+            return new_states, (
+                loss_acc + loss_sum,
+                count_acc + count,
+                tf.logical_and(finite_acc, finite),
+                grads_acc,
+            )
 
         first, final, acc = (None, None, zero_series_acc()) if chunk is None else chunk
-        states, acc = loop(x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc,
-                           first, final)
+        states, acc = loop(
+            x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc, first, final
+        )
         loss_sum, count, finite, grads_acc = acc
 
         def update():
-            return reduce_apply(pack_buffer(grads_acc, count, finite), tf.constant(-1),
-                                tf.constant(0))
+            return reduce_apply(
+                pack_buffer(grads_acc, count, finite), tf.constant(-1), tf.constant(0)
+            )
 
         if chunk is None:
             bad, ok = update()
@@ -348,8 +395,9 @@ def build_step_functions(
             # A chunk before the last one only sums (and reports the sums so far): the update
             # comes with the minibatch's end.
             bad, ok = tf.cond(final, update, lambda: (tf.constant(-1), tf.constant(True)))
-        result = tf.stack([tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0),
-                           tf.cast(bad, tf.float32)])
+        result = tf.stack(
+            [tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0), tf.cast(bad, tf.float32)]
+        )
         return result if chunk is None else (result, states, acc)
 
     def train_accumulated(x, y, w, m, tm, n_win, h0, chunk=None):
@@ -365,22 +413,44 @@ def build_step_functions(
         def flush(acc):
             loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
             bad, ok = reduce_apply(pack_buffer(p_grads, p_count, p_finite), bad, step - 1)
-            return (loss_acc + tf.where(ok, p_loss, 0.0), count_acc + tf.where(ok, p_count, 0.0),
-                    bad, step, tf.constant(0.0), tf.constant(0.0), tf.constant(True), zeros())
+            return (
+                loss_acc + tf.where(ok, p_loss, 0.0),
+                count_acc + tf.where(ok, p_count, 0.0),
+                bad,
+                step,
+                tf.constant(0.0),
+                tf.constant(0.0),
+                tf.constant(True),
+                zeros(),
+            )
 
         def window_fn(xw, yw, ww, mw, states, acc, has_loss):
             loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
             grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            acc = (loss_acc, count_acc, bad, step + 1, p_loss + loss_sum, p_count + count,
-                   tf.logical_and(p_finite, finite),
-                   [a + g * tf.cast(count, g.dtype) for a, g in zip(p_grads, grads)])
-            acc = tf.cond(tf.equal((step + 1) % sync_every, 0), lambda: flush(acc),
-                          lambda: acc)
+            acc = (
+                loss_acc,
+                count_acc,
+                bad,
+                step + 1,
+                p_loss + loss_sum,
+                p_count + count,
+                tf.logical_and(p_finite, finite),
+                [a + g * tf.cast(count, g.dtype) for a, g in zip(p_grads, grads)],
+            )
+            acc = tf.cond(tf.equal((step + 1) % sync_every, 0), lambda: flush(acc), lambda: acc)
             return new_states, acc
 
         first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
-        acc = (loss0, count0, tf.constant(-1), tf.constant(0) if first is None else first,
-               tf.constant(0.0), tf.constant(0.0), tf.constant(True), zeros())
+        acc = (
+            loss0,
+            count0,
+            tf.constant(-1),
+            tf.constant(0) if first is None else first,
+            tf.constant(0.0),
+            tf.constant(0.0),
+            tf.constant(True),
+            zeros(),
+        )
         states, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
         # A remainder of fewer than k windows: one more update (the same on every rank).
         acc = tf.cond(tf.equal(acc[3] % sync_every, 0), lambda: acc, lambda: flush(acc))
@@ -393,13 +463,13 @@ def build_step_functions(
             if not has_loss:
                 _, new_states = run_model(xw, states, False)
                 return new_states, acc
-            loss_sum, count, reg, y_pred, new_states = objective(forward, xw, yw, ww, mw, False,
-                                                                 states)
+            loss_sum, count, reg, y_pred, new_states = objective(
+                forward, xw, yw, ww, mw, False, states
+            )
             update_metrics(yw, y_pred, ww, mw)
             loss_acc, count_acc, bad, step = acc
             loss_sum, reg = tf.cast(loss_sum, tf.float32), tf.cast(reg, tf.float32)
-            return new_states, (loss_acc + loss_sum + reg * count,
-                                count_acc + count, bad, step + 1)
+            return new_states, (loss_acc + loss_sum + reg * count, count_acc + count, bad, step + 1)
 
         acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
         _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
@@ -437,21 +507,31 @@ def build_step_functions(
             first, states = step(0, 0, S, states)
             if n_full > 1:
                 seq = [not per_series for p in first]
-                arrays = [tf.TensorArray(p.dtype, size=n_full - 1, element_shape=None)
-                          for p, s in zip(first, seq) if s]
+                arrays = [
+                    tf.TensorArray(p.dtype, size=n_full - 1, element_shape=None)
+                    for p, s in zip(first, seq)
+                    if s
+                ]
                 series = [p for p, s in zip(first, seq) if not s]
 
                 def body(i, states, arrays, series):
                     preds, states = step(i + 1, (i + 1) * S, S, states)
-                    arrays = [ta.write(i, p) for ta, p in
-                              zip(arrays, [p for p, s in zip(preds, seq) if s])]
-                    series = [keep_series(i + 1, old, p) for old, p in
-                              zip(series, [p for p, s in zip(preds, seq) if not s])]
+                    arrays = [
+                        ta.write(i, p)
+                        for ta, p in zip(arrays, [p for p, s in zip(preds, seq) if s])
+                    ]
+                    series = [
+                        keep_series(i + 1, old, p)
+                        for old, p in zip(series, [p for p, s in zip(preds, seq) if not s])
+                    ]
                     return i + 1, states, arrays, series
 
                 _, states, arrays, series = tf.while_loop(
-                    lambda i, *_: i < n_full - 1, body,
-                    (tf.constant(0), states, arrays, series), maximum_iterations=n_full - 1)
+                    lambda i, *_: i < n_full - 1,
+                    body,
+                    (tf.constant(0), states, arrays, series),
+                    maximum_iterations=n_full - 1,
+                )
                 arrays, series = iter(arrays), iter(series)
                 outs = []
                 for p, s in zip(first, seq):
@@ -470,22 +550,27 @@ def build_step_functions(
             if outs is None:
                 outs = preds
             else:
-                outs = [tf.concat([a, p], axis=1) if not per_series
-                        else keep_series(n_full, a, p) for a, p in zip(outs, preds)]
+                outs = [
+                    tf.concat([a, p], axis=1) if not per_series else keep_series(n_full, a, p)
+                    for a, p in zip(outs, preds)
+                ]
         return tuple(outs), states
 
     def chunk_start(x, tm):
         """The zero states and accumulators the first chunk of a minibatch starts from."""
-        states = [[tf.zeros((x[0].shape[0],) + tuple(shape), dtype) for shape, dtype in spec]
-                  for spec in state_specs]
+        states = [
+            [tf.zeros((x[0].shape[0],) + tuple(shape), dtype) for shape, dtype in spec]
+            for spec in state_specs
+        ]
         return states, (zero_series_acc() if per_series and tm is not None else zero_sums())
 
     compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
     return StepFunctions(
         # With the host-callback Allreduce the outer window loop stays a plain graph; its two
         # halves per window are XLA-compiled above.
-        train=None if optimizer is None else (
-            compile_(train) if fused else tf.function(train, jit_compile=False)),
+        train=None
+        if optimizer is None
+        else (compile_(train) if fused else tf.function(train, jit_compile=False)),
         evaluate=compile_(evaluate),
         predict=compile_(predict),
         exact_rows=getattr(objective, "needs_exact_rows", False),
@@ -504,11 +589,11 @@ def fused_allreduce(comm, tensors: Sequence[tf.Tensor], extra: tf.Tensor | None 
     if extra is not None:
         parts.append(tf.reshape(tf.cast(extra, tf.float32), [-1]))
     flat = tf.concat(parts, 0)
-    reduced = tf.numpy_function(lambda a: dist._flat_allreduce(comm, a), [flat], tf.float32,
-                                stateful=True)
+    reduced = tf.numpy_function(
+        lambda a: dist._flat_allreduce(comm, a), [flat], tf.float32, stateful=True
+    )
     reduced.set_shape(flat.shape)
-    sizes = [int(np.prod(t.shape)) if t.shape.is_fully_defined() else tf.size(t)
-             for t in tensors]
+    sizes = [int(np.prod(t.shape)) if t.shape.is_fully_defined() else tf.size(t) for t in tensors]
     if extra is not None:
         sizes.append(int(extra.shape[0]))
     pieces = tf.split(reduced, sizes)
@@ -541,6 +626,7 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
     reduce.xla = None
     if device is None or "GPU" not in device.upper():
         from .. import _mpi_xla
+
         reduce.xla = _mpi_xla.xla_allreduce(comm.comm)
     return reduce
 

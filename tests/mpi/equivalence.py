@@ -8,17 +8,18 @@ series, a Masking layer in front), with per-step or per-series targets; "tokens"
 argv[7]: sync_every; argv[8]: the ranks' windows_per_call (chunks of windows; the one process
 keeps "auto").
 """
+
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import keras
+import numpy as np
+from mpi4py import MPI
 
-from keraseq import Estimator, _mpi_xla  # noqa: E402
-from keraseq.utils import net2vec  # noqa: E402
+from keraseq import Estimator, _mpi_xla
+from keraseq.utils import net2vec
 
 out_path, opt_name, n, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 jit = sys.argv[5] == "jit" if len(sys.argv) > 5 else True
@@ -35,13 +36,20 @@ V = 11  # "tokens": the vocabulary of the token ids
 def model():
     keras.utils.set_random_seed(1)
     if mode == "tokens":  # token ids (N, T) with 0 as padding, per-step sparse labels (N, T)
-        return keras.Sequential([keras.Input((None,), dtype="int32"),
-                                 keras.layers.Embedding(V, 4, mask_zero=True),
-                                 keras.layers.LSTM(6, return_sequences=True),
-                                 keras.layers.Dense(V)])
+        return keras.Sequential(
+            [
+                keras.Input((None,), dtype="int32"),
+                keras.layers.Embedding(V, 4, mask_zero=True),
+                keras.layers.LSTM(6, return_sequences=True),
+                keras.layers.Dense(V),
+            ]
+        )
     front = [keras.layers.Masking(0.0)] if mode != "equal" else []
-    return keras.Sequential([keras.Input((None, 3))] + front + [
-        keras.layers.LSTM(6, return_sequences=mode != "masked-series"), keras.layers.Dense(2)])
+    return keras.Sequential(
+        [keras.Input((None, 3))]
+        + front
+        + [keras.layers.LSTM(6, return_sequences=mode != "masked-series"), keras.layers.Dense(2)]
+    )
 
 
 def optimizer():
@@ -66,9 +74,21 @@ elif mode != "equal":
         y = y[np.arange(n), lengths - 1]  # the target at each series' last real step
 
 # An explicit communicator (here the world one; "auto" would find it too).
-est = Estimator(model(), LOSS, optimizer(), epochs=2, batch_size=batch, seq_len=7, shuffle=False,
-                verbose=0, metrics=METRICS, jit_compile=jit, distributed=comm,
-                sync_every=sync_every, windows_per_call=windows_per_call).fit(x, y)
+est = Estimator(
+    model(),
+    LOSS,
+    optimizer(),
+    epochs=2,
+    batch_size=batch,
+    seq_len=7,
+    shuffle=False,
+    verbose=0,
+    metrics=METRICS,
+    jit_compile=jit,
+    distributed=comm,
+    sync_every=sync_every,
+    windows_per_call=windows_per_call,
+).fit(x, y)
 w = net2vec(est.model_)
 all_w = comm.gather(w, root=0)
 # Distributed predict: each rank predicts its block, every rank returns the full result.
@@ -79,6 +99,7 @@ pred_diff = comm.allreduce(float(np.abs(pred - full).max()), op=MPI.MAX)
 if keras.backend.backend() == "jax":  # the in-program Allreduce: mpi4jax (None: a host callback)
     from keraseq import distributed
     from keraseq.backend import current
+
     in_program = current().graph_allreduce(distributed.get_comm(comm)).xla is not None
     program_error = None if in_program else "mpi4jax unavailable: host-callback Allreduce"
 else:
@@ -86,23 +107,40 @@ else:
 
 if comm.Get_rank() == 0:
     # One process, batch k*B, minibatch i = the ranks' minibatches i side by side.
-    bounds = [(r * (n // k) + min(r, n % k), (r + 1) * (n // k) + min(r + 1, n % k))
-              for r in range(k)]
+    bounds = [
+        (r * (n // k) + min(r, n % k), (r + 1) * (n // k) + min(r + 1, n % k)) for r in range(k)
+    ]
     steps = max(-(-(hi - lo) // batch) for lo, hi in bounds)
-    order = [np.arange(lo, hi)[i * batch:(i + 1) * batch] for i in range(steps)
-             for lo, hi in bounds]
+    order = [
+        np.arange(lo, hi)[i * batch : (i + 1) * batch] for i in range(steps) for lo, hi in bounds
+    ]
     order = np.concatenate(order)
-    single = Estimator(model(), LOSS, optimizer(), epochs=2, batch_size=k * batch, seq_len=7,
-                       shuffle=False, verbose=0, metrics=METRICS, distributed=False,
-                       jit_compile=jit, sync_every=sync_every).fit(x[order], y[order])
+    single = Estimator(
+        model(),
+        LOSS,
+        optimizer(),
+        epochs=2,
+        batch_size=k * batch,
+        seq_len=7,
+        shuffle=False,
+        verbose=0,
+        metrics=METRICS,
+        distributed=False,
+        jit_compile=jit,
+        sync_every=sync_every,
+    ).fit(x[order], y[order])
     ws = net2vec(single.model_)
     report = {
         "max_diff": float(np.max(np.abs(w - ws))),
         "identical_across_ranks": all(np.array_equal(all_w[0], a) for a in all_w[1:]),
-        "history_mpi": est.history_, "history_single": single.history_,
-        "size": k, "xla_allreduce": in_program, "xla_error": program_error,
+        "history_mpi": est.history_,
+        "history_single": single.history_,
+        "size": k,
+        "xla_allreduce": in_program,
+        "xla_error": program_error,
         "backend": keras.backend.backend(),
-        "predict_max_diff": pred_diff, "predict_shape": list(pred.shape),
+        "predict_max_diff": pred_diff,
+        "predict_shape": list(pred.shape),
     }
     with open(out_path, "w") as f:
         json.dump(report, f)

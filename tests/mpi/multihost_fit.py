@@ -16,20 +16,20 @@ rank returns the whole result) compared with Keras's whole-series predict, and o
 same fit in one process with batch K*B on the union minibatches (rank r's i-th minibatch side
 by side); rank 0 writes ``reference.json``.
 """
+
 import argparse
 import json
 import os
 import socket
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import keras
+import numpy as np
+from mpi4py import MPI
 
-import keraseq  # noqa: E402
-from keraseq import Estimator, _mpi_xla  # noqa: E402
+import keraseq
+from keraseq import Estimator, _mpi_xla
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
@@ -45,14 +45,24 @@ N, BATCH, EPOCHS = 24, 4, 3
 
 def model():
     keras.utils.set_random_seed(1)
-    return keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True),
-                             keras.layers.Dense(2)])
+    return keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True), keras.layers.Dense(2)]
+    )
 
 
 def estimator(distributed, batch):
-    return Estimator(model(), "mse", keras.optimizers.Adam(0.01), epochs=EPOCHS,
-                     batch_size=batch, seq_len=5, shuffle=False, verbose=0, jit_compile=True,
-                     distributed=distributed)
+    return Estimator(
+        model(),
+        "mse",
+        keras.optimizers.Adam(0.01),
+        epochs=EPOCHS,
+        batch_size=batch,
+        seq_len=5,
+        shuffle=False,
+        verbose=0,
+        jit_compile=True,
+        distributed=distributed,
+    )
 
 
 rng = np.random.default_rng(0)
@@ -84,9 +94,18 @@ np.save(os.path.join(args.out, f"weights_{rank}.npy"), weights)
 np.save(os.path.join(args.out, f"optimizer_{rank}.npy"), opt_vars)
 node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
 with open(os.path.join(args.out, f"report_{rank}.json"), "w") as f:
-    json.dump({"hostname": socket.gethostname(), "node_size": node.Get_size(), "size": k,
-               "history": est.history_, "n_epochs": est.n_epochs_,
-               "xla_allreduce": _mpi_xla._lib is not None, "xla_error": _mpi_xla._lib_error}, f)
+    json.dump(
+        {
+            "hostname": socket.gethostname(),
+            "node_size": node.Get_size(),
+            "size": k,
+            "history": est.history_,
+            "n_epochs": est.n_epochs_,
+            "xla_allreduce": _mpi_xla._lib is not None,
+            "xla_error": _mpi_xla._lib_error,
+        },
+        f,
+    )
 
 if args.reference:
     pred = est.predict(x, batch_size=3)
@@ -94,17 +113,29 @@ if args.reference:
     pred_diff = comm.allreduce(float(np.abs(pred - full).max()), op=MPI.MAX)
     all_w = comm.gather(weights, root=0)
     if rank == 0:
-        bounds = [(r * (N // k) + min(r, N % k), (r + 1) * (N // k) + min(r + 1, N % k))
-                  for r in range(k)]
+        bounds = [
+            (r * (N // k) + min(r, N % k), (r + 1) * (N // k) + min(r + 1, N % k)) for r in range(k)
+        ]
         steps = max(-(-(hi - lo) // BATCH) for lo, hi in bounds)
-        order = np.concatenate([np.arange(lo, hi)[i * BATCH:(i + 1) * BATCH]
-                                for i in range(steps) for lo, hi in bounds])
+        order = np.concatenate(
+            [
+                np.arange(lo, hi)[i * BATCH : (i + 1) * BATCH]
+                for i in range(steps)
+                for lo, hi in bounds
+            ]
+        )
         single = estimator(False, k * BATCH).fit(x[order], y[order])
         ws = np.concatenate([np.ravel(w) for w in single.model_.get_weights()])
         with open(os.path.join(args.out, "reference.json"), "w") as f:
-            json.dump({"max_diff": float(np.abs(weights - ws).max()),
-                       "identical_across_ranks": all(np.array_equal(all_w[0], w)
-                                                     for w in all_w[1:]),
-                       "history_mpi": est.history_, "history_single": single.history_,
-                       "predict_shape": list(pred.shape), "predict_max_diff": pred_diff}, f)
+            json.dump(
+                {
+                    "max_diff": float(np.abs(weights - ws).max()),
+                    "identical_across_ranks": all(np.array_equal(all_w[0], w) for w in all_w[1:]),
+                    "history_mpi": est.history_,
+                    "history_single": single.history_,
+                    "predict_shape": list(pred.shape),
+                    "predict_max_diff": pred_diff,
+                },
+                f,
+            )
 print(f"FINISHED rank {rank} on {socket.gethostname()}", flush=True)

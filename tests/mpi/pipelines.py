@@ -6,17 +6,18 @@ argv[1]: the JSON report (rank 0); argv[2]: "tf.data" (each rank shards one data
 made by a generator, of unknown length, rank 0 one batch more than the others: the ranks agree
 step by step, none hangs).
 """
+
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import keras
+import numpy as np
+from mpi4py import MPI
 
-from keraseq import Estimator  # noqa: E402
-from keraseq.utils import net2vec  # noqa: E402
+from keraseq import Estimator
+from keraseq.utils import net2vec
 
 out_path, mode = sys.argv[1], sys.argv[2]
 comm = MPI.COMM_WORLD
@@ -26,8 +27,9 @@ B, T = 4, 9
 
 def model():
     keras.utils.set_random_seed(1)
-    return keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(5, return_sequences=True),
-                             keras.layers.Dense(2)])
+    return keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(5, return_sequences=True), keras.layers.Dense(2)]
+    )
 
 
 rng = np.random.default_rng(0)
@@ -48,19 +50,24 @@ else:  # rank 0: 3 batches of B, the others 2 (unequal, unknown length)
 def source():
     if mode == "tf.data":
         import tensorflow as tf
+
         return tf.data.Dataset.from_tensor_slices((x, y, w)).shard(k, rank).batch(B)
     mine = rows[rank]
 
     class Batches:  # re-iterable, no length: read anew each epoch, the count found by running
         def __iter__(self):
-            return ((x[mine[i:i + B]], y[mine[i:i + B]], w[mine[i:i + B]])
-                    for i in range(0, len(mine), B))
+            return (
+                (x[mine[i : i + B]], y[mine[i : i + B]], w[mine[i : i + B]])
+                for i in range(0, len(mine), B)
+            )
+
     return Batches()
 
 
 kw = dict(epochs=2, seq_len=4, shuffle=False, verbose=0, metrics=["mae"])
-est = Estimator(model(), "mse", keras.optimizers.Adam(0.01), batch_size=B, distributed=comm,
-                **kw).fit(source())
+est = Estimator(
+    model(), "mse", keras.optimizers.Adam(0.01), batch_size=B, distributed=comm, **kw
+).fit(source())
 wv = net2vec(est.model_)
 all_w = comm.gather(wv, root=0)
 if rank == 0:
@@ -68,12 +75,16 @@ if rank == 0:
     # One process: minibatch i = the ranks' minibatches i side by side.
     single_batches = []
     for i in range(steps):
-        part = np.concatenate([r[i * B:(i + 1) * B] for r in rows])
+        part = np.concatenate([r[i * B : (i + 1) * B] for r in rows])
         single_batches.append((x[part], y[part], w[part]))
-    single = Estimator(model(), "mse", keras.optimizers.Adam(0.01), batch_size=k * B,
-                       distributed=False, **kw).fit(single_batches)
-    report = {"max_diff": float(np.max(np.abs(wv - net2vec(single.model_)))),
-              "identical_across_ranks": all(np.array_equal(all_w[0], a) for a in all_w[1:]),
-              "history_mpi": est.history_, "history_single": single.history_}
+    single = Estimator(
+        model(), "mse", keras.optimizers.Adam(0.01), batch_size=k * B, distributed=False, **kw
+    ).fit(single_batches)
+    report = {
+        "max_diff": float(np.max(np.abs(wv - net2vec(single.model_)))),
+        "identical_across_ranks": all(np.array_equal(all_w[0], a) for a in all_w[1:]),
+        "history_mpi": est.history_,
+        "history_single": single.history_,
+    }
     with open(out_path, "w") as f:
         json.dump(report, f)

@@ -1,15 +1,16 @@
 """Run under mpirun: fit, predict and score read only the rank's own rows of x and y."""
+
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import h5py  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import h5py
+import keras
+import numpy as np
+from mpi4py import MPI
 
-from keraseq import Estimator, distributed  # noqa: E402
+from keraseq import Estimator, distributed
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -42,16 +43,33 @@ class RowRecorder:
 with h5py.File(os.path.join(folder, "d.h5"), "r") as f:
     x, y = RowRecorder(f["x"]), RowRecorder(f["y"])
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True),
-                              keras.layers.Dense(1)])
-    est = Estimator(model, "mse", "adam", epochs=2, batch_size=4, seq_len=5, verbose=0,
-                    shuffle=True, random_state=0, predict_batch_size=3)
+    model = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True), keras.layers.Dense(1)]
+    )
+    est = Estimator(
+        model,
+        "mse",
+        "adam",
+        epochs=2,
+        batch_size=4,
+        seq_len=5,
+        verbose=0,
+        shuffle=True,
+        random_state=0,
+        predict_batch_size=3,
+    )
     est.fit(x, y)
     pred = est.predict(x)
     r2 = est.score(x, y)
     lo, hi = distributed.shard(n, distributed.get_comm())
-    report = {"rank": rank, "block": [lo, hi], "x_rows": sorted(x.rows), "y_rows": sorted(y.rows),
-              "pred_shape": list(pred.shape), "r2": r2}
+    report = {
+        "rank": rank,
+        "block": [lo, hi],
+        "x_rows": sorted(x.rows),
+        "y_rows": sorted(y.rows),
+        "pred_shape": list(pred.shape),
+        "r2": r2,
+    }
 reports = comm.gather(report, root=0)
 if rank == 0:
     with open(os.path.join(folder, "reads.json"), "w") as f:

@@ -11,15 +11,16 @@ MODE:
             ``overflow.json`` (every rank's message, whether the weights agree, and the same fit
             in one process on the union minibatches); add ``jit`` as a third argument for XLA.
 """
+
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from keraseq import Estimator, NonFiniteLossError, distributed  # noqa: E402
+from keraseq import Estimator, NonFiniteLossError, distributed
 
 mode, folder = sys.argv[1], sys.argv[2]
 jit = len(sys.argv) > 3 and sys.argv[3] == "jit"
@@ -38,8 +39,9 @@ class KillRank1(keras.callbacks.Callback):
 rng = np.random.default_rng(0)
 keras.utils.set_random_seed(0)
 if mode in ("sigkill", "nan_rank1"):
-    model = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(4, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1)]
+    )
     x = rng.normal(size=(16, 12, 2)).astype("float32")
     y = x[..., :1].cumsum(1)
     callbacks = []
@@ -47,15 +49,22 @@ if mode in ("sigkill", "nan_rank1"):
         x[13, 5, 1] = np.nan  # rows 8..15 are rank 1's block; rank 0's rows are clean
     else:
         callbacks = [KillRank1()]
-    est = Estimator(model, "mse", "adam", epochs=3, batch_size=4, seq_len=4, verbose=0,
-                    jit_compile=False)
+    est = Estimator(
+        model, "mse", "adam", epochs=3, batch_size=4, seq_len=4, verbose=0, jit_compile=False
+    )
     est.fit(x, y, callbacks=callbacks)
     print(f"rank {rank} finished without failing", flush=True)
 elif mode == "overflow":
+
     def model():
         keras.utils.set_random_seed(0)
-        return keras.Sequential([keras.Input((None, 3)),
-                                 keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)])
+        return keras.Sequential(
+            [
+                keras.Input((None, 3)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dense(1),
+            ]
+        )
 
     x = rng.normal(size=(16, 10, 3)).astype("float32")
     y = x.sum(-1, keepdims=True).astype("float32")
@@ -69,29 +78,57 @@ elif mode == "overflow":
             return str(exc)
         return None
 
-    est = Estimator(model(), "mse", keras.optimizers.SGD(0.05), epochs=4, batch_size=2,
-                    seq_len=5, shuffle=False, verbose=0, random_state=0, jit_compile=jit)
+    est = Estimator(
+        model(),
+        "mse",
+        keras.optimizers.SGD(0.05),
+        epochs=4,
+        batch_size=2,
+        seq_len=5,
+        shuffle=False,
+        verbose=0,
+        random_state=0,
+        jit_compile=jit,
+    )
     message = fit(est, x, y)
     weights = np.concatenate([np.ravel(w) for w in est.model_.get_weights()])
     everything = comm.comm.gather((message, weights), root=0)
     if rank == 0:
         # One process with the union minibatches (rank 0's i-th next to rank 1's i-th).
-        order = np.concatenate([np.r_[2 * i:2 * i + 2, 8 + 2 * i:8 + 2 * i + 2]
-                                for i in range(4)])
-        single = Estimator(model(), "mse", keras.optimizers.SGD(0.05), epochs=4, batch_size=4,
-                           seq_len=5, shuffle=False, verbose=0, random_state=0,
-                           jit_compile=jit, distributed=False)
+        order = np.concatenate(
+            [np.r_[2 * i : 2 * i + 2, 8 + 2 * i : 8 + 2 * i + 2] for i in range(4)]
+        )
+        single = Estimator(
+            model(),
+            "mse",
+            keras.optimizers.SGD(0.05),
+            epochs=4,
+            batch_size=4,
+            seq_len=5,
+            shuffle=False,
+            verbose=0,
+            random_state=0,
+            jit_compile=jit,
+            distributed=False,
+        )
         single_message = fit(single, x[order], y[order])
         single_w = np.concatenate([np.ravel(w) for w in single.model_.get_weights()])
         with open(os.path.join(folder, "overflow.json"), "w") as f:
-            json.dump({"messages": [m for m, _ in everything],
-                       "identical": all(np.array_equal(everything[0][1], w)
-                                        for _, w in everything[1:]),
-                       "finite": all(bool(np.isfinite(w).all()) for _, w in everything),
-                       "single_message": single_message,
-                       "rel_diff_single": float(np.abs(single_w - weights).max()
-                                                / max(np.abs(single_w).max(), 1e-30)),
-                       "max_abs_weight": float(np.abs(weights).max())}, f)
+            json.dump(
+                {
+                    "messages": [m for m, _ in everything],
+                    "identical": all(
+                        np.array_equal(everything[0][1], w) for _, w in everything[1:]
+                    ),
+                    "finite": all(bool(np.isfinite(w).all()) for _, w in everything),
+                    "single_message": single_message,
+                    "rel_diff_single": float(
+                        np.abs(single_w - weights).max() / max(np.abs(single_w).max(), 1e-30)
+                    ),
+                    "max_abs_weight": float(np.abs(weights).max()),
+                },
+                f,
+            )
     print(f"rank {rank} done: {message}", flush=True)
 else:
     raise SystemExit(f"unknown mode {mode!r}")

@@ -14,6 +14,7 @@ after K variables were written (once, likewise).
 At the end every rank writes ``weights_<rank>.npy`` (every model weight, concatenated),
 ``optimizer_<rank>.npy`` (every optimizer variable) and ``report_<rank>.json``.
 """
+
 import argparse
 import json
 import os
@@ -22,24 +23,28 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import keraseq  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from keraseq import Estimator, distributed  # noqa: E402
+import keraseq
+from keraseq import Estimator, distributed
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--backup")
 parser.add_argument("--double", action="store_true")
-parser.add_argument("--atomic", action="store_true",
-                    help="keraseq.callbacks.BackupAndRestore instead of Keras's")
+parser.add_argument(
+    "--atomic", action="store_true", help="keraseq.callbacks.BackupAndRestore instead of Keras's"
+)
 parser.add_argument("--pause-at", type=int)
 parser.add_argument("--dropout", action="store_true")
 parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--jit", action="store_true")
-parser.add_argument("--kill-in-save", help="EPOCH:K: SIGKILL this process inside the backup "
-                    "written at the end of EPOCH, after its K-th variable was written")
+parser.add_argument(
+    "--kill-in-save",
+    help="EPOCH:K: SIGKILL this process inside the backup "
+    "written at the end of EPOCH, after its K-th variable was written",
+)
 args = parser.parse_args()
 
 comm = distributed.get_comm("auto")
@@ -102,8 +107,11 @@ class KillInSave(keras.callbacks.Callback):
 
         def hook(frame, event, arg):
             code = frame.f_code
-            if (event == "return" and code.co_name == "__setitem__"
-                    and code.co_filename.endswith("saving_lib.py")):
+            if (
+                event == "return"
+                and code.co_name == "__setitem__"
+                and code.co_filename.endswith("saving_lib.py")
+            ):
                 written[0] += 1
                 if written[0] == self.k:
                     print(f"KILLING IN SAVE after {self.k} variables", flush=True)
@@ -115,24 +123,42 @@ class KillInSave(keras.callbacks.Callback):
 callbacks = [Markers()]
 if args.backup:
     # BackupAndRestore writes its files in on_epoch_end: after Markers printed EPOCH_DONE.
-    backup_class = (keraseq.callbacks.BackupAndRestore if args.atomic
-                    else keras.callbacks.BackupAndRestore)
+    backup_class = (
+        keraseq.callbacks.BackupAndRestore if args.atomic else keras.callbacks.BackupAndRestore
+    )
     callbacks.insert(0, backup_class(args.backup, double_checkpoint=args.double))
 if args.kill_in_save:
     callbacks.insert(0, KillInSave(args.kill_in_save))
-est = Estimator(model, "mse", keras.optimizers.Adam(0.02), epochs=args.epochs, batch_size=4,
-                seq_len=4, shuffle=True, random_state=11, verbose=0,
-                jit_compile=True if args.jit else False)
+est = Estimator(
+    model,
+    "mse",
+    keras.optimizers.Adam(0.02),
+    epochs=args.epochs,
+    batch_size=4,
+    seq_len=4,
+    shuffle=True,
+    random_state=11,
+    verbose=0,
+    jit_compile=bool(args.jit),
+)
 est.fit(x, y, callbacks=callbacks)
 
 weights = np.concatenate([np.ravel(w).astype(np.float64) for w in est.model_.get_weights()])
-opt_vars = np.concatenate([np.ravel(np.asarray(v)).astype(np.float64)
-                           for v in est.optimizer_.variables])
+opt_vars = np.concatenate(
+    [np.ravel(np.asarray(v)).astype(np.float64) for v in est.optimizer_.variables]
+)
 os.makedirs(args.out, exist_ok=True)
 np.save(os.path.join(args.out, f"weights_{rank}.npy"), weights)
 np.save(os.path.join(args.out, f"optimizer_{rank}.npy"), opt_vars)
 with open(os.path.join(args.out, f"report_{rank}.json"), "w") as f:
-    json.dump({"history": est.history_, "n_epochs": est.n_epochs_, "size": comm.size,
-               "finite": bool(np.isfinite(weights).all())}, f)
+    json.dump(
+        {
+            "history": est.history_,
+            "n_epochs": est.n_epochs_,
+            "size": comm.size,
+            "finite": bool(np.isfinite(weights).all()),
+        },
+        f,
+    )
 print(f"FINISHED rank {rank}", flush=True)
 sys.exit(0)

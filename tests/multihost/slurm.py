@@ -12,6 +12,7 @@ a process group of its own, and carry the cluster's ``KQMH_OWNER`` mark; ``close
 
 Needs root and the packages; :func:`unavailable` says why not.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,19 +20,31 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
-PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "sbatch": "slurm-client",
-            "munged": "munge", "mungekey": "munge"}
+PACKAGES = {
+    "slurmctld": "slurmctld",
+    "slurmd": "slurmd",
+    "sbatch": "slurm-client",
+    "munged": "munge",
+    "mungekey": "munge",
+}
 
 
 def unavailable() -> str | None:
     """Why a Slurm cannot be started here (``None`` when it can)."""
-    missing = sorted({pkg for tool, pkg in PACKAGES.items()
-                      if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None})
+    missing = sorted(
+        {
+            pkg
+            for tool, pkg in PACKAGES.items()
+            if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None
+        }
+    )
     if missing:
-        return ("Slurm tests need the distribution's packages " + ", ".join(missing)
-                + " (apt-get install slurm-wlm munge; .ci/run installs them)")
+        return (
+            "Slurm tests need the distribution's packages "
+            + ", ".join(missing)
+            + " (apt-get install slurm-wlm munge; .ci/run installs them)"
+        )
     return None
 
 
@@ -82,11 +95,20 @@ class SlurmCluster:
         self.procs: list[subprocess.Popen] = []
         self.conf = self.tmp / "slurm.conf"
         self.sock = self.tmp / "munge.socket"
-        nodes = "\n".join(f"NodeName={h.name} NodeAddr={h.address} CPUs={cpus} "
-                          f"RealMemory=1000 State=UNKNOWN" for h in sim.hosts)
-        self.conf.write_text(CONF.format(ctl=sim.hosts[0].name, ctl_addr=sim.hosts[0].address,
-                                         sock=self.sock, tmp=self.tmp, nodes=nodes,
-                                         names=",".join(h.name for h in sim.hosts)))
+        nodes = "\n".join(
+            f"NodeName={h.name} NodeAddr={h.address} CPUs={cpus} RealMemory=1000 State=UNKNOWN"
+            for h in sim.hosts
+        )
+        self.conf.write_text(
+            CONF.format(
+                ctl=sim.hosts[0].name,
+                ctl_addr=sim.hosts[0].address,
+                sock=self.sock,
+                tmp=self.tmp,
+                nodes=nodes,
+                names=",".join(h.name for h in sim.hosts),
+            )
+        )
         try:
             self._start()
         except BaseException:
@@ -97,28 +119,49 @@ class SlurmCluster:
         return self.sim.env(SLURM_CONF=str(self.conf), **extra)
 
     def _daemon(self, host, argv, name):
-        log = open(self.tmp / f"{name}.out", "w")
+        log = open(self.tmp / f"{name}.out", "w")  # noqa: SIM115
         cmd = (host.enter("/") if host is not None else []) + argv
-        proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
     def _start(self):
         key = self.tmp / "munge.key"
-        subprocess.run(["mungekey", "--create", "--keyfile", str(key), "--force"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mungekey", "--create", "--keyfile", str(key), "--force"],
+            check=True,
+            capture_output=True,
+        )
         key.chmod(0o400)
-        self._daemon(None, ["munged", "--foreground", "--force", f"--socket={self.sock}",
-                            f"--key-file={key}", f"--pid-file={self.tmp}/munged.pid",
-                            f"--log-file={self.tmp}/munged.log",
-                            f"--seed-file={self.tmp}/munged.seed"], "munged")
+        self._daemon(
+            None,
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={self.sock}",
+                f"--key-file={key}",
+                f"--pid-file={self.tmp}/munged.pid",
+                f"--log-file={self.tmp}/munged.log",
+                f"--seed-file={self.tmp}/munged.seed",
+            ],
+            "munged",
+        )
         self._wait(lambda: self.sock.exists(), "munged did not create its socket", 20)
-        self._daemon(self.sim.hosts[0], ["slurmctld", "-D", "-i", "-f", str(self.conf)],
-                     "slurmctld")
+        self._daemon(
+            self.sim.hosts[0], ["slurmctld", "-D", "-i", "-f", str(self.conf)], "slurmctld"
+        )
         for h in self.sim.hosts:
-            self._daemon(h, ["slurmd", "-D", "-N", h.name, "-f", str(self.conf)],
-                         f"slurmd-{h.name}")
+            self._daemon(
+                h, ["slurmd", "-D", "-N", h.name, "-f", str(self.conf)], f"slurmd-{h.name}"
+            )
         self._wait(self._nodes_idle, "the nodes did not become idle", 60)
 
     def _nodes_idle(self) -> bool:
@@ -143,8 +186,13 @@ class SlurmCluster:
 
     def run(self, argv, check=True, timeout=60, cwd=None) -> subprocess.CompletedProcess:
         """A Slurm client command (``sbatch ...``) run inside host0."""
-        proc = subprocess.run(self.sim.hosts[0].enter(cwd) + list(map(str, argv)),
-                              env=self.env(), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            self.sim.hosts[0].enter(cwd) + list(map(str, argv)),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"{argv}: {proc.stderr}\n{self.logs()}")
         return proc
@@ -154,16 +202,29 @@ class SlurmCluster:
         out = self.run(["scontrol", "show", "job", "-o", job_id], check=False).stdout
         return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
-    def wait_job(self, job_id, timeout, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                               "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")):
+    def wait_job(
+        self,
+        job_id,
+        timeout,
+        until=(
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "PREEMPTED",
+        ),
+    ):
         deadline = time.time() + timeout
         while time.time() < deadline:
             info = self.job(job_id)
             if info.get("JobState") in until:
                 return info
             time.sleep(0.5)
-        raise AssertionError(f"job {job_id} not done after {timeout} s: {self.job(job_id)}\n"
-                             f"{self.logs()}")
+        raise AssertionError(
+            f"job {job_id} not done after {timeout} s: {self.job(job_id)}\n{self.logs()}"
+        )
 
     def close(self):
         for proc in self.procs:
