@@ -189,8 +189,15 @@ def check_sklearn_array(value: Any, name: str) -> Any:
             f"Sparse data was passed for `{name}`, but dense data is required: "
             f"sparse data is not supported; use `{name}.toarray()`"
         )
+    if isinstance(value, tuple):  # several inputs: object arrays of numbers as one input's
+        return tuple(
+            check_sklearn_array(v, f"{name}[{k}]")
+            if isinstance(v, np.ndarray) and v.dtype.kind == "O"
+            else v
+            for k, v in enumerate(value)
+        )
     if (
-        isinstance(value, (tuple, dict))
+        isinstance(value, dict)
         or value is None
         or any(c.__name__ in ("SliceTuple", "PyDataset", "TimeFolds") for c in type(value).__mro__)
     ):

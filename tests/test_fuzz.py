@@ -1,7 +1,8 @@
 """Fuzzed inputs (hypothesis): every call works or fails with a clear ValueError/TypeError.
 
 Over N, T, F, seq_len (also longer than T, or None), batch_size (also larger than N), the dtype of
-every array (float32, float64, float16, int32, bool, and non-numeric: str, object), one or two
+every array (float32, float64, float16, int32, bool, object arrays holding numbers, which
+scikit-learn's rules convert, and non-numeric: str), one or two
 inputs, per-step or per-series targets (and a model of the other kind), and NaN in `x` or `y`:
 
 - valid input (numeric arrays, no NaN, a model of the kind the targets need): `fit` and `predict`
@@ -24,8 +25,8 @@ from hypothesis import strategies as st
 
 from keraseq import Estimator
 
-NUMERIC = ("float32", "float64", "float16", "int32", "bool")
-DTYPES = NUMERIC + ("str", "object")
+NUMERIC = ("float32", "float64", "float16", "int32", "bool", "object")  # object: numbers
+DTYPES = NUMERIC + ("str",)
 _MODELS: dict = {}
 
 
@@ -141,6 +142,9 @@ def test_fit_predict_works_or_raises_a_clear_error(
         assert not valid, f"valid input rejected: {type(exc).__name__}: {message}"
         if bad_dtype:
             assert isinstance(exc, TypeError) and "dtype" in message, message
+        elif nan_placed and not model_matches:  # two problems: the first one found is named
+            assert isinstance(exc, ValueError), message
+            assert "NaN" in message or "per-series" in message, message
         elif nan_placed:
             assert isinstance(exc, ValueError) and "NaN" in message, message
             assert ("`x" in message) if nan_in == "x" else ("`y`" in message), message
