@@ -2,8 +2,8 @@
 
 ``slurmctld`` and one ``slurmd`` per simulated host (``tests/multihost/slurm.py``, the
 distribution's ``slurm-wlm`` and ``munge``), two hosts joined by a veth link
-(``tests/multihost/cluster.py``). The batch script is the one in ``docs/cluster.md`` (section 5,
-read from the file; the ``--gpus-per-node`` line dropped as it says for CPU nodes), submitted
+(``tests/multihost/cluster.py``). The batch script is the one in ``docs/guide/cluster.md``
+(section 5, read from the file; the ``--gpus-per-node`` line dropped as it says for CPU nodes), submitted
 with ``sbatch --nodes=2 --ntasks-per-node=1`` from host0: its ``mpirun`` starts the second
 node's daemon through ``srun`` inside the allocation. Checked: 2 ranks on 2 nodes equal one
 process (1e-5) with bit-identical weights; a rank killed on one node ends the job (FAILED, no
@@ -29,7 +29,7 @@ from multihost import cluster, slurm
 
 HERE = Path(__file__).parent
 FIT = HERE / "mpi" / "multihost_fit.py"
-GUIDE = HERE.parent / "docs" / "cluster.md"
+GUIDE = HERE.parent / "docs" / "guide" / "cluster.md"
 WHY_NOT = cluster.unavailable() or slurm.unavailable()
 # CI (.ci/run) installs the packages and sets KERASEQ_REQUIRE_SLURM=1: there they fail, not skip.
 REQUIRED = os.environ.get("KERASEQ_REQUIRE_SLURM") == "1"
@@ -42,7 +42,7 @@ pytestmark = [
 
 
 def guide_script() -> str:
-    """The batch script of docs/cluster.md's Slurm section, for CPU-only nodes."""
+    """The batch script of docs/guide/cluster.md's Slurm section, for CPU-only nodes."""
     text = GUIDE.read_text()
     section = text[text.index("## 5. Slurm") :]
     block = re.search(r"```bash\n(#!/bin/bash\n.*?)```", section, re.S).group(1)

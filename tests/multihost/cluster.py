@@ -256,7 +256,7 @@ class SimulatedCluster:
         self._count = SimulatedCluster._count
         self.tag = f"{self.owner}-{self._count}"  # this cluster among the owner's
         self.n_hosts = n_hosts
-        # Both True for real hosts; False only to show what goes wrong (docs/cluster.md).
+        # Both True for real hosts; False only to show what goes wrong (docs/guide/cluster.md).
         self.own_hostname, self.private_shm = own_hostname, private_shm
         self.names = [f"{hostname_prefix}{i}" for i in range(n_hosts)]
         self.hosts: list[Host] = []

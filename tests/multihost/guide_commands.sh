@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The commands of docs/cluster.md that need neither Slurm nor GPUs, run on simulated hosts:
+# The commands of docs/guide/cluster.md that need neither Slurm nor GPUs, run on simulated hosts:
 #
 #   sudo .venv/bin/python tests/multihost/cluster.py run 2 -- bash tests/multihost/guide_commands.sh
 #

@@ -1,4 +1,4 @@
-"""Reproduce the failures of docs/cluster.md's troubleshooting list on simulated hosts (root).
+"""Reproduce the failures of docs/guide/cluster.md's troubleshooting list on simulated hosts (root).
 
     .venv/bin/python tests/multihost/troubleshooting.py [CASE ...]
 
