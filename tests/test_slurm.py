@@ -3,7 +3,8 @@
 ``slurmctld`` and one ``slurmd`` per simulated host (``tests/multihost/slurm.py``, the
 distribution's ``slurm-wlm`` and ``munge``), two hosts joined by a veth link
 (``tests/multihost/cluster.py``). The batch script is the one in ``docs/guide/cluster.md``
-(section 5, read from the file; the ``--gpus-per-node`` line dropped as it says for CPU nodes), submitted
+(section 5, read from the file; the ``--gpus-per-node`` line dropped as it says for CPU
+nodes), submitted
 with ``sbatch --nodes=2 --ntasks-per-node=1`` from host0: its ``mpirun`` starts the second
 node's daemon through ``srun`` inside the allocation. Checked: 2 ranks on 2 nodes equal one
 process (1e-5) with bit-identical weights; a rank killed on one node ends the job (FAILED, no
