@@ -23,6 +23,7 @@ Example (normally reached through ``Estimator.fit``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from collections.abc import Callable
@@ -224,47 +225,28 @@ def fit(
             "`steps_per_epoch` counts the batches of a pipeline (tf.data, "
             "generator, PyDataset); with arrays an epoch is every series once"
         )
-    if dataset is not None:
-        try:
+    with contextlib.ExitStack() as opened:
+        if dataset is not None:
+            opened.callback(dataset.close)  # an epoch opened to read the first batch, if unrun
             x, y, sample_weight = _first_batch(p, dataset, y, sample_weight, lengths, loss)
-            return _fit(
-                p,
-                loss,
-                x,
-                y,
-                sample_weight,
-                validation_data,
-                callbacks,
-                lengths,
-                initial_epoch,
-                new_model,
-                new_optimizer,
-                check_outputs,
-                warm,
-                progress,
-                previous,
-                dataset,
-            )
-        finally:
-            dataset.close()  # an epoch opened to read the first batch and never run
-    return _fit(
-        p,
-        loss,
-        x,
-        y,
-        sample_weight,
-        validation_data,
-        callbacks,
-        lengths,
-        initial_epoch,
-        new_model,
-        new_optimizer,
-        check_outputs,
-        warm,
-        progress,
-        previous,
-        None,
-    )
+        return _fit(
+            p,
+            loss,
+            x,
+            y,
+            sample_weight,
+            validation_data,
+            callbacks,
+            lengths,
+            initial_epoch,
+            new_model,
+            new_optimizer,
+            check_outputs,
+            warm,
+            progress,
+            previous,
+            dataset,
+        )
 
 
 def _first_batch(p, dataset, y, sample_weight, lengths, loss):
