@@ -31,21 +31,40 @@ demo: $(VENV)/.demo-installed
 	$(PY) examples/demo.py --out out/demo
 	$(MPIRUN) -np 2 --oversubscribe $(PY) examples/demo.py --out out/demo_mpi --compare out/demo
 
-# Every test on TensorFlow, then the behaviour tests (marked `backend`) again on JAX, with
-# fewer hypothesis examples (make test-full runs more).
-JAX_ENV := KERAS_BACKEND=jax KERASEQ_LENGTHS_EXAMPLES=3 KERASEQ_PARITY_EXAMPLES=2
+# make test: every test on TensorFlow and the behaviour tests (marked `backend`) again on JAX,
+# with fewer hypothesis examples than make test-full. The two passes run side by side (-j2; -O
+# prints each pass's output when it ends), the TensorFlow pass over two pytest-xdist workers
+# (whole files per worker: tests/conftest.py groups them). One pass alone: make test-tf,
+# make test-jax; more pytest options: make test-tf PYTEST_ARGS="-k lengths -x".
+PYTEST   := $(PY) -m pytest -q -p no:cacheprovider
+XDIST    := -n 2 --dist loadgroup
+JAX_ENV  := KERAS_BACKEND=jax KERASEQ_LENGTHS_EXAMPLES=3 KERASEQ_PARITY_EXAMPLES=2
+FULL_ENV := KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40
+.PHONY: test-tf test-jax test-full-tf test-full-jax
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
-	$(JAX_ENV) $(PY) -m pytest -q -p no:cacheprovider -m "backend and not slow"
+	$(MAKE) --no-print-directory -j2 -O test-tf test-jax
 
-# The cases kept out of `make test` (marked slow: full fault injection, 4-rank runs, the
-# slower notebooks) and the property tests with more hypothesis examples. CI runs both.
+test-tf: $(VENV)/.installed
+	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
+
+test-jax: $(VENV)/.installed
+	$(JAX_ENV) $(PYTEST) -m "backend and not slow" $(PYTEST_ARGS)
+
+# The cases kept out of `make test` (marked slow: fault injection, 4-rank runs, the slower
+# notebooks, the soak test, the simulated hosts and Slurm, scikit-learn's full check suite) and
+# the property tests with more hypothesis examples, both passes side by side; then the
+# docstring examples. CI runs both targets.
 test-full: $(VENV)/.installed $(VENV)/.dev-installed
-	KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUZZ_EXAMPLES=150 \
-	  KERASEQ_BACKEND_EXAMPLES=3 $(PY) -m pytest -q -p no:cacheprovider -m "slow or property"
-	KERAS_BACKEND=jax KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_ROWS_EXAMPLES=30 \
-	  $(PY) -m pytest -q -p no:cacheprovider -m "backend and (slow or property)"
-	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules keraseq  # the docstring examples
+	$(MAKE) --no-print-directory -j2 -O test-full-tf test-full-jax
+	$(PYTEST) --doctest-modules keraseq  # the docstring examples
+
+test-full-tf: $(VENV)/.installed $(VENV)/.dev-installed
+	$(FULL_ENV) KERASEQ_FUZZ_EXAMPLES=150 KERASEQ_BACKEND_EXAMPLES=3 \
+	  $(PYTEST) $(XDIST) -m "slow or property" $(PYTEST_ARGS)
+
+test-full-jax: $(VENV)/.installed $(VENV)/.dev-installed
+	KERAS_BACKEND=jax $(FULL_ENV) KERASEQ_ROWS_EXAMPLES=30 \
+	  $(PYTEST) -m "backend and (slow or property)" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py

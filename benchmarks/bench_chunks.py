@@ -13,9 +13,10 @@ Prints, per workload: steady s/epoch of one call per minibatch and of the chunks
 chunked / one call (target <= 1.02), and the measured seconds per window next to the estimate
 ``"auto"`` sizes its calls with (``keraseq.trainer.auto_windows``).
 
-    python benchmarks/bench_chunks.py [--rounds 3] [--epochs 3] [--sizes seed,realistic,seed-long,realistic-long]
+    python benchmarks/bench_chunks.py [--rounds 3] [--epochs 3]
+        [--sizes seed,realistic,seed-long,realistic-long]
     KERAS_BACKEND=jax python benchmarks/bench_chunks.py
-"""  # noqa: E501
+"""
 
 import argparse
 import os

@@ -384,9 +384,9 @@ def report(workload, shape, systems, results, errors, args):
             f"{1000 * st['median'] / n_win:9.3f} {st['first_extra']:15.2f} {loss} {ratios}"
         )
     print(
-        "(vs kq[..] = this system's median s/epoch / keraseq[tensorflow]'s or [jax]'s: > 1 = keraseq "  # noqa: E501
-        "faster; loss = mean window loss of the last epoch; * = epochs cut at --max-epoch-s "
-        "and extrapolated)"
+        "(vs kq[..] = this system's median s/epoch / keraseq[tensorflow]'s or [jax]'s: "
+        "> 1 = keraseq faster; loss = mean window loss of the last epoch; "
+        "* = epochs cut at --max-epoch-s and extrapolated)"
     )
     if stats.get("keraseq[jax]") and stats.get("jax"):
         print(

@@ -140,6 +140,7 @@ if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
 
 
 # ---------------------------------------------------------------------------------- the tests
+# (Imported only here: the workers above, this file run as a script, need neither.)
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

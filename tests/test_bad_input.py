@@ -93,14 +93,14 @@ def test_t_mismatch_names_y():
 def test_wrong_rank_of_x(shape):
     _, y = make_data()
     x = np.ones(shape, np.float32)
-    assert_fit_rejected(estimator(), ValueError, r"`x`.*rank %d" % len(shape), x, y)  # noqa: UP031
+    assert_fit_rejected(estimator(), ValueError, rf"`x`.*rank {len(shape)}", x, y)
 
 
 @pytest.mark.parametrize("shape", [(N,), (N, T, 1, 1)], ids=["rank1", "rank4"])
 def test_wrong_rank_of_y(shape):
     x, _ = make_data()
     y = np.ones(shape, np.float32)
-    assert_fit_rejected(estimator(), ValueError, r"`y`.*rank %d" % len(shape), x, y)  # noqa: UP031
+    assert_fit_rejected(estimator(), ValueError, rf"`y`.*rank {len(shape)}", x, y)
 
 
 def test_feature_size_unlike_the_model_input():

@@ -276,6 +276,7 @@ def test_kill_inside_the_backup_write_with_double_checkpoint_resumes_exactly(
     assert report["n_epochs"] == EPOCHS
 
 
+@pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 def test_kill_inside_the_backup_write_without_double_checkpoint_is_never_loaded(tmp_path):
     """Without ``double_checkpoint`` there is no older copy: the restart refuses the broken
     file loudly (OSError from h5py) instead of training from corrupt weights."""
@@ -344,6 +345,7 @@ def test_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ determinism
+@pytest.mark.slow  # make test-full (CI runs it; make test's 10-minute budget)
 def test_same_random_state_gives_identical_weights_with_dropout(dropout_runs):
     (w1, o1, r1), (w2, o2, r2) = result(dropout_runs[0]), result(dropout_runs[1])
     assert np.array_equal(w1, w2) and np.array_equal(o1, o2)
@@ -366,6 +368,7 @@ def test_same_random_state_gives_identical_weights_under_mpi_with_dropout(tmp_pa
 
 
 # ------------------------------------------------------------------------------ MPI: no hang
+@pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
     job = run(2, FAULTS, "sigkill", tmp_path, folder=tmp_path, name="log", timeout=60)
@@ -377,6 +380,7 @@ def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
     assert "finished without failing" not in job.stdout
 
 
+@pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
     job = run(2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log", timeout=60)
@@ -395,6 +399,7 @@ def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
 
 
 # ------------------------------------------------------------------------ numerical faults
+@pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_overflow_from_rank_1_data_stops_every_rank_at_the_same_window(tmp_path):
     job = run(2, FAULTS, "overflow", tmp_path, "jit", folder=tmp_path, name="log", timeout=120)

@@ -276,9 +276,11 @@ CHECK_PARAMS = dict(
 #: The checks a minibatch SGD learner fails by its nature, with scikit-learn's own reason for
 #: its SGD estimators (SGDRegressor, SGDClassifier, Perceptron).
 EXPECTED_FAILED = {
-    "check_sample_weight_equivalence_on_dense_data": "sample_weight is not equivalent to removing/repeating samples (minibatch SGD: a "  # noqa: E501
-    "weight scales a sample's gradient within its minibatch, a repeat adds a sample to "
-    "the minibatches; scikit-learn marks its SGD estimators so)",
+    "check_sample_weight_equivalence_on_dense_data": (
+        "sample_weight is not equivalent to removing/repeating samples (minibatch SGD: a "
+        "weight scales a sample's gradient within its minibatch, a repeat adds a sample to "
+        "the minibatches; scikit-learn marks its SGD estimators so)"
+    ),
 }
 
 

@@ -454,10 +454,12 @@ class SimulatedCluster:
         )
         try:
             out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.kill_jobs()
             out, err = proc.communicate()
-            raise AssertionError(f"still running after {timeout} s:\n{out[-2000:]}\n{err[-3000:]}")  # noqa: B904
+            raise AssertionError(
+                f"still running after {timeout} s:\n{out[-2000:]}\n{err[-3000:]}"
+            ) from exc
         return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
     def _mine(self, pid: int) -> bool:

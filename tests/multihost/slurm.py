@@ -119,16 +119,17 @@ class SlurmCluster:
         return self.sim.env(SLURM_CONF=str(self.conf), **extra)
 
     def _daemon(self, host, argv, name):
-        log = open(self.tmp / f"{name}.out", "w")  # noqa: SIM115
         cmd = (host.enter("/") if host is not None else []) + argv
-        proc = subprocess.Popen(
-            cmd,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # The daemon writes to its own copy of the file descriptor: ours closes after the start.
+        with open(self.tmp / f"{name}.out", "w") as log:
+            proc = subprocess.Popen(
+                cmd,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
