@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class MinibatchReader:
             # (its gradient contributes nothing; see the backend window loops).
             index = np.array([self.fallback_row])
         size = self.batch_size if self.pad else len(index)
-        out = []
+        out: list[tuple | None] = []
         for group, dtype in zip(self.groups, self.dtypes):
             if group is None:
                 out.append(None)
@@ -344,7 +345,7 @@ class DatasetReader:
     def __len__(self) -> int:
         return self.n_steps or 0
 
-    def _arrays(self, value, dtype):
+    def _arrays(self, value, dtype) -> tuple | None:
         if value is None:
             return None
         items = value if isinstance(value, (tuple, list)) else (value,)
@@ -364,7 +365,7 @@ class DatasetReader:
         step = 0
         try:
             while self.n_steps is None or step < self.n_steps:
-                item = next(batches, None)
+                item: Any = next(batches, None)
                 if self.n_steps is None:
                     more = int(item is not None)
                     if (dist.max_over_ranks(more, self.comm) if several else more) == 0:
@@ -374,14 +375,16 @@ class DatasetReader:
                 if self.standardize is not None:
                     x, y, w = self.standardize(x, y, w)
                 groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
-                n_real = 0 if past_end else int(groups[0][0].shape[0])
+                xs = groups[0]
+                assert xs is not None  # every batch has inputs
+                n_real = 0 if past_end else int(xs[0].shape[0])
                 if n_real > self.batch_size:
                     raise ValueError(
                         f"batch {step} of the dataset has {n_real} series, more "
                         f"than the first batch's {self.batch_size}; the first "
                         f"batch must be the largest"
                     )
-                padded = []
+                padded: list[tuple | None] = []
                 for group in groups:
                     if group is None:
                         padded.append(None)

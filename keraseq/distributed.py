@@ -385,7 +385,7 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any 
         """Apply gradients that are already averaged over ranks (keraseq's window loop)."""
         return base.apply(self, grads, trainable_variables)
 
-    cls = type(
+    cls: Any = type(
         base.__name__,
         (base,),
         {
@@ -406,7 +406,7 @@ def broadcast_variables(variables: Sequence, comm, root: int = 0) -> None:
     if comm.size == 1 or not variables:
         return
     values = [np.asarray(v.numpy()) for v in variables]
-    flat = np.concatenate([np.ravel(a).astype(np.float64) for a in values]) if values else None
+    flat = np.concatenate([np.ravel(a).astype(np.float64) for a in values])
     comm.Bcast(flat, root=root)
     k = 0
     for v, a in zip(variables, values):

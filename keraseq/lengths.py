@@ -201,6 +201,7 @@ def series_lengths(
         stop = min(hi, start + chunk_rows)
         block = tuple(np.asarray(a[start:stop]) for a in xs)
         mask = time_mask(block, None if lengths is None else lengths[start:stop], rule)
+        assert mask is not None  # the rule is given
         steps = np.arange(1, t + 1)[None, :] * (mask > 0)
         out[start - lo : stop - lo] = steps.max(axis=1)
     return out
