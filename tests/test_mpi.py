@@ -81,7 +81,7 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
 @pytest.mark.parametrize(
     "mode",
     [
-        pytest.param("masked-step", marks=pytest.mark.backend),
+        pytest.param("masked-step", marks=[pytest.mark.backend, jax_slow]),
         pytest.param("masked-series", marks=[pytest.mark.slow, pytest.mark.backend]),
         pytest.param("tokens", marks=[pytest.mark.slow, pytest.mark.backend]),
     ],
@@ -226,6 +226,7 @@ def test_only_rank_zero_writes_files(tmp_path):
 
 
 @pytest.mark.backend
+@jax_slow  # the JAX pass keeps one MPI case in make test (its 10-minute budget)
 def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
     proc, elapsed = mpirun(2, "faults_and_files.py", "raise", tmp_path, timeout=120)
     assert proc.returncode != 0
