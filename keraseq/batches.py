@@ -25,6 +25,7 @@ __all__ = [
     "BatchSource",
     "as_dataset",
     "is_pipeline",
+    "read_validation",
     "read_rows",
     "minibatch_plan",
 ]
@@ -207,6 +208,48 @@ def dataset_batch(item, index: int):
     return x, y, w
 
 
+def read_validation(value):
+    """``validation_data`` as arrays: a pipeline (a ``tf.data.Dataset``, a
+    ``keras.utils.PyDataset``, a generator or iterator of ``(x, y[, sample_weight])`` batches)
+    is read once, to its end, and its batches joined along the rows; anything else (a tuple of
+    arrays) is returned as it is. Validation after each epoch then evaluates these arrays (the
+    loss and metrics of every batch, as Keras's evaluation of a finite dataset gives them).
+    The batches must agree in everything but their number of rows.
+
+    Example:
+        >>> import numpy as np
+        >>> batches = ((np.ones((2, 3, 1)), np.zeros((2, 3, 1))) for _ in range(3))
+        >>> x, y = read_validation(batches)
+        >>> x.shape, y.shape
+        ((6, 3, 1), (6, 3, 1))
+    """
+    if value is None or isinstance(value, (tuple, list)) or not is_pipeline(value):
+        return value
+    import keras
+
+    batches = list(BatchSource(value).epoch())
+    if not batches:
+        raise ValueError("`validation_data` is an empty dataset: it yields no batch")
+
+    def join(*arrays):
+        try:
+            return np.concatenate([np.asarray(a) for a in arrays], axis=0)
+        except ValueError as exc:
+            shapes = sorted({tuple(np.shape(a)) for a in arrays})
+            raise ValueError(
+                f"`validation_data`: its batches must agree in all but their rows to be "
+                f"evaluated together; got shapes {shapes} ({exc})"
+            ) from None
+
+    parts = []
+    for k in range(3 if batches[0][2] is not None else 2):
+        items = [b[k] for b in batches]
+        if any(item is None for item in items):
+            raise ValueError("`validation_data`: some batches have a sample_weight, some not")
+        parts.append(keras.tree.map_structure(join, *items))
+    return tuple(parts)
+
+
 class BatchSource:
     """Ready minibatches read as ``model.fit`` reads them: through Keras's own
     ``EpochIterator`` and data adapters (``keras/src/trainers/data_adapters``), so epochs,
@@ -311,8 +354,7 @@ class BatchSource:
                 if self.iterator.steps_per_epoch is None:  # running out ends an epoch
                     warnings.filterwarnings("ignore", message="Your input ran out of data")
                 for _, _, data in self.iterator:
-                    for item in data:  # noqa: UP028
-                        yield item
+                    yield from data
             finished = True
         finally:
             if not finished:  # stopped early: close the epoch as Keras does
