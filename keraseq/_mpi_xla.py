@@ -72,10 +72,12 @@ def _find_mpicxx() -> str | None:
 
 def _cache_path() -> str:
     MPI, tf = _mpi(), _tf()
+    with open(_SOURCE, "rb") as source:
+        code = source.read().hex()
     key = hashlib.sha1(
         "|".join(
             [
-                open(_SOURCE, "rb").read().hex(),  # noqa: SIM115
+                code,
                 tf.__version__,
                 os.path.dirname(tf.__file__),
                 MPI.Get_library_version(),

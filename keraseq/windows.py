@@ -57,7 +57,8 @@ class StateCarry:
 
     Example:
         >>> import keras, numpy as np
-        >>> m = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(3, return_sequences=True)])
+        >>> gru = keras.layers.GRU(3, return_sequences=True)
+        >>> m = keras.Sequential([keras.Input((None, 2)), gru])
         >>> carry = StateCarry(m)
         >>> x = np.random.rand(4, 6, 2).astype("float32")
         >>> with carry:
@@ -65,7 +66,7 @@ class StateCarry:
         ...     carry.feed(s); y2 = m(x[:, 3:])
         >>> bool(np.allclose(np.concatenate([y1, y2], 1), m(x), atol=1e-5))
         True
-    """  # noqa: E501
+    """
 
     def __init__(self, model: keras.Model):
         self.layers = find_rnn_layers(model)
