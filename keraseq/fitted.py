@@ -1,7 +1,7 @@
 """What a fitted ``Estimator`` holds beyond its hyper-parameters, and its streaming states.
 
 What lives here: :func:`attributes` (the fitted attributes read off a trained
-:class:`~keraseq.trainer.Session`), :func:`restore_session` (the runtime that pickling and
+:class:`~keraseq.session.Session`), :func:`restore_session` (the runtime that pickling and
 saving leave out, rebuilt from those attributes: compiled steps, state carry, communicator),
 :class:`StreamStates` (the final state of every series after ``predict``, which
 ``predict(..., reset=False)`` continues from) and its flat list form (:func:`flat_states`,
@@ -18,7 +18,8 @@ import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
-from .trainer import Progress, Session, build_steps, device_for
+from .session import Session, build_steps, device_for
+from .trainer import Progress
 from .windows import StateCarry
 
 __all__ = [

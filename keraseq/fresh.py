@@ -32,7 +32,7 @@ import numpy as np
 from . import builders, utils
 from . import distributed as dist
 from .backend import current as _backend
-from .trainer import device_for
+from .session import device_for
 
 __all__ = ["new_model", "new_optimizer", "build_seeded"]
 

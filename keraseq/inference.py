@@ -46,7 +46,7 @@ from .checks import (
 )
 from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
 from .model_selection import whole
-from .trainer import Session
+from .session import Session
 from .validation import check_finite
 
 __all__ = ["predict", "predict_dataset", "score", "predict_blocks", "predict_batch_size"]
