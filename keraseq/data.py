@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import math
 import operator
@@ -320,60 +319,29 @@ def h5concat(
 ) -> None:
     """Stack every same-named dataset of the HDF5 files ``srcs`` along ``axis`` into ``dst``.
 
-    Datasets are found recursively in groups and matched by their full path
-    (``/x``, ``/labels/y``, ...); dataset ``/p`` of ``dst`` equals
-    ``numpy.concatenate([f[p] for f in srcs], axis=axis)``.
-
-    Besides datasets, the first source's attributes (of the root, groups and
-    datasets), groups, soft links, external links (verbatim) and named
-    datatypes are copied once.  Non-dataset objects of the other sources are
-    ignored.  Attributes holding object references are skipped with a
-    warning.
+    Datasets are found recursively in groups and matched by their full path (``/x``,
+    ``/labels/y``, ...); dataset ``/p`` of ``dst`` equals
+    ``numpy.concatenate([f[p] for f in srcs], axis=axis)``. The first source's attributes,
+    groups, links and named datatypes are copied once (see ``docs/guide/big-data.md``).
 
     Args:
-        dst:
-            Output file; created, or overwritten if it exists.  It must not be one
-            of the sources.
-        srcs:
-            Source files, in concatenation order (at least one).
-        axis:
-            Axis to stack along.  Negative values count from the end and are
-            normalised per dataset rank (``-1`` is the last axis of each
-            dataset).  All other dimensions, and the dtypes, must agree.
-        virtual:
-            ``True`` (default): each output dataset is an HDF5 *virtual dataset*
-            mapping the source datasets; nothing is copied and ``dst`` is tiny.
-            Sources are referenced by file name and are read every time ``dst``
-            is read, so **the sources must stay in place** (and must not be
-            rewritten with other shapes).  A source in ``dst``'s folder or below
-            is stored by its path relative to that folder (HDF5 looks such paths
-            up relative to the virtual file's folder, so the folder may be moved
-            or copied as a whole); any other source is stored by absolute path.
-            Beware: when a source cannot be found at read time, HDF5 returns the
-            fill value (zeros) for its part instead of raising.  The environment
-            variable ``HDF5_VDS_PREFIX`` overrides where relative names are
-            looked up.
-            ``False``: the data is copied block by block into real datasets, never
-            holding more than about ``block_bytes`` of one dataset in memory.  The
-            output dataset takes the chunk shape, filters (compression, shuffle,
-            checksum, ...), fill value and unlimited dimensions of the *first*
-            source when that one is chunked; otherwise it is contiguous.
-        block_bytes:
-            Memory budget of one block in copy mode (default 64 MiB).  Blocks
-            span whole trailing dimensions and run along axis 0; they are aligned
-            to the source's chunks when possible.
+        dst: Output file; created, or overwritten if it exists. It must not be a source.
+        srcs: Source files, in concatenation order (at least one).
+        axis: Axis to stack along; negative values count from the end of each dataset's
+            shape. All other dimensions, and the dtypes, must agree.
+        virtual: ``True`` (default): HDF5 *virtual datasets* mapping the sources, nothing
+            copied; **the sources must stay in place** (a missing one reads as zeros).
+            ``False``: the data is copied block by block into real datasets, with the first
+            source's chunks, filters and fill value.
+        block_bytes: Memory budget of one block in copy mode (default 64 MiB).
 
     Raises:
-        ValueError:
-            ``srcs`` is empty; ``dst`` is one of ``srcs``; a dataset is missing
-            from some source; dtypes or shapes (all dimensions but ``axis``) of a
-            dataset disagree; ``axis`` is out of range for a dataset's rank
-            (including scalar datasets, which cannot be stacked).  The message
-            names the dataset and the file(s).  Everything is checked before
-            ``dst`` is opened, so an invalid call leaves ``dst`` untouched.
-        OSError:
-            A source cannot be opened, or ``dst`` cannot be written (a partly
-            written ``dst`` is removed).
+        ValueError: ``srcs`` is empty; ``dst`` is one of ``srcs``; a dataset is missing from
+            some source; dtypes or shapes (all dimensions but ``axis``) of a dataset
+            disagree; ``axis`` is out of range for a dataset's rank. The message names the
+            dataset and the file(s); ``dst`` is left untouched.
+        OSError: A source cannot be opened, or ``dst`` cannot be written (a partly written
+            ``dst`` is removed).
 
     Examples:
         >>> import os, tempfile, numpy as np, h5py
@@ -389,6 +357,33 @@ def h5concat(
         ...     f["x"].shape, f["meta/n"][()].tolist()
         ((1, 6, 3), [[0, 1, 2]])
     """
+    sources, dst_path, axis = _checked_arguments(dst, srcs, axis)
+    first_inv, infos, axes = _plan(sources, axis)
+    created = False
+    try:
+        with h5py.File(dst_path, "w") as out:
+            created = True
+            with h5py.File(sources[0], "r") as f0:
+                _copy_structure(f0, out, first_inv)
+                targets = {
+                    path: _create_target(
+                        out, f0[path], path, sources, per_src, axes[path], virtual, dst_path
+                    )
+                    for path, per_src in infos.items()
+                }
+            if not virtual:
+                _copy_data(sources, targets, axes, block_bytes)
+    except BaseException:
+        if created:  # never remove a file we could not even open
+            try:
+                os.remove(dst_path)
+            except OSError:
+                pass
+        raise
+
+
+def _checked_arguments(dst: PathLike, srcs: Sequence[PathLike], axis: int):
+    """``(sources, dst_path, axis)``: the file names as strings and ``axis`` as an int."""
     if isinstance(srcs, (str, bytes, os.PathLike)):
         raise TypeError("srcs must be a sequence of file names, not a single name")
     sources: list[str] = [os.fspath(s) for s in srcs]
@@ -399,70 +394,73 @@ def h5concat(
         raise TypeError("axis must be an int, not bool")
     axis = operator.index(axis)
     _check_dst_not_a_source(dst_path, sources)
+    return sources, dst_path, axis
 
-    first_inv, infos, axes = _plan(sources, axis)
 
-    created = False
-    try:
-        with contextlib.ExitStack() as stack:
-            out = stack.enter_context(h5py.File(dst_path, "w"))
-            created = True
-            f0 = stack.enter_context(h5py.File(sources[0], "r"))
-            _copy_attrs(f0["/"], out["/"])
-            targets: dict[str, h5py.Dataset] = {}
-            for path, (kind, detail) in first_inv.items():
-                if kind == "group":
-                    _copy_attrs(f0[path], out.require_group(path))
-                elif kind == "softlink":
-                    out[path] = h5py.SoftLink(detail)
-                elif kind == "extlink":
-                    out[path] = h5py.ExternalLink(*detail)
-                elif kind == "datatype":
-                    parent, name = path.rsplit("/", 1)
-                    f0.copy(f0[path], out.require_group(parent or "/"), name=name)
-            for path, per_src in infos.items():
+def _copy_structure(f0: h5py.File, out: h5py.File, first_inv: dict) -> None:
+    """The first source's root attributes, groups, links and named datatypes, into ``out``."""
+    _copy_attrs(f0["/"], out["/"])
+    for path, (kind, detail) in first_inv.items():
+        if kind == "group":
+            _copy_attrs(f0[path], out.require_group(path))
+        elif kind == "softlink":
+            out[path] = h5py.SoftLink(detail)
+        elif kind == "extlink":
+            out[path] = h5py.ExternalLink(*detail)
+        elif kind == "datatype":
+            parent, name = path.rsplit("/", 1)
+            f0.copy(f0[path], out.require_group(parent or "/"), name=name)
+
+
+def _create_target(
+    out: h5py.File,
+    first: h5py.Dataset,
+    path: str,
+    sources: Sequence[str],
+    per_src: list[_DsetInfo],
+    ax: int,
+    virtual: bool,
+    dst_path: str,
+) -> h5py.Dataset:
+    """The output dataset ``path`` with the first source's attributes: a virtual one mapping
+    the sources, or an empty one that :func:`_copy_data` fills."""
+    # _plan refused null (shapeless) datasets: every shape here is a tuple
+    dims = list(per_src[0].shape or ())
+    dims[ax] = sum((info.shape or ())[ax] for info in per_src)
+    shape = tuple(dims)
+    if virtual:
+        layout = _virtual_layout(first, path, shape, sources, per_src, ax, dst_path)
+        dset = out.create_virtual_dataset(path, layout, fillvalue=_fillvalue(first))
+    else:
+        dset = _create_copy_target(out, path, first, shape)
+    _copy_attrs(first, dset)
+    return dset
+
+
+def _virtual_layout(first, path, shape, sources, per_src, ax, dst_path) -> h5py.VirtualLayout:
+    """Each source's dataset ``path`` mapped to its slot along ``ax``."""
+    layout = h5py.VirtualLayout(shape=shape, dtype=first.dtype)
+    offset = 0
+    for src, info in zip(sources, per_src):
+        n = (info.shape or ())[ax]
+        if n:
+            vsrc = h5py.VirtualSource(
+                _vds_path(src, dst_path), name=path, shape=info.shape, dtype=info.dtype
+            )
+            layout[(slice(None),) * ax + (slice(offset, offset + n),)] = vsrc
+        offset += n
+    return layout
+
+
+def _copy_data(sources, targets: dict[str, h5py.Dataset], axes, block_bytes: int) -> None:
+    """Copy mode: one source open at a time; each copies into its slot of every target."""
+    offsets = dict.fromkeys(targets, 0)
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            for path, dset in targets.items():
                 ax = axes[path]
-                first = f0[path]
-                # _plan refused null (shapeless) datasets: every shape here is a tuple
-                dims = list(per_src[0].shape or ())
-                dims[ax] = sum((info.shape or ())[ax] for info in per_src)
-                shape = tuple(dims)
-                if virtual:
-                    layout = h5py.VirtualLayout(shape=shape, dtype=first.dtype)
-                    offset = 0
-                    for src, info in zip(sources, per_src):
-                        n = (info.shape or ())[ax]
-                        if n:
-                            vsrc = h5py.VirtualSource(
-                                _vds_path(src, dst_path),
-                                name=path,
-                                shape=info.shape,
-                                dtype=info.dtype,
-                            )
-                            sel = (slice(None),) * ax + (slice(offset, offset + n),)
-                            layout[sel] = vsrc
-                        offset += n
-                    dset = out.create_virtual_dataset(path, layout, fillvalue=_fillvalue(first))
-                else:
-                    dset = _create_copy_target(out, path, first, shape)
-                    targets[path] = dset
-                _copy_attrs(first, dset)
-            if not virtual:
-                # One source open at a time; each copies into its slot of every target.
-                offsets = dict.fromkeys(infos, 0)
-                for src in sources:
-                    with h5py.File(src, "r") as f:
-                        for path, dset in targets.items():
-                            ax = axes[path]
-                            _copy_blocks(f[path], dset, ax, offsets[path], block_bytes)
-                            offsets[path] += f[path].shape[ax]
-    except BaseException:
-        if created:  # never remove a file we could not even open
-            try:
-                os.remove(dst_path)
-            except OSError:
-                pass
-        raise
+                _copy_blocks(f[path], dset, ax, offsets[path], block_bytes)
+                offsets[path] += f[path].shape[ax]
 
 
 # ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from .checks import (
 )
 from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
 from .model_selection import whole
-from .trainer import Session
+from .session import Session
 from .validation import check_finite
 
 __all__ = ["predict", "predict_dataset", "score", "predict_blocks", "predict_batch_size"]
@@ -152,38 +152,12 @@ def predict(
     :meth:`keraseq.Estimator.predict` documents; returns ``(predictions, final states)``.
     ``h_all``: the states to continue from (``None``: zeros). Collective under MPI.
     """
-    x = keyed(whole(x), session.model, "x")
-    ragged = is_ragged(x, step_rank(session.model))
-    x, _, _, lengths = unragged(x, None, None, lengths, step_rank(session.model))
-    if ragged and out is not None:
-        raise ValueError(
-            "`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` returns a list"
-        )
-    xs, n, t = check_predict_x(session, x)
-    if lengths is not None:
-        lengths = check_lengths(lengths, n, t)
-    check_windows(session.model, session.seq_len, t, lengths is not None)
+    xs, n, t, lengths, ragged = _predict_inputs(session, x, out, lengths)
     comm = session.comm
     lo, hi = dist.shard(n, comm)
     dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
     shapes = output_shapes(session, n, t)
-    outs = None
-    if out is not None:
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        if len(outs) != len(shapes):
-            raise ValueError(
-                f"`out` has {len(outs)} array(s) but the model has {len(shapes)} output(s)"
-            )
-        for k, (o, shape) in enumerate(zip(outs, shapes)):
-            label = "out" if len(outs) == 1 else f"out[{k}]"
-            if not hasattr(o, "shape") or tuple(o.shape) != shape:
-                raise ValueError(
-                    f"`{label}` has shape {getattr(o, 'shape', None)}; expected {shape}"
-                )
-            if np.dtype(o.dtype).kind != "f":
-                raise TypeError(f"`{label}` has dtype {o.dtype}; expected a float dtype")
-            if isinstance(o, np.ndarray) and not o.flags.writeable:
-                raise ValueError(f"`{label}` is read-only")
+    outs = _checked_out(out, shapes)
     if h_all is not None:
         if h_all and h_all[0] and int(h_all[0][0].shape[0]) != n:
             raise ValueError(
@@ -195,8 +169,61 @@ def predict(
         (o is not None and comm.size == 1) or isinstance(o, np.memmap)
         for o in (outs or [None] * len(shapes))
     ]
-    # Outputs and states keep the model's dtypes, as model.predict gives them (float64 for a
-    # float64 model); a rank without rows takes the model's compute dtype.
+    local, new_states = _predicted_rows(
+        session, xs, (lo, hi), batch, h_all, lengths, outs, direct, shapes
+    )
+    results = _gathered(local, outs, direct, comm)
+    if comm.size > 1:
+        new_states = [[dist.allgather_rows([s_], comm)[0] for s_ in call] for call in new_states]
+        comm.Barrier()  # every rank's rows are in the shared files before anyone reads
+    if ragged:
+        results = [r if session.per_series else unpad(r, lengths) for r in results]
+    return (out if out is not None else _unpack(tuple(results))), new_states
+
+
+def _predict_inputs(session: Session, x, out, lengths):
+    """``(xs, n, t, lengths, ragged)``: ``x`` checked against the fitted model (a ragged list
+    of series padded, with its lengths)."""
+    x = keyed(whole(x), session.model, "x")
+    ragged = is_ragged(x, step_rank(session.model))
+    x, _, _, lengths = unragged(x, None, None, lengths, step_rank(session.model))
+    if ragged and out is not None:
+        raise ValueError(
+            "`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` returns a list"
+        )
+    xs, n, t = check_predict_x(session, x)
+    if lengths is not None:
+        lengths = check_lengths(lengths, n, t)
+    check_windows(session.model, session.seq_len, t, lengths is not None)
+    return xs, n, t, lengths, ragged
+
+
+def _checked_out(out, shapes) -> tuple | list | None:
+    """``out`` as a tuple of writable float arrays, one per output of the expected shape."""
+    if out is None:
+        return None
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    if len(outs) != len(shapes):
+        raise ValueError(
+            f"`out` has {len(outs)} array(s) but the model has {len(shapes)} output(s)"
+        )
+    for k, (o, shape) in enumerate(zip(outs, shapes)):
+        label = "out" if len(outs) == 1 else f"out[{k}]"
+        if not hasattr(o, "shape") or tuple(o.shape) != shape:
+            raise ValueError(f"`{label}` has shape {getattr(o, 'shape', None)}; expected {shape}")
+        if np.dtype(o.dtype).kind != "f":
+            raise TypeError(f"`{label}` has dtype {o.dtype}; expected a float dtype")
+        if isinstance(o, np.ndarray) and not o.flags.writeable:
+            raise ValueError(f"`{label}` is read-only")
+    return outs
+
+
+def _predicted_rows(session: Session, xs, rows, batch, h_all, lengths, outs, direct, shapes):
+    """Predict this rank's rows ``[lo, hi)``: written into ``outs[k]`` where ``direct[k]``,
+    else into a local array; returns ``(local arrays, final states)`` of those rows.
+    Outputs and states keep the model's dtypes, as ``model.predict`` gives them (float64 for
+    a float64 model); a rank without rows takes the model's compute dtype."""
+    lo, hi = rows
     compute_dtype = _float_dtype(session.model.compute_dtype)
     local = [
         None if d else np.empty((hi - lo,) + sh[1:], compute_dtype) for d, sh in zip(direct, shapes)
@@ -208,19 +235,26 @@ def predict(
     for first, n_real, preds, states, _ in predict_blocks(
         session, xs, lo, hi, batch, h_all, lengths
     ):
-        rows = slice(first - lo, first - lo + n_real)
+        own = slice(first - lo, first - lo + n_real)
         for k, values in enumerate(preds):
             if direct[k]:
                 outs[k][first : first + n_real] = values
             else:
                 if local[k].dtype != values.dtype:
                     local[k] = local[k].astype(values.dtype)
-                local[k][rows] = values
+                local[k][own] = values
         for c, call in enumerate(states):
             for s_, st in enumerate(call):
-                new_states[c][s_][rows] = st
+                new_states[c][s_][own] = st
+    return local, new_states
+
+
+def _gathered(local, outs, direct, comm) -> list:
+    """Each output whole: ``out``'s array where this rank wrote its rows directly (a memmap
+    flushed), else every rank's rows gathered (and written into ``out`` if given; an
+    ``h5py.Dataset`` by rank 0 only)."""
     results = []
-    for k, (d, _sh) in enumerate(zip(direct, shapes)):
+    for k, d in enumerate(direct):
         if d:
             if isinstance(outs[k], np.memmap):
                 outs[k].flush()
@@ -236,12 +270,7 @@ def predict(
             results.append(outs[k])
         else:
             results.append(full)
-    if comm.size > 1:
-        new_states = [[dist.allgather_rows([s_], comm)[0] for s_ in call] for call in new_states]
-        comm.Barrier()  # every rank's rows are in the shared files before anyone reads
-    if ragged:
-        results = [r if session.per_series else unpad(r, lengths) for r in results]
-    return (out if out is not None else _unpack(tuple(results))), new_states
+    return results
 
 
 def predict_dataset(session: Session, p: dict, batches):
@@ -276,6 +305,38 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     ``predict`` untouched. Collective under MPI.
     """
     score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
+    xs, ys, ws, lengths = _score_inputs(session, x, y, sample_weight, lengths)
+    comm = session.comm
+    lo, hi = dist.shard(int(xs[0].shape[0]), comm)
+    batch = predict_batch_size(p, xs, None)
+    # Per output feature, in float64: sum w, sum w*(y - c), sum w*(y - c)^2 and
+    # sum w*(y - yhat)^2, with the shift c = the first block's mean (this rank's), so the
+    # variance keeps its precision for series far from zero (prices, CO2 levels, ...).
+    sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
+    shifts = [None] * len(ys)
+    per_step = not session.per_series
+    for first, n_real, preds, _, tm in predict_blocks(session, xs, lo, hi, batch, None, lengths):
+        rows = slice(first, first + n_real)
+        w = None if ws is None else np.asarray(ws[0][rows], np.float64)
+        for k, (a, yp) in enumerate(zip(ys, preds)):
+            yt = np.asarray(a[rows], np.float64)
+            wk = _sample_weights(w, yt, tm if per_step else None, score_from if per_step else 0)
+            f = yt.shape[-1]
+            yt, yp = yt.reshape(-1, f), np.asarray(yp, np.float64).reshape(-1, f)
+            if shifts[k] is None:
+                shifts[k] = yt.mean(0)
+            sums[k] += _weighted_sums(wk, yt, yp, shifts[k])
+    local = [(sm, np.zeros(sm.shape[1]) if c is None else c) for sm, c in zip(sums, shifts)]
+    gathered = comm.allgather(local) if comm.size > 1 else [local]
+    scores = []
+    for k in range(len(ys)):
+        scores.extend(_r2([rank_stats[k] for rank_stats in gathered]).tolist())
+    return float(np.mean(scores))
+
+
+def _score_inputs(session: Session, x, y, sample_weight, lengths):
+    """``(xs, ys, ws, lengths)`` checked against the fitted model; targets shaped like its
+    outputs (not integer labels)."""
     x, y = keyed(whole(x), session.model, "x"), keyed(whole(y), session.model, "y")
     x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(session.model))
     _, n_, t_ = check_predict_x(session, x)
@@ -293,70 +354,57 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     if lengths is not None:
         lengths = check_lengths(lengths, n_, t_)
     check_windows(session.model, session.seq_len, t_, lengths is not None)
-    comm = session.comm
-    n = int(xs[0].shape[0])
-    lo, hi = dist.shard(n, comm)
-    batch = predict_batch_size(p, xs, None)
-    # Per output feature, in float64: sum w, sum w*(y - c), sum w*(y - c)^2 and
-    # sum w*(y - yhat)^2, with the shift c = the first block's mean (this rank's), so the
-    # variance keeps its precision for series far from zero (prices, CO2 levels, ...).
-    sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
-    shifts = [None] * len(ys)
-    for first, n_real, preds, _, tm in predict_blocks(session, xs, lo, hi, batch, None, lengths):
-        rows = slice(first, first + n_real)
-        w = None if ws is None else np.asarray(ws[0][rows], np.float64)
-        for k, (a, yp) in enumerate(zip(ys, preds)):
-            yt = np.asarray(a[rows], np.float64)
-            f = yt.shape[-1]
-            per_step = not session.per_series
-            wk = (
-                np.ones(yt.shape[:-1])
-                if w is None
-                else np.broadcast_to(
-                    w.reshape(w.shape + (1,) * (yt.ndim - 1 - w.ndim)), yt.shape[:-1]
-                )
-            )
-            if tm is not None and per_step:  # padded steps are no samples
-                wk = wk * tm.reshape(tm.shape + (1,) * (yt.ndim - 3))
-            if score_from and per_step:
-                wk = np.array(wk, np.float64)
-                wk[:, :score_from] = 0.0  # the history a TimeSplit fold runs through
-            wk = wk.reshape(-1, 1)
-            yt, yp = yt.reshape(-1, f), np.asarray(yp, np.float64).reshape(-1, f)
-            if shifts[k] is None:
-                shifts[k] = yt.mean(0)
-            yc = yt - shifts[k]
-            sums[k] += np.stack(
-                [
-                    np.broadcast_to(wk, yt.shape).sum(0),
-                    (wk * yc).sum(0),
-                    (wk * yc**2).sum(0),
-                    (wk * (yt - yp) ** 2).sum(0),
-                ]
-            )
-    # Merge per-rank (count, mean, M2) exactly (Chan et al.), in rank order.
-    local = [(sm, np.zeros(sm.shape[1]) if c is None else c) for sm, c in zip(sums, shifts)]
-    gathered = comm.allgather(local) if comm.size > 1 else [local]
-    scores = []
-    for k in range(len(ys)):
-        count = mean = m2 = ss_res = 0.0
-        for rank_stats in gathered:
-            (sw, swy, swy2, res), c = rank_stats[k]
-            if not np.any(sw):
-                continue
-            mean_r = c + swy / np.maximum(sw, 1e-300)
-            m2_r = np.maximum(swy2 - swy**2 / np.maximum(sw, 1e-300), 0.0)
-            total = count + sw
-            delta = mean_r - mean
-            mean = mean + delta * sw / np.maximum(total, 1e-300)
-            m2 = m2 + m2_r + delta**2 * count * sw / np.maximum(total, 1e-300)
-            count, ss_res = total, ss_res + res
-        ss_tot = m2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r2 = np.where(
-                ss_tot > 0,
-                1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
-                np.where(ss_res == 0, 1.0, 0.0),
-            )
-        scores.extend(np.atleast_1d(r2).tolist())
-    return float(np.mean(scores))
+    return xs, ys, ws, lengths
+
+
+def _sample_weights(w, yt, tm, score_from: int) -> np.ndarray:
+    """The weight of each sample (series or (series, step)) of a block, as a column: ``w``
+    broadcast, padded steps (``tm``) and a TimeSplit fold's history (``score_from``) at 0."""
+    wk = (
+        np.ones(yt.shape[:-1])
+        if w is None
+        else np.broadcast_to(w.reshape(w.shape + (1,) * (yt.ndim - 1 - w.ndim)), yt.shape[:-1])
+    )
+    if tm is not None:  # padded steps are no samples
+        wk = wk * tm.reshape(tm.shape + (1,) * (yt.ndim - 3))
+    if score_from:
+        wk = np.array(wk, np.float64)
+        wk[:, :score_from] = 0.0  # the history a TimeSplit fold runs through
+    return wk.reshape(-1, 1)
+
+
+def _weighted_sums(wk, yt, yp, shift) -> np.ndarray:
+    """(4, F): sum w, sum w*(y - c), sum w*(y - c)^2, sum w*(y - yhat)^2 of a block."""
+    yc = yt - shift
+    return np.stack(
+        [
+            np.broadcast_to(wk, yt.shape).sum(0),
+            (wk * yc).sum(0),
+            (wk * yc**2).sum(0),
+            (wk * (yt - yp) ** 2).sum(0),
+        ]
+    )
+
+
+def _r2(per_rank) -> np.ndarray:
+    """R² per feature of one output from each rank's ``(sums, shift)``: the per-rank (count,
+    mean, M2) merged exactly (Chan et al.), in rank order."""
+    count = mean = m2 = ss_res = 0.0
+    for (sw, swy, swy2, res), c in per_rank:
+        if not np.any(sw):
+            continue
+        mean_r = c + swy / np.maximum(sw, 1e-300)
+        m2_r = np.maximum(swy2 - swy**2 / np.maximum(sw, 1e-300), 0.0)
+        total = count + sw
+        delta = mean_r - mean
+        mean = mean + delta * sw / np.maximum(total, 1e-300)
+        m2 = m2 + m2_r + delta**2 * count * sw / np.maximum(total, 1e-300)
+        count, ss_res = total, ss_res + res
+    ss_tot = m2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(
+            ss_tot > 0,
+            1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+            np.where(ss_res == 0, 1.0, 0.0),
+        )
+    return np.atleast_1d(r2)

@@ -64,79 +64,128 @@ def _streaming_stats(
     """Per-feature ``(low, high, mean, std)`` from ``chunks()`` (a fresh iterator of float32
     ``(rows, F)`` blocks per pass): exact NaN-aware quantiles by radix selection on the float
     bit patterns (one pass per digit), then the clipped mean/std in float64 (one more pass)."""
-    F = n_features
-    schedule = _DIGIT_SCHEDULES[-1]
+    low, high, counts = _exact_quantiles(chunks, n_features, lower, upper, max_memory)
+    mean, std = _clipped_moments(chunks, n_features, low, high)
+    empty = counts == 0
+    low = np.where(empty, 0.0, low).astype(np.float32)
+    high = np.where(empty, 0.0, high).astype(np.float32)
+    mean = np.where(empty | ~np.isfinite(mean), 0.0, mean).astype(np.float32)
+    std = std.astype(np.float32)
+    std = np.where(empty | ~np.isfinite(std) | (std == 0), 1.0, std).astype(np.float32)
+    return low, high, mean, std
+
+
+def _digit_schedule(n_features: int, max_memory: int) -> tuple[int, ...]:
+    """The digit widths of the fewest passes whose four int64 histograms fit ``max_memory``."""
     for widths in _DIGIT_SCHEDULES:
-        if 4 * F * (1 << max(widths)) * 8 <= max_memory:
-            schedule = widths
-            break
-    feat = np.arange(F, dtype=np.int64)
+        if 4 * n_features * (1 << max(widths)) * 8 <= max_memory:
+            return widths
+    return _DIGIT_SCHEDULES[-1]
 
-    prefix = np.zeros((4, F), dtype=np.uint64)  # key bits already fixed, per target
-    resid = np.zeros((4, F), dtype=np.int64)  # rank of the target among the prefix matches
-    counts = np.zeros(F, dtype=np.int64)
-    frac = np.zeros((2, F))
+
+def _exact_quantiles(
+    chunks: Callable[[], Iterator[np.ndarray]],
+    n_features: int,
+    lower: float,
+    upper: float,
+    max_memory: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(low, high, counts)``: the ``lower``/``upper`` quantiles of each feature as
+    ``np.nanquantile(method="linear")`` gives them, found exactly by narrowing down, digit by
+    digit of the keys, the four order statistics they interpolate (``x_(k)``, ``x_(k+1)`` per
+    quantile); ``counts``: the values that are not NaN, per feature."""
+    prefix = np.zeros((4, n_features), dtype=np.uint64)  # key bits already fixed, per target
     done_bits = 0
-    for level, bits in enumerate(schedule):
-        B = 1 << bits
+    for level, bits in enumerate(_digit_schedule(n_features, max_memory)):
         shift = 32 - done_bits - bits
-        mask = np.uint32(B - 1)
         if level == 0:
-            hist0 = np.zeros(F * B, dtype=np.int64)
-            for x in chunks():
-                valid = ~np.isnan(x)
-                digit = (_to_keys(x) >> np.uint32(shift)).astype(np.int64)
-                idx = (feat * B + digit)[valid]
-                hist0 += np.bincount(idx, minlength=F * B)
-            hist = hist0.reshape(F, B)
+            hist = _first_digit_histogram(chunks, n_features, bits, shift)
             counts = hist.sum(axis=1)
-            for i, q in enumerate((lower, upper)):
-                h = np.maximum(counts - 1, 0) * q
-                k = np.floor(h).astype(np.int64)
-                frac[i] = h - k
-                resid[2 * i] = k
-                resid[2 * i + 1] = np.minimum(k + 1, np.maximum(counts - 1, 0))
-            hist4 = np.broadcast_to(hist, (4, F, B))
+            resid, frac = _order_statistics(counts, lower, upper)
+            hist4 = np.broadcast_to(hist, (4,) + hist.shape)
         else:
-            # targets whose prefixes are equal to an earlier one's share its histogram
-            alias = list(range(4))
-            for j in range(4):
-                for i in range(j):
-                    if alias[i] == i and np.array_equal(prefix[i], prefix[j]):
-                        alias[j] = i
-                        break
-            own = [j for j in range(4) if alias[j] == j]
-            hist = np.zeros((4, F * B), dtype=np.int64)
-            for x in chunks():
-                valid = ~np.isnan(x)
-                keys = _to_keys(x)
-                high = (keys >> np.uint32(shift + bits)).astype(np.uint64)
-                digit = (keys >> np.uint32(shift) & mask).astype(np.int64)
-                flat = feat * B + digit
-                for j in own:
-                    match = valid & (high == prefix[j])
-                    hist[j] += np.bincount(flat[match], minlength=F * B)
-            for j in range(4):
-                if alias[j] != j:
-                    hist[j] = hist[alias[j]]
-            hist4 = hist.reshape(4, F, B)
-        cum = np.cumsum(hist4, axis=-1)
-        d = np.minimum((cum <= resid[..., None]).sum(axis=-1), B - 1)
-        below = (
-            np.take_along_axis(cum, d[..., None], -1) - np.take_along_axis(hist4, d[..., None], -1)
-        )[..., 0]
-        resid = resid - below
-        prefix = (prefix << np.uint64(bits)) | d.astype(np.uint64)
+            hist4 = _next_digit_histograms(chunks, prefix, n_features, bits, shift)
+        resid, prefix = _narrowed(hist4, resid, prefix, bits)
         done_bits += bits
-
     order = _from_keys(prefix.astype(np.uint32))  # (4, F): x_(k), x_(k+1) for lower, upper
     low = _lerp(order[0], order[1], frac[0]).astype(np.float32)
     high = _lerp(order[2], order[3], frac[1]).astype(np.float32)
+    return low, high, counts
 
-    # clipped mean and (population) std, merged chunk by chunk (Chan et al.) in float64
-    n = np.zeros(F)
-    mean = np.zeros(F)
-    m2 = np.zeros(F)
+
+def _first_digit_histogram(chunks, n_features: int, bits: int, shift: int) -> np.ndarray:
+    """``(F, 2**bits)``: per feature, how many values have each leading digit of their key."""
+    n_bins = 1 << bits
+    feat = np.arange(n_features, dtype=np.int64)
+    hist = np.zeros(n_features * n_bins, dtype=np.int64)
+    for x in chunks():
+        valid = ~np.isnan(x)
+        digit = (_to_keys(x) >> np.uint32(shift)).astype(np.int64)
+        idx = (feat * n_bins + digit)[valid]
+        hist += np.bincount(idx, minlength=n_features * n_bins)
+    return hist.reshape(n_features, n_bins)
+
+
+def _order_statistics(counts: np.ndarray, lower: float, upper: float):
+    """``(resid, frac)``: the ranks of ``x_(k)``, ``x_(k+1)`` of each quantile (4, F) and the
+    interpolation weight between them (2, F)."""
+    resid = np.zeros((4,) + counts.shape, dtype=np.int64)  # rank among the prefix matches
+    frac = np.zeros((2,) + counts.shape)
+    for i, q in enumerate((lower, upper)):
+        h = np.maximum(counts - 1, 0) * q
+        k = np.floor(h).astype(np.int64)
+        frac[i] = h - k
+        resid[2 * i] = k
+        resid[2 * i + 1] = np.minimum(k + 1, np.maximum(counts - 1, 0))
+    return resid, frac
+
+
+def _next_digit_histograms(chunks, prefix, n_features: int, bits: int, shift: int) -> np.ndarray:
+    """``(4, F, 2**bits)``: per target, the histogram of the next digit of the keys that
+    match its prefix (targets with equal prefixes share one)."""
+    n_bins = 1 << bits
+    mask = np.uint32(n_bins - 1)
+    feat = np.arange(n_features, dtype=np.int64)
+    alias = list(range(4))
+    for j in range(4):
+        for i in range(j):
+            if alias[i] == i and np.array_equal(prefix[i], prefix[j]):
+                alias[j] = i
+                break
+    own = [j for j in range(4) if alias[j] == j]
+    hist = np.zeros((4, n_features * n_bins), dtype=np.int64)
+    for x in chunks():
+        valid = ~np.isnan(x)
+        keys = _to_keys(x)
+        high = (keys >> np.uint32(shift + bits)).astype(np.uint64)
+        digit = (keys >> np.uint32(shift) & mask).astype(np.int64)
+        flat = feat * n_bins + digit
+        for j in own:
+            match = valid & (high == prefix[j])
+            hist[j] += np.bincount(flat[match], minlength=n_features * n_bins)
+    for j in range(4):
+        if alias[j] != j:
+            hist[j] = hist[alias[j]]
+    return hist.reshape(4, n_features, n_bins)
+
+
+def _narrowed(hist4: np.ndarray, resid: np.ndarray, prefix: np.ndarray, bits: int):
+    """``(resid, prefix)`` one digit further: each target's digit is the bin holding its
+    rank; its rank becomes the rank within that bin."""
+    cum = np.cumsum(hist4, axis=-1)
+    d = np.minimum((cum <= resid[..., None]).sum(axis=-1), hist4.shape[-1] - 1)
+    below = (
+        np.take_along_axis(cum, d[..., None], -1) - np.take_along_axis(hist4, d[..., None], -1)
+    )[..., 0]
+    return resid - below, (prefix << np.uint64(bits)) | d.astype(np.uint64)
+
+
+def _clipped_moments(chunks, n_features: int, low: np.ndarray, high: np.ndarray):
+    """The clipped mean and (population) std of each feature, NaN ignored, merged chunk by
+    chunk (Chan et al.) in float64."""
+    n = np.zeros(n_features)
+    mean = np.zeros(n_features)
+    m2 = np.zeros(n_features)
     lo64, hi64 = low.astype(np.float64), high.astype(np.float64)
     for x in chunks():
         valid = ~np.isnan(x)
@@ -153,14 +202,7 @@ def _streaming_stats(
         n = tot
     with np.errstate(invalid="ignore", divide="ignore"):
         std = np.sqrt(m2 / np.maximum(n, 1))
-
-    empty = counts == 0
-    low = np.where(empty, 0.0, low).astype(np.float32)
-    high = np.where(empty, 0.0, high).astype(np.float32)
-    mean = np.where(empty | ~np.isfinite(mean), 0.0, mean).astype(np.float32)
-    std = std.astype(np.float32)
-    std = np.where(empty | ~np.isfinite(std) | (std == 0), 1.0, std).astype(np.float32)
-    return low, high, mean, std
+    return mean, std
 
 
 @keras.saving.register_keras_serializable(package="keraseq")

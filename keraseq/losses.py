@@ -195,76 +195,89 @@ def build_objective(
     ``per_series``: the outputs are one value per series (``(B, ...)``) rather than per
     time step (``(B, S, ...)``); the loss of an element is averaged over the axes after
     those (``None``: after the output's second-to-last axis)."""
-    unpack = lambda a: a[0] if len(a) == 1 else tuple(a)
+    if is_window_loss(loss):
+        return _window_loss_objective(model, loss)
+    fns = resolve_output_losses(loss, output_names)
+    return _keras_loss_objective(model, fns, loss_weights or [1.0] * len(fns), per_series)
+
+
+def _unpack(arrays):
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def _regularisation(model: keras.Model, dtype: str):
+    """The sum of the model's regularisation losses of this call, in ``dtype``."""
+    if model.losses:
+        return ops.cast(ops.sum([ops.sum(v) for v in model.losses]), dtype)
+    return ops.convert_to_tensor(0.0, dtype)
+
+
+def _window_loss_objective(model: keras.Model, loss: Callable) -> Callable:
+    """The objective of a callable ``loss(model, x, y)`` returning the window's mean."""
+    pass_training = _accepts_training(loss)
     # The loss is computed and summed in Keras's loss dtype (floatx: float64 when the user
     # set it, else float32, as compile's loss wrappers do). ``count`` stays float32.
     dtype = loss_dtype()
 
-    def regularisation():
-        return (
-            ops.cast(ops.sum([ops.sum(v) for v in model.losses]), dtype)
-            if model.losses
-            else ops.convert_to_tensor(0.0, dtype)
+    def objective(forward, xw, yw, ww, mw, training, states):
+        def call():
+            if pass_training:
+                return loss(model, _unpack(xw), _unpack(yw), training=training)
+            return loss(model, _unpack(xw), _unpack(yw))
+
+        value, new_states = forward(states, call)
+        value = ops.cast(value, dtype)
+        rows = ops.cast(ops.shape(xw[0])[0], "float32")
+        if mw is not None:
+            rows = ops.sum(mw if len(mw.shape) == 1 else mw[:, 0])
+        # The value is the window's mean: it counts rows x time steps, so a short last
+        # window weighs less in the reported mean (and under MPI) than a full one.
+        count = rows * ops.cast(ops.shape(xw[0])[1], "float32")
+        loss_sum = ops.where(
+            count > 0, value * ops.cast(count, dtype), ops.convert_to_tensor(0.0, dtype)
         )
+        return loss_sum, count, _regularisation(model, dtype), None, new_states
 
-    if is_window_loss(loss):
-        pass_training = _accepts_training(loss)
+    objective.needs_exact_rows = True
+    return objective
 
-        def objective(forward, xw, yw, ww, mw, training, states):
-            def call():
-                if pass_training:
-                    return loss(model, unpack(xw), unpack(yw), training=training)
-                return loss(model, unpack(xw), unpack(yw))
 
-            value, new_states = forward(states, call)
-            value = ops.cast(value, dtype)
-            rows = ops.cast(ops.shape(xw[0])[0], "float32")
-            if mw is not None:
-                rows = ops.sum(mw if len(mw.shape) == 1 else mw[:, 0])
-            # The value is the window's mean: it counts rows x time steps, so a short last
-            # window weighs less in the reported mean (and under MPI) than a full one.
-            count = rows * ops.cast(ops.shape(xw[0])[1], "float32")
-            loss_sum = ops.where(
-                count > 0, value * ops.cast(count, dtype), ops.convert_to_tensor(0.0, dtype)
-            )
-            return loss_sum, count, regularisation(), None, new_states
-
-        objective.needs_exact_rows = True
-        return objective
-
-    fns = resolve_output_losses(loss, output_names)
-    weights = loss_weights or [1.0] * len(fns)
+def _keras_loss_objective(model: keras.Model, fns: list, weights, per_series) -> Callable:
+    """The objective of per-output Keras losses ``fns`` (unreduced; ``None``: no loss),
+    weighted by ``weights``, the sum over the outputs of their masked, weighted sums."""
+    dtype = loss_dtype()
 
     def objective(forward, xw, yw, ww, mw, training, states):
-        y_pred, new_states = forward(states, lambda: model(unpack(xw), training=training))
+        y_pred, new_states = forward(states, lambda: model(_unpack(xw), training=training))
         preds = tree.flatten(y_pred)
         loss_sum = ops.convert_to_tensor(0.0, dtype)
         count = None
         for fn, weight, yt, yp in zip(fns, weights, yw, preds):
             if fn is None:
                 continue
-            values = ops.cast(fn(yt, yp), dtype)  # fn casts both to the loss's dtype
-            target_rank = (
-                len(yp.shape) - 1 if per_series is None else 1 if per_series else 2
-            )  # (B,) per series, (B, S) per step
-            while len(values.shape) > target_rank:
-                values = ops.mean(values, axis=-1)
-            if ww is not None:
-                values = values * ops.cast(ww, dtype)
-            mask = mw
-            keras_mask = output_mask(yp)
-            if keras_mask is not None and len(keras_mask.shape) == len(values.shape):
-                keras_mask = ops.cast(keras_mask, "float32")
-                mask = keras_mask if mask is None else mask * keras_mask
-            if mask is not None:
-                # Keras's rule (losses.loss.apply_mask): the mean over unmasked elements.
-                values = values * ops.cast(mask, dtype)
-                c = ops.sum(mask)
-            else:
-                c = ops.cast(ops.size(values), "float32")
+            values, count = _output_losses(fn, yt, yp, ww, mw, per_series, dtype)
             loss_sum = loss_sum + weight * ops.sum(values)
-            count = c
-        return loss_sum, count, regularisation(), y_pred, new_states
+        return loss_sum, count, _regularisation(model, dtype), y_pred, new_states
 
     objective.needs_exact_rows = False
     return objective
+
+
+def _output_losses(fn, yt, yp, ww, mw, per_series, dtype):
+    """``(values, count)`` of one output: its loss per element (``(B,)`` per series,
+    ``(B, S)`` per step), weighted and masked, and the count of unmasked elements."""
+    values = ops.cast(fn(yt, yp), dtype)  # fn casts both to the loss's dtype
+    target_rank = len(yp.shape) - 1 if per_series is None else 1 if per_series else 2
+    while len(values.shape) > target_rank:
+        values = ops.mean(values, axis=-1)
+    if ww is not None:
+        values = values * ops.cast(ww, dtype)
+    mask = mw
+    keras_mask = output_mask(yp)
+    if keras_mask is not None and len(keras_mask.shape) == len(values.shape):
+        keras_mask = ops.cast(keras_mask, "float32")
+        mask = keras_mask if mask is None else mask * keras_mask
+    if mask is None:
+        return values, ops.cast(ops.size(values), "float32")
+    # Keras's rule (losses.loss.apply_mask): the mean over unmasked elements.
+    return values * ops.cast(mask, dtype), ops.sum(mask)

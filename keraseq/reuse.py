@@ -13,7 +13,7 @@ been dropped (its estimator was garbage-collected, e.g. a finished cross-validat
 it is the previous fit of the estimator that is fitting again. A fitted estimator that is kept
 therefore never has its model overwritten. ``KERASEQ_REUSE_STEPS=0`` turns reuse off.
 
-What lives here: the pool and its key. What does not: building the steps (``trainer.py``).
+What lives here: the pool and its key. What does not: building the steps (``session.py``).
 
 Example:
     >>> from keraseq import reuse

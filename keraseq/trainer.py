@@ -1,15 +1,16 @@
 """The backend-free training loop: epochs, minibatches, callbacks, history, validation.
 
 What lives here: :func:`fit` (one ``Estimator.fit`` call once its hyper-parameters are
-resolved: checked data -> model, optimizer and compiled steps -> epochs of minibatches, with
-Keras's ``CallbackList``, progress bar and ``History``, validation after each epoch,
-non-finite losses, ``BackupAndRestore`` resumes, warm starts), :class:`Session` (a fitted
-model ready to run: what ``predict``/``score`` and the next warm fit need) and
-:func:`build_steps`. It calls the compiled window loops of the current backend
-(``keraseq.backend.current()``) once per minibatch and never looks back at the Estimator.
+resolved: checked data -> a prepared session (``session.py``) -> :class:`EpochLoop`, the
+epochs of minibatches with Keras's ``CallbackList``, progress bar and ``History``, validation
+after each epoch, non-finite losses, ``BackupAndRestore`` resumes, warm starts), the chunks of
+windows of one compiled call, and turning a read minibatch into the step functions'
+arguments. It calls the compiled window loops of the current backend
+(``keraseq.backend.current()``) once per call and never looks back at the Estimator.
 What does not live here: the scikit-learn face (``estimator.py``), data checks
-(``checks.py``), reading minibatches (``batches.py``), the window loops (``backend/``),
-inference (``inference.py``), MPI (``distributed.py``).
+(``checks.py``), building the model, optimizer and compiled steps (``session.py``), reading
+minibatches (``batches.py``), the window loops (``backend/``), inference (``inference.py``),
+MPI (``distributed.py``).
 
 Example (normally reached through ``Estimator.fit``):
     >>> import keras, numpy as np
@@ -34,7 +35,6 @@ import keras
 import numpy as np
 
 from . import distributed as dist
-from . import reuse
 from .backend import StepFunctions
 from .backend import current as _backend
 from .batches import (
@@ -43,51 +43,27 @@ from .batches import (
     as_dataset,
     minibatch_plan,
     predict_batch_size,
-    read_rows,
     x_dtype,
     y_dtype,
 )
 from .checks import (
     FitData,
     check_fit,
-    check_model_inputs,
-    check_windows,
     keyed,
     split_validation,
-    step_features,
     step_rank,
     unragged,
 )
 from .lengths import grouped_plan, input_mask_rule, series_lengths, time_mask, windows_needed
-from .losses import build_objective, is_window_loss
+from .losses import is_window_loss
+from .session import Session, build_steps, device_for, prepare
 from .validation import check_positive_int
-from .windows import StateCarry
 
-__all__ = ["fit", "Session", "build_steps", "NonFiniteLossError", "device_for"]
+__all__ = ["fit", "Session", "build_steps", "NonFiniteLossError", "device_for", "EpochLoop"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or Inf loss or gradient; the weights are those before it."""
-
-
-@dataclass
-class Session:
-    """A model ready to run window by window: what ``predict``, ``score`` and a warm ``fit``
-    need. Built by :func:`fit` (or rebuilt after loading/unpickling by :func:`build_steps`)."""
-
-    model: keras.Model
-    optimizer: Any
-    carry: StateCarry
-    steps: StepFunctions
-    comm: Any
-    device: str | None
-    state_specs: list  #: per RNN call, the per-series (shape, dtype) of its states
-    per_series: bool  #: targets per series (N, F_out)
-    seq_len: int | None  #: the windows of the compiled steps
-    out_shapes: list  #: per output, its shape per window without the batch
-    n_features: int
-    n_outputs: int
-    train_metrics: list = field(default_factory=list)  #: the metrics the train step updates
 
 
 @dataclass
@@ -97,96 +73,6 @@ class Progress:
     history: dict = field(default_factory=dict)
     n_epochs: int = 0
     shuffle_seed: int | None = None
-
-
-def device_for(setting, comm) -> str | None:
-    """The device to run on: ``"auto"`` = the backend's choice for this rank."""
-    return _backend().default_device(comm) if setting == "auto" else setting
-
-
-def output_names(model, n_outputs) -> list[str]:
-    names = list(getattr(model, "output_names", None) or [])
-    return names if len(names) == n_outputs else [f"output_{k}" for k in range(n_outputs)]
-
-
-def build_steps(
-    model,
-    opt,
-    carry,
-    state_specs,
-    per_series,
-    p,
-    comm,
-    metrics,
-    loss,
-    n_outputs,
-    device,
-    jit,
-    val_metrics=None,
-):
-    """Compiled step functions for training (and, when asked, for validation)."""
-    objective = build_objective(
-        model, loss, output_names(model, n_outputs), p["loss_weights"], per_series
-    )
-    backend = _backend()
-    allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
-    steps = backend.build_step_functions(
-        model,
-        carry,
-        state_specs,
-        objective,
-        opt,
-        metrics,
-        p["seq_len"],
-        per_series,
-        jit,
-        allreduce,
-        sync_every=p["sync_every"],
-    )
-    val_steps = None
-    if val_metrics is not None:
-        val_steps = backend.build_step_functions(
-            model, carry, state_specs, objective, None, val_metrics, p["seq_len"], per_series, jit
-        )
-    return steps, val_steps
-
-
-def probe(model, carry, xs, seq_len, row=0):
-    """One eager call on one series' first window: state shapes and output structure.
-
-    ``row`` is a series of this rank's own block (under MPI a rank reads no other rows)."""
-    t = int(xs[0].shape[1])
-    s = t if seq_len is None else min(seq_len, t)
-    window = tuple(
-        np.asarray(read_rows(a, slice(row, row + 1)))[:, :s].astype(
-            np.float32 if a.dtype.kind == "f" else np.int32
-        )
-        for a in xs
-    )
-
-    def call(w):
-        carry.feed(None)
-        return model(w, training=False), carry.collected()
-
-    _backend().release_eager_kernels()  # once per fit: what earlier models left in the backend
-    with carry:
-        try:  # shapes only: traced, not run, where the backend can (no compile kept)
-            out, states = _backend().shapes_of(
-                model, call, window[0] if len(window) == 1 else window
-            )
-        except Exception as exc:
-            raise ValueError(
-                f"the model cannot be called on a window of `x` with shape "
-                f"{[w.shape for w in window]}: {exc}"
-            ) from exc
-        # Keras drops a mask at a layer without mask support: then no recurrent layer
-        # sees it and the padding is computed over, which keraseq must follow.
-        object.__setattr__(
-            model, "_keraseq_mask_reaches_rnn", any(carry.model_masks) or not carry.model_masks
-        )
-    specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call] for call in states]
-    outs = keras.tree.flatten(out)
-    return specs, [tuple(o.shape[1:]) for o in outs], s
 
 
 def fit(
@@ -321,22 +207,12 @@ def _fit(
         comm,
         model=built,
     )
-    session, val_steps, val_metrics = _prepare(
+    session, val_steps, val_metrics = prepare(
         p, loss, data, comm, warm, built, new_model, new_optimizer, check_outputs, previous
     )
     try:
-        progress = _epochs(
-            p,
-            session,
-            data,
-            dataset,
-            val_steps,
-            val_metrics,
-            callbacks,
-            initial_epoch,
-            warm is not None,
-            progress or Progress(),
-        )
+        loop = EpochLoop(p, session, data, dataset, val_steps, val_metrics)
+        progress = loop.run(callbacks, initial_epoch, warm is not None, progress or Progress())
     except BaseException as exc:
         # Stopped mid-training (a non-finite loss, Ctrl-C, a failing callback): the caller
         # still gets the model as it is (for a non-finite loss, from before that update).
@@ -348,342 +224,250 @@ def _fit(
     return session, progress
 
 
-def _prepare(
-    p,
-    loss,
-    data: FitData,
-    comm,
-    warm,
-    built,
-    new_model,
-    new_optimizer,
-    check_outputs,
-    previous=None,
-):
-    """Model, optimizer, probe, metrics and compiled steps (every rank identical).
+class EpochLoop:
+    """The epochs of one fit over a prepared session (numbered as in ``model.fit``): each a
+    pass over the minibatches of this rank's rows (or of a pipeline), each minibatch one
+    compiled call or a few (``windows_per_call``), with Keras's callbacks, progress bar and
+    ``History``, validation after the epoch, and the non-finite and ``stop_training`` checks.
+    Its state (the minibatch plan, the callbacks' step, the logs) lives on the instance for
+    the length of one :meth:`run`."""
 
-    The compiled steps of a finished fit of the same architecture and settings are reused
-    (``reuse.py``): the new model's initial weights and a fresh optimizer state are loaded
-    into the objects they were compiled for."""
-    xs, ys = data.xs, data.ys
-    if p["random_state"] is not None and warm is not None:  # (a new model: seeded by fit)
-        keras.utils.set_random_seed(int(p["random_state"]))
-    device = device_for(p["device"], comm)
-    backend = _backend()
-    with backend.device_scope(device):
-        model = warm.model if warm is not None else (built or new_model())
-        check_model_inputs(model, xs)
-        check_windows(
-            model,
-            p["seq_len"],
-            int(xs[0].shape[1]),
-            data.lengths is not None or (data.val is not None and data.val[3] is not None),
-        )
-        carry = StateCarry(model)
-        own = dist.shard(int(xs[0].shape[0]), comm)[0]
-        state_specs, out_shapes, window = probe(
-            model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1)
-        )
-        check_outputs(out_shapes, ys, window, per_series=data.per_series)
-        opt = warm.optimizer if warm is not None else new_optimizer()
-        # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
-        work = min(p["batch_size"], int(xs[0].shape[0])) * window * model.count_params()
-        jit = backend.jit_for(model, p["jit_compile"], work=work, distributed=comm.size > 1)
-        key = reuse.key_of(
-            model,
-            opt,
-            {
-                "loss": reuse.describe(loss),
-                "metrics": reuse.describe(p["metrics"]),
-                "loss_weights": reuse.describe(p["loss_weights"]),
-                "seq_len": p["seq_len"],
-                "per_series": data.per_series,
-                "jit": jit,
-                "sync_every": p["sync_every"],
-                "ranks": [comm.rank, comm.size],
-                "device": device,
-                "validation": data.val is not None,
-                "state_specs": repr(state_specs),
-                "out_shapes": out_shapes,
-            },
-        )
-        entry = reuse.take(
-            key, previous=warm or previous, model=model if warm is not None else None
-        )
-        if entry is not None and warm is None and not _load_initial(entry, model, opt, comm):
-            entry = None
-        if entry is not None:
-            model, opt, carry = entry.model, entry.optimizer, entry.carry
-            metrics, val_metrics = entry.metrics, entry.val_metrics
-        else:
-            if comm.size > 1:
-                opt = dist.DistributedOptimizer(opt, comm=comm)
-            if warm is None:
-                model.compile(optimizer=opt)
-                if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
-                    opt = model.optimizer  # mixed_float16: compile's loss scaling, as model.fit
-            opt.build(model.trainable_variables)
-            metrics, val_metrics = (
-                [
-                    metric(m, *metric_shapes(k, ys, out_shapes))
-                    for k, m in enumerate(p["metrics"] or [])
-                ]
-                for _ in range(2)
-            )
+    def __init__(self, p, session: Session, data: FitData, dataset, val_steps, val_metrics):
+        self.p, self.session, self.data, self.dataset = p, session, data, dataset
+        self.val_steps, self.val_metrics = val_steps, val_metrics
+        comm = session.comm
+        xs, ys, ws = data.xs, data.ys, data.ws
+        # Data for training (rebatch reshapes in memory; it is for small N).
+        self.rebatch_mask = None
+        if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
+            xs, ys, ws, self.rebatch_mask = rebatch(xs, ys, ws, p["batch_size"], p["seq_len"])
+        self.xs, self.ys, self.ws, self.lengths = xs, ys, ws, data.lengths
+        n = int(xs[0].shape[0])
+        self.lo, self.hi = dist.shard(n, comm)
+        self.n_steps = dist.max_over_ranks(math.ceil((self.hi - self.lo) / p["batch_size"]), comm)
+        if dataset is not None:  # under MPI each rank brings its own dataset
+            self.lo, self.hi = 0, n
+            self.n_steps = dataset_steps(dataset, comm)
+        self.rule = input_mask_rule(session.model)
+        self.masked = self.rule is not None or self.lengths is not None
+        self.row_lengths = None
+        if p["group_by_length"]:
+            self.row_lengths = series_lengths(xs, self.lengths, self.rule, self.lo, self.hi)
+        self.chunk: int | None = None  # windows per compiled call (set by run)
+        self.logs: dict = {}
+        self.total = np.zeros(2)  # this epoch's (loss x series, series) of whole minibatches
+        self.call = 0  # the callbacks' step: one per compiled call
+
+    def run(self, callbacks, initial_epoch, warm: bool, progress: Progress) -> Progress:
+        """Train the epochs; returns what the next warm fit continues from."""
+        model, comm = self.session.model, self.session.comm
+        first, last = self._epoch_range(initial_epoch, warm, progress)
+        shuffle_seed = self._shuffle_seed(warm, progress)
+        # Chunks of windows (``windows_per_call``): each compiled call is one step of the bar
+        # and of the callbacks; ``chunk`` is None when every minibatch is one call (as always
+        # before), else the windows per call (the same on every rank).
+        self.chunk = chunk_windows(self.p, self.session, self.xs, comm)
+        cb = self._callbacks(callbacks, last)
+        history = progress.history if warm else {}
+        model.stop_training = False
+        model._initial_epoch = None
+        cb.on_train_begin()
+        # A BackupAndRestore callback (rank 0 only under MPI) may have restored the weights,
+        # the optimizer state and the epoch to start from: every rank takes rank 0's.
+        start = dist.broadcast_object(int(model._initial_epoch or first), comm)
+        model._initial_epoch = None
         if comm.size > 1:
-            dist.broadcast_variables(model.variables + opt.variables, comm)
-    if entry is not None:
-        steps, val_steps = entry.steps, entry.val_steps
-    else:
-        # Building checks the loss against the outputs: before any fitted state is returned.
-        steps, val_steps = build_steps(
-            model,
-            opt,
-            carry,
-            state_specs,
-            data.per_series,
-            p,
-            comm,
-            metrics,
-            loss,
-            len(out_shapes),
-            device,
-            jit,
-            val_metrics if data.val is not None else None,
-        )
-        entry = reuse.Entry(key, model, opt, carry, steps, metrics, val_steps, val_metrics)
-        reuse.register(key, entry)
-    session = Session(
-        model,
-        opt,
-        carry,
-        steps,
-        comm,
-        device,
-        state_specs,
-        data.per_series,
-        p["seq_len"],
-        out_shapes,
-        step_features(xs[0]),
-        len(ys),
-        metrics,
-    )
-    reuse.own(entry, session)
-    return session, val_steps, val_metrics
+            dist.broadcast_variables(model.variables + self.session.optimizer.variables, comm)
+        epoch = start - 1
+        for epoch in range(start, last):
+            self._epoch(cb, epoch, shuffle_seed)
+            if comm.size > 1:
+                model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
+            if model.stop_training:
+                break
+        # As model.fit: exponential moving averages (use_ema) become the weights.
+        self.session.optimizer.finalize_variable_values(model.trainable_variables)
+        cb.on_train_end(self.logs)
+        # Keras's own History (it also holds what callbacks add, e.g. learning_rate).
+        for key, values in model.history.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        return Progress(history, epoch + 1, shuffle_seed)
 
-
-def _load_initial(entry, model, fresh_opt, comm) -> bool:
-    """Load ``model``'s weights and ``fresh_opt``'s initial state into a reused entry's
-    model and optimizer (False when their variables do not line up)."""
-    target = entry.model
-    weights = model.get_weights()
-    if len(weights) != len(target.weights):
-        return False
-    if isinstance(entry.optimizer, keras.optimizers.LossScaleOptimizer):
-        fresh_opt = keras.optimizers.LossScaleOptimizer(fresh_opt)
-    fresh_opt.build(target.trainable_variables)
-    if len(fresh_opt.variables) != len(entry.optimizer.variables) or any(
-        tuple(a.shape) != tuple(b.shape)
-        for a, b in zip(fresh_opt.variables, entry.optimizer.variables)
-    ):
-        return False
-    target.set_weights(weights)
-    for var, fresh in zip(entry.optimizer.variables, fresh_opt.variables):
-        var.assign(fresh.value if hasattr(fresh, "value") else fresh)
-    return True
-
-
-def _epochs(
-    p,
-    session: Session,
-    data: FitData,
-    dataset,
-    val_steps,
-    val_metrics,
-    callbacks,
-    initial_epoch,
-    warm: bool,
-    progress: Progress,
-) -> Progress:
-    """The epoch loop (numbered as in ``model.fit``)."""
-    model, opt, comm, carry = session.model, session.optimizer, session.comm, session.carry
-    steps, metrics, backend = session.steps, session.train_metrics, _backend()
-    xs, ys, ws, lengths = data.xs, data.ys, data.ws, data.lengths
-    # Data for training (rebatch reshapes in memory; it is for small N).
-    if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
-        xs, ys, ws, rebatch_mask = rebatch(xs, ys, ws, p["batch_size"], p["seq_len"])
-    else:
-        rebatch_mask = None
-    n = int(xs[0].shape[0])
-    lo, hi = dist.shard(n, comm)
-    n_steps = dist.max_over_ranks(math.ceil((hi - lo) / p["batch_size"]), comm)
-    if dataset is not None:  # under MPI each rank brings its own dataset
-        lo, hi = 0, n
-        n_steps = dataset_steps(dataset, comm)
-    rule = input_mask_rule(model)
-    masked = rule is not None or lengths is not None
-    if p["group_by_length"]:
-        row_lengths = series_lengths(xs, lengths, rule, lo, hi)
-
-        def plan_of(shuffle, epoch_rng):
-            return grouped_plan(lo, hi, p["batch_size"], n_steps, row_lengths, shuffle, epoch_rng)
-    else:
-
-        def plan_of(shuffle, epoch_rng):
-            return minibatch_plan(lo, hi, p["batch_size"], n_steps, shuffle, epoch_rng)
-
-    # Epochs are numbered as in model.fit: a warm fit (warm_start, partial_fit) continues
-    # the count, so schedulers, loggers and BackupAndRestore see the true epoch; an
-    # explicit initial_epoch has Keras's meaning (run epochs initial_epoch .. epochs - 1).
-    if initial_epoch is not None:
-        first = check_positive_int(initial_epoch + 1, "initial_epoch") - 1
-        last = p["epochs"]
-    else:
+    def _epoch_range(self, initial_epoch, warm: bool, progress: Progress) -> tuple[int, int]:
+        """``(first, last)``: a warm fit (``warm_start``, ``partial_fit``) continues the
+        count, so schedulers, loggers and ``BackupAndRestore`` see the true epoch; an explicit
+        ``initial_epoch`` has Keras's meaning (run epochs ``initial_epoch .. epochs - 1``)."""
+        if initial_epoch is not None:
+            return check_positive_int(initial_epoch + 1, "initial_epoch") - 1, self.p["epochs"]
         first = progress.n_epochs if warm else 0
-        last = first + p["epochs"]
-    shuffle_seed = progress.shuffle_seed
-    if not warm or shuffle_seed is None:
-        # One seed per estimator (rank 0's under MPI); epoch e shuffles with (seed, e),
-        # so a resumed or continued run shuffles exactly like an uninterrupted one.
+        return first, first + self.p["epochs"]
+
+    def _shuffle_seed(self, warm: bool, progress: Progress) -> int | None:
+        """One seed per estimator (rank 0's under MPI); epoch e shuffles with (seed, e), so a
+        resumed or continued run shuffles exactly like an uninterrupted one."""
+        if warm and progress.shuffle_seed is not None:
+            return progress.shuffle_seed
+        p = self.p
         seed = (
             p["random_state"]
             if p["random_state"] is not None
             else int(np.random.default_rng().integers(2**31))
         )
-        shuffle_seed = dist.broadcast_object(int(seed), comm)
-    # Chunks of windows (``windows_per_call``): each compiled call is one step of the bar
-    # and of the callbacks; ``chunk`` is None when every minibatch is one call (as always
-    # before), else the windows per call (the same on every rank).
-    chunk = chunk_windows(p, session, xs, comm)
-    calls = 1 if chunk is None else math.ceil(windows_of(xs, p["seq_len"]) / chunk)
-    cb = callback_list(
-        list(p["callbacks"] or []) + list(callbacks or []),
-        model,
-        p,
-        None if n_steps is None else n_steps * calls,
-        comm,
-        epochs=last,
-    )
-    history = progress.history if warm else {}
-    model.stop_training = False
-    model._initial_epoch = None
-    cb.on_train_begin()
-    # A BackupAndRestore callback (rank 0 only under MPI) may have restored the weights,
-    # the optimizer state and the epoch to start from: every rank takes rank 0's.
-    start = dist.broadcast_object(int(model._initial_epoch or first), comm)
-    model._initial_epoch = None
-    if comm.size > 1:
-        dist.broadcast_variables(model.variables + opt.variables, comm)
-    epoch = start - 1
-    logs = {}
-    for epoch in range(start, last):
+        return dist.broadcast_object(int(seed), self.session.comm)
+
+    def _callbacks(self, callbacks, last: int):
+        """Keras's ``CallbackList``: the estimator's callbacks, then ``fit``'s; one step per
+        compiled call."""
+        calls = (
+            1
+            if self.chunk is None
+            else math.ceil(windows_of(self.xs, self.p["seq_len"]) / self.chunk)
+        )
+        return callback_list(
+            list(self.p["callbacks"] or []) + list(callbacks or []),
+            self.session.model,
+            self.p,
+            None if self.n_steps is None else self.n_steps * calls,
+            self.session.comm,
+            epochs=last,
+        )
+
+    def _epoch(self, cb, epoch: int, shuffle_seed) -> None:
+        """One epoch: its minibatches, then validation; ``self.logs`` holds its logs."""
+        p, model = self.p, self.session.model
         epoch_rng = np.random.default_rng([shuffle_seed, epoch]) if p["shuffle"] else None
         cb.on_epoch_begin(epoch)
         if p["random_state"] is not None:
             reseed(model, int(p["random_state"]), epoch)
-        for m in metrics:
+        for m in self.session.train_metrics:
             m.reset_state()
-        if dataset is not None:
-            reader = DatasetReader(
-                dataset,
-                n_steps,
-                p["batch_size"],
-                [x_dtype(xs, model), y_dtype(model), np.float32],
-                comm,
-                standardizer(model, ys),
-            )
-        else:
-            reader = MinibatchReader(
-                [
-                    xs,
-                    ys,
-                    ws,
-                    (rebatch_mask,) if rebatch_mask is not None else None,
-                    (lengths,) if lengths is not None else None,
-                ],
-                plan_of(p["shuffle"], epoch_rng),
-                p["batch_size"],
-                [x_dtype(xs, model), y_dtype(model), np.float32, np.float32, np.int64],
-                pad=not steps.exact_rows,
-                fallback_row=lo if hi > lo else 0,
-            )
-        total = np.zeros(2)
-        call = 0  # the callbacks' step: one per compiled call
-        for step, (batch, rows_mask, n_real) in enumerate(reader):
-            bx, by, bw, bt, bl = batch
-            tensors = batch_tensors(
-                bx, by, bw, rows_mask, session.per_series, bt, bl, rule, masked, p["seq_len"], comm
-            )
-            for args, final in calls_of(
-                tensors,
-                chunk,
-                steps,
-                p["seq_len"],
-                comm,
-                session.device,
-                1 if session.per_series else p["sync_every"],
-            ):
-                cb.on_train_batch_begin(call)
-                with carry, backend.device_scope(session.device), uninterrupted():
-                    # Ctrl-C waits for the call to end and its update to be in place.
-                    out = steps.train(*args)
-                    result = out if chunk is None else out[0]
-                    result = backend.to_numpy(result).tolist()
-                if chunk is not None:
-                    args[-2], args[-1] = out[1], (args[-1][0], args[-1][1], out[2])
-                loss_sum, count, bad = result
-                bad = int(bad)
-                if bad >= 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at epoch {epoch + 1}, minibatch "
-                        f"{step + 1}, window {bad + 1}"
-                        f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
-                        f"from before that update. Lower the learning rate, clip gradients "
-                        f"(optimizer clipnorm=...) or check the data"
-                    )
-                # Logged like model.fit: the mean of the minibatch losses weighted by their
-                # number of series (a minibatch's loss: the mean over its unmasked elements);
-                # inside a minibatch, with the mean of its windows trained so far.
-                loss_sum, count, rows = dist.allreduce_sum(
-                    np.array([loss_sum, count, n_real]), comm
-                )
-                minibatch = np.array([loss_sum, count])  # (the sums so far: see calls_of)
-                done = total + (
-                    [minibatch[0] / minibatch[1] * rows, rows]
-                    if minibatch[1]
-                    else [0.0, rows if final else 0.0]
-                )
-                if final:
-                    total = done
-                logs = {"loss": done[0] / max(done[1], 1.0)}
-                logs.update(dist.metric_results(metrics, comm))
-                cb.on_train_batch_end(call, logs)
-                call += 1
-                if comm.size > 1:  # a callback that stops one rank stops all (no hang)
-                    model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
-                if model.stop_training:
-                    break
+        self.total = np.zeros(2)
+        self.call = 0  # the callbacks' step: one per compiled call
+        for step, (batch, rows_mask, n_real) in enumerate(self._reader(epoch_rng)):
+            self._minibatch(cb, epoch, step, batch, rows_mask, n_real)
             if model.stop_training:
                 break
-        if data.val is not None:
-            logs.update(
-                {
-                    f"val_{k}": v
-                    for k, v in evaluate(session, val_steps, data.val, val_metrics, p).items()
-                }
+        if self.data.val is not None:
+            results = evaluate(self.session, self.val_steps, self.data.val, self.val_metrics, p)
+            self.logs.update({f"val_{k}": v for k, v in results.items()})
+        cb.on_epoch_end(epoch, self.logs)
+
+    def _reader(self, epoch_rng):
+        """This epoch's minibatches: ``(batch, rows_mask, n_real)`` with ``batch`` the arrays
+        ``(x, y, w, rebatch mask, lengths)`` (a pipeline's batches as it yields them)."""
+        p, model = self.p, self.session.model
+        if self.dataset is not None:
+            return DatasetReader(
+                self.dataset,
+                self.n_steps,
+                p["batch_size"],
+                [x_dtype(self.xs, model), y_dtype(model), np.float32],
+                self.session.comm,
+                standardizer(model, self.ys),
             )
-        cb.on_epoch_end(epoch, logs)
-        if comm.size > 1:
-            model.stop_training = bool(dist.max_over_ranks(int(model.stop_training), comm))
-        if model.stop_training:
-            break
-    # As model.fit: exponential moving averages (use_ema) become the weights.
-    opt.finalize_variable_values(model.trainable_variables)
-    cb.on_train_end(logs)
-    # Keras's own History (it also holds what callbacks add, e.g. learning_rate).
-    for key, values in model.history.history.items():
-        history.setdefault(key, []).extend(float(v) for v in values)
-    return Progress(history, epoch + 1, shuffle_seed)
+        if p["group_by_length"]:
+            plan = grouped_plan(
+                self.lo,
+                self.hi,
+                p["batch_size"],
+                self.n_steps,
+                self.row_lengths,
+                p["shuffle"],
+                epoch_rng,
+            )
+        else:
+            plan = minibatch_plan(
+                self.lo, self.hi, p["batch_size"], self.n_steps, p["shuffle"], epoch_rng
+            )
+        return MinibatchReader(
+            [
+                self.xs,
+                self.ys,
+                self.ws,
+                (self.rebatch_mask,) if self.rebatch_mask is not None else None,
+                (self.lengths,) if self.lengths is not None else None,
+            ],
+            plan,
+            p["batch_size"],
+            [x_dtype(self.xs, model), y_dtype(model), np.float32, np.float32, np.int64],
+            pad=not self.session.steps.exact_rows,
+            fallback_row=self.lo if self.hi > self.lo else 0,
+        )
+
+    def _minibatch(self, cb, epoch: int, step: int, batch, rows_mask, n_real) -> None:
+        """One minibatch: its compiled calls, each a step of the callbacks."""
+        p, session = self.p, self.session
+        bx, by, bw, bt, bl = batch
+        tensors = batch_tensors(
+            bx,
+            by,
+            bw,
+            rows_mask,
+            session.per_series,
+            bt,
+            bl,
+            self.rule,
+            self.masked,
+            p["seq_len"],
+            session.comm,
+        )
+        multiple = 1 if session.per_series else p["sync_every"]
+        calls = calls_of(
+            tensors, self.chunk, session.steps, p["seq_len"], session.comm, session.device, multiple
+        )
+        for args, final in calls:
+            cb.on_train_batch_begin(self.call)
+            loss_sum, count, bad = self._train_call(args)
+            if int(bad) >= 0:
+                raise _non_finite(epoch, step, int(bad), session.comm)
+            self._log(loss_sum, count, n_real, final)
+            cb.on_train_batch_end(self.call, self.logs)
+            self.call += 1
+            if session.comm.size > 1:  # a callback that stops one rank stops all (no hang)
+                stop = dist.max_over_ranks(int(session.model.stop_training), session.comm)
+                session.model.stop_training = bool(stop)
+            if session.model.stop_training:
+                break
+
+    def _train_call(self, args) -> list:
+        """One compiled call of ``steps.train``: ``[loss_sum, count, bad window]``; a chunk's
+        states and accumulators go into ``args`` for the next call."""
+        session, backend = self.session, _backend()
+        with session.carry, backend.device_scope(session.device), uninterrupted():
+            # Ctrl-C waits for the call to end and its update to be in place.
+            out = session.steps.train(*args)
+            result = out if self.chunk is None else out[0]
+            result = backend.to_numpy(result).tolist()
+        if self.chunk is not None:
+            args[-2], args[-1] = out[1], (args[-1][0], args[-1][1], out[2])
+        return result
+
+    def _log(self, loss_sum, count, n_real, final: bool) -> None:
+        """The logs after a call, as ``model.fit`` logs: the mean of the minibatch losses
+        weighted by their number of series (a minibatch's loss: the mean over its unmasked
+        elements); inside a minibatch, with the mean of its windows trained so far."""
+        comm = self.session.comm
+        loss_sum, count, rows = dist.allreduce_sum(np.array([loss_sum, count, n_real]), comm)
+        minibatch = np.array([loss_sum, count])  # (the sums so far: see calls_of)
+        done = self.total + (
+            [minibatch[0] / minibatch[1] * rows, rows]
+            if minibatch[1]
+            else [0.0, rows if final else 0.0]
+        )
+        if final:
+            self.total = done
+        self.logs = {"loss": done[0] / max(done[1], 1.0)}
+        self.logs.update(dist.metric_results(self.session.train_metrics, comm))
+
+
+def _non_finite(epoch: int, step: int, bad: int, comm) -> NonFiniteLossError:
+    return NonFiniteLossError(
+        f"non-finite loss or gradient at epoch {epoch + 1}, minibatch "
+        f"{step + 1}, window {bad + 1}"
+        f"{'' if comm.size == 1 else ' (on some rank)'}; the weights are those "
+        f"from before that update. Lower the learning rate, clip gradients "
+        f"(optimizer clipnorm=...) or check the data"
+    )
 
 
 def dataset_steps(dataset, comm) -> int | None:
@@ -946,7 +730,7 @@ def rebatch(xs, ys, ws, batch_size, seq_len):
     return tuple(cut(a) for a in xs), tuple(cut(a) for a in ys), ws, mask
 
 
-# ------------------------------------------------------------------- callbacks and metrics
+# ------------------------------------------------------------------------------ callbacks
 def callback_list(callbacks, model, p, n_steps, comm, epochs=None):
     callbacks = list(callbacks or [])
     if comm.rank != 0:
@@ -971,37 +755,3 @@ def reseed(model, random_state: int, epoch: int) -> None:
         for j, generator in enumerate(getattr(layer, "_seed_generators", [])):
             seed = (random_state * 1_000_003 + epoch * 7_919 + k * 31 + j) % (2**31 - 1)
             generator.state.assign(np.array([seed, 0]).astype(generator.state.dtype))
-
-
-def metric(spec, y_true_shape=None, y_pred_shape=None) -> keras.metrics.Metric:
-    """A fresh Keras ``Metric`` from a name, a function or a ``Metric`` (copied).
-
-    ``"accuracy"``/``"acc"`` resolve as ``compile`` resolves them for the output's shapes
-    (binary, sparse categorical or categorical accuracy)."""
-    if isinstance(spec, keras.metrics.Metric):
-        return spec.__class__.from_config(spec.get_config())
-    if isinstance(spec, str) and spec.lower() in ("accuracy", "acc") and y_pred_shape:
-        from types import SimpleNamespace
-
-        from keras.src.trainers.compile_utils import get_metric
-
-        return get_metric(
-            spec,
-            SimpleNamespace(shape=tuple(y_true_shape)),
-            SimpleNamespace(shape=tuple(y_pred_shape)),
-        )
-    fn = keras.metrics.get(spec)
-    if isinstance(fn, keras.metrics.Metric):
-        config = fn.get_config()
-        if isinstance(spec, str):
-            config["name"] = spec  # logged under the name the user wrote, as in model.fit
-        return fn.__class__.from_config(config)
-    name = spec if isinstance(spec, str) else getattr(fn, "__name__", "metric")
-    return keras.metrics.MeanMetricWrapper(fn, name=name)
-
-
-def metric_shapes(k, ys, out_shapes):
-    """(y_true shape, y_pred shape) of the output metric ``k`` is computed on (as in the
-    window loops: metric k on output k modulo the number of outputs)."""
-    out = k % len(out_shapes)
-    return tuple(ys[out].shape), (None,) + tuple(out_shapes[out])

@@ -196,22 +196,34 @@ def check_sklearn_array(value: Any, name: str) -> Any:
             else v
             for k, v in enumerate(value)
         )
+    if _not_a_table(value):
+        return value
+    if not (isinstance(value, np.ndarray) and value.dtype.kind in "biufc"):
+        value = _numeric(value, name)
+    _check_table_shape(value, name)
+    return value
+
+
+def _not_a_table(value: Any) -> bool:
+    """What scikit-learn's rules leave alone: inputs of several arrays, pipelines, series of
+    unequal lengths, no array at all, non-numeric arrays (the sequence checks name them) and
+    out-of-core arrays (read row by row later)."""
     if (
         isinstance(value, dict)
         or value is None
         or any(c.__name__ in ("SliceTuple", "PyDataset", "TimeFolds") for c in type(value).__mro__)
     ):
-        return value
+        return True
     from .batches import is_pipeline  # (batches imports this module)
 
     if is_pipeline(value):  # tf.data, generators, lists of batches: read batch by batch later
-        return value
+        return True
     if not (
         hasattr(value, "__array__")
         or hasattr(value, "shape")
         or isinstance(value, (list, numbers.Number))
     ):
-        return value  # no array at all: the sequence checks name its type
+        return True  # no array at all: the sequence checks name its type
     if isinstance(value, list):
         numbers_ = value and all(isinstance(v, numbers.Number) for v in value)
         rows = (
@@ -223,45 +235,52 @@ def check_sklearn_array(value: Any, name: str) -> Any:
             and len({len(v) for v in value}) == 1
         )  # a table as nested lists: (N, F)
         if not (numbers_ or rows):
-            return value  # series of unequal lengths, batches, ...: the sequence checks
-    if isinstance(value, np.ndarray) and value.dtype.kind not in "biufcO":
-        return value  # strings, dates, ...: refused by the sequence checks, naming the dtype
-    if not (isinstance(value, np.ndarray) and value.dtype.kind in "biufc"):
-        if (
-            hasattr(value, "shape")
-            and not hasattr(value, "iloc")
-            and isinstance(getattr(value, "dtype", None), np.dtype)
-            and value.dtype.kind in "biuf"
-        ):
-            return value  # out of core (h5py.Dataset): read row by row later
-        from sklearn.utils.validation import check_array
+            return True  # series of unequal lengths, batches, ...: the sequence checks
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind not in "biufcO"  # strings, dates, ...: named by the dtype
+    return (  # out of core (h5py.Dataset)
+        hasattr(value, "shape")
+        and not hasattr(value, "iloc")
+        and isinstance(getattr(value, "dtype", None), np.dtype)
+        and value.dtype.kind in "biuf"
+    )
 
-        try:
-            value = check_array(
-                value,
-                accept_sparse=False,
-                dtype="numeric",
-                ensure_2d=False,
-                allow_nd=True,
-                ensure_all_finite=False,
-                ensure_min_samples=0,
-                ensure_min_features=0,
-                input_name=name,
-            )
-        except ValueError as exc:
-            if "Complex data" in str(exc):
-                raise ValueError(
-                    f"Complex data not supported: `{name}` holds complex numbers"
-                ) from None
-            if "bytes/strings" not in str(exc) and "convert" not in str(exc):
-                raise
-            raise TypeError(
-                f"`{name}` has a non-numeric dtype: {exc}; expected a numeric array"
+
+def _numeric(value: Any, name: str) -> np.ndarray:
+    """``value`` as a numeric ndarray by scikit-learn's ``check_array``, its errors in
+    keraseq's words."""
+    from sklearn.utils.validation import check_array
+
+    try:
+        return check_array(
+            value,
+            accept_sparse=False,
+            dtype="numeric",
+            ensure_2d=False,
+            allow_nd=True,
+            ensure_all_finite=False,
+            ensure_min_samples=0,
+            ensure_min_features=0,
+            input_name=name,
+        )
+    except ValueError as exc:
+        if "Complex data" in str(exc):
+            raise ValueError(
+                f"Complex data not supported: `{name}` holds complex numbers"
             ) from None
-        except TypeError as exc:  # numpy's "float() argument must be a string or a number"
-            raise TypeError(
-                f"`{name}` has dtype object holding a non-number: {exc}; expected a numeric array"
-            ) from None
+        if "bytes/strings" not in str(exc) and "convert" not in str(exc):
+            raise
+        raise TypeError(
+            f"`{name}` has a non-numeric dtype: {exc}; expected a numeric array"
+        ) from None
+    except TypeError as exc:  # numpy's "float() argument must be a string or a number"
+        raise TypeError(
+            f"`{name}` has dtype object holding a non-number: {exc}; expected a numeric array"
+        ) from None
+
+
+def _check_table_shape(value: np.ndarray, name: str) -> None:
+    """No complex numbers, no 1-D ``x``, at least one row (and one feature of ``x``)."""
     if value.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: `{name}` has dtype {value.dtype}")
     if value.ndim == 1 and name == "x":
@@ -281,7 +300,6 @@ def check_sklearn_array(value: Any, name: str) -> Any:
             f"Found array with 0 feature(s) (shape={value.shape}) while a "
             f"minimum of 1 is required: `x` is empty"
         )
-    return value
 
 
 def check_n_features(x: Any, expected: int, estimator: str, rows: bool = False) -> None:

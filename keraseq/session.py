@@ -1,0 +1,347 @@
+"""A model ready to run window by window (:class:`Session`) and how a fit builds one.
+
+What lives here: :func:`prepare` (one fit's model, optimizer and compiled steps: the model's
+inputs, windows and outputs checked against the data, its state shapes probed, the compiled
+steps of an earlier fit of the same architecture reused (``reuse.py``) or built, the weights
+broadcast from rank 0 under MPI), :func:`build_steps` (the backend's compiled step functions
+for an objective), :func:`probe`, :func:`device_for` and the Keras metrics of a fit
+(:func:`metric`). What does not: the epoch loop (``trainer.py``), the window loops
+(``backend/``), the data checks themselves (``checks.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from . import distributed as dist
+from . import reuse
+from .backend import StepFunctions
+from .backend import current as _backend
+from .batches import read_rows
+from .checks import FitData, check_model_inputs, check_windows, step_features
+from .losses import build_objective
+from .windows import StateCarry
+
+__all__ = [
+    "Session",
+    "prepare",
+    "build_steps",
+    "probe",
+    "device_for",
+    "output_names",
+    "metric",
+    "metric_shapes",
+]
+
+
+@dataclass
+class Session:
+    """A model ready to run window by window: what ``predict``, ``score`` and a warm ``fit``
+    need. Built by :func:`fit` (or rebuilt after loading/unpickling by :func:`build_steps`)."""
+
+    model: keras.Model
+    optimizer: Any
+    carry: StateCarry
+    steps: StepFunctions
+    comm: Any
+    device: str | None
+    state_specs: list  #: per RNN call, the per-series (shape, dtype) of its states
+    per_series: bool  #: targets per series (N, F_out)
+    seq_len: int | None  #: the windows of the compiled steps
+    out_shapes: list  #: per output, its shape per window without the batch
+    n_features: int
+    n_outputs: int
+    train_metrics: list = field(default_factory=list)  #: the metrics the train step updates
+
+
+def device_for(setting, comm) -> str | None:
+    """The device to run on: ``"auto"`` = the backend's choice for this rank."""
+    return _backend().default_device(comm) if setting == "auto" else setting
+
+
+def output_names(model, n_outputs) -> list[str]:
+    names = list(getattr(model, "output_names", None) or [])
+    return names if len(names) == n_outputs else [f"output_{k}" for k in range(n_outputs)]
+
+
+def build_steps(
+    model,
+    opt,
+    carry,
+    state_specs,
+    per_series,
+    p,
+    comm,
+    metrics,
+    loss,
+    n_outputs,
+    device,
+    jit,
+    val_metrics=None,
+):
+    """Compiled step functions for training (and, when asked, for validation)."""
+    objective = build_objective(
+        model, loss, output_names(model, n_outputs), p["loss_weights"], per_series
+    )
+    backend = _backend()
+    allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
+    steps = backend.build_step_functions(
+        model,
+        carry,
+        state_specs,
+        objective,
+        opt,
+        metrics,
+        p["seq_len"],
+        per_series,
+        jit,
+        allreduce,
+        sync_every=p["sync_every"],
+    )
+    val_steps = None
+    if val_metrics is not None:
+        val_steps = backend.build_step_functions(
+            model, carry, state_specs, objective, None, val_metrics, p["seq_len"], per_series, jit
+        )
+    return steps, val_steps
+
+
+def probe(model, carry, xs, seq_len, row=0):
+    """One eager call on one series' first window: state shapes and output structure.
+
+    ``row`` is a series of this rank's own block (under MPI a rank reads no other rows)."""
+    t = int(xs[0].shape[1])
+    s = t if seq_len is None else min(seq_len, t)
+    window = tuple(
+        np.asarray(read_rows(a, slice(row, row + 1)))[:, :s].astype(
+            np.float32 if a.dtype.kind == "f" else np.int32
+        )
+        for a in xs
+    )
+
+    def call(w):
+        carry.feed(None)
+        return model(w, training=False), carry.collected()
+
+    _backend().release_eager_kernels()  # once per fit: what earlier models left in the backend
+    with carry:
+        try:  # shapes only: traced, not run, where the backend can (no compile kept)
+            out, states = _backend().shapes_of(
+                model, call, window[0] if len(window) == 1 else window
+            )
+        except Exception as exc:
+            raise ValueError(
+                f"the model cannot be called on a window of `x` with shape "
+                f"{[w.shape for w in window]}: {exc}"
+            ) from exc
+        # Keras drops a mask at a layer without mask support: then no recurrent layer
+        # sees it and the padding is computed over, which keraseq must follow.
+        object.__setattr__(
+            model, "_keraseq_mask_reaches_rnn", any(carry.model_masks) or not carry.model_masks
+        )
+    specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call] for call in states]
+    outs = keras.tree.flatten(out)
+    return specs, [tuple(o.shape[1:]) for o in outs], s
+
+
+def prepare(
+    p: dict,
+    loss,
+    data: FitData,
+    comm,
+    warm: Session | None,
+    built,
+    new_model,
+    new_optimizer,
+    check_outputs,
+    previous: Session | None = None,
+) -> tuple[Session, Any, list]:
+    """Model, optimizer, probe, metrics and compiled steps (every rank identical); returns
+    the session, the validation steps and metrics.
+
+    The compiled steps of a finished fit of the same architecture and settings are reused
+    (``reuse.py``): the new model's initial weights and a fresh optimizer state are loaded
+    into the objects they were compiled for."""
+    if p["random_state"] is not None and warm is not None:  # (a new model: seeded by fit)
+        keras.utils.set_random_seed(int(p["random_state"]))
+    device = device_for(p["device"], comm)
+    backend = _backend()
+    with backend.device_scope(device):
+        model = warm.model if warm is not None else (built or new_model())
+        carry, state_specs, out_shapes, window = _checked_model(p, model, data, comm, check_outputs)
+        opt = warm.optimizer if warm is not None else new_optimizer()
+        # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
+        work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
+        jit = backend.jit_for(model, p["jit_compile"], work=work, distributed=comm.size > 1)
+        key = reuse.key_of(
+            model, opt, _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes)
+        )
+        entry = _reusable(key, model, opt, comm, warm, previous)
+        if entry is not None:
+            model, opt, carry = entry.model, entry.optimizer, entry.carry
+            metrics, val_metrics = entry.metrics, entry.val_metrics
+        else:
+            opt, metrics, val_metrics = _compiled(p, model, opt, data.ys, out_shapes, comm, warm)
+        if comm.size > 1:
+            dist.broadcast_variables(model.variables + opt.variables, comm)
+    if entry is None:
+        # Building checks the loss against the outputs: before any fitted state is returned.
+        steps, val_steps = build_steps(
+            model,
+            opt,
+            carry,
+            state_specs,
+            data.per_series,
+            p,
+            comm,
+            metrics,
+            loss,
+            len(out_shapes),
+            device,
+            jit,
+            val_metrics if data.val is not None else None,
+        )
+        entry = reuse.Entry(key, model, opt, carry, steps, metrics, val_steps, val_metrics)
+        reuse.register(key, entry)
+    session = Session(
+        model,
+        opt,
+        carry,
+        entry.steps,
+        comm,
+        device,
+        state_specs,
+        data.per_series,
+        p["seq_len"],
+        out_shapes,
+        step_features(data.xs[0]),
+        len(data.ys),
+        metrics,
+    )
+    reuse.own(entry, session)
+    return session, entry.val_steps, val_metrics
+
+
+def _reusable(key, model, opt, comm, warm, previous) -> reuse.Entry | None:
+    """The compiled steps of a finished fit to train with instead of compiling (``None``:
+    none); for a new fit, with this fit's initial weights and optimizer state loaded."""
+    entry = reuse.take(key, previous=warm or previous, model=model if warm is not None else None)
+    if entry is not None and warm is None and not _load_initial(entry, model, opt, comm):
+        return None
+    return entry
+
+
+def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
+    """``(carry, state_specs, out_shapes, window)``: the model's inputs and windows checked
+    against the data, its states and outputs probed on one series of this rank, and its
+    outputs checked against the targets."""
+    xs = data.xs
+    check_model_inputs(model, xs)
+    check_windows(
+        model,
+        p["seq_len"],
+        int(xs[0].shape[1]),
+        data.lengths is not None or (data.val is not None and data.val[3] is not None),
+    )
+    carry = StateCarry(model)
+    own = dist.shard(int(xs[0].shape[0]), comm)[0]
+    state_specs, out_shapes, window = probe(
+        model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1)
+    )
+    check_outputs(out_shapes, data.ys, window, per_series=data.per_series)
+    return carry, state_specs, out_shapes, window
+
+
+def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -> dict:
+    """What the compiled steps depend on beyond the model and optimizer (the reuse key)."""
+    return {
+        "loss": reuse.describe(loss),
+        "metrics": reuse.describe(p["metrics"]),
+        "loss_weights": reuse.describe(p["loss_weights"]),
+        "seq_len": p["seq_len"],
+        "per_series": data.per_series,
+        "jit": jit,
+        "sync_every": p["sync_every"],
+        "ranks": [comm.rank, comm.size],
+        "device": device,
+        "validation": data.val is not None,
+        "state_specs": repr(state_specs),
+        "out_shapes": out_shapes,
+    }
+
+
+def _compiled(p: dict, model, opt, ys, out_shapes, comm, warm):
+    """``(optimizer, metrics, validation metrics)`` of a model that reuses no compiled
+    steps: the optimizer wrapped for MPI, compiled into a new model (its loss scaling under
+    mixed precision, as ``model.fit``), built; fresh metrics for training and validation."""
+    if comm.size > 1:
+        opt = dist.DistributedOptimizer(opt, comm=comm)
+    if warm is None:
+        model.compile(optimizer=opt)
+        if isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer):
+            opt = model.optimizer  # mixed_float16: compile's loss scaling, as model.fit
+    opt.build(model.trainable_variables)
+    metrics, val_metrics = (
+        [metric(m, *metric_shapes(k, ys, out_shapes)) for k, m in enumerate(p["metrics"] or [])]
+        for _ in range(2)
+    )
+    return opt, metrics, val_metrics
+
+
+def _load_initial(entry, model, fresh_opt, comm) -> bool:
+    """Load ``model``'s weights and ``fresh_opt``'s initial state into a reused entry's
+    model and optimizer (False when their variables do not line up)."""
+    target = entry.model
+    weights = model.get_weights()
+    if len(weights) != len(target.weights):
+        return False
+    if isinstance(entry.optimizer, keras.optimizers.LossScaleOptimizer):
+        fresh_opt = keras.optimizers.LossScaleOptimizer(fresh_opt)
+    fresh_opt.build(target.trainable_variables)
+    if len(fresh_opt.variables) != len(entry.optimizer.variables) or any(
+        tuple(a.shape) != tuple(b.shape)
+        for a, b in zip(fresh_opt.variables, entry.optimizer.variables)
+    ):
+        return False
+    target.set_weights(weights)
+    for var, fresh in zip(entry.optimizer.variables, fresh_opt.variables):
+        var.assign(fresh.value if hasattr(fresh, "value") else fresh)
+    return True
+
+
+def metric(spec, y_true_shape=None, y_pred_shape=None) -> keras.metrics.Metric:
+    """A fresh Keras ``Metric`` from a name, a function or a ``Metric`` (copied).
+
+    ``"accuracy"``/``"acc"`` resolve as ``compile`` resolves them for the output's shapes
+    (binary, sparse categorical or categorical accuracy)."""
+    if isinstance(spec, keras.metrics.Metric):
+        return spec.__class__.from_config(spec.get_config())
+    if isinstance(spec, str) and spec.lower() in ("accuracy", "acc") and y_pred_shape:
+        from types import SimpleNamespace
+
+        from keras.src.trainers.compile_utils import get_metric
+
+        return get_metric(
+            spec,
+            SimpleNamespace(shape=tuple(y_true_shape)),
+            SimpleNamespace(shape=tuple(y_pred_shape)),
+        )
+    fn = keras.metrics.get(spec)
+    if isinstance(fn, keras.metrics.Metric):
+        config = fn.get_config()
+        if isinstance(spec, str):
+            config["name"] = spec  # logged under the name the user wrote, as in model.fit
+        return fn.__class__.from_config(config)
+    name = spec if isinstance(spec, str) else getattr(fn, "__name__", "metric")
+    return keras.metrics.MeanMetricWrapper(fn, name=name)
+
+
+def metric_shapes(k, ys, out_shapes):
+    """(y_true shape, y_pred shape) of the output metric ``k`` is computed on (as in the
+    window loops: metric k on output k modulo the number of outputs)."""
+    out = k % len(out_shapes)
+    return tuple(ys[out].shape), (None,) + tuple(out_shapes[out])
