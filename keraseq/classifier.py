@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 
 from . import labels as lab
+from .batches import read_validation
 from .estimator import Estimator
 from .model_selection import whole
 
@@ -102,13 +103,16 @@ class Classifier(ClassifierMixin, Estimator):
         lab.check_label_kind(lab.real_labels(y, lengths))
         self.classes_ = np.unique(lab.real_labels(y, lengths))
         codes = lab.encode(y, self.classes_, lengths=lengths)
-        if validation_data is not None:
-            vl = validation_data[3] if len(validation_data) > 3 else None
-            vy = lab.encode(validation_data[1], self.classes_, "validation_data y", vl)
-            validation_data = (validation_data[0], vy, *validation_data[2:])
         sample_weight = self._class_weights(y, lengths, sample_weight)
         return super().fit(
-            x, codes, sample_weight, validation_data, callbacks, epochs, lengths, initial_epoch
+            x,
+            codes,
+            sample_weight,
+            self._encoded(validation_data),
+            callbacks,
+            epochs,
+            lengths,
+            initial_epoch,
         )
 
     def partial_fit(
@@ -130,7 +134,18 @@ class Classifier(ClassifierMixin, Estimator):
             )
         codes = lab.encode(y, self.classes_, lengths=lengths)
         weights = self._class_weights(y, lengths, sample_weight)
+        validation_data = self._encoded(validation_data)
         return super().partial_fit(x, codes, weights, validation_data, callbacks, lengths)
+
+    def _encoded(self, validation_data):
+        """``validation_data`` (arrays, or a pipeline read into arrays) with its labels
+        encoded as ``classes_``' indices, as the training labels are."""
+        validation_data = read_validation(validation_data)
+        if validation_data is None:
+            return None
+        vl = validation_data[3] if len(validation_data) > 3 else None
+        vy = lab.encode(validation_data[1], self.classes_, "validation_data y", vl)
+        return (validation_data[0], vy, *validation_data[2:])
 
     def _class_weights(self, y, lengths, sample_weight):
         return lab.class_weights(self.class_weight, self.classes_, y, lengths, sample_weight)

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from . import fitted, fresh, hyperparams, inference, persistence, sklearn_inputs, tabular, trainer
-from .batches import is_pipeline
+from .batches import is_pipeline, read_validation
 from .checks import check_outputs
 from .fitted import StreamStates as StreamStates  # where pickles of earlier versions find it
 from .model_selection import whole
@@ -236,6 +236,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         p = self._resolved()
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
+        val = read_validation(val)  # a pipeline: read once into arrays
         data = sklearn_inputs.fit_inputs(self, p, whole(x), whole(y), w, val, lengths, warm)
         try:
             session, progress = trainer.fit(

@@ -154,3 +154,47 @@ def test_pipeline_errors_are_named():
     with pytest.raises(TypeError, match=r"`steps_per_epoch`"):
         Estimator(gru(), steps_per_epoch=1.5, **KW).fit(iter(batches(x, y, w)))
     assert not hasattr(est, "model_")
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("kind", ["tf.data", "generator"])
+def test_validation_data_as_a_pipeline_equals_the_arrays(kind):
+    """``validation_data`` as ``model.fit`` takes it: a finite dataset or generator of
+    ``(x, y[, sample_weight])`` batches is read once and validates as the same arrays do, for
+    the Estimator and the Classifier (whose labels it encodes)."""
+    x, y, w = data()
+    vx, vy, vw = data(n=13, seed=1)
+    val = _tf_data(vx, vy, vw) if kind == "tf.data" else iter(batches(vx, vy, vw))
+    a = Estimator(gru(), "mse", "adam", epochs=2, **KW).fit(x, y, validation_data=(vx, vy, vw))
+    b = Estimator(gru(), "mse", "adam", epochs=2, **KW).fit(x, y, validation_data=val)
+    assert "val_loss" in b.history_ and "val_mae" in b.history_
+    assert_same_fit(a, b)
+
+
+def test_validation_data_pipeline_of_labels_for_the_classifier():
+    from keraseq import Classifier
+
+    x, _, _ = data()
+    labels = np.array(["up", "down"])[(x[:, -1, 0] > 0).astype(int)]
+    vx, _, _ = data(n=13, seed=1)
+    vlabels = np.array(["up", "down"])[(vx[:, -1, 0] > 0).astype(int)]
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [keras.Input((None, F)), keras.layers.GRU(4), keras.layers.Dense(2)]
+        )
+
+    kw = dict(KW, metrics=["accuracy"])
+    a = Classifier(model(), epochs=2, **kw).fit(x, labels, validation_data=(vx, vlabels))
+    gen = ((vx[k : k + 5], vlabels[k : k + 5]) for k in range(0, 13, 5))
+    b = Classifier(model(), epochs=2, **kw).fit(x, labels, validation_data=gen)
+    assert a.history_["val_loss"] == b.history_["val_loss"]
+
+
+def test_validation_data_pipeline_with_unequal_batches_is_refused_by_name():
+    x, y, w = data()
+    gen = iter([(x[:4], y[:4]), (x[4:8, :5], y[4:8, :5])])
+    est = Estimator(gru(), "mse", "adam", epochs=1, **KW)
+    with pytest.raises(ValueError, match=r"`validation_data`: its batches must agree"):
+        est.fit(x, y, validation_data=gen)
