@@ -1,4 +1,5 @@
-"""The scikit-learn face: ``Estimator`` (``fit`` / ``predict`` / ``score``) for Keras sequence models.
+"""The scikit-learn face: ``Estimator`` (``fit`` / ``predict`` / ``score``) for Keras sequence
+models.
 
 What lives here: the class whose ``__init__`` stores the hyper-parameters, with
 ``get_params``/``set_params``, tags, pickling and the public methods, each delegating down:
@@ -8,7 +9,7 @@ resolving the hyper-parameters (``hyperparams.py``), a fresh model and optimizer
 (``fresh.py``), the fitted attributes and streaming states (``fitted.py``), data checks
 (``checks.py``), the epoch loop (``trainer.py``), the window loops (``backend/``), MPI
 (``distributed.py``).
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ Example (normally reached through ``Estimator.predict``/``score``):
     >>> m = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(4, return_sequences=True),
     ...                       keras.layers.Dense(1)])
     >>> x = np.random.rand(6, 10, 2).astype("float32")
-    >>> Estimator(m, epochs=1, batch_size=3, seq_len=5, verbose=0).fit(x, x[..., :1]).predict(x).shape
+    >>> est = Estimator(m, epochs=1, batch_size=3, seq_len=5, verbose=0).fit(x, x[..., :1])
+    >>> est.predict(x).shape
     (6, 10, 1)
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 

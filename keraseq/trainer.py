@@ -100,8 +100,9 @@ def fit(
     ``check_outputs(out_shapes, ys, window, per_series)`` checks the model's outputs against the
     targets (a subclass adds its own checks); ``warm``/``progress``: the previous fit's, to
     continue from; ``previous``: this estimator's last session, whose compiled steps a new
-    (not warm) fit may recycle. Nothing is returned (and no fitted state changes) when a check fails.
-    """  # noqa: E501
+    (not warm) fit may recycle. Nothing is returned (and no fitted state changes) when a check
+    fails.
+    """
     p = dict(p)
     if p.get("steps_per_epoch") is not None:
         check_positive_int(p["steps_per_epoch"], "steps_per_epoch")
