@@ -1,12 +1,25 @@
-"""The backend layer: one module per Keras backend for the compiled window loops.
+"""The backend layer: the window programs as classes, one per Keras backend.
 
-What lives here: :class:`StepFunctions` (what every backend builds) and :func:`current`, the
-module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, as in Keras):
-``backend/tensorflow.py`` or ``backend/jax.py``; both run the window plan of
-``backend/plan.py`` (written once with ``keras.ops``). Each backend module offers the same names:
+Layout (mirroring Keras's trainers: ``keras/src/trainers/trainer.py`` backend-free,
+``keras/src/backend/<name>/trainer.py`` per backend):
+
+- ``backend/plan.py``: :class:`~keraseq.backend.plan.WindowPlan`, which windows of a minibatch
+  run, with which targets, masks and weights (``keras.ops``);
+- ``backend/base.py``: :class:`~keraseq.backend.base.BaseSteps`, the five programs (train per
+  window, per series, accumulated over ``sync_every`` windows, evaluate, predict), what a window
+  does in each, the count-weighted gradient buffer and the non-finite gate, written once;
+- ``backend/tensorflow.py`` (``TensorFlowSteps``) and ``backend/jax.py`` (``JaxSteps``): only
+  what differs -- reading and assigning variables, taking a gradient, compiling and calling a
+  program, the traced loops, the Allreduce, devices (and on JAX, a minibatch's rows over CPU
+  devices).
+
+Here: :class:`StepFunctions` (what every backend builds) and :func:`current`, the module of the
+backend Keras runs on (``KERAS_BACKEND``, chosen once at import, as in Keras). Each backend
+module offers the same names:
 
 - ``build_step_functions(model, carry, state_specs, objective, optimizer, metrics, seq_len,
-  per_series, jit_compile, allreduce=None, sync_every=1) -> StepFunctions``;
+  per_series, jit_compile, allreduce=None, sync_every=1) -> StepFunctions`` (a thin function
+  building the backend's class);
 - ``graph_allreduce(comm, device)`` (the in-step sum of one flat float32 buffer over ranks)
   and ``fused_allreduce(comm, tensors)`` (for :func:`keraseq.distributed.DistributedOptimizer`);
 - ``default_device(comm)``, ``device_scope(name)``, ``jit_for(model, setting, work, distributed)``
@@ -14,10 +27,11 @@ module of the backend Keras runs on (``KERAS_BACKEND``, chosen once at import, a
 - ``to_tensor(array)``, ``to_numpy(tensor)``, ``dtype_of(name)``, ``shapes_of(model, fn,
   *args)`` (a model call's output shapes and dtypes, without keeping a compiled program),
   ``release_eager_kernels()`` (what earlier models left in the backend's caches; once per fit);
-- ``while_loop(bound, body, init, maximum)``, ``slice_time``, ``pad_time`` (for the plan).
+- ``while_loop(bound, body, init, maximum)``, ``cond``, ``scan``, ``slice_time``, ``pad_time``
+  (the traced primitives of the plan and the base).
 
-What does not live here: anything that does not depend on the backend (the epoch loop in
-``trainer.py``, inference in ``inference.py``, the state carry in ``windows.py``).
+What does not live here: what runs around the programs (the epoch loop in ``trainer.py``,
+inference in ``inference.py``, the state carry in ``windows.py``).
 
 Example:
     >>> from keraseq.backend import current

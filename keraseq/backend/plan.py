@@ -5,10 +5,11 @@ What lives here: :class:`WindowPlan`, written once with ``keras.ops`` for both b
 It pads a short tail to a whole window when series have unequal lengths and bounds the loop
 by the runtime window count. It chooses each window's targets (per step, or per series in the
 window of each row's last real step), and hands every window to the backend's
-``window_fn`` with the state carried. Each backend module supplies its own ``while_`` loop,
-time slicing and zero states.
+``window_fn`` (``BaseSteps.loop``) with the state carried. Each backend supplies its own
+``while_`` loop, conditional and time slicing (``backend/<name>.py``), the zero states come from
+``backend/base.py``.
 
-What does not live here: what a window does (forward, gradient, update: ``backend/<name>.py``),
+What does not live here: what a window does (forward, gradient, update: ``backend/base.py``),
 the state carry itself (``windows.py``), the objectives (``losses.py``).
 """
 
@@ -98,81 +99,76 @@ class WindowPlan:
         ``[0, c1), [c1, c2), ..., [ck, n)`` (the last one ``final``) run exactly the windows of
         one whole call, in order, in one compiled program whatever the chunk bounds.
         """
-        per_series = self.per_series
         T = x[0].shape[1]
         S, n_full, tail = self.windows_of(T)
         if tm is not None and tail:
             # Pad the time axis to whole windows: the extra steps are masked like any padding
             # (the RNNs hold their state, no loss), so the short tail window joins the loop
             # and is skipped with the others when every row has ended before it.
-            extra = S - tail
-            x = tuple(self.pad_time(a, extra) for a in x)
-            tm = self.pad_time(tm, extra)
-            if not per_series:
-                y, w, m = (
-                    None if g is None else tuple(self.pad_time(a, extra) for a in g)
-                    for g in (y, w, m)
-                )
-            T, n_full, tail = T + extra, n_full + 1, 0
+            x, y, w, m, tm = self._pad_tail(x, y, w, m, tm, S - tail)
+            T, n_full, tail = T + S - tail, n_full + 1, 0
         states = self.zero_states(x[0]) if h0 is None else h0
-        n_windows = n_full + (1 if tail else 0)
-        ends = self.end_windows(tm, S) if (per_series and tm is not None) else None
+        ends = self.end_windows(tm, S) if (self.per_series and tm is not None) else None
+        arrays = (x, y, w, m, tm, ends)
 
-        def cut(arrays, start, length):
-            if arrays is None:
-                return None
-            return tuple(self.slice_time(a, start, length) for a in arrays)
-
-        def window(index, start, length, states, carry, is_last):
-            xw = cut(x, start, length)
-            has_loss = not per_series or is_last or ends is not None
-            if per_series:
-                yw = y if has_loss else None
-                ww = w[0] if (w is not None and has_loss) else None
-                mw = m[0] if (m is not None and has_loss) else None
-                if ends is not None:
-                    here = ops.cast(ops.equal(ends, index), "float32")
-                    mw = here if mw is None else mw * here
-            else:
-                yw = cut(y, start, length)
-                ww = cut(w, start, length)[0] if w is not None else None
-                mw = cut(m, start, length)[0] if m is not None else None
-            self.window_mask(tm, start, length)
-            try:
-                return window_fn(xw, yw, ww, mw, states, carry, has_loss)
-            finally:
-                self.carry.window_mask = None
+        def window(index, start, length, c, is_last):
+            return self._window(arrays, index, start, length, c, window_fn, is_last)
 
         # Full windows run in a loop: the program holds one copy of the window step. With
         # per-series targets of equal lengths the last window is the only one with a loss,
         # so it is peeled off the loop.
-        loop_windows = n_full - (1 if (per_series and not tail and ends is None) else 0)
-        carry = init
+        loop_windows = n_full - (1 if (self.per_series and not tail and ends is None) else 0)
+        c = (states, init)
         if loop_windows > 0:
-
-            def body(i, c):
-                return window(i, i * S, S, *c, False)
-
+            body = lambda i, c: window(i, i * S, S, c, False)
             if first is None:
                 bound = loop_windows if n_win is None else ops.minimum(n_win, loop_windows)
-                states, carry = self.while_(bound, body, (states, carry), loop_windows)
+                c = self.while_(bound, body, c, loop_windows)
             else:
-
-                def chunk_body(j, c):
-                    return body(first + j, c)
-
                 bound = ops.minimum(n_win, loop_windows) - first
-                states, carry = self.while_(bound, chunk_body, (states, carry), loop_windows)
-        if loop_windows < n_windows:
+                c = self.while_(bound, lambda j, c: body(first + j, c), c, loop_windows)
+        if loop_windows < n_full + (1 if tail else 0):
             start = loop_windows * S
             length = T - start if tail and loop_windows == n_full else S
-            if first is None:
-                states, carry = window(loop_windows, start, length, states, carry, True)
-            else:
-                states, carry = self.cond(
-                    final,
-                    lambda c: window(loop_windows, start, length, *c, True),
-                    lambda c: c,
-                    (states, carry),
-                )
-        return states, carry
+            last = lambda c: window(loop_windows, start, length, c, True)
+            c = last(c) if first is None else self.cond(final, last, lambda c: c, c)
+        return c
+
+    def _pad_tail(self, x, y, w, m, tm, extra: int):
+        """The arrays with ``extra`` masked steps appended (per-series targets keep theirs)."""
+        x = tuple(self.pad_time(a, extra) for a in x)
+        tm = self.pad_time(tm, extra)
+        if not self.per_series:
+            y, w, m = (
+                None if g is None else tuple(self.pad_time(a, extra) for a in g) for g in (y, w, m)
+            )
+        return x, y, w, m, tm
+
+    def _cut(self, arrays, start, length):
+        if arrays is None:
+            return None
+        return tuple(self.slice_time(a, start, length) for a in arrays)
+
+    def _window(self, arrays, index, start, length, c, window_fn: Callable, is_last: bool):
+        """One window: its inputs, targets, weights and loss mask cut out, ``window_fn`` run
+        with the carry's time mask set; returns ``window_fn``'s (new states, carry)."""
+        x, y, w, m, tm, ends = arrays
+        per_series = self.per_series
+        xw = self._cut(x, start, length)
+        has_loss = not per_series or is_last or ends is not None
+        if per_series:
+            yw = y if has_loss else None
+            ww = w[0] if (w is not None and has_loss) else None
+            mw = m[0] if (m is not None and has_loss) else None
+            if ends is not None:
+                here = ops.cast(ops.equal(ends, index), "float32")
+                mw = here if mw is None else mw * here
+        else:
+            yw = self._cut(y, start, length)
+            ww = self._cut(w, start, length)[0] if w is not None else None
+            mw = self._cut(m, start, length)[0] if m is not None else None
+        self.window_mask(tm, start, length)
+        try:
+            return window_fn(xw, yw, ww, mw, *c, has_loss)
+        finally:
+            self.carry.window_mask = None

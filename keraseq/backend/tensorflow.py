@@ -1,14 +1,21 @@
-"""The TensorFlow backend: compiled window loops, in-graph Allreduce, devices.
+"""The TensorFlow backend: the window programs as TensorFlow runs them, in-graph Allreduce,
+devices.
 
-What lives here: :func:`build_step_functions` (one compiled graph call per minibatch runs all
-its windows ``[0:S], [S:2S], ...`` -- forward, loss, gradient, optimizer update -- in a symbolic
-``tf.while_loop``, so the graph, and the XLA compile time, does not grow with the number of
-windows), the Allreduce inside that graph (a host callback, or an XLA custom call from
-``_mpi_xla``), device choice and placement, and host <-> tensor conversion.
+What lives here: :class:`TensorFlowSteps`, the TensorFlow half of the window programs of
+``backend/base.py`` (what differs from JAX: the variables assigned in place, a
+``tf.GradientTape``, ``tf.function`` with or without XLA, the window step split around a host
+Allreduce), and :func:`build_step_functions`, which builds it. One compiled graph call per
+minibatch runs all its windows in a symbolic ``tf.while_loop``, so the graph, and the XLA
+compile time, does not grow with the number of windows. Also here: the traced primitives the
+base and the plan use (``while_loop``, ``cond``, ``scan``, ``slice_time``, ``pad_time``), the
+Allreduce inside that graph (a host callback, or an XLA custom call from ``_mpi_xla``), XLA or
+not for ``jit_compile="auto"`` (:func:`jit_for`), device choice and placement, and
+host <-> tensor conversion.
 
-What does not live here: the backend-free epoch loop (``trainer.py``), the state carry
-(``windows.py``), the per-window objectives (``losses.py``), MPI on NumPy buffers
-(``distributed.py``). The JAX twin of this module is ``backend/jax.py``.
+What does not live here: what a window does (``backend/base.py``, shared with JAX), the
+backend-free epoch loop (``trainer.py``), the state carry (``windows.py``), the per-window
+objectives (``losses.py``), MPI on NumPy buffers (``distributed.py``). The JAX twin of this
+module is ``backend/jax.py``.
 """
 
 from __future__ import annotations
@@ -21,13 +28,11 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import tree
 
 from .. import distributed as dist
-from ..losses import metric_updates, output_mask
 from ..windows import StateCarry
 from . import StepFunctions
-from .plan import WindowPlan
+from .base import BaseSteps
 
 NAME = "tensorflow"
 
@@ -127,6 +132,112 @@ def while_loop(bound, body, init, maximum):
     return out
 
 
+def scan(body, init, n: int):
+    """``lax.scan`` over ``i = 0 .. n - 1`` (``body(carry, i) -> (carry, outputs)``): returns
+    the final carry and each output stacked over ``i`` on a new first axis. The first step is
+    traced outside the loop (the ``TensorArray`` of each output needs its dtype); the others
+    run in a symbolic ``tf.while_loop``."""
+    carry, first = body(init, 0)
+    if n == 1:
+        return carry, tuple(p[None] for p in first)
+    arrays = [tf.TensorArray(p.dtype, size=n - 1, element_shape=None) for p in first]
+
+    def step(i, carry, arrays):
+        carry, outs = body(carry, i + 1)
+        return i + 1, carry, [ta.write(i, p) for ta, p in zip(arrays, outs)]
+
+    _, carry, arrays = tf.while_loop(
+        lambda i, *_: i < n - 1, step, (tf.constant(0), carry, arrays), maximum_iterations=n - 1
+    )
+    return carry, tuple(tf.concat([p[None], ta.stack()], 0) for p, ta in zip(first, arrays))
+
+
+class TensorFlowSteps(BaseSteps):
+    """The window programs (``backend/base.py``) on TensorFlow: the variables are assigned in
+    place (``vals`` is ``()``), the gradient is a ``tf.GradientTape``'s, a program is a
+    ``tf.function`` (``jit_compile``: XLA or a plain graph) whose window loop is a symbolic
+    ``tf.while_loop``, so the graph, and the XLA compile time, does not grow with the number
+    of windows.
+
+    Under MPI, ``allreduce.xla`` (an XLA custom call that runs MPI_Allreduce, see
+    :func:`graph_allreduce`) keeps the whole window loop, Allreduce included, ONE XLA program,
+    exactly like the single-process loop. Without it (GPU, no compiler, or
+    ``jit_compile=False``) the host callback ``allreduce(buf)`` cannot live inside XLA, so the
+    window step is split in two XLA-compiled halves around it (:meth:`pack`, then
+    :meth:`unpack_apply`) inside a plain-graph loop.
+    """
+
+    while_loop = staticmethod(while_loop)
+    cond = staticmethod(cond)
+    scan = staticmethod(scan)
+    slice_time = staticmethod(slice_time)
+    pad_time = staticmethod(pad_time)
+
+    def __init__(self, *args, allreduce: Callable | None = None, sync_every: int = 1):
+        """The arguments of :func:`build_step_functions`."""
+        jit_compile = args[8]
+        xla_reduce = getattr(allreduce, "xla", None) if allreduce is not None else None
+        xla_reduce = xla_reduce if jit_compile else None
+        reduce = allreduce if xla_reduce is None else xla_reduce
+        super().__init__(*args, allreduce=reduce, sync_every=sync_every)
+        #: Whether the whole window loop is one program (no host-callback Allreduce inside).
+        self.fused = allreduce is None or xla_reduce is not None
+        if not self.fused and jit_compile:
+            self.pack = tf.function(self.pack, jit_compile=True)
+            self.unpack_apply = tf.function(self.unpack_apply, jit_compile=True)
+
+    def in_model(self, vals, fn, collect_losses=False):
+        return fn(), vals
+
+    def value_and_grad(self, vals, fn):
+        with tf.GradientTape() as tape:
+            mean, aux = fn()
+        grads = tape.gradient(mean, self.trainable)
+        grads = [
+            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, self.trainable)
+        ]
+        return aux, grads, vals
+
+    def metrics_scope(self, vals, fn):
+        fn()
+        return vals
+
+    def apply(self, vals, grads):
+        self.optimizer.apply(grads, self.trainable)
+        return vals
+
+    @staticmethod
+    def program(method: Callable) -> Callable:
+        """A program of ``BaseSteps`` as TensorFlow calls it: no ``vals`` in or out."""
+
+        def fn(*args):
+            return method((), *args)[0]
+
+        return fn
+
+    def step_functions(self) -> StepFunctions:
+        compile_ = lambda f: tf.function(
+            self.program(f), jit_compile=self.jit_compile, reduce_retracing=False
+        )
+        train = None
+        if self.optimizer is not None:
+            # With the host-callback Allreduce the outer window loop stays a plain graph; its
+            # two halves per window are XLA-compiled (see ``__init__``).
+            train = (
+                compile_(self.train)
+                if self.fused
+                else tf.function(self.program(self.train), jit_compile=False)
+            )
+        return StepFunctions(
+            train=train,
+            evaluate=compile_(self.evaluate),
+            predict=compile_(self.predict),
+            exact_rows=self.exact_rows,
+            chunk_start=self.chunk_start,
+        )
+
+
 def build_step_functions(
     model: keras.Model,
     carry: StateCarry,
@@ -140,442 +251,11 @@ def build_step_functions(
     allreduce: Callable | None = None,
     sync_every: int = 1,
 ) -> StepFunctions:
-    """Build the three compiled minibatch functions.
-
-    ``objective(forward, xw, yw, ww, mw, training, states)`` returns
-    ``(loss_sum, count, reg, y_pred, new_states)`` for one window (see ``losses.py``):
-    ``loss_sum / count`` is the window's mean loss, ``count`` the number of loss elements that
-    are not masked, ``reg`` the regularisation losses; ``forward(states, fn)`` runs ``fn()``
-    (which calls the model) starting from ``states`` and returns ``(fn(), new_states)``.
-    ``state_specs`` gives, per RNN call, the per-series shapes and dtypes of its states (probed
-    once on real data).
-
-    ``train(x, y, w, m, h0)`` runs every window of one minibatch: forward, loss, gradient,
-    optional ``allreduce(buffer) -> summed buffer`` of one flat float32 buffer holding every
-    count-weighted gradient, the count and a non-finite flag (one collective per update; the
-    result is the count-weighted mean gradient over ranks), optimizer update; it skips (and
-    reports) the first window whose loss or gradient is not finite and every window after it,
-    so the weights stay those from before the bad update. ``h0`` is the initial state (``None``:
-    zeros). It returns one float tensor ``[loss_sum, count, bad_window]`` (one transfer to the
-    host), ``bad_window = -1`` when all were finite.
-
-    ``train(x, y, w, m, tm, n_win, h0, chunk)`` with ``chunk = (first, final, acc)`` trains
-    one chunk of a minibatch (``backend/__init__.py``): windows ``first .. n_win - 1``, from
-    the states ``h0``, the minibatch's end (tail window, per-series update) only when
-    ``final``; it returns ``(result, final states, acc)``, where ``acc`` is what the next
-    chunk continues from (the loss sum and count so far; with per-series targets of unequal
-    lengths also the finite flag and the gradient sums).
-    """
-    trainable = model.trainable_variables
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    # A DistributedOptimizer's own ``apply`` would reduce again: the loop reduces already, so
-    # it applies inside ``gradients_reduced()`` (which also reaches a DistributedOptimizer
-    # wrapped by compile's LossScaleOptimizer under mixed_float16).
-    apply_grads = None if optimizer is None else optimizer.apply
-
-    def zero_states(x0):
-        batch = tf.shape(x0)[0]
-        return [
-            [tf.zeros(tf.concat([[batch], shape], 0), dtype) for shape, dtype in spec]
-            for spec in state_specs
-        ]
-
-    plan = WindowPlan(
-        carry, seq_len, per_series, while_loop, slice_time, pad_time, zero_states, cond
-    )
-
-    def forward(states, fn):
-        """Run ``fn()`` (which calls the model) from ``states``; return (result, new states)."""
-        carry.feed(states)
-        result = fn()
-        return result, [[tf.stop_gradient(s) for s in c] for c in carry.collected()]
-
-    def run_model(xw, states, training):
-        return forward(states, lambda: model(xw if len(xw) > 1 else xw[0], training=training))
-
-    def update_metrics(yw, y_pred, ww, mw):
-        if not metrics:
-            return
-        preds = tree.flatten(y_pred)
-        for metric, yt, yp, sw in metric_updates(
-            metrics, yw, preds, [output_mask(p) for p in preds], ww, mw
-        ):
-            metric.update_state(yt, yp, sample_weight=sw)
-
-    # ----------------------------------------------------------------------------------- train
-    shapes = [tuple(v.shape) for v in trainable]
-    sizes = [int(np.prod(sh)) for sh in shapes]
-    dtypes = [v.dtype for v in trainable]  # float64 models keep float64 gradients
-
-    def gradients(xw, yw, ww, mw, states):
-        """Forward, loss and gradient of one window; metrics updated.
-
-        With a ``LossScaleOptimizer`` (mixed_float16, as ``compile`` sets up) the gradient is
-        that of the scaled loss; the optimizer unscales it, and skips updates whose gradient
-        overflowed while it lowers the scale, so only a non-finite loss counts as a fault."""
-        with tf.GradientTape() as tape:
-            loss_sum, count, reg, y_pred, new_states = objective(
-                forward, xw, yw, ww, mw, True, states
-            )
-            # (float64 when floatx is: see losses.loss_dtype)
-            mean = loss_sum / tf.cast(tf.maximum(count, 1.0), loss_sum.dtype) + reg
-            if loss_scaled:
-                mean = optimizer.scale_loss(mean)
-        grads = tape.gradient(mean, trainable)
-        grads = [
-            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, trainable)
-        ]
-        loss_sum, reg = tf.cast(loss_sum, tf.float32), tf.cast(reg, tf.float32)
-        # One fused reduction: a NaN or Inf anywhere makes the sum non-finite.
-        finite = tf.math.is_finite(
-            tf.add_n(
-                [loss_sum]
-                + ([] if loss_scaled else [tf.cast(tf.reduce_sum(g), tf.float32) for g in grads])
-            )
-        )
-        update_metrics(yw, y_pred, ww, mw)
-        return grads, finite, loss_sum + reg * count, count, new_states
-
-    def apply_checked(grads, finite, count, bad, step):
-        """Apply unless a non-finite value appeared (now or in an earlier window) or the
-        window has no unmasked loss element (``count == 0``: all padding)."""
-        ok = tf.logical_and(finite, bad < 0)
-
-        def apply():
-            with dist.gradients_reduced():
-                apply_grads(grads, trainable)
-            return tf.constant(0)
-
-        tf.cond(tf.logical_and(ok, count > 0), apply, lambda: tf.constant(0))
-        return tf.where(tf.logical_or(ok, bad >= 0), bad, step), ok
-
-    # Under MPI, ``allreduce.xla`` (an XLA custom call that runs MPI_Allreduce, see
-    # distributed.graph_allreduce) keeps the whole window loop, Allreduce included, ONE XLA
-    # program, exactly like the single-process loop. Without it (GPU, no compiler, or
-    # jit_compile=False) the host callback ``allreduce(buf)`` cannot live inside XLA, so the
-    # window step is split in two XLA-compiled halves around it inside a plain-graph loop.
-    xla_reduce = (
-        getattr(allreduce, "xla", None) if (allreduce is not None and jit_compile) else None
-    )
-    fused = allreduce is None or xla_reduce is not None
-
-    # (1) forward + backward, packing count-weighted gradients, the count and a non-finite
-    # flag into ONE flat buffer; (2) unpack the summed buffer, divide by the total count, apply.
-    def pack_buffer(weighted_grads, count, finite):
-        return tf.concat(
-            [tf.reshape(tf.cast(g, tf.float32), [-1]) for g in weighted_grads]
-            + [tf.stack([count, 1.0 - tf.cast(finite, tf.float32)])],
-            0,
-        )
-
-    def pack(xw, yw, ww, mw, states):
-        grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-        return (
-            pack_buffer([g * tf.cast(count, g.dtype) for g in grads], count, finite),
-            loss_sum,
-            count,
-            new_states,
-        )
-
-    def unpack_apply(summed, bad, step):
-        pieces = tf.split(summed, sizes + [2])
-        total, nonfinite = pieces[-1][0], pieces[-1][1]
-        grads = [
-            tf.cast(tf.reshape(p, sh) / tf.maximum(total, 1e-12), dt)
-            for p, sh, dt in zip(pieces[:-1], shapes, dtypes)
-        ]
-        return apply_checked(grads, nonfinite < 0.5, total, bad, step)
-
-    if allreduce is None:
-
-        def learn_window(xw, yw, ww, mw, states, bad, step):
-            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            bad, ok = apply_checked(grads, finite, count, bad, step)
-            return bad, ok, loss_sum, count, new_states
-
-        def reduce_apply(buf, bad, step):
-            return unpack_apply(buf, bad, step)
-    elif xla_reduce is not None:
-
-        def learn_window(xw, yw, ww, mw, states, bad, step):
-            buf, loss_sum, count, new_states = pack(xw, yw, ww, mw, states)
-            bad, ok = unpack_apply(xla_reduce(buf), bad, step)
-            return bad, ok, loss_sum, count, new_states
-
-        def reduce_apply(buf, bad, step):
-            return unpack_apply(xla_reduce(buf), bad, step)
-    else:
-        pack_c, unpack_apply_c = pack, unpack_apply
-        if jit_compile:
-            pack_c = tf.function(pack, jit_compile=True)
-            unpack_apply_c = tf.function(unpack_apply, jit_compile=True)
-
-        def learn_window(xw, yw, ww, mw, states, bad, step):
-            buf, loss_sum, count, new_states = pack_c(xw, yw, ww, mw, states)
-            bad, ok = unpack_apply_c(allreduce(buf), bad, step)
-            return bad, ok, loss_sum, count, new_states
-
-        def reduce_apply(buf, bad, step):
-            return unpack_apply_c(allreduce(buf), bad, step)
-
-    def train_window(xw, yw, ww, mw, states, acc):
-        loss_acc, count_acc, bad, step = acc
-        bad, ok, loss_sum, count, new_states = learn_window(xw, yw, ww, mw, states, bad, step)
-        loss_acc = loss_acc + tf.where(ok, loss_sum, 0.0)
-        count_acc = count_acc + tf.where(ok, count, 0.0)
-        return new_states, (loss_acc, count_acc, bad, step + 1)
-
-    def loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first=None, final=None):
-        """Run ``window_fn`` over the windows of a minibatch (see ``plan.WindowPlan.run``)."""
-        return plan.run(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
-
-    def train(x, y, w, m, tm, n_win, h0, chunk=None):
-        if per_series and tm is not None:
-            return train_series(x, y, w, m, tm, n_win, h0, chunk)
-        if sync_every > 1 and not per_series:
-            return train_accumulated(x, y, w, m, tm, n_win, h0, chunk)
-        first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
-
-        def window_fn(xw, yw, ww, mw, states, acc, has_loss):
-            if not has_loss:
-                _, new_states = run_model(xw, states, True)
-                return new_states, acc
-            return train_window(xw, yw, ww, mw, states, acc)
-
-        acc = (loss0, count0, tf.constant(-1), tf.constant(0) if first is None else first)
-        states, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
-        # One tensor, so the host fetches the minibatch's result with one transfer.
-        result = tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
-        return result if chunk is None else (result, states, (acc[0], acc[1]))
-
-    def zero_sums():
-        """The loss sum and count a minibatch starts from (a chunk: the previous one's)."""
-        return tf.constant(0.0), tf.constant(0.0)
-
-    def zero_series_acc():
-        """What a chunk of ``train_series`` continues from: loss, count, finite, gradients."""
-        return (
-            tf.constant(0.0),
-            tf.constant(0.0),
-            tf.constant(True),
-            [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)],
-        )
-
-    def train_series(x, y, w, m, tm, n_win, h0, chunk=None):
-        """Per-series targets of unequal lengths: each row's loss lives in the window of its
-        last real step, so the count-weighted gradients of every window are summed and
-        applied in ONE update per minibatch (as for equal lengths), one Allreduce under MPI."""
-
-        def window_fn(xw, yw, ww, mw, states, acc):
-            loss_acc, count_acc, finite_acc, grads_acc = acc
-            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            grads_acc = [a + g * tf.cast(count, g.dtype) for a, g in zip(grads_acc, grads)]
-            return new_states, (
-                loss_acc + loss_sum,
-                count_acc + count,
-                tf.logical_and(finite_acc, finite),
-                grads_acc,
-            )
-
-        first, final, acc = (None, None, zero_series_acc()) if chunk is None else chunk
-        states, acc = loop(
-            x, y, w, m, tm, n_win, h0, lambda *a: window_fn(*a[:6]), acc, first, final
-        )
-        loss_sum, count, finite, grads_acc = acc
-
-        def update():
-            return reduce_apply(
-                pack_buffer(grads_acc, count, finite), tf.constant(-1), tf.constant(0)
-            )
-
-        if chunk is None:
-            bad, ok = update()
-        else:
-            # A chunk before the last one only sums (and reports the sums so far): the update
-            # comes with the minibatch's end.
-            bad, ok = tf.cond(final, update, lambda: (tf.constant(-1), tf.constant(True)))
-        result = tf.stack(
-            [tf.where(ok, loss_sum, 0.0), tf.where(ok, count, 0.0), tf.cast(bad, tf.float32)]
-        )
-        return result if chunk is None else (result, states, acc)
-
-    def train_accumulated(x, y, w, m, tm, n_win, h0, chunk=None):
-        """``sync_every = k > 1`` (for slow networks): the count-weighted gradients of k
-        consecutive windows are summed and applied in one update, one Allreduce per k windows
-        (and one for a remainder at the minibatch's end). Windows still carry the state; the
-        gradient of each is still cut at its borders. Same on every rank: the window count is
-        agreed, so every rank flushes at the same windows. A chunk starts at a multiple of k
-        (the trainer's chunks are whole multiples of k), so it flushes where the whole call
-        does."""
-        zeros = lambda: [tf.zeros(sh, dt) for sh, dt in zip(shapes, dtypes)]
-
-        def flush(acc):
-            loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
-            bad, ok = reduce_apply(pack_buffer(p_grads, p_count, p_finite), bad, step - 1)
-            return (
-                loss_acc + tf.where(ok, p_loss, 0.0),
-                count_acc + tf.where(ok, p_count, 0.0),
-                bad,
-                step,
-                tf.constant(0.0),
-                tf.constant(0.0),
-                tf.constant(True),
-                zeros(),
-            )
-
-        def window_fn(xw, yw, ww, mw, states, acc, has_loss):
-            loss_acc, count_acc, bad, step, p_loss, p_count, p_finite, p_grads = acc
-            grads, finite, loss_sum, count, new_states = gradients(xw, yw, ww, mw, states)
-            acc = (
-                loss_acc,
-                count_acc,
-                bad,
-                step + 1,
-                p_loss + loss_sum,
-                p_count + count,
-                tf.logical_and(p_finite, finite),
-                [a + g * tf.cast(count, g.dtype) for a, g in zip(p_grads, grads)],
-            )
-            acc = tf.cond(tf.equal((step + 1) % sync_every, 0), lambda: flush(acc), lambda: acc)
-            return new_states, acc
-
-        first, final, (loss0, count0) = (None, None, zero_sums()) if chunk is None else chunk
-        acc = (
-            loss0,
-            count0,
-            tf.constant(-1),
-            tf.constant(0) if first is None else first,
-            tf.constant(0.0),
-            tf.constant(0.0),
-            tf.constant(True),
-            zeros(),
-        )
-        states, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc, first, final)
-        # A remainder of fewer than k windows: one more update (the same on every rank).
-        acc = tf.cond(tf.equal(acc[3] % sync_every, 0), lambda: acc, lambda: flush(acc))
-        result = tf.stack([acc[0], acc[1], tf.cast(acc[2], tf.float32)])
-        return result if chunk is None else (result, states, (acc[0], acc[1]))
-
-    # -------------------------------------------------------------------------------- evaluate
-    def evaluate(x, y, w, m, tm, n_win, h0):
-        def window_fn(xw, yw, ww, mw, states, acc, has_loss):
-            if not has_loss:
-                _, new_states = run_model(xw, states, False)
-                return new_states, acc
-            loss_sum, count, reg, y_pred, new_states = objective(
-                forward, xw, yw, ww, mw, False, states
-            )
-            update_metrics(yw, y_pred, ww, mw)
-            loss_acc, count_acc, bad, step = acc
-            loss_sum, reg = tf.cast(loss_sum, tf.float32), tf.cast(reg, tf.float32)
-            return new_states, (loss_acc + loss_sum + reg * count, count_acc + count, bad, step + 1)
-
-        acc = (tf.constant(0.0), tf.constant(0.0), tf.constant(-1), tf.constant(0))
-        _, acc = loop(x, y, w, m, tm, n_win, h0, window_fn, acc)
-        return acc[0], acc[1]
-
-    # --------------------------------------------------------------------------------- predict
-    def predict(x, tm, h0):
-        """Every window runs (outputs at padded steps are those of the whole sequence); a
-        per-series output is, per row, that of the window holding its last real step."""
-        T = x[0].shape[1]
-        S, n_full, tail = plan.windows_of(T)
-        batch = tf.shape(x[0])[0]
-        states = zero_states(x[0]) if h0 is None else h0
-        ends = None if tm is None else plan.end_windows(tm, S)
-
-        def step(index, start, length, states):
-            xw = tuple(slice_time(a, start, length) for a in x)
-            plan.window_mask(tm, start, length)
-            try:
-                y_pred, new_states = run_model(xw, states, False)
-            finally:
-                carry.window_mask = None
-            return tree.flatten(y_pred), new_states
-
-        def keep_series(index, old, new):
-            """Per-series outputs: this window's where it holds the row's last real step."""
-            if ends is None:
-                return new
-            here = tf.equal(ends, index)
-            return tf.where(tf.reshape(here, [-1] + [1] * (len(new.shape) - 1)), new, old)
-
-        outs = None
-        if n_full > 0:
-            # Trace one window outside the loop to learn the output structure.
-            first, states = step(0, 0, S, states)
-            if n_full > 1:
-                seq = [not per_series for p in first]
-                arrays = [
-                    tf.TensorArray(p.dtype, size=n_full - 1, element_shape=None)
-                    for p, s in zip(first, seq)
-                    if s
-                ]
-                series = [p for p, s in zip(first, seq) if not s]
-
-                def body(i, states, arrays, series):
-                    preds, states = step(i + 1, (i + 1) * S, S, states)
-                    arrays = [
-                        ta.write(i, p)
-                        for ta, p in zip(arrays, [p for p, s in zip(preds, seq) if s])
-                    ]
-                    series = [
-                        keep_series(i + 1, old, p)
-                        for old, p in zip(series, [p for p, s in zip(preds, seq) if not s])
-                    ]
-                    return i + 1, states, arrays, series
-
-                _, states, arrays, series = tf.while_loop(
-                    lambda i, *_: i < n_full - 1,
-                    body,
-                    (tf.constant(0), states, arrays, series),
-                    maximum_iterations=n_full - 1,
-                )
-                arrays, series = iter(arrays), iter(series)
-                outs = []
-                for p, s in zip(first, seq):
-                    if not s:
-                        outs.append(next(series))
-                        continue
-                    rest = next(arrays).stack()  # (n_full - 1, B, S, ...)
-                    perm = [1, 0] + list(range(2, len(rest.shape)))
-                    rest = tf.transpose(rest, perm)
-                    shape = tf.concat([[batch, (n_full - 1) * S], tf.shape(rest)[3:]], 0)
-                    outs.append(tf.concat([p, tf.reshape(rest, shape)], axis=1))
-            else:
-                outs = first
-        if tail:
-            preds, states = step(n_full, n_full * S, tail, states)
-            if outs is None:
-                outs = preds
-            else:
-                outs = [
-                    tf.concat([a, p], axis=1) if not per_series else keep_series(n_full, a, p)
-                    for a, p in zip(outs, preds)
-                ]
-        return tuple(outs), states
-
-    def chunk_start(x, tm):
-        """The zero states and accumulators the first chunk of a minibatch starts from."""
-        states = [
-            [tf.zeros((x[0].shape[0],) + tuple(shape), dtype) for shape, dtype in spec]
-            for spec in state_specs
-        ]
-        return states, (zero_series_acc() if per_series and tm is not None else zero_sums())
-
-    compile_ = lambda f: tf.function(f, jit_compile=jit_compile, reduce_retracing=False)
-    return StepFunctions(
-        # With the host-callback Allreduce the outer window loop stays a plain graph; its two
-        # halves per window are XLA-compiled above.
-        train=None
-        if optimizer is None
-        else (compile_(train) if fused else tf.function(train, jit_compile=False)),
-        evaluate=compile_(evaluate),
-        predict=compile_(predict),
-        exact_rows=getattr(objective, "needs_exact_rows", False),
-        chunk_start=chunk_start,
-    )
+    """The compiled minibatch functions (the contract of ``backend/__init__.py``; what they
+    do: :class:`~keraseq.backend.base.BaseSteps`), built by :class:`TensorFlowSteps`."""
+    args = (model, carry, state_specs, objective, optimizer, metrics, seq_len, per_series)
+    steps = TensorFlowSteps(*args, jit_compile, allreduce=allreduce, sync_every=sync_every)
+    return steps.step_functions()
 
 
 # ------------------------------------------------------------------------------- Allreduce
