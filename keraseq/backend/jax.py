@@ -119,7 +119,7 @@ def _i32(v):
 def _check_float64(model) -> None:
     """JAX computes in float32 unless 64-bit mode is on: a float64 model would silently train
     in float32 (Keras's own ``fit`` would too). Refuse it, naming the layer."""
-    if jax.config.jax_enable_x64:
+    if jax.config.jax_enable_x64:  # type: ignore[attr-defined]
         return
     for layer in model._flatten_layers(include_self=True, recursive=True):
         policy = getattr(layer, "dtype_policy", None)
@@ -178,7 +178,7 @@ class JaxSteps(BaseSteps):
             for layer in model._flatten_layers(include_self=True)
             for sg in getattr(layer, "_seed_generators", [])
         }
-        self.programs = {}  # (name, replicas) -> the jitted row-split program
+        self.programs: dict = {}  # (name, replicas) -> the jitted row-split program
         self.n_params = sum(self.sizes)
         # Splitting the rows of a training minibatch keeps the result of one device (the same
         # maths, summed in another order). Not with MPI (one rank per core is the user's
@@ -564,10 +564,8 @@ def _ask_for_cpu_devices() -> None:
     """One JAX CPU device per core (``jax_num_cpu_devices``), so a minibatch's rows can run on
     every core (:func:`row_replicas`). Only when neither the user (the config value or
     ``--xla_force_host_platform_device_count``) nor an earlier use of JAX fixed it already."""
-    if (
-        jax.config.jax_num_cpu_devices != -1
-        or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-    ):
+    fixed = jax.config.jax_num_cpu_devices != -1  # type: ignore[attr-defined]
+    if fixed or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return
     wanted = _wanted_cpu_devices()
     if wanted <= 1:
@@ -662,12 +660,12 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
 
         return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
 
-    reduce.xla = None if host else "mpi4jax"
+    reduce.xla = None if host else "mpi4jax"  # type: ignore[attr-defined]  # read by the steps
     return reduce
 
 
 # ------------------------------------------------------------------------------------ devices
-def _device(name: str | None):
+def _device(name: str):
     """A JAX device from a name: ``"/GPU:1"``, ``"gpu:1"``, ``"/CPU:0"``, ``"cpu"``."""
     match = re.fullmatch(r"/?(?:device:)?([A-Za-z]+)(?::(\d+))?", name.strip())
     if match is None:

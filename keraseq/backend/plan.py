@@ -79,6 +79,7 @@ class WindowPlan:
 
     def window_mask(self, tm, start, length):
         """Set the state carry's time mask for one window (``None``: every step is real)."""
+        assert self.carry is not None, "running windows needs the model's state carry"
         self.carry.window_mask = None if tm is None else self.slice_time(tm, start, length) > 0
 
     def run(
@@ -131,7 +132,11 @@ class WindowPlan:
             start = loop_windows * S
             length = T - start if tail and loop_windows == n_full else S
             last = lambda c: window(loop_windows, start, length, c, True)
-            c = last(c) if first is None else self.cond(final, last, lambda c: c, c)
+            if first is None:
+                c = last(c)
+            else:
+                assert self.cond is not None, "chunks need the backend's conditional"
+                c = self.cond(final, last, lambda c: c, c)
         return c
 
     def _pad_tail(self, x, y, w, m, tm, extra: int):
@@ -171,4 +176,4 @@ class WindowPlan:
         try:
             return window_fn(xw, yw, ww, mw, *c, has_loss)
         finally:
-            self.carry.window_mask = None
+            self.window_mask(None, start, length)

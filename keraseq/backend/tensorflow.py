@@ -174,17 +174,20 @@ class TensorFlowSteps(BaseSteps):
     pad_time = staticmethod(pad_time)
 
     def __init__(self, *args, allreduce: Callable | None = None, sync_every: int = 1):
-        """The arguments of :func:`build_step_functions`."""
+        """The arguments of :func:`build_step_functions` (``args``: model .. jit_compile)."""
         jit_compile = args[8]
         xla_reduce = getattr(allreduce, "xla", None) if allreduce is not None else None
         xla_reduce = xla_reduce if jit_compile else None
         reduce = allreduce if xla_reduce is None else xla_reduce
-        super().__init__(*args, allreduce=reduce, sync_every=sync_every)
+        super().__init__(*args, allreduce=reduce, sync_every=sync_every)  # type: ignore[misc]
         #: Whether the whole window loop is one program (no host-callback Allreduce inside).
         self.fused = allreduce is None or xla_reduce is not None
         if not self.fused and jit_compile:
-            self.pack = tf.function(self.pack, jit_compile=True)
-            self.unpack_apply = tf.function(self.unpack_apply, jit_compile=True)
+            # Compiled per instance: the two XLA halves around the host-callback Allreduce.
+            self.pack = tf.function(self.pack, jit_compile=True)  # type: ignore[method-assign]
+            self.unpack_apply = tf.function(  # type: ignore[method-assign]
+                self.unpack_apply, jit_compile=True
+            )
 
     def in_model(self, vals, fn, collect_losses=False):
         return fn(), vals
@@ -303,11 +306,11 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
         out.set_shape(buf.shape)
         return out
 
-    reduce.xla = None
+    reduce.xla = None  # type: ignore[attr-defined]  # read by TensorFlowSteps
     if device is None or "GPU" not in device.upper():
         from .. import _mpi_xla
 
-        reduce.xla = _mpi_xla.xla_allreduce(comm.comm)
+        reduce.xla = _mpi_xla.xla_allreduce(comm.comm)  # type: ignore[attr-defined]
     return reduce
 
 
