@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -97,10 +97,10 @@ def data_meta(x, y) -> dict[str, Any]:
                 bx, by, _ = source.first()
             finally:
                 source.close()
-        meta = data_meta(bx, by)
-        meta.pop("X_shape_", None)
-        meta.pop("y_shape_", None)
-        return meta
+        first = data_meta(bx, by)
+        first.pop("X_shape_", None)
+        first.pop("y_shape_", None)
+        return first
     meta: dict[str, Any] = {}
     if x is not None:
         xs = [_shape(a) for a in _arrays(x)]
@@ -110,17 +110,18 @@ def data_meta(x, y) -> dict[str, Any]:
                 meta["n_features_in_"] = xs[0][-1]
     if y is not None:
         ys = [_shape(a) for a in _arrays(y)]
-        if all(s is not None and len(s) >= 1 for s in ys):
-            widths = tuple(1 if len(s) == 1 else s[-1] for s in ys)
-            meta["y_shape_"] = ys[0] if len(ys) == 1 else tuple(ys)
+        known = [s for s in ys if s is not None and len(s) >= 1]
+        if len(known) == len(ys):
+            widths = tuple(1 if len(s) == 1 else s[-1] for s in known)
+            meta["y_shape_"] = known[0] if len(known) == 1 else tuple(known)
             meta["n_outputs_"] = widths[0] if len(widths) == 1 else widths
-            meta["n_outputs_expected_"] = len(ys)
+            meta["n_outputs_expected_"] = len(known)
     return meta
 
 
 def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
     try:
-        target = fn.__init__ if isinstance(fn, type) else fn
+        target = cast("type[Any]", fn).__init__ if isinstance(fn, type) else fn
         params = dict(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         return {}

@@ -9,7 +9,7 @@ What lives here: the class, which encodes the labels (via their sorted unique va
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sklearn.base import ClassifierMixin
@@ -79,7 +79,8 @@ class Classifier(ClassifierMixin, Estimator):
     def _builder_meta(self) -> dict:
         return {"classes_": self.classes_, "n_classes_": len(self.classes_)}
 
-    def fit(
+    # Labels are required here (Estimator's ``y`` defaults to None, for pipelines).
+    def fit(  # type: ignore[override]
         self,
         x,
         y,
@@ -95,7 +96,7 @@ class Classifier(ClassifierMixin, Estimator):
         With ``class_weight``, each series (or step) is weighted by its class's weight,
         times ``sample_weight``."""
         if y is None:
-            lab.encode(y, None)  # raises the message scikit-learn expects (datasets: Estimator)
+            lab.require_labels(y)  # the message scikit-learn expects (datasets: Estimator)
         x, y = whole(x), whole(y)  # a refit on TimeSplit's folds: all of every series
         x, y, sample_weight = lab.in_memory(x, y, sample_weight)
         y = lab.stacked_unless_ragged(x, y)
@@ -115,7 +116,8 @@ class Classifier(ClassifierMixin, Estimator):
             initial_epoch,
         )
 
-    def partial_fit(
+    # Labels are required, and ``classes`` comes third as in scikit-learn's classifiers.
+    def partial_fit(  # type: ignore[override]
         self,
         x,
         y,
@@ -156,7 +158,10 @@ class Classifier(ClassifierMixin, Estimator):
         out = super().predict(x, reset=reset, batch_size=batch_size, lengths=lengths)
         return lab.both_columns(out) if self._binary_unit() else out
 
-    def predict(self, x, reset: bool = True, batch_size: int | None = None, lengths=None):
+    # Labels, not model outputs: no ``out`` to write them into (Estimator.predict has one).
+    def predict(  # type: ignore[override]
+        self, x, reset: bool = True, batch_size: int | None = None, lengths=None
+    ):
         """Labels: (N,) per series or (N, T) per time step (a list of (T_i,) for a ragged
         ``x`` with per-step labels)."""
         proba = self.predict_proba(x, reset=reset, batch_size=batch_size, lengths=lengths)
@@ -198,4 +203,4 @@ def _signature() -> inspect.Signature:
     return inspect.Signature([*params, own["class_weight"], own["params"]])
 
 
-Classifier.__init__.__signature__ = _signature()
+cast(Any, Classifier.__init__).__signature__ = _signature()

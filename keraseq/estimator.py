@@ -86,6 +86,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         (16, 30, 1)
     """
 
+    # Hyper-parameters are stored by ``__init__`` (``setattr``); ``set_params`` replaces this one.
+    optimizer: Any
+
     def __init__(
         self,
         model: Any,
@@ -258,8 +261,9 @@ class Estimator(RegressorMixin, BaseEstimator):
                 previous=getattr(self, "_session", None),
             )
         except BaseException as exc:
-            if getattr(exc, "keraseq_session", None) is not None:  # weights before the failure
-                self._adopt(exc.keraseq_session, data.rows, data.flat_y)
+            failed = getattr(exc, "keraseq_session", None)
+            if failed is not None:  # weights before the failure
+                self._adopt(failed, data.rows, data.flat_y)
             raise
         self._adopt(session, data.rows, data.flat_y)
         self.history_, self.n_epochs_ = progress.history, progress.n_epochs

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from typing import Any
 
 import keras
@@ -139,7 +140,7 @@ def _checked(p: dict) -> dict:
 
 
 # --------------------------------------------------------- model__ and optimizer__ parameters
-def extra_params(attributes: dict[str, Any], fixed) -> dict[str, Any]:
+def extra_params(attributes: Mapping[str, Any], fixed: Container[str]) -> dict[str, Any]:
     """Keyword arguments beyond the signature's (``fixed``) among an estimator's
     ``attributes``, as ``__init__``/``set_params`` stored them: public names, not fitted
     ``name_`` attributes."""

@@ -241,9 +241,11 @@ def _predicted_rows(session: Session, xs, rows, batch, h_all, lengths, outs, dir
             if direct[k]:
                 outs[k][first : first + n_real] = values
             else:
-                if local[k].dtype != values.dtype:
-                    local[k] = local[k].astype(values.dtype)
-                local[k][own] = values
+                block = local[k]
+                assert block is not None  # not direct: a local array
+                if block.dtype != values.dtype:
+                    block = local[k] = block.astype(values.dtype)
+                block[own] = values
         for c, call in enumerate(states):
             for s_, st in enumerate(call):
                 new_states[c][s_][own] = st

@@ -35,6 +35,7 @@ __all__ = [
     "check_not_one_hot",
     "check_label_kind",
     "real_labels",
+    "require_labels",
     "encode",
     "class_weights",
     "is_binary_loss",
@@ -117,14 +118,19 @@ def real_labels(y, lengths) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- encoding
-def encode(y, classes: np.ndarray, name: str = "y", lengths=None):
-    """Labels as float codes, indices into ``classes``: ``(N, 1)`` per series, ``(N, T, 1)``
-    per step (a list of ``(T_i, 1)`` for ragged per-step labels); padded steps coded 0."""
+def require_labels(y, name: str = "y") -> None:
+    """The error scikit-learn expects when the labels ``y`` are ``None``."""
     if y is None:
         raise ValueError(
             f"`{name}` is None: this estimator requires y to be passed, but "
             f"the target y is None; expected labels (N,) or (N, T)"
         )
+
+
+def encode(y, classes: np.ndarray, name: str = "y", lengths=None):
+    """Labels as float codes, indices into ``classes``: ``(N, 1)`` per series, ``(N, T, 1)``
+    per step (a list of ``(T_i, 1)`` for ragged per-step labels); padded steps coded 0."""
+    require_labels(y, name)
     if is_ragged(y):  # per-step labels of unequal lengths: a list of (T_i, 1) codes
         return [encode(np.asarray(a)[None], classes, f"{name}[{k}]")[0] for k, a in enumerate(y)]
     labels = np.asarray(y)

@@ -14,12 +14,31 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import keras
 from keras import ops, tree
 
 __all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask", "metric_updates"]
+
+
+class _SeqLoss(Protocol):
+    """A window loss made by :func:`seqloss`: it keeps the per-step ``fn`` it wraps."""
+
+    _keraseq_seqloss: Callable
+
+    def __call__(self, model: Any, x: Any, y: Any, training: Any = None) -> Any: ...
+
+
+class _Objective(Protocol):
+    """A per-window objective (see the module docstring); ``needs_exact_rows``: minibatches
+    must not be padded (a callable loss sees every row)."""
+
+    needs_exact_rows: bool
+
+    def __call__(
+        self, forward: Any, xw: Any, yw: Any, ww: Any, mw: Any, training: Any, states: Any
+    ) -> tuple: ...
 
 
 def output_mask(y_pred):
@@ -105,8 +124,9 @@ def seqloss(fn: Callable) -> Callable:
         return total
 
     loss.__name__ = f"seqloss({getattr(fn, '__name__', type(fn).__name__)})"
-    loss._keraseq_seqloss = fn
-    return loss
+    seq_loss = cast(_SeqLoss, loss)
+    seq_loss._keraseq_seqloss = fn
+    return seq_loss
 
 
 def is_window_loss(loss: Any) -> bool:
@@ -212,7 +232,7 @@ def _regularisation(model: keras.Model, dtype: str):
     return ops.convert_to_tensor(0.0, dtype)
 
 
-def _window_loss_objective(model: keras.Model, loss: Callable) -> Callable:
+def _window_loss_objective(model: keras.Model, loss: Callable) -> _Objective:
     """The objective of a callable ``loss(model, x, y)`` returning the window's mean."""
     pass_training = _accepts_training(loss)
     # The loss is computed and summed in Keras's loss dtype (floatx: float64 when the user
@@ -238,11 +258,12 @@ def _window_loss_objective(model: keras.Model, loss: Callable) -> Callable:
         )
         return loss_sum, count, _regularisation(model, dtype), None, new_states
 
-    objective.needs_exact_rows = True
-    return objective
+    window_objective = cast(_Objective, objective)
+    window_objective.needs_exact_rows = True
+    return window_objective
 
 
-def _keras_loss_objective(model: keras.Model, fns: list, weights, per_series) -> Callable:
+def _keras_loss_objective(model: keras.Model, fns: list, weights, per_series) -> _Objective:
     """The objective of per-output Keras losses ``fns`` (unreduced; ``None``: no loss),
     weighted by ``weights``, the sum over the outputs of their masked, weighted sums."""
     dtype = loss_dtype()
@@ -259,8 +280,9 @@ def _keras_loss_objective(model: keras.Model, fns: list, weights, per_series) ->
             loss_sum = loss_sum + weight * ops.sum(values)
         return loss_sum, count, _regularisation(model, dtype), y_pred, new_states
 
-    objective.needs_exact_rows = False
-    return objective
+    keras_objective = cast(_Objective, objective)
+    keras_objective.needs_exact_rows = False
+    return keras_objective
 
 
 def _output_losses(fn, yt, yp, ww, mw, per_series, dtype):

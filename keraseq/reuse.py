@@ -39,7 +39,7 @@ __all__ = ["key_of", "take", "register", "clear", "stats"]
 
 @dataclass
 class Entry:
-    key: str
+    key: str | None  #: ``None``: not reusable (not kept in the pool)
     model: keras.Model
     optimizer: Any
     carry: Any
@@ -160,9 +160,11 @@ def register(key: str | None, entry: Entry) -> None:
         if old is None:
             break
         _ORDER.remove(old)
-        _POOL[old.key].remove(old)
-        if not _POOL[old.key]:
-            del _POOL[old.key]
+        old_key = old.key
+        assert old_key is not None  # only entries with a key are kept
+        _POOL[old_key].remove(old)
+        if not _POOL[old_key]:
+            del _POOL[old_key]
 
 
 def own(entry: Entry | None, session) -> None:

@@ -245,7 +245,10 @@ class EpochLoop:
         self.xs, self.ys, self.ws, self.lengths = xs, ys, ws, data.lengths
         n = int(xs[0].shape[0])
         self.lo, self.hi = dist.shard(n, comm)
-        self.n_steps = dist.max_over_ranks(math.ceil((self.hi - self.lo) / p["batch_size"]), comm)
+        # Minibatches per epoch (``None``: a pipeline whose count some rank does not know).
+        self.n_steps: int | None = dist.max_over_ranks(
+            math.ceil((self.hi - self.lo) / p["batch_size"]), comm
+        )
         if dataset is not None:  # under MPI each rank brings its own dataset
             self.lo, self.hi = 0, n
             self.n_steps = dataset_steps(dataset, comm)
@@ -366,6 +369,7 @@ class EpochLoop:
                 self.session.comm,
                 standardizer(model, self.ys),
             )
+        assert self.n_steps is not None  # in-memory arrays: always counted
         if p["group_by_length"]:
             plan = grouped_plan(
                 self.lo,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -137,6 +137,14 @@ def check_finite(arrays: tuple, name: str, rows: tuple[int, int] | None = None) 
                     f"`{label}` contains NaN or Inf (first at row {bad}); "
                     f"clean or impute it before fitting"
                 )
+
+
+@overload
+def check_positive_int(value: Any, name: str, allow_none: Literal[False] = False) -> int: ...
+
+
+@overload
+def check_positive_int(value: Any, name: str, allow_none: bool) -> int | None: ...
 
 
 def check_positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:
