@@ -227,7 +227,9 @@ def _predicted_rows(session: Session, xs, rows, batch, h_all, lengths, outs, dir
     lo, hi = rows
     compute_dtype = _float_dtype(session.model.compute_dtype)
     local = [
-        None if d else np.empty((hi - lo,) + sh[1:], compute_dtype) for d, sh in zip(direct, shapes)
+        # zeros, not empty: a block of another dtype recasts the whole array (no garbage cast)
+        None if d else np.zeros((hi - lo,) + sh[1:], compute_dtype)
+        for d, sh in zip(direct, shapes)
     ]
     new_states = [
         [np.zeros((hi - lo,) + shape, _float_dtype(dtype)) for shape, dtype in spec]
