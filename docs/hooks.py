@@ -62,6 +62,8 @@ def _site_link(match: re.Match) -> str:
         target = "tutorials/" + target[len("notebooks/") :]
     elif target == "CHANGELOG.md":
         target = "changelog.md"
+    elif target == "CONTRIBUTING.md":
+        target = "contributing.md"
     elif target == "LICENSE":
         target = "https://opensource.org/license/mit"
     return f"]({target})"
