@@ -34,10 +34,10 @@ demo: $(VENV)/.demo-installed
 # make test: every test on TensorFlow and the behaviour tests (marked `backend`) again on JAX,
 # with fewer hypothesis examples than make test-full. The two passes run side by side (-j2; -O
 # prints each pass's output when it ends), the TensorFlow pass over two pytest-xdist workers
-# (whole files per worker: tests/conftest.py groups them). One pass alone: make test-tf,
+# (whole files per worker: a module's fixtures are built once). One pass alone: make test-tf,
 # make test-jax; more pytest options: make test-tf PYTEST_ARGS="-k lengths -x".
 PYTEST   := $(PY) -m pytest -q -p no:cacheprovider
-XDIST    := -n 2 --dist loadgroup
+XDIST    := -n 2 --dist loadfile
 JAX_ENV  := KERAS_BACKEND=jax KERASEQ_LENGTHS_EXAMPLES=3 KERASEQ_PARITY_EXAMPLES=2
 FULL_ENV := KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40
 .PHONY: test-tf test-jax test-full-tf test-full-jax
@@ -58,9 +58,13 @@ test-full: $(VENV)/.installed $(VENV)/.dev-installed
 	$(MAKE) --no-print-directory -j2 -O test-full-tf test-full-jax
 	$(PYTEST) --doctest-modules keraseq  # the docstring examples
 
+# (The two files that simulate hosts run after the others, one at a time: never two simulated
+# clusters at once.)
+HOSTS := tests/test_multihost.py tests/test_slurm.py
 test-full-tf: $(VENV)/.installed $(VENV)/.dev-installed
 	$(FULL_ENV) KERASEQ_FUZZ_EXAMPLES=150 KERASEQ_BACKEND_EXAMPLES=3 \
-	  $(PYTEST) $(XDIST) -m "slow or property" $(PYTEST_ARGS)
+	  $(PYTEST) $(XDIST) -m "slow or property" $(addprefix --ignore=,$(HOSTS)) $(PYTEST_ARGS)
+	$(PYTEST) -m "slow or property" $(HOSTS) $(PYTEST_ARGS)
 
 test-full-jax: $(VENV)/.installed $(VENV)/.dev-installed
 	KERAS_BACKEND=jax $(FULL_ENV) KERASEQ_ROWS_EXAMPLES=30 \

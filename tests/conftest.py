@@ -46,16 +46,3 @@ def data():
     y = np.cumsum(x[..., :1], axis=1) / 5.0
     return x, y.astype("float32")
 
-
-#: Test files that simulate hosts (network, UTS and mount namespaces, a real Slurm): one worker.
-SIMULATED_HOSTS = {"test_multihost.py", "test_slurm.py"}
-
-
-def pytest_collection_modifyitems(items):
-    """For pytest-xdist's ``--dist loadgroup`` (make test, make test-full): the tests of one
-    file run on one worker, in order, so a module-scoped fixture (a compiled model, a reference
-    run) is built once; the files that simulate hosts share a worker, so two simulated
-    clusters never run at once."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("hosts" if name in SIMULATED_HOSTS else name))

@@ -40,7 +40,9 @@ def _model(case):
         front
         + [
             layer(case["units"], return_sequences=case["kind"] == "step"),
-            keras.layers.Dense(case["outputs"] + (2 if case.get("tokens") else 0)),
+            # token ids: logits over the vocabulary, ids in [0, features + 2) (a label past the
+            # last logit is undefined: NaN on TensorFlow's XLA, garbage on JAX)
+            keras.layers.Dense(case["features"] + 2 if case.get("tokens") else case["outputs"]),
         ]
     )
     rng = np.random.default_rng(case["seed"])
