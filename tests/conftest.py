@@ -45,4 +45,3 @@ def data():
     x = rng.normal(size=(24, 25, 3)).astype("float32")
     y = np.cumsum(x[..., :1], axis=1) / 5.0
     return x, y.astype("float32")
-
