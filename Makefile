@@ -38,7 +38,7 @@ demo: $(VENV)/.demo-installed
 # make test-jax; more pytest options: make test-tf PYTEST_ARGS="-k lengths -x".
 PYTEST   := $(PY) -m pytest -q -p no:cacheprovider
 XDIST    := -n 2 --dist loadfile
-JAX_ENV  := KERAS_BACKEND=jax KERASEQ_LENGTHS_EXAMPLES=3 KERASEQ_PARITY_EXAMPLES=2
+JAX_ENV  := KERAS_BACKEND=jax
 FULL_ENV := KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40
 .PHONY: test-tf test-jax test-full-tf test-full-jax
 test: $(VENV)/.installed

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,65 +80,66 @@ def _loss(case):
     )
 
 
-def _work(out_dir: Path, cases: list, load_from: Path | None) -> None:
+def _work(out_dir: Path, cases: list, other: Path) -> None:
+    """Fit, predict and save every case into ``out_dir``; then, once the other backend's
+    worker (side by side, into ``other``) has saved its files, load them and predict."""
     import keras
 
     from keraseq import Estimator
 
-    backend = keras.backend.backend()
+    for k, case in enumerate(cases):
+        x, y, lengths = _data(case)
+        model = _model(case)
+        w0 = model.get_weights()
+        est = Estimator(
+            model,
+            _loss(case),
+            keras.optimizers.Adam(0.01),
+            epochs=2,
+            batch_size=case["batch"],
+            seq_len=case["seq_len"],
+            shuffle=False,
+            verbose=0,
+        ).fit(x, y, lengths=lengths)
+        trained = est.model_.get_weights()
+        pred_trained = est.predict(x, lengths=lengths)
+        est.model_.set_weights(w0)  # the initial weights: predictions from equal weights
+        pred_initial = est.predict(x, lengths=lengths)
+        est.model_.set_weights(trained)
+        est.save(out_dir / f"est_{k}.keras")
+        est.model_.save(out_dir / f"model_{k}.keras")
+        np.savez(
+            out_dir / f"case_{k}.npz",
+            pred_initial=pred_initial,
+            pred_trained=pred_trained,
+            **{f"w{j}": w for j, w in enumerate(trained)},
+        )
+    (out_dir / "saved").touch()
+    deadline = time.monotonic() + 600  # (the test kills this worker when the other one fails)
+    while not (other / "saved").exists():
+        assert time.monotonic() < deadline, f"no files from the other backend in {other}"
+        time.sleep(0.1)
     results = {}
-    if load_from is None:
-        for k, case in enumerate(cases):
-            x, y, lengths = _data(case)
-            model = _model(case)
-            w0 = model.get_weights()
-            est = Estimator(
-                model,
-                _loss(case),
-                keras.optimizers.Adam(0.01),
-                epochs=2,
-                batch_size=case["batch"],
-                seq_len=case["seq_len"],
-                shuffle=False,
-                verbose=0,
-            ).fit(x, y, lengths=lengths)
-            trained = est.model_.get_weights()
-            pred_trained = est.predict(x, lengths=lengths)
-            est.model_.set_weights(w0)  # the initial weights: predictions from equal weights
-            pred_initial = est.predict(x, lengths=lengths)
-            est.model_.set_weights(trained)
-            est.save(out_dir / f"est_{k}.keras")
-            est.model_.save(out_dir / f"model_{k}.keras")
-            np.savez(
-                out_dir / f"case_{k}.npz",
-                pred_initial=pred_initial,
-                pred_trained=pred_trained,
-                **{f"w{j}": w for j, w in enumerate(trained)},
-            )
-    else:
-        for k, case in enumerate(cases):
-            x, _, lengths = _data(case)
-            saved = np.load(load_from / f"case_{k}.npz")
-            est = Estimator.load(load_from / f"est_{k}.keras")
-            model = keras.saving.load_model(load_from / f"model_{k}.keras")
-            whole = np.asarray(model.predict(x, verbose=0)) if lengths is None else None
-            results[k] = {
-                "est_predict": float(
-                    np.abs(est.predict(x, lengths=lengths) - saved["pred_trained"]).max()
-                ),
-                "model_predict": None
-                if whole is None
-                else float(np.abs(whole - saved["pred_trained"]).max()),
-            }
-    (out_dir / "done.json").write_text(json.dumps({"backend": backend, "loaded": results}))
+    for k, case in enumerate(cases):
+        x, _, lengths = _data(case)
+        saved = np.load(other / f"case_{k}.npz")
+        est = Estimator.load(other / f"est_{k}.keras")
+        model = keras.saving.load_model(other / f"model_{k}.keras")
+        whole = np.asarray(model.predict(x, verbose=0)) if lengths is None else None
+        results[k] = {
+            "est_predict": float(
+                np.abs(est.predict(x, lengths=lengths) - saved["pred_trained"]).max()
+            ),
+            "model_predict": None
+            if whole is None
+            else float(np.abs(whole - saved["pred_trained"]).max()),
+        }
+    report = {"backend": keras.backend.backend(), "loaded": results}
+    (out_dir / "done.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
-    _work(
-        Path(sys.argv[2]),
-        json.loads(Path(sys.argv[3]).read_text()),
-        Path(sys.argv[4]) if len(sys.argv) > 4 else None,
-    )
+    _work(Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()), Path(sys.argv[4]))
     sys.exit(0)
 
 
@@ -150,7 +152,7 @@ from hypothesis import strategies as st  # noqa: E402
 BACKENDS = ("tensorflow", "jax")
 
 
-def _launch(backend, out_dir, cases_file, load_from=None):
+def _launch(backend, out_dir, cases_file, other):
     env = dict(
         os.environ,
         KERAS_BACKEND=backend,
@@ -158,16 +160,22 @@ def _launch(backend, out_dir, cases_file, load_from=None):
         PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(HERE), "worker", str(out_dir), str(cases_file)]
-    if load_from is not None:
-        cmd.append(str(load_from))
+    cmd = [sys.executable, str(HERE), "worker", str(out_dir), str(cases_file), str(other)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _run_all(procs, timeout=600):
-    """Wait for every process (they run side by side); fail with the stderr of a failure."""
+def _run_all(procs, timeout=900):
+    """Wait for every process (they run side by side, each waiting for the other's files);
+    when one fails, end the others and fail with its stderr."""
+    deadline = time.monotonic() + timeout
+    while any(proc.poll() is None for proc in procs.values()):
+        failed = [name for name, proc in procs.items() if proc.returncode not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for proc in procs.values():
+                proc.kill()
+        time.sleep(0.2)
     for name, proc in procs.items():
-        _, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate()
         assert proc.returncode == 0, f"{name} worker failed:\n{err[-4000:]}"
 
 
@@ -224,8 +232,9 @@ def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_fa
     root = tmp_path_factory.mktemp("backends")
     cases_file = root / "cases.json"
     cases_file.write_text(json.dumps(cases))
-    # Round 1: fit, predict, save, on each backend (side by side).
-    _run_all({b: _launch(b, root / b, cases_file) for b in BACKENDS})
+    # Each backend (side by side) fits, predicts and saves, then loads the other's files.
+    other = dict(zip(BACKENDS, BACKENDS[::-1]))
+    _run_all({b: _launch(b, root / b, cases_file, root / other[b]) for b in BACKENDS})
     for k, case in enumerate(cases):
         tf_, jx = (np.load(root / b / f"case_{k}.npz") for b in BACKENDS)
         where = f"case {k}: {case}"
@@ -238,15 +247,9 @@ def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_fa
             assert diff <= WEIGHT_ATOL, f"{where}: weight {j} differs by {diff} after fit"
         diff = np.abs(tf_["pred_trained"] - jx["pred_trained"]).max()
         assert diff <= WEIGHT_ATOL, f"{where}: predictions after fit differ by {diff}"
-    # Round 2: each backend loads the other's .keras files and predicts what it predicted.
-    _run_all(
-        {
-            f"{b} loading {a}'s files": _launch(b, root / f"{b}_loads", cases_file, root / a)
-            for a, b in (BACKENDS, BACKENDS[::-1])
-        }
-    )
+    # Each backend loaded the other's .keras files and predicted what the other predicted.
     for b in BACKENDS:
-        report = json.loads((root / f"{b}_loads" / "done.json").read_text())
+        report = json.loads((root / b / "done.json").read_text())
         assert report["backend"] == b
         for k, r in report["loaded"].items():
             assert r["est_predict"] <= PRED_ATOL, (b, cases[int(k)], r)

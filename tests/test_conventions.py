@@ -179,19 +179,6 @@ def test_model_builder_parameters_are_searched_and_callbacks_survive_clone():
         Estimator(build(), verbose=0, model__units=3).fit(x, y)
 
 
-def test_tensor_inputs_equal_numpy():
-    import tensorflow as tf
-
-    x, y = data(n=8)
-    a = Estimator(gru(), "mse", "adam", batch_size=4, random_state=0, verbose=0).fit(x, y)
-    b = Estimator(gru(), "mse", "adam", batch_size=4, random_state=0, verbose=0).fit(
-        tf.constant(x), keras.ops.convert_to_tensor(y)
-    )
-    for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
-        np.testing.assert_array_equal(wa, wb)
-    np.testing.assert_array_equal(a.predict(x), b.predict(tf.constant(x)))
-
-
 # ----------------------------------------------------------------------------- class weights
 @pytest.mark.parametrize("per_step", [False, True], ids=["per_series", "per_step"])
 @pytest.mark.parametrize("class_weight", ["balanced", {"a": 3.0, "b": 0.5}])

@@ -388,7 +388,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
+@pytest.mark.parametrize(
+    "copy",
+    # --copy: make test-full (a process that imports Keras costs ~15 s of make test's budget;
+    # test_main_in_process runs --copy in this process)
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["virtual", "copy"],
+)
 def test_cli(tmp_path, copy):
     srcs = make_sources(tmp_path, -1)
     dst = str(tmp_path / "cli.h5")

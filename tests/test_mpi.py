@@ -50,6 +50,33 @@ def mpirun(np_, script, *args, timeout=240):
 
 MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
 
+# The equivalence scenarios of `make test` run in ONE launch (the ranks import Keras, build the
+# XLA Allreduce and the one-process reference's programs once: ~40 s less on TensorFlow); on
+# JAX make test keeps the first only. Each test reads its own scenario's report.
+SHARED = ["adam,40,8,jit"]
+if os.environ.get("KERAS_BACKEND") != "jax":
+    SHARED += ["adam,30,4,jit,masked-step", "adam,24,4,jit,equal,3"]
+
+
+@pytest.fixture(scope="module")
+def shared_reports(tmp_path_factory):
+    report = tmp_path_factory.mktemp("shared") / "r.json"
+    proc, _ = mpirun(2, "equivalence.py", report, "--many", *SHARED)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(report.read_text())
+
+
+def equivalence(request, tmp_path, *scenario):
+    """``tests/mpi/equivalence.py``'s report on ``scenario`` under 2 ranks: read from the shared
+    launch when it is one of :data:`SHARED`, else from a launch of its own."""
+    spec = ",".join(map(str, scenario))
+    if spec in SHARED:
+        return request.getfixturevalue("shared_reports")[spec]
+    report = tmp_path / "r.json"
+    proc, _ = mpirun(2, "equivalence.py", report, *scenario)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(report.read_text())
+
 
 @pytest.mark.parametrize(
     "opt,jit",
@@ -59,14 +86,11 @@ MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
         pytest.param("adam", "nojit", marks=pytest.mark.slow),
     ],
 )  # make test-full (budget)
-def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
+def test_two_ranks_equal_one_process_with_double_batch(opt, jit, request, tmp_path):
     """With XLA the Allreduce is an XLA custom call inside the compiled window loop; without,
     a host callback between two compiled halves. Both must equal one process. (On JAX the
     window loop is always one program, its Allreduce mpi4jax's.)"""
-    report = tmp_path / "r.json"
-    proc, _ = mpirun(2, "equivalence.py", report, opt, 40, 8, jit)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(report.read_text())
+    r = equivalence(request, tmp_path, opt, 40, 8, jit)
     assert r["backend"] == os.environ["KERAS_BACKEND"]  # the ranks run the tested backend
     if jit == "jit":  # the fast path was really used (g++ and the wheel's mpicxx are here)
         assert r["xla_allreduce"], r["xla_error"]
@@ -86,15 +110,12 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, tmp_path):
         pytest.param("tokens", marks=[pytest.mark.slow, pytest.mark.backend]),
     ],
 )
-def test_two_ranks_equal_one_process_on_unequal_lengths(mode, tmp_path):
+def test_two_ranks_equal_one_process_on_unequal_lengths(mode, request, tmp_path):
     """Padded series of random lengths behind a Masking layer (or token ids padded with 0
     into ``Embedding(mask_zero=True)``, sparse next-token labels): each rank skips the windows
     past its longest series (the ranks agree on the count), per-series losses sit in each
     series' last window; still the union minibatch of one process."""
-    report = tmp_path / "r.json"
-    proc, _ = mpirun(2, "equivalence.py", report, "adam", 30, 4, "jit", mode)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(report.read_text())
+    r = equivalence(request, tmp_path, "adam", 30, 4, "jit", mode)
     assert r["max_diff"] < 1e-5, r
     assert r["identical_across_ranks"], r
     assert r["predict_max_diff"] < 1e-5, r
@@ -126,26 +147,20 @@ def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_
 
 @pytest.mark.backend
 @jax_slow
-def test_sync_every_k_windows_two_ranks_equal_one_process(tmp_path):
+def test_sync_every_k_windows_two_ranks_equal_one_process(request, tmp_path):
     """Gradient accumulation over k windows (one Allreduce per k) is still exactly the union
     minibatch of one process with the same k."""
-    report = tmp_path / "r.json"
-    proc, _ = mpirun(2, "equivalence.py", report, "adam", 24, 4, "jit", "equal", 3)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(report.read_text())
+    r = equivalence(request, tmp_path, "adam", 24, 4, "jit", "equal", 3)
     assert r["max_diff"] < 1e-5 and r["identical_across_ranks"], r
 
 
 @pytest.mark.backend
 @pytest.mark.slow  # ~15-20 s per backend on a quiet machine: make test-full (CI runs it)
-def test_chunks_of_windows_two_ranks_equal_one_process(tmp_path):
+def test_chunks_of_windows_two_ranks_equal_one_process(request, tmp_path):
     """windows_per_call=1 on the ranks (4 calls per minibatch), per-series targets of unequal
     lengths: each rank's window count differs, the ranks agree on the calls (the per-series
     update's Allreduce comes with the last); still the one process's single calls."""
-    report = tmp_path / "r.json"
-    proc, _ = mpirun(2, "equivalence.py", report, "adam", 30, 4, "jit", "masked-series", 1, 1)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(report.read_text())
+    r = equivalence(request, tmp_path, "adam", 30, 4, "jit", "masked-series", 1, 1)
     assert r["max_diff"] < 1e-5 and r["identical_across_ranks"], r
     for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"]):
         assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)

@@ -108,6 +108,7 @@ def load(folder, rank):
     )
 
 
+@pytest.mark.slow  # with the next: ~35 s of make test's budget (issue 22); make test-full runs them
 def test_two_ranks_on_two_hosts_equal_one_process(reference):
     folder, traffic = reference
     r = json.loads((folder / "reference.json").read_text())
@@ -126,6 +127,7 @@ def test_two_ranks_on_two_hosts_equal_one_process(reference):
         assert t["tx_bytes"] > least and t["rx_bytes"] > least, t
 
 
+@pytest.mark.slow
 def test_distributed_predict_across_hosts(reference):
     r = json.loads((reference[0] / "reference.json").read_text())
     assert r["predict_shape"] == [24, 15, 2]

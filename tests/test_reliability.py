@@ -263,7 +263,7 @@ def _kill_inside_the_backup_write(tmp_path, double):
     return out, restart
 
 
-@pytest.mark.slow  # make test-full (make test's budget); the atomic-write kill stays in make test
+@pytest.mark.slow  # make test-full (make test's budget); the single-process kill stays in make test
 def test_kill_inside_the_backup_write_with_double_checkpoint_resumes_exactly(
     tmp_path, single_reference
 ):
@@ -287,6 +287,7 @@ def test_kill_inside_the_backup_write_without_double_checkpoint_is_never_loaded(
     assert "EPOCH_BEGIN" not in restart.stdout  # not a single step on corrupt weights
 
 
+@pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 def test_kill_inside_an_atomic_backup_write_resumes_exactly(tmp_path, single_reference):
     """keraseq.callbacks.BackupAndRestore writes a temporary file and renames it: the same
     SIGKILL mid-write leaves the previous backup whole, without needing double_checkpoint."""

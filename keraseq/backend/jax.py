@@ -23,7 +23,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +31,6 @@ import numpy as np
 from jax import lax
 
 from .. import distributed as dist
-from ..windows import StateCarry
 from . import StepFunctions
 from .base import BaseSteps
 
@@ -451,25 +449,10 @@ class JaxSteps(BaseSteps):
         return call
 
 
-def build_step_functions(
-    model: keras.Model,
-    carry: StateCarry,
-    state_specs: list[list[tuple[tuple, Any]]],
-    objective: Callable,
-    optimizer: keras.optimizers.Optimizer | None,
-    metrics: list,
-    seq_len: int | None,
-    per_series: bool,
-    jit_compile: bool,
-    allreduce: Callable | None = None,
-    sync_every: int = 1,
-) -> StepFunctions:
-    """The compiled minibatch functions (the contract of ``backend/__init__.py``; what they
-    do: :class:`~keraseq.backend.base.BaseSteps`), built by :class:`JaxSteps`. Float64 models
-    need JAX's 64-bit mode (refused otherwise)."""
-    args = (model, carry, state_specs, objective, optimizer, metrics, seq_len, per_series)
-    steps = JaxSteps(*args, jit_compile, allreduce=allreduce, sync_every=sync_every)
-    return steps.step_functions()
+#: The compiled minibatch functions (the contract of ``backend/__init__.py``; what they do:
+#: :class:`~keraseq.backend.base.BaseSteps`), built by :class:`JaxSteps`. Float64 models
+#: need JAX's 64-bit mode (refused otherwise).
+build_step_functions = JaxSteps.build
 
 
 # ------------------------------------------------------------------- cuDNN or XLA's loop

@@ -25,12 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from .. import distributed as dist
-from ..windows import StateCarry
 from . import StepFunctions
 from .base import BaseSteps
 
@@ -173,13 +171,17 @@ class TensorFlowSteps(BaseSteps):
     slice_time = staticmethod(slice_time)
     pad_time = staticmethod(pad_time)
 
-    def __init__(self, *args, allreduce: Callable | None = None, sync_every: int = 1):
-        """The arguments of :func:`build_step_functions` (``args``: model .. jit_compile)."""
-        jit_compile = args[8]
+    def __init__(
+        self, *args, jit_compile: bool, allreduce: Callable | None = None, sync_every: int = 1
+    ):
+        """The arguments of :func:`build_step_functions` (``args``: model .. per_series)."""
         xla_reduce = getattr(allreduce, "xla", None) if allreduce is not None else None
         xla_reduce = xla_reduce if jit_compile else None
         reduce = allreduce if xla_reduce is None else xla_reduce
-        super().__init__(*args, allreduce=reduce, sync_every=sync_every)  # type: ignore[misc]
+        kwargs: dict[str, Any] = dict(
+            jit_compile=jit_compile, allreduce=reduce, sync_every=sync_every
+        )
+        super().__init__(*args, **kwargs)
         #: Whether the whole window loop is one program (no host-callback Allreduce inside).
         self.fused = allreduce is None or xla_reduce is not None
         if not self.fused and jit_compile:
@@ -241,24 +243,9 @@ class TensorFlowSteps(BaseSteps):
         )
 
 
-def build_step_functions(
-    model: keras.Model,
-    carry: StateCarry,
-    state_specs: list[list[tuple[tuple, Any]]],
-    objective: Callable,
-    optimizer: keras.optimizers.Optimizer | None,
-    metrics: list,
-    seq_len: int | None,
-    per_series: bool,
-    jit_compile: bool,
-    allreduce: Callable | None = None,
-    sync_every: int = 1,
-) -> StepFunctions:
-    """The compiled minibatch functions (the contract of ``backend/__init__.py``; what they
-    do: :class:`~keraseq.backend.base.BaseSteps`), built by :class:`TensorFlowSteps`."""
-    args = (model, carry, state_specs, objective, optimizer, metrics, seq_len, per_series)
-    steps = TensorFlowSteps(*args, jit_compile, allreduce=allreduce, sync_every=sync_every)
-    return steps.step_functions()
+#: The compiled minibatch functions (the contract of ``backend/__init__.py``; what they do:
+#: :class:`~keraseq.backend.base.BaseSteps`), built by :class:`TensorFlowSteps`.
+build_step_functions = TensorFlowSteps.build
 
 
 # ------------------------------------------------------------------------------- Allreduce
