@@ -48,7 +48,7 @@ test-tf: $(VENV)/.installed
 	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
 
 test-jax: $(VENV)/.installed
-	$(JAX_ENV) $(PYTEST) -m "backend and not slow" $(PYTEST_ARGS)
+	$(JAX_ENV) $(PYTEST) $(XDIST) -m "backend and not slow" $(PYTEST_ARGS)
 
 # The cases kept out of `make test` (marked slow: fault injection, 4-rank runs, the slower
 # notebooks, the soak test, the simulated hosts and Slurm, scikit-learn's full check suite) and

@@ -27,6 +27,19 @@ import numpy as np
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's -m selection reads the marks
+def pytest_collection_modifyitems(config, items):
+    """``tf_in_full``: a behaviour test (``backend``) whose TensorFlow run is ``slow``. These
+    test what keraseq does above the compiled step (pipelines, chunks and callbacks, class
+    weights, scikit-learn searches, ragged series): `make test` runs them on JAX, where they
+    cost a fraction, and `make test-full` on both (issue 22: make test in 10 minutes)."""
+    for item in items:
+        if item.get_closest_marker("tf_in_full"):
+            item.add_marker(pytest.mark.backend)
+            if os.environ["KERAS_BACKEND"] != "jax":
+                item.add_marker(pytest.mark.slow)
+
+
 def lstm_model(features=3, units=8, outputs=1, cell="LSTM", seed=0):
     keras.utils.set_random_seed(seed)
     layer = getattr(keras.layers, cell)

@@ -76,6 +76,7 @@ def test_partial_fit_continues_the_epoch_count_for_schedulers_and_history():
     assert float(est.optimizer_.learning_rate.numpy()) == pytest.approx(2.5e-3)
 
 
+@pytest.mark.tf_in_full
 def test_initial_epoch_has_keras_meaning_and_warm_fits_add_up():
     x, y = data()
     kw = dict(batch_size=8, seq_len=3, random_state=0, verbose=0)
@@ -141,6 +142,7 @@ def test_fit_does_not_overwrite_parameters():
         assert after[key] is value, key
 
 
+@pytest.mark.tf_in_full
 def test_model_builder_parameters_are_searched_and_callbacks_survive_clone():
     x, y = data(n=16)
 
@@ -179,6 +181,7 @@ def test_model_builder_parameters_are_searched_and_callbacks_survive_clone():
         Estimator(build(), verbose=0, model__units=3).fit(x, y)
 
 
+@pytest.mark.tf_in_full
 # ----------------------------------------------------------------------------- class weights
 @pytest.mark.parametrize("per_step", [False, True], ids=["per_series", "per_step"])
 @pytest.mark.parametrize("class_weight", ["balanced", {"a": 3.0, "b": 0.5}])
@@ -216,6 +219,7 @@ def test_class_weight_equals_the_explicit_sample_weight(per_step, class_weight):
         Classifier(model(), class_weight={"z": 2.0}, **kw).fit(x, labels)
 
 
+@pytest.mark.tf_in_full
 # ------------------------------------------------------------------------------ validation
 def test_validation_split_is_the_last_fraction_like_keras(tmp_path):
     h5py = pytest.importorskip("h5py")
@@ -279,6 +283,7 @@ def test_time_split_trains_on_the_past_and_scores_the_future():
     assert search.best_estimator_.predict(x).shape == y.shape
 
 
+@pytest.mark.tf_in_full
 def test_dict_inputs_and_outputs_keyed_by_the_models_names():
     rng = np.random.default_rng(3)
     a = rng.normal(size=(12, 6, 2)).astype("float32")
@@ -303,6 +308,7 @@ def test_dict_inputs_and_outputs_keyed_by_the_models_names():
         by_dict.predict({"prices": a})
 
 
+@pytest.mark.tf_in_full
 def test_pydataset_and_list_of_batches_equal_the_array_path():
     x, y = data(n=22)
     w = np.linspace(0.5, 1.5, 22).astype("float32")
@@ -334,7 +340,8 @@ def test_pydataset_and_list_of_batches_equal_the_array_path():
             np.testing.assert_array_equal(a, b)
         assert other.history_ == arrays.history_
     assert ds.epochs_seen == 2
-    np.testing.assert_array_equal(batches.predict(ds), arrays.predict(x))
+    # (the same rows per block: XLA:CPU's results may differ in the last bit with the row count)
+    np.testing.assert_array_equal(batches.predict(ds), arrays.predict(x, batch_size=8))
     with pytest.raises(ValueError, match="y=None"):
         Estimator(gru(), verbose=0).fit(ds, y)
 

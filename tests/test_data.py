@@ -388,6 +388,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.tf_in_full
 @pytest.mark.parametrize(
     "copy",
     # --copy: make test-full (a process that imports Keras costs ~15 s of make test's budget;

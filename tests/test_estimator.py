@@ -294,6 +294,7 @@ def test_early_stopping_stops_before_epochs():
     assert est.n_epochs_ == 2
 
 
+@pytest.mark.tf_in_full
 def test_checkpoint_csvlogger_lr_scheduler_history(tmp_path):
     x, y = make_data(n=16, t=20)
     ckpt = tmp_path / "ck.keras"

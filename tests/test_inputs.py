@@ -173,6 +173,7 @@ def test_token_ids_windowed_fit_equals_keras_stateful_train_on_batch():
     assert_weights_close(est.model_, ref)
 
 
+@pytest.mark.tf_in_full
 def test_labels_with_a_trailing_axis_and_ragged_token_lists_agree():
     """(N, T) labels == (N, T, 1) labels; a list of 1-D token arrays == the padded array with
     mask_zero (lengths inferred from the padding)."""
@@ -194,6 +195,7 @@ def test_labels_with_a_trailing_axis_and_ragged_token_lists_agree():
         np.testing.assert_allclose(p, full[k, : lengths[k]], rtol=0, atol=1e-6)
 
 
+@pytest.mark.tf_in_full
 def test_token_ids_from_hdf5_and_memmap_equal_memory(tmp_path):
     x, y, _ = token_data(n=8)
     kw = dict(
@@ -219,6 +221,7 @@ def test_token_ids_from_hdf5_and_memmap_equal_memory(tmp_path):
     np.testing.assert_allclose(pred, mem.predict(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.tf_in_full
 def test_dict_of_token_ids_and_features_and_a_classifier():
     """Two named inputs (token ids and float features) as a dict; a Classifier of the series
     labels on token ids."""

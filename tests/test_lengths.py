@@ -205,6 +205,7 @@ def test_sample_weight_and_metrics_ignore_padding():
     )
 
 
+@pytest.mark.tf_in_full
 def test_padded_arrays_with_lengths_equal_the_ragged_list():
     rng = np.random.default_rng(6)
     x, y, lengths = padded_data(rng, 9, 11, False)
@@ -224,6 +225,7 @@ def test_padded_arrays_with_lengths_equal_the_ragged_list():
         np.testing.assert_array_equal(pa[k], pb[k, : lengths[k]])
 
 
+@pytest.mark.tf_in_full
 def test_out_of_core_padded_h5_with_lengths_equals_memory(tmp_path):
     h5py = pytest.importorskip("h5py")
     rng = np.random.default_rng(7)
@@ -274,6 +276,7 @@ def test_group_by_length_trains_deterministically_and_skips_windows():
     assert windows_needed(np.zeros((2, 6)), 4) == 1
 
 
+@pytest.mark.tf_in_full
 # ------------------------------------------------------------------------- Classifier, CV
 def test_classifier_on_ragged_series_with_sklearn_cross_validation():
     from sklearn.base import clone

@@ -89,6 +89,7 @@ def test_reiterable_pipelines_equal_the_array_path(kind, arrays_fit):
     np.testing.assert_allclose(est.predict(source), arrays_fit.predict(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.tf_in_full
 @pytest.mark.backend
 def test_endless_generator_with_steps_per_epoch_equals_the_array_path(arrays_fit):
     """An endless generator cycling over the minibatches, 3 steps per epoch (the iterator
@@ -109,6 +110,7 @@ def test_endless_generator_with_steps_per_epoch_equals_the_array_path(arrays_fit
     np.testing.assert_allclose(pred, ref.predict(x), rtol=0, atol=1e-6)
 
 
+@pytest.mark.tf_in_full
 def test_tf_data_repeated_with_steps_per_epoch_and_token_ids():
     """tf.data of token ids with sparse next-token labels (B, T), repeated forever."""
     import tensorflow as tf

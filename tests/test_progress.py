@@ -105,8 +105,10 @@ class Steps(keras.callbacks.Callback):
         dict(),  # per step, a short tail window (47 = 11*4+3): the final call's conditional
         # per series: the loss window peeled off (the same conditional: make test-full only)
         pytest.param(dict(per_series=True, t=44), marks=pytest.mark.slow),
-        dict(lengths=True, sync_every=2),  # unequal lengths, gradient accumulation
-        dict(per_series=True, lengths=True),  # per-series sums carried across chunks
+        # unequal lengths, gradient accumulation
+        pytest.param(dict(lengths=True, sync_every=2), marks=pytest.mark.tf_in_full),
+        # per-series sums carried across chunks
+        pytest.param(dict(per_series=True, lengths=True), marks=pytest.mark.tf_in_full),
     ],
     ids=["per-step-tail", "per-series", "lengths-sync2", "series-lengths"],
 )
@@ -116,6 +118,7 @@ def test_chunks_train_exactly_as_one_call(case):
     assert one.history_ == chunked.history_  # loss and metrics, to the last bit
 
 
+@pytest.mark.tf_in_full
 def test_each_chunk_is_a_step_of_the_bar_and_the_callbacks(capsys):
     # T = 40, windows of 4: 10 windows; 3 per call: 4 calls per minibatch, 2 minibatches.
     whole, chunks = Steps(), Steps()
@@ -166,6 +169,7 @@ def chunked_run(callbacks):
     return est, x, y
 
 
+@pytest.mark.tf_in_full
 def test_stop_training_acts_between_chunks():
     est, x, y = chunked_run(None)
     cb = Steps(stop_at=1)
@@ -174,6 +178,7 @@ def test_stop_training_acts_between_chunks():
     assert same_weights(est, truncated_reference(6))
 
 
+@pytest.mark.tf_in_full
 def test_ctrl_c_between_chunks_keeps_the_last_finished_chunk():
     est, x, y = chunked_run(None)
     with pytest.raises(KeyboardInterrupt):
@@ -183,6 +188,7 @@ def test_ctrl_c_between_chunks_keeps_the_last_finished_chunk():
     np.testing.assert_array_equal(est.predict(x), ref.predict(x))
 
 
+@pytest.mark.tf_in_full
 def test_ctrl_c_during_a_call_waits_for_its_update(monkeypatch):
     """SIGINT while a chunk runs: the call ends, its update is assigned (JAX donated the old
     buffers), then KeyboardInterrupt is raised; the weights are valid and up to date."""

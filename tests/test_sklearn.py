@@ -65,6 +65,7 @@ def data():
     return x, y, labels
 
 
+@pytest.mark.tf_in_full
 @pytest.mark.backend
 def test_clone_keeps_params_and_initial_weights(data):
     x, y, _ = data
@@ -107,6 +108,7 @@ def test_nested_optimizer_params():
         est.set_params(nope=1)
 
 
+@pytest.mark.tf_in_full
 def test_grid_search_over_seq_len_and_learning_rate_refits(data):
     x, y, _ = data
     grid = {"seq_len": [3, 12], "optimizer__learning_rate": [0.001, 0.05]}
@@ -122,6 +124,7 @@ def test_grid_search_over_seq_len_and_learning_rate_refits(data):
     assert rs.best_params_["seq_len"] in (2, 4, 6)
 
 
+@pytest.mark.tf_in_full
 def test_cross_validation_on_3d_and_multi_input_data(data):
     x, y, _ = data
     scores = cross_val_score(regressor(), x, y, cv=3)
@@ -161,6 +164,7 @@ def test_fitted_attributes_tags_and_unfitted_errors(data):
     )
 
 
+@pytest.mark.tf_in_full
 def test_partial_fit_and_warm_start(data):
     x, y, _ = data
     twice = regressor(epochs=1)
