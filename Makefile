@@ -32,10 +32,11 @@ demo: $(VENV)/.demo-installed
 	$(MPIRUN) -np 2 --oversubscribe $(PY) examples/demo.py --out out/demo_mpi --compare out/demo
 
 # make test: every test on TensorFlow and the behaviour tests (marked `backend`) again on JAX,
-# with fewer hypothesis examples than make test-full. The two passes run side by side (-j2; -O
-# prints each pass's output when it ends), the TensorFlow pass over two pytest-xdist workers
-# (whole files per worker: a module's fixtures are built once). One pass alone: make test-tf,
-# make test-jax; more pytest options: make test-tf PYTEST_ARGS="-k lengths -x".
+# with fewer hypothesis examples than make test-full; the tests marked `tf_in_full` (what
+# keraseq does above the compiled step) on JAX only (tests/conftest.py). The two passes run
+# side by side (-j2; -O prints each pass's output when it ends), each over two pytest-xdist
+# workers (whole files per worker: a module's fixtures are built once). One pass alone:
+# make test-tf, make test-jax; more pytest options: make test-tf PYTEST_ARGS="-k lengths -x".
 PYTEST   := $(PY) -m pytest -q -p no:cacheprovider
 XDIST    := -n 2 --dist loadfile
 JAX_ENV  := KERAS_BACKEND=jax
