@@ -15,6 +15,10 @@ from keraseq import Estimator
 
 N, T, F = 12, 20, 3
 
+# Errors raised before any training step (keraseq's checks, not a backend's): make test runs
+# them on JAX, make test-full on both.
+pytestmark = pytest.mark.tf_in_full
+
 
 def make_data(n=N, t=T, f=F, seed=0):
     rng = np.random.default_rng(seed)

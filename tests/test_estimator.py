@@ -434,6 +434,7 @@ def test_predict_batch_size_does_not_matter(single):
         est.set_params(predict_batch_size=None)
 
 
+@pytest.mark.tf_in_full
 # ------------------------------------------------------------------------------- save / load
 @pytest.mark.backend
 def test_save_load_roundtrip_and_continue_fit(tmp_path):
@@ -464,6 +465,7 @@ def test_save_load_roundtrip_and_continue_fit(tmp_path):
     assert len(loaded.history_["loss"]) == 4
 
 
+@pytest.mark.tf_in_full
 def test_save_load_keeps_metrics(tmp_path):
     x, y = make_data(n=16, t=20)
     est = small(lstm_model(), epochs=1, metrics=["mae"]).fit(x, y)
@@ -696,6 +698,7 @@ def test_spec_forms_fill_hyper_parameters(spec):
     assert (params["epochs"], params["batch_size"], params["seq_len"]) == (2, 6, 7)
 
 
+@pytest.mark.tf_in_full
 def test_spec_equals_keywords():
     x, y = make_data(n=14, t=20)
     opt = lambda: keras.optimizers.Adam(0.01)

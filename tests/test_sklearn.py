@@ -149,6 +149,7 @@ def test_cross_validation_on_3d_and_multi_input_data(data):
     assert np.all(np.isfinite(scores))
 
 
+@pytest.mark.tf_in_full
 def test_fitted_attributes_tags_and_unfitted_errors(data):
     x, y, _ = data
     est = regressor()
@@ -209,6 +210,7 @@ def test_pickle_round_trip(data, dump, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.tf_in_full
 def test_classifier_with_string_labels_in_stratified_cv(data):
     x, _, labels = data
     clf = classifier()
@@ -230,6 +232,7 @@ def test_classifier_with_string_labels_in_stratified_cv(data):
         clf.partial_fit(x, np.full(36, "other"))
 
 
+@pytest.mark.tf_in_full
 def test_classifier_per_time_step_labels(data):
     x, _, _ = data
     step_labels = np.where(x[..., 0] > 0, 1, 0) + np.where(x[..., 1] > 1, 1, 0)  # 0, 1, 2
@@ -379,6 +382,7 @@ API_CHECKS = (
 )
 
 
+@pytest.mark.tf_in_full
 @pytest.mark.parametrize("make", [regressor, classifier])
 def test_sklearn_api_checks_on_sequence_estimators(make):
     tags = make().__sklearn_tags__()
@@ -438,6 +442,7 @@ def test_tabular_rows_train_as_the_same_model_on_series_of_one_step(rows):
     assert two.predict(x).shape == (40, 2)  # y (N, 2): predictions (N, 2)
 
 
+@pytest.mark.tf_in_full
 def test_tabular_estimator_saves_and_pickles(rows, tmp_path):
     x, y = rows
     est = Estimator(
@@ -482,6 +487,7 @@ def build_from_data(n_features_in_, n_outputs_, units=4):
     )
 
 
+@pytest.mark.tf_in_full
 def test_builder_receives_the_data_widths_in_a_search_over_two_widths(rows):
     from sklearn.feature_selection import SelectKBest, f_regression
     from sklearn.pipeline import Pipeline
@@ -532,6 +538,7 @@ def test_builder_meta_dict_and_classes(data):
     assert seen["n_outputs_"] == 1 and seen["n_outputs_expected_"] == 1
 
 
+@pytest.mark.tf_in_full
 def test_sklearn_input_rules_in_its_words(data, rows):
     import scipy.sparse
 
@@ -568,6 +575,7 @@ def test_sklearn_input_rules_in_its_words(data, rows):
         tab.predict(xr[:, :2])
 
 
+@pytest.mark.tf_in_full
 def test_predict_leaves_the_estimators_dict_unchanged_and_streams(data):
     x, y, _ = data
     est = regressor(epochs=1).fit(x, y)

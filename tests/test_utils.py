@@ -412,6 +412,7 @@ def test_states_delegates_to_estimator_like_objects():
     np.testing.assert_array_equal(est.saved[0], np.zeros((3, 2)))
 
 
+@pytest.mark.tf_in_full
 def test_estimator_states_resume_streaming_after_load_states():
     """states(est) after predict(x[:, :t]); later load_states + predict(x[:, t:], reset=False)
     equals the tail of predict(x)."""

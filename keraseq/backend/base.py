@@ -31,7 +31,7 @@ objectives (``losses.py``), the compile-reuse keys (``reuse.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -41,6 +41,9 @@ from .. import distributed as dist
 from ..losses import metric_updates, output_mask
 from ..windows import StateCarry
 from .plan import WindowPlan
+
+if TYPE_CHECKING:
+    from . import StepFunctions
 
 
 def _f32(v):
@@ -163,7 +166,7 @@ class BaseSteps:
         jit_compile: bool,
         allreduce: Callable | None = None,
         sync_every: int = 1,
-    ):
+    ) -> StepFunctions:
         """``build_step_functions`` of a backend (``backend/__init__.py``): this backend's
         programs for ``model``, as ``backend.StepFunctions``."""
         return cls(
