@@ -153,35 +153,10 @@ class BaseSteps:
         raise NotImplementedError
 
     @classmethod
-    def build(
-        cls,
-        model: keras.Model,
-        carry: StateCarry,
-        state_specs: list[list[tuple[tuple, Any]]],
-        objective: Callable,
-        optimizer: keras.optimizers.Optimizer | None,
-        metrics: list,
-        seq_len: int | None,
-        per_series: bool,
-        jit_compile: bool,
-        allreduce: Callable | None = None,
-        sync_every: int = 1,
-    ) -> StepFunctions:
-        """``build_step_functions`` of a backend (``backend/__init__.py``): this backend's
-        programs for ``model``, as ``backend.StepFunctions``."""
-        return cls(
-            model,
-            carry,
-            state_specs,
-            objective,
-            optimizer,
-            metrics,
-            seq_len,
-            per_series,
-            jit_compile=jit_compile,
-            allreduce=allreduce,
-            sync_every=sync_every,
-        ).step_functions()
+    def build(cls, *args, **kwargs) -> StepFunctions:
+        """``build_step_functions`` of a backend (``backend/__init__.py``; the arguments of
+        ``__init__``): this backend's programs, as ``backend.StepFunctions``."""
+        return cls(*args, **kwargs).step_functions()
 
     # ------------------------------------------------------------------ one window's maths
     def zero_states(self, x0):

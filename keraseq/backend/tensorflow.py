@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -171,20 +170,16 @@ class TensorFlowSteps(BaseSteps):
     slice_time = staticmethod(slice_time)
     pad_time = staticmethod(pad_time)
 
-    def __init__(
-        self, *args, jit_compile: bool, allreduce: Callable | None = None, sync_every: int = 1
-    ):
-        """The arguments of :func:`build_step_functions` (``args``: model .. per_series)."""
-        xla_reduce = getattr(allreduce, "xla", None) if allreduce is not None else None
-        xla_reduce = xla_reduce if jit_compile else None
-        reduce = allreduce if xla_reduce is None else xla_reduce
-        kwargs: dict[str, Any] = dict(
-            jit_compile=jit_compile, allreduce=reduce, sync_every=sync_every
-        )
+    def __init__(self, *args, **kwargs):
+        """The arguments of :func:`build_step_functions`."""
         super().__init__(*args, **kwargs)
+        allreduce = self.allreduce
+        xla_reduce = getattr(allreduce, "xla", None) if self.jit_compile else None
+        if xla_reduce is not None:
+            self.allreduce = xla_reduce  # the Allreduce inside the XLA program
         #: Whether the whole window loop is one program (no host-callback Allreduce inside).
         self.fused = allreduce is None or xla_reduce is not None
-        if not self.fused and jit_compile:
+        if not self.fused and self.jit_compile:
             # Compiled per instance: the two XLA halves around the host-callback Allreduce.
             self.pack = tf.function(self.pack, jit_compile=True)  # type: ignore[method-assign]
             self.unpack_apply = tf.function(  # type: ignore[method-assign]
