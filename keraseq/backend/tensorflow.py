@@ -181,9 +181,11 @@ class TensorFlowSteps(BaseSteps):
         self.fused = allreduce is None or xla_reduce is not None
         if not self.fused and self.jit_compile:
             # Compiled per instance: the two XLA halves around the host-callback Allreduce.
-            self.pack = tf.function(self.pack, jit_compile=True)  # type: ignore[method-assign]
+            self.pack = tf.function(  # type: ignore[method-assign]
+                self.pack, jit_compile=True, autograph=False
+            )
             self.unpack_apply = tf.function(  # type: ignore[method-assign]
-                self.unpack_apply, jit_compile=True
+                self.unpack_apply, jit_compile=True, autograph=False
             )
 
     def in_model(self, vals, fn, collect_losses=False):
@@ -217,8 +219,12 @@ class TensorFlowSteps(BaseSteps):
         return fn
 
     def step_functions(self) -> StepFunctions:
+        # No AutoGraph: the programs' loops and branches are explicit (``while_loop``,
+        # ``cond``), and Keras's own ``model.fit`` does not convert the model's code either
+        # (``do_not_convert`` in ``keras/src/backend/tensorflow/trainer.py``). Converting it
+        # was half of the tracing time.
         compile_ = lambda f: tf.function(
-            self.program(f), jit_compile=self.jit_compile, reduce_retracing=False
+            self.program(f), jit_compile=self.jit_compile, reduce_retracing=False, autograph=False
         )
         train = None
         if self.optimizer is not None:
@@ -227,7 +233,7 @@ class TensorFlowSteps(BaseSteps):
             train = (
                 compile_(self.train)
                 if self.fused
-                else tf.function(self.program(self.train), jit_compile=False)
+                else tf.function(self.program(self.train), jit_compile=False, autograph=False)
             )
         return StepFunctions(
             train=train,
