@@ -29,15 +29,34 @@ import pytest
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's -m selection reads the marks
 def pytest_collection_modifyitems(config, items):
-    """``tf_in_full``: a behaviour test (``backend``) whose TensorFlow run is ``slow``. These
-    test what keraseq does above the compiled step (pipelines, chunks and callbacks, class
-    weights, scikit-learn searches, ragged series): `make test` runs them on JAX, where they
-    cost a fraction, and `make test-full` on both (issue 22: make test in 10 minutes)."""
+    """A behaviour test (``backend``) that `make test` runs on one backend only, `make test-full`
+    on both (issue 22: make test in 10 minutes):
+
+    - ``tf_in_full``: its TensorFlow run is ``slow``. These test what keraseq does above the
+      compiled step (pipelines, chunks and callbacks, class weights, scikit-learn searches,
+      ragged series): `make test` runs them on JAX, where they cost a fraction.
+    - ``jax_in_full``: its JAX run is ``slow`` (`make test` runs it on TensorFlow).
+
+    :func:`split_between_backends` marks the cases of one parametrized test alternately, so
+    `make test` runs every case once and each backend half of them."""
+    jax = os.environ["KERAS_BACKEND"] == "jax"
     for item in items:
-        if item.get_closest_marker("tf_in_full"):
-            item.add_marker(pytest.mark.backend)
-            if os.environ["KERAS_BACKEND"] != "jax":
-                item.add_marker(pytest.mark.slow)
+        for mark, slow_on_jax in (("tf_in_full", False), ("jax_in_full", True)):
+            if item.get_closest_marker(mark):
+                item.add_marker(pytest.mark.backend)
+                if jax == slow_on_jax:
+                    item.add_marker(pytest.mark.slow)
+
+
+def split_between_backends(cases: dict) -> list:
+    """The cases of a parametrized ``backend`` test, ``{id: value or tuple of values}``, marked
+    alternately ``jax_in_full`` and ``tf_in_full``: `make test` runs the first, third, ... on
+    TensorFlow and the others on JAX; `make test-full` runs them all on both."""
+    marks = (pytest.mark.jax_in_full, pytest.mark.tf_in_full)
+    return [
+        pytest.param(*(v if isinstance(v, tuple) else (v,)), id=k, marks=marks[i % 2])
+        for i, (k, v) in enumerate(cases.items())
+    ]
 
 
 def lstm_model(features=3, units=8, outputs=1, cell="LSTM", seed=0):

@@ -9,6 +9,7 @@ model-building function, and constructor callbacks survive ``clone``.
 import keras
 import numpy as np
 import pytest
+from conftest import split_between_backends
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.utils import estimator_checks as checks
@@ -34,7 +35,7 @@ def data(n=24, t=6, seed=0):
 
 
 # ---------------------------------------------------------------------------------- metrics
-@pytest.mark.parametrize("name", ["accuracy", "acc"])
+@pytest.mark.parametrize("name", split_between_backends({"accuracy": "accuracy", "acc": "acc"}))
 def test_accuracy_resolves_like_compile_and_logs_what_model_fit_logs(name):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 8, 2)).astype("float32")

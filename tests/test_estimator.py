@@ -16,7 +16,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import lstm_model
+from conftest import lstm_model, split_between_backends
 from keras import ops
 
 from keraseq import Estimator, NonFiniteLossError, seqloss
@@ -209,8 +209,9 @@ def test_multi_output_loss_dict_equals_list(multi):
 
 
 # ------------------------------------------------------------------------------ sample_weight
-@pytest.mark.backend
-@pytest.mark.parametrize("per_step", [False, True], ids=["weights_N", "weights_NT"])
+@pytest.mark.parametrize(
+    "per_step", split_between_backends({"weights_N": False, "weights_NT": True})
+)
 def test_zero_sample_weight_equals_fitting_the_rest(per_step):
     """Keras's convention: weighted sum / number of elements. Weight 2 on the first half and 0
     on the second half is then exactly the mean loss of the first half alone."""
@@ -399,8 +400,9 @@ def test_predict_into_tuple_of_outs(multi, tmp_path):
 
 
 # --------------------------------------------------------------------------------- streaming
-@pytest.mark.backend
-@pytest.mark.parametrize("t1", [10, 13], ids=["t1_multiple_of_seq_len", "t1_not_multiple"])
+@pytest.mark.parametrize(
+    "t1", split_between_backends({"t1_multiple_of_seq_len": 10, "t1_not_multiple": 13})
+)
 def test_streaming_predict_equals_whole_predict(single, t1):
     est, x, _ = single
     whole = est.predict(x)
@@ -539,7 +541,10 @@ def stacked_model():
 
 
 @pytest.mark.parametrize(
-    "build", [bidirectional_model, stacked_model], ids=["bidirectional", "stacked_lstm_gru"]
+    "build",
+    split_between_backends(
+        {"bidirectional": bidirectional_model, "stacked_lstm_gru": stacked_model}
+    ),
 )
 def test_bidirectional_and_stacked_train_and_predict(build):
     x, y = make_data(n=16, t=25)

@@ -14,6 +14,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import split_between_backends
 
 from keraseq import Classifier, Estimator
 
@@ -102,9 +103,17 @@ def stateful_reference(model_fn, x, y, batch, seq_len, optimizer, loss, weights)
 
 
 # ------------------------------------------------------------------------------ token ids
-@pytest.mark.backend
-@pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
-@pytest.mark.parametrize("mask_zero", [True, False], ids=["mask_zero", "no_mask"])
+@pytest.mark.parametrize(
+    "mask_zero,per_series",
+    split_between_backends(  # each backend: a masked and an unmasked case, per step and series
+        {
+            "mask_zero-per_step": (True, False),
+            "mask_zero-per_series": (True, True),
+            "no_mask-per_series": (False, True),
+            "no_mask-per_step": (False, False),
+        }
+    ),
+)
 def test_token_ids_windows_equal_the_whole_sequence(mask_zero, per_series):
     """predict over windows == model.predict on the whole padded sequence; the loss fit
     reports == model.evaluate (padding skipped when masked); streaming continues."""
@@ -134,8 +143,7 @@ def sgd():
     return keras.optimizers.SGD(0.5, momentum=0.9)
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("from_logits", split_between_backends({"logits": True, "softmax": False}))
 def test_token_ids_whole_sequence_fit_equals_keras_fit(from_logits):
     """seq_len=None, Embedding(mask_zero=True), labels (N, T): model.fit's updates."""
     x, y, _ = token_data(n=12)
@@ -280,12 +288,16 @@ def conv2d_model(per_series=False, seed=0):
     )
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
 @pytest.mark.parametrize(
-    "make,step",
-    [(conv1d_model, (5, 2)), (conv2d_model, (4, 4, 1))],
-    ids=["ConvLSTM1D", "ConvLSTM2D"],
+    "make,step,per_series",
+    split_between_backends(  # each backend: a 1-D and a 2-D case, per step and per series
+        {
+            "ConvLSTM1D-per_step": (conv1d_model, (5, 2), False),
+            "ConvLSTM1D-per_series": (conv1d_model, (5, 2), True),
+            "ConvLSTM2D-per_series": (conv2d_model, (4, 4, 1), True),
+            "ConvLSTM2D-per_step": (conv2d_model, (4, 4, 1), False),
+        }
+    ),
 )
 def test_convlstm_windows_equal_the_whole_sequence(make, step, per_series):
     rng = np.random.default_rng(0)

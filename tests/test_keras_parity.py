@@ -531,6 +531,7 @@ def test_01_bidirectional_is_refused_with_windows_and_exact_without(xy):
 
 
 # 2 ---------------------------------------------------------------------------------------
+@pytest.mark.tf_in_full
 def test_02_go_backwards_is_refused_with_windows(xy):
     x, y = xy
     model = seq_model(
@@ -677,6 +678,7 @@ class PlainSubclassed(keras.Model):
         return self.head(self.rnn(x))
 
 
+@pytest.mark.tf_in_full
 def test_06_subclassed_model_is_not_trained_in_place(xy):
     x, y = xy
     keras.utils.set_random_seed(6)
@@ -747,6 +749,7 @@ def test_07_adam_ema_weights_are_finalized_like_keras_fit(xy):
 
 
 # 8 ---------------------------------------------------------------------------------------
+@pytest.mark.tf_in_full
 def test_08_history_records_the_learning_rate_of_a_scheduler(xy):
     x, y = xy
     model = seq_model(keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1))

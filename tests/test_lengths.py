@@ -11,6 +11,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import split_between_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -125,8 +126,9 @@ def test_windows_equal_the_whole_sequence(case, data):
         assert abs(est.history_["loss"][0] - ref_loss) < 1e-5 * max(1, ref_loss)
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
+@pytest.mark.parametrize(
+    "per_series", split_between_backends({"per_step": False, "per_series": True})
+)
 def test_whole_sequence_fit_equals_keras_fit_with_masking(per_series):
     """seq_len=None: keraseq's updates are model.fit's, the masked loss included."""
     rng = np.random.default_rng(3)
@@ -150,7 +152,9 @@ def test_whole_sequence_fit_equals_keras_fit_with_masking(per_series):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("per_series", [False, True], ids=["per_step", "per_series"])
+@pytest.mark.parametrize(
+    "per_series", split_between_backends({"per_step": False, "per_series": True})
+)
 def test_extra_padding_changes_nothing(per_series):
     """Padding the same series to 3x the length adds windows that are padding for every row:
     they are skipped (no update, no Adam step), so training ends with identical weights."""
@@ -263,6 +267,7 @@ def test_grouped_plan_visits_every_row_once_with_similar_lengths():
     assert grouped < 0.5 * random, (grouped, random)  # padding mostly gone
 
 
+@pytest.mark.tf_in_full
 def test_group_by_length_trains_deterministically_and_skips_windows():
     rng = np.random.default_rng(8)
     x, y, lengths = padded_data(rng, 20, 30, False)
@@ -331,11 +336,16 @@ def test_classifier_on_ragged_series_with_sklearn_cross_validation():
 # ------------------------------------------------------------------- refusals and errors
 @pytest.mark.parametrize(
     "layer",
-    [
-        keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True), name="bi"),
-        keras.layers.GRU(3, go_backwards=True, return_sequences=True, name="back"),
-    ],
-    ids=["bidirectional", "go_backwards"],
+    split_between_backends(
+        {
+            "bidirectional": keras.layers.Bidirectional(
+                keras.layers.LSTM(3, return_sequences=True), name="bi"
+            ),
+            "go_backwards": keras.layers.GRU(
+                3, go_backwards=True, return_sequences=True, name="back"
+            ),
+        }
+    ),
 )
 def test_backward_layers_are_refused_with_windows(layer):
     model = keras.Sequential([keras.Input((None, 3)), layer, keras.layers.Dense(1)])

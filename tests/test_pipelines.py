@@ -9,6 +9,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+from conftest import split_between_backends
 from sklearn.base import clone
 
 from keraseq import Estimator
@@ -75,8 +76,9 @@ def _tf_data(x, y, w):
     return tf.data.Dataset.from_tensor_slices((x, y, w)).batch(B)
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("kind", ["tf.data", "list", "iterable"])
+@pytest.mark.parametrize(
+    "kind", split_between_backends({k: k for k in ("tf.data", "list", "iterable")})
+)
 def test_reiterable_pipelines_equal_the_array_path(kind, arrays_fit):
     x, y, w = data()
     source = {
@@ -158,8 +160,7 @@ def test_pipeline_errors_are_named():
     assert not hasattr(est, "model_")
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("kind", ["tf.data", "generator"])
+@pytest.mark.parametrize("kind", split_between_backends({k: k for k in ("generator", "tf.data")}))
 def test_validation_data_as_a_pipeline_equals_the_arrays(kind):
     """``validation_data`` as ``model.fit`` takes it: a finite dataset or generator of
     ``(x, y[, sample_weight])`` batches is read once and validates as the same arrays do, for
@@ -173,6 +174,7 @@ def test_validation_data_as_a_pipeline_equals_the_arrays(kind):
     assert_same_fit(a, b)
 
 
+@pytest.mark.tf_in_full
 def test_validation_data_pipeline_of_labels_for_the_classifier():
     from keraseq import Classifier
 

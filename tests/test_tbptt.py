@@ -58,16 +58,29 @@ def reference_fit(model, optimizer, x, y, seq_len):
     return ref.get_weights()
 
 
-# Both backends: two of the cases (on JAX ``jit_compile`` changes nothing: always jax.jit).
-ON_BOTH = {("LSTM", "adam", True), ("GRU", "sgd", True)}
+# make test runs six of the twelve runs: on TensorFlow a Latin square (each cell with each
+# optimizer once, XLA and plain graph each with both cells and both optimizers), on JAX two
+# cases (there ``jit_compile`` changes nothing: always jax.jit); make test-full runs the other
+# TensorFlow cases and the two JAX ones on TensorFlow too.
+ON_TF = {
+    ("LSTM", "sgd", True),
+    ("GRU", "adam", True),
+    ("LSTM", "adam", False),
+    ("GRU", "sgd", False),
+}
+ON_JAX = {("LSTM", "adam", True), ("GRU", "sgd", True)}  # their TensorFlow run: test-full
+
+
+def _marks(case):
+    if case in ON_JAX:
+        return [pytest.mark.tf_in_full]
+    return [] if case in ON_TF else [pytest.mark.slow]
 
 
 @pytest.mark.parametrize(
     "cell,opt,jit",
     [
-        pytest.param(
-            cell, opt, jit, marks=[pytest.mark.backend] if (cell, opt, jit) in ON_BOTH else []
-        )
+        pytest.param(cell, opt, jit, marks=_marks((cell, opt, jit)))
         for jit in (True, False)
         for opt in ("sgd", "adam")
         for cell in ("LSTM", "GRU")
