@@ -566,7 +566,7 @@ def test_03_causal_conv_front_end_is_window_invariant(dilation):
     )
     reference = model.predict(x, verbose=0)
     errors = {}
-    for seq_len in range(1, x.shape[1] + 1):
+    for seq_len in (1, 2, 4, 5):  # around the 2 (dilation 1) or 4 (dilation 2) carried inputs
         jit = {} if seq_len == 2 else NO_XLA
         pred = frozen(model, seq_len, batch_size=4, **jit).fit(x, y).predict(x)
         errors[seq_len] = float(np.max(np.abs(pred - reference)))
@@ -822,12 +822,8 @@ def test_11_tensor_inputs_equal_numpy(xy):
     kw = dict(epochs=2, batch_size=4, seq_len=5, random_state=0, verbose=0, **NO_XLA)
     plain = Estimator(model, "mse", "adam", **kw).fit(x, y)
     expected = plain.predict(x)
-    converters = [keras.ops.convert_to_tensor]
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        converters.insert(0, tf.convert_to_tensor)
-    for convert in converters:
+    # (On TensorFlow this is tf.convert_to_tensor's EagerTensor, on JAX a jax.Array.)
+    for convert in [keras.ops.convert_to_tensor]:
         tensors = Estimator(model, "mse", "adam", **kw).fit(convert(x), convert(y))
         for a, b in zip(plain.model_.get_weights(), tensors.model_.get_weights()):
             np.testing.assert_array_equal(a, b, err_msg=convert.__module__)

@@ -50,12 +50,16 @@ def mpirun(np_, script, *args, timeout=240):
 
 MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
 
-# The equivalence scenarios of `make test` run in ONE launch (the ranks import Keras, build the
-# XLA Allreduce and the one-process reference's programs once: ~40 s less on TensorFlow); on
-# JAX make test keeps the first only. Each test reads its own scenario's report.
+# The equivalence scenarios of `make test` run in ONE launch per backend (the ranks import
+# Keras, build the Allreduce and the one-process reference's programs once: ~40 s less on
+# TensorFlow): Adam with XLA on both, then `sync_every=3` on TensorFlow and the masked per-step
+# lengths on JAX (make test-full runs each on the other backend too, in a launch of its own).
+# Each test reads its own scenario's report.
 SHARED = ["adam,40,8,jit"]
-if os.environ.get("KERAS_BACKEND") != "jax":
-    SHARED += ["adam,30,4,jit,masked-step", "adam,24,4,jit,equal,3"]
+if os.environ.get("KERAS_BACKEND") == "jax":
+    SHARED += ["adam,30,4,jit,masked-step"]
+else:
+    SHARED += ["adam,24,4,jit,equal,3"]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +109,7 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, request, tmp_pa
 @pytest.mark.parametrize(
     "mode",
     [
-        pytest.param("masked-step", marks=[pytest.mark.backend, jax_slow]),
+        pytest.param("masked-step", marks=pytest.mark.tf_in_full),
         pytest.param("masked-series", marks=[pytest.mark.slow, pytest.mark.backend]),
         pytest.param("tokens", marks=[pytest.mark.slow, pytest.mark.backend]),
     ],

@@ -49,6 +49,7 @@ def test_reused_steps_give_the_fresh_compile_result(data, fresh_pool):
     assert [w.shape for w in model.get_weights()] == [w.shape for w in fresh]
 
 
+@pytest.mark.tf_in_full  # the pool's logic (reuse.py), above the compiled step
 def test_a_kept_estimator_is_never_overwritten(data, fresh_pool):
     x, y = data
     model = lstm_model()
@@ -75,6 +76,7 @@ def test_refit_and_partial_fit_compile_once(data, fresh_pool):
     assert est.n_epochs_ == 2 + 3
 
 
+@pytest.mark.tf_in_full  # the pool's logic (reuse.py), above the compiled step
 def test_other_settings_compile_anew(data, fresh_pool):
     x, y = data
     model = lstm_model()
@@ -99,6 +101,7 @@ def test_other_settings_compile_anew(data, fresh_pool):
     assert reuse.stats()["compiled"] == compiled + 4
 
 
+@pytest.mark.tf_in_full  # the pool's logic (reuse.py), above the compiled step
 def test_grid_search_compiles_once_per_architecture(data, fresh_pool):
     x, y = data
     grid = GridSearchCV(
