@@ -59,17 +59,17 @@ test-full: $(VENV)/.installed $(VENV)/.dev-installed
 	$(MAKE) --no-print-directory -j2 -O test-full-tf test-full-jax
 	$(PYTEST) --doctest-modules keraseq  # the docstring examples
 
-# (The two files that simulate hosts run after the others, one at a time: never two simulated
-# clusters at once.)
+# (The two files that simulate hosts, on TensorFlow, run one at a time after the JAX pass,
+# the shorter one: never two simulated clusters at once.)
 HOSTS := tests/test_multihost.py tests/test_slurm.py
 test-full-tf: $(VENV)/.installed $(VENV)/.dev-installed
 	$(FULL_ENV) KERASEQ_FUZZ_EXAMPLES=150 KERASEQ_BACKEND_EXAMPLES=3 \
 	  $(PYTEST) $(XDIST) -m "slow or property" $(addprefix --ignore=,$(HOSTS)) $(PYTEST_ARGS)
-	$(PYTEST) -m "slow or property" $(HOSTS) $(PYTEST_ARGS)
 
 test-full-jax: $(VENV)/.installed $(VENV)/.dev-installed
 	KERAS_BACKEND=jax $(FULL_ENV) KERASEQ_ROWS_EXAMPLES=30 \
 	  $(PYTEST) -m "backend and (slow or property)" $(PYTEST_ARGS)
+	$(PYTEST) -m "slow or property" $(HOSTS) $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_tbptt.py

@@ -58,10 +58,10 @@ def reference_fit(model, optimizer, x, y, seq_len):
     return ref.get_weights()
 
 
-# make test runs six of the twelve runs: on TensorFlow a Latin square (each cell with each
+# make test runs six of the ten runs: on TensorFlow a Latin square (each cell with each
 # optimizer once, XLA and plain graph each with both cells and both optimizers), on JAX two
 # cases (there ``jit_compile`` changes nothing: always jax.jit); make test-full runs the other
-# TensorFlow cases and the two JAX ones on TensorFlow too.
+# four on TensorFlow (the two JAX cases among them).
 ON_TF = {
     ("LSTM", "sgd", True),
     ("GRU", "adam", True),
