@@ -257,6 +257,7 @@ def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_fa
                 assert r["model_predict"] <= PRED_ATOL, (b, cases[int(k)], r)
 
 
+@pytest.mark.slow  # make test-full; CI's make wheel-test checks the same on the [jax] wheel
 def test_keraseq_imports_and_trains_on_jax_without_tensorflow(tmp_path):
     """The JAX path never imports TensorFlow (a GPU machine may have JAX alone)."""
     code = (

@@ -244,8 +244,13 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("opt", ["sgd", pytest.param("adam", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "opt",
+    [  # make test: SGD on TensorFlow (its JAX run and Adam on both: make test-full)
+        pytest.param("sgd", marks=pytest.mark.jax_in_full),
+        pytest.param("adam", marks=[pytest.mark.backend, pytest.mark.slow]),
+    ],
+)
 def test_lm_windows_equal_kerass_stateful_train_on_batch_loop(opt):
     tokens = corpus()
     x, y = batchify(tokens, B)  # (4, 41): windows 10,10,10,10,1
