@@ -88,8 +88,10 @@ def main():
         for autograph in (False, True) if k % 2 == 0 else (True, False):
             times[autograph].append(trial(x, y, k, autograph, a.jit))
     med = {ag: [statistics.median(t[i] for t in times[ag]) for i in (0, 1)] for ag in times}
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, jit_compile={bool(a.jit)}, "
-          f"{a.trials} trials each, interleaved; medians:")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, jit_compile={bool(a.jit)}, "
+        f"{a.trials} trials each, interleaved; medians:"
+    )
     for ag, name in ((False, "keraseq (no AutoGraph)"), (True, "with AutoGraph")):
         fit, pred = med[ag]
         print(f"  {name:24s} fit {fit:6.2f} s   predict {pred:5.2f} s   both {fit + pred:6.2f} s")

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.exceptions import NotFittedError
 
 from . import fitted, fresh, hyperparams, inference, persistence, sklearn_inputs, tabular, trainer
 from .batches import is_pipeline, read_validation
@@ -276,12 +275,6 @@ class Estimator(RegressorMixin, BaseEstimator):
             setattr(self, key, value)
 
     # -------------------------------------------------------------------------------- predict
-    def _check_fitted(self, method: str):
-        if not hasattr(self, "model_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call `fit` before `{method}`"
-            )
-
     def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None, lengths=None):
         """Predictions for ``x`` (N, T, F), window by window with the state carried.
 
@@ -290,7 +283,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         kept, so ``predict(next_chunk, reset=False)`` continues the sequences (streaming).
         Unequal lengths: a list of ``(T_i, F)`` arrays, or padded ``x`` with ``lengths`` (N,).
         Collective under MPI (``docs/guide/mpi.md``)."""
-        self._check_fitted("predict")
+        fitted.check_fitted(self, "predict")
         p = self._resolved()
         if is_pipeline(x):
             return inference.predict_dataset(self._session, p, x)
@@ -308,7 +301,7 @@ class Estimator(RegressorMixin, BaseEstimator):
     def score(self, x, y, sample_weight=None, lengths=None) -> float:
         """R² over all outputs and (real) time steps, uniform average; streamed minibatch by
         minibatch, leaving the kept streaming states untouched. Collective under MPI."""
-        self._check_fitted("score")
+        fitted.check_fitted(self, "score")
         x = self._face_x(x)
         y = sklearn_inputs.score_y(y, bool(getattr(self, "_rows", False)))
         return inference.score(self._session, self._resolved(), x, y, sample_weight, lengths)
@@ -318,7 +311,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         return fitted.flat_states(getattr(self, "_stream", None))
 
     def _set_states(self, flat: Sequence[np.ndarray]) -> None:
-        self._check_fitted("load_states")
+        fitted.check_fitted(self, "load_states")
         self._stream = fitted.stream_from_flat(flat, self._state_specs)
 
     # ---------------------------------------------------------------------------- save / load
@@ -326,7 +319,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         """Save to a Keras ``.keras`` file: the model, optimizer state, hyper-parameters and the
         kept streaming states. Load with :meth:`Estimator.load`; plain
         ``keras.saving.load_model`` reads the model alone."""
-        self._check_fitted("save")
+        fitted.check_fitted(self, "save")
         persistence.save(self, path)
 
     @classmethod

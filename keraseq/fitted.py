@@ -1,6 +1,6 @@
 """What a fitted ``Estimator`` holds beyond its hyper-parameters, and its streaming states.
 
-What lives here: :func:`attributes` (the fitted attributes read off a trained
+What lives here: :func:`check_fitted`, :func:`attributes` (the fitted attributes read off a trained
 :class:`~keraseq.session.Session`), :func:`restore_session` (the runtime that pickling and
 saving leave out, rebuilt from those attributes: compiled steps, state carry, communicator),
 :class:`StreamStates` (the final state of every series after ``predict``, which
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import NotFittedError
 
 from . import distributed as dist
 from .backend import current as _backend
@@ -23,6 +24,7 @@ from .trainer import Progress
 from .windows import StateCarry
 
 __all__ = [
+    "check_fitted",
     "StreamStates",
     "attributes",
     "restore_session",
@@ -31,6 +33,14 @@ __all__ = [
     "flat_states",
     "stream_from_flat",
 ]
+
+
+def check_fitted(est, method: str) -> None:
+    """scikit-learn's ``NotFittedError``, naming ``method``, unless ``est`` has been fitted."""
+    if not hasattr(est, "model_"):
+        raise NotFittedError(
+            f"this {type(est).__name__} is not fitted yet: call `fit` before `{method}`"
+        )
 
 
 class StreamStates:
