@@ -15,8 +15,7 @@ HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 pytestmark = pytest.mark.mpi
 # On JAX these MPI cases cost ~20 s each (every rank imports JAX, and TensorFlow through
-# Keras): the rarer ones run again on JAX in `make test-full` only (CI runs both).
-jax_slow = pytest.mark.slow if os.environ.get("KERAS_BACKEND") == "jax" else pytest.mark.mpi
+# Keras): the rarer ones (``jax_in_full``) run on JAX in `make test-full` only (CI runs both).
 
 
 def mpirun(np_, script, *args, timeout=240):
@@ -149,8 +148,7 @@ def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
-@pytest.mark.backend
-@jax_slow
+@pytest.mark.jax_in_full
 def test_sync_every_k_windows_two_ranks_equal_one_process(request, tmp_path):
     """Gradient accumulation over k windows (one Allreduce per k) is still exactly the union
     minibatch of one process with the same k."""
@@ -246,8 +244,7 @@ def test_only_rank_zero_writes_files(tmp_path):
     assert proc.stdout.count("Epoch 1/3") == 1, proc.stdout
 
 
-@pytest.mark.backend
-@jax_slow  # the JAX pass keeps one MPI case in make test (its 10-minute budget)
+@pytest.mark.jax_in_full  # the JAX pass keeps few MPI cases in make test (its 10-minute budget)
 def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
     proc, elapsed = mpirun(2, "faults_and_files.py", "raise", tmp_path, timeout=120)
     assert proc.returncode != 0
