@@ -13,6 +13,8 @@ resolving the hyper-parameters (``hyperparams.py``), a fresh model and optimizer
 
 from __future__ import annotations
 
+import inspect
+
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -68,9 +70,12 @@ class Estimator(RegressorMixin, BaseEstimator):
         steps_per_epoch: minibatches per epoch of a pipeline ``x``, as ``model.fit``'s.
         windows_per_call: windows per compiled call: ``"auto"`` (about a second) or an int
             (see ``docs/guide/progress.md``).
+        fused_rnn: run Keras's standard ``LSTM``/``GRU``/``SimpleRNN`` layers in keraseq's
+            fused loop (the same maths, faster; ``docs/performance/fused.md``); ``False``:
+            Keras's own loop. ``rnn_paths_`` says which loop each layer took.
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
-    ``n_outputs_``, ``n_epochs_``. Unequal lengths: ``docs/guide/unequal-lengths.md``;
+    ``n_outputs_``, ``n_epochs_``, ``rnn_paths_``. Unequal lengths: ``docs/guide/unequal-lengths.md``;
     scikit-learn's input rules: ``docs/guide/sklearn_checks.md``.
 
     Example:
@@ -115,6 +120,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         sync_every: int = 1,
         steps_per_epoch: int | None = None,
         windows_per_call: int | str = "auto",
+        fused_rnn: bool = True,
         **model_params: Any,
     ):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.
@@ -176,8 +182,20 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        for key, param in inspect.signature(Estimator.__init__).parameters.items():
+            if key in hyperparams.DEFAULTS and key not in state:  # pickled by an older keraseq
+                setattr(self, key, param.default)
         if "model_" in state:
             self._restore_runtime()
+
+    @property
+    def rnn_paths_(self) -> dict[str, str]:
+        """Per recurrent layer of the fitted model (by name), the loop keraseq runs it in:
+        ``"fused"`` (keraseq's fused loop) or ``"keras (<why>)"`` (Keras's own loop)."""
+        session = self.__dict__.get("_session")
+        if session is None:
+            raise AttributeError("rnn_paths_: this estimator is not fitted yet")
+        return dict(session.carry.paths)
 
     def _restore_runtime(self) -> None:
         """Rebuild what is not pickled: the optimizer link, state carry and compiled steps."""

@@ -90,7 +90,7 @@ def restore_session(est: Any, p: dict) -> Session:
     model, state_specs, per_series = est.model_, est._state_specs, est._per_series
     comm = dist.get_comm(est.distributed)
     device = device_for(p["device"], comm)
-    carry = StateCarry(model)
+    carry = StateCarry(model, fused=p["fused_rnn"])
     steps, _ = build_steps(
         model,
         model.optimizer,

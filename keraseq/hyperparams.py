@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = dict(
     sync_every=1,
     steps_per_epoch=None,
     windows_per_call="auto",
+    fused_rnn=True,
 )
 #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins); the
 #: others take the spec's field when they are left at their default.
@@ -134,6 +135,9 @@ def _checked(p: dict) -> dict:
         p["verbose"] = 1
     if p["verbose"] not in (0, 1, 2):
         raise ValueError(f"`verbose` must be 0, 1, 2 or 'auto', got {p['verbose']!r}")
+    if not isinstance(p["fused_rnn"], (bool, int)) or p["fused_rnn"] not in (True, False):
+        raise ValueError(f"`fused_rnn` must be True or False, got {p['fused_rnn']!r}")
+    p["fused_rnn"] = bool(p["fused_rnn"])
     if p["jit_compile"] not in ("auto", True, False):
         raise ValueError(f"`jit_compile` must be 'auto', True or False, got {p['jit_compile']!r}")
     return p

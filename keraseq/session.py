@@ -247,7 +247,7 @@ def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
         int(xs[0].shape[1]),
         data.lengths is not None or (data.val is not None and data.val[3] is not None),
     )
-    carry = StateCarry(model)
+    carry = StateCarry(model, fused=p["fused_rnn"])
     own = dist.shard(int(xs[0].shape[0]), comm)[0]
     state_specs, out_shapes, window = probe(
         model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1)
@@ -266,6 +266,7 @@ def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -
         "per_series": data.per_series,
         "jit": jit,
         "sync_every": p["sync_every"],
+        "fused_rnn": p["fused_rnn"],
         "ranks": [comm.rank, comm.size],
         "device": device,
         "validation": data.val is not None,

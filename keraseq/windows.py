@@ -18,6 +18,8 @@ from typing import Any
 import keras
 from keras import ops, tree
 
+from . import fused as _fused
+
 __all__ = ["StateCarry", "find_rnn_layers", "find_causal_convs", "carries_masked_output"]
 
 
@@ -52,8 +54,12 @@ class StateCarry:
     ``stateful=True`` are run as non-stateful while active (their fixed batch size no longer
     matters) and restored on exit.
 
-    It patches the layer *instances* (``get_initial_state`` and ``inner_loop``), so cuDNN and
-    XLA paths of ``LSTM``/``GRU`` stay as Keras wrote them.
+    It patches the layer *instances* (``get_initial_state`` and ``inner_loop``). With
+    ``fused=True`` (the default) a standard ``LSTM``, ``GRU`` or ``SimpleRNN`` runs keraseq's
+    fused loop (``fused.py``: the same maths, the input projection of a window in one matmul,
+    the weight gradients as single matmuls); :attr:`paths` says, per layer, which loop it took.
+    Any other layer, and every layer with ``fused=False``, runs Keras's own ``inner_loop``
+    (cuDNN or XLA's loop for ``LSTM``/``GRU`` as Keras chooses).
 
     Example:
         >>> import keras, numpy as np
@@ -68,8 +74,16 @@ class StateCarry:
         True
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, fused: bool = True):
         self.layers = find_rnn_layers(model)
+        self.use_fused = bool(fused)
+        #: Per RNN layer name, the loop its calls took: ``"fused"``, or ``"keras"`` and why
+        #: (filled as the layers are called).
+        self.paths: dict[str, str] = {
+            layer.name: "fused" if reason is None else f"keras ({reason})"
+            for layer in self.layers
+            for reason in [_fused.why_not(layer) if fused else "fused_rnn=False"]
+        }
         self.convs = find_causal_convs(model)
         self._incoming: list | None = None
         self._outgoing: list = []
@@ -115,10 +129,26 @@ class StateCarry:
                     if name in layer.__dict__:
                         object.__delattr__(layer, name)
 
+    def _loop_of(self, layer, keras_loop):
+        """The ``inner_loop`` a call of ``layer`` runs: keraseq's fused loop where
+        :func:`keraseq.fused.why_not` allows it (and ``fused`` is on), else Keras's."""
+        reason = _fused.why_not(layer) if self.use_fused else "fused_rnn=False"
+        self.paths[layer.name] = "fused" if reason is None else f"keras ({reason})"
+        if reason is not None:
+            return keras_loop
+
+        def loop(sequences, initial_state, mask, training=False):
+            return _fused.run(layer, sequences, initial_state, mask, training)
+
+        return loop
+
     def _patch(self, layer) -> None:
         carry = self
         orig_init = layer.get_initial_state  # bound methods of the class
-        orig_loop = layer.inner_loop
+        keras_loop = layer.inner_loop
+
+        def orig_loop(**kwargs):
+            return carry._loop_of(layer, keras_loop)(**kwargs)
 
         def get_initial_state(batch_size):
             object.__setattr__(layer, "_keraseq_default", True)

@@ -693,3 +693,33 @@ class device_scope:
         if self._ctx is not None:
             return self._ctx.__exit__(*exc)
         return False
+
+
+# ------------------------------------------------------- primitives of the fused RNN loop
+def on_gpu() -> bool:
+    """Whether JAX computes on a GPU (where Keras's LSTM/GRU may take cuDNN)."""
+    return _on_gpu_backend()
+
+
+def time_scan(body, init, xs, reverse: bool = False):
+    """``lax.scan(body, init, xs, reverse)``: ``body(carry, x) -> (carry, y)`` over the first
+    axis of ``xs`` (a pytree), each ``y`` stacked on a new first axis."""
+    return lax.scan(body, init, xs, reverse=reverse)
+
+
+def custom_vjp(forward: Callable, backward: Callable) -> Callable:
+    """``f(*args) = forward(*args, save=False)[0]`` (a flat list of arrays) whose gradient is
+    ``backward(saved, cotangents)`` (one per argument), ``saved`` from ``forward(*args)``."""
+
+    @jax.custom_vjp
+    def f(*args):
+        return forward(*args, save=False)[0]
+
+    f.defvjp(lambda *args: forward(*args), lambda saved, cts: tuple(backward(saved, list(cts))))
+    return f
+
+
+def elementwise_grad(fn: Callable, pre):
+    """``fn'(pre)`` for an elementwise ``fn``: its vector-Jacobian product with ones."""
+    _, vjp = jax.vjp(fn, pre)
+    return vjp(jnp.ones_like(pre))[0]

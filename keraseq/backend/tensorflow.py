@@ -353,3 +353,74 @@ class device_scope:
         if self._ctx is not None:
             return self._ctx.__exit__(*exc)
         return False
+
+
+# ------------------------------------------------------- primitives of the fused RNN loop
+def on_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (where Keras's LSTM/GRU take cuDNN)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def time_scan(body, init, xs, reverse: bool = False):
+    """``lax.scan`` on TensorFlow: ``body(carry, x) -> (carry, y)`` over the first axis of
+    ``xs`` (a structure of tensors with a static first axis), each ``y`` stacked on a new first
+    axis. The first step is traced outside the loop (the ``TensorArray`` of each ``y`` needs
+    its dtype and shape); the others run in a symbolic ``tf.while_loop``."""
+    from keras import tree
+
+    flat = [tf.convert_to_tensor(a) for a in tree.flatten(xs)]
+    n = int(flat[0].shape[0])
+    first = n - 1 if reverse else 0
+    carry, y0 = body(init, tree.pack_sequence_as(xs, [a[first] for a in flat]))
+    y0_flat = tree.flatten(y0)
+    if n == 1:
+        return carry, tree.pack_sequence_as(y0, [y[None] for y in y0_flat])
+    inputs = [
+        tf.TensorArray(a.dtype, size=n, element_shape=a.shape[1:]).unstack(a) for a in flat
+    ]
+    outputs = [
+        tf.TensorArray(y.dtype, size=n, element_shape=y.shape).write(first, y) for y in y0_flat
+    ]
+
+    def step(k, carry, outputs):
+        i = n - 2 - k if reverse else k + 1
+        carry, ys = body(carry, tree.pack_sequence_as(xs, [ta.read(i) for ta in inputs]))
+        return k + 1, carry, [ta.write(i, y) for ta, y in zip(outputs, tree.flatten(ys))]
+
+    _, carry, outputs = tf.while_loop(
+        lambda k, *_: k < n - 1,
+        step,
+        (tf.constant(0), carry, outputs),
+        maximum_iterations=n - 1,
+    )
+    return carry, tree.pack_sequence_as(y0, [ta.stack() for ta in outputs])
+
+
+def custom_vjp(forward: Callable, backward: Callable) -> Callable:
+    """``f(*args) = forward(*args)[0]`` (a flat list of tensors) whose gradient is
+    ``backward(saved, upstream)`` (one per argument; ``tf.custom_gradient``)."""
+
+    def f(*args):
+        @tf.custom_gradient
+        def inner(*a):
+            flat, saved = forward(*a)
+
+            def grad(*upstream):
+                upstream = [
+                    tf.zeros_like(o) if u is None else u for u, o in zip(upstream, flat)
+                ]
+                return list(backward(saved, upstream))
+
+            return list(flat), grad
+
+        return inner(*args)
+
+    return f
+
+
+def elementwise_grad(fn: Callable, pre):
+    """``fn'(pre)`` for an elementwise ``fn``: the gradient of ``sum(fn(pre))``."""
+    with tf.GradientTape() as tape:
+        tape.watch(pre)
+        y = fn(pre)
+    return tape.gradient(y, pre)
