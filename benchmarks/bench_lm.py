@@ -9,7 +9,21 @@ epsilon 1e-7), over windows of 50 characters along the streams, the state carrie
 window to window and reset at each epoch, one update per window:
 
 - ``keraseq[tensorflow]``, ``keraseq[jax]``: ``Estimator(batch_size=32, seq_len=50).fit``
-  under ``KERAS_BACKEND=tensorflow`` / ``jax``;
+  under ``KERAS_BACKEND=tensorflow`` / ``jax``, with the default ``fused_rnn=True`` (Keras's
+  LSTM runs in keraseq's fused loop; on JAX a minibatch's rows split over one JAX CPU device
+  per core);
+- ``keraseq[tensorflow]-unfused``, ``keraseq[jax]-unfused``: the same with ``fused_rnn=False``
+  (Keras's own LSTM loop inside keraseq: the baseline of the fused gain);
+  ``keraseq[jax]-1dev`` (not in the default set): ``keraseq[jax]`` with
+  ``KERASEQ_CPU_DEVICES=1``, one JAX CPU device;
+- ``jax hand loop`` (system ``jax``): the model written by hand in JAX like bench_peers.py's
+  hand loop: Keras's LSTM cell (gate order i, f, c, o) in a ``lax.scan`` over the steps of a
+  window, the sparse softmax cross-entropy (mean over the window), ``jax.value_and_grad`` and
+  Keras's Adam formula (no weight decay) per window in a ``lax.scan`` over the windows, the
+  state carried with ``stop_gradient``, parameters and optimizer state donated: one
+  ``jax.jit`` call for all the full windows of an epoch and one for the shorter last window;
+  validation logits from one jitted forward over the whole validation streams; on JAX's
+  default single CPU device;
 - ``keras loop``: Keras's own recipe on TensorFlow: a ``stateful=True`` copy of the model with
   ``batch_shape=(32, None)``, ``reset_states`` per epoch and ``train_on_batch`` per window.
   (Not on JAX: Keras 3.15's jitted JAX train step reads a stateful RNN's state as the
@@ -28,13 +42,19 @@ window to window and reset at each epoch, one update per window:
 
 Every system starts from the same initial weights (Keras's initializers, seed 0, saved once
 and loaded by each worker; PyTorch gets them transposed, its second LSTM bias zero), so the
-validation bits per character of keraseq and of the Keras loop are comparable. Each system
-runs in a fresh process per round; the order rotates from round to round (interleaved).
+validation bits per character of keraseq, the JAX hand loop and the Keras loop are
+comparable. Each system runs in a fresh process per round; the order rotates from round to
+round (interleaved).
 
 Reported: the median steady epoch (every epoch after the first, pooled over rounds), the
 first epoch's extra time (tracing, compilation), the validation bits/char after training
-(from the last round), and the ratios peer time / keraseq time (> 1 = keraseq faster).
-Then generation: the median latency of one step, ``Estimator.predict(token, reset=False)``
+(from the last round), and the columns ``vs keraseq[..]``: this system's time / the fused
+keraseq[tensorflow]'s or keraseq[jax]'s (> 1 = keraseq faster). Then bench_peers.py's summary
+ratios, the other system's median s/epoch over the named keraseq's: ``fused gain: keraseq[B]
+vs keraseq[B]-unfused`` (unfused / fused, per backend), ``keraseq[jax] / torch (n threads)``,
+``keraseq[jax] / torch (1 thread)`` (and ``keraseq[jax]-1dev / torch (1 thread)`` when run),
+``keraseq[jax] / jax hand loop`` (issue 29's target >= 1.0). Then generation (the two fused
+keraseq systems): the median latency of one step, ``Estimator.predict(token, reset=False)``
 against a stateful Keras copy of the fitted model called directly, eagerly (``model(token)``)
 and through its compiled predict function (``model.predict_on_batch(token)``), with batch 1,
 per backend. (On JAX ``predict_on_batch`` of a stateful model does not carry the state, for
@@ -44,12 +64,14 @@ Usage::
 
     python benchmarks/bench_lm.py                     # 640k chars, 3 epochs, 2 rounds
     python benchmarks/bench_lm.py --chars 200000 --epochs 2 --rounds 1 --systems torch,keraseq[jax]
+    python benchmarks/bench_lm.py --systems jax,keraseq[jax],keraseq[jax]-unfused,keraseq[jax]-1dev
 
 Needs torch for the PyTorch row (the ``bench`` extra); a system that cannot run gets a
 "not available (<reason>)" row and the run goes on.
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -63,6 +85,9 @@ HERE = os.path.abspath(__file__)
 SYSTEMS = [
     "keraseq[tensorflow]",
     "keraseq[jax]",
+    "keraseq[tensorflow]-unfused",
+    "keraseq[jax]-unfused",
+    "jax",
     "keras loop",
     "keras loop (one-hot)",
     "torch",
@@ -71,13 +96,20 @@ SYSTEMS = [
 BACKEND = {
     "keraseq[tensorflow]": "tensorflow",
     "keraseq[jax]": "jax",
+    "keraseq[tensorflow]-unfused": "tensorflow",
+    "keraseq[jax]-unfused": "jax",
+    "keraseq[jax]-1dev": "jax",
+    "jax": "jax",  # the hand loop: Keras never built; KERASEQ_CPU_DEVICES=1 (JAX's default)
     "keras loop": "tensorflow",
     "keras loop (one-hot)": "tensorflow",
     "torch": "tensorflow",
     "torch-1t": "tensorflow",
     "init": "tensorflow",
 }
+LABELS = {"jax": "jax hand loop"}  # the others are shown by their system name
+FUSED = ("keraseq[tensorflow]", "keraseq[jax]")  # the `vs keraseq[..]` columns
 STREAMS, WINDOW, EMB, UNITS, LR, EPS = 32, 50, 32, 128, 2e-3, 1e-7
+BETA1, BETA2 = 0.9, 0.999  # keras.optimizers.Adam's defaults
 GEN_STEPS, GEN_WARMUP = 100, 10
 
 
@@ -207,6 +239,8 @@ def run_keraseq(args):
     model = build(V)
     model.set_weights(load_init(args.init))
     timer = EpochTimer()
+    # fused_rnn left out when fused: a keraseq without the keyword still runs
+    extra = {"fused_rnn": False} if args.worker.endswith("-unfused") else {}
     est = Estimator(
         model,
         keras_loss(),
@@ -216,10 +250,15 @@ def run_keraseq(args):
         seq_len=WINDOW,
         shuffle=False,
         verbose=0,
+        **extra,
     )
     est.fit(x, y, callbacks=[timer])
     bits = bits_per_token(yv, est.predict(xv), from_logits=True)
     res = {"times": timer.times, "bits": bits, "backend": keras.backend.backend()}
+    if res["backend"] == "jax":
+        import jax
+
+        res["devices"] = len(jax.devices())
     if args.generation:
         res["gen_keraseq"], res["gen_keras"], res["gen_keras_pob"] = generation_latency(
             est, est.model_.get_weights(), V
@@ -329,6 +368,100 @@ def run_torch(args, threads=None):
     }
 
 
+def run_jax(args):
+    """The LM by hand in JAX: one ``jax.jit`` call runs every window of the epoch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    from keraseq import bits_per_token
+
+    x, y, xv, yv, V = corpus(args.chars)
+    emb, kernel, rec, bias, dk, db = load_init(args.init)  # Keras's layout: (in, out) kernels
+    params = {"e": emb, "k": kernel, "r": rec, "b": bias, "dk": dk, "db": db}
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    opt_state = (
+        jax.tree_util.tree_map(jnp.zeros_like, params),  # m
+        jax.tree_util.tree_map(jnp.zeros_like, params),  # v (own buffers: donated)
+        jnp.zeros((), "float32"),  # step count
+    )
+
+    def forward(p, h, c, xw):  # xw: (window, B) int ids, time-major
+        def cell(hc, xt):  # Keras's LSTM cell, gate order i, f, c, o
+            h, c = hc
+            z = xt @ p["k"] + h @ p["r"] + p["b"]
+            i, f, g, o = jnp.split(z, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        (h, c), hs = lax.scan(cell, (h, c), p["e"][xw])
+        return hs @ p["dk"] + p["db"], h, c  # logits (window, B, V)
+
+    def window_loss(p, h, c, xw, yw):  # sparse softmax cross-entropy, mean over the window
+        logits, h, c = forward(p, h, c, xw)
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, yw[..., None], axis=-1)
+        return jnp.mean(nll), (h, c)
+
+    def adam(p, g, state):  # keras.optimizers.Adam.update_step
+        m, v, t = state
+        t = t + 1
+        lr_t = LR * jnp.sqrt(1 - BETA2**t) / (1 - BETA1**t)
+        m = jax.tree_util.tree_map(lambda m, g: m + (g - m) * (1 - BETA1), m, g)
+        v = jax.tree_util.tree_map(lambda v, g: v + (g * g - v) * (1 - BETA2), v, g)
+        p = jax.tree_util.tree_map(lambda p, m, v: p - lr_t * m / (jnp.sqrt(v) + EPS), p, m, v)
+        return p, (m, v, t)
+
+    grad_fn = jax.value_and_grad(window_loss, has_aux=True)
+
+    # windows (n, window, B): lax.scan over them, forward + backward + Adam per window
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train(p, state, h, c, xs, ys):
+        def step(carry, xy):
+            p, state, h, c = carry
+            (loss, (h, c)), g = grad_fn(p, h, c, *xy)
+            p, state = adam(p, g, state)
+            return (p, state, lax.stop_gradient(h), lax.stop_gradient(c)), loss
+
+        (p, state, h, c), losses = lax.scan(step, (p, state, h, c), (xs, ys))
+        return p, state, h, c, jnp.sum(losses)
+
+    def windows(a, start, stop):  # (B, L) -> ((stop - start) / WINDOW, WINDOW, B)
+        a = a[:, start:stop]
+        a = a.reshape(a.shape[0], -1, min(WINDOW, stop - start)).transpose(1, 2, 0)
+        return jnp.asarray(a.astype(np.int32))
+
+    L = x.shape[1]
+    full = L - L % WINDOW  # the full windows in one call; a shorter last one in a second call
+    parts = [(windows(x, 0, full), windows(y, 0, full))] if full else []
+    if full < L:
+        parts.append((windows(x, full, L), windows(y, full, L)))
+    zeros = jnp.zeros((STREAMS, UNITS), "float32")
+    times = []
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        h, c, total = zeros, zeros, 0.0  # the state reset at each epoch
+        for xs, ys in parts:
+            params, opt_state, h, c, lsum = train(params, opt_state, h, c, xs, ys)
+            total = total + lsum
+        float(total)  # waits for the last window
+        times.append(time.perf_counter() - t0)
+
+    @jax.jit
+    def logits_of(p, xs):  # the whole validation streams in one scan, state carried
+        out, _, _ = forward(p, zeros, zeros, xs.T)
+        return out.transpose(1, 0, 2)
+
+    logits = np.asarray(logits_of(params, jnp.asarray(xv.astype(np.int32))))
+    return {
+        "times": times,
+        "bits": bits_per_token(yv, logits, from_logits=True),
+        "devices": len(jax.devices()),
+    }
+
+
 def worker(args):
     fn = {
         "init": run_init,
@@ -336,6 +469,7 @@ def worker(args):
         "keras loop (one-hot)": lambda a: run_keras_loop(a, one_hot=True),
         "torch": run_torch,
         "torch-1t": lambda a: run_torch(a, threads=1),
+        "jax": run_jax,
     }.get(args.worker, run_keraseq)
     print("RESULT " + json.dumps(fn(args)), flush=True)
 
@@ -358,6 +492,10 @@ def launch(system, args, generation=False):
     ]
     cmd += ["--generation"] if generation else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=BACKEND[system])
+    if system.endswith("-1dev") or system == "jax":
+        # one JAX CPU device: keraseq[jax]-1dev; the hand loop (importing keraseq for its corpus
+        # would otherwise ask JAX for one device per core, which the hand loop does not use)
+        env["KERASEQ_CPU_DEVICES"] = "1"
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -368,6 +506,30 @@ def launch(system, args, generation=False):
     lines = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
     msg = lines[-1] if lines else f"exit status {out.returncode}"
     return {"error": msg if len(msg) <= 120 else msg[:117] + "..."}
+
+
+def ratio_lines(stats, systems):
+    """bench_peers.py's summary ratios: the other system's median s/epoch / keraseq's."""
+    lines = []
+
+    def ratio(label, num, den, note=""):
+        if num not in systems or den not in systems:
+            return
+        if num in stats and den in stats:
+            value = f"{stats[num]['median'] / stats[den]['median']:.2f}x"
+        else:
+            value = "n/a"
+        lines.append(f"{label} = {value}{note}")
+
+    for be in ("jax", "tensorflow"):
+        fused, unfused = f"keraseq[{be}]", f"keraseq[{be}]-unfused"
+        ratio(f"fused gain: {fused} vs {unfused}", unfused, fused)
+    threads = stats.get("torch", {}).get("threads")
+    ratio(f"keraseq[jax] / torch ({threads or '?'} threads)", "torch", "keraseq[jax]")
+    ratio("keraseq[jax] / torch (1 thread)", "torch-1t", "keraseq[jax]")
+    ratio("keraseq[jax]-1dev / torch (1 thread)", "torch-1t", "keraseq[jax]-1dev")
+    ratio("keraseq[jax] / jax hand loop", "jax", "keraseq[jax]", " (issue 29 target >= 1.0)")
+    return lines
 
 
 def main():
@@ -405,16 +567,17 @@ def main():
             for s in order:
                 if errors[s] and not results[s]:
                     continue
-                res = launch(s, args, generation=s.startswith("keraseq") and rnd == 0)
+                res = launch(s, args, generation=s in FUSED and rnd == 0)
                 (errors if "error" in res else results)[s].append(res.get("error", res))
                 print(
-                    f"  [round {rnd + 1}] {s}: "
+                    f"  [round {rnd + 1}] {LABELS.get(s, s)}: "
                     + (
                         ", ".join(f"{t:.2f}" for t in res["times"]) + " s, "
                         f"{res['bits']:.4f} bits/char"
                         if "times" in res
                         else res["error"]
-                    ),
+                    )
+                    + (f" ({res['devices']} JAX device(s))" if "devices" in res else ""),
                     flush=True,
                 )
     x, _, xv, _, V = corpus(args.chars)
@@ -436,21 +599,28 @@ def main():
                 "first": statistics.median(first),
                 "bits": runs[-1]["bits"],
                 "mark": "*" if any(r.get("extrapolated") for r in runs) else " ",
+                "threads": runs[-1].get("threads"),
             }
-    kq = [s for s in systems if s.startswith("keraseq") and s in stats]
+    kq = [s for s in systems if s in FUSED and s in stats]  # the fused keraseq columns
+
+    def label(s):
+        if s == "torch" and stats.get(s, {}).get("threads"):
+            return f"torch ({stats[s]['threads']} threads)"
+        return LABELS.get(s, s)
+
     head = (
-        f"{'system':22s} {'s/epoch':>8s} {'1st-epoch extra':>15s} {'val bits/char':>13s} "
+        f"{'system':28s} {'s/epoch':>8s} {'1st-epoch extra':>15s} {'val bits/char':>13s} "
         + " ".join(f"{'vs ' + k:>22s}" for k in kq)
     )
     print(head + "\n" + "-" * len(head))
     for s in systems:
         if s not in stats:
-            print(f"{s:22s} not available ({errors[s][-1] if errors[s] else 'no result'})")
+            print(f"{label(s):28s} not available ({errors[s][-1] if errors[s] else 'no result'})")
             continue
         st = stats[s]
         ratios = " ".join(f"{st['median'] / stats[k]['median']:21.2f}x" for k in kq)
         bits = f"{st['bits']:13.4f}" if st["mark"] == " " else f"{'(cut)':>13s}"
-        print(f"{s:22s} {st['median']:7.2f}{st['mark']} {st['first']:15.2f} {bits} {ratios}")
+        print(f"{label(s):28s} {st['median']:7.2f}{st['mark']} {st['first']:15.2f} {bits} {ratios}")
     print(
         "(vs keraseq[..] = this system's median s/epoch / keraseq's: > 1 = keraseq faster; "
         "* = epochs cut at --max-epoch-s and extrapolated)"
@@ -462,13 +632,8 @@ def main():
                     f"{k} bits/char - {ref} bits/char = "
                     f"{stats[k]['bits'] - stats[ref]['bits']:+.4f} (target: within 0.02)"
                 )
-    torch_best = [stats[t]["median"] for t in ("torch", "torch-1t") if t in stats]
-    for k in kq:
-        if torch_best:
-            print(
-                f"{k} vs torch (its faster thread setting): "
-                f"{min(torch_best) / stats[k]['median']:.2f}x (target on JAX: >= 1.0)"
-            )
+    for line in ratio_lines(stats, systems):
+        print(line)
     print(f"\ngeneration, one step (batch 1), median of {GEN_STEPS}:")
     for s in kq:
         gen = [r for r in results[s] if "gen_keraseq" in r]

@@ -5,13 +5,20 @@ epoch in a fresh process each, in interleaved rounds (the order rotates from rou
 so that the noise of a shared machine hits every contender alike:
 
 - ``keraseq[tensorflow]`` and ``keraseq[jax]``: ``keraseq.Estimator.fit`` under
-  ``KERAS_BACKEND=tensorflow`` / ``jax`` (a backend keraseq cannot run under gets a
-  "not available (<reason>)" row and the run goes on);
+  ``KERAS_BACKEND=tensorflow`` / ``jax``, with the default ``fused_rnn=True`` (Keras's LSTM runs
+  in keraseq's fused loop); on JAX keraseq splits a minibatch's rows over one JAX CPU device
+  per core (a backend keraseq cannot run under gets a "not available (<reason>)" row and the
+  run goes on);
+- ``keraseq[tensorflow]-unfused`` and ``keraseq[jax]-unfused``: the same with
+  ``fused_rnn=False``: Keras's own LSTM loop inside keraseq (the path before the fused loop,
+  the baseline of the fused gain);
+- ``keraseq[jax]-1dev``: ``keraseq[jax]`` with ``KERASEQ_CPU_DEVICES=1``: one JAX CPU device,
+  no row split; to be read against ``torch-1t``;
 - ``jax hand loop``: a hand-written LSTM cell (Keras's gate order i, f, c, o, one kernel and
   one recurrent kernel; ``lax.scan`` over the time steps of a window), ``lax.scan`` over the
   windows of a minibatch with ``jax.value_and_grad`` and a hand-written AdamW update (Keras's
   formula) per window, parameters and optimizer state donated: ONE ``jax.jit`` call per
-  minibatch;
+  minibatch (on JAX's default single CPU device);
 - ``torch``: ``nn.LSTM(batch_first=True)`` + ``nn.Linear``, a Python loop over minibatches and
   windows, zero state per minibatch, ``h.detach(), c.detach()`` at each window border, one
   ``torch.optim.AdamW`` step per window; with torch's default threads, and again with
@@ -30,8 +37,21 @@ betas (0.9, 0.999), eps 1e-7, weight decay 0.004, for every system):
 Reported per system: the median (and fastest) steady epoch (every epoch after the first, pooled
 over the rounds), the first epoch's extra time over a steady one (tracing, compilation: the
 median over rounds), the loss of the last epoch (a sanity check that every system trains the
-same problem; initializations differ), and the ratios peer time / keraseq time (> 1 = keraseq
-faster). ``keraseq[jax] / jax hand loop`` is issue 12's target (>= 0.95).
+same problem; initializations differ), and the columns ``vs kq[tf]`` / ``vs kq[jax]``: this
+system's time / the fused keraseq[tensorflow]'s or keraseq[jax]'s (> 1 = keraseq faster).
+Then the summary ratios, each the other system's median s/epoch over the named keraseq's
+(> 1 = keraseq faster):
+
+- ``fused gain: keraseq[B] vs keraseq[B]-unfused``: unfused time / fused time, per backend;
+- ``keraseq[jax] / torch (n threads)``: torch with its default threads / keraseq[jax];
+- ``keraseq[jax]-1dev / torch (1 thread)``: torch-1t / keraseq[jax]-1dev (one core each);
+- ``keraseq[jax] / jax hand loop``: the hand loop / keraseq[jax]; issue 29's target >= 1.0.
+
+For the realistic workload also the fraction of FP32 peak: the LSTM's gate matmul FLOPs of an
+epoch (forward ``2 * B * (F + units) * 4 * units`` per step, backward twice that; elementwise
+math and the Dense left out) over the median s/epoch, in GFLOP/s and in % of a peak measured
+by the parent at the start (the best of five float32 2048x2048 NumPy matmuls; NumPy's BLAS
+uses every core the process may run on, the ``--cores`` ones under ``--cores``).
 
 Usage::
 
@@ -63,17 +83,64 @@ WORKLOADS = {
     "realistic": (32, 128, 200, 64, 20, 256),
 }
 QUICK = {"seed": (10, 10, 200, 20, 10, 40), "realistic": (32, 128, 100, 64, 20, 64)}
-SYSTEMS = ["keraseq[tensorflow]", "keraseq[jax]", "jax", "torch", "torch-1t"]
+SYSTEMS = [
+    "keraseq[tensorflow]",
+    "keraseq[jax]",
+    "keraseq[tensorflow]-unfused",
+    "keraseq[jax]-unfused",
+    "keraseq[jax]-1dev",
+    "jax",
+    "torch",
+    "torch-1t",
+]
 LABELS = {
     "keraseq[tensorflow]": "keraseq[tensorflow]",
     "keraseq[jax]": "keraseq[jax]",
+    "keraseq[tensorflow]-unfused": "keraseq[tensorflow]-unfused",
+    "keraseq[jax]-unfused": "keraseq[jax]-unfused",
+    "keraseq[jax]-1dev": "keraseq[jax]-1dev",
     "jax": "jax hand loop",
     "torch": "torch",
     "torch-1t": "torch (1 thread)",
     "torch-cuda": "torch (CUDA)",
 }
-KQ = {"keraseq[tensorflow]": "kq[tf]", "keraseq[jax]": "kq[jax]"}
+KQ = {"keraseq[tensorflow]": "kq[tf]", "keraseq[jax]": "kq[jax]"}  # the `vs kq[..]` columns
 LR, BETA1, BETA2, EPS, WD = 1e-3, 0.9, 0.999, 1e-7, 0.004  # keras.optimizers.AdamW's defaults
+
+
+def backend_of(system):
+    """``keraseq[jax]-unfused`` -> ``jax``; None for a system that is not keraseq."""
+    if not system.startswith("keraseq[") or "]" not in system:
+        return None
+    return system[len("keraseq[") : system.index("]")]
+
+
+def epoch_flops(shape):
+    """Matmul FLOPs of one training epoch of LSTM(units) + Dense(1): the gate matmuls only.
+
+    Forward, per time step: ``2 * B * (F + units) * 4 * units`` (the input and recurrent
+    kernels); over an epoch the B of the minibatches sum to N and there are T steps per row.
+    The backward pass is about twice the forward matmuls (the input and the weight gradients),
+    so the total is 3x the forward. Elementwise gate math, the loss and the Dense are left out.
+    """
+    F, units, T, _, _, N = shape
+    return 3 * 2 * N * T * (F + units) * 4 * units
+
+
+def measure_peak(n=2048, repeats=5):
+    """The best GFLOP/s of a few float32 ``n x n`` NumPy matmuls (its BLAS uses every core)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: BLAS threads, caches
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def make_data(shape):
@@ -89,7 +156,7 @@ def make_data(shape):
 # --------------------------------------------------------------------------- workers
 
 
-def run_keraseq(shape, epochs):
+def run_keraseq(shape, epochs, fused=True):
     import keras
 
     from keraseq import Estimator
@@ -113,8 +180,17 @@ def run_keraseq(shape, epochs):
         learning_rate=LR, beta_1=BETA1, beta_2=BETA2, epsilon=EPS, weight_decay=WD
     )
     timer = EpochTimer()
+    extra = {} if fused else {"fused_rnn": False}  # keyword left out: a keraseq without it runs
     est = Estimator(
-        model, "mse", opt, epochs=epochs, batch_size=batch, seq_len=window, shuffle=False, verbose=0
+        model,
+        "mse",
+        opt,
+        epochs=epochs,
+        batch_size=batch,
+        seq_len=window,
+        shuffle=False,
+        verbose=0,
+        **extra,
     )
     est.fit(x, y, callbacks=[timer])
     hist = est.history_ if hasattr(est, "history_") else None
@@ -123,12 +199,18 @@ def run_keraseq(shape, epochs):
         h = getattr(hist, "history", hist)
         if isinstance(h, dict) and h.get("loss"):
             loss = float(h["loss"][-1])
-    return {
+    res = {
         "times": timer.times,
         "loss": loss,
         "backend": keras.backend.backend(),
         "keraseq": os.path.dirname(keraseq.__file__),
+        "fused": fused,
     }
+    if res["backend"] == "jax":
+        import jax
+
+        res["devices"] = len(jax.devices())
+    return res
 
 
 def run_torch(shape, epochs, threads=None, max_epoch_s=None, device="cpu"):
@@ -283,7 +365,7 @@ def run_jax(shape, epochs):
 def worker(args):
     shape = (QUICK if args.quick else WORKLOADS)[args.workload]
     if args.worker.startswith("keraseq"):
-        res = run_keraseq(shape, args.epochs)
+        res = run_keraseq(shape, args.epochs, fused=not args.worker.endswith("-unfused"))
     elif args.worker == "jax":
         res = run_jax(shape, args.epochs)
     elif args.worker == "torch":
@@ -318,8 +400,10 @@ def launch(system, workload, args):
     if args.cores:
         cmd = ["taskset", "-c", ",".join(str(i) for i in range(args.cores))] + cmd
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    if system.startswith("keraseq["):
-        env["KERAS_BACKEND"] = system[len("keraseq[") : -1]
+    if backend_of(system):
+        env["KERAS_BACKEND"] = backend_of(system)
+    if system.endswith("-1dev"):
+        env["KERASEQ_CPU_DEVICES"] = "1"  # keraseq[jax] on one JAX CPU device
     if args.keraseq_src:
         env["PYTHONPATH"] = os.pathsep.join(
             [os.path.abspath(args.keraseq_src)] + [p for p in [env.get("PYTHONPATH")] if p]
@@ -352,7 +436,31 @@ def summarize(runs):
     }
 
 
-def report(workload, shape, systems, results, errors, args):
+def ratio_lines(stats, systems):
+    """The summary ratios: fused gains, keraseq[jax] against torch and the JAX hand loop."""
+    lines = []
+
+    def ratio(label, num, den, note=""):
+        # num / den of the median s/epoch: the slower system's time over the faster's
+        if num not in systems or den not in systems:
+            return
+        if stats.get(num) and stats.get(den):
+            value = f"{stats[num]['median'] / stats[den]['median']:.2f}x"
+        else:
+            value = "n/a"
+        lines.append(f"{label} = {value}{note}")
+
+    for be in ("jax", "tensorflow"):
+        fused, unfused = f"keraseq[{be}]", f"keraseq[{be}]-unfused"
+        ratio(f"fused gain: {fused} vs {unfused}", unfused, fused)
+    threads = (stats.get("torch") or {}).get("threads")
+    ratio(f"keraseq[jax] / torch ({threads or '?'} threads)", "torch", "keraseq[jax]")
+    ratio("keraseq[jax]-1dev / torch (1 thread)", "torch-1t", "keraseq[jax]-1dev")
+    ratio("keraseq[jax] / jax hand loop", "jax", "keraseq[jax]", " (issue 29 target >= 1.0)")
+    return lines
+
+
+def report(workload, shape, systems, results, errors, args, peak=None):
     F, units, T, batch, window, N = shape
     n_win = (N // batch) * (T // window)
     cores = f"taskset -c 0-{args.cores - 1}" if args.cores else f"all {os.cpu_count()} cores"
@@ -362,9 +470,9 @@ def report(workload, shape, systems, results, errors, args):
         f"epoch(s); {cores}"
     )
     stats = {s: summarize(results[s]) if results[s] else None for s in systems}
-    kq = [s for s in systems if s.startswith("keraseq") and stats[s]]
+    kq = [s for s in systems if s in KQ and stats[s]]
     head = (
-        f"{'system':22s} {'s/epoch':>9s} {'fastest':>9s} {'ms/window':>9s} "
+        f"{'system':28s} {'s/epoch':>9s} {'fastest':>9s} {'ms/window':>9s} "
         f"{'1st-epoch extra':>15s} {'loss':>7s} " + " ".join(f"{'vs ' + KQ[k]:>13s}" for k in kq)
     )
     print(head)
@@ -373,14 +481,14 @@ def report(workload, shape, systems, results, errors, args):
         st = stats[s]
         if st is None:
             reason = errors[s][-1] if errors[s] else "no result"
-            print(f"{LABELS[s]:22s} not available ({reason})")
+            print(f"{LABELS[s]:28s} not available ({reason})")
             continue
         loss = f"{st['loss']:7.4f}" if st["loss"] is not None else f"{'-':>7s}"
         ratios = " ".join(f"{st['median'] / stats[k]['median']:12.2f}x" for k in kq)
         mark = "*" if st["extrapolated"] else " "
         label = LABELS[s] if s != "torch" else f"torch ({st['threads']} threads)"
         print(
-            f"{label:22s} {st['median']:8.3f}{mark} {st['min']:9.3f} "
+            f"{label:28s} {st['median']:8.3f}{mark} {st['min']:9.3f} "
             f"{1000 * st['median'] / n_win:9.3f} {st['first_extra']:15.2f} {loss} {ratios}"
         )
     print(
@@ -388,14 +496,20 @@ def report(workload, shape, systems, results, errors, args):
         "> 1 = keraseq faster; loss = mean window loss of the last epoch; "
         "* = epochs cut at --max-epoch-s and extrapolated)"
     )
-    if stats.get("keraseq[jax]") and stats.get("jax"):
+    for line in ratio_lines(stats, systems):
+        print(line)
+    if peak and workload == "realistic":
+        gflop = epoch_flops(shape) / 1e9
         print(
-            f"keraseq[jax] / jax hand loop = "
-            f"{stats['jax']['median'] / stats['keraseq[jax]']['median']:.3f} "
-            f"(issue 12 target >= 0.95)"
+            f"\nfraction of FP32 peak ({gflop:.2f} GFLOP of LSTM gate matmuls per epoch, "
+            f"forward + backward; measured peak {peak:.1f} GFLOP/s):"
         )
-    elif "keraseq[jax]" in systems:
-        print("keraseq[jax] / jax hand loop: n/a")
+        print(f"{'system':28s} {'GFLOP/s':>9s} {'% of peak':>10s}")
+        for s in systems:
+            if stats[s]:
+                label = LABELS[s] if s != "torch" else f"torch ({stats[s]['threads']} threads)"
+                rate = gflop / stats[s]["median"]
+                print(f"{label:28s} {rate:9.2f} {100 * rate / peak:9.1f}%")
     return stats
 
 
@@ -436,6 +550,17 @@ def main():
     table = QUICK if args.quick else WORKLOADS
     raw = {}
     t_start = time.perf_counter()
+    peak = None
+    if "realistic" in args.workloads.split(","):
+        if args.cores:  # the peak on the cores the workers get (inherited; they use taskset too)
+            os.sched_setaffinity(0, range(args.cores))
+        peak = measure_peak()
+        print(
+            f"measured FP32 peak: {peak:.1f} GFLOP/s (best of 5 NumPy float32 2048x2048 matmuls, "
+            f"{len(os.sched_getaffinity(0))} cores)",
+            flush=True,
+        )
+        raw["peak_gflops"] = peak
     for workload in args.workloads.split(","):
         results = {s: [] for s in systems}
         errors = {s: [] for s in systems}
@@ -447,7 +572,7 @@ def main():
                 res = launch(s, workload, args)
                 if "error" in res:
                     errors[s].append(res["error"])
-                elif s.startswith("keraseq[") and res.get("backend") != s[8:-1]:
+                elif backend_of(s) and res.get("backend") != backend_of(s):
                     errors[s].append(f"ran under backend {res.get('backend')}")
                 else:
                     results[s].append(res)
@@ -457,10 +582,15 @@ def main():
                         ", ".join(f"{t:.3f}" for t in res["times"]) + " s"
                         if "times" in res
                         else res.get("error", "")
+                    )
+                    + (
+                        f" ({res['devices']} JAX device(s))"
+                        if isinstance(res.get("devices"), int)
+                        else ""
                     ),
                     flush=True,
                 )
-        stats = report(workload, table[workload], systems, results, errors, args)
+        stats = report(workload, table[workload], systems, results, errors, args, peak)
         raw[workload] = {"results": results, "errors": errors, "stats": stats}
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if args.json:

@@ -14,7 +14,6 @@ resolving the hyper-parameters (``hyperparams.py``), a fresh model and optimizer
 from __future__ import annotations
 
 import inspect
-
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -75,8 +74,9 @@ class Estimator(RegressorMixin, BaseEstimator):
             Keras's own loop. ``rnn_paths_`` says which loop each layer took.
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
-    ``n_outputs_``, ``n_epochs_``, ``rnn_paths_``. Unequal lengths: ``docs/guide/unequal-lengths.md``;
-    scikit-learn's input rules: ``docs/guide/sklearn_checks.md``.
+    ``n_outputs_``, ``n_epochs_``, ``rnn_paths_``. Unequal lengths:
+    ``docs/guide/unequal-lengths.md``; scikit-learn's input rules:
+    ``docs/guide/sklearn_checks.md``.
 
     Example:
         >>> import keras, numpy as np

@@ -91,6 +91,8 @@ def restore_session(est: Any, p: dict) -> Session:
     comm = dist.get_comm(est.distributed)
     device = device_for(p["device"], comm)
     carry = StateCarry(model, fused=p["fused_rnn"])
+    jit = _backend().jit_for(model, p["jit_compile"], fused=carry.fuses())
+    carry.compiled_with(jit)
     steps, _ = build_steps(
         model,
         model.optimizer,
@@ -103,7 +105,7 @@ def restore_session(est: Any, p: dict) -> Session:
         est.loss,
         len(est.n_outputs_shapes_),
         device,
-        _backend().jit_for(model, p["jit_compile"]),
+        jit,
     )
     return Session(
         model,

@@ -96,10 +96,11 @@ def _backend():
     return current()
 
 
-def why_not(layer) -> str | None:
+def why_not(layer, xla: bool = True) -> str | None:
     """``None`` when ``layer`` runs the fused loop in keraseq's window programs, else why it
-    keeps Keras's own loop (a short phrase)."""
-    cell = getattr(layer, "cell", None)
+    keeps Keras's own loop (a short phrase). ``xla``: whether the programs compile with XLA
+    (always on JAX; on TensorFlow a plain graph runs Keras's loop faster than the fused one)."""
+    cell: Any = getattr(layer, "cell", None)
     if type(layer) not in _LAYERS:
         return f"{type(layer).__name__} is not one of Keras's LSTM, GRU, SimpleRNN, RNN"
     if type(cell) not in _CELLS:
@@ -120,6 +121,8 @@ def why_not(layer) -> str | None:
             return f"{attr} {getattr(fn, '__name__', fn)!r} is not an elementwise Keras activation"
     if getattr(layer, "use_cudnn", False) is not False and _backend().on_gpu():
         return "cuDNN on the GPU (use_cudnn is not False)"
+    if not xla and _backend().NAME == "tensorflow":
+        return "a TensorFlow graph without XLA (jit_compile off), where Keras's loop is faster"
     return None
 
 

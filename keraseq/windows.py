@@ -77,13 +77,11 @@ class StateCarry:
     def __init__(self, model: keras.Model, fused: bool = True):
         self.layers = find_rnn_layers(model)
         self.use_fused = bool(fused)
-        #: Per RNN layer name, the loop its calls took: ``"fused"``, or ``"keras"`` and why
-        #: (filled as the layers are called).
-        self.paths: dict[str, str] = {
-            layer.name: "fused" if reason is None else f"keras ({reason})"
-            for layer in self.layers
-            for reason in [_fused.why_not(layer) if fused else "fused_rnn=False"]
-        }
+        #: Whether the window programs compile with XLA (see :meth:`compiled_with`).
+        self.xla = True
+        #: Per RNN layer name, its loop: ``"fused"``, or ``"keras (<why>)"`` (set here, by
+        #: :meth:`compiled_with`, and again as each layer is called).
+        self.paths: dict[str, str] = {layer.name: self._path(layer) for layer in self.layers}
         self.convs = find_causal_convs(model)
         self._incoming: list | None = None
         self._outgoing: list = []
@@ -129,10 +127,28 @@ class StateCarry:
                     if name in layer.__dict__:
                         object.__delattr__(layer, name)
 
+    def why_not_fused(self, layer) -> str | None:
+        """Why ``layer`` keeps Keras's loop (``None``: it runs the fused one)."""
+        return _fused.why_not(layer, self.xla) if self.use_fused else "fused_rnn=False"
+
+    def fuses(self) -> bool:
+        """Whether some recurrent layer of the model runs the fused loop."""
+        return any(self.why_not_fused(layer) is None for layer in self.layers)
+
+    def compiled_with(self, xla: bool) -> None:
+        """Tell the carry whether the programs compile with XLA (on TensorFlow without XLA
+        every layer keeps Keras's loop)."""
+        self.xla = bool(xla)
+        self.paths = {layer.name: self._path(layer) for layer in self.layers}
+
+    def _path(self, layer) -> str:
+        reason = self.why_not_fused(layer)
+        return "fused" if reason is None else f"keras ({reason})"
+
     def _loop_of(self, layer, keras_loop):
         """The ``inner_loop`` a call of ``layer`` runs: keraseq's fused loop where
         :func:`keraseq.fused.why_not` allows it (and ``fused`` is on), else Keras's."""
-        reason = _fused.why_not(layer) if self.use_fused else "fused_rnn=False"
+        reason = self.why_not_fused(layer)
         self.paths[layer.name] = "fused" if reason is None else f"keras ({reason})"
         if reason is not None:
             return keras_loop

@@ -12,6 +12,7 @@ import contextlib
 import keras
 import numpy as np
 import pytest
+from conftest import split_between_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keras import ops
@@ -38,7 +39,9 @@ LAYERS = {
         u, activation="elu", recurrent_activation="silu", return_sequences=True
     ),
     "simple-rnn": lambda u: keras.layers.SimpleRNN(u, return_sequences=True),
-    "simple-rnn-gelu": lambda u: keras.layers.SimpleRNN(u, activation="gelu", return_sequences=True),
+    "simple-rnn-gelu": lambda u: keras.layers.SimpleRNN(
+        u, activation="gelu", return_sequences=True
+    ),
     "rnn-of-lstm-cell": lambda u: keras.layers.RNN(keras.layers.LSTMCell(u), return_sequences=True),
 }
 
@@ -70,9 +73,7 @@ def outputs_and_grads(layer, loop, x, h0, mask, weights):
         last, outs, states = loop(xx, list(hh))
         if mask is not None and carries_masked_output(layer):  # as keraseq's state carry
             last, outs = _masked_output_from_state(layer, mask, list(hh), last, outs)
-        loss = ops.sum(outs * weights[0]) + sum(
-            ops.sum(s * r) for s, r in zip(states, weights[1:])
-        )
+        loss = ops.sum(outs * weights[0]) + sum(ops.sum(s * r) for s, r in zip(states, weights[1:]))
         return loss, [outs, *states]
 
     if BACKEND == "tensorflow":
@@ -134,8 +135,14 @@ def compare(name, dtype, masked, batch=3, steps=7, features=4, units=5, seed=0):
 TANH_FREE = ("lstm-relu-hard", "gru-elu-silu", "simple-rnn-gelu")
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
-@pytest.mark.parametrize("name", list(LAYERS))
+#: Every layer, masked or not: `make test` runs half the cases on each backend, `make
+#: test-full` all of them on both (conftest.split_between_backends).
+CASES = split_between_backends(
+    {f"{name}-{m}": (name, m == "masked") for name in LAYERS for m in ("unmasked", "masked")}
+)
+
+
+@pytest.mark.parametrize(("name", "masked"), CASES)
 def test_fused_loop_agrees_with_keras_in_float64(name, masked):
     if BACKEND == "jax" and name not in TANH_FREE:
         if name.startswith("simple-rnn"):
@@ -147,8 +154,7 @@ def test_fused_loop_agrees_with_keras_in_float64(name, masked):
         assert compare(name, "float64", masked) < 1e-12
 
 
-@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
-@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize(("name", "masked"), CASES)
 def test_fused_loop_agrees_with_keras_in_float32(name, masked):
     assert compare(name, "float32", masked) < 1e-6
 
@@ -243,7 +249,7 @@ def test_fit_trains_the_same_weights_fused_or_not():
 def test_fit_with_lengths_and_streaming_predict_agree_fused_or_not():
     x, y = series(n=8, t=20)
     lengths = np.array([20, 13, 7, 20, 16, 3, 20, 11])
-    model_fn = lambda: keras.Sequential(  # noqa: E731
+    model_fn = lambda: keras.Sequential(
         [keras.Input((None, 3)), keras.layers.LSTM(6, return_sequences=True), keras.layers.Dense(1)]
     )
     a = fit(model_fn, True, x, y, lengths=lengths)
@@ -261,7 +267,7 @@ def test_fit_with_lengths_and_streaming_predict_agree_fused_or_not():
 
 def test_recurrent_dropout_keeps_keras_loop_and_says_so():
     x, y = series(n=4, t=10)
-    model_fn = lambda: keras.Sequential(  # noqa: E731
+    model_fn = lambda: keras.Sequential(
         [
             keras.Input((None, 3)),
             keras.layers.LSTM(4, return_sequences=True, recurrent_dropout=0.2, name="rd"),
