@@ -49,18 +49,20 @@ LAYERS = {
 @contextlib.contextmanager
 def precision(dtype):
     """Keras's floatx (and JAX's 64-bit mode for float64) for the block."""
-    old = keras.config.floatx()
+    old, old_policy = keras.config.floatx(), keras.config.dtype_policy()
     x64 = contextlib.nullcontext()
     if BACKEND == "jax" and dtype == "float64":
         import jax
 
         x64 = jax.enable_x64(True)
     keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)  # (a test before may have set one explicitly)
     try:
         with x64:
             yield
     finally:
         keras.config.set_floatx(old)
+        keras.config.set_dtype_policy(old_policy)
         keras.backend.clear_session()  # nothing traced in float64 is reused after
 
 

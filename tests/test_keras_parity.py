@@ -643,7 +643,10 @@ def test_05_float64_model_fits_like_keras(xy, float64_mode):
     assert est.history_["loss"] == pytest.approx(history["loss"], rel=1e-6)  # Keras logs float32
     pred = est.predict(x)
     assert pred.dtype == np.float64  # as model.predict gives it
-    np.testing.assert_allclose(pred, reference.predict(x, verbose=0), rtol=0, atol=1e-12)
+    # (On JAX, XLA:CPU's float64 tanh is accurate to ~1e-7 and its rounding follows the
+    # program it is fused into: keraseq's fused loop and Keras's scan round it differently.)
+    atol = 1e-8 if keras.backend.backend() == "jax" else 1e-12
+    np.testing.assert_allclose(pred, reference.predict(x, verbose=0), rtol=0, atol=atol)
 
 
 @pytest.mark.backend
