@@ -81,6 +81,8 @@ import sys
 import tempfile
 import time
 
+from peer_ratios import ratio_lines  # this folder: sys.path[0] of a script
+
 HERE = os.path.abspath(__file__)
 SYSTEMS = [
     "keraseq[tensorflow]",
@@ -506,30 +508,6 @@ def launch(system, args, generation=False):
     lines = [ln.strip() for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
     msg = lines[-1] if lines else f"exit status {out.returncode}"
     return {"error": msg if len(msg) <= 120 else msg[:117] + "..."}
-
-
-def ratio_lines(stats, systems):
-    """bench_peers.py's summary ratios: the other system's median s/epoch / keraseq's."""
-    lines = []
-
-    def ratio(label, num, den, note=""):
-        if num not in systems or den not in systems:
-            return
-        if num in stats and den in stats:
-            value = f"{stats[num]['median'] / stats[den]['median']:.2f}x"
-        else:
-            value = "n/a"
-        lines.append(f"{label} = {value}{note}")
-
-    for be in ("jax", "tensorflow"):
-        fused, unfused = f"keraseq[{be}]", f"keraseq[{be}]-unfused"
-        ratio(f"fused gain: {fused} vs {unfused}", unfused, fused)
-    threads = stats.get("torch", {}).get("threads")
-    ratio(f"keraseq[jax] / torch ({threads or '?'} threads)", "torch", "keraseq[jax]")
-    ratio("keraseq[jax] / torch (1 thread)", "torch-1t", "keraseq[jax]")
-    ratio("keraseq[jax]-1dev / torch (1 thread)", "torch-1t", "keraseq[jax]-1dev")
-    ratio("keraseq[jax] / jax hand loop", "jax", "keraseq[jax]", " (issue 29 target >= 1.0)")
-    return lines
 
 
 def main():

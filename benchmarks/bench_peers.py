@@ -75,6 +75,8 @@ import subprocess
 import sys
 import time
 
+from peer_ratios import ratio_lines  # this folder: sys.path[0] of a script
+
 HERE = os.path.abspath(__file__)
 
 # name: (F, units, T, batch, window, N)
@@ -434,30 +436,6 @@ def summarize(runs):
         "extrapolated": any(r.get("extrapolated") for r in runs),
         "threads": runs[-1].get("threads"),
     }
-
-
-def ratio_lines(stats, systems):
-    """The summary ratios: fused gains, keraseq[jax] against torch and the JAX hand loop."""
-    lines = []
-
-    def ratio(label, num, den, note=""):
-        # num / den of the median s/epoch: the slower system's time over the faster's
-        if num not in systems or den not in systems:
-            return
-        if stats.get(num) and stats.get(den):
-            value = f"{stats[num]['median'] / stats[den]['median']:.2f}x"
-        else:
-            value = "n/a"
-        lines.append(f"{label} = {value}{note}")
-
-    for be in ("jax", "tensorflow"):
-        fused, unfused = f"keraseq[{be}]", f"keraseq[{be}]-unfused"
-        ratio(f"fused gain: {fused} vs {unfused}", unfused, fused)
-    threads = (stats.get("torch") or {}).get("threads")
-    ratio(f"keraseq[jax] / torch ({threads or '?'} threads)", "torch", "keraseq[jax]")
-    ratio("keraseq[jax]-1dev / torch (1 thread)", "torch-1t", "keraseq[jax]-1dev")
-    ratio("keraseq[jax] / jax hand loop", "jax", "keraseq[jax]", " (issue 29 target >= 1.0)")
-    return lines
 
 
 def report(workload, shape, systems, results, errors, args, peak=None):

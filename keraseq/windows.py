@@ -145,26 +145,23 @@ class StateCarry:
         reason = self.why_not_fused(layer)
         return "fused" if reason is None else f"keras ({reason})"
 
-    def _loop_of(self, layer, keras_loop):
-        """The ``inner_loop`` a call of ``layer`` runs: keraseq's fused loop where
+    def _run_loop(self, layer, keras_loop, sequences, initial_state, mask, training=False):
+        """One call's recurrent loop: keraseq's fused loop where
         :func:`keraseq.fused.why_not` allows it (and ``fused`` is on), else Keras's."""
-        reason = self.why_not_fused(layer)
-        self.paths[layer.name] = "fused" if reason is None else f"keras ({reason})"
-        if reason is not None:
-            return keras_loop
-
-        def loop(sequences, initial_state, mask, training=False):
-            return _fused.run(layer, sequences, initial_state, mask, training)
-
-        return loop
+        self.paths[layer.name] = path = self._path(layer)
+        if path != "fused":
+            return keras_loop(
+                sequences=sequences, initial_state=initial_state, mask=mask, training=training
+            )
+        return _fused.run(layer, sequences, initial_state, mask, training)
 
     def _patch(self, layer) -> None:
         carry = self
         orig_init = layer.get_initial_state  # bound methods of the class
         keras_loop = layer.inner_loop
 
-        def orig_loop(**kwargs):
-            return carry._loop_of(layer, keras_loop)(**kwargs)
+        def run_loop(**kwargs):
+            return carry._run_loop(layer, keras_loop, **kwargs)
 
         def get_initial_state(batch_size):
             object.__setattr__(layer, "_keraseq_default", True)
@@ -172,7 +169,7 @@ class StateCarry:
 
         def inner_loop(sequences, initial_state, mask, training=False):
             if not layer.__dict__.get("_keraseq_default", False):
-                return orig_loop(
+                return run_loop(
                     sequences=sequences, initial_state=initial_state, mask=mask, training=training
                 )
             object.__setattr__(layer, "_keraseq_default", False)
@@ -195,7 +192,7 @@ class StateCarry:
                 flat_default = tree.flatten(initial_state)
                 flat = [ops.cast(s, d.dtype) for s, d in zip(carry._incoming[index], flat_default)]
                 initial_state = tree.pack_sequence_as(initial_state, flat)
-            last, outputs, states = orig_loop(
+            last, outputs, states = run_loop(
                 sequences=sequences, initial_state=initial_state, mask=mask, training=training
             )
             if mask is not None and carries_masked_output(layer):

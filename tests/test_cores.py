@@ -266,36 +266,31 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
     x = np.zeros((6, 8, 2), "float32")
     y = np.zeros((6, 1), "float32")
     work = 4 * 5 * model.count_params()
-    for threshold, expected in ((work, False), (work + 1, True)):
-        monkeypatch.setattr(backend, "GRAPH_MIN_WORK", threshold)
-        est = Estimator(
+
+    def fit(**settings):
+        return Estimator(
             keras.models.clone_model(model),
             batch_size=4,
             seq_len=5,
             epochs=1,
             verbose=0,
-            fused_rnn=False,
+            **settings,
         ).fit(x, y)
+
+    for threshold, expected in ((work, False), (work + 1, True)):
+        monkeypatch.setattr(backend, "GRAPH_MIN_WORK", threshold)
+        est = fit(fused_rnn=False)
         assert seen[-1] is expected
         assert set(est.rnn_paths_.values()) == {"keras (fused_rnn=False)"}
 
     # The fused loop stays under XLA at any size (in a plain graph Keras's loop is faster).
     assert backend.jit_for(model, "auto", work=big, fused=True) is True
     monkeypatch.setattr(backend, "GRAPH_MIN_WORK", work)
-    est = Estimator(
-        keras.models.clone_model(model), batch_size=4, seq_len=5, epochs=1, verbose=0
-    ).fit(x, y)
+    est = fit()
     assert seen[-1] is True
     assert set(est.rnn_paths_.values()) == {"fused"}
     # and without XLA (jit_compile=False) every layer keeps Keras's loop, saying why
-    est = Estimator(
-        keras.models.clone_model(model),
-        batch_size=4,
-        seq_len=5,
-        epochs=1,
-        verbose=0,
-        jit_compile=False,
-    ).fit(x, y)
+    est = fit(jit_compile=False)
     assert seen[-1] is False
     (path,) = est.rnn_paths_.values()
     assert path.startswith("keras (a TensorFlow graph without XLA")

@@ -136,7 +136,7 @@ def _check_float64(model) -> None:
 def scan(body, init, n: int):
     """``lax.scan`` over ``i = 0 .. n - 1`` (``body(carry, i) -> (carry, outputs)``): the final
     carry and each output stacked over ``i`` on a new first axis."""
-    return lax.scan(body, init, jnp.arange(n, dtype=jnp.int32))
+    return time_scan(body, init, jnp.arange(n, dtype=jnp.int32))
 
 
 class JaxSteps(BaseSteps):

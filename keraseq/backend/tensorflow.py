@@ -138,22 +138,9 @@ def while_loop(bound, body, init, maximum):
 
 def scan(body, init, n: int):
     """``lax.scan`` over ``i = 0 .. n - 1`` (``body(carry, i) -> (carry, outputs)``): returns
-    the final carry and each output stacked over ``i`` on a new first axis. The first step is
-    traced outside the loop (the ``TensorArray`` of each output needs its dtype); the others
-    run in a symbolic ``tf.while_loop``."""
-    carry, first = body(init, 0)
-    if n == 1:
-        return carry, tuple(p[None] for p in first)
-    arrays = [tf.TensorArray(p.dtype, size=n - 1, element_shape=None) for p in first]
-
-    def step(i, carry, arrays):
-        carry, outs = body(carry, i + 1)
-        return i + 1, carry, [ta.write(i, p) for ta, p in zip(arrays, outs)]
-
-    _, carry, arrays = tf.while_loop(
-        lambda i, *_: i < n - 1, step, (tf.constant(0), carry, arrays), maximum_iterations=n - 1
-    )
-    return carry, tuple(tf.concat([p[None], ta.stack()], 0) for p, ta in zip(first, arrays))
+    the final carry and each output stacked over ``i`` on a new first axis
+    (:func:`time_scan` over ``tf.range(n)``)."""
+    return time_scan(body, init, tf.range(n))
 
 
 class TensorFlowSteps(BaseSteps):
@@ -371,8 +358,10 @@ def on_gpu() -> bool:
 def time_scan(body, init, xs, reverse: bool = False):
     """``lax.scan`` on TensorFlow: ``body(carry, x) -> (carry, y)`` over the first axis of
     ``xs`` (a structure of tensors with a static first axis), each ``y`` stacked on a new first
-    axis. The first step is traced outside the loop (the ``TensorArray`` of each ``y`` needs
-    its dtype and shape); the others run in a symbolic ``tf.while_loop``."""
+    axis (in the order of ``xs``, also with ``reverse``). The first step is traced outside the
+    loop (the ``TensorArray`` of each ``y`` needs its dtype and shape); the others run in a
+    symbolic ``tf.while_loop``, each ``y`` written in place at its step. Both the window loop
+    of ``predict`` (:func:`scan`) and the fused recurrent loop (``fused.py``) run on it."""
     from keras import tree
 
     flat = [tf.convert_to_tensor(a) for a in tree.flatten(xs)]
