@@ -8,6 +8,7 @@ weights as with ``fused_rnn=False``; ``rnn_paths_`` says which loop each layer t
 """
 
 import contextlib
+import os
 
 import keras
 import numpy as np
@@ -162,7 +163,11 @@ def test_fused_loop_agrees_with_keras_in_float32(name, masked):
 
 
 @pytest.mark.property
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(os.environ.get("KERASEQ_FUSED_EXAMPLES", "4")),  # test-full: 30
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     name=st.sampled_from(sorted(LAYERS)),
     batch=st.integers(1, 4),
@@ -235,6 +240,7 @@ def stacked():
     )
 
 
+@pytest.mark.jax_in_full  # make test: on TensorFlow; make test-full: on both
 def test_fit_trains_the_same_weights_fused_or_not():
     x, y = series()
     x[2, 18:] = 0.0  # padding that Masking hides
@@ -248,6 +254,7 @@ def test_fit_trains_the_same_weights_fused_or_not():
     np.testing.assert_allclose(a.history_["loss"], b.history_["loss"], rtol=1e-5)
 
 
+@pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
 def test_fit_with_lengths_and_streaming_predict_agree_fused_or_not():
     x, y = series(n=8, t=20)
     lengths = np.array([20, 13, 7, 20, 16, 3, 20, 11])
@@ -267,6 +274,7 @@ def test_fit_with_lengths_and_streaming_predict_agree_fused_or_not():
     np.testing.assert_allclose(b.predict(x), whole, atol=2e-5)
 
 
+@pytest.mark.tf_in_full
 def test_recurrent_dropout_keeps_keras_loop_and_says_so():
     x, y = series(n=4, t=10)
     model_fn = lambda: keras.Sequential(

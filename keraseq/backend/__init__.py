@@ -28,7 +28,10 @@ module offers the same names:
   *args)`` (a model call's output shapes and dtypes, without keeping a compiled program),
   ``release_eager_kernels()`` (what earlier models left in the backend's caches; once per fit);
 - ``while_loop(bound, body, init, maximum)``, ``cond``, ``scan``, ``slice_time``, ``pad_time``
-  (the traced primitives of the plan and the base).
+  (the traced primitives of the plan and the base);
+- ``time_scan(body, init, xs, reverse)`` (``lax.scan`` over the first axis of ``xs``; ``scan``
+  runs on it), ``custom_vjp(forward, backward)``, ``elementwise_grad(fn, pre)`` and
+  ``on_gpu()`` (what the fused recurrent loop of ``fused.py`` needs).
 
 What does not live here: what runs around the programs (the epoch loop in ``trainer.py``,
 inference in ``inference.py``, the state carry in ``windows.py``).
