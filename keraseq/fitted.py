@@ -91,7 +91,7 @@ def restore_session(est: Any, p: dict) -> Session:
     comm = dist.get_comm(est.distributed)
     device = device_for(p["device"], comm)
     carry = StateCarry(model, fused=p["fused_rnn"])
-    jit = _backend().jit_for(model, p["jit_compile"], fused=carry.fuses())
+    jit = _backend().jit_for(model, p["jit_compile"])
     carry.compiled_with(jit)
     steps, _ = build_steps(
         model,

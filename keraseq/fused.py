@@ -122,7 +122,7 @@ def why_not(layer, xla: bool = True) -> str | None:
     if getattr(layer, "use_cudnn", False) is not False and _backend().on_gpu():
         return "cuDNN on the GPU (use_cudnn is not False)"
     if not xla and _backend().NAME == "tensorflow":
-        return "a TensorFlow graph without XLA (jit_compile off), where Keras's loop is faster"
+        return "a TensorFlow graph without XLA, where Keras's loop is faster"
     return None
 
 

@@ -131,10 +131,6 @@ class StateCarry:
         """Why ``layer`` keeps Keras's loop (``None``: it runs the fused one)."""
         return _fused.why_not(layer, self.xla) if self.use_fused else "fused_rnn=False"
 
-    def fuses(self) -> bool:
-        """Whether some recurrent layer of the model runs the fused loop."""
-        return any(self.why_not_fused(layer) is None for layer in self.layers)
-
     def compiled_with(self, xla: bool) -> None:
         """Tell the carry whether the programs compile with XLA (on TensorFlow without XLA
         every layer keeps Keras's loop)."""

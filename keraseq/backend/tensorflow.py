@@ -52,18 +52,18 @@ def to_numpy(t) -> np.ndarray:
 GRAPH_MIN_WORK = 60_000_000
 
 
-def jit_for(
-    model, setting, work: float = 0.0, distributed: bool = False, fused: bool = False
-) -> bool:
+def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> bool:
     """``jit_compile="auto"`` follows Keras's own rule (``model_supports_jit``): XLA unless a
     layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on; and,
     in one process on a multi-core CPU, no XLA for windows of at least
     :data:`GRAPH_MIN_WORK` multiply-adds (``work``). Under MPI XLA stays: the Allreduce is
-    then inside the compiled loop, and a rank has its own core. With ``fused`` (a recurrent
-    layer runs keraseq's fused loop, ``fused.py``) XLA stays too: measured on 2 cores, the
-    fused loop under XLA is 1.07x the plain graph of Keras's loop at the realistic size
-    (LSTM(128), batch 64, windows of 20) and 1.6x on the character LM, while in a plain
-    graph it is slower than Keras's loop (0.78x, 0.92x), where it is therefore not used."""
+    then inside the compiled loop, and a rank has its own core.
+
+    The plain graph runs Keras's recurrent loop, not keraseq's fused one (slower there; see
+    ``docs/performance/fused.md``). The fused loop under XLA would be faster still in steady
+    epochs at those sizes (1.16x at the realistic size, 1.27-1.55x on the character LM), but
+    TensorFlow's XLA compiles the training program anew for each chunk of windows of a
+    minibatch (about 3 s per chunk on the LM), so the graph stays the choice there."""
     if setting != "auto":
         return bool(setting)
     from tensorflow.python.framework.config import is_op_determinism_enabled
@@ -75,7 +75,6 @@ def jit_for(
         return False
     if (
         not distributed
-        and not fused
         and work >= GRAPH_MIN_WORK
         and dist.usable_cores() >= 2
         and not tf.config.list_logical_devices("GPU")
