@@ -81,9 +81,9 @@ def seen(url, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    if not CHROMIUM:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; CI has it)")
+def built(tmp_path_factory):
+    """The site, built with ``--strict`` (any broken link or warning fails); needs the docs extra
+    only, so it runs wherever ``make test-full`` runs, Chromium or not."""
     if not DOCS_EXTRA:
         pytest.skip('the docs extra is not installed (pip install -e ".[docs]"; CI has it)')
     out_dir = tmp_path_factory.mktemp("site")
@@ -103,6 +103,18 @@ def site(tmp_path_factory):
     )
     assert check.returncode == 0, check.stdout + check.stderr
     return out_dir
+
+
+@pytest.fixture(scope="module")
+def site(built):
+    if not CHROMIUM:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; CI has it)")
+    return built
+
+
+def test_site_builds_strictly_with_every_public_name(built):
+    assert (built / "index.html").exists() and (built / "api" / "index.html").exists()
+    assert (built / "performance" / "fused.html").exists()
 
 
 def test_landing_page_reads_well(site, tmp_path):
