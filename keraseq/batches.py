@@ -11,6 +11,7 @@ What does not: validation (``validation.py``) and the window loop (``backend/``)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -370,7 +371,8 @@ class DatasetReader:
     for each missing batch); ``None`` when unknown: until the source runs out, and under MPI
     (``comm``) until every rank's has (the ranks agree on each step: no rank hangs).
     ``standardize(x, y, w)`` turns a batch into tuples of arrays as ``fit`` checked them
-    (dict keys, sparse labels)."""
+    (dict keys, sparse labels). ``inspect(xs, ys, step)`` checks each batch before it is
+    yielded (raising ``ValueError``; under MPI every rank raises, none hangs)."""
 
     def __init__(
         self,
@@ -380,9 +382,11 @@ class DatasetReader:
         dtypes: Sequence,
         comm=None,
         standardize=None,
+        inspect=None,
     ):
         self.source, self.n_steps, self.batch_size = source, n_steps, batch_size
         self.dtypes, self.comm, self.standardize = dtypes, comm, standardize
+        self.inspect = inspect
 
     def __len__(self) -> int:
         return self.n_steps or 0
@@ -419,6 +423,11 @@ class DatasetReader:
                 groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
                 xs = groups[0]
                 assert xs is not None  # every batch has inputs
+                if self.inspect is not None:
+                    check = functools.partial(self.inspect, xs, groups[1], step)
+                    if past_end:  # (a rank past its source's end still takes part)
+                        check = lambda: None
+                    dist.agree(self.comm, check) if several else check()
                 n_real = 0 if past_end else int(xs[0].shape[0])
                 if n_real > self.batch_size:
                     raise ValueError(

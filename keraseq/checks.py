@@ -31,6 +31,7 @@ from . import distributed as dist
 from .inputs import SliceTuple, expand_last, split_rows
 from .lengths import check_lengths, input_mask_rule, is_ragged, pad_ragged
 from .losses import is_window_loss
+from .ranges import Ranges, check_ranges, model_ranges
 from .validation import as_arrays, check_finite
 from .windows import carries_masked_output, find_causal_convs, find_rnn_layers
 
@@ -575,6 +576,7 @@ class FitData(NamedTuple):
     window_loss: bool  #: a callable loss(model, x, y)
     val: tuple | None  #: (xs, ys, ws, lengths) of validation_data, or None
     lengths: np.ndarray | None  #: real steps per series, or None
+    ranges: Ranges = Ranges()  #: the model's token-id and sparse-label bounds
 
 
 def split_validation(x, y, sample_weight, lengths, split, validation_data):
@@ -675,10 +677,24 @@ def check_fit(
         lo, hi = dist.shard(int(xs[0].shape[0]), comm)
         for name, arrays in (("x", xs), ("y", ys), ("sample_weight", ws or ())):
             check_finite(arrays, name, rows=(lo, hi))
+        ranges = Ranges()
+        if model is not None:
+            classes = None if layouts is None else [o.shape[-1] if o.shape else 1 for o in layouts]
+            ranges = model_ranges(model, None if window_loss else loss, classes)
+        check_ranges(ranges, xs, ys, rows=(lo, hi), lengths=checked)
         if val is not None:
             vlo, vhi = dist.shard(int(val[0][0].shape[0]), comm)
             for name, arrays in (("x", val[0]), ("y", val[1]), ("sample_weight", val[2] or ())):
                 check_finite(arrays, f"validation_data {name}", rows=(vlo, vhi))
-        return FitData(xs, ys, ws, per_series, window_loss, val, checked)
+            check_ranges(
+                ranges,
+                val[0],
+                val[1],
+                rows=(vlo, vhi),
+                lengths=val[3],
+                name="validation_data x",
+                y_name="validation_data y",
+            )
+        return FitData(xs, ys, ws, per_series, window_loss, val, checked, ranges)
 
     return dist.agree(comm, validate)

@@ -47,6 +47,7 @@ from .checks import (
 )
 from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
 from .model_selection import whole
+from .ranges import check_ranges, model_ranges
 from .session import Session
 from .validation import check_finite
 
@@ -156,7 +157,7 @@ def predict(
     xs, n, t, lengths, ragged = _predict_inputs(session, x, out, lengths)
     comm = session.comm
     lo, hi = dist.shard(n, comm)
-    dist.agree(comm, lambda: check_finite(xs, "x", rows=(lo, hi)))
+    dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
     shapes = output_shapes(session, n, t)
     outs = _checked_out(out, shapes)
     if h_all is not None:
@@ -180,6 +181,12 @@ def predict(
     if ragged:
         results = [r if session.per_series else unpad(r, lengths) for r in results]
     return (out if out is not None else _unpack(tuple(results))), new_states
+
+
+def _check_x_values(session: Session, xs, rows, lengths) -> None:
+    """This rank's rows of ``x``: finite, token ids within the model's embeddings."""
+    check_finite(xs, "x", rows=rows)
+    check_ranges(model_ranges(session.model), xs, None, rows=rows, lengths=lengths)
 
 
 def _predict_inputs(session: Session, x, out, lengths):
@@ -313,6 +320,7 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     xs, ys, ws, lengths = _score_inputs(session, x, y, sample_weight, lengths)
     comm = session.comm
     lo, hi = dist.shard(int(xs[0].shape[0]), comm)
+    dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
     batch = predict_batch_size(p, xs, None)
     # Per output feature, in float64: sum w, sum w*(y - c), sum w*(y - c)^2 and
     # sum w*(y - yhat)^2, with the shift c = the first block's mean (this rank's), so the

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from .ranges import check_ranges, model_ranges
+
 if TYPE_CHECKING:
     from .estimator import Estimator
 
@@ -384,6 +386,7 @@ def generate(
         )
     if ids.dtype.kind not in "iu":
         raise TypeError(f"`prompt` must hold integer token ids, got dtype {ids.dtype}")
+    check_ranges(model_ranges(estimator.model_), (ids,), None, name="prompt")
     rng = (
         random_state
         if isinstance(random_state, np.random.Generator)

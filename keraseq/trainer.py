@@ -56,6 +56,7 @@ from .checks import (
 )
 from .lengths import grouped_plan, input_mask_rule, series_lengths, time_mask, windows_needed
 from .losses import is_window_loss
+from .ranges import Ranges, check_ranges, clear_padding
 from .session import Session, build_steps, device_for, prepare
 from .validation import check_positive_int
 
@@ -352,7 +353,9 @@ class EpochLoop:
             if model.stop_training:
                 break
         if self.data.val is not None:
-            results = evaluate(self.session, self.val_steps, self.data.val, self.val_metrics, p)
+            results = evaluate(
+                self.session, self.val_steps, self.data.val, self.val_metrics, p, self.data.ranges
+            )
             self.logs.update({f"val_{k}": v for k, v in results.items()})
         cb.on_epoch_end(epoch, self.logs)
 
@@ -368,6 +371,7 @@ class EpochLoop:
                 [x_dtype(self.xs, model), y_dtype(model), np.float32],
                 self.session.comm,
                 standardizer(model, self.ys),
+                self._inspect if self.data.ranges else None,
             )
         assert self.n_steps is not None  # in-memory arrays: always counted
         if p["group_by_length"]:
@@ -399,10 +403,17 @@ class EpochLoop:
             fallback_row=self.lo if self.hi > self.lo else 0,
         )
 
+    def _inspect(self, xs, ys, step: int) -> None:
+        """A pipeline's batch checked as it is read, before its step: its token ids and sparse
+        labels (arrays are checked whole before the first step, by ``check_fit``)."""
+        check_ranges(self.data.ranges, xs, ys, where=f" of the dataset's batch {step}")
+
     def _minibatch(self, cb, epoch: int, step: int, batch, rows_mask, n_real) -> None:
         """One minibatch: its compiled calls, each a step of the callbacks."""
         p, session = self.p, self.session
         bx, by, bw, bt, bl = batch
+        if bl is not None and self.data.ranges:
+            bx, by = clear_padding(self.data.ranges, bx, by, bl[0])
         tensors = batch_tensors(
             bx,
             by,
@@ -500,8 +511,11 @@ def standardizer(model, ys):
     return standardize
 
 
-def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:
-    """Loss and metrics of ``data = (xs, ys, ws, lengths)`` (validation after an epoch)."""
+def evaluate(
+    session: Session, steps, data, metrics, p, ranges: Ranges | None = None
+) -> dict[str, float]:
+    """Loss and metrics of ``data = (xs, ys, ws, lengths)`` (validation after an epoch);
+    ``ranges``: the bounds whose out-of-range padding is cleared (:func:`clear_padding`)."""
     xs, ys, ws, lengths = data
     comm, backend = session.comm, _backend()
     rule = input_mask_rule(session.model)
@@ -520,6 +534,8 @@ def evaluate(session: Session, steps, data, metrics, p) -> dict[str, float]:
     masked = rule is not None or lengths is not None
     total = np.zeros(2)
     for (bx, by, bw, bl), rows_mask, _ in reader:
+        if bl is not None and ranges:  # (None or empty: nothing to clear)
+            bx, by = clear_padding(ranges, bx, by, bl[0])
         # No collective inside evaluate's window loop: ranks need not agree on windows.
         tensors = batch_tensors(
             bx, by, bw, rows_mask, session.per_series, None, bl, rule, masked, p["seq_len"], None

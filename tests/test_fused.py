@@ -240,7 +240,7 @@ def stacked():
     )
 
 
-@pytest.mark.jax_in_full  # make test: on TensorFlow; make test-full: on both
+@pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
 def test_fit_trains_the_same_weights_fused_or_not():
     x, y = series()
     x[2, 18:] = 0.0  # padding that Masking hides

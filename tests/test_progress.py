@@ -102,7 +102,8 @@ class Steps(keras.callbacks.Callback):
 @pytest.mark.parametrize(
     "case",
     [
-        dict(),  # per step, a short tail window (47 = 11*4+3): the final call's conditional
+        # per step, a short tail window (47 = 11*4+3): the final call's conditional
+        pytest.param(dict(), marks=pytest.mark.tf_in_full),
         # per series: the loss window peeled off (the same conditional: make test-full only)
         pytest.param(dict(per_series=True, t=44), marks=pytest.mark.slow),
         # unequal lengths, gradient accumulation

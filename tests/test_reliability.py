@@ -384,6 +384,20 @@ def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
 
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
+def test_a_token_id_out_of_range_on_one_rank_is_an_error_on_every_rank(tmp_path):
+    job = run(2, FAULTS, "ids", tmp_path, folder=tmp_path, name="log", timeout=120)
+    assert job.proc.returncode == 0, job.stderr[-3000:]
+    why = "the Embedding 'emb' that reads it has input_dim=10"
+    own = f"`x` holds token id 10 at row 13, step 5: {why}"
+    assert f"rank 1 arrays: {own}" in job.stdout, job.stdout
+    assert f"rank 0 arrays: on rank 1: {own}" in job.stdout, job.stdout
+    batch = f"`x` holds token id -3 at row 2, step 2 of the dataset's batch 1: {why}"
+    assert f"rank 1 pipeline: {batch}" in job.stdout, job.stdout
+    assert f"rank 0 pipeline: on rank 1: {batch}" in job.stdout, job.stdout
+
+
+@pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
+@pytest.mark.mpi
 def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
     job = run(2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log", timeout=60)
     assert job.proc.returncode != 0

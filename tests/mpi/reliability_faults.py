@@ -4,6 +4,9 @@ MODE:
   sigkill   rank 1 kills itself with SIGKILL at the start of epoch 2 (index 1): mpirun must end.
   nan_rank1 NaN only in rows of rank 1's block: ``fit`` raises ValueError on every rank (through
             ``distributed.agree``); the uncaught error aborts the job.
+  ids       a token id outside the Embedding only in rank 1's rows (arrays), then only in rank 1's
+            second batch (each rank its own pipeline): ``fit`` raises ValueError on every rank
+            before any step; each rank prints ``rank R arrays|pipeline: <message>``.
   overflow  rank 1's last rows hold values 10x larger, with a linear/ReLU model and a high
             learning rate: the averaged updates diverge until the loss overflows (rank 0's own
             data stays tame); every rank must stop with ``NonFiniteLossError`` at the same
@@ -54,6 +57,37 @@ if mode in ("sigkill", "nan_rank1"):
     )
     est.fit(x, y, callbacks=callbacks)
     print(f"rank {rank} finished without failing", flush=True)
+elif mode == "ids":
+
+    def token_model():
+        return keras.Sequential(
+            [
+                keras.Input((None,), dtype="int32"),
+                keras.layers.Embedding(10, 3, name="emb"),
+                keras.layers.GRU(4, return_sequences=True),
+                keras.layers.Dense(1),
+            ]
+        )
+
+    x = rng.integers(0, 10, size=(16, 12))
+    y = rng.normal(size=(16, 12, 1)).astype("float32")
+    x[13, 5] = 10  # rows 8..15 are rank 1's block
+    kw = dict(epochs=1, batch_size=4, seq_len=4, verbose=0)
+    try:
+        Estimator(token_model, "mse", "adam", **kw).fit(x, y)
+        print(f"rank {rank} arrays: no error", flush=True)
+    except ValueError as exc:
+        print(f"rank {rank} arrays: {exc}", flush=True)
+    x[13, 5] = 0
+    own = x[rank * 8 : rank * 8 + 8].copy()
+    if rank == 1:
+        own[6, 2] = -3  # the second batch of rank 1's pipeline
+    batches = [(own[k : k + 4], y[k : k + 4]) for k in (0, 4)]
+    try:
+        Estimator(token_model, "mse", "adam", **kw).fit(batches)
+        print(f"rank {rank} pipeline: no error", flush=True)
+    except ValueError as exc:
+        print(f"rank {rank} pipeline: {exc}", flush=True)
 elif mode == "overflow":
 
     def model():
