@@ -516,6 +516,32 @@ def test_user_stateful_model_trains_and_predicts_any_batch():
     assert est.model_.layers[0].stateful and model.layers[0].stateful
 
 
+@pytest.mark.backend
+def test_user_stateful_model_trains_to_the_weights_of_its_plain_twin():
+    """Keras 3.15 on JAX does not carry a stateful layer's state across ``train_on_batch``
+    calls (examples/keras_stateful_train_on_batch.py); keraseq carries it itself, on both
+    backends: ``stateful=True`` changes nothing."""
+
+    def model(stateful):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input(batch_shape=(4, None, 3)) if stateful else keras.Input((None, 3)),
+                keras.layers.GRU(5, return_sequences=True, stateful=stateful),
+                keras.layers.Dense(1),
+            ]
+        )
+
+    x, y = make_data(n=8, t=20)
+    kw = dict(epochs=2, batch_size=4, shuffle=False, random_state=0)
+    a = small(model(True), **kw).fit(x, y)
+    b = small(model(False), **kw).fit(x, y)
+    for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=0, atol=1e-6)
+    assert a.history_["loss"] == pytest.approx(b.history_["loss"], rel=1e-6)
+    np.testing.assert_allclose(a.predict(x), b.predict(x), rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------- bidirectional and stacked
 def bidirectional_model():
     keras.utils.set_random_seed(0)
