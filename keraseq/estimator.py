@@ -72,6 +72,11 @@ class Estimator(RegressorMixin, BaseEstimator):
         fused_rnn: run Keras's standard ``LSTM``/``GRU``/``SimpleRNN`` layers in keraseq's
             fused loop (the same maths, faster; ``docs/performance/fused.md``); ``False``:
             Keras's own loop. ``rnn_paths_`` says which loop each layer took.
+        window_check: before training with windows (and before a windowed ``predict`` of a
+            model not yet checked), run each layer on a few series whole and cut into
+            windows: ``"warn"`` names a layer that mixes time steps keraseq does not carry
+            (e.g. a cumulative sum), ``"raise"`` makes it a ``ValueError``, ``"off"`` skips it
+            (``docs/guide/windows.md``).
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
     ``n_outputs_``, ``n_epochs_``, ``rnn_paths_``. Unequal lengths:
@@ -121,6 +126,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         steps_per_epoch: int | None = None,
         windows_per_call: int | str = "auto",
         fused_rnn: bool = True,
+        window_check: str = "warn",
         **model_params: Any,
     ):
         # scikit-learn's contract: store what is given, as given; ``fit`` resolves and checks.

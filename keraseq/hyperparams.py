@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = dict(
     steps_per_epoch=None,
     windows_per_call="auto",
     fused_rnn=True,
+    window_check="warn",
 )
 #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins); the
 #: others take the spec's field when they are left at their default.
@@ -138,6 +139,10 @@ def _checked(p: dict) -> dict:
     if not isinstance(p["fused_rnn"], (bool, int)) or p["fused_rnn"] not in (True, False):
         raise ValueError(f"`fused_rnn` must be True or False, got {p['fused_rnn']!r}")
     p["fused_rnn"] = bool(p["fused_rnn"])
+    if p["window_check"] not in ("warn", "raise", "off"):
+        raise ValueError(
+            f"`window_check` must be 'warn', 'raise' or 'off', got {p['window_check']!r}"
+        )
     if p["jit_compile"] not in ("auto", True, False):
         raise ValueError(f"`jit_compile` must be 'auto', True or False, got {p['jit_compile']!r}")
     return p

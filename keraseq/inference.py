@@ -48,6 +48,7 @@ from .checks import (
 from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
 from .model_selection import whole
 from .ranges import check_ranges, model_ranges
+from .selfcheck import window_check
 from .session import Session
 from .validation import check_finite
 
@@ -157,6 +158,7 @@ def predict(
     xs, n, t, lengths, ragged = _predict_inputs(session, x, out, lengths)
     comm = session.comm
     lo, hi = dist.shard(n, comm)
+    _window_check(session, p, xs, (lo, hi), lengths)
     dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
     shapes = output_shapes(session, n, t)
     outs = _checked_out(out, shapes)
@@ -181,6 +183,15 @@ def predict(
     if ragged:
         results = [r if session.per_series else unpad(r, lengths) for r in results]
     return (out if out is not None else _unpack(tuple(results))), new_states
+
+
+def _window_check(session: Session, p: dict, xs, rows, lengths) -> None:
+    """The windows' self-check (``selfcheck.py``) before the first windowed run of a model
+    that ``fit`` did not check (one loaded, or fitted without windows)."""
+    if not session.windows_checked:
+        mode = p.get("window_check", "warn")
+        if window_check(session.model, xs, session.seq_len, mode, rows, lengths, session.comm):
+            session.windows_checked = True
 
 
 def _check_x_values(session: Session, xs, rows, lengths) -> None:
@@ -321,6 +332,7 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     comm = session.comm
     lo, hi = dist.shard(int(xs[0].shape[0]), comm)
     dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
+    _window_check(session, p, xs, (lo, hi), lengths)
     batch = predict_batch_size(p, xs, None)
     # Per output feature, in float64: sum w, sum w*(y - c), sum w*(y - c)^2 and
     # sum w*(y - yhat)^2, with the shift c = the first block's mean (this rank's), so the

@@ -24,6 +24,7 @@ from .backend import current as _backend
 from .batches import read_rows
 from .checks import FitData, check_model_inputs, check_windows, step_features
 from .losses import build_objective
+from .selfcheck import window_check
 from .windows import StateCarry
 
 __all__ = [
@@ -56,6 +57,8 @@ class Session:
     n_features: int
     n_outputs: int
     train_metrics: list = field(default_factory=list)  #: the metrics the train step updates
+    #: the windows' self-check ran on this model (``selfcheck.py``): by fit, or by a predict
+    windows_checked: bool = False
 
 
 def device_for(setting, comm) -> str | None:
@@ -172,7 +175,9 @@ def prepare(
     backend = _backend()
     with backend.device_scope(device):
         model = warm.model if warm is not None else (built or new_model())
-        carry, state_specs, out_shapes, window = _checked_model(p, model, data, comm, check_outputs)
+        carry, state_specs, out_shapes, window, checked = _checked_model(
+            p, model, data, comm, check_outputs
+        )
         opt = warm.optimizer if warm is not None else new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
@@ -222,6 +227,7 @@ def prepare(
         step_features(data.xs[0]),
         len(data.ys),
         metrics,
+        windows_checked=checked,
     )
     reuse.own(entry, session)
     return session, entry.val_steps, val_metrics
@@ -237,9 +243,10 @@ def _reusable(key, model, opt, comm, warm, previous) -> reuse.Entry | None:
 
 
 def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
-    """``(carry, state_specs, out_shapes, window)``: the model's inputs and windows checked
-    against the data, its states and outputs probed on one series of this rank, and its
-    outputs checked against the targets."""
+    """``(carry, state_specs, out_shapes, window, checked)``: the model's inputs and windows
+    checked against the data (``checked``: the windows' self-check compared windows), its
+    states and outputs probed on one series of this rank, and its outputs checked against the
+    targets."""
     xs = data.xs
     check_model_inputs(model, xs)
     check_windows(
@@ -248,13 +255,17 @@ def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
         int(xs[0].shape[1]),
         data.lengths is not None or (data.val is not None and data.val[3] is not None),
     )
+    own, end = dist.shard(int(xs[0].shape[0]), comm)
     carry = StateCarry(model, fused=p["fused_rnn"])
-    own = dist.shard(int(xs[0].shape[0]), comm)[0]
     state_specs, out_shapes, window = probe(
         model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1)
     )
     check_outputs(out_shapes, data.ys, window, per_series=data.per_series)
-    return carry, state_specs, out_shapes, window
+    # (after the probe, which warms the backend's eager calls that the check also uses)
+    checked = window_check(
+        model, xs, p["seq_len"], p["window_check"], (own, end), data.lengths, comm
+    )
+    return carry, state_specs, out_shapes, window, checked
 
 
 def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -> dict:
