@@ -9,8 +9,9 @@ RNN) relies on it. Run on each backend::
 It prints the largest absolute value of the LSTM's state after two ``train_on_batch`` calls
 (0.0: the state was not carried), and after two ``predict_on_batch`` calls. Measured with
 Keras 3.15.1: TensorFlow carries the state in both (0.97); on JAX the states stay zero in
-both, so that loop silently trains (and predicts) without state on JAX. keraseq carries the state itself (a user's
-``stateful=True`` model trains to the weights of its plain twin on both backends).
+both, so that loop silently trains (and predicts) without state on JAX. keraseq carries the
+state itself (a user's ``stateful=True`` model trains to the weights of its plain twin on
+both backends).
 """
 
 import os

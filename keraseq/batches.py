@@ -12,7 +12,7 @@ What does not: validation (``validation.py``) and the window loop (``backend/``)
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -424,7 +424,7 @@ class DatasetReader:
                 xs = groups[0]
                 assert xs is not None  # every batch has inputs
                 if self.inspect is not None:
-                    check = functools.partial(self.inspect, xs, groups[1], step)
+                    check: Callable[[], Any] = functools.partial(self.inspect, xs, groups[1], step)
                     if past_end:  # (a rank past its source's end still takes part)
                         check = lambda: None
                     dist.agree(self.comm, check) if several else check()

@@ -39,10 +39,10 @@ _SPARSE = "sparsecategoricalcrossentropy"  # the loss's name, any case, no under
 
 
 class Bound(NamedTuple):
-    """Values of array ``index`` (an input or an output) must lie in ``[0, high)`` (or equal
+    """Values of array ``at`` (an input or an output) must lie in ``[0, high)`` (or equal
     ``ignore``); ``why`` says whose range it is, for the message."""
 
-    index: int
+    at: int
     high: int
     ignore: int | None
     why: str
@@ -174,12 +174,12 @@ def check_ranges(
         groups.append((ranges.labels, ys, y_name))
     for bounds, arrays, label in groups:
         for bound in bounds:
-            if bound.index >= len(arrays):
+            if bound.at >= len(arrays):
                 continue
-            a = arrays[bound.index]
+            a = arrays[bound.at]
             if np.dtype(a.dtype).kind not in "iuf":
                 continue
-            what = label if len(arrays) == 1 else f"{label}[{bound.index}]"
+            what = label if len(arrays) == 1 else f"{label}[{bound.at}]"
             noun = "token id" if bounds is ranges.ids else "label"
             # token ids (N, T[, 1]) always have steps; labels per step (N, T, 1), per series (N, 1)
             per_step = len(a.shape) >= (2 if bounds is ranges.ids else 3)
@@ -202,15 +202,15 @@ def clear_padding(ranges: Ranges, xs: tuple, ys: tuple, lengths: np.ndarray) -> 
     series' length (padding: any value, never trained on) set to 0, on copies, so that no
     backend sees it (TensorFlow's gather turns such a value into NaN, which a mask times 0
     keeps NaN). Arrays that need nothing are returned as they are."""
-    xs, ys = list(xs), list(ys)
-    for bounds, arrays, min_rank in ((ranges.ids, xs, 2), (ranges.labels, ys, 3)):
+    new_xs, new_ys = list(xs), list(ys)
+    for bounds, arrays, min_rank in ((ranges.ids, new_xs, 2), (ranges.labels, new_ys, 3)):
         for bound in bounds:
-            if bound.index >= len(arrays) or len(arrays[bound.index].shape) < min_rank:
+            if bound.at >= len(arrays) or len(arrays[bound.at].shape) < min_rank:
                 continue
-            a = arrays[bound.index]
+            a = arrays[bound.at]
             padding = np.arange(a.shape[1])[None, :] >= np.asarray(lengths)[:, None]
             padding = padding.reshape(padding.shape + (1,) * (a.ndim - 2))
             bad = ((a < 0) | (a >= bound.high)) & padding
             if bad.any():
-                arrays[bound.index] = np.where(bad, np.zeros((), a.dtype), a)
-    return tuple(xs), tuple(ys)
+                arrays[bound.at] = np.where(bad, np.zeros((), a.dtype), a)
+    return tuple(new_xs), tuple(new_ys)

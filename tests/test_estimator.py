@@ -126,7 +126,7 @@ def multi():
 
 
 # ------------------------------------------------------------------------------- state carry
-@pytest.mark.backend
+@pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
 def test_state_carry_beats_reset_windows():
     """y_t = running sum of x since the series start (memory of T >> seq_len). With keraseq's
     carry the LSTM can integrate across windows; when every window starts from a zero state
@@ -591,6 +591,7 @@ def test_bidirectional_and_stacked_train_and_predict(build):
 
 
 # ------------------------------------------------------------------------------- seqloss
+@pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
 def test_seqloss_mse_equals_keras_mse():
     x, y = make_data(n=20, t=25)  # batch 8: minibatches of 8, 8, 4; windows 10, 10, 5
     sgd = lambda: keras.optimizers.SGD(0.1)

@@ -244,7 +244,8 @@ def test_only_rank_zero_writes_files(tmp_path):
     assert proc.stdout.count("Epoch 1/3") == 1, proc.stdout
 
 
-@pytest.mark.jax_in_full  # the JAX pass keeps few MPI cases in make test (its 10-minute budget)
+@pytest.mark.slow  # fault injection: make test-full on both backends (make test's 10 minutes)
+@pytest.mark.backend
 def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
     proc, elapsed = mpirun(2, "faults_and_files.py", "raise", tmp_path, timeout=120)
     assert proc.returncode != 0

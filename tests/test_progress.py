@@ -222,6 +222,7 @@ def sqrt_gap(yt, yp):
     )
 
 
+@pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
 def test_nonfinite_window_is_counted_from_the_minibatch_start():
     x, y, _, _ = data(t=40)
     y = np.abs(y)
