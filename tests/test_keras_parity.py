@@ -548,8 +548,8 @@ def test_02_go_backwards_is_refused_with_windows(xy):
 @pytest.mark.parametrize(
     "dilation",
     # dilation 1 (a special case of 2's carry): make test-full; the properties draw both
-    # dilation 2: make test on JAX only (the carry is keras.ops, the same on both backends)
-    [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.tf_in_full)],
+    # dilation 2: make test on TensorFlow only (the carry is keras.ops, the same on both)
+    [pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.jax_in_full)],
     ids=["dilation1", "dilation2"],
 )
 def test_03_causal_conv_front_end_is_window_invariant(dilation):

@@ -281,8 +281,9 @@ def test_group_by_length_trains_deterministically_and_skips_windows():
     assert windows_needed(np.zeros((2, 6)), 4) == 1
 
 
-@pytest.mark.tf_in_full
 # ------------------------------------------------------------------------- Classifier, CV
+@pytest.mark.slow  # make test-full on both backends (make test's 10 minutes; test_sklearn's
+@pytest.mark.backend  # cross-validations and the ragged classifier cases stay in make test)
 def test_classifier_on_ragged_series_with_sklearn_cross_validation():
     from sklearn.base import clone
     from sklearn.model_selection import cross_val_score

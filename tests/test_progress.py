@@ -8,6 +8,7 @@ leave the update of the last finished chunk in place.
 """
 
 import functools
+import logging
 import os
 import signal
 
@@ -289,3 +290,29 @@ def test_chunks_of_rows_split_over_devices_train_as_one_call():
             np.testing.assert_allclose(one.history_["mae"], chunked.history_["mae"], rtol=1e-6)
     finally:
         kj.MIN_WORK_PER_DEVICE = rule
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's warning")
+def test_no_retracing_warning_for_keraseqs_own_programs(caplog):
+    """keraseq compiles a program per shape on purpose: TensorFlow's "triggered tf.function
+    retracing" warning about them would point users at their own code (issue 32); about a
+    user's own function it still comes."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 12, 3)).astype("float32")
+    est = Estimator(
+        keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(3, return_sequences=True)]),
+        epochs=1,
+        batch_size=8,
+        seq_len=4,
+        verbose=0,
+    ).fit(x, x[..., :3])
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for t in range(5, 13):  # a new predict program per length
+            est.predict(rng.normal(size=(3 + t % 3, t, 3)).astype("float32"))
+        own = tf.function(lambda a: a * 2)
+        for n in range(1, 9):
+            own(tf.zeros((n,)))
+    retracing = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert retracing and all("TensorFlowSteps" not in m for m in retracing), retracing

@@ -20,6 +20,7 @@ module is ``backend/jax.py``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,20 @@ from . import StepFunctions
 from .base import BaseSteps
 
 NAME = "tensorflow"
+
+
+class _OwnRetracing(logging.Filter):
+    """Drops TensorFlow's "triggered tf.function retracing" warning about keraseq's own
+    programs: keraseq compiles one per window and minibatch shape on purpose (a grid search,
+    many fits or predicts of other lengths in one process), and the warning would point users
+    at their own code. The warning about any other function stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "TensorFlowSteps." in message)
+
+
+logging.getLogger("tensorflow").addFilter(_OwnRetracing())
 
 
 def to_tensor(a):
