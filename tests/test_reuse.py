@@ -76,7 +76,8 @@ def test_refit_and_partial_fit_compile_once(data, fresh_pool):
     assert est.n_epochs_ == 2 + 3
 
 
-@pytest.mark.tf_in_full  # the pool's logic (reuse.py), above the compiled step
+@pytest.mark.slow  # the pool's logic (reuse.py), above the compiled step: make test-full on
+@pytest.mark.backend  # both backends (make test's 10 minutes; the other reuse cases stay)
 def test_other_settings_compile_anew(data, fresh_pool):
     x, y = data
     model = lstm_model()
