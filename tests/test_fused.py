@@ -240,7 +240,8 @@ def stacked():
     )
 
 
-@pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
+@pytest.mark.slow  # make test-full on both backends (make test keeps the fit with lengths
+@pytest.mark.backend  # and streaming on JAX, and every agreement test runs the fused loop)
 def test_fit_trains_the_same_weights_fused_or_not():
     x, y = series()
     x[2, 18:] = 0.0  # padding that Masking hides

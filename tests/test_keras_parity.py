@@ -582,7 +582,7 @@ def tiny_mse(y_true, y_pred):
     return 1e-7 * keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
 
 
-@pytest.mark.backend
+@pytest.mark.jax_in_full  # make test: on TensorFlow; make test-full: on both
 def test_04_mixed_float16_scales_the_loss_like_keras(xy):
     x, y = xy
     keras.mixed_precision.set_global_policy("mixed_float16")

@@ -54,11 +54,7 @@ MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
 # TensorFlow): Adam with XLA on both, then `sync_every=3` on TensorFlow and the masked per-step
 # lengths on JAX (make test-full runs each on the other backend too, in a launch of its own).
 # Each test reads its own scenario's report.
-SHARED = ["adam,40,8,jit"]
-if os.environ.get("KERAS_BACKEND") == "jax":
-    SHARED += ["adam,30,4,jit,masked-step"]
-else:
-    SHARED += ["adam,24,4,jit,equal,3"]
+SHARED = ["adam,40,8,jit"]  # (make test-full's launches of the other cases are their own)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +104,7 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, request, tmp_pa
 @pytest.mark.parametrize(
     "mode",
     [
-        pytest.param("masked-step", marks=pytest.mark.tf_in_full),
+        pytest.param("masked-step", marks=[pytest.mark.slow, pytest.mark.backend]),
         pytest.param("masked-series", marks=[pytest.mark.slow, pytest.mark.backend]),
         pytest.param("tokens", marks=[pytest.mark.slow, pytest.mark.backend]),
     ],
@@ -148,7 +144,8 @@ def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
-@pytest.mark.jax_in_full
+@pytest.mark.slow  # make test-full on both backends (make test's 10 minutes)
+@pytest.mark.backend
 def test_sync_every_k_windows_two_ranks_equal_one_process(request, tmp_path):
     """Gradient accumulation over k windows (one Allreduce per k) is still exactly the union
     minibatch of one process with the same k."""
