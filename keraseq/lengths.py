@@ -37,6 +37,7 @@ __all__ = [
     "unpad",
     "check_lengths",
     "input_mask_rule",
+    "input_readers",
     "time_mask",
     "windows_needed",
     "series_lengths",
@@ -117,6 +118,23 @@ def check_lengths(lengths: Any, n: int, t: int, name: str = "lengths") -> np.nda
     return a
 
 
+def input_readers(model: keras.Model, kinds) -> list[tuple[int, Any]]:
+    """``(k, layer)`` for every layer of class ``kinds`` inside ``model`` that reads model
+    input ``k`` directly (``Sequential([Input, layer, ...])`` included)."""
+    try:
+        inputs = list(getattr(model, "inputs", None) or [])
+    except (AttributeError, ValueError):  # a subclassed model never built
+        return []
+    found: list[tuple[int, Any]] = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, kinds):
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            for tensor in getattr(node, "input_tensors", []):
+                found.extend((k, layer) for k, inp in enumerate(inputs) if tensor is inp)
+    return found
+
+
 def input_mask_rule(model: keras.Model) -> Callable | None:
     """``rule(xs) -> (B, T) bool`` when a model input feeds a ``Masking`` layer or an
     ``Embedding(mask_zero=True)`` directly (``Sequential([Input, Masking, ...])`` included)
@@ -128,19 +146,12 @@ def input_mask_rule(model: keras.Model) -> Callable | None:
         # layer, as Keras does at a layer without mask support (e.g. Conv1D): Keras then
         # runs over the padding, and so does keraseq.
         return None
-    rules = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Masking):
-            value = layer.mask_value
-        elif isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
-            value = None  # Keras's rule: token id 0 is padding
-        else:
-            continue
-        for node in getattr(layer, "_inbound_nodes", []):
-            for tensor in getattr(node, "input_tensors", []):
-                for k, inp in enumerate(inputs):
-                    if tensor is inp:
-                        rules.append((k, value))
+    rules = [
+        # Keras's rule for an Embedding(mask_zero=True): token id 0 is padding (value None)
+        (k, layer.mask_value if isinstance(layer, keras.layers.Masking) else None)
+        for k, layer in input_readers(model, (keras.layers.Masking, keras.layers.Embedding))
+        if isinstance(layer, keras.layers.Masking) or layer.mask_zero
+    ]
     if not rules:
         return None
 

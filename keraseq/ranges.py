@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 import keras
 import numpy as np
 
+from .lengths import input_readers
+
 __all__ = ["Ranges", "model_ranges", "check_ranges", "clear_padding"]
 
 _CHUNK_BYTES = 64 * 2**20
@@ -59,25 +61,16 @@ class Ranges(NamedTuple):
 
 
 def _embedding_inputs(model) -> list[Bound]:
-    try:
-        inputs = list(getattr(model, "inputs", None) or [])
-    except (AttributeError, ValueError):
-        return []
-    bounds = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.layers.Embedding):
-            continue
-        for node in getattr(layer, "_inbound_nodes", []):
-            for tensor in getattr(node, "input_tensors", []):
-                for k, inp in enumerate(inputs):
-                    if tensor is inp:
-                        why = (
-                            f"the Embedding '{layer.name}' that reads it has "
-                            f"input_dim={layer.input_dim}, so ids must lie in "
-                            f"[0, {layer.input_dim})"
-                        )
-                        bounds.append(Bound(k, int(layer.input_dim), None, why))
-    return bounds
+    return [
+        Bound(
+            k,
+            int(layer.input_dim),
+            None,
+            f"the Embedding '{layer.name}' that reads it has input_dim={layer.input_dim}, "
+            f"so ids must lie in [0, {layer.input_dim})",
+        )
+        for k, layer in input_readers(model, keras.layers.Embedding)
+    ]
 
 
 def _sparse(loss) -> tuple[bool, int | None, str]:
