@@ -158,8 +158,8 @@ def predict(
     xs, n, t, lengths, ragged = _predict_inputs(session, x, out, lengths)
     comm = session.comm
     lo, hi = dist.shard(n, comm)
-    _window_check(session, p, xs, (lo, hi), lengths)
     dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
+    _window_check(session, p, xs, (lo, hi), lengths)  # (runs layers: after the values' check)
     shapes = output_shapes(session, n, t)
     outs = _checked_out(out, shapes)
     if h_all is not None:

@@ -158,13 +158,17 @@ def test_hdf5_rows_are_checked_before_the_first_step(tmp_path):
 
 
 @pytest.mark.backend
-def test_predict_score_and_generate_refuse_ids_outside_the_vocabulary():
+def test_predict_score_and_generate_refuse_ids_outside_the_vocabulary(tmp_path):
     x, y = tokens()
     e = est().fit(x, y)
     bad = x.copy()
     bad[3, 4] = V
     with pytest.raises(ValueError, match=f"^`x` holds token id {V} at row 3, step 4: the Embed"):
         e.predict(bad)
+    # a loaded model, not yet self-checked: the ids are checked before its layers run
+    e.save(tmp_path / "e.keras")
+    with pytest.raises(ValueError, match=f"^`x` holds token id {V} at row 3, step 4: the Embed"):
+        Estimator.load(tmp_path / "e.keras").predict(bad)
     with pytest.raises(ValueError, match=f"^`prompt` holds token id {V} at row 0, step 2"):
         generate(e, [1, 2, V], length=3)
     with pytest.raises(ValueError, match="^`prompt` holds token id -1 at row 1, step 0"):
