@@ -40,12 +40,10 @@ from .batches import read_rows
 from .checks import window_bound_layers
 from .windows import find_causal_convs
 
-__all__ = ["Mixing", "first_mixing_layer", "window_check", "WINDOW_CHECK_MODES"]
+__all__ = ["Mixing", "first_mixing_layer", "window_check"]
 
 #: Series and windows the check looks at.
 ROWS, WINDOWS = 4, 3
-#: ``window_check``'s values.
-WINDOW_CHECK_MODES = ("warn", "raise", "off")
 #: Agreement expected of a window-invariant layer, relative to its outputs' scale, by dtype.
 _TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
 _LOW_PRECISION = 2e-2
@@ -80,8 +78,7 @@ def _opaque_layers(model) -> set[int]:
     }
     skipped |= {id(layer) for layer in find_causal_convs(model) + window_bound_layers(model)}
     for layer in layers:
-        inner = getattr(layer, "_flatten_layers", None)
-        if inner is not None and any(
+        if any(
             id(sub) in skipped for sub in layer._flatten_layers(include_self=False, recursive=True)
         ):
             skipped.add(id(layer))

@@ -75,10 +75,11 @@ def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> boo
     then inside the compiled loop, and a rank has its own core.
 
     The plain graph runs Keras's recurrent loop, not keraseq's fused one (slower there; see
-    ``docs/performance/fused.md``). The fused loop under XLA would be faster still in steady
-    epochs at those sizes (1.16x at the realistic size, 1.27-1.55x on the character LM), but
-    TensorFlow's XLA compiles the training program anew for each chunk of windows of a
-    minibatch (about 3 s per chunk on the LM), so the graph stays the choice there."""
+    ``docs/performance/fused.md``). The fused loop under XLA was faster in steady epochs at
+    those sizes (1.16x at the realistic size, 1.27-1.55x on the character LM) but was not
+    chosen because XLA then compiled the program anew for each chunk of windows; that is
+    fixed (:func:`slice_time`), and the rule waits for ``bench_lm.py``/``bench_peers.py`` to
+    be measured again before it changes."""
     if setting != "auto":
         return bool(setting)
     from tensorflow.python.framework.config import is_op_determinism_enabled
