@@ -40,7 +40,8 @@ demo: $(VENV)/.demo-installed
 PYTEST   := $(PY) -m pytest -q -p no:cacheprovider
 XDIST    := -n 2 --dist loadfile
 JAX_ENV  := KERAS_BACKEND=jax
-FULL_ENV := KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUSED_EXAMPLES=30
+FULL_ENV := KERASEQ_PARITY_EXAMPLES=30 KERASEQ_LENGTHS_EXAMPLES=40 KERASEQ_FUSED_EXAMPLES=30 \
+            KERASEQ_RESETS_EXAMPLES=20
 .PHONY: test-tf test-jax test-full-tf test-full-jax
 test: $(VENV)/.installed
 	$(MAKE) --no-print-directory -j2 -O test-tf test-jax

@@ -364,7 +364,7 @@ class BatchSource:
 
 class DatasetReader:
     """Minibatches read from a :class:`BatchSource`, shaped like :class:`MinibatchReader`'s:
-    ``([xs, ys, ws, None, None], mask_rows, n_real)``, every batch padded with masked rows to
+    ``([xs, ys, ws, None, None, None], mask_rows, n_real)``, every batch padded with masked rows to
     ``batch_size`` (the first batch's size), so one compiled graph serves all.
 
     ``n_steps`` batches per epoch (a rank whose own source has fewer yields one masked row
@@ -456,7 +456,7 @@ class DatasetReader:
                     )
                 mask = np.zeros(self.batch_size, np.float32)
                 mask[:n_real] = 1.0
-                yield padded + [None, None], mask, n_real
+                yield padded + [None, None, None], mask, n_real
                 step += 1
             next(batches, None)  # lets Keras's EpochIterator close the epoch its own way
         finally:

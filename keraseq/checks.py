@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -32,6 +32,7 @@ from .inputs import SliceTuple, expand_last, split_rows
 from .lengths import check_lengths, input_mask_rule, is_ragged, pad_ragged
 from .losses import is_window_loss
 from .ranges import Ranges, check_ranges, model_ranges
+from .resets import check_model_for_resets, check_resets, ragged_resets
 from .validation import as_arrays, check_finite
 from .windows import carries_masked_output, find_causal_convs, find_rnn_layers
 
@@ -574,17 +575,18 @@ class FitData(NamedTuple):
     ws: tuple | None  #: (sample_weight,) or None
     per_series: bool  #: targets per series (N, F_out)
     window_loss: bool  #: a callable loss(model, x, y)
-    val: tuple | None  #: (xs, ys, ws, lengths) of validation_data, or None
+    val: tuple | None  #: (xs, ys, ws, lengths, resets) of validation_data, or None
     lengths: np.ndarray | None  #: real steps per series, or None
     ranges: Ranges = Ranges()  #: the model's token-id and sparse-label bounds
+    resets: Any = None  #: (N, T) booleans: where each series' states restart, or None
 
 
-def split_validation(x, y, sample_weight, lengths, split, validation_data):
+def split_validation(x, y, sample_weight, lengths, split, validation_data, resets=None):
     """``validation_split`` as ``model.fit``: the last fraction of the series is held out
     (lazily for out-of-core arrays). Returns ``(x, y, sample_weight, lengths,
-    validation_data)``."""
+    validation_data, resets)``."""
     if not split:
-        return x, y, sample_weight, lengths, validation_data
+        return x, y, sample_weight, lengths, validation_data, resets
     if not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
         raise ValueError(f"`validation_split` must be a fraction in [0, 1), got {split!r}")
     if validation_data is not None:
@@ -600,18 +602,29 @@ def split_validation(x, y, sample_weight, lengths, split, validation_data):
             f"`validation_split={split}` leaves {at} of {n} series for "
             f"training; it needs at least one series on each side"
         )
-    (x, vx), (y, vy), (sample_weight, vw), (lengths, vl) = (
-        split_rows(v, at) for v in (x, y, sample_weight, lengths)
+    (x, vx), (y, vy), (sample_weight, vw), (lengths, vl), (resets, vr) = (
+        split_rows(v, at) for v in (x, y, sample_weight, lengths, resets)
     )
-    return x, y, sample_weight, lengths, (vx, vy, vw, vl)
+    return x, y, sample_weight, lengths, (vx, vy, vw, vl, vr), resets
 
 
 def check_fit(
-    x, y, sample_weight, lengths, validation_data, loss, metrics, rebatch, comm, model=None
+    x,
+    y,
+    sample_weight,
+    lengths,
+    validation_data,
+    loss,
+    metrics,
+    rebatch,
+    comm,
+    model=None,
+    resets=None,
 ) -> FitData:
     """Every check of a ``fit`` call's data, before any training step; under MPI every rank
     raises the same error (each checks the finiteness of its own block of rows). ``model``
-    (built): its input specs and output layouts decide how ``x`` and ``y`` are read."""
+    (built): its input specs and output layouts decide how ``x`` and ``y`` are read;
+    ``resets``: the per-row state resets (``keraseq/resets.py``)."""
     specs = None if model is None else input_specs(model)
     series_rank = None if model is None else step_rank(model)
     layouts = None
@@ -649,31 +662,38 @@ def check_fit(
                     "(`lengths` or a ragged `x`)"
                 )
             checked = check_lengths(lengths, int(xs[0].shape[0]), int(xs[0].shape[1]))
+        if resets is not None and rebatch:
+            raise ValueError("`rebatch=True` cannot be combined with `resets`")
+        checked_resets = check_resets(resets, int(xs[0].shape[0]), int(xs[0].shape[1]))
+        if checked_resets is not None and model is not None:
+            check_model_for_resets(model)
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (
                 2,
                 3,
                 4,
+                5,
             ):
                 raise ValueError(
                     "`validation_data` must be a tuple (x_val, y_val), "
-                    "(x_val, y_val, sample_weight_val) or (x_val, y_val, "
-                    "sample_weight_val, lengths_val)"
+                    "(x_val, y_val, sample_weight_val), (x_val, y_val, "
+                    "sample_weight_val, lengths_val) or (x_val, y_val, sample_weight_val, "
+                    "lengths_val, resets_val)"
                 )
-            vx, vy, vw, vl = unragged(
-                *(tuple(validation_data) + (None, None))[:4], series_rank=series_rank
-            )
+            padded = (tuple(validation_data) + (None, None, None))[:5]
+            vx, vy, vw, vl = unragged(*padded[:4], series_rank=series_rank)
             val = check_xy(vx, vy, vw, layouts, specs)
             if layouts is None and val[1][0].ndim != ys[0].ndim:
                 raise ValueError("`validation_data` targets must be of the same kind as `y`")
+            vn, vt = int(val[0][0].shape[0]), int(val[0][0].shape[1])
+            vr = ragged_resets(padded[4], vl, vt, "validation_data resets")
             val = val + (
-                None
-                if vl is None
-                else check_lengths(
-                    vl, int(val[0][0].shape[0]), int(val[0][0].shape[1]), "validation_data lengths"
-                ),
+                None if vl is None else check_lengths(vl, vn, vt, "validation_data lengths"),
+                check_resets(vr, vn, vt, "validation_data resets"),
             )
+            if val[4] is not None and model is not None:
+                check_model_for_resets(model)
         lo, hi = dist.shard(int(xs[0].shape[0]), comm)
         for name, arrays in (("x", xs), ("y", ys), ("sample_weight", ws or ())):
             check_finite(arrays, name, rows=(lo, hi))
@@ -695,6 +715,6 @@ def check_fit(
                 name="validation_data x",
                 y_name="validation_data y",
             )
-        return FitData(xs, ys, ws, per_series, window_loss, val, checked, ranges)
+        return FitData(xs, ys, ws, per_series, window_loss, val, checked, ranges, checked_resets)
 
     return dist.agree(comm, validate)

@@ -90,6 +90,7 @@ class Classifier(ClassifierMixin, Estimator):
         epochs: int | None = None,
         lengths=None,
         initial_epoch: int | None = None,
+        resets=None,
     ) -> Classifier:
         """Train on ``x`` (N, T, F) and labels ``y`` (N,) or (N, T); returns ``self``.
 
@@ -114,6 +115,7 @@ class Classifier(ClassifierMixin, Estimator):
             epochs,
             lengths,
             initial_epoch,
+            resets,
         )
 
     # Labels are required, and ``classes`` comes third as in scikit-learn's classifiers.
@@ -126,6 +128,7 @@ class Classifier(ClassifierMixin, Estimator):
         validation_data=None,
         callbacks=None,
         lengths=None,
+        resets=None,
     ) -> Classifier:
         """One epoch, continuing; pass every label in ``classes`` on the first call."""
         x, y, sample_weight = lab.in_memory(x, y, sample_weight)
@@ -137,7 +140,7 @@ class Classifier(ClassifierMixin, Estimator):
         codes = lab.encode(y, self.classes_, lengths=lengths)
         weights = self._class_weights(y, lengths, sample_weight)
         validation_data = self._encoded(validation_data)
-        return super().partial_fit(x, codes, weights, validation_data, callbacks, lengths)
+        return super().partial_fit(x, codes, weights, validation_data, callbacks, lengths, resets)
 
     def _encoded(self, validation_data):
         """``validation_data`` (arrays, or a pipeline read into arrays) with its labels
@@ -152,28 +155,42 @@ class Classifier(ClassifierMixin, Estimator):
     def _class_weights(self, y, lengths, sample_weight):
         return lab.class_weights(self.class_weight, self.classes_, y, lengths, sample_weight)
 
-    def predict_proba(self, x, reset: bool = True, batch_size: int | None = None, lengths=None):
+    def predict_proba(
+        self,
+        x,
+        reset: bool = True,
+        batch_size: int | None = None,
+        lengths=None,
+        resets=None,
+    ):
         """Class probabilities: (N, n_classes) or (N, T, n_classes), columns as ``classes_``
         (a list of (T_i, n_classes) for a ragged ``x`` with per-step labels)."""
-        out = super().predict(x, reset=reset, batch_size=batch_size, lengths=lengths)
+        out = super().predict(x, reset=reset, batch_size=batch_size, lengths=lengths, resets=resets)
         return lab.both_columns(out) if self._binary_unit() else out
 
     # Labels, not model outputs: no ``out`` to write them into (Estimator.predict has one).
     def predict(  # type: ignore[override]
-        self, x, reset: bool = True, batch_size: int | None = None, lengths=None
+        self,
+        x,
+        reset: bool = True,
+        batch_size: int | None = None,
+        lengths=None,
+        resets=None,
     ):
         """Labels: (N,) per series or (N, T) per time step (a list of (T_i,) for a ragged
         ``x`` with per-step labels)."""
-        proba = self.predict_proba(x, reset=reset, batch_size=batch_size, lengths=lengths)
+        proba = self.predict_proba(
+            x, reset=reset, batch_size=batch_size, lengths=lengths, resets=resets
+        )
         if isinstance(proba, list):
             return [self.classes_[np.argmax(p, axis=-1)] for p in proba]
         return self.classes_[np.argmax(proba, axis=-1)]
 
-    def score(self, x, y, sample_weight=None, lengths=None) -> float:
+    def score(self, x, y, sample_weight=None, lengths=None, resets=None) -> float:
         """Accuracy over all series (and real time steps), weighted by ``sample_weight``."""
         score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
         x, y = whole(x), whole(y)
-        pred = self.predict(x, lengths=lengths)
+        pred = self.predict(x, lengths=lengths, resets=resets)
         y = lab.stacked_unless_ragged(x, y)
         return lab.accuracy(pred, y, sample_weight, lengths, score_from)
 

@@ -235,6 +235,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         epochs: int | None = None,
         lengths=None,
         initial_epoch: int | None = None,
+        resets=None,
     ) -> Estimator:
         """Train on ``x`` (N, T, F) and ``y`` (N, T, F_out) or (N, F_out); returns ``self``.
 
@@ -242,24 +243,57 @@ class Estimator(RegressorMixin, BaseEstimator):
         carried (gradients cut at the borders), reset at each minibatch. Starts from the
         initial weights of ``model`` (the fitted ones with ``warm_start=True``; epochs then
         continue the count, ``initial_epoch`` has Keras's meaning). ``lengths`` (N,): the
-        real steps of each series; ``validation_data``: ``(x, y, sample_weight, lengths)``.
+        real steps of each series; ``resets`` (N, T) booleans: True at step t, that series'
+        recurrent states restart from their initial ones before step t (documents laid end
+        to end, sessions, restarts: ``docs/guide/resets.md``); ``validation_data``:
+        ``(x, y, sample_weight, lengths, resets)`` (the last two or three optional).
         ``x`` may be a pipeline of ``(x, y[, sample_weight])`` minibatches, as ``model.fit``
         takes them, with ``y=None`` (see ``docs/guide/windows.md``, ``docs/guide/inputs.md``).
         """
         warm = bool(self.warm_start) and hasattr(self, "model_")
         return self._fit(
-            x, y, sample_weight, validation_data, callbacks, epochs, warm, lengths, initial_epoch
+            x,
+            y,
+            sample_weight,
+            validation_data,
+            callbacks,
+            epochs,
+            warm,
+            lengths,
+            initial_epoch,
+            resets,
         )
 
     def partial_fit(
-        self, x, y=None, sample_weight=None, validation_data=None, callbacks=None, lengths=None
+        self,
+        x,
+        y=None,
+        sample_weight=None,
+        validation_data=None,
+        callbacks=None,
+        lengths=None,
+        resets=None,
     ) -> Estimator:
         """One epoch on ``(x, y)``, continuing from the fitted weights and optimizer state
         (the first call starts from ``model``); ``history_`` grows by one entry per call."""
         warm = hasattr(self, "model_")
-        return self._fit(x, y, sample_weight, validation_data, callbacks, 1, warm, lengths)
+        return self._fit(
+            x, y, sample_weight, validation_data, callbacks, 1, warm, lengths, None, resets
+        )
 
-    def _fit(self, x, y, w, val, callbacks, epochs, warm: bool, lengths=None, initial_epoch=None):
+    def _fit(
+        self,
+        x,
+        y,
+        w,
+        val,
+        callbacks,
+        epochs,
+        warm: bool,
+        lengths=None,
+        initial_epoch=None,
+        resets=None,
+    ):
         p = self._resolved()
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
@@ -282,6 +316,7 @@ class Estimator(RegressorMixin, BaseEstimator):
                 warm=self._session if warm else None,
                 progress=fitted.progress(self) if warm else None,
                 previous=getattr(self, "_session", None),
+                resets=resets,
             )
         except BaseException as exc:
             failed = getattr(exc, "keraseq_session", None)
@@ -299,14 +334,24 @@ class Estimator(RegressorMixin, BaseEstimator):
             setattr(self, key, value)
 
     # -------------------------------------------------------------------------------- predict
-    def predict(self, x, out=None, reset: bool = True, batch_size: int | None = None, lengths=None):
+    def predict(
+        self,
+        x,
+        out=None,
+        reset: bool = True,
+        batch_size: int | None = None,
+        lengths=None,
+        resets=None,
+    ):
         """Predictions for ``x`` (N, T, F), window by window with the state carried.
 
         ``out`` (an ndarray, memmap, ``h5py.Dataset`` or a tuple of them) is filled and
         returned. ``reset=True`` starts every series from a zero state; the final states are
         kept, so ``predict(next_chunk, reset=False)`` continues the sequences (streaming).
         Unequal lengths: a list of ``(T_i, F)`` arrays, or padded ``x`` with ``lengths`` (N,).
-        Collective under MPI (``docs/guide/mpi.md``)."""
+        ``resets`` (N, T): where each series' states restart, as in :meth:`fit` (a reset at
+        step 0 with ``reset=False`` restarts a continued stream). Collective under MPI
+        (``docs/guide/mpi.md``)."""
         fitted.check_fitted(self, "predict")
         p = self._resolved()
         if is_pipeline(x):
@@ -314,7 +359,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         x = self._face_x(x)
         h_all = None if reset else fitted.kept_states(self._stream)
         result, self._stream.states = inference.predict(
-            self._session, p, x, out, h_all, batch_size, lengths
+            self._session, p, x, out, h_all, batch_size, lengths, resets
         )
         return sklearn_inputs.as_fitted_y(result, out, getattr(self, "_flat_y", False))
 
@@ -322,13 +367,15 @@ class Estimator(RegressorMixin, BaseEstimator):
         rows = bool(getattr(self, "_rows", False))
         return sklearn_inputs.predict_x(x, self.n_features_in_, type(self).__name__, rows)
 
-    def score(self, x, y, sample_weight=None, lengths=None) -> float:
+    def score(self, x, y, sample_weight=None, lengths=None, resets=None) -> float:
         """R² over all outputs and (real) time steps, uniform average; streamed minibatch by
         minibatch, leaving the kept streaming states untouched. Collective under MPI."""
         fitted.check_fitted(self, "score")
         x = self._face_x(x)
         y = sklearn_inputs.score_y(y, bool(getattr(self, "_rows", False)))
-        return inference.score(self._session, self._resolved(), x, y, sample_weight, lengths)
+        return inference.score(
+            self._session, self._resolved(), x, y, sample_weight, lengths, resets
+        )
 
     # ----------------------------------------------------------- states (keraseq.utils.states)
     def _get_states(self) -> list[np.ndarray]:

@@ -316,10 +316,15 @@ def _step_matmul(a, b):
 
 
 # ------------------------------------------------------------------------------ the loop
-def run(layer, sequences, initial_state, mask, training: bool = False):
+def run(layer, sequences, initial_state, mask, training: bool = False, resets=None):
     """The recurrent loop of ``layer`` over ``sequences`` ``(B, S, F)`` from ``initial_state``
     (a list of ``(B, units)`` tensors), with the optional ``(B, S)`` mask: what the layer's
     ``inner_loop`` returns, ``(last_output, outputs (B, S, units), final states)``.
+
+    ``resets`` (optional, ``(B, S)`` booleans): where true, that row's state is set to zeros
+    (the layer's default initial state) before that step; no gradient flows back through a
+    reset. A masked step keeps the state it starts from (zeros after a reset there) and
+    outputs its ``h`` (or zeros with ``zero_output_for_mask``), as Keras's loop does.
 
     Only for a layer :func:`why_not` accepts; called inside the layer's ``call`` (its input
     dropout mask is the one Keras drew for this call)."""
@@ -341,9 +346,12 @@ def run(layer, sequences, initial_state, mask, training: bool = False):
     m = None
     if mask is not None:
         m = ops.cast(ops.expand_dims(ops.transpose(ops.cast(mask, "bool"), (1, 0)), -1), dtype)
+    r = None
+    if resets is not None:
+        r = ops.cast(ops.expand_dims(ops.transpose(ops.cast(resets, "bool"), (1, 0)), -1), dtype)
     zero_output = bool(layer.zero_output_for_mask)
-    loop = _Loop(kind, zero_output, m is not None)
-    args = [xp, *rec, *states0] + ([m] if m is not None else [])
+    loop = _Loop(kind, zero_output, m is not None, r is not None)
+    args = [xp, *rec, *states0] + [a for a in (m, r) if a is not None]
     if training:
         flat = _backend().custom_vjp(loop.forward, loop.backward)(*args)
     else:
@@ -355,23 +363,41 @@ def run(layer, sequences, initial_state, mask, training: bool = False):
 
 class _Loop:
     """The time loops of one call: :meth:`forward` (with what the backward needs, when
-    ``save``) and :meth:`backward`, over the flat arguments ``xp, *rec, *states0[, mask]``."""
+    ``save``) and :meth:`backward`, over the flat arguments
+    ``xp, *rec, *states0[, mask][, resets]``."""
 
-    def __init__(self, kind: _Cell, zero_output: bool, masked: bool):
-        self.kind, self.zero_output, self.masked = kind, zero_output, masked
+    def __init__(self, kind: _Cell, zero_output: bool, masked: bool, reset: bool = False):
+        self.kind, self.zero_output, self.masked, self.reset = kind, zero_output, masked, reset
 
     def unpack(self, args):
-        n_rec = len(args) - 1 - self.kind.n_states - int(self.masked)
+        n_rec = len(args) - 1 - self.kind.n_states - int(self.masked) - int(self.reset)
         xp, rec = args[0], tuple(args[1 : 1 + n_rec])
-        states = tuple(args[1 + n_rec : 1 + n_rec + self.kind.n_states])
-        return xp, rec, states, (args[-1] if self.masked else None)
+        at = 1 + n_rec + self.kind.n_states
+        states = tuple(args[1 + n_rec : at])
+        m = args[at] if self.masked else None
+        r = args[at + int(self.masked)] if self.reset else None
+        return xp, rec, states, m, r
+
+    @staticmethod
+    def joined(head: tuple, m, r) -> tuple:
+        """The scanned sequences: ``head``, then the mask and the resets where given."""
+        return head + tuple(a for a in (m, r) if a is not None)
+
+    def split(self, xs, n_head: int) -> tuple:
+        """One step of :meth:`joined`'s sequences: ``(*head, mask or None, resets or None)``."""
+        rest = list(xs[n_head:])
+        m_t = rest.pop(0) if self.masked else None
+        r_t = rest.pop(0) if self.reset else None
+        return (*xs[:n_head], m_t, r_t)
 
     def forward(self, *args, save: bool = True):
-        xp, rec, states0, m = self.unpack(args)
+        xp, rec, states0, m, r = self.unpack(args)
         kind, zero_output = self.kind, self.zero_output
 
         def body(states, xs):
-            xp_t, m_t = xs if m is not None else (xs, None)
+            xp_t, m_t, r_t = self.split(xs, 1)
+            if r_t is not None:  # a reset: this row starts again from zeros
+                states = tuple(ops.where(r_t > 0.5, ops.zeros_like(s), s) for s in states)
             raw, res = kind.step(xp_t, states, rec)
             if m_t is None:
                 new, out = raw, raw[0]
@@ -385,7 +411,7 @@ class _Loop:
                 ys.update(res=res, states=new)
             return new, ys
 
-        finals, ys = _backend().time_scan(body, states0, xp if m is None else (xp, m))
+        finals, ys = _backend().time_scan(body, states0, self.joined((xp,), m, r))
         flat = [ys["out"] if "out" in ys else ys["states"][0], *finals]
         if not save:
             return flat, None
@@ -393,20 +419,22 @@ class _Loop:
 
     def backward(self, saved, cts):
         args, res, states = saved
-        xp, rec, states0, m = self.unpack(args)
+        xp, rec, states0, m, r = self.unpack(args)
         kind, zero_output = self.kind, self.zero_output
         d_outs = cts[0]
         d_finals = tuple(cts[1:])
-        # The states each step started from: the initial ones, then those of steps 0..S-2.
+        # The states each step started from: the initial ones, then those of steps 0..S-2
+        # (zeros where a reset falls).
         prev = tuple(
             ops.concatenate([ops.expand_dims(s0, 0), s[:-1]], axis=0)
             for s0, s in zip(states0, states)
         )
+        if r is not None:
+            prev = tuple(ops.where(r > 0.5, ops.zeros_like(p), p) for p in prev)
         rec_t = tuple(ops.transpose(r) if len(r.shape) == 2 else r for r in rec)
 
         def body(d_states, xs):
-            d_out, res_t, prev_t = xs[:3]
-            m_t = xs[3] if m is not None else None
+            d_out, res_t, prev_t, m_t, r_t = self.split(xs, 3)
             d_h = d_states[0]
             if m_t is None:
                 d_raw = (d_h + d_out,) + d_states[1:]
@@ -425,15 +453,16 @@ class _Loop:
             dxp_t, dpre_t, d_prev = kind.back(d_raw, res_t, prev_t, rec_t)
             if through is not None:
                 d_prev = tuple(a + b for a, b in zip(d_prev, through))
+            if r_t is not None:  # no gradient crosses a reset
+                d_prev = tuple(ops.where(r_t > 0.5, ops.zeros_like(d), d) for d in d_prev)
             ys = (dxp_t,) if dpre_t is dxp_t else (dxp_t, dpre_t)
             return tuple(d_prev), ys
 
-        xs = (d_outs, res, prev) + ((m,) if m is not None else ())
+        xs = self.joined((d_outs, res, prev), m, r)
         d_states0, ys = _backend().time_scan(body, d_finals, xs, reverse=True)
         dxp = ys[0]
         dpre = ys[-1]
         d_rec = kind.rec_grads(prev[0], dpre, res)
         grads = [dxp, *d_rec, *d_states0]
-        if m is not None:
-            grads.append(ops.zeros_like(m))
+        grads += [ops.zeros_like(a) for a in (m, r) if a is not None]
         return grads

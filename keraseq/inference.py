@@ -45,9 +45,10 @@ from .checks import (
     step_rank,
     unragged,
 )
-from .lengths import check_lengths, input_mask_rule, is_ragged, time_mask, unpad
+from .lengths import check_lengths, input_mask_rule, is_ragged, real_steps, time_mask, unpad
 from .model_selection import whole
 from .ranges import check_ranges, model_ranges
+from .resets import check_model_for_resets, check_resets, ragged_resets
 from .selfcheck import window_check
 from .session import Session
 from .validation import check_finite
@@ -102,12 +103,13 @@ def _layouts(session: Session, x):
     return layouts
 
 
-def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
+def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None, resets=None):
     """Predict rows ``[lo, hi)`` minibatch by minibatch (collective under MPI).
 
     Yields ``(first_row, n_real, predictions, final_states, time_mask)`` as numpy arrays
-    of the real rows (``time_mask`` (n_real, T) or ``None`` when every step is real);
-    ``h_all`` gives initial states per series (``None``: zeros).
+    of the real rows (``time_mask`` (n_real, T) or ``None`` when every step is real; integer
+    marks with ``resets``, see :func:`keraseq.lengths.time_mask`); ``h_all`` gives initial
+    states per series (``None``: zeros).
     """
     comm, backend = session.comm, _backend()
     batch = min(batch, max(1, hi - lo))
@@ -115,13 +117,17 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
     plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
     rule = input_mask_rule(session.model)
     reader = MinibatchReader(
-        [xs, (lengths,) if lengths is not None else None],
+        [
+            xs,
+            (lengths,) if lengths is not None else None,
+            (resets,) if resets is not None else None,
+        ],
         plan,
         batch,
-        [x_dtype(xs, session.model), np.int64],
+        [x_dtype(xs, session.model), np.int64, np.bool_],
         fallback_row=lo if hi > lo else 0,
     )
-    for index, ((bx, bl), _, n_real) in zip(plan, reader):
+    for index, ((bx, bl, br), _, n_real) in zip(plan, reader):
         h0 = None
         if h_all is not None:
             rows = index if n_real else np.array([0])
@@ -130,8 +136,8 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
                 for call in h_all
             ]
         tm = None
-        if rule is not None or lengths is not None:
-            tm = time_mask(bx, None if bl is None else bl[0], rule)
+        if rule is not None or lengths is not None or resets is not None:
+            tm = time_mask(bx, None if bl is None else bl[0], rule, None if br is None else br[0])
         with session.carry, backend.device_scope(session.device):
             preds, states = session.steps.predict(
                 tuple(backend.to_tensor(a) for a in bx),
@@ -149,13 +155,21 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None):
 
 
 def predict(
-    session: Session, p: dict, x, out=None, h_all=None, batch_size: int | None = None, lengths=None
+    session: Session,
+    p: dict,
+    x,
+    out=None,
+    h_all=None,
+    batch_size: int | None = None,
+    lengths=None,
+    resets=None,
 ):
     """Predictions for ``x`` (N, T, F), window by window with the state carried, as
     :meth:`keraseq.Estimator.predict` documents; returns ``(predictions, final states)``.
     ``h_all``: the states to continue from (``None``: zeros). Collective under MPI.
     """
     xs, n, t, lengths, ragged = _predict_inputs(session, x, out, lengths)
+    resets = _checked_resets(session, resets, lengths, n, t)
     comm = session.comm
     lo, hi = dist.shard(n, comm)
     dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
@@ -174,7 +188,7 @@ def predict(
         for o in (outs or [None] * len(shapes))
     ]
     local, new_states = _predicted_rows(
-        session, xs, (lo, hi), batch, h_all, lengths, outs, direct, shapes
+        session, xs, (lo, hi), batch, h_all, lengths, outs, direct, shapes, resets
     )
     results = _gathered(local, outs, direct, comm)
     if comm.size > 1:
@@ -183,6 +197,16 @@ def predict(
     if ragged:
         results = [r if session.per_series else unpad(r, lengths) for r in results]
     return (out if out is not None else _unpack(tuple(results))), new_states
+
+
+def _checked_resets(session: Session, resets, lengths, n: int, t: int):
+    """``resets`` of ``predict``/``score`` checked (a list of per-series flags next to a
+    ragged ``x`` padded), and the model checked for them."""
+    if resets is None:
+        return None
+    resets = check_resets(ragged_resets(resets, lengths, t), n, t)
+    check_model_for_resets(session.model)
+    return resets
 
 
 def _window_check(session: Session, p: dict, xs, rows, lengths) -> None:
@@ -237,7 +261,9 @@ def _checked_out(out, shapes) -> tuple | list | None:
     return outs
 
 
-def _predicted_rows(session: Session, xs, rows, batch, h_all, lengths, outs, direct, shapes):
+def _predicted_rows(
+    session: Session, xs, rows, batch, h_all, lengths, outs, direct, shapes, resets=None
+):
     """Predict this rank's rows ``[lo, hi)``: written into ``outs[k]`` where ``direct[k]``,
     else into a local array; returns ``(local arrays, final states)`` of those rows.
     Outputs and states keep the model's dtypes, as ``model.predict`` gives them (float64 for
@@ -254,7 +280,7 @@ def _predicted_rows(session: Session, xs, rows, batch, h_all, lengths, outs, dir
         for spec in session.state_specs
     ]
     for first, n_real, preds, states, _ in predict_blocks(
-        session, xs, lo, hi, batch, h_all, lengths
+        session, xs, lo, hi, batch, h_all, lengths, resets
     ):
         own = slice(first - lo, first - lo + n_real)
         for k, values in enumerate(preds):
@@ -319,7 +345,7 @@ def predict_dataset(session: Session, p: dict, batches):
     return _unpack(out)
 
 
-def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> float:
+def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None, resets=None) -> float:
     """Coefficient of determination R² over all outputs and time steps (uniform average).
 
     Each output feature is one target; the samples are the (series, time step) pairs
@@ -329,6 +355,7 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     """
     score_from = int(getattr(x, "keraseq_score_from", 0))  # a TimeSplit test fold
     xs, ys, ws, lengths = _score_inputs(session, x, y, sample_weight, lengths)
+    resets = _checked_resets(session, resets, lengths, int(xs[0].shape[0]), int(xs[0].shape[1]))
     comm = session.comm
     lo, hi = dist.shard(int(xs[0].shape[0]), comm)
     dist.agree(comm, lambda: _check_x_values(session, xs, (lo, hi), lengths))
@@ -340,7 +367,8 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None) -> 
     sums = [np.zeros((4, int(a.shape[-1]))) for a in ys]
     shifts = [None] * len(ys)
     per_step = not session.per_series
-    for first, n_real, preds, _, tm in predict_blocks(session, xs, lo, hi, batch, None, lengths):
+    blocks = predict_blocks(session, xs, lo, hi, batch, None, lengths, resets)
+    for first, n_real, preds, _, tm in blocks:
         rows = slice(first, first + n_real)
         w = None if ws is None else np.asarray(ws[0][rows], np.float64)
         for k, (a, yp) in enumerate(zip(ys, preds)):
@@ -391,7 +419,7 @@ def _sample_weights(w, yt, tm, score_from: int) -> np.ndarray:
         else np.broadcast_to(w.reshape(w.shape + (1,) * (yt.ndim - 1 - w.ndim)), yt.shape[:-1])
     )
     if tm is not None:  # padded steps are no samples
-        wk = wk * tm.reshape(tm.shape + (1,) * (yt.ndim - 3))
+        wk = wk * real_steps(tm).reshape(tm.shape + (1,) * (yt.ndim - 3))
     if score_from:
         wk = np.array(wk, np.float64)
         wk[:, :score_from] = 0.0  # the history a TimeSplit fold runs through

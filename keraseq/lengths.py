@@ -39,6 +39,7 @@ __all__ = [
     "input_mask_rule",
     "input_readers",
     "time_mask",
+    "real_steps",
     "windows_needed",
     "series_lengths",
     "grouped_plan",
@@ -170,9 +171,20 @@ def input_mask_rule(model: keras.Model) -> Callable | None:
 
 
 def time_mask(
-    xs: Sequence[np.ndarray], lengths: np.ndarray | None, rule: Callable | None
+    xs: Sequence[np.ndarray],
+    lengths: np.ndarray | None,
+    rule: Callable | None,
+    resets: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """The (B, T) float32 mask of a minibatch's real steps (``None`` when every step is)."""
+    """The (B, T) float32 mask of a minibatch's real steps (``None`` when every step is).
+
+    With ``resets`` (B, T) booleans, integer marks instead (int32): bit 0 says the step is
+    real, bit 1 that the row's recurrent states restart before it (0 padding, 1 real, 2 a
+    masked step with a reset, 3 a real step with one); a reset past a row's ``lengths`` is
+    dropped, as padding is. Marks of a minibatch without padding are int8 (1 or 3): the
+    programs then apply no mask. The compiled programs tell the two apart by the dtype
+    (``backend/plan.py``), so a run without resets keeps its programs; :func:`real_steps`
+    reads either as the mask of real steps."""
     t = int(xs[0].shape[1])
     mask = None
     if lengths is not None:
@@ -180,13 +192,27 @@ def time_mask(
     if rule is not None:
         real = rule(xs)
         mask = real if mask is None else mask & real
+    if resets is not None:
+        flags = np.asarray(resets, bool)
+        if lengths is not None:
+            flags = flags & (np.arange(t)[None, :] < np.asarray(lengths)[:, None])
+        if mask is None:  # every step real: int8 marks, so no mask is applied in the loops
+            return (1 + 2 * flags.astype(np.int8)).astype(np.int8)
+        return mask.astype(np.int32) + 2 * flags.astype(np.int32)
     return None if mask is None else mask.astype(np.float32)
+
+
+def real_steps(marks: np.ndarray) -> np.ndarray:
+    """The boolean mask of real steps of :func:`time_mask`'s result (a float mask or integer
+    marks)."""
+    marks = np.asarray(marks)
+    return marks % 2 == 1 if marks.dtype.kind in "iu" else marks > 0
 
 
 def windows_needed(mask: np.ndarray, seq_len: int | None) -> int:
     """How many windows of ``seq_len`` steps reach the last real step of any row (>= 1)."""
     t = mask.shape[1]
-    real = mask.any(axis=0)
+    real = real_steps(mask).any(axis=0)
     last = int(np.flatnonzero(real)[-1]) + 1 if real.any() else 1
     return math.ceil(last / (seq_len or t))
 

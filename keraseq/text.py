@@ -44,6 +44,7 @@ import keras
 import numpy as np
 
 from .ranges import check_ranges, model_ranges
+from .resets import document_starts
 
 if TYPE_CHECKING:
     from .estimator import Estimator
@@ -122,7 +123,9 @@ class Vocabulary:
 
 
 # ------------------------------------------------------------------------------------ streams
-def batchify(tokens: Sequence[int] | np.ndarray, n_streams: int) -> tuple[np.ndarray, np.ndarray]:
+def batchify(
+    tokens: Sequence[int] | np.ndarray | Sequence[np.ndarray], n_streams: int
+) -> tuple[np.ndarray, ...]:
     """Cut one long sequence of token ids into ``n_streams`` parallel streams of next-token pairs.
 
     PyTorch's ``word_language_model`` ``batchify`` (Zaremba et al. 2014): the sequence of
@@ -131,22 +134,48 @@ def batchify(tokens: Sequence[int] | np.ndarray, n_streams: int) -> tuple[np.nda
     each stream but its last token, the targets each stream but its first, so ``y[b, t]`` is
     the token after ``x[b, t]``.
 
+    Documents: ``tokens`` a list of 1-D arrays (one per document: files, articles,
+    sessions) are laid end to end in that order and cut the same way, and the resets at
+    their starts come back too: ``resets[b, t]`` is True where ``x[b, t]`` is a document's
+    first token (and at ``t = 0``), for ``fit(x, y, resets=resets)``: the recurrent state
+    then restarts at each document (``docs/guide/language_model.md``). The target of a
+    document's last token is the next document's first (end each document with a separator
+    token for the model to learn where documents end).
+
     Parameters:
-        tokens: 1-D integer token ids (e.g. :meth:`Vocabulary.encode` of a text).
+        tokens: 1-D integer token ids (e.g. :meth:`Vocabulary.encode` of a text), or a list
+            of such arrays, one per document.
         n_streams: ``B``, the number of streams (the minibatch: ``Estimator(batch_size=B)``
             runs windows along all streams at once, the state carried along each stream).
 
     Returns:
-        ``(x, y)``, two new ``(B, M - 1)`` arrays of the dtype of ``tokens``.
+        ``(x, y)``, two new ``(B, M - 1)`` arrays of the dtype of ``tokens``; for documents
+        ``(x, y, resets)``, ``resets`` a boolean ``(B, M - 1)``.
 
     Example:
         >>> x, y = batchify(np.arange(10), n_streams=3)   # streams 0-2, 3-5, 6-8; 9 dropped
         >>> x.tolist(), y.tolist()
         ([[0, 1], [3, 4], [6, 7]], [[1, 2], [4, 5], [7, 8]])
+        >>> x, y, resets = batchify([np.arange(3), np.arange(10, 15)], n_streams=1)
+        >>> x.tolist(), resets.astype(int).tolist()
+        ([[0, 1, 2, 10, 11, 12, 13]], [[1, 0, 0, 1, 0, 0, 0]])
     """
     if isinstance(n_streams, bool) or not isinstance(n_streams, numbers.Integral) or n_streams < 1:
         raise ValueError(f"`n_streams` must be a positive integer, got {n_streams!r}")
-    ids = np.asarray(tokens)
+    documents = isinstance(tokens, (list, tuple)) and any(np.ndim(d) == 1 for d in tokens)
+    if documents:
+        docs = [np.asarray(d) for d in tokens]
+        for k, d in enumerate(docs):
+            if d.ndim != 1:
+                raise ValueError(
+                    f"`tokens[{k}]` has shape {d.shape}; each document must be a 1-D "
+                    f"sequence of token ids"
+                )
+            if d.size == 0:
+                raise ValueError(f"`tokens[{k}]` is empty; every document needs a token")
+        ids = np.concatenate(docs)
+    else:
+        ids = np.asarray(tokens)
     if ids.ndim != 1:
         raise ValueError(
             f"`tokens` must be one sequence of token ids, shape (L,); got shape {ids.shape}"
@@ -163,7 +192,11 @@ def batchify(tokens: Sequence[int] | np.ndarray, n_streams: int) -> tuple[np.nda
             f"of at least 2 tokens (one next-token pair) each"
         )
     streams = ids[: per_stream * int(n_streams)].reshape(int(n_streams), per_stream)
-    return streams[:, :-1].copy(), streams[:, 1:].copy()
+    x, y = streams[:, :-1].copy(), streams[:, 1:].copy()
+    if not documents:
+        return x, y
+    starts = document_starts([len(d) for d in docs], int(n_streams), per_stream)
+    return x, y, starts[:, :-1].copy()
 
 
 # ------------------------------------------------------------------------------------ metrics

@@ -54,9 +54,17 @@ from .checks import (
     step_rank,
     unragged,
 )
-from .lengths import grouped_plan, input_mask_rule, series_lengths, time_mask, windows_needed
+from .lengths import (
+    grouped_plan,
+    input_mask_rule,
+    real_steps,
+    series_lengths,
+    time_mask,
+    windows_needed,
+)
 from .losses import is_window_loss
 from .ranges import Ranges, check_ranges, clear_padding
+from .resets import ragged_resets
 from .session import Session, build_steps, device_for, prepare
 from .validation import check_positive_int
 
@@ -93,6 +101,7 @@ def fit(
     warm: Session | None = None,
     progress: Progress | None = None,
     previous: Session | None = None,
+    resets=None,
 ) -> tuple[Session, Progress]:
     """Train as ``Estimator.fit`` does; returns the fitted session and the progress.
 
@@ -117,6 +126,11 @@ def fit(
         if dataset is not None:
             opened.callback(dataset.close)  # an epoch opened to read the first batch, if unrun
             x, y, sample_weight = _first_batch(p, dataset, y, sample_weight, lengths, loss)
+            if resets is not None:
+                raise ValueError(
+                    "`resets` with a dataset: put each batch's resets in the batches, as "
+                    "(x, y, sample_weight, resets) tuples (sample_weight may be None)"
+                )
         return _fit(
             p,
             loss,
@@ -134,6 +148,7 @@ def fit(
             progress,
             previous,
             dataset,
+            resets,
         )
 
 
@@ -180,6 +195,7 @@ def _fit(
     progress,
     previous,
     dataset,
+    resets=None,
 ):
     comm = dist.get_comm(p["distributed"])
     # The model first: its input specs and output layouts decide how x and y are read
@@ -194,8 +210,11 @@ def _fit(
     if isinstance(x, dict) or isinstance(y, dict):  # keyed by the model's input/output names
         x, y = keyed(x, built, "x"), keyed(y, built, "y")
     x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(built))
-    x, y, sample_weight, lengths, validation_data = split_validation(
-        x, y, sample_weight, lengths, p["validation_split"], validation_data
+    if isinstance(resets, list):  # per-series flags next to a ragged x
+        first = x[0] if isinstance(x, (tuple, list)) else x
+        resets = ragged_resets(resets, lengths, int(np.shape(first)[1]))
+    x, y, sample_weight, lengths, validation_data, resets = split_validation(
+        x, y, sample_weight, lengths, p["validation_split"], validation_data, resets
     )
     data = check_fit(
         x,
@@ -208,6 +227,7 @@ def _fit(
         p["rebatch"],
         comm,
         model=built,
+        resets=resets,
     )
     session, val_steps, val_metrics = prepare(
         p, loss, data, comm, warm, built, new_model, new_optimizer, check_outputs, previous
@@ -244,6 +264,7 @@ class EpochLoop:
         if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
             xs, ys, ws, self.rebatch_mask = rebatch(xs, ys, ws, p["batch_size"], p["seq_len"])
         self.xs, self.ys, self.ws, self.lengths = xs, ys, ws, data.lengths
+        self.resets = data.resets
         n = int(xs[0].shape[0])
         self.lo, self.hi = dist.shard(n, comm)
         # Minibatches per epoch (``None``: a pipeline whose count some rank does not know).
@@ -395,10 +416,11 @@ class EpochLoop:
                 self.ws,
                 (self.rebatch_mask,) if self.rebatch_mask is not None else None,
                 (self.lengths,) if self.lengths is not None else None,
+                (self.resets,) if self.resets is not None else None,
             ],
             plan,
             p["batch_size"],
-            [x_dtype(self.xs, model), y_dtype(model), np.float32, np.float32, np.int64],
+            [x_dtype(self.xs, model), y_dtype(model), np.float32, np.float32, np.int64, np.bool_],
             pad=not self.session.steps.exact_rows,
             fallback_row=self.lo if self.hi > self.lo else 0,
         )
@@ -411,7 +433,7 @@ class EpochLoop:
     def _minibatch(self, cb, epoch: int, step: int, batch, rows_mask, n_real) -> None:
         """One minibatch: its compiled calls, each a step of the callbacks."""
         p, session = self.p, self.session
-        bx, by, bw, bt, bl = batch
+        bx, by, bw, bt, bl, br = batch
         if bl is not None and self.data.ranges:
             bx, by = clear_padding(self.data.ranges, bx, by, bl[0])
         tensors = batch_tensors(
@@ -426,6 +448,7 @@ class EpochLoop:
             self.masked,
             p["seq_len"],
             session.comm,
+            br,
         )
         multiple = 1 if session.per_series else p["sync_every"]
         calls = calls_of(
@@ -514,9 +537,10 @@ def standardizer(model, ys):
 def evaluate(
     session: Session, steps, data, metrics, p, ranges: Ranges | None = None
 ) -> dict[str, float]:
-    """Loss and metrics of ``data = (xs, ys, ws, lengths)`` (validation after an epoch);
-    ``ranges``: the bounds whose out-of-range padding is cleared (:func:`clear_padding`)."""
-    xs, ys, ws, lengths = data
+    """Loss and metrics of ``data = (xs, ys, ws, lengths, resets)`` (validation after an
+    epoch); ``ranges``: the bounds whose out-of-range padding is cleared
+    (:func:`clear_padding`)."""
+    xs, ys, ws, lengths, resets = data
     comm, backend = session.comm, _backend()
     rule = input_mask_rule(session.model)
     for m in metrics:
@@ -525,20 +549,37 @@ def evaluate(
     lo, hi = dist.shard(int(xs[0].shape[0]), comm)
     n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
     reader = MinibatchReader(
-        [xs, ys, ws, (lengths,) if lengths is not None else None],
+        [
+            xs,
+            ys,
+            ws,
+            (lengths,) if lengths is not None else None,
+            (resets,) if resets is not None else None,
+        ],
         minibatch_plan(lo, hi, batch, n_steps, False, None),
         batch,
-        [x_dtype(xs, session.model), y_dtype(session.model), np.float32, np.int64],
+        [x_dtype(xs, session.model), y_dtype(session.model), np.float32, np.int64, np.bool_],
         fallback_row=lo if hi > lo else 0,
     )
     masked = rule is not None or lengths is not None
     total = np.zeros(2)
-    for (bx, by, bw, bl), rows_mask, _ in reader:
+    for (bx, by, bw, bl, br), rows_mask, _ in reader:
         if bl is not None and ranges:  # (None or empty: nothing to clear)
             bx, by = clear_padding(ranges, bx, by, bl[0])
         # No collective inside evaluate's window loop: ranks need not agree on windows.
         tensors = batch_tensors(
-            bx, by, bw, rows_mask, session.per_series, None, bl, rule, masked, p["seq_len"], None
+            bx,
+            by,
+            bw,
+            rows_mask,
+            session.per_series,
+            None,
+            bl,
+            rule,
+            masked,
+            p["seq_len"],
+            None,
+            br,
         )
         with session.carry, backend.device_scope(session.device):
             loss_sum, count = steps.evaluate(*tensors, None)
@@ -675,26 +716,28 @@ class uninterrupted:
 
 # ------------------------------------------------------------------------------- minibatches
 def batch_tensors(
-    bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, masked, seq_len, agree_comm
+    bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, masked, seq_len, agree_comm, br=None
 ):
     """A read minibatch as the step functions take it: ``(x, y, weights or None, mask,
     time mask or None, windows to run or None)``.
 
     With unequal lengths (``masked``) the time mask marks each row's real steps and the
     window count stops at the minibatch's longest series; ``agree_comm`` (under MPI, when the
-    window loop holds an Allreduce per window) makes every rank run the same count."""
+    window loop holds an Allreduce per window) makes every rank run the same count. With
+    resets (``br``, the minibatch's ``(resets,)``) the time mask is integer marks holding
+    them (:func:`keraseq.lengths.time_mask`)."""
     to_tensor = _backend().to_tensor
     t = bx[0].shape[1]
     weights = None if bw is None else (to_tensor(_weights(bw[0], per_series, t)),)
     mask = _mask(rows_mask, t, per_series, rebatch_mask)
     tm = n_win = None
-    if masked:
-        tm = time_mask(bx, None if bl is None else bl[0], rule)
+    if masked or br is not None:
+        tm = time_mask(bx, None if bl is None else bl[0], rule, None if br is None else br[0])
         if tm is None:
             tm = np.ones((len(rows_mask), t), np.float32)
-        tm = tm * rows_mask[:, None]
+        tm = np.where(rows_mask[:, None] > 0, tm, 0).astype(tm.dtype)
         if not per_series:
-            mask = mask * tm
+            mask = mask * real_steps(tm)
         n_win = windows_needed(tm, seq_len)
         if agree_comm is not None and agree_comm.size > 1 and not per_series:
             n_win = dist.max_over_ranks(n_win, agree_comm)

@@ -17,6 +17,7 @@ from typing import Any
 
 import keras
 from keras import ops, tree
+from keras.src import backend as keras_backend  # its rnn loop: Keras's RNN.inner_loop uses it
 
 from . import fused as _fused
 
@@ -89,6 +90,9 @@ class StateCarry:
         self._saved_stateful: list[bool] = []
         #: (batch, window) boolean mask of the real time steps of the current window, or None.
         self.window_mask = None
+        #: (batch, window) booleans: the steps before which a row's recurrent states restart
+        #: from their initial ones (``resets=``), or None.
+        self.window_resets = None
         #: Per RNN call since the last :meth:`feed`: whether the model passed it a mask.
         self.model_masks: list[bool] = []
 
@@ -141,15 +145,36 @@ class StateCarry:
         reason = self.why_not_fused(layer)
         return "fused" if reason is None else f"keras ({reason})"
 
-    def _run_loop(self, layer, keras_loop, sequences, initial_state, mask, training=False):
+    def _run_loop(
+        self,
+        layer,
+        keras_loop,
+        sequences,
+        initial_state,
+        mask,
+        training=False,
+        reset_to=None,
+        default=True,
+    ):
         """One call's recurrent loop: keraseq's fused loop where
-        :func:`keraseq.fused.why_not` allows it (and ``fused`` is on), else Keras's."""
+        :func:`keraseq.fused.why_not` allows it (and ``fused`` is on), else Keras's.
+
+        With :attr:`window_resets` set, a row's states restart from ``reset_to`` (the states
+        the call would start from without the carry: the layer's ``get_initial_state`` when
+        ``default``, else the model's own) before each step marked there: in the fused loop
+        for a ``default`` (zero) state, else in Keras's cell loop
+        (:func:`_cell_loop_with_resets`)."""
         self.paths[layer.name] = path = self._path(layer)
+        resets = self.window_resets
+        if resets is not None and (path != "fused" or not default):
+            return _cell_loop_with_resets(
+                layer, sequences, initial_state, mask, training, resets, reset_to
+            )
         if path != "fused":
             return keras_loop(
                 sequences=sequences, initial_state=initial_state, mask=mask, training=training
             )
-        return _fused.run(layer, sequences, initial_state, mask, training)
+        return _fused.run(layer, sequences, initial_state, mask, training, resets)
 
     def _patch(self, layer) -> None:
         carry = self
@@ -165,8 +190,14 @@ class StateCarry:
 
         def inner_loop(sequences, initial_state, mask, training=False):
             if not layer.__dict__.get("_keraseq_default", False):
+                # The model's own initial state: a reset restarts from it.
                 return run_loop(
-                    sequences=sequences, initial_state=initial_state, mask=mask, training=training
+                    sequences=sequences,
+                    initial_state=initial_state,
+                    mask=mask,
+                    training=training,
+                    reset_to=initial_state,
+                    default=False,
                 )
             object.__setattr__(layer, "_keraseq_default", False)
             carry.model_masks.append(mask is not None)  # did the model's own mask get here?
@@ -178,6 +209,7 @@ class StateCarry:
                     else ops.logical_and(ops.cast(mask, "bool"), window_mask)
                 )
             index = len(carry._outgoing)
+            reset_to = initial_state  # the layer's default (zero) state
             if carry._incoming is not None:
                 if index >= len(carry._incoming):
                     raise RuntimeError(
@@ -189,7 +221,11 @@ class StateCarry:
                 flat = [ops.cast(s, d.dtype) for s, d in zip(carry._incoming[index], flat_default)]
                 initial_state = tree.pack_sequence_as(initial_state, flat)
             last, outputs, states = run_loop(
-                sequences=sequences, initial_state=initial_state, mask=mask, training=training
+                sequences=sequences,
+                initial_state=initial_state,
+                mask=mask,
+                training=training,
+                reset_to=reset_to,
             )
             if mask is not None and carries_masked_output(layer):
                 last, outputs = _masked_output_from_state(layer, mask, initial_state, last, outputs)
@@ -220,6 +256,58 @@ class StateCarry:
 
         object.__setattr__(layer, "_compute_causal_padding", lambda: [[0, 0], [0, 0], [0, 0]])
         object.__setattr__(layer, "call", call)
+
+
+def _cell_loop_with_resets(layer, sequences, initial_state, mask, training, resets, reset_to):
+    """Keras's loop of ``layer``'s cell (``backend.rnn``, as ``RNN.inner_loop`` runs it) with
+    per-row resets: before a step where ``resets`` (B, S) is true, that row's states are
+    ``reset_to``'s. The mask is applied here too (a masked step keeps the states it starts
+    from, so a reset there holds; it outputs zeros with ``zero_output_for_mask``, else the
+    first state, as Keras's JAX loop does), so that a reset on a masked step is not undone.
+    Returns what ``inner_loop`` returns: ``(last_output, outputs, final states)``."""
+    cell = layer.cell
+    kwargs = {}
+    if isinstance(cell, keras.layers.Layer) and cell._call_has_training_arg:
+        kwargs["training"] = training
+    if not tree.is_nested(initial_state):
+        initial_state, reset_to = [initial_state], [reset_to]
+    flat0 = tree.flatten(initial_state)
+    targets = [ops.cast(t, s.dtype) for t, s in zip(tree.flatten(reset_to), flat0)]
+    zero_output = bool(layer.zero_output_for_mask)
+    inputs = [sequences, ops.expand_dims(ops.cast(resets, "float32"), -1)]
+    if mask is not None:
+        inputs.append(ops.expand_dims(ops.cast(mask, "float32"), -1))
+
+    def rows(flag, like):  # (B, 1) flags broadcast against a (B, ...) tensor
+        return ops.reshape(flag, (-1,) + (1,) * (len(like.shape) - 1)) > 0.5
+
+    def step(step_inputs, states):
+        x_t, r_t = step_inputs[0], step_inputs[1]
+        flat = tree.flatten(states)
+        flat = [ops.where(rows(r_t, s), t, s) for s, t in zip(flat, targets)]
+        states = tree.pack_sequence_as(states, flat)
+        output, new_states = cell(x_t, states, **kwargs)
+        if not tree.is_nested(new_states):
+            new_states = [new_states]
+        if mask is None:
+            return output, new_states
+        keep = step_inputs[2]
+        new_flat = [ops.where(rows(keep, s), n, s) for s, n in zip(flat, tree.flatten(new_states))]
+        first = states[-1][0] if tree.is_nested(states[0]) else states[0]
+        held = ops.zeros_like(output) if zero_output else ops.cast(first, output.dtype)
+        output = ops.where(rows(keep, output), output, held)
+        return output, tree.pack_sequence_as(new_states, new_flat)
+
+    return keras_backend.rnn(
+        step,
+        inputs,
+        initial_state,
+        go_backwards=layer.go_backwards,
+        mask=None,
+        unroll=layer.unroll,
+        input_length=sequences.shape[1],
+        return_all_outputs=layer.return_sequences,
+    )
 
 
 #: Cells whose output at a step is their first state (``h``), so the output a masked step

@@ -67,7 +67,8 @@ def _data(case):
         x = rng.integers(1, f + 2, size=(n, t)).astype("int32")
         x[np.arange(t)[None, :] >= lengths[:, None]] = 0
         y, lengths = np.roll(x, -1, axis=1), None  # the lengths: read from the padding
-    return x, y, lengths
+    resets = rng.random((n, t)) < 0.2 if case.get("resets") else None  # (inside windows too)
+    return x, y, lengths, resets
 
 
 def _loss(case):
@@ -88,7 +89,7 @@ def _work(out_dir: Path, cases: list, other: Path) -> None:
     from keraseq import Estimator
 
     for k, case in enumerate(cases):
-        x, y, lengths = _data(case)
+        x, y, lengths, resets = _data(case)
         model = _model(case)
         w0 = model.get_weights()
         est = Estimator(
@@ -100,11 +101,11 @@ def _work(out_dir: Path, cases: list, other: Path) -> None:
             seq_len=case["seq_len"],
             shuffle=False,
             verbose=0,
-        ).fit(x, y, lengths=lengths)
+        ).fit(x, y, lengths=lengths, resets=resets)
         trained = est.model_.get_weights()
-        pred_trained = est.predict(x, lengths=lengths)
+        pred_trained = est.predict(x, lengths=lengths, resets=resets)
         est.model_.set_weights(w0)  # the initial weights: predictions from equal weights
-        pred_initial = est.predict(x, lengths=lengths)
+        pred_initial = est.predict(x, lengths=lengths, resets=resets)
         est.model_.set_weights(trained)
         est.save(out_dir / f"est_{k}.keras")
         est.model_.save(out_dir / f"model_{k}.keras")
@@ -121,14 +122,15 @@ def _work(out_dir: Path, cases: list, other: Path) -> None:
         time.sleep(0.1)
     results = {}
     for k, case in enumerate(cases):
-        x, _, lengths = _data(case)
+        x, _, lengths, resets = _data(case)
         saved = np.load(other / f"case_{k}.npz")
         est = Estimator.load(other / f"est_{k}.keras")
         model = keras.saving.load_model(other / f"model_{k}.keras")
-        whole = np.asarray(model.predict(x, verbose=0)) if lengths is None else None
+        plain = lengths is None and resets is None
+        whole = np.asarray(model.predict(x, verbose=0)) if plain else None
         results[k] = {
             "est_predict": float(
-                np.abs(est.predict(x, lengths=lengths) - saved["pred_trained"]).max()
+                np.abs(est.predict(x, lengths=lengths, resets=resets) - saved["pred_trained"]).max()
             ),
             "model_predict": None
             if whole is None
@@ -196,26 +198,28 @@ def _shape():
 
 
 def _cases(shapes):
-    """Four kinds: per-step targets (equal lengths), per-step and per-series with lengths,
-    token ids (N, T) padded with 0 into Embedding(mask_zero=True) with labels (N, T)."""
+    """Five kinds: per-step targets (equal lengths), per-step and per-series with lengths,
+    token ids (N, T) padded with 0 into Embedding(mask_zero=True) with labels (N, T), per-step
+    targets with lengths and per-row state resets (``resets=``)."""
     cases = []
-    for shape, (kind, lengths, tokens) in zip(
+    for shape, (kind, lengths, tokens, resets) in zip(
         shapes,
         [
-            ("step", False, False),
-            ("step", True, False),
-            ("series", True, False),
-            ("step", True, True),
+            ("step", False, False, False),
+            ("step", True, False, False),
+            ("series", True, False, False),
+            ("step", True, True, False),
+            ("step", True, False, True),
         ],
     ):
-        case = dict(shape, kind=kind, lengths=lengths, tokens=tokens)
+        case = dict(shape, kind=kind, lengths=lengths, tokens=tokens, resets=resets)
         window = case.pop("window")
         case["seq_len"] = window if window <= case["t"] else None
         cases.append(case)
     return cases
 
 
-# Examples of four cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=3).
+# Examples of five cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=3).
 EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
 
 
@@ -226,7 +230,7 @@ EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
     phases=(Phase.explicit, Phase.generate),
     suppress_health_check=list(HealthCheck),
 )
-@given(shapes=st.lists(_shape(), min_size=4, max_size=4))
+@given(shapes=st.lists(_shape(), min_size=5, max_size=5))
 def test_tensorflow_and_jax_agree_and_read_each_others_files(shapes, tmp_path_factory):
     cases = _cases(shapes)
     root = tmp_path_factory.mktemp("backends")

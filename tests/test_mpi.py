@@ -107,13 +107,15 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, request, tmp_pa
         pytest.param("masked-step", marks=[pytest.mark.slow, pytest.mark.backend]),
         pytest.param("masked-series", marks=[pytest.mark.slow, pytest.mark.backend]),
         pytest.param("tokens", marks=[pytest.mark.slow, pytest.mark.backend]),
+        pytest.param("resets", marks=[pytest.mark.slow, pytest.mark.backend]),
     ],
 )
 def test_two_ranks_equal_one_process_on_unequal_lengths(mode, request, tmp_path):
     """Padded series of random lengths behind a Masking layer (or token ids padded with 0
-    into ``Embedding(mask_zero=True)``, sparse next-token labels): each rank skips the windows
-    past its longest series (the ranks agree on the count), per-series losses sit in each
-    series' last window; still the union minibatch of one process."""
+    into ``Embedding(mask_zero=True)``, sparse next-token labels; or per-row state resets):
+    each rank skips the windows past its longest series (the ranks agree on the count),
+    per-series losses sit in each series' last window; still the union minibatch of one
+    process (and with resets, predictions are Keras's on the pieces between resets)."""
     r = equivalence(request, tmp_path, "adam", 30, 4, "jit", mode)
     assert r["max_diff"] < 1e-5, r
     assert r["identical_across_ranks"], r

@@ -478,7 +478,7 @@ class BaseSteps:
             try:
                 y_pred, new_states, vals = self.call_model(vals, xw, states, False)
             finally:
-                self.carry.window_mask = None
+                self.plan.window_mask(None, start, length)
             return (vals, new_states), tuple(tree.flatten(y_pred))
 
         c, per_window = (vals, states), []  # outputs stacked over windows: (n, B, ...)

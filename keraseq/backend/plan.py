@@ -73,14 +73,28 @@ class WindowPlan:
     def end_windows(tm, S: int):
         """Per row, the index of the window holding its last real time step (0 if none)."""
         T = tm.shape[1]
-        steps = ops.cast(ops.arange(1, T + 1), tm.dtype)
-        length = ops.max(tm * steps[None], axis=1)
+        steps = ops.cast(ops.arange(1, T + 1), "float32")
+        length = ops.max(ops.cast(WindowPlan.real(tm), "float32") * steps[None], axis=1)
         return ops.cast(ops.maximum(length - 1.0, 0.0), "int32") // S
 
+    @staticmethod
+    def real(marks):
+        """The real steps of a time mask: ``> 0`` of a float mask, bit 0 of integer marks."""
+        if "int" in str(marks.dtype):
+            return ops.equal(marks % 2, 1)
+        return marks > 0
+
     def window_mask(self, tm, start, length):
-        """Set the state carry's time mask for one window (``None``: every step is real)."""
+        """Set the state carry's time mask for one window (``None``: every step is real) and,
+        when ``tm`` holds integer marks (:func:`keraseq.lengths.time_mask` with resets), the
+        steps before which a row's states restart."""
         assert self.carry is not None, "running windows needs the model's state carry"
-        self.carry.window_mask = None if tm is None else self.slice_time(tm, start, length) > 0
+        marks = None if tm is None else self.slice_time(tm, start, length)
+        dtype = None if marks is None else str(marks.dtype)
+        # int8 marks: resets and no padding (lengths.time_mask): no mask to apply
+        unmasked = marks is None or "int8" in dtype
+        self.carry.window_mask = None if unmasked else self.real(marks)
+        self.carry.window_resets = marks > 1 if dtype is not None and "int" in dtype else None
 
     def run(
         self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any, first=None, final=None
@@ -88,8 +102,9 @@ class WindowPlan:
         """Run ``window_fn`` over the windows of a minibatch; returns (final states, carry).
 
         ``window_fn(xw, yw, ww, mw, states, carry, has_loss) -> (new states, carry)``.
-        ``tm`` (B, T) marks real time steps (``None``: all real); then only the first
-        ``n_win`` windows run (later ones are padding for every row; a short tail window is
+        ``tm`` (B, T) marks real time steps (``None``: all real; integer marks carry the
+        resets too, see :func:`keraseq.lengths.time_mask`); then only the first ``n_win``
+        windows run (later ones are padding for every row; a short tail window is
         padded to a full one) and, with per-series targets, each row's loss is taken in
         the window holding its last real step: every window is a loss window (``has_loss``).
 

@@ -8,8 +8,9 @@ bit-identical weights, and the history of both. The rest of argv is one scenario
 mode: "equal" (default), "masked-step" or "masked-series": unequal lengths (zero padding
 after a random length per series, a Masking layer in front), with per-step or per-series
 targets; "tokens": token ids (N, T) padded with 0 into Embedding(mask_zero=True), next-token
-labels (N, T), sparse loss. windows_per_call: the ranks' chunks of windows (the one process
-keeps "auto").
+labels (N, T), sparse loss; "resets": per-row state resets (``resets=``, about one step in
+five, inside windows too) with equal lengths. windows_per_call: the ranks' chunks of windows
+(the one process keeps "auto").
 
 Or several scenarios in one launch (the ranks import Keras once): ``--many`` followed by
 scenarios, each its arguments joined by commas; the report is then ``{scenario: report}``.
@@ -20,6 +21,8 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import itertools
+
 import keras
 import numpy as np
 from mpi4py import MPI
@@ -43,7 +46,7 @@ def model(mode):
                 keras.layers.Dense(V),
             ]
         )
-    front = [keras.layers.Masking(0.0)] if mode != "equal" else []
+    front = [keras.layers.Masking(0.0)] if mode not in ("equal", "resets") else []
     return keras.Sequential(
         [keras.Input((None, 3))]
         + front
@@ -72,7 +75,18 @@ def scenario_data(n, mode):
         x[np.arange(23)[None, :] >= lengths[:, None]] = 0.0
         if mode == "masked-series":
             y = y[np.arange(n), lengths - 1]  # the target at each series' last real step
-    return x, y, loss, metrics
+    resets = rng.random((n, 23)) < 0.2 if mode == "resets" else None
+    return x, y, loss, metrics, resets
+
+
+def pieces(model, x, resets):
+    """Keras's outputs of each series cut at its resets, each piece run alone."""
+    out = []
+    for row, flags in zip(x, resets):
+        bounds = [0] + [int(t) for t in np.flatnonzero(flags) if t > 0] + [len(row)]
+        parts = [np.asarray(model(row[None, a:b]))[0] for a, b in itertools.pairwise(bounds)]
+        out.append(np.concatenate(parts))
+    return np.stack(out)
 
 
 def run(opt_name, n, batch, jit="jit", mode="equal", sync_every=1, windows_per_call="auto"):
@@ -80,7 +94,7 @@ def run(opt_name, n, batch, jit="jit", mode="equal", sync_every=1, windows_per_c
     n, batch, sync_every = int(n), int(batch), int(sync_every)
     jit = jit == "jit"
     windows_per_call = "auto" if windows_per_call == "auto" else int(windows_per_call)
-    x, y, loss, metrics = scenario_data(n, mode)
+    x, y, loss, metrics, resets = scenario_data(n, mode)
     common = dict(epochs=2, seq_len=7, shuffle=False, verbose=0, metrics=metrics, jit_compile=jit)
     # An explicit communicator (here the world one; "auto" would find it too).
     est = Estimator(
@@ -92,12 +106,15 @@ def run(opt_name, n, batch, jit="jit", mode="equal", sync_every=1, windows_per_c
         sync_every=sync_every,
         windows_per_call=windows_per_call,
         **common,
-    ).fit(x, y)
+    ).fit(x, y, resets=resets)
     w = net2vec(est.model_)
     all_w = comm.gather(w, root=0)
     # Distributed predict: each rank predicts its block, every rank returns the full result.
-    pred = est.predict(x, batch_size=3)
-    full = np.asarray(est.model_.predict(x, verbose=0))  # whole series == windows with carry
+    pred = est.predict(x, batch_size=3, resets=resets)
+    if resets is None:
+        full = np.asarray(est.model_.predict(x, verbose=0))  # whole series == windows with carry
+    else:
+        full = pieces(est.model_, x, resets)
     pred_diff = comm.allreduce(float(np.abs(pred - full).max()), op=MPI.MAX)
 
     if keras.backend.backend() == "jax":  # the in-program Allreduce: mpi4jax (None: a callback)
@@ -128,7 +145,7 @@ def run(opt_name, n, batch, jit="jit", mode="equal", sync_every=1, windows_per_c
         distributed=False,
         sync_every=sync_every,
         **common,
-    ).fit(x[order], y[order])
+    ).fit(x[order], y[order], resets=None if resets is None else resets[order])
     ws = net2vec(single.model_)
     return {
         "max_diff": float(np.max(np.abs(w - ws))),
