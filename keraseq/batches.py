@@ -193,20 +193,23 @@ def as_dataset(value, steps_per_epoch: int | None = None) -> BatchSource | None:
 
 
 def dataset_batch(item, index: int):
-    """One batch of a dataset as ``(x, y, sample_weight or None)`` (Keras's rule,
-    ``keras.utils.unpack_x_y_sample_weight``: a tuple of 1 to 3)."""
-    if isinstance(item, list) and len(item) in (2, 3):
+    """One batch of a dataset as ``(x, y, sample_weight or None, resets or None)`` (Keras's
+    rule, ``keras.utils.unpack_x_y_sample_weight``: a tuple of 1 to 3; and keraseq's
+    ``(x, y, sample_weight, resets)``, ``sample_weight`` possibly ``None``: the batch's
+    per-row state resets, a boolean ``(B, T)``)."""
+    if isinstance(item, list) and len(item) in (2, 3, 4):
         item = tuple(item)
-    if not isinstance(item, tuple) or len(item) not in (2, 3):
+    if not isinstance(item, tuple) or len(item) not in (2, 3, 4):
         raise ValueError(
             f"batch {index} of the dataset is a {type(item).__name__}"
             f"{' of ' + str(len(item)) if isinstance(item, tuple) else ''}; "
-            f"expected a tuple (x, y) or (x, y, sample_weight) of arrays "
-            f"(B, T, ...): keraseq needs the targets in the batches"
+            f"expected a tuple (x, y), (x, y, sample_weight) or (x, y, sample_weight, "
+            f"resets) of arrays (B, T, ...): keraseq needs the targets in the batches"
         )
     x, y = item[0], item[1]
-    w = item[2] if len(item) == 3 else None
-    return x, y, w
+    w = item[2] if len(item) >= 3 else None
+    r = item[3] if len(item) == 4 else None
+    return x, y, w, r
 
 
 def read_validation(value):
@@ -243,12 +246,16 @@ def read_validation(value):
             ) from None
 
     parts = []
-    for k in range(3 if batches[0][2] is not None else 2):
+    for k, name in ((0, "x"), (1, "y"), (2, "sample_weight"), (3, "resets")):
         items = [b[k] for b in batches]
+        if k >= 2 and all(item is None for item in items):
+            parts.append(None)
+            continue
         if any(item is None for item in items):
-            raise ValueError("`validation_data`: some batches have a sample_weight, some not")
+            raise ValueError(f"`validation_data`: some batches have a {name}, some not")
         parts.append(keras.tree.map_structure(join, *items))
-    return tuple(parts)
+    x, y, w, r = parts
+    return (x, y) if w is None and r is None else (x, y, w) if r is None else (x, y, w, None, r)
 
 
 class BatchSource:
@@ -324,7 +331,7 @@ class BatchSource:
         return self.iterator.num_batches
 
     def first(self):
-        """The first batch ``(x, y, sample_weight)``, read by starting the first epoch
+        """The first batch ``(x, y, sample_weight, resets)``, read by starting the first epoch
         (which :meth:`epoch` then continues: no batch is read twice, nothing is skipped)."""
         if self._first is None:
             self._pending = self.items()
@@ -364,15 +371,17 @@ class BatchSource:
 
 class DatasetReader:
     """Minibatches read from a :class:`BatchSource`, shaped like :class:`MinibatchReader`'s:
-    ``([xs, ys, ws, None, None, None], mask_rows, n_real)``, every batch padded with masked rows to
-    ``batch_size`` (the first batch's size), so one compiled graph serves all.
+    ``([xs, ys, ws, None, None, resets], mask_rows, n_real)``, every batch padded with masked
+    rows to ``batch_size`` (the first batch's size), so one compiled graph serves all.
 
     ``n_steps`` batches per epoch (a rank whose own source has fewer yields one masked row
     for each missing batch); ``None`` when unknown: until the source runs out, and under MPI
     (``comm``) until every rank's has (the ranks agree on each step: no rank hangs).
     ``standardize(x, y, w)`` turns a batch into tuples of arrays as ``fit`` checked them
     (dict keys, sparse labels). ``inspect(xs, ys, step)`` checks each batch before it is
-    yielded (raising ``ValueError``; under MPI every rank raises, none hangs)."""
+    yielded (raising ``ValueError``; under MPI every rank raises, none hangs). ``resets``:
+    every batch is ``(x, y, sample_weight, resets)`` (on any rank's first batch: on all),
+    each batch's resets checked as it is read."""
 
     def __init__(
         self,
@@ -383,10 +392,11 @@ class DatasetReader:
         comm=None,
         standardize=None,
         inspect=None,
+        resets: bool = False,
     ):
         self.source, self.n_steps, self.batch_size = source, n_steps, batch_size
         self.dtypes, self.comm, self.standardize = dtypes, comm, standardize
-        self.inspect = inspect
+        self.inspect, self.resets = inspect, resets
 
     def __len__(self) -> int:
         return self.n_steps or 0
@@ -417,17 +427,29 @@ class DatasetReader:
                     if (dist.max_over_ranks(more, self.comm) if several else more) == 0:
                         return
                 past_end = item is None
-                x, y, w = self.source.first() if past_end else item
+                x, y, w, r = self.source.first() if past_end else item
                 if self.standardize is not None:
                     x, y, w = self.standardize(x, y, w)
                 groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
                 xs = groups[0]
                 assert xs is not None  # every batch has inputs
+                checks: list[Callable[[], Any]] = []
                 if self.inspect is not None:
-                    check: Callable[[], Any] = functools.partial(self.inspect, xs, groups[1], step)
-                    if past_end:  # (a rank past its source's end still takes part)
-                        check = lambda: None
+                    checks.append(functools.partial(self.inspect, xs, groups[1], step))
+                if self.resets:
+                    n_t = (int(xs[0].shape[0]), int(xs[0].shape[1]))
+                    checks.append(functools.partial(_batch_resets, r, n_t, step))
+                checked: list = []
+                if checks:  # every rank takes part (one past its source's end checks nothing)
+
+                    def check(checks=checks, checked=checked, past_end=past_end):
+                        if not past_end:
+                            checked[:] = [c() for c in checks]
+
                     dist.agree(self.comm, check) if several else check()
+                if self.resets:
+                    groups.append((checked[-1] if checked else np.asarray(r, bool),))
+                groups += [None] * (4 - len(groups))
                 n_real = 0 if past_end else int(xs[0].shape[0])
                 if n_real > self.batch_size:
                     raise ValueError(
@@ -456,11 +478,23 @@ class DatasetReader:
                     )
                 mask = np.zeros(self.batch_size, np.float32)
                 mask[:n_real] = 1.0
-                yield padded + [None, None, None], mask, n_real
+                yield padded[:3] + [None, None, padded[3]], mask, n_real
                 step += 1
             next(batches, None)  # lets Keras's EpochIterator close the epoch its own way
         finally:
             batches.close()
+
+
+def _batch_resets(resets, n_t: tuple[int, int], step: int):
+    """A pipeline batch's resets checked (``keraseq/resets.py``) as a boolean ``(B, T)``."""
+    from .resets import check_resets
+
+    if resets is None:
+        raise ValueError(
+            f"batch {step} of the dataset has no resets but the first batch has; every "
+            f"batch must be (x, y, sample_weight, resets)"
+        )
+    return np.asarray(check_resets(resets, n_t[0], n_t[1], f"resets of batch {step}"), bool)
 
 
 def x_dtype(xs, model=None):

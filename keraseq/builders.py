@@ -90,11 +90,11 @@ def data_meta(x, y) -> dict[str, Any]:
         if hasattr(x, "__next__"):  # a generator or iterator: reading it would consume it
             return {}
         if hasattr(x, "__getitem__"):  # a list or PyDataset: its first batch, no epoch hooks
-            bx, by, _ = dataset_batch(x[0], 0)
+            bx, by = dataset_batch(x[0], 0)[:2]
         else:  # re-iterable (tf.data): fit reads it anew
             source = BatchSource(x)
             try:
-                bx, by, _ = source.first()
+                bx, by = source.first()[:2]
             finally:
                 source.close()
         first = data_meta(bx, by)

@@ -324,8 +324,8 @@ def _gathered(local, outs, direct, comm) -> list:
 
 def predict_dataset(session: Session, p: dict, batches):
     """Predictions for a pipeline of batches (one pass, as ``model.predict`` reads it:
-    ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``), concatenated over its
-    batches."""
+    ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``; or keraseq's ``(x, y,
+    sample_weight, resets)``), concatenated over its batches."""
     if session.comm.size > 1:
         raise ValueError(
             "predict on a dataset of batches runs in one process; under MPI "
@@ -336,8 +336,11 @@ def predict_dataset(session: Session, p: dict, batches):
     for item in source.items():
         if isinstance(item, list):
             item = tuple(item)
+        resets = item[3] if isinstance(item, tuple) and len(item) == 4 else None
+        if resets is not None:
+            item = item[:3]
         bx = keras.utils.unpack_x_y_sample_weight(item)[0] if isinstance(item, tuple) else item
-        pred, _ = predict(session, p, bx)
+        pred, _ = predict(session, p, bx, resets=resets)
         parts.append(pred if isinstance(pred, tuple) else (pred,))
     if not parts:
         raise ValueError("`x` is an empty dataset: it yields no batch")

@@ -64,7 +64,7 @@ from .lengths import (
 )
 from .losses import is_window_loss
 from .ranges import Ranges, check_ranges, clear_padding
-from .resets import ragged_resets
+from .resets import check_model_for_resets, ragged_resets
 from .session import Session, build_steps, device_for, prepare
 from .validation import check_positive_int
 
@@ -169,7 +169,7 @@ def _first_batch(p, dataset, y, sample_weight, lengths, loss):
         raise ValueError(
             "a dataset of batches needs a Keras loss (its last batch is padded with masked rows)"
         )
-    x, y, sample_weight = dataset.first()
+    x, y, sample_weight = dataset.first()[:3]
     first = x
     while isinstance(first, (tuple, list, dict)) and first:
         first = next(iter(first.values())) if isinstance(first, dict) else first[0]
@@ -271,9 +271,14 @@ class EpochLoop:
         self.n_steps: int | None = dist.max_over_ranks(
             math.ceil((self.hi - self.lo) / p["batch_size"]), comm
         )
+        self.dataset_resets = False  # batches (x, y, sample_weight, resets), on any rank
         if dataset is not None:  # under MPI each rank brings its own dataset
             self.lo, self.hi = 0, n
             self.n_steps = dataset_steps(dataset, comm)
+            first_resets = int(dataset.first()[3] is not None)
+            self.dataset_resets = bool(dist.max_over_ranks(first_resets, comm))
+            if self.dataset_resets:
+                check_model_for_resets(session.model)
         self.rule = input_mask_rule(session.model)
         self.masked = self.rule is not None or self.lengths is not None
         self.row_lengths = None
@@ -393,6 +398,7 @@ class EpochLoop:
                 self.session.comm,
                 standardizer(model, self.ys),
                 self._inspect if self.data.ranges else None,
+                resets=bool(self.dataset_resets),
             )
         assert self.n_steps is not None  # in-memory arrays: always counted
         if p["group_by_length"]:

@@ -280,3 +280,38 @@ def test_batchify_documents_returns_the_resets_at_their_starts():
     with pytest.raises(ValueError, match=r"`tokens\[1\]` is empty"):
         batchify([np.arange(3), np.arange(0)], n_streams=1)
     assert keraseq.text.batchify(np.arange(10), 3)[0].shape == (3, 2)  # one sequence: (x, y)
+
+
+@pytest.mark.tf_in_full
+def test_pipelines_bring_their_resets_in_the_batches():
+    """Batches ``(x, y, sample_weight, resets)`` (a generator, tf.data) train as the arrays
+    with ``resets=`` do; a validation pipeline and ``predict`` on a pipeline read them too."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(8, 10, F)).astype("float32")
+    y = rng.normal(size=(8, 10, 2)).astype("float32")
+    resets = rng.random((8, 10)) < 0.3
+
+    def fit(data, steps=None, **kw):
+        est = Estimator(
+            _model("GRU"), seq_len=4, batch_size=4, shuffle=False, steps_per_epoch=steps, verbose=0
+        )
+        return est.fit(data, epochs=2, **kw)
+
+    arrays = fit(x, y=y, resets=resets)
+    batches = [(x[k : k + 4], y[k : k + 4], None, resets[k : k + 4]) for k in (0, 4)]
+    generator = fit(itertools.cycle(batches), steps=2)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones((8, 10), "float32"), resets))
+    tf_data = fit(ds.batch(4))
+    for other in (generator, tf_data):
+        for a, b in zip(arrays.model_.get_weights(), other.model_.get_weights()):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    val = fit(x, y=y, resets=resets, validation_data=iter(batches))
+    assert np.isfinite(val.history_["val_loss"]).all()
+    np.testing.assert_allclose(
+        arrays.predict(iter(batches)), arrays.predict(x, resets=resets), atol=1e-6
+    )
+    bad = [(x[:4], y[:4], None, resets[:4, :3])]
+    with pytest.raises(ValueError, match=r"`resets of batch 0` has shape \(4, 3\)"):
+        fit(iter(bad))
