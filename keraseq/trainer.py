@@ -744,10 +744,12 @@ def batch_tensors(
         tm = np.where(rows_mask[:, None] > 0, tm, 0).astype(tm.dtype)
         if not per_series:
             mask = mask * real_steps(tm)
-        n_win = windows_needed(tm, seq_len)
-        if agree_comm is not None and agree_comm.size > 1 and not per_series:
-            n_win = dist.max_over_ranks(n_win, agree_comm)
-        tm, n_win = to_tensor(tm), to_tensor(np.int32(n_win))
+        if tm.dtype != np.int8:  # (int8: resets, no padding: every window runs)
+            n_win = windows_needed(tm, seq_len)
+            if agree_comm is not None and agree_comm.size > 1 and not per_series:
+                n_win = dist.max_over_ranks(n_win, agree_comm)
+            n_win = to_tensor(np.int32(n_win))
+        tm = to_tensor(tm)
     return (
         tuple(to_tensor(a) for a in bx),
         tuple(to_tensor(a) for a in by),

@@ -114,19 +114,33 @@ def test_no_gradient_crosses_a_reset(kind, fused):
     assert max(np.abs(a - b).max() for a, b in zip(clean, unreset)) > 1e-4
 
 
-@pytest.mark.jax_in_full
-def test_the_fused_loop_and_keras_loop_train_alike_with_resets_and_masks():
-    """A reset on a masked step (Masking) holds (the state restarts there and stays); the fused
-    loop and Keras's cell loop give the same training and predictions."""
+@pytest.mark.parametrize(
+    "kind, kw, mask_value",
+    split_between_backends(
+        {
+            "lstm-masked": ("LSTM", {}, 0.0),
+            "gru": ("GRU", {}, None),
+            "gru-reset-before": ("GRU", {"reset_after": False}, None),
+            "simple-rnn-masked": ("SimpleRNN", {}, 0.0),
+            "lstm": ("LSTM", {}, None),
+        }
+    ),
+)
+def test_the_fused_loop_and_keras_loop_train_alike_with_resets(kind, kw, mask_value):
+    """keraseq's fused loop (the reset inside the cell's maths and its written-out backward)
+    and Keras's cell loop give the same training and predictions; with a mask, a reset on a
+    masked step (Masking) holds (the state restarts there and stays)."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(5, 17, F)).astype("float32")
-    x[:, 4:6] = 0.0  # masked steps (Masking(0.0)); resets fall on them too
+    x[:, 4:6] = 0.0  # masked steps with Masking(0.0); resets fall on them too
     resets = rng.random((5, 17)) < 0.3
     resets[:, 4] = True
     runs = []
     for fused in (True, False):
+        keras.utils.set_random_seed(0)
+        layer = getattr(keras.layers, kind)(4, return_sequences=True, **kw)
         est = Estimator(
-            _model("LSTM", mask_value=0.0),
+            _model(layer, mask_value=mask_value),
             seq_len=5,
             fused_rnn=fused,
             shuffle=False,
@@ -138,7 +152,15 @@ def test_the_fused_loop_and_keras_loop_train_alike_with_resets_and_masks():
     for a, b in zip(runs[0][0], runs[1][0]):
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)
-    # A reset on the masked step 4: from step 6 on, row 0 is the piece [6:] run alone.
+
+
+@pytest.mark.jax_in_full
+def test_a_reset_on_a_masked_step_holds():
+    """A reset on the masked step 4 (Masking): from the next real step on, every row is the
+    piece [6:] run alone."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5, 17, F)).astype("float32")
+    x[:, 4:6] = 0.0
     est = Estimator(_model("GRU", mask_value=0.0), seq_len=4, verbose=0)
     est.fit(x, x[..., :2], epochs=1)
     only = np.zeros((5, 17), bool)

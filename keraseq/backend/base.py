@@ -295,7 +295,8 @@ class BaseSteps:
 
     def chunk_start(self, x, tm):
         """The zero states and accumulators the first chunk of a minibatch starts from."""
-        acc = self.zero_series_acc() if self.per_series and tm is not None else self.zero_sums()
+        series = self.per_series and WindowPlan.padded(tm)
+        acc = self.zero_series_acc() if series else self.zero_sums()
         return self.zero_states(x[0]), acc
 
     # ------------------------------------------------------------------ the window loop
@@ -317,7 +318,7 @@ class BaseSteps:
     def train(self, vals, x, y, w, m, tm, n_win, h0, chunk=None):
         """One minibatch, or one chunk of it; returns ``(result, vals)`` or ``((result,
         states, acc), vals)``, ``result = [loss_sum, count, bad_window]``."""
-        if self.per_series and tm is not None:
+        if self.per_series and WindowPlan.padded(tm):
             return self.train_series(vals, x, y, w, m, tm, n_win, h0, chunk)
         if self.sync_every > 1 and not self.per_series:
             return self.train_accumulated(vals, x, y, w, m, tm, n_win, h0, chunk)
@@ -469,7 +470,7 @@ class BaseSteps:
         Returns ``((outputs, final states), vals)``."""
         S, n_full, tail = self.plan.windows_of(x[0].shape[1])
         states = self.zero_states(x[0]) if h0 is None else h0
-        ends = None if tm is None else self.plan.end_windows(tm, S)
+        ends = self.plan.end_windows(tm, S) if WindowPlan.padded(tm) else None
 
         def step(c, start, length):
             vals, states = c

@@ -78,6 +78,14 @@ class WindowPlan:
         return ops.cast(ops.maximum(length - 1.0, 0.0), "int32") // S
 
     @staticmethod
+    def padded(tm) -> bool:
+        """Whether a time mask may mark padded steps: a float mask or int32 marks; not int8
+        marks (resets on a minibatch without padding, :func:`keraseq.lengths.time_mask`) nor
+        ``None``. Only with padding do the programs skip windows, pad a short tail and take
+        per-series losses where each row ends."""
+        return tm is not None and "int8" not in str(tm.dtype)
+
+    @staticmethod
     def real(marks):
         """The real steps of a time mask: ``> 0`` of a float mask, bit 0 of integer marks."""
         if "int" in str(marks.dtype):
@@ -117,14 +125,14 @@ class WindowPlan:
         """
         T = x[0].shape[1]
         S, n_full, tail = self.windows_of(T)
-        if tm is not None and tail:
+        if self.padded(tm) and tail:
             # Pad the time axis to whole windows: the extra steps are masked like any padding
             # (the RNNs hold their state, no loss), so the short tail window joins the loop
             # and is skipped with the others when every row has ended before it.
             x, y, w, m, tm = self._pad_tail(x, y, w, m, tm, S - tail)
             T, n_full, tail = T + S - tail, n_full + 1, 0
         states = self.zero_states(x[0]) if h0 is None else h0
-        ends = self.end_windows(tm, S) if (self.per_series and tm is not None) else None
+        ends = self.end_windows(tm, S) if (self.per_series and self.padded(tm)) else None
         arrays = (x, y, w, m, tm, ends)
 
         def window(index, start, length, c, is_last):
