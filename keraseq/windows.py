@@ -168,7 +168,7 @@ class StateCarry:
         resets = self.window_resets
         if resets is not None and (path != "fused" or not default):
             return _cell_loop_with_resets(
-                layer, sequences, initial_state, mask, training, resets, reset_to
+                layer, sequences, initial_state, mask, training, resets, reset_to, default
             )
         if path != "fused":
             return keras_loop(
@@ -258,13 +258,19 @@ class StateCarry:
         object.__setattr__(layer, "call", call)
 
 
-def _cell_loop_with_resets(layer, sequences, initial_state, mask, training, resets, reset_to):
+def _cell_loop_with_resets(
+    layer, sequences, initial_state, mask, training, resets, reset_to, default=False
+):
     """Keras's loop of ``layer``'s cell (``backend.rnn``, as ``RNN.inner_loop`` runs it) with
     per-row resets: before a step where ``resets`` (B, S) is true, that row's states are
     ``reset_to``'s. The mask is applied here too (a masked step keeps the states it starts
     from, so a reset there holds; it outputs zeros with ``zero_output_for_mask``, else the
     first state, as Keras's JAX loop does), so that a reset on a masked step is not undone.
-    Returns what ``inner_loop`` returns: ``(last_output, outputs, final states)``."""
+    Returns what ``inner_loop`` returns: ``(last_output, outputs, final states)``.
+
+    Few operations per step (a TensorFlow graph without XLA runs each one by one): a reset to
+    the ``default`` state of Keras's cells (zeros) is one product per state, by a ``(B, 1)``
+    factor computed before the loop."""
     cell = layer.cell
     kwargs = {}
     if isinstance(cell, keras.layers.Layer) and cell._call_has_training_arg:
@@ -273,29 +279,37 @@ def _cell_loop_with_resets(layer, sequences, initial_state, mask, training, rese
         initial_state, reset_to = [initial_state], [reset_to]
     flat0 = tree.flatten(initial_state)
     targets = [ops.cast(t, s.dtype) for t, s in zip(tree.flatten(reset_to), flat0)]
+    to_zeros = default and _zero_initial_state(cell)
     zero_output = bool(layer.zero_output_for_mask)
-    inputs = [sequences, ops.expand_dims(ops.cast(resets, "float32"), -1)]
+    dtype = flat0[0].dtype
+    kept = ops.expand_dims(ops.cast(ops.logical_not(ops.cast(resets, "bool")), dtype), -1)
+    inputs = [sequences, kept]
     if mask is not None:
-        inputs.append(ops.expand_dims(ops.cast(mask, "float32"), -1))
+        inputs.append(ops.expand_dims(ops.cast(mask, dtype), -1))
 
-    def rows(flag, like):  # (B, 1) flags broadcast against a (B, ...) tensor
-        return ops.reshape(flag, (-1,) + (1,) * (len(like.shape) - 1)) > 0.5
+    def rows(factor, like):  # a (B, 1) factor against a (B, ...) tensor
+        rank = len(like.shape)
+        return factor if rank == 2 else ops.reshape(factor, (-1,) + (1,) * (rank - 1))
 
     def step(step_inputs, states):
-        x_t, r_t = step_inputs[0], step_inputs[1]
+        x_t, kept_t = step_inputs[0], step_inputs[1]
         flat = tree.flatten(states)
-        flat = [ops.where(rows(r_t, s), t, s) for s, t in zip(flat, targets)]
+        if to_zeros:
+            flat = [s * rows(kept_t, s) for s in flat]
+        else:
+            restart = kept_t < 0.5
+            flat = [ops.where(rows(restart, s), t, s) for s, t in zip(flat, targets)]
         states = tree.pack_sequence_as(states, flat)
         output, new_states = cell(x_t, states, **kwargs)
         if not tree.is_nested(new_states):
             new_states = [new_states]
         if mask is None:
             return output, new_states
-        keep = step_inputs[2]
-        new_flat = [ops.where(rows(keep, s), n, s) for s, n in zip(flat, tree.flatten(new_states))]
+        real = step_inputs[2] > 0.5
+        new_flat = [ops.where(rows(real, s), n, s) for s, n in zip(flat, tree.flatten(new_states))]
         first = states[-1][0] if tree.is_nested(states[0]) else states[0]
         held = ops.zeros_like(output) if zero_output else ops.cast(first, output.dtype)
-        output = ops.where(rows(keep, output), output, held)
+        output = ops.where(rows(real, output), output, held)
         return output, tree.pack_sequence_as(new_states, new_flat)
 
     return keras_backend.rnn(
@@ -308,6 +322,14 @@ def _cell_loop_with_resets(layer, sequences, initial_state, mask, training, rese
         input_length=sequences.shape[1],
         return_all_outputs=layer.return_sequences,
     )
+
+
+def _zero_initial_state(cell) -> bool:
+    """Whether ``cell``'s ``get_initial_state`` is zeros: Keras's own cells, and a stack of
+    them (a subclass may start elsewhere)."""
+    if type(cell) is keras.layers.StackedRNNCells:
+        return all(_zero_initial_state(c) for c in cell.cells)
+    return type(cell) in _OUTPUT_IS_STATE
 
 
 #: Cells whose output at a step is their first state (``h``), so the output a masked step
