@@ -15,7 +15,6 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import split_between_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,9 @@ from keraseq import Classifier, Estimator
 from keraseq.text import batchify
 
 F = 3
+#: `make test-full` only, on both backends (`make test`, 10 minutes, keeps one case of each
+#: kind: the property on JAX, the gradient and the fused-vs-Keras fit on TensorFlow)
+FULL = [pytest.mark.backend, pytest.mark.slow]
 
 
 def _model(layer, outputs=2, seed=0, mask_value=None):
@@ -55,7 +57,7 @@ def _pieces(model, x_row, starts):
 @pytest.mark.tf_in_full
 @pytest.mark.property
 @settings(
-    max_examples=int(os.environ.get("KERASEQ_RESETS_EXAMPLES", "3")),  # test-full: 20
+    max_examples=int(os.environ.get("KERASEQ_RESETS_EXAMPLES", "2")),  # test-full: 20
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
@@ -87,9 +89,11 @@ def test_a_reset_anywhere_gives_what_keras_gives_on_the_pieces(kind, fused, t, s
 
 @pytest.mark.parametrize(
     "kind, fused",
-    split_between_backends(
-        {"lstm-fused": ("LSTM", True), "gru-keras": ("GRU", False), "stacked": ("stacked", True)}
-    ),
+    [
+        pytest.param("LSTM", True, id="lstm-fused", marks=pytest.mark.jax_in_full),
+        pytest.param("GRU", False, id="gru-keras", marks=FULL),
+        pytest.param("stacked", True, id="stacked", marks=FULL),
+    ],
 )
 def test_no_gradient_crosses_a_reset(kind, fused):
     """With the loss only after the resets, the steps before them change nothing: the weights
@@ -116,15 +120,13 @@ def test_no_gradient_crosses_a_reset(kind, fused):
 
 @pytest.mark.parametrize(
     "kind, kw, mask_value",
-    split_between_backends(
-        {
-            "lstm-masked": ("LSTM", {}, 0.0),
-            "gru": ("GRU", {}, None),
-            "gru-reset-before": ("GRU", {"reset_after": False}, None),
-            "simple-rnn-masked": ("SimpleRNN", {}, 0.0),
-            "lstm": ("LSTM", {}, None),
-        }
-    ),
+    [
+        pytest.param("LSTM", {}, None, id="lstm", marks=pytest.mark.jax_in_full),
+        pytest.param("LSTM", {}, 0.0, id="lstm-masked", marks=FULL),
+        pytest.param("GRU", {}, None, id="gru", marks=FULL),
+        pytest.param("GRU", {"reset_after": False}, None, id="gru-reset-before", marks=FULL),
+        pytest.param("SimpleRNN", {}, 0.0, id="simple-rnn-masked", marks=FULL),
+    ],
 )
 def test_the_fused_loop_and_keras_loop_train_alike_with_resets(kind, kw, mask_value):
     """keraseq's fused loop (the reset inside the cell's maths and its written-out backward)
@@ -154,7 +156,8 @@ def test_the_fused_loop_and_keras_loop_train_alike_with_resets(kind, kw, mask_va
     np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)
 
 
-@pytest.mark.jax_in_full
+@pytest.mark.backend
+@pytest.mark.slow
 def test_a_reset_on_a_masked_step_holds():
     """A reset on the masked step 4 (Masking): from the next real step on, every row is the
     piece [6:] run alone."""
@@ -169,7 +172,8 @@ def test_a_reset_on_a_masked_step_holds():
     np.testing.assert_allclose(pred[:, 6:], np.asarray(est.model_(x[:, 6:])), atol=2e-5)
 
 
-@pytest.mark.tf_in_full
+@pytest.mark.backend
+@pytest.mark.slow
 def test_resets_with_lengths_ragged_lists_and_validation_data():
     rng = np.random.default_rng(3)
     lengths = np.array([12, 7, 9, 12])
@@ -203,7 +207,8 @@ def test_resets_with_lengths_ragged_lists_and_validation_data():
     assert len(split.history_["val_loss"]) == 2
 
 
-@pytest.mark.jax_in_full
+@pytest.mark.backend
+@pytest.mark.slow
 def test_resets_from_hdf5_and_memmap_train_as_from_memory(tmp_path):
     import h5py
 
@@ -228,7 +233,8 @@ def test_resets_from_hdf5_and_memmap_train_as_from_memory(tmp_path):
         np.testing.assert_array_equal(runs[0][1], other[1])
 
 
-@pytest.mark.tf_in_full
+@pytest.mark.backend
+@pytest.mark.slow
 def test_a_classifier_per_series_with_resets():
     """Per-series labels: the label of a series whose last piece starts at a reset is that
     piece's alone (what the model says on it run alone)."""
@@ -304,7 +310,8 @@ def test_batchify_documents_returns_the_resets_at_their_starts():
     assert keraseq.text.batchify(np.arange(10), 3)[0].shape == (3, 2)  # one sequence: (x, y)
 
 
-@pytest.mark.tf_in_full
+@pytest.mark.backend
+@pytest.mark.slow
 def test_pipelines_bring_their_resets_in_the_batches():
     """Batches ``(x, y, sample_weight, resets)`` (a generator, tf.data) train as the arrays
     with ``resets=`` do; a validation pipeline and ``predict`` on a pipeline read them too."""
