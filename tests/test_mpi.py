@@ -81,7 +81,7 @@ def equivalence(request, tmp_path, *scenario):
     "opt,jit",
     [
         pytest.param("sgd", "jit", marks=pytest.mark.slow),
-        pytest.param("adam", "jit", marks=pytest.mark.backend),
+        pytest.param("adam", "jit", marks=pytest.mark.jax_in_full),  # make test: on TensorFlow
         pytest.param("adam", "nojit", marks=pytest.mark.slow),
     ],
 )  # make test-full (budget)

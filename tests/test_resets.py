@@ -23,8 +23,8 @@ from keraseq import Classifier, Estimator
 from keraseq.text import batchify
 
 F = 3
-#: `make test-full` only, on both backends (`make test`, 10 minutes, keeps one case of each
-#: kind: the property on JAX, the gradient and the fused-vs-Keras fit on TensorFlow)
+#: `make test-full` only, on both backends (`make test`, 10 minutes, keeps the property on JAX
+#: and the gradient test on TensorFlow, both through the fused loop)
 FULL = [pytest.mark.backend, pytest.mark.slow]
 
 
@@ -121,7 +121,7 @@ def test_no_gradient_crosses_a_reset(kind, fused):
 @pytest.mark.parametrize(
     "kind, kw, mask_value",
     [
-        pytest.param("LSTM", {}, None, id="lstm", marks=pytest.mark.jax_in_full),
+        pytest.param("LSTM", {}, None, id="lstm", marks=FULL),
         pytest.param("LSTM", {}, 0.0, id="lstm-masked", marks=FULL),
         pytest.param("GRU", {}, None, id="gru", marks=FULL),
         pytest.param("GRU", {"reset_after": False}, None, id="gru-reset-before", marks=FULL),
