@@ -98,11 +98,10 @@ class WindowPlan:
         steps before which a row's states restart."""
         assert self.carry is not None, "running windows needs the model's state carry"
         marks = None if tm is None else self.slice_time(tm, start, length)
-        dtype = None if marks is None else str(marks.dtype)
-        # int8 marks: resets and no padding (lengths.time_mask): no mask to apply
-        unmasked = marks is None or "int8" in dtype
-        self.carry.window_mask = None if unmasked else self.real(marks)
-        self.carry.window_resets = marks > 1 if dtype is not None and "int" in dtype else None
+        # (int8 marks: resets on a minibatch without padding, no mask to apply)
+        self.carry.window_mask = self.real(marks) if self.padded(marks) else None
+        resets = marks is not None and "int" in str(marks.dtype)
+        self.carry.window_resets = marks > 1 if resets else None
 
     def run(
         self, x, y, w, m, tm, n_win, h0, window_fn: Callable, init: Any, first=None, final=None
