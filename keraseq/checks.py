@@ -28,7 +28,7 @@ import keras
 import numpy as np
 
 from . import distributed as dist
-from .inputs import SliceTuple, expand_last, split_rows
+from .inputs import SliceTuple, as_model_input, expand_last, split_rows
 from .lengths import check_lengths, input_mask_rule, is_ragged, pad_ragged
 from .losses import is_window_loss
 from .ranges import Ranges, check_ranges, model_ranges
@@ -98,7 +98,7 @@ def output_layouts(model, xs) -> list[Layout] | None:
             args.append(
                 keras.KerasTensor((batch, t) + tuple(int(d) for d in a.shape[2:]), dtype=dtype)
             )
-        out = model.compute_output_spec(args[0] if len(args) == 1 else args)
+        out = model.compute_output_spec(as_model_input(model, args))
         return [tuple(o.shape) for o in keras.tree.flatten(out)]
 
     try:

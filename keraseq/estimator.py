@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
+from . import export as export_lib
 from . import fitted, fresh, hyperparams, inference, persistence, sklearn_inputs, tabular, trainer
 from .batches import is_pipeline, read_validation
 from .checks import check_outputs
@@ -384,6 +385,21 @@ class Estimator(RegressorMixin, BaseEstimator):
     def _set_states(self, flat: Sequence[np.ndarray]) -> None:
         fitted.check_fitted(self, "load_states")
         self._stream = fitted.stream_from_flat(flat, self._state_specs)
+
+    # ------------------------------------------------------------------------------ export
+    def export(self, path: str | os.PathLike, verbose: bool = False) -> None:
+        """Write the model's streaming step as a TensorFlow SavedModel at ``path``, for
+        serving with TensorFlow alone (``tf.saved_model.load``, TF Serving), on either backend.
+
+        The loaded object has ``initial_states(batch_size)`` (a dict of zero states) and
+        ``step(x, states)`` -> ``(y, states)`` for a window of any length of the model's
+        inputs: streaming a series through it in pieces gives what ``predict(...,
+        reset=False)`` gives; ``serve``, also the ``serving_default`` signature, is the
+        same step with one flat dict in and out. A model with a layer that cannot stream
+        (attention, pooling over time, a backward RNN) is refused with an error naming the
+        layer. Only rank 0 writes under MPI. See ``docs/guide/serving.md``."""
+        fitted.check_fitted(self, "export")
+        export_lib.export(self._session, path, verbose)
 
     # ---------------------------------------------------------------------------- save / load
     def save(self, path: str | os.PathLike) -> None:

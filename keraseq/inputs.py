@@ -9,9 +9,10 @@ What does not: validation of the arrays (``validation.py``), ragged series (``le
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
 __all__ = [
@@ -204,3 +205,15 @@ def from_channels_first(x: Any) -> Any:
     if a.ndim != 3:
         raise ValueError(f"`x` has shape {a.shape}; expected (N, channels, T)")
     return np.swapaxes(a, 1, 2)
+
+
+def as_model_input(model, xs: Sequence[Any]):
+    """The arrays ``xs`` (one per input, in the model's input order) in the structure the
+    model takes: the array alone for one input, else the model's own (a dict for a model
+    built on a dict of inputs, where Keras warns at a tuple)."""
+    if len(xs) == 1:
+        return xs[0]
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict) and len(keras.tree.flatten(struct)) == len(xs):
+        return keras.tree.pack_sequence_as(struct, list(xs))
+    return tuple(xs)

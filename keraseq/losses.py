@@ -19,6 +19,8 @@ from typing import Any, Protocol, cast
 import keras
 from keras import ops, tree
 
+from .inputs import as_model_input
+
 __all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask", "metric_updates"]
 
 
@@ -269,7 +271,7 @@ def _keras_loss_objective(model: keras.Model, fns: list, weights, per_series) ->
     dtype = loss_dtype()
 
     def objective(forward, xw, yw, ww, mw, training, states):
-        y_pred, new_states = forward(states, lambda: model(_unpack(xw), training=training))
+        y_pred, new_states = forward(states, lambda: model(as_model_input(model, xw), training=training))
         preds = tree.flatten(y_pred)
         loss_sum = ops.convert_to_tensor(0.0, dtype)
         count = None

@@ -23,6 +23,7 @@ from .backend import StepFunctions
 from .backend import current as _backend
 from .batches import read_rows
 from .checks import FitData, check_model_inputs, check_windows, step_features
+from .inputs import as_model_input
 from .losses import build_objective
 from .selfcheck import window_check
 from .windows import StateCarry
@@ -134,7 +135,7 @@ def probe(model, carry, xs, seq_len, row=0):
     with carry:
         try:  # shapes only: traced, not run, where the backend can (no compile kept)
             out, states = _backend().shapes_of(
-                model, call, window[0] if len(window) == 1 else window
+                model, call, as_model_input(model, window)
             )
         except Exception as exc:
             raise ValueError(

@@ -95,6 +95,9 @@ class StateCarry:
         self.window_resets = None
         #: Per RNN call since the last :meth:`feed`: whether the model passed it a mask.
         self.model_masks: list[bool] = []
+        #: Per call since the last :meth:`feed` (RNN or causal convolution): its layer's name,
+        #: in the order of :meth:`collected`.
+        self.call_layers: list[str] = []
 
     # -- protocol used by the step functions -------------------------------------------------
     def feed(self, states: Sequence[Sequence[Any]] | None) -> None:
@@ -102,6 +105,7 @@ class StateCarry:
         self._incoming = None if states is None else list(states)
         self._outgoing = []
         self.model_masks = []
+        self.call_layers = []
 
     def collected(self) -> list[list[Any]]:
         """The final states of the RNN calls since the last :meth:`feed`, in call order."""
@@ -230,6 +234,7 @@ class StateCarry:
             if mask is not None and carries_masked_output(layer):
                 last, outputs = _masked_output_from_state(layer, mask, initial_state, last, outputs)
             carry._outgoing.append(list(tree.flatten(states)))
+            carry.call_layers.append(layer.name)
             return last, outputs, states
 
         object.__setattr__(layer, "stateful", False)
@@ -252,6 +257,7 @@ class StateCarry:
                 context = ops.zeros_like(inputs[:, :1]) * ops.zeros((1, left, 1), inputs.dtype)
             full = ops.concatenate([context, inputs], axis=1)
             carry._outgoing.append([full[:, ops.shape(full)[1] - left :]])
+            carry.call_layers.append(layer.name)
             return orig_call(full, *args, **kwargs)
 
         object.__setattr__(layer, "_compute_causal_padding", lambda: [[0, 0], [0, 0], [0, 0]])

@@ -38,6 +38,7 @@ import numpy as np
 from keras import ops, tree
 
 from .. import distributed as dist
+from ..inputs import as_model_input
 from ..losses import metric_updates, output_mask
 from ..windows import StateCarry
 from .plan import WindowPlan
@@ -175,7 +176,7 @@ class BaseSteps:
 
     def call_model(self, vals, xw, states, training: bool):
         """The model on one window: (outputs, new states, vals)."""
-        x_in = xw if len(xw) > 1 else xw[0]
+        x_in = as_model_input(self.model, xw)
         (y_pred, new_states), vals = self.in_model(
             vals, lambda: self.forward(states, lambda: self.model(x_in, training=training))
         )
