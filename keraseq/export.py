@@ -128,6 +128,8 @@ class StreamSignature:
     @classmethod
     def of(cls, model, carry: StateCarry, n_outputs: int) -> StreamSignature:
         specs = input_specs(model)
+        if specs is None:
+            raise ValueError("export needs a model with symbolic inputs (keras.Input)")
         taken: set = {"y"}
         struct = getattr(model, "_inputs_struct", None)
         if len(specs) == 1:
@@ -144,9 +146,7 @@ class StreamSignature:
             carry.feed(None)
             y0 = model(as_model_input(model, x0), training=False)
             states, layers = carry.collected(), list(carry.call_layers)
-        outs = (
-            ["y"] if n_outputs == 1 else [_key(n, taken) for n in output_names(model, n_outputs)]
-        )
+        outs = ["y"] if n_outputs == 1 else [_key(n, taken) for n in output_names(model, n_outputs)]
         state_keys = [
             [_key(f"{name}_state{j}", taken) for j in range(len(c))]
             for name, c in zip(layers, states)
@@ -208,7 +208,11 @@ def export(session: Session, path: str | os.PathLike, verbose: bool = False) -> 
     if _backend_name() == "jax":
 
         def poly(shape, timed):
-            return "(" + ", ".join(["batch"] + (["time"] if timed else []) + [str(d) for d in shape]) + ")"
+            return (
+                "("
+                + ", ".join(["batch"] + (["time"] if timed else []) + [str(d) for d in shape])
+                + ")"
+            )
 
         shapes = {k: poly(s, True) for k, s in zip(sig.input_keys, sig.input_shapes)}
         shapes.update({key: poly(shape, False) for key, shape, _ in flat_states})

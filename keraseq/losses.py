@@ -271,7 +271,9 @@ def _keras_loss_objective(model: keras.Model, fns: list, weights, per_series) ->
     dtype = loss_dtype()
 
     def objective(forward, xw, yw, ww, mw, training, states):
-        y_pred, new_states = forward(states, lambda: model(as_model_input(model, xw), training=training))
+        y_pred, new_states = forward(
+            states, lambda: model(as_model_input(model, xw), training=training)
+        )
         preds = tree.flatten(y_pred)
         loss_sum = ops.convert_to_tensor(0.0, dtype)
         count = None

@@ -134,9 +134,7 @@ def probe(model, carry, xs, seq_len, row=0):
     _backend().release_eager_kernels()  # once per fit: what earlier models left in the backend
     with carry:
         try:  # shapes only: traced, not run, where the backend can (no compile kept)
-            out, states = _backend().shapes_of(
-                model, call, as_model_input(model, window)
-            )
+            out, states = _backend().shapes_of(model, call, as_model_input(model, window))
         except Exception as exc:
             raise ValueError(
                 f"the model cannot be called on a window of `x` with shape "

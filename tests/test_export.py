@@ -7,6 +7,7 @@ import Keras or keraseq (``tests/serving/serve_stream.py``): a series streamed t
 flat ``serving_default`` signature equals ``predict``; the final states equal the kept ones.
 """
 
+import itertools
 import os
 import subprocess
 import sys
@@ -35,7 +36,9 @@ def lstm():
 
 
 def gru():
-    return _seq(keras.layers.GRU(5, return_sequences=True, reset_after=False), keras.layers.Dense(1))
+    return _seq(
+        keras.layers.GRU(5, return_sequences=True, reset_after=False), keras.layers.Dense(1)
+    )
 
 
 def stacked():
@@ -177,7 +180,7 @@ def test_served_stream_equals_predict(tmp_path, kind):
     whole = flat(proba(_x(kind, xs)))
     for p, bounds in enumerate(partitions):
         pieces = []
-        for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
             expected = flat(proba(_x(kind, tuple(a[:, lo:hi] for a in xs)), reset=(i == 0)))
             for j, e in enumerate(expected):
                 np.testing.assert_allclose(got[f"{kind}/{p}/{i}/y{j}"], e, atol=1e-5, rtol=0)
@@ -229,3 +232,27 @@ def test_export_refuses_what_cannot_stream(tmp_path):
     with pytest.raises(ValueError, match="'mean'"):
         est.export(tmp_path / "mean")
     assert not (tmp_path / "mean").exists()
+
+
+def test_export_of_a_loaded_and_an_unpickled_estimator(tmp_path):
+    """An estimator loaded from its ``.keras`` file, or unpickled, exports the same step."""
+    import pickle
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    xs, y = _data("gru", rng)
+    keras.utils.set_random_seed(2)
+    est = Estimator(gru(), epochs=1, batch_size=2, seq_len=4, verbose=0).fit(xs[0], y)
+    est.save(tmp_path / "est.keras")
+    for k, other in enumerate(
+        [Estimator.load(tmp_path / "est.keras"), pickle.loads(pickle.dumps(est))]
+    ):
+        other.export(tmp_path / f"export{k}")
+        served = tf.saved_model.load(str(tmp_path / f"export{k}"))
+        states = served.initial_states(len(y))
+        y1, states = served.step(xs[0][:, :6], states)
+        y2, _ = served.step(xs[0][:, 6:], states)
+        np.testing.assert_allclose(
+            np.concatenate([y1, y2], axis=1), est.predict(xs[0]), atol=1e-5, rtol=0
+        )

@@ -10,6 +10,8 @@ stateful Keras model trained window by window with ``train_on_batch``.
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import keras
 import numpy as np
@@ -263,6 +265,26 @@ def test_dict_of_token_ids_and_features_and_a_classifier():
         jit_compile=False,
     ).fit(x, labels)
     assert set(clf.predict(x)) <= {"high", "low"} and 0.0 <= clf.score(x, labels) <= 1.0
+
+
+def test_model_built_on_a_dict_is_called_with_a_dict():
+    """A model whose inputs are a dict (keys not in Keras's sorted order) is trained and
+    predicted through with a dict, as Keras's ``fit`` does: no "structure of `inputs`
+    doesn't match" warning, the predictions Keras's."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    b, a = keras.Input((None, 3), name="b"), keras.Input((None, 2), name="a")
+    h = keras.layers.GRU(4, return_sequences=True)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"b": b, "a": a}, keras.layers.Dense(1)(h))
+    x = {"a": rng.normal(size=(6, 8, 2)).astype("float32")}
+    x["b"] = rng.normal(size=(6, 8, 3)).astype("float32")
+    est = Estimator(model, epochs=1, batch_size=3, seq_len=4, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.fit(x, x["a"][..., :1])
+        pred = est.predict(x)
+    assert not [w for w in caught if "match the expected structure" in str(w.message)]
+    np.testing.assert_allclose(pred, est.model_.predict(x, verbose=0), rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------- per-step inputs of any shape

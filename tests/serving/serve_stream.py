@@ -8,6 +8,7 @@ boundaries of each partition, each ended by -1). Writes, per case, partition and
 piece, every output and the final states. Keras and keraseq cannot be imported here.
 """
 
+import itertools
 import sys
 
 sys.modules["keras"] = None  # an import of either fails: serving needs TensorFlow alone
@@ -36,7 +37,7 @@ def main(job_path, result_path):
                 current.append(c)
         for p, bounds in enumerate(partitions):
             states = served.initial_states(tf.constant(xs[0].shape[0], tf.int32))
-            for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
                 pieces = [tf.constant(a[:, lo:hi]) for a in xs]
                 if kind == "one":
                     x = pieces[0]
