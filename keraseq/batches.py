@@ -29,6 +29,7 @@ __all__ = [
     "read_validation",
     "read_rows",
     "minibatch_plan",
+    "global_plan",
 ]
 
 
@@ -71,6 +72,32 @@ def minibatch_plan(
     for step in range(n_steps):
         chunk = rows[step * batch_size : (step + 1) * batch_size]
         plan.append(np.sort(chunk) if shuffle else chunk)
+    return plan
+
+
+def global_plan(
+    n: int, global_batch: int, comm, n_steps: int, shuffle: bool, rng: np.random.Generator | None
+) -> list[np.ndarray]:
+    """This rank's row indices of each of ``n_steps`` global minibatches of ``global_batch``
+    rows over all ``n`` rows (``global_batch_size``): minibatch ``s`` is rows ``s *
+    global_batch ...`` of one order of all rows (a permutation, the same on every rank, with
+    ``shuffle``), and rank ``r`` of ``K`` takes its ``r``-th ``global_batch / K`` of them. So
+    the union over ranks, and the update, is the same for any ``K`` (the last minibatch may
+    leave some ranks short or empty: the reader pads them with masked rows).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> second_of_two = SimpleNamespace(rank=1, size=2)
+        >>> [p.tolist() for p in global_plan(10, 4, second_of_two, 3, False, None)]
+        [[2, 3], [6, 7], []]
+    """
+    rows = rng.permutation(n) if shuffle and rng is not None else np.arange(n)
+    share = global_batch // comm.size
+    plan = []
+    for step in range(n_steps):
+        part = rows[step * global_batch : (step + 1) * global_batch]
+        part = part[comm.rank * share : (comm.rank + 1) * share]
+        plan.append(np.sort(part) if shuffle else part)
     return plan
 
 

@@ -49,6 +49,10 @@ class Estimator(RegressorMixin, BaseEstimator):
             ``epochs``, ``batch_size``, ``seq_len``) fill the keywords not given.
         epochs: passes over the data (``None``: the spec's, else 1).
         batch_size: series per minibatch, per MPI rank (``None``: the spec's, else 32).
+        global_batch_size: series per minibatch over all MPI ranks, split evenly between
+            them (it must divide by their number; it replaces ``batch_size``): the
+            minibatches, and so the updates, do not depend on the number of ranks, e.g. when
+            a run resumes from a backup on another number of ranks (``docs/guide/mpi.md``).
         seq_len: window length for truncated BPTT; ``None`` = the whole sequence.
         shuffle: visit the series in a new random order each epoch.
         random_state: seed for the shuffling and Keras's random number generators.
@@ -108,6 +112,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         *,
         epochs: int | None = None,
         batch_size: int | None = None,
+        global_batch_size: int | None = None,
         seq_len: int | None = None,
         shuffle: bool = True,
         random_state: int | None = None,

@@ -42,6 +42,7 @@ __all__ = [
 DEFAULTS: dict[str, Any] = dict(
     epochs=1,
     batch_size=32,
+    global_batch_size=None,
     seq_len=None,
     shuffle=True,
     random_state=None,
@@ -117,6 +118,9 @@ def _checked(p: dict) -> dict:
     """``p`` with its counts as ints and its settings checked (``verbose="auto"`` -> 1)."""
     p["epochs"] = check_positive_int(p["epochs"], "epochs")
     p["batch_size"] = check_positive_int(p["batch_size"], "batch_size")
+    p["global_batch_size"] = check_positive_int(
+        p["global_batch_size"], "global_batch_size", allow_none=True
+    )
     p["seq_len"] = check_positive_int(p["seq_len"], "seq_len", allow_none=True)
     p["sync_every"] = check_positive_int(p["sync_every"], "sync_every")
     p["steps_per_epoch"] = check_positive_int(

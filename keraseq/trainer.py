@@ -41,11 +41,13 @@ from .batches import (
     DatasetReader,
     MinibatchReader,
     as_dataset,
+    global_plan,
     minibatch_plan,
     predict_batch_size,
     x_dtype,
     y_dtype,
 )
+from .callbacks import BackupAndRestore
 from .checks import (
     FitData,
     check_fit,
@@ -198,6 +200,7 @@ def _fit(
     resets=None,
 ):
     comm = dist.get_comm(p["distributed"])
+    p = _rank_batch(p, comm, dataset)
     # The model first: its input specs and output layouts decide how x and y are read
     # (token ids, step shapes, targets per step or per series, sparse labels).
     if warm is not None:
@@ -246,6 +249,31 @@ def _fit(
     return session, progress
 
 
+def _rank_batch(p: dict, comm, dataset) -> dict:
+    """``p`` with ``batch_size`` this rank's share of ``global_batch_size``, when set:
+    checked to divide by the number of ranks, refused where a rank's minibatches are not
+    cut from the one order of all rows (a pipeline, ``group_by_length``, ``rebatch``)."""
+    g = p.get("global_batch_size")
+    if g is None:
+        return p
+    for name, used in (
+        ("x as a pipeline", dataset is not None),
+        ("group_by_length=True", p["group_by_length"]),
+        ("rebatch=True", p["rebatch"]),
+    ):
+        if used:
+            raise ValueError(
+                f"`global_batch_size` splits each minibatch of the rows of `x` over the ranks; "
+                f"it does not combine with {name} (use `batch_size`, per rank)"
+            )
+    if g % comm.size:
+        raise ValueError(
+            f"`global_batch_size`={g} does not split evenly over {comm.size} MPI ranks; "
+            f"use a multiple of {comm.size}"
+        )
+    return dict(p, batch_size=g // comm.size)
+
+
 class EpochLoop:
     """The epochs of one fit over a prepared session (numbered as in ``model.fit``): each a
     pass over the minibatches of this rank's rows (or of a pipeline), each minibatch one
@@ -271,6 +299,9 @@ class EpochLoop:
         self.n_steps: int | None = dist.max_over_ranks(
             math.ceil((self.hi - self.lo) / p["batch_size"]), comm
         )
+        if p["global_batch_size"] is not None:  # each minibatch cut from all rows' one order
+            self.lo, self.hi = 0, n
+            self.n_steps = math.ceil(n / p["global_batch_size"])
         self.dataset_resets = False  # batches (x, y, sample_weight, resets), on any rank
         if dataset is not None:  # under MPI each rank brings its own dataset
             self.lo, self.hi = 0, n
@@ -408,6 +439,15 @@ class EpochLoop:
                 p["batch_size"],
                 self.n_steps,
                 self.row_lengths,
+                p["shuffle"],
+                epoch_rng,
+            )
+        elif p["global_batch_size"] is not None:
+            plan = global_plan(
+                self.hi,
+                p["global_batch_size"],
+                self.session.comm,
+                self.n_steps,
                 p["shuffle"],
                 epoch_rng,
             )
@@ -805,6 +845,13 @@ def rebatch(xs, ys, ws, batch_size, seq_len):
 # ------------------------------------------------------------------------------ callbacks
 def callback_list(callbacks, model, p, n_steps, comm, epochs=None):
     callbacks = list(callbacks or [])
+    for c in callbacks:
+        if isinstance(c, BackupAndRestore):  # what its backups record of this run
+            c.run = {
+                "ranks": comm.size,
+                "batch_size": p["batch_size"],
+                "global_batch_size": p.get("global_batch_size"),
+            }
     if comm.rank != 0:
         callbacks = [c for c in callbacks if not isinstance(c, dist.ROOT_ONLY_CALLBACKS)]
     verbose = p["verbose"] if comm.rank == 0 else 0

@@ -237,6 +237,102 @@ def test_resume_with_dropout_equals_the_uninterrupted_run(tmp_path, dropout_runs
     assert np.array_equal(opt, opt_ref)
 
 
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_resumed_on_fewer_ranks_with_a_global_batch_ends_as_the_uninterrupted_run(tmp_path):
+    """Issue 32: killed mid-epoch on 4 ranks with ``global_batch_size=8``, resumed from its
+    backup on 2 ranks (a Slurm requeue onto fewer nodes): the same minibatches and updates,
+    so the weights end within float tolerance of an uninterrupted 4-rank run, with a warning
+    naming the change. Resumed with ``batch_size`` per rank instead (the same 8 series per
+    update, but other ones) it does not; a global batch that does not split over the ranks is
+    refused on every rank."""
+    ref = tmp_path / "ref"
+    assert_ok(run(4, TRAIN, ref, "--global-batch", 8, folder=tmp_path, name="reference"))
+    w_ref, _, _ = result(ref)
+    out, backup = tmp_path / "out", tmp_path / "backup"
+    common = ("--backup", backup, "--atomic")
+    killed = Job(
+        _command(4, TRAIN, out, *common, "--global-batch", 8, "--pause-at", 3), tmp_path, "killed"
+    )
+    killed.wait_for("PAUSED 3")
+    killed.kill()
+    shutil.copytree(backup, tmp_path / "backup_copy")
+    resumed = run(2, TRAIN, out, *common, "--global-batch", 8, folder=tmp_path, name="resumed")
+    assert_ok(resumed)
+    assert "resuming from a backup written on 4 MPI rank(s) on 2" in resumed.stderr
+    assert "global_batch_size: the same minibatches" in resumed.stderr
+    for rank in (0, 1):
+        w, _, report = result(out, rank)
+        assert report["size"] == 2 and report["n_epochs"] == EPOCHS
+        assert report["history"]["loss"] and len(report["history"]["loss"]) == EPOCHS - 3
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=2e-5)
+    # The control: per-rank batches of 4 on 2 ranks also make updates of 8 series, other ones.
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "backup_copy", tmp_path / "backup_other")
+    resumed = run(
+        2,
+        TRAIN,
+        other,
+        "--backup",
+        tmp_path / "backup_other",
+        "--atomic",
+        folder=tmp_path,
+        name="per_rank",
+    )
+    assert_ok(resumed)
+    assert "set global_batch_size for the same ones" in resumed.stderr
+    w, _, _ = result(other)
+    assert np.abs(w - w_ref).max() > 1e-3
+    refused = run(4, TRAIN, tmp_path / "x", "--global-batch", 6, folder=tmp_path, name="six")
+    assert refused.proc.returncode != 0
+    assert "`global_batch_size`=6 does not split evenly over 4 MPI ranks" in refused.stderr
+
+
+def test_global_batch_size_in_one_process_and_the_warning_of_a_rank_change(tmp_path):
+    """``global_batch_size=G`` on one process is ``batch_size=G`` (the same weights, bit for
+    bit); it refuses what cuts minibatches otherwise; a backup written on another number of
+    ranks warns on resume, naming the global minibatch before and after."""
+    import keraseq
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 12, 2)).astype("float32")
+    y = np.cumsum(x[..., :1], axis=1) / 4
+
+    def fit(callbacks=(), epochs=2, **kw):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential(
+            [
+                keras.Input((None, 2)),
+                keras.layers.GRU(4, return_sequences=True),
+                keras.layers.Dense(1),
+            ]
+        )
+        kw = dict(dict(epochs=epochs, seq_len=4, random_state=1, verbose=0), **kw)
+        return Estimator(model, **kw).fit(x, y, callbacks=list(callbacks))
+
+    a, b = fit(batch_size=8), fit(global_batch_size=8, batch_size=3)
+    for u, v in zip(a.model_.get_weights(), b.model_.get_weights(), strict=True):
+        np.testing.assert_array_equal(u, v)
+    for kw, name in (
+        ({"group_by_length": True}, "group_by_length"),
+        ({"rebatch": True}, "rebatch"),
+    ):
+        with pytest.raises(ValueError, match=f"global_batch_size.*{name}"):
+            fit(global_batch_size=8, **kw)
+    backup = tmp_path / "backup"
+    fit([keraseq.callbacks.BackupAndRestore(backup, delete_checkpoint=False)], epochs=1)
+    with h5py.File(backup / "latest.weights.h5", "a") as f:  # as if written by 4 ranks of 8
+        meta = json.loads(f.attrs["keraseq_training_metadata"])
+        assert meta["ranks"] == 1 and meta["batch_size"] == 32
+        f.attrs["keraseq_training_metadata"] = json.dumps(dict(meta, ranks=4, batch_size=8))
+    with pytest.warns(
+        UserWarning,
+        match="written on 4 MPI rank.*on 1: the global minibatch "
+        "changes from 32 to 8 .*set global_batch_size=32",
+    ):
+        fit([keraseq.callbacks.BackupAndRestore(backup)], batch_size=8)
+
+
 def _kill_inside_the_backup_write(tmp_path, double):
     """A real SIGKILL after the 5th variable of the backup written at the end of epoch index 2
     (the profile hook of reliability_train.py), then the same command again."""

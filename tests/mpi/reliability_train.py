@@ -2,6 +2,7 @@
 
     python reliability_train.py OUT_DIR [--backup DIR] [--double] [--pause-at EPOCH]
                                 [--dropout] [--epochs E] [--jit] [--kill-in-save EPOCH:K]
+                                [--atomic] [--global-batch G]
 
 Trains a small GRU with ``random_state`` set, ``keras.utils.set_random_seed`` and
 ``shuffle=True``. With ``--backup`` a ``keras.callbacks.BackupAndRestore(DIR)`` is passed to
@@ -10,7 +11,8 @@ minibatch of epoch E (0-based), prints ``PAUSED <E>`` and sleeps, so that the te
 run in the middle of an epoch (the weights then hold one update that no backup has seen); it
 pauses once (a flag file in OUT_DIR), so the restart runs the very same command.
 ``--kill-in-save EPOCH:K`` kills rank 0 with SIGKILL inside the backup write at the end of EPOCH,
-after K variables were written (once, likewise).
+after K variables were written (once, likewise). ``--global-batch G``: ``global_batch_size=G``
+(split over the ranks) instead of ``batch_size=4`` per rank.
 At the end every rank writes ``weights_<rank>.npy`` (every model weight, concatenated),
 ``optimizer_<rank>.npy`` (every optimizer variable) and ``report_<rank>.json``.
 """
@@ -40,6 +42,9 @@ parser.add_argument("--pause-at", type=int)
 parser.add_argument("--dropout", action="store_true")
 parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--jit", action="store_true")
+parser.add_argument(
+    "--global-batch", type=int, help="global_batch_size (split over the ranks) for batch_size"
+)
 parser.add_argument(
     "--kill-in-save",
     help="EPOCH:K: SIGKILL this process inside the backup "
@@ -135,6 +140,7 @@ est = Estimator(
     keras.optimizers.Adam(0.02),
     epochs=args.epochs,
     batch_size=4,
+    global_batch_size=args.global_batch,
     seq_len=4,
     shuffle=True,
     random_state=11,
