@@ -21,9 +21,11 @@ Example (``examples/mpi_train.py`` is the full template)::
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -243,6 +245,21 @@ def agree(comm, check: Callable[[], Any]) -> Any:
             kind = TypeError if report[0] == "TypeError" else ValueError
             raise kind(f"on rank {r}: {report[1]}")
     return result
+
+
+_announced: set[str] = set()
+
+
+def announce_allreduce(path: str, advice: str | None, comm) -> None:
+    """Say once per process, on rank 0, how the training programs sum gradients over the
+    ranks (``path``): at INFO level on the ``keraseq`` logger, and as a ``UserWarning`` when
+    ``advice`` names an install that would make it faster."""
+    if comm.rank != 0 or path in _announced:
+        return
+    _announced.add(path)
+    logging.getLogger("keraseq").info("MPI Allreduce over %d ranks: %s", comm.size, path)
+    if advice:
+        warnings.warn(f"keraseq: the MPI Allreduce runs {path}; {advice}", UserWarning, 3)
 
 
 # ------------------------------------------------------------------------------------ sharding

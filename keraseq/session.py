@@ -93,6 +93,8 @@ def build_steps(
     )
     backend = _backend()
     allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
+    if allreduce is not None:
+        dist.announce_allreduce(*allreduce.path(jit), comm)
     steps = backend.build_step_functions(
         model,
         carry,

@@ -298,3 +298,32 @@ def test_each_rank_reads_only_its_own_rows_of_an_h5_file(tmp_path):
         assert r["y_rows"] == list(range(lo, hi)), r
         assert r["pred_shape"] == [23, 12, 1]
     assert reports[0]["r2"] == reports[1]["r2"]  # score is reduced over all rows
+
+
+@pytest.mark.slow  # make test-full (both backends)
+@pytest.mark.backend
+def test_the_allreduce_path_is_said_once():
+    """Issue 32: a run says once (the ``keraseq`` logger, INFO) how it sums gradients over the
+    ranks: inside the XLA program (mpi4jax on JAX, keraseq's XLA call on TensorFlow)."""
+    proc, _ = mpirun(2, "allreduce_path.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOG ")]
+    assert len(logs) == 1, proc.stdout  # two fits, one message
+    assert "MPI Allreduce over 2 ranks: inside the XLA program" in logs[0]
+    jax = os.environ.get("KERAS_BACKEND") == "jax"
+    assert ("(mpi4jax)" if jax else "(keraseq's XLA custom call)") in logs[0]
+    assert "WARN " not in proc.stdout
+
+
+@pytest.mark.slow  # make test-full
+def test_jax_without_mpi4jax_says_the_slow_path_and_what_to_install(monkeypatch):
+    """On JAX without mpi4jax the Allreduce is a host callback: said once, with a warning
+    naming the extra that installs the fast path."""
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    proc, _ = mpirun(2, "allreduce_path.py", "--without-mpi4jax")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOG ")]
+    warned = [ln for ln in proc.stdout.splitlines() if ln.startswith("WARN ")]
+    assert len(logs) == 1 and "host callback between window steps" in logs[0], proc.stdout
+    assert "(mpi4jax is not installed)" in logs[0]
+    assert len(warned) == 1 and "pip install 'keraseq[jax-mpi]'" in warned[0]

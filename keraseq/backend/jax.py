@@ -643,7 +643,26 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
 
         return mpi4jax.allreduce(buf, op=MPI.SUM, comm=comm.comm)
 
-    reduce.xla = None if host else "mpi4jax"  # type: ignore[attr-defined]  # read by the steps
+    why = (
+        "a test delay"
+        if delay > 0
+        else "mpi4jax is not installed"
+        if mpi4jax is None
+        else "mpi4jax was built without CUDA"
+    )
+
+    def path(jit: bool) -> tuple[str, str | None]:
+        if not host:
+            return "inside the XLA program (mpi4jax)", None
+        advice = (
+            "pip install 'keraseq[jax-mpi]' to run it inside the XLA program "
+            "(docs/guide/backends.md)"
+            if mpi4jax is None
+            else None
+        )
+        return f"as a host callback between window steps ({why})", advice
+
+    reduce.path = path  # type: ignore[attr-defined]  # read by session.build_steps
     return reduce
 
 

@@ -313,6 +313,14 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
         from .. import _mpi_xla
 
         reduce.xla = _mpi_xla.xla_allreduce(comm.comm)  # type: ignore[attr-defined]
+
+    def path(jit: bool) -> tuple[str, str | None]:
+        if jit and reduce.xla is not None:  # type: ignore[attr-defined]
+            return "inside the XLA program (keraseq's XLA custom call)", None
+        why = "jit_compile off" if not jit else "on a GPU"
+        return f"as a host callback (tf.numpy_function) between graph pieces ({why})", None
+
+    reduce.path = path  # type: ignore[attr-defined]  # read by session.build_steps
     return reduce
 
 
