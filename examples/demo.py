@@ -17,7 +17,11 @@ import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# isort: off
+import keraseq  # noqa: F401  (first: it loads Keras and TensorFlow, start-up lines held)
 import keras
+
+# isort: on
 import numpy as np
 import statsmodels.api as sm
 

@@ -26,6 +26,13 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 CELL_TIMEOUT = 300  # seconds per cell
 
+# TensorFlow's C++ start-up lines (printed before its log honours TF_CPP_MIN_LOG_LEVEL).
+STARTUP_NOISE = re.compile(
+    r"absl::InitializeLog|oneDNN custom operations|Could not find cuda drivers|"
+    r"cpu_feature_guard|^[IWE]\d{4} \d\d:\d\d:\d\d",
+    re.M,
+)
+
 # A code cell with one of these must have produced at least one output.
 _PRINTS = re.compile(r"\bprint\(|plt\.show\(|\bdisplay\(|\.summary\(|^%%writefile", re.M)
 
@@ -113,6 +120,11 @@ def test_committed_notebook_has_outputs(path):
         text = "".join(
             str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
             for o in cell.outputs
+        )
+        noise = STARTUP_NOISE.search(text)
+        assert noise is None, (
+            f"code cell {k} ({head!r}) shows TensorFlow's start-up line {noise.group(0)!r}: "
+            f"set TF_CPP_MIN_LOG_LEVEL and import keraseq before Keras (issue 32)"
         )
         for machine_path in ("/tmp/", "/root/", "/home/", str(NOTEBOOKS.parent) + "/"):
             assert machine_path not in text, (

@@ -443,3 +443,42 @@ def test_estimator_states_resume_streaming_after_load_states():
     np.testing.assert_allclose(tail, full[:, 13:], atol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         load_states(est, [s[:, :2] for s in saved])
+
+
+def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level():
+    """Issue 32: TensorFlow prints C++ lines while it loads, before its log honours
+    ``TF_CPP_MIN_LOG_LEVEL``; imported through keraseq they follow the level (level 0: all of
+    them, as TensorFlow prints them; level 3: none), and a line of any other kind is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from keraseq._startup import filtered
+
+    code = "import keraseq, sys; print('imported', file=sys.stderr)"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["KERAS_BACKEND"] = "tensorflow"
+    loud = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    quiet = subprocess.run(
+        [sys.executable, "-c", code],
+        env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+    )
+    assert loud.returncode == quiet.returncode == 0, quiet.stderr
+    assert "oneDNN custom operations" in loud.stderr  # TensorFlow's own behaviour
+    assert quiet.stderr == "imported\n"
+    text = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1.5 7 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild.\n"
+        "W0000 00:00:1.5 7 x.cc:1] a warning\n"
+        "E0000 00:00:1.5 7 x.cc:2] an error\n"
+        "  its second line\n"
+        "something else\n"
+    )
+    assert (
+        filtered(text, 2)
+        == "E0000 00:00:1.5 7 x.cc:2] an error\n  its second line\nsomething else\n"
+    )
+    assert filtered(text, 1).startswith("W0000") and filtered(text, 0) == text
