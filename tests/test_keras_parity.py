@@ -606,7 +606,12 @@ def test_04_mixed_float16_scales_the_loss_like_keras(xy):
     ours_changed = [int(np.sum(a != b)) for a, b in zip(est.model_.get_weights(), initial)]
     assert keras_changed[0] == lstm_kernel  # the loss scale saved the gradients from underflow
     assert sum(ours_changed) == sum(keras_changed), (ours_changed, keras_changed)
-    assert_weights_close(est.model_, reference, atol=1e-3)
+    # The updates themselves agree (each entry moves by about lr per step; a weight
+    # comparison at this scale would pass with nothing trained).
+    for k, (ours, keras_w, w0) in enumerate(
+        zip(est.model_.get_weights(), reference.get_weights(), initial, strict=True)
+    ):
+        np.testing.assert_allclose(ours - w0, keras_w - w0, rtol=0, atol=1e-5, err_msg=f"{k}")
 
 
 # 5 ---------------------------------------------------------------------------------------

@@ -286,7 +286,7 @@ def test_group_by_length_trains_deterministically_and_skips_windows():
 @pytest.mark.backend  # cross-validations and the ragged classifier cases stay in make test)
 def test_classifier_on_ragged_series_with_sklearn_cross_validation():
     from sklearn.base import clone
-    from sklearn.model_selection import cross_val_score
+    from sklearn.model_selection import cross_validate
 
     rng = np.random.default_rng(9)
     xs = [rng.normal(size=(int(n), 2)).astype("float32") for n in rng.integers(3, 15, 30)]
@@ -307,8 +307,20 @@ def test_classifier_on_ragged_series_with_sklearn_cross_validation():
     )
     clf.fit(xs, labels)
     assert clf.score(xs, labels) > 0.8
-    scores = cross_val_score(clone(clf).set_params(epochs=3), xs, labels, cv=3)
-    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+    cv = cross_validate(
+        clone(clf).set_params(epochs=3),
+        xs,
+        labels,
+        cv=3,
+        return_estimator=True,
+        return_indices=True,
+    )
+    assert cv["test_score"].shape == (3,)
+    for score, fitted, test in zip(
+        cv["test_score"], cv["estimator"], cv["indices"]["test"], strict=True
+    ):  # each fold's score is the accuracy of that fold's model on its held-out series
+        held = [xs[i] for i in test]
+        assert score == pytest.approx(np.mean(fitted.predict(held) == labels[test]))
     # per-step labels of unequal lengths: a list per series; accuracy over real steps
     steps = [np.where(a[:, 0] > 0, "hi", "lo") for a in xs]
     keras.utils.set_random_seed(0)

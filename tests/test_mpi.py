@@ -97,7 +97,7 @@ def test_two_ranks_equal_one_process_with_double_batch(opt, jit, request, tmp_pa
     assert r["identical_across_ranks"], r
     assert r["predict_shape"] == [40, 23, 2] and r["predict_max_diff"] < 1e-5, r
     for key in ("loss", "mae"):
-        for a, b in zip(r["history_mpi"][key], r["history_single"][key]):
+        for a, b in zip(r["history_mpi"][key], r["history_single"][key], strict=True):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
@@ -120,7 +120,7 @@ def test_two_ranks_equal_one_process_on_unequal_lengths(mode, request, tmp_path)
     assert r["max_diff"] < 1e-5, r
     assert r["identical_across_ranks"], r
     assert r["predict_max_diff"] < 1e-5, r
-    for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"]):
+    for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"], strict=True):
         assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
 
 
@@ -142,7 +142,7 @@ def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_
     assert r["max_diff"] < 1e-5, r
     assert r["identical_across_ranks"], r
     for key in ("loss", "mae"):
-        for a, b in zip(r["history_mpi"][key], r["history_single"][key]):
+        for a, b in zip(r["history_mpi"][key], r["history_single"][key], strict=True):
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
@@ -163,7 +163,7 @@ def test_chunks_of_windows_two_ranks_equal_one_process(request, tmp_path):
     update's Allreduce comes with the last); still the one process's single calls."""
     r = equivalence(request, tmp_path, "adam", 30, 4, "jit", "masked-series", 1, 1)
     assert r["max_diff"] < 1e-5 and r["identical_across_ranks"], r
-    for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"]):
+    for a, b in zip(r["history_mpi"]["loss"], r["history_single"]["loss"], strict=True):
         assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (a, b)
 
 

@@ -48,7 +48,7 @@ KW = dict(
 
 
 def assert_same_fit(a, b):
-    for u, v in zip(a.model_.get_weights(), b.model_.get_weights()):
+    for u, v in zip(a.model_.get_weights(), b.model_.get_weights(), strict=True):
         np.testing.assert_allclose(u, v, rtol=0, atol=1e-6)
     for key in a.history_:
         np.testing.assert_allclose(a.history_[key], b.history_[key], rtol=1e-6)

@@ -114,7 +114,13 @@ class Steps(keras.callbacks.Callback):
     ids=["per-step-tail", "per-series", "lengths-sync2", "series-lengths"],
 )
 def test_chunks_train_exactly_as_one_call(case):
-    one, chunked = fit(ONE_CALL, **case), fit(2 if case.get("sync_every") else 3, **case)
+    calls_one, calls_chunked = Steps(), Steps()
+    one = fit(ONE_CALL, callbacks=[calls_one], **case)
+    chunked = fit(2 if case.get("sync_every") else 3, callbacks=[calls_chunked], **case)
+    # The chunked fit did run in several calls per minibatch (12 series, batch 6: 2 minibatches
+    # per epoch, 2 epochs), the other in one.
+    assert len(calls_one.ends) == 4
+    assert len(calls_chunked.ends) >= 3 * len(calls_one.ends), len(calls_chunked.ends)
     assert same_weights(one, chunked)
     assert one.history_ == chunked.history_  # loss and metrics, to the last bit
 

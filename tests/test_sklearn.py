@@ -122,6 +122,8 @@ def test_grid_search_over_seq_len_and_learning_rate_refits(data):
     rs = RandomizedSearchCV(
         regressor(), {"seq_len": [2, 4, 6]}, n_iter=2, cv=2, random_state=0
     ).fit(x, y)
+    best = int(np.argmax(rs.cv_results_["mean_test_score"]))
+    assert rs.best_params_ == rs.cv_results_["params"][best]
     assert rs.best_params_["seq_len"] in (2, 4, 6)
 
 
@@ -216,8 +218,13 @@ def test_classifier_with_string_labels_in_stratified_cv(data):
     x, _, labels = data
     clf = classifier()
     assert is_classifier(clf)
-    scores = cross_val_score(clf, x, labels, cv=StratifiedKFold(3))
-    assert np.all((scores >= 0) & (scores <= 1))
+    cv = cross_validate(
+        clf, x, labels, cv=StratifiedKFold(3), return_estimator=True, return_indices=True
+    )
+    for score, fitted, test in zip(
+        cv["test_score"], cv["estimator"], cv["indices"]["test"], strict=True
+    ):  # each fold's score is the accuracy of that fold's model on its held-out series
+        assert score == pytest.approx(np.mean(fitted.predict(x[test]) == labels[test]))
     clf.fit(x, labels)
     assert list(clf.classes_) == ["high", "low", "mid"]
     proba = clf.predict_proba(x)
