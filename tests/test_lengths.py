@@ -152,6 +152,55 @@ def test_whole_sequence_fit_equals_keras_fit_with_masking(per_series):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["LSTM", pytest.param("GRU", marks=pytest.mark.slow)])
+def test_windowed_fit_on_padded_series_equals_keras_stateful_train_on_batch(cell):
+    """An outside reference for windows over padding (issue 31): Keras's own truncated BPTT, a
+    stateful copy with the same ``Masking`` layer trained window by window with
+    ``train_on_batch`` (states reset per minibatch), from the same weights, gives the weights
+    keraseq's windowed fit gives. (TensorFlow: Keras's JAX trainer does not carry a stateful
+    layer's state between ``train_on_batch`` calls.)"""
+    rng = np.random.default_rng(8)
+    x, y, _ = padded_data(rng, 8, 13, False)
+    batch, seq_len = 4, 4
+    model = make_model(cell, 2, False, True)
+
+    def stateful(b):
+        layers = [keras.Input(batch_shape=(b, None, 3)), keras.layers.Masking(0.0)]
+        layers += [CELLS[cell](4, return_sequences=True, stateful=True) for _ in range(2)]
+        return keras.Sequential([*layers, keras.layers.Dense(2)])
+
+    reference = stateful(batch)
+    reference.set_weights(model.get_weights())
+    reference.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    for epoch in range(2):
+        for lo in range(0, len(x), batch):
+            for layer in reference.layers:
+                if getattr(layer, "stateful", False):
+                    layer.reset_states()
+            for start in range(0, x.shape[1], seq_len):
+                reference.train_on_batch(
+                    x[lo : lo + batch, start : start + seq_len],
+                    y[lo : lo + batch, start : start + seq_len],
+                )
+    est = Estimator(
+        model,
+        "mse",
+        keras.optimizers.SGD(0.1),
+        epochs=2,
+        batch_size=batch,
+        seq_len=seq_len,
+        shuffle=False,
+        verbose=0,
+    ).fit(x, y)
+    moved = 0.0
+    for ours, theirs, start in zip(
+        est.model_.get_weights(), reference.get_weights(), model.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6)
+        moved = max(moved, float(np.abs(theirs - start).max()))
+    assert moved > 1e-2  # it trained: the agreement is not that of two untouched models
+
+
 @pytest.mark.parametrize(
     "per_series", split_between_backends({"per_step": False, "per_series": True})
 )
