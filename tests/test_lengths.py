@@ -172,7 +172,7 @@ def test_windowed_fit_on_padded_series_equals_keras_stateful_train_on_batch(cell
     reference = stateful(batch)
     reference.set_weights(model.get_weights())
     reference.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    for epoch in range(2):
+    for _epoch in range(2):
         for lo in range(0, len(x), batch):
             for layer in reference.layers:
                 if getattr(layer, "stateful", False):
