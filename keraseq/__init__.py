@@ -55,19 +55,19 @@ from ._startup import tensorflow_startup_log as _startup_log  # noqa: E402
 
 # TensorFlow loads here (through Keras): its start-up lines held to TF_CPP_MIN_LOG_LEVEL.
 with _startup_log():
-    from .backend import name as _backend_name  # noqa: E402
+    from .backend import name as _backend_name
 
     if _backend_name() == "jax":
         # Asks JAX for one CPU device per core before JAX starts (see backend/jax.py).
         from .backend import jax as _jax_backend  # noqa: F401
 
-    from . import callbacks as callbacks  # noqa: E402  (keraseq.callbacks)
-    from .classifier import Classifier  # noqa: E402
-    from .estimator import Estimator, NonFiniteLossError  # noqa: E402
-    from .inputs import SliceTuple, from_channels_first  # noqa: E402
-    from .losses import seqloss  # noqa: E402
-    from .model_selection import TimeSplit  # noqa: E402
-    from .text import BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token, generate  # noqa: E402
+    from . import callbacks as callbacks
+    from .classifier import Classifier
+    from .estimator import Estimator, NonFiniteLossError
+    from .inputs import SliceTuple, from_channels_first
+    from .losses import seqloss
+    from .model_selection import TimeSplit
+    from .text import BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token, generate
 
 __all__ = [
     "Estimator",

@@ -24,14 +24,6 @@ from .inputs import as_model_input
 __all__ = ["seqloss", "is_window_loss", "build_objective", "output_mask", "metric_updates"]
 
 
-class _SeqLoss(Protocol):
-    """A window loss made by :func:`seqloss`: it keeps the per-step ``fn`` it wraps."""
-
-    _keraseq_seqloss: Callable
-
-    def __call__(self, model: Any, x: Any, y: Any, training: Any = None) -> Any: ...
-
-
 class _Objective(Protocol):
     """A per-window objective (see the module docstring); ``needs_exact_rows``: minibatches
     must not be padded (a callable loss sees every row)."""
@@ -60,12 +52,11 @@ def metric_updates(metrics: list, yw, preds, masks, ww, mw):
 
     ``preds`` are the flattened outputs and ``masks`` their Keras masks (:func:`output_mask`);
     ``ww``/``mw`` the window's sample weights and loss mask (``None``: none). A metric follows
-    output ``k % n_outputs`` (or its ``_keraseq_output``); a per-step output counts every time
+    output ``k % n_outputs``; a per-step output counts every time
     step as one sample, so windows of different length weigh right.
     """
     for k, metric in enumerate(metrics):
         out = k % len(preds) if len(preds) > 1 else 0
-        out = getattr(metric, "_keraseq_output", out)
         sw = None
         if ww is not None or mw is not None:
             sw = ww if mw is None else (mw if ww is None else ww * mw)
@@ -126,9 +117,7 @@ def seqloss(fn: Callable) -> Callable:
         return total
 
     loss.__name__ = f"seqloss({getattr(fn, '__name__', type(fn).__name__)})"
-    seq_loss = cast(_SeqLoss, loss)
-    seq_loss._keraseq_seqloss = fn
-    return seq_loss
+    return loss
 
 
 def is_window_loss(loss: Any) -> bool:
