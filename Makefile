@@ -130,11 +130,13 @@ docs: $(VENV)/.dev-installed
 docs-serve: $(VENV)/.dev-installed
 	$(PY) -m mkdocs serve
 
-# ruff (rules in pyproject.toml) and mypy on the typed public modules ([tool.mypy] files).
+# ruff (rules in pyproject.toml), mypy on the typed public modules ([tool.mypy] files) and the
+# import graph (.ci/check_imports.py: no import cycle beyond those it lists, issue 31).
 lint: $(VENV)/.installed $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(PY) .ci/check_imports.py
 
 # The one-time reformat + safe autofixes (run once by whoever merges; see .ci/lint-fix).
 format: $(VENV)/.dev-installed

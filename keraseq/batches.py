@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .inputs import is_pipeline
 from .validation import check_positive_int
 
 __all__ = [
@@ -176,36 +177,6 @@ class MinibatchReader:
                 if step + 1 < len(self.plan):
                     future = pool.submit(self._read, self.plan[step + 1])
                 yield item
-
-
-def is_pipeline(value) -> bool:
-    """A source of ready minibatches as ``model.fit`` takes them (not arrays)."""
-    import keras
-    from keras.src.trainers.data_adapters import (
-        is_grain_dataset,
-        is_tf_dataset,
-        is_torch_dataloader,
-    )
-
-    if (
-        isinstance(value, keras.utils.PyDataset)
-        or is_tf_dataset(value)
-        or is_torch_dataloader(value)
-        or is_grain_dataset(value)
-    ):
-        return True
-    if isinstance(value, (list, tuple)):  # a list of (x, y[, w]) batches
-        return bool(value) and all(
-            isinstance(item, (list, tuple)) and len(item) in (2, 3) and hasattr(item[0], "shape")
-            for item in value
-        )
-    if hasattr(value, "shape") or isinstance(value, (dict, str, bytes)):
-        return False
-    from .inputs import SliceTuple
-
-    if isinstance(value, SliceTuple):
-        return False
-    return hasattr(value, "__next__") or hasattr(value, "__iter__")
 
 
 def as_dataset(value, steps_per_epoch: int | None = None) -> BatchSource | None:

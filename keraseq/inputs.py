@@ -3,7 +3,9 @@
 What lives here: the container that lets ``GridSearchCV``, ``cross_val_score`` and friends
 split a multi-input ``x`` (or multi-output ``y``) by series, as skorch's ``SliceDict`` does
 for dicts; :class:`RowRange` and :func:`split_rows` (``validation_split`` without reading
-out-of-core data); :func:`from_channels_first` for sktime's and aeon's ``(N, channels, T)``.
+out-of-core data); :func:`from_channels_first` for sktime's and aeon's ``(N, channels, T)``;
+what kind of source an input is (:func:`is_pipeline`: ready minibatches, not arrays) and the
+structure the model takes its arrays in (:func:`as_model_input`).
 What does not: validation of the arrays (``validation.py``), ragged series (``lengths.py``).
 """
 
@@ -22,6 +24,8 @@ __all__ = [
     "expand_last",
     "split_rows",
     "from_channels_first",
+    "is_pipeline",
+    "as_model_input",
 ]
 
 
@@ -217,3 +221,30 @@ def as_model_input(model, xs: Sequence[Any]):
     if isinstance(struct, dict) and len(keras.tree.flatten(struct)) == len(xs):
         return keras.tree.pack_sequence_as(struct, list(xs))
     return tuple(xs)
+
+
+def is_pipeline(value) -> bool:
+    """A source of ready minibatches as ``model.fit`` takes them (not arrays)."""
+    from keras.src.trainers.data_adapters import (
+        is_grain_dataset,
+        is_tf_dataset,
+        is_torch_dataloader,
+    )
+
+    if (
+        isinstance(value, keras.utils.PyDataset)
+        or is_tf_dataset(value)
+        or is_torch_dataloader(value)
+        or is_grain_dataset(value)
+    ):
+        return True
+    if isinstance(value, (list, tuple)):  # a list of (x, y[, w]) batches
+        return bool(value) and all(
+            isinstance(item, (list, tuple)) and len(item) in (2, 3) and hasattr(item[0], "shape")
+            for item in value
+        )
+    if hasattr(value, "shape") or isinstance(value, (dict, str, bytes)):
+        return False
+    if isinstance(value, SliceTuple):
+        return False
+    return hasattr(value, "__next__") or hasattr(value, "__iter__")

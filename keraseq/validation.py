@@ -222,7 +222,7 @@ def _not_a_table(value: Any) -> bool:
         or any(c.__name__ in ("SliceTuple", "PyDataset", "TimeFolds") for c in type(value).__mro__)
     ):
         return True
-    from .batches import is_pipeline  # (batches imports this module)
+    from .inputs import is_pipeline
 
     if is_pipeline(value):  # tf.data, generators, lists of batches: read batch by batch later
         return True
