@@ -469,9 +469,8 @@ def test_same_random_state_gives_identical_weights_under_mpi_with_dropout(tmp_pa
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
-    job = run(2, FAULTS, "sigkill", tmp_path, folder=tmp_path, name="log", timeout=60)
+    job = run(2, FAULTS, "sigkill", tmp_path, folder=tmp_path, name="log", timeout=60)  # hang guard
     assert job.proc.returncode != 0
-    assert job.elapsed < 60, job.elapsed
     assert "rank 1 kills itself with SIGKILL" in job.stdout
     text = " ".join(job.stderr.split())
     assert "process rank 1 with PID" in text and "exited on signal 9 (Killed)" in text, text
@@ -495,9 +494,10 @@ def test_a_token_id_out_of_range_on_one_rank_is_an_error_on_every_rank(tmp_path)
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
-    job = run(2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log", timeout=60)
+    job = run(
+        2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log", timeout=60
+    )  # hang guard
     assert job.proc.returncode != 0
-    assert job.elapsed < 60, job.elapsed
     # Whichever rank aborts first, the output names rank 1, the array, NaN and the row.
     err = job.stderr
     assert (

@@ -161,8 +161,7 @@ def test_a_rank_killed_on_one_node_fails_the_job_and_ends_the_other(sl, paused):
     info = sl.wait_job(job, 60)
     elapsed = time.time() - t0
     print(f"job {job} {info['JobState']} {elapsed:.1f} s after the kill")
-    assert info["JobState"] == "FAILED", info
-    assert elapsed < 30, elapsed
+    assert info["JobState"] == "FAILED", info  # (wait_job's 60 s is the hang guard)
     deadline = time.time() + 15  # the step daemons may take a moment after the batch script
     while job_processes(sl) and time.time() < deadline:
         time.sleep(0.2)
