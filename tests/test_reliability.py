@@ -168,10 +168,12 @@ def mpi_reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dropout_runs(tmp_path_factory):
-    """Two separate single-process runs of a model with Dropout, same random_state (XLA)."""
-    folders = [tmp_path_factory.mktemp(f"dropout_{k}") for k in range(2)]
-    for folder in folders:
-        assert_ok(run(1, TRAIN, folder, "--dropout", "--jit", folder=folder, name="log"))
+    """Two separate single-process runs of a model with Dropout, same random_state (XLA), and
+    a third with another random_state."""
+    folders = [tmp_path_factory.mktemp(f"dropout_{k}") for k in range(3)]
+    for k, folder in enumerate(folders):
+        seed = ("--random-state", 12) if k == 2 else ()
+        assert_ok(run(1, TRAIN, folder, "--dropout", "--jit", *seed, folder=folder, name="log"))
     return folders
 
 
@@ -444,10 +446,14 @@ def test_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ determinism
 @pytest.mark.slow  # make test-full (CI runs it; make test's 10-minute budget)
-def test_same_random_state_gives_identical_weights_with_dropout(dropout_runs):
+def test_same_random_state_gives_identical_weights_with_dropout(dropout_runs, single_reference):
     (w1, o1, r1), (w2, o2, r2) = result(dropout_runs[0]), result(dropout_runs[1])
     assert np.array_equal(w1, w2) and np.array_equal(o1, o2)
     assert r1["history"] == r2["history"]
+    # Not trivially: the dropout is active (the run differs from the model without it) and its
+    # masks follow random_state (another seed trains to other weights).
+    assert np.abs(w1 - result(dropout_runs[2])[0]).max() > 1e-4
+    assert np.abs(w1 - result(single_reference)[0]).max() > 1e-4
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ parser.add_argument("--pause-at", type=int)
 parser.add_argument("--dropout", action="store_true")
 parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--jit", action="store_true")
+parser.add_argument("--random-state", type=int, default=11)
 parser.add_argument(
     "--global-batch", type=int, help="global_batch_size (split over the ranks) for batch_size"
 )
@@ -143,7 +144,7 @@ est = Estimator(
     global_batch_size=args.global_batch,
     seq_len=4,
     shuffle=True,
-    random_state=11,
+    random_state=args.random_state,
     verbose=0,
     jit_compile=bool(args.jit),
 )
