@@ -29,7 +29,7 @@ import numpy as np
 
 from . import distributed as dist
 from .inputs import SliceTuple, as_model_input, expand_last, split_rows
-from .lengths import check_lengths, input_mask_rule, is_ragged, pad_ragged
+from .lengths import check_lengths, input_mask_rule, is_ragged, mask_reaches_rnn, pad_ragged
 from .losses import is_window_loss
 from .ranges import Ranges, check_ranges, model_ranges
 from .resets import check_model_for_resets, check_resets, ragged_resets
@@ -394,7 +394,7 @@ def check_windows(model, seq_len, t, masked) -> None:
         for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
     ]
-    if getattr(model, "_keraseq_mask_reaches_rnn", True) is False:
+    if not mask_reaches_rnn(model):
         mask_layers = []  # dropped before the recurrent layers (Keras ignores it too)
     if mask_layers and not masked and input_mask_rule(model) is None:
         raise ValueError(

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -136,16 +137,67 @@ def input_readers(model: keras.Model, kinds) -> list[tuple[int, Any]]:
     return found
 
 
+#: What keraseq's probe saw of a model without a layer graph (subclassed): whether the mask
+#: reached its recurrent calls. Kept here, per model object, not on the model.
+_PROBED_MASKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def note_probed_masks(model: keras.Model, reached: bool) -> None:
+    """Record what the probe's call of ``model`` saw (``session.probe``): whether any
+    recurrent call got a mask. Read by :func:`mask_reaches_rnn` when the graph cannot tell."""
+    _PROBED_MASKS[model] = bool(reached)
+
+
+def mask_reaches_rnn(model: keras.Model) -> bool:
+    """Whether a Keras mask reaches the model's recurrent layers (Keras drops a mask at a layer
+    without mask support, e.g. ``Conv1D``: then no recurrent layer sees it and the padding is
+    computed over, which keraseq must follow). Read from the model's layer graph (the mask of
+    the tensor each layer holding a recurrent layer is called on), so it does not depend on
+    what ran before; for a model without a graph (subclassed, or recurrent layers nested in an
+    inner model), what keraseq's probe saw (``True`` before any probe). A model without
+    recurrent layers: ``True`` (its mask reaches the loss)."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    rnn = keras.layers.RNN
+    every = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, rnn)
+    ]
+    if not every:
+        return True
+    holders = [
+        layer
+        for layer in getattr(model, "layers", [])
+        if isinstance(layer, rnn)
+        or (
+            not isinstance(layer, keras.Model)
+            and any(isinstance(s, rnn) for s in layer._flatten_layers(include_self=False))
+        )
+    ]
+    held = {
+        id(s) for h in holders for s in h._flatten_layers(include_self=True) if isinstance(s, rnn)
+    }
+    nodes = [node for h in holders for node in getattr(h, "_inbound_nodes", [])]
+    if not nodes or any(id(layer) not in held for layer in every):
+        return _PROBED_MASKS.get(model, True)
+    return any(
+        get_keras_mask(tensor) is not None
+        for node in nodes
+        for tensor in keras.tree.flatten(getattr(node, "input_tensors", []))[:1]
+    )
+
+
 def input_mask_rule(model: keras.Model) -> Callable | None:
     """``rule(xs) -> (B, T) bool`` when a model input feeds a ``Masking`` layer or an
     ``Embedding(mask_zero=True)`` directly (``Sequential([Input, Masking, ...])`` included)
     and that mask reaches the recurrent layers, the same rule Keras applies (some feature
     differs from ``mask_value``; the token id is not 0); else None."""
     inputs = list(getattr(model, "inputs", None) or [])
-    if not inputs or getattr(model, "_keraseq_mask_reaches_rnn", True) is False:
-        # No input, or (seen by keraseq's probe) the mask is dropped before any recurrent
-        # layer, as Keras does at a layer without mask support (e.g. Conv1D): Keras then
-        # runs over the padding, and so does keraseq.
+    if not inputs or not mask_reaches_rnn(model):
+        # No input, or the mask is dropped before any recurrent layer, as Keras does at a
+        # layer without mask support (e.g. Conv1D): Keras then runs over the padding, and so
+        # does keraseq.
         return None
     rules = [
         # Keras's rule for an Embedding(mask_zero=True): token id 0 is padding (value None)

@@ -24,6 +24,7 @@ from .backend import current as _backend
 from .batches import read_rows
 from .checks import FitData, check_model_inputs, check_windows, step_features
 from .inputs import as_model_input
+from .lengths import note_probed_masks
 from .losses import build_objective
 from .selfcheck import window_check
 from .windows import StateCarry
@@ -143,10 +144,8 @@ def probe(model, carry, xs, seq_len, row=0):
                 f"{[w.shape for w in window]}: {exc}"
             ) from exc
         # Keras drops a mask at a layer without mask support: then no recurrent layer
-        # sees it and the padding is computed over, which keraseq must follow.
-        object.__setattr__(
-            model, "_keraseq_mask_reaches_rnn", any(carry.model_masks) or not carry.model_masks
-        )
+        # sees it (lengths.mask_reaches_rnn reads this for a model without a layer graph).
+        note_probed_masks(model, any(carry.model_masks) or not carry.model_masks)
     specs = [[(tuple(int(d) for d in st.shape[1:]), st.dtype) for st in call] for call in states]
     outs = keras.tree.flatten(out)
     return specs, [tuple(o.shape[1:]) for o in outs], s

@@ -607,11 +607,14 @@ def test_04_mixed_float16_scales_the_loss_like_keras(xy):
     assert keras_changed[0] == lstm_kernel  # the loss scale saved the gradients from underflow
     assert sum(ours_changed) == sum(keras_changed), (ours_changed, keras_changed)
     # The updates themselves agree (each entry moves by about lr per step; a weight
-    # comparison at this scale would pass with nothing trained).
+    # comparison at this scale would pass with nothing trained). Adam's step of an entry
+    # whose float16 gradients are tiny can differ in size, so: nearly every entry within 10 %
+    # of a step, and none by more than a step.
     for k, (ours, keras_w, w0) in enumerate(
         zip(est.model_.get_weights(), reference.get_weights(), initial, strict=True)
     ):
-        np.testing.assert_allclose(ours - w0, keras_w - w0, rtol=0, atol=1e-5, err_msg=f"{k}")
+        diff = np.abs((ours - w0) - (keras_w - w0))
+        assert np.mean(diff <= 1e-5) >= 0.95 and diff.max() <= 1e-4, (k, diff.max())
 
 
 # 5 ---------------------------------------------------------------------------------------

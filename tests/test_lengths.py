@@ -451,3 +451,30 @@ def test_bad_lengths_are_named():
     copies = [s.copy() for s in seqs]
     pad_ragged(seqs, "x")
     assert all(np.array_equal(a, b) for a, b in zip(seqs, copies))  # nothing mutated
+
+
+def test_whether_a_mask_reaches_the_recurrent_layers_is_read_from_the_graph():
+    """Issue 31: keraseq's rule for a mask dropped before the recurrent layers (Keras drops it
+    at a layer without mask support) is read from the model's graph, before any fit, and
+    nothing is written onto the model; a model without a graph answers from what the probe
+    saw."""
+    from keraseq.lengths import input_mask_rule, mask_reaches_rnn
+
+    def seq(*layers):
+        return keras.Sequential([keras.Input((None, 3)), *layers])
+
+    kept = seq(keras.layers.Masking(), keras.layers.LSTM(2))
+    dropped = seq(keras.layers.Masking(), keras.layers.Conv1D(2, 1), keras.layers.LSTM(2))
+    x = keras.Input((None, 3))
+    both = keras.Model(
+        x, keras.layers.Bidirectional(keras.layers.GRU(2))(keras.layers.Masking()(x))
+    )
+    assert mask_reaches_rnn(kept) and mask_reaches_rnn(both) and not mask_reaches_rnn(dropped)
+    assert input_mask_rule(kept) is not None and input_mask_rule(dropped) is None
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(4, 6, 3)).astype("float32")
+    xs[0, 4:] = 0.0  # padding that the Conv1D computes over, as Keras does
+    est = Estimator(dropped, epochs=1, seq_len=3, verbose=0).fit(xs, xs[:, 0, :2])
+    for model in (dropped, est.model_):  # nothing written onto the models
+        assert not any(k.startswith("_keraseq") for k in vars(model))
+    assert not mask_reaches_rnn(est.model_)
