@@ -55,10 +55,11 @@ test-jax: $(VENV)/.installed
 # The cases kept out of `make test` (marked slow: fault injection, 4-rank runs, the slower
 # notebooks, the soak test, the simulated hosts and Slurm, scikit-learn's full check suite) and
 # the property tests with more hypothesis examples, both passes side by side; then the
-# docstring examples. CI runs both targets.
+# docstring examples (TensorFlow, then JAX). CI runs both targets.
 test-full: $(VENV)/.installed $(VENV)/.dev-installed
 	$(MAKE) --no-print-directory -j2 -O test-full-tf test-full-jax
-	$(PYTEST) --doctest-modules keraseq  # the docstring examples
+	$(PYTEST) --doctest-modules keraseq  # the docstring examples, on both backends
+	KERAS_BACKEND=jax $(PYTEST) --doctest-modules keraseq
 
 # (The two files that simulate hosts, on TensorFlow, run one at a time after the JAX pass,
 # the shorter one: never two simulated clusters at once.)

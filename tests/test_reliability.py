@@ -199,6 +199,7 @@ def _kill_mid_epoch_and_restart(np_, tmp_path, *extra):
 
 
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
+@pytest.mark.backend  # both backends in make test-full: the exact resume holds on JAX too
 def test_single_process_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
     tmp_path, single_reference
 ):
