@@ -181,7 +181,13 @@ def prepare(
         opt = warm.optimizer if warm is not None else new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
-        jit = backend.jit_for(model, p["jit_compile"], work=work, distributed=comm.size > 1)
+        jit = backend.jit_for(
+            model,
+            p["jit_compile"],
+            work=work,
+            distributed=comm.size > 1,
+            fused=p["fused_rnn"],
+        )
         carry.compiled_with(jit)
         key = reuse.key_of(
             model, opt, _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes)

@@ -252,6 +252,14 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
     assert backend.jit_for(model, True, work=big) is True  # an explicit choice is kept
     monkeypatch.setattr(backend.dist, "usable_cores", lambda: 1)
     assert backend.jit_for(model, "auto", work=big) is True
+    # keraseq's fused loop is faster under XLA than Keras's loop in a graph (1.5-1.6x): large
+    # windows stay with XLA when every recurrent layer takes it, not when one cannot.
+    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 2)
+    assert backend.jit_for(model, "auto", work=big, fused=True) is True
+    dropout = keras.Sequential(
+        [keras.Input((None, 2)), keras.layers.GRU(3, recurrent_dropout=0.1), keras.layers.Dense(1)]
+    )
+    assert backend.jit_for(dropout, "auto", work=big, fused=True) is False
 
     # fit hands the rule the work of its windows: rows x window steps x weights.
     seen = []
@@ -283,15 +291,14 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
         assert seen[-1] is expected
         assert set(est.rnn_paths_.values()) == {"keras (fused_rnn=False)"}
 
-    # The fused loop runs under XLA; in a plain graph (large windows, or jit_compile=False)
-    # every layer keeps Keras's loop, faster there, and rnn_paths_ says why.
-    monkeypatch.setattr(backend, "GRAPH_MIN_WORK", work + 1)
-    est = fit()
-    assert seen[-1] is True
-    assert set(est.rnn_paths_.values()) == {"fused"}
-    for chosen in ({}, {"jit_compile": False}):
-        monkeypatch.setattr(backend, "GRAPH_MIN_WORK", work)
-        est = fit(**chosen)
-        assert seen[-1] is False
-        (path,) = est.rnn_paths_.values()
-        assert path.startswith("keras (a TensorFlow graph without XLA")
+    # The fused loop runs under XLA, for large windows too; in a plain graph
+    # (jit_compile=False) every layer keeps Keras's loop, faster there, and rnn_paths_ says why.
+    for threshold in (work + 1, work):
+        monkeypatch.setattr(backend, "GRAPH_MIN_WORK", threshold)
+        est = fit()
+        assert seen[-1] is True
+        assert set(est.rnn_paths_.values()) == {"fused"}
+    est = fit(jit_compile=False)
+    assert seen[-1] is False
+    (path,) = est.rnn_paths_.values()
+    assert path.startswith("keras (a TensorFlow graph without XLA")

@@ -46,7 +46,9 @@ def to_numpy(t) -> np.ndarray:
     return np.asarray(t)
 
 
-def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> bool:
+def jit_for(
+    model, setting, work: float = 0.0, distributed: bool = False, fused: bool = False
+) -> bool:
     """Always True: on JAX, XLA (``jax.jit``) is the only compiler, and keraseq's window loop
     is always one compiled program, as on TensorFlow (where ``jit_compile=False`` still
     compiles a graph, without XLA). ``jit_compile=False`` therefore compiles too; to run op by

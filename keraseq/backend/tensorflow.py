@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -67,19 +68,21 @@ def to_numpy(t) -> np.ndarray:
 GRAPH_MIN_WORK = 60_000_000
 
 
-def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> bool:
+def jit_for(
+    model, setting, work: float = 0.0, distributed: bool = False, fused: bool = False
+) -> bool:
     """``jit_compile="auto"`` follows Keras's own rule (``model_supports_jit``): XLA unless a
     layer opts out (an LSTM/GRU on a GPU does, to use cuDNN) or op determinism is on; and,
     in one process on a multi-core CPU, no XLA for windows of at least
-    :data:`GRAPH_MIN_WORK` multiply-adds (``work``). Under MPI XLA stays: the Allreduce is
-    then inside the compiled loop, and a rank has its own core.
+    :data:`GRAPH_MIN_WORK` multiply-adds (``work``), unless every recurrent layer runs
+    keraseq's fused loop (``fused``: ``fused_rnn`` is on and :func:`keraseq.fused.why_not`
+    lets each layer take it). Under MPI XLA stays: the Allreduce is then inside the compiled
+    loop, and a rank has its own core.
 
-    The plain graph runs Keras's recurrent loop, not keraseq's fused one (slower there; see
-    ``docs/performance/fused.md``). The fused loop under XLA was faster in steady epochs at
-    those sizes (1.16x at the realistic size, 1.27-1.55x on the character LM) but was not
-    chosen because XLA then compiled the program anew for each chunk of windows; that is
-    fixed (:func:`slice_time`), and the rule waits for ``bench_lm.py``/``bench_peers.py`` to
-    be measured again before it changes."""
+    The plain graph runs Keras's recurrent loop, faster there than Keras's loop under XLA;
+    keraseq's fused loop under XLA is faster still (measured 2026-12-06, paired epochs, 2-core
+    AMD EPYC: 1.63x on the character LM, 1.50x at the realistic size; see
+    ``docs/performance/fused.md``)."""
     if setting != "auto":
         return bool(setting)
     from tensorflow.python.framework.config import is_op_determinism_enabled
@@ -94,9 +97,22 @@ def jit_for(model, setting, work: float = 0.0, distributed: bool = False) -> boo
         and work >= GRAPH_MIN_WORK
         and dist.usable_cores() >= 2
         and not tf.config.list_logical_devices("GPU")
+        and not (fused and _all_fused(model))
     ):
         return False
     return True
+
+
+def _all_fused(model) -> bool:
+    """Whether ``model`` has recurrent layers and each one runs the fused loop under XLA."""
+    from .. import fused as _fused
+
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.RNN)
+    ]
+    return bool(layers) and all(_fused.why_not(layer, True) is None for layer in layers)
 
 
 def dtype_of(name):
