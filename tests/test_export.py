@@ -154,7 +154,7 @@ def _serve(tmp_path, case, est, kind, xs, partitions):
 
 
 #: make test serves these, each on one backend; make test-full all of MODELS on both.
-IN_MAKE_TEST = ("stacked", "two_inputs", "tokens", "per_series")
+IN_MAKE_TEST = ("stacked", "two_inputs")
 KINDS = split_between_backends({k: k for k in IN_MAKE_TEST}) + [
     pytest.param(k, marks=[pytest.mark.backend, pytest.mark.slow])
     for k in MODELS
@@ -234,6 +234,7 @@ def test_export_refuses_what_cannot_stream(tmp_path):
     assert not (tmp_path / "mean").exists()
 
 
+@pytest.mark.slow  # make test-full
 def test_export_of_a_loaded_and_an_unpickled_estimator(tmp_path):
     """An estimator loaded from its ``.keras`` file, or unpickled, exports the same step."""
     import pickle

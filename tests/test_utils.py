@@ -445,6 +445,7 @@ def test_estimator_states_resume_streaming_after_load_states():
         load_states(est, [s[:, :2] for s in saved])
 
 
+@pytest.mark.slow  # make test-full (two TensorFlow start-ups in subprocesses)
 def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level():
     """Issue 32: TensorFlow prints C++ lines while it loads, before its log honours
     ``TF_CPP_MIN_LOG_LEVEL``; imported through keraseq they follow the level (level 0: all of
