@@ -404,6 +404,11 @@ class Estimator(RegressorMixin, BaseEstimator):
         (attention, pooling over time, a backward RNN) is refused with an error naming the
         layer. Only rank 0 writes under MPI. See ``docs/guide/serving.md``."""
         fitted.check_fitted(self, "export")
+        if getattr(self, "_rows", False):
+            raise ValueError(
+                "export streams a sequence model step by step; this estimator was fitted on "
+                "tabular rows (N, F) for a model without a time axis, which has nothing to stream"
+            )
         export_lib.export(self._session, path, verbose)
 
     # ---------------------------------------------------------------------------- save / load

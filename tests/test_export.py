@@ -232,6 +232,10 @@ def test_export_refuses_what_cannot_stream(tmp_path):
     with pytest.raises(ValueError, match="'mean'"):
         est.export(tmp_path / "mean")
     assert not (tmp_path / "mean").exists()
+    rows = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    tabular = Estimator(rows, epochs=1, verbose=0).fit(x[:, 0], x[:, 0, :1])
+    with pytest.raises(ValueError, match="tabular rows"):
+        tabular.export(tmp_path / "rows")
 
 
 @pytest.mark.slow  # make test-full
