@@ -121,7 +121,8 @@ def run(opt_name, n, batch, jit="jit", mode="equal", sync_every=1, windows_per_c
         from keraseq import distributed
         from keraseq.backend import current
 
-        in_program = current().graph_allreduce(distributed.get_comm(comm)).xla is not None
+        path, _ = current().graph_allreduce(distributed.get_comm(comm)).path(True)
+        in_program = path.startswith("inside the XLA program")
         program_error = None if in_program else "mpi4jax unavailable: host-callback Allreduce"
     else:
         in_program, program_error = _mpi_xla._lib is not None, _mpi_xla._lib_error
