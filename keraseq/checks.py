@@ -42,6 +42,9 @@ __all__ = [
     "check_model_inputs",
     "check_outputs",
     "check_windows",
+    "mask_layers",
+    "backward_layers",
+    "masked_outputs_not_carried",
     "Layout",
     "input_specs",
     "output_layouts",
@@ -389,27 +392,18 @@ def check_windows(model, seq_len, t, masked) -> None:
     With masks, a custom cell's masked outputs cannot be carried across windows."""
     if seq_len is None or seq_len >= t:
         return
-    mask_layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
-    ]
+    masks = mask_layers(model)
     if not mask_reaches_rnn(model):
-        mask_layers = []  # dropped before the recurrent layers (Keras ignores it too)
-    if mask_layers and not masked and input_mask_rule(model) is None:
+        masks = []  # dropped before the recurrent layers (Keras ignores it too)
+    if masks and not masked and input_mask_rule(model) is None:
         raise ValueError(
-            f"layer {mask_layers[0].name!r} masks time steps, but keraseq reads which steps "
+            f"layer {masks[0].name!r} masks time steps, but keraseq reads which steps "
             f"are real only from a keras.layers.Masking layer applied directly to a model "
             f"input; with windows (seq_len={seq_len} < T={t}) pass `lengths` (or a list of "
             f"(T_i, F) arrays as `x`) so that each series' last real step is known"
         )
-    masked = masked or bool(mask_layers)
-    backward = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Bidirectional)
-        or (isinstance(layer, keras.layers.RNN) and layer.go_backwards)
-    ]
+    masked = masked or bool(masks)
+    backward = backward_layers(model)
     if backward:
         kind = (
             "Bidirectional"
@@ -430,13 +424,42 @@ def check_windows(model, seq_len, t, masked) -> None:
             UserWarning,
             stacklevel=4,
         )
-    for layer in find_rnn_layers(model):
-        if masked and not carries_masked_output(layer) and not layer.zero_output_for_mask:
-            raise ValueError(
-                f"layer {layer.name!r} has a {type(layer.cell).__name__} cell: keraseq "
-                f"carries the output of masked (padded) steps across windows only for "
-                f"SimpleRNN/GRU/LSTM cells; use seq_len=None for unequal lengths with it"
-            )
+    for layer in masked_outputs_not_carried(model) if masked else []:
+        raise ValueError(
+            f"layer {layer.name!r} has a {type(layer.cell).__name__} cell: keraseq "
+            f"carries the output of masked (padded) steps across windows only for "
+            f"SimpleRNN/GRU/LSTM cells; use seq_len=None for unequal lengths with it"
+        )
+
+
+def mask_layers(model) -> list:
+    """The layers of ``model`` that make a mask: ``Masking``, ``mask_zero`` embeddings."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
+    ]
+
+
+def backward_layers(model) -> list:
+    """The layers of ``model`` that run backwards in time (``Bidirectional``, an RNN with
+    ``go_backwards=True``): no state carried from earlier steps can continue them."""
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Bidirectional)
+        or (isinstance(layer, keras.layers.RNN) and layer.go_backwards)
+    ]
+
+
+def masked_outputs_not_carried(model) -> list:
+    """The recurrent layers whose masked outputs keraseq cannot carry to the next call (a
+    custom cell that repeats its last output at a masked step)."""
+    return [
+        layer
+        for layer in find_rnn_layers(model)
+        if not carries_masked_output(layer) and not layer.zero_output_for_mask
+    ]
 
 
 #: Layers that mix time steps and that keraseq does not carry across windows.

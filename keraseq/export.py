@@ -50,10 +50,16 @@ import numpy as np
 from keras import tree
 
 from .backend import name as _backend_name
-from .checks import input_specs, window_bound_layers
+from .checks import (
+    backward_layers,
+    input_specs,
+    mask_layers,
+    masked_outputs_not_carried,
+    window_bound_layers,
+)
 from .inputs import as_model_input
 from .session import Session, output_names
-from .windows import StateCarry, carries_masked_output, find_rnn_layers
+from .windows import StateCarry
 
 __all__ = ["export", "check_streamable", "StreamSignature"]
 
@@ -77,26 +83,17 @@ def check_streamable(model) -> None:
             f"stream served in pieces would not continue the series (only recurrent layers, "
             f"causal Conv1D and layers that act on each step alone can stream)"
         )
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        backward = isinstance(layer, keras.layers.Bidirectional) or (
-            isinstance(layer, keras.layers.RNN) and layer.go_backwards
+    for layer in backward_layers(model):
+        raise ValueError(
+            f"cannot export a streaming step: layer {layer.name!r} "
+            f"({type(layer).__name__}) runs backwards in time, which a stream cannot do"
         )
-        if backward:
-            raise ValueError(
-                f"cannot export a streaming step: layer {layer.name!r} "
-                f"({type(layer).__name__}) runs backwards in time, which a stream cannot do"
-            )
-    masked = any(
-        isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-    )
-    for layer in find_rnn_layers(model):
-        if masked and not carries_masked_output(layer) and not layer.zero_output_for_mask:
-            raise ValueError(
-                f"cannot export a streaming step: layer {layer.name!r} has a "
-                f"{type(layer.cell).__name__} cell behind a mask; keraseq carries the output "
-                f"of masked steps across calls only for SimpleRNN/GRU/LSTM cells"
-            )
+    for layer in masked_outputs_not_carried(model) if mask_layers(model) else []:
+        raise ValueError(
+            f"cannot export a streaming step: layer {layer.name!r} has a "
+            f"{type(layer.cell).__name__} cell behind a mask; keraseq carries the output "
+            f"of masked steps across calls only for SimpleRNN/GRU/LSTM cells"
+        )
 
 
 def _key(name: str, taken: set) -> str:
