@@ -77,3 +77,22 @@ def data():
     x = rng.normal(size=(24, 25, 3)).astype("float32")
     y = np.cumsum(x[..., :1], axis=1) / 5.0
     return x, y.astype("float32")
+
+
+def stateful_reference(model_fn, x, y, batch, seq_len, optimizer, loss, weights, epochs=1):
+    """Keras's own truncated BPTT: a stateful copy trained window by window with
+    ``train_on_batch``, its states reset at each minibatch, for ``epochs`` passes in order."""
+    ref = model_fn(batch)
+    ref.set_weights(weights)
+    ref.compile(optimizer=optimizer, loss=loss)
+    for _epoch in range(epochs):
+        for lo in range(0, len(x), batch):
+            for layer in ref.layers:
+                if getattr(layer, "stateful", False):
+                    layer.reset_states()
+            for start in range(0, x.shape[1], seq_len):
+                ref.train_on_batch(
+                    x[lo : lo + batch, start : start + seq_len],
+                    y[lo : lo + batch, start : start + seq_len],
+                )
+    return ref

@@ -16,7 +16,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import split_between_backends
+from conftest import split_between_backends, stateful_reference
 
 from keraseq import Classifier, Estimator
 
@@ -84,24 +84,6 @@ def twin(model):
 def assert_weights_close(a, b, atol=1e-5):
     for u, v in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(u, v, rtol=0, atol=atol)
-
-
-def stateful_reference(model_fn, x, y, batch, seq_len, optimizer, loss, weights):
-    """Keras's own truncated BPTT: a stateful copy trained window by window with
-    ``train_on_batch``, its states reset at each minibatch."""
-    ref = model_fn(batch)
-    ref.set_weights(weights)
-    ref.compile(optimizer=optimizer, loss=loss)
-    for lo in range(0, len(x), batch):
-        for layer in ref.layers:
-            if getattr(layer, "stateful", False):
-                layer.reset_states()
-        for start in range(0, x.shape[1], seq_len):
-            ref.train_on_batch(
-                x[lo : lo + batch, start : start + seq_len],
-                y[lo : lo + batch, start : start + seq_len],
-            )
-    return ref
 
 
 # ------------------------------------------------------------------------------ token ids

@@ -11,7 +11,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import split_between_backends
+from conftest import split_between_backends, stateful_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -169,19 +169,9 @@ def test_windowed_fit_on_padded_series_equals_keras_stateful_train_on_batch(cell
         layers += [CELLS[cell](4, return_sequences=True, stateful=True) for _ in range(2)]
         return keras.Sequential([*layers, keras.layers.Dense(2)])
 
-    reference = stateful(batch)
-    reference.set_weights(model.get_weights())
-    reference.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
-    for _epoch in range(2):
-        for lo in range(0, len(x), batch):
-            for layer in reference.layers:
-                if getattr(layer, "stateful", False):
-                    layer.reset_states()
-            for start in range(0, x.shape[1], seq_len):
-                reference.train_on_batch(
-                    x[lo : lo + batch, start : start + seq_len],
-                    y[lo : lo + batch, start : start + seq_len],
-                )
+    reference = stateful_reference(
+        stateful, x, y, batch, seq_len, keras.optimizers.SGD(0.1), "mse", model.get_weights(), 2
+    )
     est = Estimator(
         model,
         "mse",
