@@ -96,3 +96,17 @@ def stateful_reference(model_fn, x, y, batch, seq_len, optimizer, loss, weights,
                     y[lo : lo + batch, start : start + seq_len],
                 )
     return ref
+
+
+def mpi_env(**extra):
+    """The environment of a test's ``mpirun`` (and of its single-process runs): Open MPI as
+    root, more ranks than cores allowed, TensorFlow quiet, output unbuffered."""
+    return dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )

@@ -7,7 +7,6 @@ with K ranks. Shell blocks (installs, ``make``) are not run here. In make test-f
 minutes: the language-model page trains three epochs on 640,000 characters).
 """
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import mpi_env
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
@@ -28,18 +28,8 @@ def blocks(page: Path) -> list[tuple[int | None, str]]:
     return [(int(k) if k else None, code) for k, code in BLOCK.findall(page.read_text())]
 
 
-def _env():
-    return dict(
-        os.environ,
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-        TF_CPP_MIN_LOG_LEVEL="3",
-    )
-
-
 def _run(cmd, cwd, what):
-    done = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=cwd, env=mpi_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{what} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done.stdout
 

