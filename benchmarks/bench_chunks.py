@@ -11,7 +11,7 @@ run interleaved, in alternating order, in one process, on the backend Keras runs
 
 Prints, per workload: steady s/epoch of one call per minibatch and of the chunks, the ratio
 chunked / one call (target <= 1.02), and the measured seconds per window next to the estimate
-``"auto"`` sizes its calls with (``keraseq.trainer.auto_windows``).
+``"auto"`` sizes its calls with (``keraseq.calls.auto_windows``).
 
     python benchmarks/bench_chunks.py [--rounds 3] [--epochs 3]
         [--sizes seed,realistic,seed-long,realistic-long]
@@ -27,7 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from keraseq import Estimator, trainer
+from keraseq import Estimator
+from keraseq import calls as keraseq_calls
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from epoch_timer import EpochTimer
@@ -97,13 +98,15 @@ def main():
         windows_per_minibatch = -(-t // window)
         label = chunk
         if chunk == "auto":
-            per_call = trainer.auto_windows(min(batch, n) * window * est.model_.count_params())
+            per_call = keraseq_calls.auto_windows(
+                min(batch, n) * window * est.model_.count_params()
+            )
             calls = -(-windows_per_minibatch // per_call)
             label = f"auto: {calls} calls of {-(-windows_per_minibatch // calls)} windows"
         med = statistics.median(times[chunk]) / statistics.median(times[ONE_CALL])
         windows = -(-n // batch) * windows_per_minibatch
         work = min(batch, n) * window * est.model_.count_params()
-        estimate = trainer.WINDOW_SECONDS + work / trainer.WORK_PER_SECOND
+        estimate = keraseq_calls.WINDOW_SECONDS + work / keraseq_calls.WORK_PER_SECOND
         print(
             f"{size}: LSTM({units}), F={features}, T={t}, batch {batch}, window {window}, "
             f"N={n}: {windows_per_minibatch} windows per minibatch, chunks of {label}"
@@ -116,7 +119,7 @@ def main():
         print(
             f"  seconds per window: measured {one / windows * 1e3:.3f} ms, auto's estimate "
             f"{estimate * 1e3:.3f} ms (work {work / 1e6:.2f} M) -> auto calls of "
-            f"{trainer.auto_windows(work)} windows"
+            f"{keraseq_calls.auto_windows(work)} windows"
         )
 
 

@@ -26,8 +26,8 @@ import keras
 import numpy as np
 
 from keraseq import Estimator
-from keraseq.batches import minibatch_plan
 from keraseq.lengths import grouped_plan, windows_needed
+from keraseq.readers import minibatch_plan
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from epoch_timer import EpochTimer

@@ -84,7 +84,8 @@ def data_meta(x, y) -> dict[str, Any]:
     """What a builder may ask about ``x`` and ``y`` (see the module docstring); for a
     dataset of batches, the widths of its first batch (no ``X_shape_``/``y_shape_``); none for
     a generator or iterator (reading its first batch would take it from ``fit``)."""
-    from .batches import BatchSource, dataset_batch, is_pipeline
+    from .inputs import is_pipeline
+    from .readers.pipelines import BatchSource, dataset_batch
 
     if y is None and is_pipeline(x):
         if hasattr(x, "__next__"):  # a generator or iterator: reading it would consume it

@@ -5,7 +5,7 @@ optimizer state and the epoch reached, all in ONE file) is written to a temporar
 to disk and renamed over the previous one, so a process killed at any moment leaves either the
 old or the new backup, never a torn one. Keras's own callback writes its weights file in place
 (a kill mid-write leaves a file the restart cannot open) and its epoch in a second file.
-What does not: the resume logic of ``fit`` (``trainer.py``: the restored epoch and state are
+What does not: the resume logic of ``fit`` (``epochs.py``: the restored epoch and state are
 broadcast from rank 0 under MPI).
 """
 

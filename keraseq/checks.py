@@ -2,13 +2,15 @@
 
 What lives here: ``x``/``y``/``sample_weight`` as tuples of arrays with one N and T
 (:func:`check_xy`), read as the model's input specs and output layouts say (token ids
-``(N, T)``, any step shape, targets per step or per series, sparse labels:
-:func:`output_layouts`), the model's inputs and outputs against them, the refusals and warnings
-for layers that windows would silently change (:func:`check_windows`), dict inputs by name
-(:func:`keyed`), ragged lists padded with their lengths (:func:`unragged`), and the whole
-validation of a ``fit`` call (:func:`check_fit`), agreed by every MPI rank. Every error is a
-``ValueError``/``TypeError`` naming the argument and the expected shape.
-What does not: hyper-parameters (``estimator.py``), training (``trainer.py``).
+``(N, T)``, any step shape, targets per step or per series, sparse labels), the model's inputs
+and outputs against them, the refusals and warnings for layers that windows would silently
+change (:func:`check_windows`), and the whole check of a ``fit`` call's data
+(:func:`check_fit`), agreed by every MPI rank. Every error is a ``ValueError``/``TypeError``
+naming the argument and the expected shape.
+What does not: what the model says (``model_facts.py``), transforms of the data (dicts by
+name and the validation split: ``inputs.py``; ragged lists: ``lengths.py``), the checks of
+one hyper-parameter or one array (``hyperparams.py``, ``validation.py``), training
+(``trainer.py``).
 
 Example:
     >>> import numpy as np
@@ -20,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -28,13 +29,24 @@ import keras
 import numpy as np
 
 from . import distributed as dist
-from .inputs import SliceTuple, as_model_input, expand_last, split_rows
-from .lengths import check_lengths, input_mask_rule, is_ragged, mask_reaches_rnn, pad_ragged
+from .inputs import expand_last
+from .lengths import check_lengths, input_mask_rule, mask_reaches_rnn, unragged
 from .losses import is_window_loss
+from .model_facts import (
+    Layout,
+    backward_layers,
+    input_specs,
+    is_int_dtype,
+    mask_layers,
+    masked_outputs_not_carried,
+    output_layouts,
+    step_rank,
+    window_bound_layers,
+    x_layout,
+)
 from .ranges import Ranges, check_ranges, model_ranges
 from .resets import check_model_for_resets, check_resets, ragged_resets
 from .validation import as_arrays, check_finite
-from .windows import carries_masked_output, find_causal_convs, find_rnn_layers
 
 __all__ = [
     "check_x",
@@ -42,19 +54,8 @@ __all__ = [
     "check_model_inputs",
     "check_outputs",
     "check_windows",
-    "mask_layers",
-    "backward_layers",
-    "masked_outputs_not_carried",
-    "Layout",
-    "input_specs",
-    "output_layouts",
     "per_series_targets",
-    "x_layout",
     "step_features",
-    "step_rank",
-    "window_bound_layers",
-    "keyed",
-    "unragged",
     "check_fit",
     "FitData",
 ]
@@ -65,74 +66,6 @@ _X_WHAT = (
     "non-sequence data"
 )
 _Y_WHAT = "targets per time step (N, T, F_out) or per series (N, F_out), sharing N and T with `x`"
-
-
-class Layout(NamedTuple):
-    """How one model output is laid out, read from the model's output spec."""
-
-    per_step: bool  #: the output has a time axis (batch, time, ...)
-    shape: tuple  #: what one element holds: after (batch, time) per step, after batch else
-
-
-def input_specs(model) -> list | None:
-    """The model's symbolic inputs (``keras.Input``), or ``None`` when it has none (a
-    subclassed model that was never built)."""
-    try:
-        inputs = list(getattr(model, "inputs", None) or [])
-    except (AttributeError, ValueError):
-        return None
-    return inputs or None
-
-
-def output_layouts(model, xs) -> list[Layout] | None:
-    """Per output of ``model``, whether it has a time axis, decided as Keras shapes it: the
-    output specs for windows of 2 and of 3 steps (``model.compute_output_spec``); an axis 1
-    that follows the window length is the time axis. ``None`` when the model cannot be
-    traced symbolically (then the rank of ``y`` decides, as before)."""
-    specs = input_specs(model)
-    if specs is not None and len(specs) != len(xs):
-        return None
-
-    def spec_at(t):
-        args = []
-        for k, a in enumerate(xs):
-            batch = specs[k].shape[0] if specs else None
-            dtype = specs[k].dtype if specs else ("float32" if a.dtype.kind == "f" else "int32")
-            args.append(
-                keras.KerasTensor((batch, t) + tuple(int(d) for d in a.shape[2:]), dtype=dtype)
-            )
-        out = model.compute_output_spec(as_model_input(model, args))
-        return [tuple(o.shape) for o in keras.tree.flatten(out)]
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            two, three = spec_at(2), spec_at(3)
-    except Exception:
-        return None
-    layouts = []
-    for a, b in zip(two, three):
-        per_step = len(a) >= 2 and a[1] == 2 and b[1] == 3
-        layouts.append(Layout(per_step, tuple(a[2:] if per_step else a[1:])))
-    return layouts
-
-
-def _is_int(dtype) -> bool:
-    try:
-        return np.dtype(keras.backend.standardize_dtype(dtype)).kind in "iub"
-    except (TypeError, ValueError):
-        return False
-
-
-def x_layout(shape, dtype=None) -> str:
-    """The layout of ``x`` a model input of ``shape`` (batch, time, *step) takes."""
-    step = tuple(shape[2:])
-    if not step:
-        return "(N, T) integer token ids" if dtype is not None and _is_int(dtype) else "(N, T)"
-    dims = ", ".join("?" if d is None else str(d) for d in step)
-    if len(step) == 1:
-        return f"(N, T, F) = (N, T, {dims})"
-    return f"(N, T, {dims}) (N, T, *step_shape)"
 
 
 def check_x(x, specs=None) -> tuple[tuple, int, int]:
@@ -342,7 +275,7 @@ def check_model_inputs(model, xs, specs=None):
                 f"{tuple(a.shape)}) but the model's input {k} takes "
                 f"{tuple(shape[2:])} per step: expected {layout}"
             )
-        if _is_int(spec.dtype) and a.dtype.kind == "f":
+        if is_int_dtype(spec.dtype) and a.dtype.kind == "f":
             raise TypeError(
                 f"`{label}` has dtype {a.dtype} but the model's input {k} takes "
                 f"integers ({spec.dtype}, e.g. token ids for an Embedding): "
@@ -432,162 +365,9 @@ def check_windows(model, seq_len, t, masked) -> None:
         )
 
 
-def mask_layers(model) -> list:
-    """The layers of ``model`` that make a mask: ``Masking``, ``mask_zero`` embeddings."""
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False)
-    ]
-
-
-def backward_layers(model) -> list:
-    """The layers of ``model`` that run backwards in time (``Bidirectional``, an RNN with
-    ``go_backwards=True``): no state carried from earlier steps can continue them."""
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Bidirectional)
-        or (isinstance(layer, keras.layers.RNN) and layer.go_backwards)
-    ]
-
-
-def masked_outputs_not_carried(model) -> list:
-    """The recurrent layers whose masked outputs keraseq cannot carry to the next call (a
-    custom cell that repeats its last output at a masked step)."""
-    return [
-        layer
-        for layer in find_rnn_layers(model)
-        if not carries_masked_output(layer) and not layer.zero_output_for_mask
-    ]
-
-
-#: Layers that mix time steps and that keraseq does not carry across windows.
-_WINDOW_BOUND = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "MultiHeadAttention",
-        "GroupQueryAttention",
-        "Attention",
-        "AdditiveAttention",
-        "GlobalAveragePooling1D",
-        "GlobalMaxPooling1D",
-        "AveragePooling1D",
-        "MaxPooling1D",
-        "Flatten",
-    )
-    if hasattr(keras.layers, name)
-)
-
-
-def window_bound_layers(model) -> list:
-    """Layers whose output at a step depends on other steps of the window only (not carried):
-    attention, pooling over time, non-causal or strided convolutions."""
-    carried = find_causal_convs(model)
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, _WINDOW_BOUND) or (
-            isinstance(layer, keras.layers.Conv1D)
-            and layer not in carried
-            and (layer.kernel_size[0] > 1 or layer.strides[0] > 1)
-        ):
-            found.append(layer)
-    return found
-
-
-def keyed(value, model, name):
-    """A dict keyed by the model's input (``x``) or output (``y``) names as a tuple in the
-    model's order; anything else unchanged."""
-    if not isinstance(value, dict):
-        return value
-    if name == "x":
-        names = [getattr(t, "name", None) for t in (getattr(model, "inputs", None) or [])]
-    else:
-        names = list(getattr(model, "output_names", None) or [])
-    if not names or None in names:
-        raise TypeError(
-            f"`{name}` is a dict but the model's {'inputs' if name == 'x' else 'outputs'}"
-            f" have no names; pass a tuple in the model's order"
-        )
-    missing = [k for k in names if k not in value]
-    unknown = [k for k in value if k not in names]
-    if missing or unknown:
-        raise ValueError(
-            f"`{name}` is a dict with keys {sorted(value)}; the model's "
-            f"{'inputs' if name == 'x' else 'outputs'} are {names}"
-            + (f" (missing {missing})" if missing else "")
-            + (f" (unknown {unknown})" if unknown else "")
-        )
-    return tuple(value[k] for k in names)
-
-
 def step_features(a) -> int:
     """``n_features_in_`` of ``x``: the size of its last axis, 1 for token ids (N, T)."""
     return int(a.shape[-1]) if a.ndim > 2 else 1
-
-
-def step_rank(model) -> int | None:
-    """The rank of one series ``(T_i, *step_shape)`` of a one-input model (``None`` when
-    unknown or several inputs): a list of such arrays is a ragged ``x``."""
-    specs = input_specs(model)
-    return len(specs[0].shape) - 1 if specs is not None and len(specs) == 1 else None
-
-
-def unragged(x, y, sample_weight, lengths, series_rank=None):
-    """Ragged inputs (lists of per-series arrays) padded at the end; the lengths they give.
-
-    ``series_rank`` (:func:`step_rank`): the rank of one series of the model's input, so that
-    a list of ``(T_i, W, C)`` series (``ConvLSTM1D``) is told from a tuple of inputs.
-    Returns ``(x, y, sample_weight, lengths)``; arrays pass through untouched."""
-    if is_ragged(x, series_rank):
-        if lengths is not None:
-            raise ValueError(
-                "`lengths` is given by the ragged `x` (a list of (T_i, F) "
-                "arrays); pass padded `x` with `lengths`, or the list alone"
-            )
-        x, lengths = pad_ragged(
-            x, "x", np.float32 if all(np.asarray(s).dtype.kind == "f" for s in x) else None
-        )
-        if x.ndim == 2 and x.dtype.kind == "f":
-            raise ValueError(
-                "`x` is a list of series of shape (T_i,); expected (T_i, F) "
-                "arrays (use a[:, None] for one feature)"
-            )
-    for name, value in (("y", y), ("sample_weight", sample_weight)):
-        if value is None or not is_ragged(value):
-            continue
-        if lengths is None and len({len(v) for v in value}) == 1:
-            continue  # a list of equal rows: an ordinary array
-        if lengths is None:
-            raise ValueError(
-                f"`{name}` is a list of per-step series but `x` is not; pass a "
-                f"list of (T_i, F) arrays as `x` too (or padded arrays and "
-                f"`lengths`)"
-            )
-        padded, got = pad_ragged(value, name, np.float32 if name == "sample_weight" else None)
-        wrong = (
-            np.flatnonzero(got != np.asarray(lengths)[: len(got)])
-            if len(got) == len(lengths)
-            else [min(len(got), len(lengths)) - 1]
-        )
-        if len(got) != len(lengths) or len(wrong):
-            k = int(wrong[0])
-            raise ValueError(
-                f"`{name}[{k}]` has {got[k] if k < len(got) else 'no'} time steps "
-                f"but `x[{k}]` has {lengths[k] if k < len(lengths) else 'none'}; "
-                f"per-step series must match `x` in length"
-            )
-        if padded.shape[1] < int(np.max(lengths)):
-            padded = np.pad(
-                padded,
-                [(0, 0), (0, int(np.max(lengths)) - padded.shape[1])]
-                + [(0, 0)] * (padded.ndim - 2),
-            )
-        if name == "y":
-            y = padded
-        else:
-            sample_weight = padded
-    return x, y, sample_weight, lengths
 
 
 class FitData(NamedTuple):
@@ -602,33 +382,6 @@ class FitData(NamedTuple):
     lengths: np.ndarray | None  #: real steps per series, or None
     ranges: Ranges = Ranges()  #: the model's token-id and sparse-label bounds
     resets: Any = None  #: (N, T) booleans: where each series' states restart, or None
-
-
-def split_validation(x, y, sample_weight, lengths, split, validation_data, resets=None):
-    """``validation_split`` as ``model.fit``: the last fraction of the series is held out
-    (lazily for out-of-core arrays). Returns ``(x, y, sample_weight, lengths,
-    validation_data, resets)``."""
-    if not split:
-        return x, y, sample_weight, lengths, validation_data, resets
-    if not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
-        raise ValueError(f"`validation_split` must be a fraction in [0, 1), got {split!r}")
-    if validation_data is not None:
-        raise ValueError("pass `validation_data` or `validation_split`, not both")
-    n = (
-        len(x)
-        if isinstance(x, SliceTuple)
-        else int(np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0])
-    )
-    at = math.floor(n * (1.0 - split))  # Keras's rule: the last rows
-    if at < 1 or at >= n:
-        raise ValueError(
-            f"`validation_split={split}` leaves {at} of {n} series for "
-            f"training; it needs at least one series on each side"
-        )
-    (x, vx), (y, vy), (sample_weight, vw), (lengths, vl), (resets, vr) = (
-        split_rows(v, at) for v in (x, y, sample_weight, lengths, resets)
-    )
-    return x, y, sample_weight, lengths, (vx, vy, vw, vl, vr), resets
 
 
 def check_fit(

@@ -50,14 +50,14 @@ import numpy as np
 from keras import tree
 
 from .backend import name as _backend_name
-from .checks import (
+from .inputs import as_model_input
+from .model_facts import (
     backward_layers,
     input_specs,
     mask_layers,
     masked_outputs_not_carried,
     window_bound_layers,
 )
-from .inputs import as_model_input
 from .session import Session, output_names
 from .windows import StateCarry
 

@@ -3,8 +3,9 @@
 What lives here: prediction minibatch by minibatch over the rows of this rank (windows in one
 compiled call per minibatch, the state carried), writing into arrays, memmaps or HDF5
 datasets, continuing from given states (``predict(..., reset=False)``), and R² computed in
-one streaming pass. Collective under MPI. What does not: training (``trainer.py``), the
-scikit-learn face (``estimator.py``), the window loops (``backend/``).
+one streaming pass. Collective under MPI. What does not: training (``trainer.py``,
+``epochs.py``), the scikit-learn face (``estimator.py``), reading the rows (``readers/``), the
+window loops (``backend/``).
 
 Example (normally reached through ``Estimator.predict``/``score``):
     >>> import keras, numpy as np
@@ -19,35 +20,26 @@ Example (normally reached through ``Estimator.predict``/``score``):
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
-from .batches import (
-    BatchSource,
-    MinibatchReader,
-    minibatch_plan,
-    pad_rows,
-    predict_batch_size,
-    x_dtype,
-)
-from .checks import (
-    check_windows,
-    check_x,
-    check_xy,
-    input_specs,
-    keyed,
-    output_layouts,
-    step_features,
-    step_rank,
+from .checks import check_windows, check_x, check_xy, step_features
+from .inputs import keyed
+from .lengths import (
+    check_lengths,
+    input_mask_rule,
+    is_ragged,
+    real_steps,
+    time_mask,
+    unpad,
     unragged,
 )
-from .lengths import check_lengths, input_mask_rule, is_ragged, real_steps, time_mask, unpad
+from .model_facts import Layout, input_specs, output_layouts, step_rank
 from .model_selection import whole
 from .ranges import check_ranges, model_ranges
+from .readers import ArrayReader, BatchSource, pad_rows, predict_batch_size, x_dtype
 from .resets import check_model_for_resets, check_resets, ragged_resets
 from .selfcheck import window_check
 from .session import Session
@@ -94,8 +86,6 @@ def _layouts(session: Session, x):
     xs = check_x(x, input_specs(session.model))[0]
     layouts = output_layouts(session.model, xs)
     if layouts is None:
-        from .checks import Layout
-
         layouts = [
             Layout(not session.per_series, tuple(shape) if session.per_series else tuple(shape[1:]))
             for shape in session.out_shapes
@@ -113,21 +103,20 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None, resets=None)
     """
     comm, backend = session.comm, _backend()
     batch = min(batch, max(1, hi - lo))
-    n_steps = dist.max_over_ranks(math.ceil((hi - lo) / batch), comm)
-    plan = minibatch_plan(lo, hi, batch, n_steps, False, None)
     rule = input_mask_rule(session.model)
-    reader = MinibatchReader(
+    reader = ArrayReader(
         [
             xs,
             (lengths,) if lengths is not None else None,
             (resets,) if resets is not None else None,
         ],
-        plan,
-        batch,
         [x_dtype(xs, session.model), np.int64, np.bool_],
-        fallback_row=lo if hi > lo else 0,
+        batch,
+        comm,
+        rows=(lo, hi),
     )
-    for index, ((bx, bl, br), _, n_real) in zip(plan, reader):
+    for minibatch in reader.epoch():
+        (bx, bl, br), index, n_real = minibatch.arrays, minibatch.rows, minibatch.n_real
         h0 = None
         if h_all is not None:
             rows = index if n_real else np.array([0])

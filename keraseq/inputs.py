@@ -2,15 +2,17 @@
 
 What lives here: the container that lets ``GridSearchCV``, ``cross_val_score`` and friends
 split a multi-input ``x`` (or multi-output ``y``) by series, as skorch's ``SliceDict`` does
-for dicts; :class:`RowRange` and :func:`split_rows` (``validation_split`` without reading
-out-of-core data); :func:`from_channels_first` for sktime's and aeon's ``(N, channels, T)``;
-what kind of source an input is (:func:`is_pipeline`: ready minibatches, not arrays) and the
-structure the model takes its arrays in (:func:`as_model_input`).
+for dicts; :class:`RowRange`, :func:`split_rows` and :func:`split_validation`
+(``validation_split`` without reading out-of-core data); :func:`from_channels_first` for
+sktime's and aeon's ``(N, channels, T)``; what kind of source an input is (:func:`is_pipeline`:
+ready minibatches, not arrays) and the structure the model takes its arrays in (:func:`keyed`:
+dicts by the model's names, :func:`as_model_input`).
 What does not: validation of the arrays (``validation.py``), ragged series (``lengths.py``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +25,8 @@ __all__ = [
     "ExpandLast",
     "expand_last",
     "split_rows",
+    "split_validation",
+    "keyed",
     "from_channels_first",
     "is_pipeline",
     "as_model_input",
@@ -186,6 +190,33 @@ def split_rows(value: Any, at: int) -> tuple[Any, Any]:
     return value[:at], value[at:]
 
 
+def split_validation(x, y, sample_weight, lengths, split, validation_data, resets=None):
+    """``validation_split`` as ``model.fit``: the last fraction of the series is held out
+    (lazily for out-of-core arrays). Returns ``(x, y, sample_weight, lengths,
+    validation_data, resets)``."""
+    if not split:
+        return x, y, sample_weight, lengths, validation_data, resets
+    if not isinstance(split, (int, float)) or not 0.0 <= split < 1.0:
+        raise ValueError(f"`validation_split` must be a fraction in [0, 1), got {split!r}")
+    if validation_data is not None:
+        raise ValueError("pass `validation_data` or `validation_split`, not both")
+    n = (
+        len(x)
+        if isinstance(x, SliceTuple)
+        else int(np.shape(x[0] if isinstance(x, (tuple, list)) else x)[0])
+    )
+    at = math.floor(n * (1.0 - split))  # Keras's rule: the last rows
+    if at < 1 or at >= n:
+        raise ValueError(
+            f"`validation_split={split}` leaves {at} of {n} series for "
+            f"training; it needs at least one series on each side"
+        )
+    (x, vx), (y, vy), (sample_weight, vw), (lengths, vl), (resets, vr) = (
+        split_rows(v, at) for v in (x, y, sample_weight, lengths, resets)
+    )
+    return x, y, sample_weight, lengths, (vx, vy, vw, vl, vr), resets
+
+
 def from_channels_first(x: Any) -> Any:
     """Series in sktime's / aeon's layout ``(N, channels, T)`` — or a list of ``(channels,
     T_i)`` arrays for unequal lengths — as keraseq's ``(N, T, channels)`` (a list of
@@ -248,3 +279,29 @@ def is_pipeline(value) -> bool:
     if isinstance(value, SliceTuple):
         return False
     return hasattr(value, "__next__") or hasattr(value, "__iter__")
+
+
+def keyed(value, model, name):
+    """A dict keyed by the model's input (``x``) or output (``y``) names as a tuple in the
+    model's order; anything else unchanged."""
+    if not isinstance(value, dict):
+        return value
+    if name == "x":
+        names = [getattr(t, "name", None) for t in (getattr(model, "inputs", None) or [])]
+    else:
+        names = list(getattr(model, "output_names", None) or [])
+    if not names or None in names:
+        raise TypeError(
+            f"`{name}` is a dict but the model's {'inputs' if name == 'x' else 'outputs'}"
+            f" have no names; pass a tuple in the model's order"
+        )
+    missing = [k for k in names if k not in value]
+    unknown = [k for k in value if k not in names]
+    if missing or unknown:
+        raise ValueError(
+            f"`{name}` is a dict with keys {sorted(value)}; the model's "
+            f"{'inputs' if name == 'x' else 'outputs'} are {names}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unknown {unknown})" if unknown else "")
+        )
+    return tuple(value[k] for k in names)

@@ -1,7 +1,8 @@
 """Unequal-length series: ragged input, lengths, time masks and length-grouped minibatches.
 
 What lives here: turning a list of ``(T_i, F)`` arrays into a padded ``(N, T, F)`` array and
-its lengths (:func:`pad_ragged`, :func:`unpad`), reading which time steps are real from the
+its lengths (:func:`pad_ragged`, :func:`unpad`; :func:`unragged` for ``x``, ``y`` and
+``sample_weight`` together), reading which time steps are real from the
 model's own input ``Masking`` layer or ``Embedding(mask_zero=True)``
 (:func:`input_mask_rule`), the per-minibatch time mask and the number of windows it needs
 (:func:`time_mask`, :func:`windows_needed`), and the length-grouped minibatch plan
@@ -36,6 +37,7 @@ __all__ = [
     "is_ragged",
     "pad_ragged",
     "unpad",
+    "unragged",
     "check_lengths",
     "input_mask_rule",
     "input_readers",
@@ -105,6 +107,64 @@ def pad_ragged(seqs: Sequence, name: str, dtype=None) -> tuple[np.ndarray, np.nd
 def unpad(padded: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
     """The inverse of :func:`pad_ragged`: each series cut back to its length."""
     return [padded[k, : int(n)] for k, n in enumerate(lengths)]
+
+
+def unragged(x, y, sample_weight, lengths, series_rank=None):
+    """Ragged inputs (lists of per-series arrays) padded at the end; the lengths they give.
+
+    ``series_rank`` (``model_facts.step_rank``): the rank of one series of the model's
+    input, so that a list of ``(T_i, W, C)`` series (``ConvLSTM1D``) is told from a tuple of
+    inputs.
+    Returns ``(x, y, sample_weight, lengths)``; arrays pass through untouched."""
+    if is_ragged(x, series_rank):
+        if lengths is not None:
+            raise ValueError(
+                "`lengths` is given by the ragged `x` (a list of (T_i, F) "
+                "arrays); pass padded `x` with `lengths`, or the list alone"
+            )
+        x, lengths = pad_ragged(
+            x, "x", np.float32 if all(np.asarray(s).dtype.kind == "f" for s in x) else None
+        )
+        if x.ndim == 2 and x.dtype.kind == "f":
+            raise ValueError(
+                "`x` is a list of series of shape (T_i,); expected (T_i, F) "
+                "arrays (use a[:, None] for one feature)"
+            )
+    for name, value in (("y", y), ("sample_weight", sample_weight)):
+        if value is None or not is_ragged(value):
+            continue
+        if lengths is None and len({len(v) for v in value}) == 1:
+            continue  # a list of equal rows: an ordinary array
+        if lengths is None:
+            raise ValueError(
+                f"`{name}` is a list of per-step series but `x` is not; pass a "
+                f"list of (T_i, F) arrays as `x` too (or padded arrays and "
+                f"`lengths`)"
+            )
+        padded, got = pad_ragged(value, name, np.float32 if name == "sample_weight" else None)
+        wrong = (
+            np.flatnonzero(got != np.asarray(lengths)[: len(got)])
+            if len(got) == len(lengths)
+            else [min(len(got), len(lengths)) - 1]
+        )
+        if len(got) != len(lengths) or len(wrong):
+            k = int(wrong[0])
+            raise ValueError(
+                f"`{name}[{k}]` has {got[k] if k < len(got) else 'no'} time steps "
+                f"but `x[{k}]` has {lengths[k] if k < len(lengths) else 'none'}; "
+                f"per-step series must match `x` in length"
+            )
+        if padded.shape[1] < int(np.max(lengths)):
+            padded = np.pad(
+                padded,
+                [(0, 0), (0, int(np.max(lengths)) - padded.shape[1])]
+                + [(0, 0)] * (padded.ndim - 2),
+            )
+        if name == "y":
+            y = padded
+        else:
+            sample_weight = padded
+    return x, y, sample_weight, lengths
 
 
 def check_lengths(lengths: Any, n: int, t: int, name: str = "lengths") -> np.ndarray:
@@ -315,7 +375,7 @@ def grouped_plan(
     longest series down, so a short remainder holds the shortest (padded rows cost a
     minibatch's full length). Rows are visited once each;
     ``n_steps`` minibatches are returned (empty ones at the end, as
-    :func:`keraseq.batches.minibatch_plan`), each sorted.
+    :func:`keraseq.readers.minibatch_plan`), each sorted.
     """
     rows = np.arange(lo, hi)
     lengths = np.asarray(lengths)

@@ -8,7 +8,7 @@ crosses a reset: warned) and :func:`document_starts`, the resets of documents la
 
 What does not live here: how a reset is applied (``windows.py`` and ``fused.py``, inside the
 compiled window loop, from the time marks of :func:`keraseq.lengths.time_mask`), how the rows
-are read (``batches.py``).
+are read (``readers/``).
 
 Example:
     >>> import numpy as np

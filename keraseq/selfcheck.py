@@ -2,7 +2,7 @@
 
 keraseq carries what crosses a window border for the layers it knows (recurrent states, the
 left context of causal convolutions) and warns about the ones it knows it cannot carry
-(attention, pooling over time, non-causal convolutions: ``checks.window_bound_layers``). Any
+(attention, pooling over time, non-causal convolutions: ``model_facts.window_bound_layers``). Any
 other layer that mixes time steps, a ``Lambda(cumsum)`` or a custom layer that subtracts the
 series mean, would train and predict silently differently with windows. No list of classes
 can know them, so keraseq measures it: before training (and before a windowed ``predict`` of
@@ -36,8 +36,8 @@ import keras
 import numpy as np
 from keras import tree
 
-from .batches import read_rows
-from .checks import window_bound_layers
+from .model_facts import window_bound_layers
+from .readers import read_rows
 from .windows import find_causal_convs
 
 __all__ = ["Mixing", "first_mixing_layer", "window_check"]

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from keraseq import Estimator, trainer
+from keraseq import Estimator, calls, trainer
 
 pytestmark = pytest.mark.backend
 ONE_CALL = 10**6  # windows_per_call larger than any minibatch: today's one call
@@ -272,9 +272,9 @@ def test_auto_keeps_short_minibatches_one_call_and_cuts_long_ones():
     # The seed workload (LSTM(10), batch 20, windows of 10: 0.17 M per window) has 100
     # windows per minibatch: one call. A language model's 400 windows of 50 steps (32 streams,
     # ~120 k weights: 190 M per window) is cut into calls of about a second.
-    assert trainer.auto_windows(20 * 10 * 851) >= 100 * 5
-    lm = trainer.auto_windows(32 * 50 * 120_000)
-    assert trainer.MIN_WINDOWS_PER_CALL <= lm < 400
+    assert calls.auto_windows(20 * 10 * 851) >= 100 * 5
+    lm = calls.auto_windows(32 * 50 * 120_000)
+    assert calls.MIN_WINDOWS_PER_CALL <= lm < 400
     whole = Steps()
     fit("auto", t=47, epochs=1, callbacks=[whole])
     assert whole.steps == 2  # 12 windows: one call per minibatch
