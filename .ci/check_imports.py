@@ -21,16 +21,17 @@ PACKAGE = ROOT / "keraseq"
 #: Cycles still in the code, each the sorted modules of one component (issue 31).
 KNOWN: set[tuple[str, ...]] = {
     # backend.current() (the running backend's module, imported by name) is called by modules
-    # that the backends themselves import: DistributedOptimizer (the public face for plain
-    # model.fit) lives with the MPI helpers of distributed.py, the fused loop asks the backend
-    # for its scan and custom gradient, the carry and the window plan for theirs.
+    # that the backends themselves import: the fused loop asks the backend for its scan and
+    # custom gradient, and the TensorFlow backend asks the fused loop which layers take it;
+    # the window plan and the base import the state carry (``windows.py``), which runs it.
     (
         "keraseq.backend",
         "keraseq.backend.base",
         "keraseq.backend.jax",
+        "keraseq.backend.jax.rows",
+        "keraseq.backend.jax.steps",
         "keraseq.backend.plan",
         "keraseq.backend.tensorflow",
-        "keraseq.distributed",
         "keraseq.fused",
         "keraseq.windows",
     ),
