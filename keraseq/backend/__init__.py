@@ -18,6 +18,9 @@ Layout (mirroring Keras's trainers: ``keras/src/trainers/trainer.py`` backend-fr
   calling a program, the traced loops, the Allreduce inside a program, devices (and on JAX, a
   minibatch's rows over CPU devices).
 
+None of these imports a keraseq module that asks for the backend (``distributed.py``,
+``fused.py``, ``windows.py``): those import the backend, not the other way round.
+
 Here: :func:`current`, the module of the backend Keras runs on (``KERAS_BACKEND``, chosen once
 at import, as in Keras), and :class:`StepFunctions` (what every backend builds; from
 ``common.py``). Each backend module offers the same names:

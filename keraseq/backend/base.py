@@ -41,11 +41,11 @@ from keras import ops, tree
 
 from ..inputs import as_model_input
 from ..losses import metric_updates, output_mask
-from ..windows import StateCarry
 from . import common
 from .plan import WindowPlan
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (``windows.py`` runs the fused loop, which asks for the backend)
+    from ..windows import StateCarry
     from .common import StepFunctions
 
 

@@ -17,11 +17,12 @@ the state carry itself (``windows.py``), the objectives (``losses.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras import ops
 
-from ..windows import StateCarry
+if TYPE_CHECKING:  # (``windows.py`` runs the fused loop, which asks for the backend)
+    from ..windows import StateCarry
 
 
 class WindowPlan:

@@ -16,8 +16,8 @@ What does not live here: what a window does (``backend/base.py``, shared with JA
 backends share (``backend/common.py``: the gradient buffer's packing, the host side of the
 Allreduce and its test delay, the GPU per local rank, the device scope), the backend-free
 epoch loop (``trainer.py``), the state carry (``windows.py``), the per-window objectives
-(``losses.py``), MPI on NumPy buffers (``distributed.py``). The JAX twin of this module is
-the package ``backend/jax/``.
+(``losses.py``), MPI on NumPy buffers (``distributed.py``), which layers take the fused loop
+(``fused_rule.py``). The JAX twin of this module is the package ``backend/jax/``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .. import fused_rule
 from . import common
 from .base import BaseSteps
 from .common import StepFunctions
@@ -106,14 +107,14 @@ def jit_for(
 
 def _all_fused(model) -> bool:
     """Whether ``model`` has recurrent layers and each one runs the fused loop under XLA."""
-    from .. import fused as _fused
-
     layers = [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
         if isinstance(layer, keras.layers.RNN)
     ]
-    return bool(layers) and all(_fused.why_not(layer, True) is None for layer in layers)
+    return bool(layers) and all(
+        fused_rule.why_not(layer, True, on_gpu, NAME) is None for layer in layers
+    )
 
 
 def dtype_of(name):
