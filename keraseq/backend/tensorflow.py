@@ -123,7 +123,7 @@ def dtype_of(name):
 
 def shapes_of(model, fn: Callable, *args):
     """``fn(*args)`` (a call of ``model``), run eagerly: its outputs (an eager call keeps
-    nothing behind on TensorFlow; on JAX it would, see ``backend/jax.py``)."""
+    nothing behind on TensorFlow; on JAX it would, see ``backend/jax/core.py``)."""
     return fn(*args)
 
 

@@ -119,7 +119,7 @@ class RowSplit(BaseSteps):
         """``train_call`` with the rows over ``k`` devices; the variables keep device 0's
         copy of the (replicated) new values."""
         split_calls[0] += 1
-        kinds = ["all", "rows", "rows", "rows", "rows", "rows", "all", "rows"]
+        kinds: list[Any] = ["all", "rows", "rows", "rows", "rows", "rows", "all", "rows"]
         out_kind: Any = "all"
         if chunk is not None:  # (first, final, per-device sums)
             kinds.append(("all", "all", "rows"))
