@@ -18,23 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "keraseq"
 
-#: Cycles still in the code, each the sorted modules of one component (issue 31).
-KNOWN: set[tuple[str, ...]] = {
-    # backend.current() (the running backend's module, imported by name) is called by modules
-    # that the backends themselves import: DistributedOptimizer (the public face for plain
-    # model.fit) lives with the MPI helpers of distributed.py, the fused loop asks the backend
-    # for its scan and custom gradient, the carry and the window plan for theirs.
-    (
-        "keraseq.backend",
-        "keraseq.backend.base",
-        "keraseq.backend.jax",
-        "keraseq.backend.plan",
-        "keraseq.backend.tensorflow",
-        "keraseq.distributed",
-        "keraseq.fused",
-        "keraseq.windows",
-    ),
-}
+#: Cycles still in the code, each the sorted modules of one component (issue 31). Empty: the
+#: backends import no module that asks for the backend (``distributed.py``, ``fused.py``,
+#: ``windows.py``); what they share with those lives in ``backend/common.py`` and
+#: ``fused_rule.py``, which import no backend.
+KNOWN: set[tuple[str, ...]] = set()
 
 
 #: Imports made by name at run time (``importlib.import_module``), which the parser cannot see.

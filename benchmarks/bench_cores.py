@@ -76,7 +76,7 @@ def main():
         modes = [True, False]
         names = ("XLA", "graph")
         print(
-            f"TensorFlow, {backend.dist.usable_cores()} core(s); GRAPH_MIN_WORK = "
+            f"TensorFlow, {backend.common.usable_cores()} core(s); GRAPH_MIN_WORK = "
             f"{backend.GRAPH_MIN_WORK:,}"
         )
     else:
@@ -84,7 +84,7 @@ def main():
             sys.exit("run with KERAS_BACKEND=jax (or --tf)")
         import jax
 
-        from keraseq.backend import jax as backend
+        from keraseq.backend.jax import rows as backend
 
         modes = [10**18, 0]  # MIN_WORK_PER_DEVICE: never split, always split
         names = ("one device", "rows split")

@@ -6,7 +6,8 @@ What lives here: compiling ``_mpi_xla.cc`` once per TensorFlow/MPI install (with
 (``XlaCustomCallV2``) inside ``tf.function(jit_compile=True)``. With it, the whole truncated-BPTT
 window loop under MPI (forward, backward, one fused Allreduce, optimizer update) is ONE XLA
 program, like the single-process loop: no host callback, no Python, no GIL per window.
-What does not: choosing when to use it and the host-callback fallback (``distributed.py``).
+What does not: choosing when to use it and the host-callback fallback
+(``backend/tensorflow.py``, the host side in ``backend/common.py``).
 
 It is an optimisation with a fallback: when the library cannot be built or loaded (no C++
 compiler, a different libmpi, MPI thread level below ``SERIALIZED``, a GPU, or

@@ -5,9 +5,11 @@ What lives here: choosing the communicator (``distributed="auto"``: MPI when lau
 ``Allreduce`` (one buffer per update, same order on every rank), :func:`DistributedOptimizer`
 (a thin dynamic subclass that keeps the optimizer's class name, so saved models load without
 keraseq), broadcasting weights and optimizer state from rank 0, averaging logs over all samples,
-device placement per local rank, and turning an exception on one rank into ``Abort`` of all.
-What does not: the training loop (``trainer.py``) and the Allreduce inside the compiled window
-loops (``backend/``).
+the rank on this machine, and turning an exception on one rank into ``Abort`` of all.
+What does not: the training loop (``trainer.py``), the Allreduce inside the compiled window
+loops and the one a DistributedOptimizer runs (each backend's ``fused_allreduce``), and what
+the backends read of the job (the usable cores, the rank among a machine's ranks, the GPU per
+local rank: ``backend/common.py``, re-exported here).
 
 Single process (no ``mpirun``, or ``distributed=False``) uses :class:`LocalComm`, which does
 nothing, so the same script runs unchanged.
@@ -31,6 +33,14 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from .backend import current
+from .backend.common import gradients_already_reduced, node_rank
+
+# What the backends read of the job (``backend/common.py``), importable from here too.
+from .backend.common import gradients_reduced as gradients_reduced
+from .backend.common import launched_with_several_ranks as launched_with_several_ranks
+from .backend.common import usable_cores as usable_cores
 
 __all__ = [
     "LocalComm",
@@ -90,22 +100,6 @@ def _launched_under_mpi() -> bool:
             "MPI_LOCALNRANKS",
             "SLURM_STEP_NUM_TASKS",
         )
-    )
-
-
-def launched_with_several_ranks() -> bool:
-    """True when the launcher's environment says this job has more than one rank (read
-    before MPI starts, e.g. when a backend sizes its CPU devices)."""
-    return any(
-        int(os.environ.get(k, "1") or 1) > 1
-        for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
-    )
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. an MPI rank's binding)."""
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     )
 
 
@@ -174,20 +168,7 @@ def size(comm=None) -> int:
 
 def local_rank(comm=None) -> int:
     """Rank among the processes of this machine (``Split_type(COMM_TYPE_SHARED)``)."""
-    c = get_comm(comm if comm is not None else "auto")
-    if c.size == 1:
-        return 0
-    if not hasattr(c, "_local"):
-        MPI = _mpi()
-        node = c.comm.Split_type(MPI.COMM_TYPE_SHARED, key=c.rank)
-        c._local = (node.Get_rank(), node.Get_size())
-        node.Free()
-    return c._local[0]
-
-
-def _local_size(c) -> int:
-    local_rank(c)
-    return c._local[1] if c.size > 1 else 1
+    return node_rank(get_comm(comm if comm is not None else "auto"))[0]
 
 
 # ------------------------------------------------------------------------------ fault handling
@@ -338,33 +319,6 @@ def allgather_rows(arrays: Sequence[np.ndarray], comm) -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------- gradients
-def _flat_allreduce(comm, flat: np.ndarray) -> np.ndarray:
-    out = np.empty_like(flat)
-    comm.Allreduce(flat, out, op=_mpi().SUM)
-    return out
-
-
-_reduced = threading.local()
-
-
-class gradients_reduced:
-    """Inside this context a :func:`DistributedOptimizer`'s ``apply`` applies the gradients as
-    given: the caller (keraseq's window loop, which sums one buffer per update over ranks) has
-    averaged them already. Unlike calling ``apply_reduced``, it also reaches a
-    DistributedOptimizer wrapped by another optimizer, such as the ``LossScaleOptimizer`` that
-    ``compile`` puts around it under ``mixed_float16``, whose ``apply`` calls the inner one's
-    (which would otherwise reduce a second time, inside the compiled step)."""
-
-    def __enter__(self):
-        self._previous = getattr(_reduced, "on", False)
-        _reduced.on = True
-        return self
-
-    def __exit__(self, *exc):
-        _reduced.on = self._previous
-        return False
-
-
 def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any = None):
     """Wrap a Keras optimizer so that every update averages the gradients over MPI ranks.
 
@@ -388,11 +342,9 @@ def DistributedOptimizer(optimizer: keras.optimizers.Optimizer | str, comm: Any 
     c = get_comm(comm if comm is not None else True)
 
     def apply(self, grads, trainable_variables=None):
-        if c.size > 1 and not getattr(_reduced, "on", False):
+        if c.size > 1 and not gradients_already_reduced():
             grads = list(grads)
             present = [k for k, g in enumerate(grads) if g is not None]
-            from .backend import current  # the backend's in-graph Allreduce
-
             reduced, _ = current().fused_allreduce(c, [grads[k] for k in present])
             for k, g in zip(present, reduced):
                 grads[k] = g / c.size

@@ -24,7 +24,8 @@ masked semantics; it agrees with Keras's loop to float rounding (``tests/test_fu
 
 What does not live here: the state carry between windows (``windows.py`` calls :func:`run`
 from its patch of the layers' ``inner_loop``), the backends' primitives it uses
-(``time_scan``, ``custom_vjp``, ``elementwise_grad``, ``on_gpu`` in ``backend/<name>.py``).
+(``time_scan``, ``custom_vjp``, ``elementwise_grad``, ``on_gpu`` of each backend), the rule of
+which layers take it (``fused_rule.py``, which the backends import without this module).
 Anything else (``recurrent_dropout``, custom cells or layer subclasses, ``go_backwards``,
 ``unroll``, ConvLSTM, cuDNN on a GPU, float16) keeps Keras's loop.
 
@@ -47,47 +48,11 @@ from typing import Any
 import keras
 from keras import ops, tree
 
+from . import fused_rule
+from .fused_rule import ELEMENTWISE_ACTIVATIONS as ELEMENTWISE_ACTIVATIONS
+from .fused_rule import activation_name as _activation_name
+
 __all__ = ["run", "why_not", "ELEMENTWISE_ACTIVATIONS"]
-
-#: Keras's activations that act on each element alone (so their derivative is elementwise):
-#: every one of ``keras.activations`` but ``softmax``, ``log_softmax``, ``glu``, ``sparsemax``.
-ELEMENTWISE_ACTIVATIONS = (
-    "tanh",
-    "sigmoid",
-    "relu",
-    "linear",
-    "hard_sigmoid",
-    "hard_silu",
-    "hard_tanh",
-    "elu",
-    "selu",
-    "celu",
-    "gelu",
-    "silu",
-    "swish",
-    "mish",
-    "softplus",
-    "softsign",
-    "exponential",
-    "leaky_relu",
-    "relu6",
-    "log_sigmoid",
-    "hard_shrink",
-    "soft_shrink",
-    "tanh_shrink",
-    "sparse_plus",
-    "sparse_sigmoid",
-    "squareplus",
-)
-
-_LAYERS = (keras.layers.RNN, keras.layers.LSTM, keras.layers.GRU, keras.layers.SimpleRNN)
-
-
-def _activation_name(fn) -> str | None:
-    for name in ELEMENTWISE_ACTIVATIONS:
-        if fn is getattr(keras.activations, name, None):
-            return name
-    return None
 
 
 def _backend():
@@ -99,31 +64,9 @@ def _backend():
 def why_not(layer, xla: bool = True) -> str | None:
     """``None`` when ``layer`` runs the fused loop in keraseq's window programs, else why it
     keeps Keras's own loop (a short phrase). ``xla``: whether the programs compile with XLA
-    (always on JAX; on TensorFlow a plain graph runs Keras's loop faster than the fused one)."""
-    cell: Any = getattr(layer, "cell", None)
-    if type(layer) not in _LAYERS:
-        return f"{type(layer).__name__} is not one of Keras's LSTM, GRU, SimpleRNN, RNN"
-    if type(cell) not in _CELLS:
-        return f"its cell {type(cell).__name__} is not LSTMCell, GRUCell or SimpleRNNCell"
-    if cell.recurrent_dropout:
-        return "recurrent_dropout"
-    if getattr(cell, "implementation", 2) == 1 and cell.dropout:
-        return "implementation=1 with dropout (a mask per gate)"
-    if layer.go_backwards:
-        return "go_backwards"
-    if layer.unroll:
-        return "unroll=True"
-    if layer.compute_dtype not in ("float32", "float64"):
-        return f"compute dtype {layer.compute_dtype}"
-    for attr in ("activation", "recurrent_activation"):
-        fn = getattr(cell, attr, None)
-        if fn is not None and _activation_name(fn) is None:
-            return f"{attr} {getattr(fn, '__name__', fn)!r} is not an elementwise Keras activation"
-    if getattr(layer, "use_cudnn", False) is not False and _backend().on_gpu():
-        return "cuDNN on the GPU (use_cudnn is not False)"
-    if not xla and _backend().NAME == "tensorflow":
-        return "a TensorFlow graph without XLA, where Keras's loop is faster"
-    return None
+    (always on JAX; on TensorFlow a plain graph runs Keras's loop faster than the fused one).
+    The rule is :func:`keraseq.fused_rule.why_not`, with the running backend's facts."""
+    return fused_rule.why_not(layer, xla, lambda: _backend().on_gpu(), keras.backend.backend())
 
 
 # ------------------------------------------------------------------------- activations
@@ -324,11 +267,8 @@ class _SimpleRNN(_Cell):
         return (_step_matmul(h_prev, dpre),)
 
 
-_CELLS = {
-    keras.layers.LSTMCell: _LSTM,
-    keras.layers.GRUCell: _GRU,
-    keras.layers.SimpleRNNCell: _SimpleRNN,
-}
+#: The maths of each cell kind of :data:`keraseq.fused_rule.CELLS`.
+_CELLS = dict(zip(fused_rule.CELLS, (_LSTM, _GRU, _SimpleRNN)))
 
 
 def _step_matmul(a, b):

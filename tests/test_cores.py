@@ -31,7 +31,7 @@ on_tf = pytest.mark.skipif(
 def kj():
     import jax
 
-    from keraseq.backend import jax as kj
+    from keraseq.backend.jax import rows as kj
 
     assert len(jax.devices("cpu")) >= 2  # conftest asks for two (KERASEQ_CPU_DEVICES)
     rule = kj.MIN_WORK_PER_DEVICE
@@ -244,17 +244,17 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
     from keraseq.backend import tensorflow as backend
 
     model = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3), keras.layers.Dense(1)])
-    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 2)
+    monkeypatch.setattr(backend.common, "usable_cores", lambda: 2)
     big = backend.GRAPH_MIN_WORK
     assert backend.jit_for(model, "auto", work=big - 1) is True
     assert backend.jit_for(model, "auto", work=big) is False
     assert backend.jit_for(model, "auto", work=big, distributed=True) is True  # MPI: XLA
     assert backend.jit_for(model, True, work=big) is True  # an explicit choice is kept
-    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 1)
+    monkeypatch.setattr(backend.common, "usable_cores", lambda: 1)
     assert backend.jit_for(model, "auto", work=big) is True
     # keraseq's fused loop is faster under XLA than Keras's loop in a graph (1.5-1.6x): large
     # windows stay with XLA when every recurrent layer takes it, not when one cannot.
-    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 2)
+    monkeypatch.setattr(backend.common, "usable_cores", lambda: 2)
     assert backend.jit_for(model, "auto", work=big, fused=True) is True
     dropout = keras.Sequential(
         [keras.Input((None, 2)), keras.layers.GRU(3, recurrent_dropout=0.1), keras.layers.Dense(1)]
@@ -270,7 +270,7 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
         return build(*args, **kwargs)
 
     monkeypatch.setattr(backend, "build_step_functions", spy)
-    monkeypatch.setattr(backend.dist, "usable_cores", lambda: 2)
+    monkeypatch.setattr(backend.common, "usable_cores", lambda: 2)
     x = np.zeros((6, 8, 2), "float32")
     y = np.zeros((6, 1), "float32")
     work = 4 * 5 * model.count_params()

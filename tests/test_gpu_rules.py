@@ -65,7 +65,7 @@ def seen(monkeypatch):
 
 
 def fit(seq_len, gpu, monkeypatch, model=None):
-    from keraseq.backend import jax as kj
+    from keraseq.backend.jax import cudnn as kj
 
     monkeypatch.setattr(kj, "_on_gpu_backend", lambda: gpu)
     est = Estimator(
@@ -110,7 +110,7 @@ def test_long_windows_keep_cudnn(seen, monkeypatch, seq_len):
 
 @on_jax
 def test_explicit_use_cudnn_is_left_alone():
-    from keraseq.backend import jax as kj
+    from keraseq.backend.jax import cudnn as kj
 
     model = keras.Sequential(
         [

@@ -282,7 +282,7 @@ def test_auto_keeps_short_minibatches_one_call_and_cuts_long_ones():
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the row split is JAX's")
 def test_chunks_of_rows_split_over_devices_train_as_one_call():
-    from keraseq.backend import jax as kj
+    from keraseq.backend.jax import rows as kj
 
     rule = kj.MIN_WORK_PER_DEVICE
     kj.MIN_WORK_PER_DEVICE = 0

@@ -4,18 +4,26 @@ Layout (mirroring Keras's trainers: ``keras/src/trainers/trainer.py`` backend-fr
 ``keras/src/backend/<name>/trainer.py`` per backend):
 
 - ``backend/plan.py``: :class:`~keraseq.backend.plan.WindowPlan`, which windows of a minibatch
-  run, with which targets, masks and weights (``keras.ops``);
+  run, with which targets, masks and weights, and how predict's windows join (``keras.ops``);
 - ``backend/base.py``: :class:`~keraseq.backend.base.BaseSteps`, the five programs (train per
   window, per series, accumulated over ``sync_every`` windows, evaluate, predict), what a window
   does in each, the count-weighted gradient buffer and the non-finite gate, written once;
-- ``backend/tensorflow.py`` (``TensorFlowSteps``) and ``backend/jax.py`` (``JaxSteps``): only
-  what differs -- reading and assigning variables, taking a gradient, compiling and calling a
-  program, the traced loops, the Allreduce, devices (and on JAX, a minibatch's rows over CPU
-  devices).
+- ``backend/common.py``: what both backends share, written once: :class:`StepFunctions`, the
+  gradient buffer's packing and splitting, the host side of the Allreduce (and its test
+  delay), the GPU per local rank, the device scope, the usable cores;
+- ``backend/tensorflow.py`` (``TensorFlowSteps``) and the package ``backend/jax/``
+  (``JaxSteps`` in ``steps.py``, the CPU row split in ``rows.py``, the cuDNN rule in
+  ``cudnn.py``, MPI in ``mpi.py``, devices in ``devices.py``, the primitives in ``core.py``):
+  only what differs -- reading and assigning variables, taking a gradient, compiling and
+  calling a program, the traced loops, the Allreduce inside a program, devices (and on JAX, a
+  minibatch's rows over CPU devices).
 
-Here: :class:`StepFunctions` (what every backend builds) and :func:`current`, the module of the
-backend Keras runs on (``KERAS_BACKEND``, chosen once at import, as in Keras). Each backend
-module offers the same names:
+None of these imports a keraseq module that asks for the backend (``distributed.py``,
+``fused.py``, ``windows.py``): those import the backend, not the other way round.
+
+Here: :func:`current`, the module of the backend Keras runs on (``KERAS_BACKEND``, chosen once
+at import, as in Keras), and :class:`StepFunctions` (what every backend builds; from
+``common.py``). Each backend module offers the same names:
 
 - ``build_step_functions(model, carry, state_specs, objective, optimizer, metrics, seq_len,
   per_series, jit_compile, allreduce=None, sync_every=1) -> StepFunctions`` (a thin function
@@ -49,38 +57,9 @@ from types import ModuleType
 
 import keras
 
+from .common import StepFunctions
+
 __all__ = ["StepFunctions", "current", "name"]
-
-
-class StepFunctions:
-    """The compiled per-minibatch functions of one backend.
-
-    ``train(x, y, w, m, tm, n_win, h0)`` trains on every window of one minibatch and returns
-    one array ``[loss_sum, count, bad_window]``; ``evaluate(...)`` (same arguments) returns
-    ``(loss_sum, count)`` and updates the metrics; ``predict(x, tm, h0)`` returns ``(outputs,
-    final states)``. ``x``, ``y`` are tuples of arrays; ``w``, ``m`` 1-tuples or ``None``;
-    ``tm`` the (B, T) time mask or ``None``; ``n_win`` the windows to run or ``None``; ``h0``
-    the initial states (``None``: zeros).
-
-    Chunks of windows (so that progress and callbacks move inside a long minibatch):
-    ``train(x, y, w, m, tm, n_win, h0, chunk)`` with ``chunk = (first, final, acc)`` trains
-    windows ``first .. n_win - 1`` only (``first``, ``n_win``: int32 tensors), from the states
-    ``h0``; with the runtime flag ``final`` it also ends the minibatch (a short tail window, the
-    per-series update, the ``sync_every`` remainder). It returns ``(result, states, acc)``: the
-    result as above for these windows (window indices counted from the minibatch's start),
-    the final states and accumulators to pass to the next chunk. ``chunk_start(x, tm)`` gives
-    the ``(h0, acc)`` of a minibatch's first chunk. One compiled program serves every chunk;
-    chunks ``[0, c1), ..., [ck, n)`` train exactly as one call.
-    """
-
-    def __init__(self, train, evaluate, predict, exact_rows=False, chunk_start=None):
-        #: True when minibatches must not be padded (a callable loss sees every row).
-        self.exact_rows = exact_rows
-        self.train = train
-        self.evaluate = evaluate
-        self.predict = predict
-        #: ``chunk_start(x, tm) -> (h0, acc)`` for chunked training (``None``: not offered).
-        self.chunk_start = chunk_start
 
 
 def name() -> str:

@@ -12,8 +12,8 @@ updates, the count-weighted gradient buffer (:meth:`~BaseSteps.pack_buffer`,
 all with ``keras.ops`` and the window plan of ``backend/plan.py``.
 
 A backend subclass (``TensorFlowSteps`` in ``backend/tensorflow.py``, ``JaxSteps`` in
-``backend/jax.py``) supplies only what must differ, the methods marked *backend* below: how
-the model's variables are read and written (:meth:`~BaseSteps.in_model`,
+``backend/jax/steps.py``) supplies only what must differ, the methods marked *backend* below:
+how the model's variables are read and written (:meth:`~BaseSteps.in_model`,
 :meth:`~BaseSteps.metrics_scope`, :meth:`~BaseSteps.apply`), how a gradient is taken
 (:meth:`~BaseSteps.value_and_grad`), the traced loops (``while_loop``, ``cond``, ``scan``,
 ``slice_time``, ``pad_time``), the Allreduce (:meth:`~BaseSteps.reduce`) and how the programs
@@ -24,7 +24,9 @@ variables' values ``(trainable, non_trainable, optimizer, metrics)`` (the progra
 functions), on TensorFlow ``()`` (the programs assign TensorFlow's variables in place). Every
 program takes ``vals`` first and returns ``(result, vals)``.
 
-What does not live here: the epoch loop (``trainer.py``), the state carry (``windows.py``), the
+What does not live here: the buffer's packing and splitting themselves, shared with
+``DistributedOptimizer``'s Allreduce (``backend/common.py``), how predict's windows join
+(``backend/plan.py``), the epoch loop (``trainer.py``), the state carry (``windows.py``), the
 objectives (``losses.py``), the compile-reuse keys (``reuse.py``).
 """
 
@@ -37,14 +39,14 @@ import keras
 import numpy as np
 from keras import ops, tree
 
-from .. import distributed as dist
 from ..inputs import as_model_input
 from ..losses import metric_updates, output_mask
-from ..windows import StateCarry
+from . import common
 from .plan import WindowPlan
 
-if TYPE_CHECKING:
-    from . import StepFunctions
+if TYPE_CHECKING:  # (``windows.py`` runs the fused loop, which asks for the backend)
+    from ..windows import StateCarry
+    from .common import StepFunctions
 
 
 def _f32(v):
@@ -245,7 +247,7 @@ class BaseSteps:
         def update(v):
             # The loop has averaged the gradients over ranks already: a DistributedOptimizer
             # (also inside compile's LossScaleOptimizer) must not reduce them again.
-            with dist.gradients_reduced():
+            with common.gradients_reduced():
                 return self.apply(v, grads)
 
         vals = self.cond(ops.logical_and(ok, count > 0), update, lambda v: v, vals)
@@ -253,11 +255,7 @@ class BaseSteps:
 
     def pack_buffer(self, weighted_grads, count, finite):
         """One flat float32 buffer ``[count-weighted gradients..., count, nonfinite]``."""
-        return ops.concatenate(
-            [ops.reshape(_f32(g), (-1,)) for g in weighted_grads]
-            + [ops.stack([_f32(count), 1.0 - _f32(finite)])],
-            0,
-        )
+        return common.pack(weighted_grads, extra=ops.stack([_f32(count), 1.0 - _f32(finite)]))
 
     def pack(self, vals, xw, yw, ww, mw, states):
         """Forward and backward of one window, packed: ``(vals, buffer, loss, count,
@@ -270,12 +268,9 @@ class BaseSteps:
 
     def unpack_apply(self, vals, summed, bad, step):
         """Divide a summed buffer by its total count and apply it (through the gate)."""
-        bounds = np.cumsum([0] + self.sizes).tolist()
-        total, nonfinite = summed[bounds[-1]], summed[bounds[-1] + 1]
-        grads = [
-            ops.cast(ops.reshape(summed[a:b], sh) / ops.maximum(total, 1e-12), dt)
-            for a, b, sh, dt in zip(bounds[:-1], bounds[1:], self.shapes, self.dtypes)
-        ]
+        pieces, rest = common.split(summed, self.shapes)
+        total, nonfinite = rest[0], rest[1]
+        grads = [ops.cast(p / ops.maximum(total, 1e-12), dt) for p, dt in zip(pieces, self.dtypes)]
         return self.apply_checked(vals, grads, nonfinite < 0.5, total, bad, step)
 
     def reduce_apply(self, vals, buf, bad, step):
@@ -491,24 +486,8 @@ class BaseSteps:
             c, preds = step(c, n_full * S, tail)
             per_window.append(tuple(p[None] for p in preds))
         outs = tuple(
-            self.join_windows([w[k] for w in per_window], ends) for k in range(len(per_window[0]))
+            self.plan.join_windows([w[k] for w in per_window], ends)
+            for k in range(len(per_window[0]))
         )
         vals, states = c
         return (outs, states), vals
-
-    def join_windows(self, parts, ends):
-        """One output from its windows' (each ``(n, B, ...)``): per step, ``(B, n*S, ...)``
-        then the tail; per series, the last window's, or per row that of its last real
-        step."""
-        if not self.per_series:
-            seq = []
-            for p in parts:
-                p = ops.moveaxis(p, 0, 1)
-                batch = -1 if p.shape[0] is None else p.shape[0]
-                seq.append(ops.reshape(p, (batch, p.shape[1] * p.shape[2]) + tuple(p.shape[3:])))
-            return seq[0] if len(seq) == 1 else ops.concatenate(seq, axis=1)
-        every = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=0)
-        if ends is None:
-            return every[-1]
-        index = ops.reshape(ends, (1, -1) + (1,) * (len(every.shape) - 2))
-        return ops.take_along_axis(every, index, axis=0)[0]

@@ -5,9 +5,10 @@ What lives here: :class:`WindowPlan`, written once with ``keras.ops`` for both b
 It pads a short tail to a whole window when series have unequal lengths and bounds the loop
 by the runtime window count. It chooses each window's targets (per step, or per series in the
 window of each row's last real step), and hands every window to the backend's
-``window_fn`` (``BaseSteps.loop``) with the state carried. Each backend supplies its own
-``while_`` loop, conditional and time slicing (``backend/<name>.py``), the zero states come from
-``backend/base.py``.
+``window_fn`` (``BaseSteps.loop``) with the state carried, and joins the windows' outputs of
+``predict`` into one (:meth:`~WindowPlan.join_windows`). Each backend supplies its own
+``while_`` loop, conditional and time slicing (``backend/tensorflow.py``,
+``backend/jax/core.py``), the zero states come from ``backend/base.py``.
 
 What does not live here: what a window does (forward, gradient, update: ``backend/base.py``),
 the state carry itself (``windows.py``), the objectives (``losses.py``).
@@ -16,11 +17,12 @@ the state carry itself (``windows.py``), the objectives (``losses.py``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras import ops
 
-from ..windows import StateCarry
+if TYPE_CHECKING:  # (``windows.py`` runs the fused loop, which asks for the backend)
+    from ..windows import StateCarry
 
 
 class WindowPlan:
@@ -160,6 +162,23 @@ class WindowPlan:
                 assert self.cond is not None, "chunks need the backend's conditional"
                 c = self.cond(final, last, lambda c: c, c)
         return c
+
+    def join_windows(self, parts, ends):
+        """One output from its windows' (each ``(n, B, ...)``): per step, ``(B, n*S, ...)``
+        then the tail; per series, the last window's, or per row that of its last real
+        step."""
+        if not self.per_series:
+            seq = []
+            for p in parts:
+                p = ops.moveaxis(p, 0, 1)
+                batch = -1 if p.shape[0] is None else p.shape[0]
+                seq.append(ops.reshape(p, (batch, p.shape[1] * p.shape[2]) + tuple(p.shape[3:])))
+            return seq[0] if len(seq) == 1 else ops.concatenate(seq, axis=1)
+        every = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=0)
+        if ends is None:
+            return every[-1]
+        index = ops.reshape(ends, (1, -1) + (1,) * (len(every.shape) - 2))
+        return ops.take_along_axis(every, index, axis=0)[0]
 
     def _pad_tail(self, x, y, w, m, tm, extra: int):
         """The arrays with ``extra`` masked steps appended (per-series targets keep theirs)."""

@@ -9,29 +9,31 @@ minibatch runs all its windows in a symbolic ``tf.while_loop``, so the graph, an
 compile time, does not grow with the number of windows. Also here: the traced primitives the
 base and the plan use (``while_loop``, ``cond``, ``scan``, ``slice_time``, ``pad_time``), the
 Allreduce inside that graph (a host callback, or an XLA custom call from ``_mpi_xla``), XLA or
-not for ``jit_compile="auto"`` (:func:`jit_for`), device choice and placement, and
+not for ``jit_compile="auto"`` (:func:`jit_for`), TensorFlow's devices and threads, and
 host <-> tensor conversion.
 
-What does not live here: what a window does (``backend/base.py``, shared with JAX), the
-backend-free epoch loop (``trainer.py``), the state carry (``windows.py``), the per-window
-objectives (``losses.py``), MPI on NumPy buffers (``distributed.py``). The JAX twin of this
-module is ``backend/jax.py``.
+What does not live here: what a window does (``backend/base.py``, shared with JAX), what both
+backends share (``backend/common.py``: the gradient buffer's packing, the host side of the
+Allreduce and its test delay, the GPU per local rank, the device scope), the backend-free
+epoch loop (``trainer.py``), the state carry (``windows.py``), the per-window objectives
+(``losses.py``), MPI on NumPy buffers (``distributed.py``), which layers take the fused loop
+(``fused_rule.py``). The JAX twin of this module is the package ``backend/jax/``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import distributed as dist
-from . import StepFunctions
+from .. import fused_rule
+from . import common
 from .base import BaseSteps
+from .common import StepFunctions
 
 NAME = "tensorflow"
 
@@ -95,7 +97,7 @@ def jit_for(
     if (
         not distributed
         and work >= GRAPH_MIN_WORK
-        and dist.usable_cores() >= 2
+        and common.usable_cores() >= 2
         and not tf.config.list_logical_devices("GPU")
         and not (fused and _all_fused(model))
     ):
@@ -105,14 +107,14 @@ def jit_for(
 
 def _all_fused(model) -> bool:
     """Whether ``model`` has recurrent layers and each one runs the fused loop under XLA."""
-    from .. import fused as _fused
-
     layers = [
         layer
         for layer in model._flatten_layers(include_self=False, recursive=True)
         if isinstance(layer, keras.layers.RNN)
     ]
-    return bool(layers) and all(_fused.why_not(layer, True) is None for layer in layers)
+    return bool(layers) and all(
+        fused_rule.why_not(layer, True, on_gpu, NAME) is None for layer in layers
+    )
 
 
 def dtype_of(name):
@@ -121,7 +123,7 @@ def dtype_of(name):
 
 def shapes_of(model, fn: Callable, *args):
     """``fn(*args)`` (a call of ``model``), run eagerly: its outputs (an eager call keeps
-    nothing behind on TensorFlow; on JAX it would, see ``backend/jax.py``)."""
+    nothing behind on TensorFlow; on JAX it would, see ``backend/jax/core.py``)."""
     return fn(*args)
 
 
@@ -280,26 +282,19 @@ build_step_functions = TensorFlowSteps.build
 
 
 # ------------------------------------------------------------------------------- Allreduce
-def fused_allreduce(comm, tensors: Sequence[tf.Tensor], extra: tf.Tensor | None = None):
-    """Sum ``tensors`` (and ``extra``, a 1-D float32) over ranks with ONE ``Allreduce``.
+def _host_sum(comm, buf, delay: float = 0.0):
+    """The sum of a flat float32 ``buf`` over ranks by a host call inside the graph
+    (``tf.numpy_function``; not inside XLA)."""
+    out = tf.numpy_function(common.host_sum(comm, delay), [buf], tf.float32, stateful=True)
+    out.set_shape(buf.shape)
+    return out
 
-    All tensors are flattened into one float32 buffer in the given order (the same on every
-    rank), reduced by one host call inside the graph (``tf.numpy_function``), and split back.
-    """
-    parts = [tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors]
-    if extra is not None:
-        parts.append(tf.reshape(tf.cast(extra, tf.float32), [-1]))
-    flat = tf.concat(parts, 0)
-    reduced = tf.numpy_function(
-        lambda a: dist._flat_allreduce(comm, a), [flat], tf.float32, stateful=True
-    )
-    reduced.set_shape(flat.shape)
-    sizes = [int(np.prod(t.shape)) if t.shape.is_fully_defined() else tf.size(t) for t in tensors]
-    if extra is not None:
-        sizes.append(int(extra.shape[0]))
-    pieces = tf.split(reduced, sizes)
-    out = [tf.cast(tf.reshape(p, tf.shape(t)), t.dtype) for p, t in zip(pieces, tensors)]
-    return out, (pieces[-1] if extra is not None else None)
+
+def fused_allreduce(comm, tensors: Sequence[tf.Tensor], extra: tf.Tensor | None = None):
+    """Sum ``tensors`` (and ``extra``, a 1-D float32) over ranks with ONE ``Allreduce``
+    (:func:`keraseq.backend.common.fused_allreduce`): one float32 buffer reduced by one host
+    call inside the graph (``tf.numpy_function``), split back."""
+    return common.fused_allreduce(tensors, extra, lambda flat: _host_sum(comm, flat))
 
 
 def graph_allreduce(comm, device: str | None = None) -> Callable:
@@ -309,20 +304,13 @@ def graph_allreduce(comm, device: str | None = None) -> Callable:
     graph but not inside XLA. Its attribute ``reduce.xla`` is the same reduction as an XLA
     custom call (``_mpi_xla``), which keeps the whole window loop one XLA program; it is
     ``None`` where that is unavailable (then the loop is split around the host callback).
+    The test-only delay (:func:`keraseq.backend.common.allreduce_delay`) slows the
+    host-callback path only (``jit_compile=False``).
     """
-    # Test-only hook: an artificial delay per Allreduce, in seconds, to model a slow network
-    # (this machine's kernel has no netem). Host-callback path only (jit_compile=False).
-    delay = float(os.environ.get("KERASEQ_TEST_ALLREDUCE_DELAY_S", "0") or 0.0)
-
-    def host(a):
-        if delay:
-            time.sleep(delay)
-        return dist._flat_allreduce(comm, a)
+    delay = common.allreduce_delay()
 
     def reduce(buf):
-        out = tf.numpy_function(host, [buf], tf.float32, stateful=True)
-        out.set_shape(buf.shape)
-        return out
+        return _host_sum(comm, buf, delay)
 
     reduce.xla = None  # type: ignore[attr-defined]  # read by TensorFlowSteps
     if device is None or "GPU" not in device.upper():
@@ -345,52 +333,45 @@ _threads_set = False
 
 
 def default_device(comm) -> str:
-    """``/GPU:{local_rank % n_gpus}`` when GPUs exist, else ``/CPU:0``.
+    """``/GPU:{local_rank % n_gpus}`` when GPUs exist (with memory growth), else ``/CPU:0``
+    (:func:`keraseq.backend.common.device_for_rank`).
 
     On the CPU with several ranks on one machine, TensorFlow's intra-op threads are split
     between the local ranks so that they do not oversubscribe the cores.
     """
-    global _threads_set
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        for gpu in gpus:
-            try:
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass  # already initialised
-        return f"/GPU:{dist.local_rank(comm) % len(gpus)}"
-    if comm.size > 1 and not _threads_set:
-        _threads_set = True
-        # Cores this rank may run on: Open MPI binds a rank to its cores by default (then
-        # use them all), else the node's cores are shared by its ranks.
-        total = os.cpu_count() or 1
-        mine = dist.usable_cores()
-        per_rank = mine if mine < total else max(1, total // dist._local_size(comm))
+    for gpu in gpus:
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(per_rank)
-            tf.config.threading.set_inter_op_parallelism_threads(per_rank)
+            tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
-            pass  # TensorFlow already started; keep its setting
-    return "/CPU:0"
+            pass  # already initialised
+    if not gpus:
+        _split_threads(comm)
+    return common.device_for_rank(comm, len(gpus))
 
 
-class device_scope:
+def _split_threads(comm) -> None:
+    """Once per process, with several ranks: TensorFlow's threads per rank."""
+    global _threads_set
+    if comm.size == 1 or _threads_set:
+        return
+    _threads_set = True
+    # Cores this rank may run on: Open MPI binds a rank to its cores by default (then use
+    # them all), else the node's cores are shared by its ranks.
+    total = os.cpu_count() or 1
+    mine = common.usable_cores()
+    per_rank = mine if mine < total else max(1, total // common.node_rank(comm)[1])
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(per_rank)
+        tf.config.threading.set_inter_op_parallelism_threads(per_rank)
+    except RuntimeError:
+        pass  # TensorFlow already started; keep its setting
+
+
+class device_scope(common.DeviceScope):
     """``tf.device(name)``, or nothing for ``None``."""
 
-    def __init__(self, name: str | None):
-        self.name = name
-        self._ctx = None
-
-    def __enter__(self):
-        if self.name is not None:
-            self._ctx = tf.device(self.name)
-            self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._ctx is not None:
-            return self._ctx.__exit__(*exc)
-        return False
+    context = staticmethod(tf.device)
 
 
 # ------------------------------------------------------- primitives of the fused RNN loop
