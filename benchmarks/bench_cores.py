@@ -2,7 +2,7 @@
 workload to the realistic one, the two variants side by side in one process (interleaved):
 
 - JAX (default): a minibatch's rows split over one JAX CPU device per core
-  (``keraseq/backend/jax.py``: ``row_replicas``) against the plain one-device program;
+  (``keraseq/backend/jax/rows.py``: ``row_replicas``) against the plain one-device program;
 - ``--tf``: TensorFlow's window loop as a plain graph (its intra-op threads share each matmul)
   against XLA (one core), the choice of ``jit_compile="auto"`` (``GRAPH_MIN_WORK``).
 

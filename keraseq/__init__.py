@@ -58,7 +58,7 @@ with _startup_log():
     from .backend import name as _backend_name
 
     if _backend_name() == "jax":
-        # Asks JAX for one CPU device per core before JAX starts (see backend/jax.py).
+        # Asks JAX for one CPU device per core before JAX starts (see backend/jax/devices.py).
         from .backend import jax as _jax_backend  # noqa: F401
 
     from . import callbacks as callbacks

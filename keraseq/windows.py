@@ -6,7 +6,7 @@ What lives here: :class:`StateCarry`, which makes every Keras ``RNN`` layer of a
 carry runs inside TensorFlow graphs and JAX traces.
 
 What does not live here: the compiled window loops (one module per backend in
-``keraseq/backend/``), the epoch loop (``trainer.py``), reading the data (``batches.py``) and MPI
+``keraseq/backend/``), the epoch loop (``trainer.py``), reading the data (``readers/``) and MPI
 (``distributed.py``).
 """
 

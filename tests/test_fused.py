@@ -100,14 +100,23 @@ def outputs_and_grads(layer, loop, x, h0, mask, weights):
     return [np.asarray(a) for a in [*outs, *g[0], g[1], *g[2]]]
 
 
+#: Weights drawn at 0.5 (times a standard normal), except where the layer would blow up:
+#: silu gates are unbounded, and at 0.5 the GRU's state reached 1e15 in 7 steps, where
+#: float32 rounding alone differed by 1.2e-5 (relative) between two orders of the same sums
+#: (an AMD EPYC; 1e-6 elsewhere). At 0.3 its outputs stay near 4e2 and the check measures the
+#: maths, not the conditioning.
+WEIGHT_SCALE = {"gru-elu-silu": 0.3}
+
+
 def compare(name, dtype, masked, batch=3, steps=7, features=4, units=5, seed=0):
     """Largest error of the fused loop against Keras's, relative to each array's scale."""
     rng = np.random.default_rng(seed)
     layer = LAYERS[name](units)
     x = rng.normal(size=(batch, steps, features)).astype(dtype)
     layer(x)
+    scale = WEIGHT_SCALE.get(name, 0.5)
     for v in layer.trainable_variables:  # biases too: every gradient exercised
-        v.assign((rng.normal(size=v.shape) * 0.5).astype(dtype))
+        v.assign((rng.normal(size=v.shape) * scale).astype(dtype))
     n_states = 2 if "lstm" in name else 1
     h0 = [rng.normal(size=(batch, units)).astype(dtype) for _ in range(n_states)]
     mask = None
