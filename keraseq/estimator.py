@@ -6,8 +6,8 @@ What lives here: the class whose ``__init__`` stores the hyper-parameters, with
 ``fit`` -> ``sklearn_inputs`` (scikit-learn's input rules) -> ``trainer.fit``;
 ``predict``/``score`` -> ``inference``; ``save``/``load`` -> ``persistence``. What does not:
 resolving the hyper-parameters (``hyperparams.py``), a fresh model and optimizer per fit
-(``fresh.py``), the fitted attributes and streaming states (``fitted.py``), data checks
-(``checks.py``), the epoch loop (``trainer.py``), the window loops (``backend/``), MPI
+(``fresh.py``), the fitted attributes (``fitted.py``), the streaming states (``streams.py``),
+data checks (``checks.py``), the epoch loop (``trainer.py``), the window loops (``backend/``), MPI
 (``distributed.py``).
 """
 
@@ -23,10 +23,11 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from . import export as export_lib
 from . import fitted, fresh, hyperparams, inference, persistence, sklearn_inputs, tabular, trainer
+from . import streams as streams_lib
 from .batches import is_pipeline, read_validation
 from .checks import check_outputs
-from .fitted import StreamStates as StreamStates  # where pickles of earlier versions find it
 from .model_selection import whole
+from .streams import StreamStates as StreamStates  # where pickles of earlier versions find it
 from .trainer import NonFiniteLossError
 from .validation import check_positive_int
 
@@ -363,7 +364,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         if is_pipeline(x):
             return inference.predict_dataset(self._session, p, x)
         x = self._face_x(x)
-        h_all = None if reset else fitted.kept_states(self._stream)
+        h_all = None if reset else streams_lib.kept_states(self._stream)
         result, self._stream.states = inference.predict(
             self._session, p, x, out, h_all, batch_size, lengths, resets
         )
@@ -385,11 +386,11 @@ class Estimator(RegressorMixin, BaseEstimator):
 
     # ----------------------------------------------------------- states (keraseq.utils.states)
     def _get_states(self) -> list[np.ndarray]:
-        return fitted.flat_states(getattr(self, "_stream", None))
+        return streams_lib.flat_states(getattr(self, "_stream", None))
 
     def _set_states(self, flat: Sequence[np.ndarray]) -> None:
         fitted.check_fitted(self, "load_states")
-        self._stream = fitted.stream_from_flat(flat, self._state_specs)
+        self._stream = streams_lib.stream_from_flat(flat, self._state_specs)
 
     # ------------------------------------------------------------------------------ export
     def export(self, path: str | os.PathLike, verbose: bool = False) -> None:

@@ -22,9 +22,9 @@ import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
-from .fitted import StreamStates
 from .hyperparams import DEFAULTS
 from .losses import is_window_loss
+from .streams import StreamStates
 
 __all__ = ["save", "load", "serialize_loss", "deserialize_loss"]
 
