@@ -266,9 +266,7 @@ def prepare(
     backend = _backend()
     with backend.device_scope(device):
         model = warm.model if warm is not None else (built or new_model())
-        carry, state_specs, out_shapes, window, checked = _checked_model(
-            p, model, data, comm, check_outputs
-        )
+        carry, layout, window, checked = _checked_model(p, model, data, comm, check_outputs)
         opt = warm.optimizer if warm is not None else new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
@@ -280,25 +278,17 @@ def prepare(
             fused=p["fused_rnn"],
         )
         carry.compiled_with(jit)
-        key = reuse.key_of(
-            model, opt, _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes)
-        )
+        key = reuse.key_of(model, opt, _reuse_settings(p, loss, data, comm, device, jit, layout))
         entry = _reusable(key, model, opt, comm, warm, previous)
         if entry is not None:
             model, opt, carry = entry.model, entry.optimizer, entry.carry
             metrics, val_metrics = entry.metrics, entry.val_metrics
         else:
-            opt, metrics, val_metrics = _compiled(p, model, opt, data.ys, out_shapes, comm, warm)
+            opt, metrics, val_metrics = _compiled(
+                p, model, opt, data.ys, layout.out_shapes, comm, warm
+            )
         if comm.size > 1:
             dist.broadcast_variables(model.variables + opt.variables, comm)
-    layout = Layout(
-        n_features=step_features(data.xs[0]),
-        n_outputs=len(data.ys),
-        out_shapes=out_shapes,
-        per_series=data.per_series,
-        state_specs=state_specs,
-        seq_len=p["seq_len"],
-    )
     if entry is None:
         # Building checks the loss against the outputs: before any fitted state is returned.
         steps, val_steps = build_steps(
@@ -341,10 +331,10 @@ def _reusable(key, model, opt, comm, warm, previous) -> reuse.Entry | None:
 
 
 def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
-    """``(carry, state_specs, out_shapes, window, checked)``: the model's inputs and windows
-    checked against the data (``checked``: the windows' self-check compared windows), its
-    states and outputs probed on one series of this rank, and its outputs checked against the
-    targets."""
+    """``(carry, layout, window, checked)``: the model's inputs and windows checked against
+    the data (``checked``: the windows' self-check compared windows), its states and outputs
+    probed on one series of this rank (the :class:`Layout`), and its outputs checked against
+    the targets."""
     xs = data.xs
     check_model_inputs(model, xs)
     check_windows(
@@ -363,10 +353,18 @@ def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
     checked = window_check(
         model, xs, p["seq_len"], p["window_check"], (own, end), data.lengths, comm
     )
-    return carry, state_specs, out_shapes, window, checked
+    layout = Layout(
+        n_features=step_features(xs[0]),
+        n_outputs=len(data.ys),
+        out_shapes=out_shapes,
+        per_series=data.per_series,
+        state_specs=state_specs,
+        seq_len=p["seq_len"],
+    )
+    return carry, layout, window, checked
 
 
-def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -> dict:
+def _reuse_settings(p, loss, data, comm, device, jit, layout: Layout) -> dict:
     """What the compiled steps depend on beyond the model and optimizer (the reuse key)."""
     return {
         "loss": reuse.describe(loss),
@@ -380,8 +378,8 @@ def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -
         "ranks": [comm.rank, comm.size],
         "device": device,
         "validation": data.val is not None,
-        "state_specs": repr(state_specs),
-        "out_shapes": out_shapes,
+        "state_specs": repr(layout.state_specs),
+        "out_shapes": layout.out_shapes,
     }
 
 
