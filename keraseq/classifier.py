@@ -194,7 +194,7 @@ class Classifier(ClassifierMixin, Estimator):
         y = lab.stacked_unless_ragged(x, y)
         return lab.accuracy(pred, y, sample_weight, lengths, score_from)
 
-    # ------------------------------------------------------------------ checks, save / load
+    # --------------------------------------------------------------- checks, fitted record
     def _binary_unit(self) -> bool:
         return self.n_outputs_shapes_[0][-1] == 1 and len(self.classes_) == 2
 
@@ -202,12 +202,8 @@ class Classifier(ClassifierMixin, Estimator):
         super()._check_outputs(out_shapes, ys, window, per_series)
         lab.check_units(out_shapes[0][-1], self.classes_, self.loss)
 
-    def _fitted_extras(self) -> dict:
-        return {"classes_": self.classes_.tolist(), "classes_dtype": self.classes_.dtype.str}
-
-    def _load_fitted_extras(self, extras: dict) -> None:
-        if "classes_" in extras:
-            self.classes_ = np.array(extras["classes_"], dtype=np.dtype(extras["classes_dtype"]))
+    def _fitted_classes(self):
+        return self.classes_
 
 
 def _signature() -> inspect.Signature:

@@ -4,11 +4,13 @@ models.
 What lives here: the class whose ``__init__`` stores the hyper-parameters, with
 ``get_params``/``set_params``, tags, pickling and the public methods, each delegating down:
 ``fit`` -> ``sklearn_inputs`` (scikit-learn's input rules) -> ``trainer.fit``;
-``predict``/``score`` -> ``inference``; ``save``/``load`` -> ``persistence``. What does not:
-resolving the hyper-parameters (``hyperparams.py``), a fresh model and optimizer per fit
-(``fresh.py``), the fitted attributes and streaming states (``fitted.py``), data checks
-(``checks.py``), the epoch loop (``trainer.py``), the window loops (``backend/``), MPI
-(``distributed.py``).
+``predict``/``score`` -> ``inference``; ``save``/``load`` -> ``persistence``. ``fit`` writes
+the fitted record (``fitted.py``) once, in :meth:`Estimator._adopt`; loading and unpickling
+take one in :meth:`Estimator._restore`. What does not: resolving the hyper-parameters
+(``hyperparams.py``), a fresh model and optimizer per fit (``fresh.py``), the fitted record,
+its serial form and the fitted attributes read off it (``fitted.py``), the streaming states
+(``streams.py``), data checks (``checks.py``), the epoch loop (``trainer.py``), the window
+loops (``backend/``), MPI (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -23,17 +25,20 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from . import export as export_lib
 from . import fitted, fresh, hyperparams, inference, persistence, sklearn_inputs, tabular, trainer
+from . import session as session_lib
+from . import streams as streams_lib
 from .batches import is_pipeline, read_validation
 from .checks import check_outputs
-from .fitted import StreamStates as StreamStates  # where pickles of earlier versions find it
+from .fitted import FittedAttributes, FittedRecord
 from .model_selection import whole
-from .trainer import NonFiniteLossError
+from .streams import StreamStates as StreamStates  # where pickles of earlier versions find it
+from .trainer import NonFiniteLossError, Progress
 from .validation import check_positive_int
 
 __all__ = ["Estimator", "NonFiniteLossError"]
 
 
-class Estimator(RegressorMixin, BaseEstimator):
+class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
     """Fit, predict and score a Keras sequence model with truncated BPTT.
 
     Parameters:
@@ -84,7 +89,8 @@ class Estimator(RegressorMixin, BaseEstimator):
             (``docs/guide/windows.md``).
 
     Fitted attributes: ``model_``, ``optimizer_``, ``history_``, ``n_features_in_``,
-    ``n_outputs_``, ``n_epochs_``, ``rnn_paths_``. Unequal lengths:
+    ``n_outputs_``, ``n_epochs_``, ``rnn_paths_`` (read-only but ``model_``: read off the
+    fitted record, :class:`keraseq.fitted.FittedAttributes`). Unequal lengths:
     ``docs/guide/unequal-lengths.md``; scikit-learn's input rules:
     ``docs/guide/sklearn_checks.md``.
 
@@ -188,31 +194,34 @@ class Estimator(RegressorMixin, BaseEstimator):
     # ----------------------------------------------------------------------------- pickling
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: the live estimator keeps its runtime
-        for key in ("_session", "optimizer_"):  # compiled steps, layer patches, communicator
-            state.pop(key, None)
+        state.pop("_session", None)  # compiled steps, layer patches, communicator
+        record = state.pop("_fitted", None)
+        if record is not None:
+            state["_fitted"] = record.to_dict()  # plain values, as in a saved file
         return state
 
     def __setstate__(self, state):
+        state = dict(state)
+        serial = state.pop("_fitted", None)
+        legacy = fitted.pop_legacy(state)  # pickled before the fitted record
         super().__setstate__(state)
         for key, param in inspect.signature(Estimator.__init__).parameters.items():
             if key in hyperparams.DEFAULTS and key not in state:  # pickled by an older keraseq
                 setattr(self, key, param.default)
-        if "model_" in state:
-            self._restore_runtime()
+        if serial is not None:
+            self._restore(FittedRecord.from_dict(serial), self.model_)
+        elif "model_" in state:
+            seq_len = self._resolved()["seq_len"]
+            record = FittedRecord.from_legacy(legacy, seq_len, state.get("classes_"))
+            self._restore(record, self.model_)
 
-    @property
-    def rnn_paths_(self) -> dict[str, str]:
-        """Per recurrent layer of the fitted model (by name), the loop keraseq runs it in:
-        ``"fused"`` (keraseq's fused loop) or ``"keras (<why>)"`` (Keras's own loop)."""
-        session = self.__dict__.get("_session")
-        if session is None:
-            raise AttributeError("rnn_paths_: this estimator is not fitted yet")
-        return dict(session.carry.paths)
-
-    def _restore_runtime(self) -> None:
-        """Rebuild what is not pickled: the optimizer link, state carry and compiled steps."""
-        session = fitted.restore_session(self, self._resolved())
-        self.optimizer_, self._session = session.optimizer, session
+    def _restore(self, record: FittedRecord, model) -> None:
+        """Take the fitted ``record`` and ``model`` of a file or a pickle, and rebuild what
+        neither keeps: the optimizer link, state carry and compiled steps."""
+        self._fitted, self.model_ = record, model
+        self._session = session_lib.rebuild(
+            record.layout, model, self.loss, self._resolved(), self.distributed
+        )
 
     # ---------------------------------------------------------------- hooks of a subclass
     def _builder_meta(self) -> dict:
@@ -223,12 +232,9 @@ class Estimator(RegressorMixin, BaseEstimator):
         """The model's outputs against the targets (a subclass adds its own checks)."""
         check_outputs(out_shapes, ys, window, per_series)
 
-    def _fitted_extras(self) -> dict:
-        """Fitted attributes of a subclass to keep in a saved file (JSON-able)."""
-        return {}
-
-    def _load_fitted_extras(self, extras: dict) -> None:
-        """Restore what :meth:`_fitted_extras` stored."""
+    def _fitted_classes(self):
+        """The classes a classifier's fit learned (its record keeps them); ``None`` here."""
+        return None
 
     # ------------------------------------------------------------------------------------ fit
     def fit(
@@ -304,7 +310,19 @@ class Estimator(RegressorMixin, BaseEstimator):
         if epochs is not None:
             p["epochs"] = check_positive_int(epochs, "epochs")
         val = read_validation(val)  # a pipeline: read once into arrays
-        data = sklearn_inputs.fit_inputs(self, p, whole(x), whole(y), w, val, lengths, warm)
+        data = sklearn_inputs.fit_inputs(
+            p,
+            whole(x),
+            whole(y),
+            w,
+            val,
+            lengths,
+            model=self.model,
+            model_params=hyperparams.model_params(self._extra_params()),
+            builder_meta=self._builder_meta,
+            owner=type(self).__name__,
+            continued=self._fitted if warm else None,
+        )
         try:
             session, progress = trainer.fit(
                 p,
@@ -320,24 +338,31 @@ class Estimator(RegressorMixin, BaseEstimator):
                 new_optimizer=lambda: fresh.new_optimizer(self.optimizer),
                 check_outputs=self._check_outputs,
                 warm=self._session if warm else None,
-                progress=fitted.progress(self) if warm else None,
+                progress=self._fitted.progress() if warm else None,
                 previous=getattr(self, "_session", None),
                 resets=resets,
             )
         except BaseException as exc:
             failed = getattr(exc, "keraseq_session", None)
             if failed is not None:  # weights before the failure
-                self._adopt(failed, data.rows, data.flat_y)
+                self._adopt(failed, data)
             raise
-        self._adopt(session, data.rows, data.flat_y)
-        self.history_, self.n_epochs_ = progress.history, progress.n_epochs
-        self._shuffle_seed = progress.shuffle_seed
+        self._adopt(session, data, progress)
         return self
 
-    def _adopt(self, session: trainer.Session, rows: bool, flat_y: bool) -> None:
-        """Take a trained session's model and what ``predict``/``save`` need of it."""
-        for key, value in fitted.attributes(session, rows, flat_y).items():
-            setattr(self, key, value)
+    def _adopt(self, session: trainer.Session, data, progress: Progress | None = None) -> None:
+        """Take a trained session: its model, the fitted record (the one place ``fit`` writes
+        it) and empty kept streaming states. ``progress``: the fit's history, epochs and
+        shuffle seed (``None``: it stopped on an exception; the previous fit's stay)."""
+        self._fitted = FittedRecord.of(
+            session,
+            data.rows,
+            data.flat_y,
+            self._fitted_classes(),
+            progress,
+            before=self.__dict__.get("_fitted"),
+        )
+        self.model_, self._session, self._stream = session.model, session, StreamStates()
 
     # -------------------------------------------------------------------------------- predict
     def predict(
@@ -363,14 +388,14 @@ class Estimator(RegressorMixin, BaseEstimator):
         if is_pipeline(x):
             return inference.predict_dataset(self._session, p, x)
         x = self._face_x(x)
-        h_all = None if reset else fitted.kept_states(self._stream)
+        h_all = None if reset else streams_lib.kept_states(self._stream)
         result, self._stream.states = inference.predict(
             self._session, p, x, out, h_all, batch_size, lengths, resets
         )
-        return sklearn_inputs.as_fitted_y(result, out, getattr(self, "_flat_y", False))
+        return sklearn_inputs.as_fitted_y(result, out, self._fitted.flat_y)
 
     def _face_x(self, x):
-        rows = bool(getattr(self, "_rows", False))
+        rows = self._fitted.rows
         return sklearn_inputs.predict_x(x, self.n_features_in_, type(self).__name__, rows)
 
     def score(self, x, y, sample_weight=None, lengths=None, resets=None) -> float:
@@ -378,18 +403,18 @@ class Estimator(RegressorMixin, BaseEstimator):
         minibatch, leaving the kept streaming states untouched. Collective under MPI."""
         fitted.check_fitted(self, "score")
         x = self._face_x(x)
-        y = sklearn_inputs.score_y(y, bool(getattr(self, "_rows", False)))
+        y = sklearn_inputs.score_y(y, self._fitted.rows)
         return inference.score(
             self._session, self._resolved(), x, y, sample_weight, lengths, resets
         )
 
     # ----------------------------------------------------------- states (keraseq.utils.states)
     def _get_states(self) -> list[np.ndarray]:
-        return fitted.flat_states(getattr(self, "_stream", None))
+        return streams_lib.flat_states(getattr(self, "_stream", None))
 
     def _set_states(self, flat: Sequence[np.ndarray]) -> None:
         fitted.check_fitted(self, "load_states")
-        self._stream = fitted.stream_from_flat(flat, self._state_specs)
+        self._stream = streams_lib.stream_from_flat(flat, self._fitted.layout.state_specs)
 
     # ------------------------------------------------------------------------------ export
     def export(self, path: str | os.PathLike, verbose: bool = False) -> None:
@@ -404,7 +429,7 @@ class Estimator(RegressorMixin, BaseEstimator):
         (attention, pooling over time, a backward RNN) is refused with an error naming the
         layer. Only rank 0 writes under MPI. See ``docs/guide/serving.md``."""
         fitted.check_fitted(self, "export")
-        if getattr(self, "_rows", False):
+        if self._fitted.rows:
             raise ValueError(
                 "export streams a sequence model step by step; this estimator was fitted on "
                 "tabular rows (N, F) for a model without a time axis, which has nothing to stream"
@@ -417,10 +442,22 @@ class Estimator(RegressorMixin, BaseEstimator):
         kept streaming states. Load with :meth:`Estimator.load`; plain
         ``keras.saving.load_model`` reads the model alone."""
         fitted.check_fitted(self, "save")
-        persistence.save(self, path)
+        kept = getattr(self, "_stream", None)
+        states = self._get_states() if kept is not None and kept.states is not None else None
+        params = dict(self._resolved(), verbose=self.verbose)  # verbose: as given ("auto")
+        saved = persistence.Saved(self.model_, self.loss, params, self._fitted, states)
+        persistence.save(path, saved, type(self).__name__, self.distributed)
 
     @classmethod
     def load(cls, path: str | os.PathLike, loss: Any = None, custom_objects=None) -> Estimator:
         """Load an estimator saved by :meth:`save` (Keras ``safe_mode``: no arbitrary code); a
         callable loss cannot be stored: pass it again as ``loss``."""
-        return persistence.load(cls, path, loss, custom_objects)
+        saved = persistence.load(path, loss, custom_objects)
+        est = cls(saved.model, saved.loss, saved.model.optimizer, **saved.params)
+        est._restore(saved.record, saved.model)
+        if saved.record.classes is not None:
+            est.classes_ = saved.record.classes
+        est._stream = StreamStates()
+        if saved.states is not None:
+            est._set_states(saved.states)
+        return est

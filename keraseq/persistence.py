@@ -1,11 +1,14 @@
-"""Saving and loading a fitted ``Estimator`` in Keras's ``.keras`` format.
+"""Saving and loading a fitted estimator in Keras's ``.keras`` format.
 
 What lives here: :func:`save` (the fitted model as Keras saves it, plus ``keraseq.json``: the
-hyper-parameters, the loss, the fitted attributes; and ``keraseq_states.npz``: the kept
-streaming states; written atomically, by MPI rank 0), :func:`load` (its inverse, under Keras's
-``safe_mode``) and the (de)serialisation of losses and metrics for that JSON. A plain
-``keras.saving.load_model`` reads the model alone. What does not: pickling (``Estimator``'s
-``__getstate__``), the fitted attributes themselves (``fitted.py``).
+format number, the hyper-parameters, the loss and the fitted record's serial form
+(``fitted.py``); and ``keraseq_states.npz``: the kept streaming states; written atomically, by
+MPI rank 0), :func:`load` (its inverse, under Keras's ``safe_mode``: the parts of a
+:class:`Saved`, of which ``Estimator.load`` makes an estimator; files saved before the fitted
+record, without a format number, are read too) and the (de)serialisation of losses and
+metrics for that JSON. A plain ``keras.saving.load_model`` reads the model alone. What does
+not: pickling (``Estimator``'s ``__getstate__``), the fitted record itself (``fitted.py``),
+the estimator's attributes (``estimator.py``).
 """
 
 from __future__ import annotations
@@ -15,66 +18,60 @@ import json
 import os
 import tempfile
 import zipfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
 
 from . import distributed as dist
-from .backend import current as _backend
-from .fitted import StreamStates
+from .fitted import FORMAT, FittedRecord
 from .hyperparams import DEFAULTS
 from .losses import is_window_loss
 
-__all__ = ["save", "load", "serialize_loss", "deserialize_loss"]
+__all__ = ["Saved", "save", "load", "serialize_loss", "deserialize_loss"]
 
 #: The hyper-parameters a file does not keep: live objects of the process that saved it.
 _NOT_SAVED = ("distributed", "callbacks")
 
 
-def save(est: Any, path: str | os.PathLike) -> None:
-    """Save the fitted estimator ``est`` to ``path`` (ending in ``.keras``); only rank 0
-    writes under MPI."""
+class Saved(NamedTuple):
+    """What a saved file holds."""
+
+    model: keras.Model  #: the fitted model, compiled with its optimizer (and its state)
+    loss: Any  #: the loss (a callable one: as passed to :func:`load`)
+    params: dict  #: the other hyper-parameters (keywords of the estimator, as resolved)
+    record: FittedRecord
+    states: list | None  #: the kept streaming states, flat (``None``: none kept)
+
+
+def save(
+    path: str | os.PathLike,
+    saved: Saved,
+    owner: str,
+    distributed: Any = "auto",
+) -> None:
+    """Save ``saved`` (of an estimator of class ``owner``) to ``path`` (ending in
+    ``.keras``); only rank 0 of ``distributed``'s communicator writes under MPI."""
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"`path` must end in '.keras', got {path!r}")
-    if dist.get_comm(est.distributed).rank != 0:
+    if dist.get_comm(distributed).rank != 0:
         return
-    stream = getattr(est, "_stream", None)
-    states = est._get_states() if stream is not None and stream.states is not None else None
-    _write(path, est.model_, _metadata(est), states)
+    _write(path, saved.model, _metadata(saved, owner), saved.states)
 
 
-def _metadata(est: Any) -> dict:
+def _metadata(saved: Saved, owner: str) -> dict:
     """``keraseq.json``: what the model file does not hold."""
-    resolved = est._resolved()
-    params = {
-        k: (getattr(est, k) if k == "verbose" else resolved[k])
-        for k in DEFAULTS
-        if k not in _NOT_SAVED
-    }
+    params = {k: saved.params[k] for k in DEFAULTS if k not in _NOT_SAVED}
     params["metrics"] = [
         m if isinstance(m, str) else keras.metrics.serialize(m) for m in (params["metrics"] or [])
     ]
     return {
-        "class": type(est).__name__,
+        "format": FORMAT,
+        "class": owner,
         "params": params,
-        "loss": serialize_loss(est.loss),
-        "n_features_in_": est.n_features_in_,
-        "n_outputs_": est.n_outputs_,
-        "n_outputs_shapes_": [list(s) for s in est.n_outputs_shapes_],
-        "per_series": est._per_series,
-        "history_": est.history_,
-        "rows": bool(getattr(est, "_rows", False)),
-        "flat_y": bool(getattr(est, "_flat_y", False)),
-        "state_specs": [
-            [
-                [list(shape), str(np.dtype(dtype.name if hasattr(dtype, "name") else dtype))]
-                for shape, dtype in call
-            ]
-            for call in est._state_specs
-        ],
-        "fitted": est._fitted_extras(),
+        "loss": serialize_loss(saved.loss),
+        "record": saved.record.to_dict(),
     }
 
 
@@ -98,9 +95,10 @@ def _write(path: str, model: keras.Model, meta: dict, states: list | None) -> No
             os.remove(tmp)
 
 
-def load(cls: type, path: str | os.PathLike, loss: Any = None, custom_objects=None) -> Any:
-    """An estimator of class ``cls`` from a file :func:`save` wrote; ``loss``: the callable
-    loss it was saved with (a callable cannot be stored)."""
+def load(path: str | os.PathLike, loss: Any = None, custom_objects=None) -> Saved:
+    """What :func:`save` wrote to ``path``; ``loss``: the callable loss it was saved with (a
+    callable cannot be stored). A file saved before the fitted record (no format number) is
+    read as that version's ``load`` read it (:meth:`FittedRecord.from_legacy_metadata`)."""
     path = os.fspath(path)
     meta, states = _read(path)
     model = keras.saving.load_model(path, custom_objects=custom_objects, safe_mode=True)
@@ -110,30 +108,15 @@ def load(cls: type, path: str | os.PathLike, loss: Any = None, custom_objects=No
             "this estimator was saved with a callable loss; pass it again: "
             "Estimator.load(path, loss=...)"
         )
-    params = meta["params"]
+    params = dict(meta["params"])
     params["metrics"] = [
         m if isinstance(m, str) else keras.metrics.deserialize(m) for m in params["metrics"]
     ] or None
-    est = cls(model, loss if loss is not None else stored_loss, model.optimizer, **params)
-    est.model_ = model
-    est.n_features_in_ = meta["n_features_in_"]
-    est.n_outputs_ = meta["n_outputs_"]
-    est.n_outputs_shapes_ = [tuple(s) for s in meta["n_outputs_shapes_"]]
-    est.history_ = meta["history_"]
-    est._per_series = meta["per_series"]
-    est._state_specs = [
-        [(tuple(shape), _backend().dtype_of(dtype)) for shape, dtype in call]
-        for call in meta["state_specs"]
-    ]
-    est._fit_seq_len = params["seq_len"]
-    est._rows = bool(meta.get("rows", False))
-    est._flat_y = bool(meta.get("flat_y", False))
-    est._restore_runtime()  # optimizer link, communicator, state carry, compiled steps
-    est._stream = StreamStates()
-    est._load_fitted_extras(meta.get("fitted", {}))
-    if states is not None:
-        est._set_states(states)
-    return est
+    if "format" in meta:
+        record = FittedRecord.from_dict(meta["record"])
+    else:
+        record = FittedRecord.from_legacy_metadata(meta)
+    return Saved(model, loss if loss is not None else stored_loss, params, record, states)
 
 
 def _read(path: str) -> tuple[dict, list | None]:

@@ -1,12 +1,16 @@
-"""A model ready to run window by window (:class:`Session`) and how a fit builds one.
+"""A model ready to run window by window (:class:`Session`), and the two ways one is built.
 
-What lives here: :func:`prepare` (one fit's model, optimizer and compiled steps: the model's
-inputs, windows and outputs checked against the data, its state shapes probed, the compiled
-steps of an earlier fit of the same architecture reused (``reuse.py``) or built, the weights
-broadcast from rank 0 under MPI), :func:`build_steps` (the backend's compiled step functions
-for an objective), :func:`probe`, :func:`device_for` and the Keras metrics of a fit
-(:func:`metric`). What does not: the epoch loop (``trainer.py``), the window loops
-(``backend/``), the data checks themselves (``checks.py``).
+What lives here: :class:`Layout` (what a fit reads off the model and the data, which the
+compiled steps are built for and the fitted record keeps), :func:`assemble` (the one way a
+session is put together from a layout), :func:`prepare` (one fit's model, optimizer and
+compiled steps: the model's inputs, windows and outputs checked against the data, its state
+shapes probed, the compiled steps of an earlier fit of the same architecture reused
+(``reuse.py``) or built, the weights broadcast from rank 0 under MPI), :func:`rebuild` (the
+session of a loaded or unpickled model, from the layout its fit left), :func:`build_steps`
+(the backend's compiled step functions for an objective), :func:`probe`, :func:`device_for`
+and the Keras metrics of a fit (:func:`metric`). What does not: the epoch loop
+(``trainer.py``), the window loops (``backend/``), the data checks themselves (``checks.py``),
+the fitted record and its serial form (``fitted.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from .windows import StateCarry
 
 __all__ = [
     "Session",
+    "Layout",
+    "assemble",
     "prepare",
+    "rebuild",
     "build_steps",
     "probe",
     "device_for",
@@ -41,10 +48,24 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a fit reads off the model and the data: what its compiled steps are built for,
+    and what the fitted record keeps (``fitted.py``) to build them again after loading."""
+
+    n_features: int  #: ``n_features_in_``: the width of a step of ``x`` (1 for token ids)
+    n_outputs: int  #: the number of targets
+    out_shapes: list  #: per output, its shape per window without the batch
+    per_series: bool  #: targets per series (N, F_out), not per step
+    state_specs: list  #: per RNN call, the per-series (shape, dtype) of its states
+    seq_len: int | None  #: the windows of the compiled steps (``None``: whole series)
+
+
 @dataclass
 class Session:
     """A model ready to run window by window: what ``predict``, ``score`` and a warm ``fit``
-    need. Built by :func:`fit` (or rebuilt after loading/unpickling by :func:`build_steps`)."""
+    need. Put together by :func:`assemble`, from :func:`prepare` (a fit) or :func:`rebuild`
+    (after loading/unpickling)."""
 
     model: keras.Model
     optimizer: Any
@@ -62,6 +83,50 @@ class Session:
     #: the windows' self-check ran on this model (``selfcheck.py``): by fit, or by a predict
     windows_checked: bool = False
 
+    @property
+    def layout(self) -> Layout:
+        """The layout this session was assembled from."""
+        return Layout(
+            n_features=self.n_features,
+            n_outputs=self.n_outputs,
+            out_shapes=list(self.out_shapes),
+            per_series=self.per_series,
+            state_specs=self.state_specs,
+            seq_len=self.seq_len,
+        )
+
+
+def assemble(
+    layout: Layout,
+    model: keras.Model,
+    optimizer: Any,
+    carry: StateCarry,
+    steps: StepFunctions,
+    comm: Any,
+    device: str | None,
+    *,
+    train_metrics: list | None = None,
+    windows_checked: bool = False,
+) -> Session:
+    """The one way a :class:`Session` is put together, by :func:`prepare` and :func:`rebuild`:
+    a model, its optimizer, state carry and compiled steps, for ``layout``."""
+    return Session(
+        model=model,
+        optimizer=optimizer,
+        carry=carry,
+        steps=steps,
+        comm=comm,
+        device=device,
+        state_specs=layout.state_specs,
+        per_series=layout.per_series,
+        seq_len=layout.seq_len,
+        out_shapes=list(layout.out_shapes),
+        n_features=layout.n_features,
+        n_outputs=layout.n_outputs,
+        train_metrics=train_metrics if train_metrics is not None else [],
+        windows_checked=windows_checked,
+    )
+
 
 def device_for(setting, comm) -> str | None:
     """The device to run on: ``"auto"`` = the backend's choice for this rank."""
@@ -74,36 +139,39 @@ def output_names(model, n_outputs) -> list[str]:
 
 
 def build_steps(
+    layout: Layout,
     model,
     opt,
     carry,
-    state_specs,
-    per_series,
-    p,
+    *,
+    p: dict,
     comm,
-    metrics,
     loss,
-    n_outputs,
     device,
     jit,
-    val_metrics=None,
+    metrics: list | None = None,
+    val_metrics: list | None = None,
 ):
-    """Compiled step functions for training (and, when asked, for validation)."""
+    """Compiled step functions for training ``model`` with ``opt`` on windows of
+    ``layout.seq_len`` (and, when ``val_metrics`` is given, for validation); ``p``: the
+    resolved hyper-parameters (``loss_weights``, ``sync_every``)."""
+    per_series = layout.per_series
     objective = build_objective(
-        model, loss, output_names(model, n_outputs), p["loss_weights"], per_series
+        model, loss, output_names(model, len(layout.out_shapes)), p["loss_weights"], per_series
     )
     backend = _backend()
     allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
     if allreduce is not None:
-        dist.announce_allreduce(*allreduce.path(jit), comm)
+        path, advice = allreduce.path(jit)
+        dist.announce_allreduce(path, advice, comm)
     steps = backend.build_step_functions(
         model,
         carry,
-        state_specs,
+        layout.state_specs,
         objective,
         opt,
-        metrics,
-        p["seq_len"],
+        metrics if metrics is not None else [],
+        layout.seq_len,
         per_series,
         jit,
         allreduce,
@@ -112,9 +180,32 @@ def build_steps(
     val_steps = None
     if val_metrics is not None:
         val_steps = backend.build_step_functions(
-            model, carry, state_specs, objective, None, val_metrics, p["seq_len"], per_series, jit
+            model,
+            carry,
+            layout.state_specs,
+            objective,
+            None,
+            val_metrics,
+            layout.seq_len,
+            per_series,
+            jit,
         )
     return steps, val_steps
+
+
+def rebuild(layout: Layout, model: keras.Model, loss, p: dict, distributed: Any) -> Session:
+    """The session of a fitted model after loading or unpickling, from the ``layout`` its fit
+    left: the optimizer the model was compiled with, a new state carry, the communicator of
+    ``distributed`` and the compiled steps. ``p``: the resolved hyper-parameters."""
+    comm = dist.get_comm(distributed)
+    device = device_for(p["device"], comm)
+    carry = StateCarry(model, fused=p["fused_rnn"])
+    jit = _backend().jit_for(model, p["jit_compile"])
+    carry.compiled_with(jit)
+    steps, _ = build_steps(
+        layout, model, model.optimizer, carry, p=p, comm=comm, loss=loss, device=device, jit=jit
+    )
+    return assemble(layout, model, model.optimizer, carry, steps, comm, device)
 
 
 def probe(model, carry, xs, seq_len, row=0):
@@ -175,9 +266,7 @@ def prepare(
     backend = _backend()
     with backend.device_scope(device):
         model = warm.model if warm is not None else (built or new_model())
-        carry, state_specs, out_shapes, window, checked = _checked_model(
-            p, model, data, comm, check_outputs
-        )
+        carry, layout, window, checked = _checked_model(p, model, data, comm, check_outputs)
         opt = warm.optimizer if warm is not None else new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
@@ -189,50 +278,43 @@ def prepare(
             fused=p["fused_rnn"],
         )
         carry.compiled_with(jit)
-        key = reuse.key_of(
-            model, opt, _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes)
-        )
+        key = reuse.key_of(model, opt, _reuse_settings(p, loss, data, comm, device, jit, layout))
         entry = _reusable(key, model, opt, comm, warm, previous)
         if entry is not None:
             model, opt, carry = entry.model, entry.optimizer, entry.carry
             metrics, val_metrics = entry.metrics, entry.val_metrics
         else:
-            opt, metrics, val_metrics = _compiled(p, model, opt, data.ys, out_shapes, comm, warm)
+            opt, metrics, val_metrics = _compiled(
+                p, model, opt, data.ys, layout.out_shapes, comm, warm
+            )
         if comm.size > 1:
             dist.broadcast_variables(model.variables + opt.variables, comm)
     if entry is None:
         # Building checks the loss against the outputs: before any fitted state is returned.
         steps, val_steps = build_steps(
+            layout,
             model,
             opt,
             carry,
-            state_specs,
-            data.per_series,
-            p,
-            comm,
-            metrics,
-            loss,
-            len(out_shapes),
-            device,
-            jit,
-            val_metrics if data.val is not None else None,
+            p=p,
+            comm=comm,
+            loss=loss,
+            device=device,
+            jit=jit,
+            metrics=metrics,
+            val_metrics=val_metrics if data.val is not None else None,
         )
         entry = reuse.Entry(key, model, opt, carry, steps, metrics, val_steps, val_metrics)
         reuse.register(key, entry)
-    session = Session(
+    session = assemble(
+        layout,
         model,
         opt,
         carry,
         entry.steps,
         comm,
         device,
-        state_specs,
-        data.per_series,
-        p["seq_len"],
-        out_shapes,
-        step_features(data.xs[0]),
-        len(data.ys),
-        metrics,
+        train_metrics=metrics,
         windows_checked=checked,
     )
     reuse.own(entry, session)
@@ -249,10 +331,10 @@ def _reusable(key, model, opt, comm, warm, previous) -> reuse.Entry | None:
 
 
 def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
-    """``(carry, state_specs, out_shapes, window, checked)``: the model's inputs and windows
-    checked against the data (``checked``: the windows' self-check compared windows), its
-    states and outputs probed on one series of this rank, and its outputs checked against the
-    targets."""
+    """``(carry, layout, window, checked)``: the model's inputs and windows checked against
+    the data (``checked``: the windows' self-check compared windows), its states and outputs
+    probed on one series of this rank (the :class:`Layout`), and its outputs checked against
+    the targets."""
     xs = data.xs
     check_model_inputs(model, xs)
     check_windows(
@@ -271,10 +353,18 @@ def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
     checked = window_check(
         model, xs, p["seq_len"], p["window_check"], (own, end), data.lengths, comm
     )
-    return carry, state_specs, out_shapes, window, checked
+    layout = Layout(
+        n_features=step_features(xs[0]),
+        n_outputs=len(data.ys),
+        out_shapes=out_shapes,
+        per_series=data.per_series,
+        state_specs=state_specs,
+        seq_len=p["seq_len"],
+    )
+    return carry, layout, window, checked
 
 
-def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -> dict:
+def _reuse_settings(p, loss, data, comm, device, jit, layout: Layout) -> dict:
     """What the compiled steps depend on beyond the model and optimizer (the reuse key)."""
     return {
         "loss": reuse.describe(loss),
@@ -288,8 +378,8 @@ def _reuse_settings(p, loss, data, comm, device, jit, state_specs, out_shapes) -
         "ranks": [comm.rank, comm.size],
         "device": device,
         "validation": data.val is not None,
-        "state_specs": repr(state_specs),
-        "out_shapes": out_shapes,
+        "state_specs": repr(layout.state_specs),
+        "out_shapes": layout.out_shapes,
     }
 
 

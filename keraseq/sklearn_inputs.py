@@ -18,14 +18,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import keras
 import numpy as np
 
-from . import builders, fresh, hyperparams, tabular
+from . import builders, fresh, tabular
 from .model_selection import whole
 from .validation import check_n_features, check_sklearn_array, check_weights_not_all_zero
+
+if TYPE_CHECKING:
+    from .fitted import FittedRecord
 
 __all__ = ["FitInputs", "fit_inputs", "predict_x", "score_y", "as_fitted_y"]
 
@@ -43,20 +46,31 @@ class FitInputs(NamedTuple):
 
 
 def fit_inputs(
-    est: Any, p: dict, x, y, sample_weight, validation_data, lengths, warm: bool
+    p: dict,
+    x,
+    y,
+    sample_weight,
+    validation_data,
+    lengths,
+    *,
+    model: Any,
+    model_params: dict[str, Any],
+    builder_meta: Callable[[], dict],
+    owner: str,
+    continued: FittedRecord | None = None,
 ) -> FitInputs:
     """scikit-learn's input rules, the builder's data facts and tabular rows, applied before
-    any training step of ``est`` (an estimator: its ``model`` and ``model__<name>``
-    parameters, the facts its ``_builder_meta()`` adds for a builder, and on a ``warm`` fit
-    its ``n_features_in_`` and whether it was fitted on rows). ``p``: the resolved
-    hyper-parameters."""
-    model, owner = est.model, type(est).__name__
-    model_params = hyperparams.model_params(est._extra_params())
-    fitted = (est.n_features_in_, bool(getattr(est, "_rows", False))) if warm else None
+    any training step. ``p``: the resolved hyper-parameters; ``model``: the estimator's model
+    or builder, with its ``model__<name>`` parameters ``model_params`` (without the prefix);
+    ``builder_meta()``: what a builder may ask beyond the data's widths (a classifier's
+    ``classes_``); ``owner``: the estimator's class name, for messages; ``continued``: the
+    fitted record of the fit a warm one continues (its ``n_features_in_``, and whether it
+    was fitted on rows)."""
+    fitted = (continued.layout.n_features, continued.rows) if continued is not None else None
     x, y, sample_weight = _checked(x, y, sample_weight, owner, fitted)
 
     def meta():  # read when a builder is called (a dataset's first batch is read then)
-        return {**builders.data_meta(x0, y0), **est._builder_meta()}
+        return {**builders.data_meta(x0, y0), **builder_meta()}
 
     def new_model():  # the data's facts are read only for a builder that may ask
         builder = callable(model) and not isinstance(model, keras.Model)
