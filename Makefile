@@ -132,7 +132,7 @@ docs-serve: $(VENV)/.dev-installed
 	$(PY) -m mkdocs serve
 
 # ruff (rules in pyproject.toml), mypy on the typed public modules ([tool.mypy] files) and the
-# import graph (.ci/check_imports.py: no import cycle beyond those it lists, issue 31).
+# import graph (.ci/check_imports.py: no import cycle, no import from a lower layer up).
 lint: $(VENV)/.installed $(VENV)/.dev-installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .

@@ -1,4 +1,4 @@
-"""The import graph of ``keraseq``: no cycle beyond the ones listed here (``make lint``).
+"""The import graph of ``keraseq``: no cycle, and no import from a lower layer up (``make lint``).
 
 Every ``import``/``from ... import`` of a keraseq module counts, at module level or inside a
 function (a lazy import hides a cycle from Python, not from a reader), except those under
@@ -23,6 +23,99 @@ PACKAGE = ROOT / "keraseq"
 #: ``windows.py``); what they share with those lives in ``backend/common.py`` and
 #: ``fused_rule.py``, which import no backend.
 KNOWN: set[tuple[str, ...]] = set()
+
+
+#: The layers, top to bottom: a module imports only from its own layer or the ones below, so
+#: data flows one way (face -> checks -> trainer -> minibatches -> compiled step). Every module
+#: belongs to exactly one layer (a new module must be placed here); a package name stands for
+#: its modules.
+LAYERS: list[tuple[str, set[str]]] = [
+    (
+        "the face (scikit-learn, files, export, tools)",
+        {
+            "keraseq",
+            "keraseq.estimator",
+            "keraseq.classifier",
+            "keraseq.labels",
+            "keraseq.hyperparams",
+            "keraseq.sklearn_inputs",
+            "keraseq.tabular",
+            "keraseq.builders",
+            "keraseq.fresh",
+            "keraseq.fitted",
+            "keraseq.streams",
+            "keraseq.persistence",
+            "keraseq.export",
+            "keraseq.model_selection",
+            "keraseq.text",
+            "keraseq.datasets",
+            "keraseq.data",
+            "keraseq.layers",
+        },
+    ),
+    (
+        "the trainer (fit, epochs, inference, the session)",
+        {
+            "keraseq.trainer",
+            "keraseq.epochs",
+            "keraseq.callbacks",
+            "keraseq.inference",
+            "keraseq.session",
+            "keraseq.reuse",
+            "keraseq.selfcheck",
+        },
+    ),
+    ("the checks (of the data against the model)", {"keraseq.checks", "keraseq.model_facts"}),
+    (
+        "the minibatches (readers, tensors, calls; checks of one value)",
+        {
+            "keraseq.readers",
+            "keraseq.feeding",
+            "keraseq.calls",
+            "keraseq.validation",
+            "keraseq.ranges",
+            "keraseq.resets",
+        },
+    ),
+    (
+        "the compiled step (backends, state carry, fused loop, objectives, MPI)",
+        {
+            "keraseq.backend",
+            "keraseq.windows",
+            "keraseq.fused",
+            "keraseq.fused_rule",
+            "keraseq.losses",
+            "keraseq.distributed",
+            "keraseq._mpi_xla",
+        },
+    ),
+    (
+        "the ground (containers, lengths, helpers)",
+        {"keraseq.inputs", "keraseq.lengths", "keraseq.utils", "keraseq._startup"},
+    ),
+]
+
+
+def layer_of(module: str) -> int | None:
+    """The index of ``module``'s layer in :data:`LAYERS` (0 the top), ``None`` if unplaced."""
+    for k, (_, names) in enumerate(LAYERS):
+        if module in names or any(module.startswith(f"{n}.") for n in names if n != "keraseq"):
+            return k
+    return None
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer up, and every module in no layer."""
+    problems = [f"{m}: in no layer of LAYERS" for m in sorted(graph) if layer_of(m) is None]
+    for m in sorted(graph):
+        own = layer_of(m)
+        for target in sorted(graph[m]):
+            there = layer_of(target)
+            if own is not None and there is not None and there < own:
+                problems.append(
+                    f"{m} ({LAYERS[own][0]}) imports {target}, a layer up ({LAYERS[there][0]})"
+                )
+    return problems
 
 
 #: Imports made by name at run time (``importlib.import_module``), which the parser cannot see.
@@ -127,9 +220,15 @@ def main() -> int:
         print(f"import cycle: {' <-> '.join(cycle)}", file=sys.stderr)
     for cycle in sorted(gone):
         print(f"no longer a cycle, remove it from KNOWN: {cycle}", file=sys.stderr)
-    if not new and not gone:
-        print(f"import graph of {len(modules)} modules: no cycle beyond {len(KNOWN)} known")
-    return 1 if new or gone else 0
+    problems = upward(graph)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not new and not gone and not problems:
+        print(
+            f"import graph of {len(modules)} modules in {len(LAYERS)} layers: no import up, "
+            f"no cycle beyond {len(KNOWN)} known"
+        )
+    return 1 if new or gone or problems else 0
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import numpy as np
 from sklearn.base import ClassifierMixin
 
 from . import labels as lab
-from .batches import read_validation
 from .estimator import Estimator
 from .model_selection import whole
+from .readers import read_validation
 
 __all__ = ["Classifier"]
 

@@ -27,10 +27,11 @@ from . import export as export_lib
 from . import fitted, fresh, hyperparams, inference, persistence, sklearn_inputs, tabular, trainer
 from . import session as session_lib
 from . import streams as streams_lib
-from .batches import is_pipeline, read_validation
 from .checks import check_outputs
 from .fitted import FittedAttributes, FittedRecord
+from .inputs import is_pipeline
 from .model_selection import whole
+from .readers import read_validation
 from .streams import StreamStates as StreamStates  # where pickles of earlier versions find it
 from .trainer import NonFiniteLossError, Progress
 from .validation import check_positive_int

@@ -37,7 +37,6 @@ from .lengths import (
     unragged,
 )
 from .model_facts import Layout, input_specs, output_layouts, step_rank
-from .model_selection import whole
 from .ranges import check_ranges, model_ranges
 from .readers import ArrayReader, BatchSource, pad_rows, predict_batch_size, x_dtype
 from .resets import check_model_for_resets, check_resets, ragged_resets
@@ -216,7 +215,7 @@ def _check_x_values(session: Session, xs, rows, lengths) -> None:
 def _predict_inputs(session: Session, x, out, lengths):
     """``(xs, n, t, lengths, ragged)``: ``x`` checked against the fitted model (a ragged list
     of series padded, with its lengths)."""
-    x = keyed(whole(x), session.model, "x")
+    x = keyed(x, session.model, "x")
     ragged = is_ragged(x, step_rank(session.model))
     x, _, _, lengths = unragged(x, None, None, lengths, step_rank(session.model))
     if ragged and out is not None:
@@ -382,7 +381,7 @@ def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None, res
 def _score_inputs(session: Session, x, y, sample_weight, lengths):
     """``(xs, ys, ws, lengths)`` checked against the fitted model; targets shaped like its
     outputs (not integer labels)."""
-    x, y = keyed(whole(x), session.model, "x"), keyed(whole(y), session.model, "y")
+    x, y = keyed(x, session.model, "x"), keyed(y, session.model, "y")
     x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(session.model))
     _, n_, t_ = check_predict_x(session, x)
     xs, ys, ws = check_xy(x, y, sample_weight, _layouts(session, x), input_specs(session.model))

@@ -25,11 +25,11 @@ from . import distributed as dist
 from . import reuse
 from .backend import StepFunctions
 from .backend import current as _backend
-from .batches import read_rows
 from .checks import FitData, check_model_inputs, check_windows, step_features
 from .inputs import as_model_input
 from .lengths import note_probed_masks
 from .losses import build_objective
+from .readers import read_rows
 from .selfcheck import window_check
 from .windows import StateCarry
 
