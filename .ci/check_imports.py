@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "keraseq.text",
             "keraseq.datasets",
             "keraseq.data",
+            "keraseq.h5copy",
             "keraseq.layers",
         },
     ),

@@ -30,18 +30,15 @@ import numpy as np
 
 from . import distributed as dist
 from .inputs import expand_last
-from .lengths import check_lengths, input_mask_rule, mask_reaches_rnn, unragged
+from .lengths import check_lengths, mask_reaches_rnn, unragged
 from .losses import is_window_loss
 from .model_facts import (
     Layout,
-    backward_layers,
+    facts_of,
     input_specs,
     is_int_dtype,
-    mask_layers,
-    masked_outputs_not_carried,
     output_layouts,
     step_rank,
-    window_bound_layers,
     x_layout,
 )
 from .ranges import Ranges, check_ranges, model_ranges
@@ -325,10 +322,11 @@ def check_windows(model, seq_len, t, masked) -> None:
     With masks, a custom cell's masked outputs cannot be carried across windows."""
     if seq_len is None or seq_len >= t:
         return
-    masks = mask_layers(model)
+    facts = facts_of(model)
+    masks = list(facts.masks)
     if not mask_reaches_rnn(model):
         masks = []  # dropped before the recurrent layers (Keras ignores it too)
-    if masks and not masked and input_mask_rule(model) is None:
+    if masks and not masked and facts.mask_rule is None:
         raise ValueError(
             f"layer {masks[0].name!r} masks time steps, but keraseq reads which steps "
             f"are real only from a keras.layers.Masking layer applied directly to a model "
@@ -336,7 +334,7 @@ def check_windows(model, seq_len, t, masked) -> None:
             f"(T_i, F) arrays as `x`) so that each series' last real step is known"
         )
     masked = masked or bool(masks)
-    backward = backward_layers(model)
+    backward = facts.backward
     if backward:
         kind = (
             "Bidirectional"
@@ -349,7 +347,7 @@ def check_windows(model, seq_len, t, masked) -> None:
             f"window's end, which is not the whole-sequence result; use seq_len=None "
             f"(or >= T) for this model"
         )
-    for layer in window_bound_layers(model):
+    for layer in facts.window_bound:
         warnings.warn(
             f"layer {layer.name!r} ({type(layer).__name__}) sees only its window of "
             f"seq_len={seq_len} steps, not the series before it: the result depends on "
@@ -357,7 +355,7 @@ def check_windows(model, seq_len, t, masked) -> None:
             UserWarning,
             stacklevel=4,
         )
-    for layer in masked_outputs_not_carried(model) if masked else []:
+    for layer in facts.not_carried if masked else []:
         raise ValueError(
             f"layer {layer.name!r} has a {type(layer.cell).__name__} cell: keraseq "
             f"carries the output of masked (padded) steps across windows only for "

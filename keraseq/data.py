@@ -27,18 +27,18 @@ Example:
 from __future__ import annotations
 
 import argparse
-import itertools
-import math
 import operator
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import h5py
 import numpy as np
+
+from .h5copy import copy_data, create_copy_target, fillvalue
 
 __all__ = ["h5concat", "main", "DEFAULT_BLOCK_BYTES"]
 
@@ -218,75 +218,6 @@ def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
             dst.attrs.create(name, value, shape=aid.shape, dtype=aid.dtype)
 
 
-def _iter_blocks(
-    shape: tuple[int, ...],
-    itemsize: int,
-    block_bytes: int,
-    chunks: tuple[int, ...] | None = None,
-) -> Iterator[tuple[slice, ...]]:
-    """Yield selections that tile an array of ``shape``, each at most ``block_bytes``.
-
-    Blocks run along axis 0 (whole trailing dimensions per block) whenever a
-    single index of axis 0 fits the budget; otherwise the split moves to the
-    first axis whose trailing "rows" fit (a block is never smaller than one
-    element).  When the source is chunked, block extents along the split axis
-    are rounded down to a multiple of its chunk size where possible.
-
-    >>> [s[0] for s in _iter_blocks((5, 2), itemsize=4, block_bytes=16)]
-    [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
-    """
-    if not shape or math.prod(shape) == 0:
-        if not shape:
-            yield ()
-        return
-    block_bytes = max(int(block_bytes), 1)
-    ndim = len(shape)
-    row_bytes = [itemsize * math.prod(shape[k + 1 :]) for k in range(ndim)]
-    k = next((k for k in range(ndim) if row_bytes[k] <= block_bytes), ndim - 1)
-    step = min(max(1, block_bytes // row_bytes[k]), shape[k])
-    if chunks is not None and chunks[k] <= step:
-        step -= step % chunks[k]
-    outer = itertools.product(*(range(n) for n in shape[:k]))
-    tail = (slice(None),) * (ndim - k - 1)
-    for idx in outer:
-        head = tuple(slice(i, i + 1) for i in idx)
-        for start in range(0, shape[k], step):
-            yield head + (slice(start, min(start + step, shape[k])),) + tail
-
-
-def _fillvalue(dset: h5py.Dataset) -> Any:
-    """The dataset's fill value where it is a plain number, else None (default)."""
-    return dset.fillvalue if dset.dtype.kind in "biufc" else None
-
-
-def _create_copy_target(
-    out: h5py.File, path: str, first: h5py.Dataset, shape: tuple[int, ...]
-) -> h5py.Dataset:
-    """Create the (empty) destination dataset with the first source's storage."""
-    if first.chunks is None:  # contiguous / compact / virtual first source
-        return out.create_dataset(path, shape=shape, dtype=first.dtype, fillvalue=_fillvalue(first))
-    maxshape = tuple(None if m is None else n for m, n in zip(first.maxshape, shape))
-    # Copying the creation property list keeps every filter (including
-    # plugin filters h5py has no name for), fill value and fill time.
-    return out.create_dataset(
-        path,
-        shape=shape,
-        dtype=first.dtype,
-        chunks=first.chunks,
-        maxshape=maxshape,
-        dcpl=first.id.get_create_plist(),
-    )
-
-
-def _copy_blocks(
-    src: h5py.Dataset, dst: h5py.Dataset, ax: int, offset: int, block_bytes: int
-) -> None:
-    """Copy ``src`` into ``dst`` at ``offset`` along ``ax``, one bounded block at a time."""
-    for sel in _iter_blocks(src.shape, src.dtype.itemsize, block_bytes, src.chunks):
-        start, stop, _ = sel[ax].indices(src.shape[ax])
-        dst[sel[:ax] + (slice(offset + start, offset + stop),) + sel[ax + 1 :]] = src[sel]
-
-
 def _vds_path(src: str, dst: str) -> str:
     """Source file name to store in a virtual dataset of ``dst``.
 
@@ -372,7 +303,7 @@ def h5concat(
                     for path, per_src in infos.items()
                 }
             if not virtual:
-                _copy_data(sources, targets, axes, block_bytes)
+                copy_data(sources, targets, axes, block_bytes)
     except BaseException:
         if created:  # never remove a file we could not even open
             try:
@@ -423,16 +354,16 @@ def _create_target(
     dst_path: str,
 ) -> h5py.Dataset:
     """The output dataset ``path`` with the first source's attributes: a virtual one mapping
-    the sources, or an empty one that :func:`_copy_data` fills."""
+    the sources, or an empty one that :func:`~keraseq.h5copy.copy_data` fills."""
     # _plan refused null (shapeless) datasets: every shape here is a tuple
     dims = list(per_src[0].shape or ())
     dims[ax] = sum((info.shape or ())[ax] for info in per_src)
     shape = tuple(dims)
     if virtual:
         layout = _virtual_layout(first, path, shape, sources, per_src, ax, dst_path)
-        dset = out.create_virtual_dataset(path, layout, fillvalue=_fillvalue(first))
+        dset = out.create_virtual_dataset(path, layout, fillvalue=fillvalue(first))
     else:
-        dset = _create_copy_target(out, path, first, shape)
+        dset = create_copy_target(out, path, first, shape)
     _copy_attrs(first, dset)
     return dset
 
@@ -450,17 +381,6 @@ def _virtual_layout(first, path, shape, sources, per_src, ax, dst_path) -> h5py.
             layout[(slice(None),) * ax + (slice(offset, offset + n),)] = vsrc
         offset += n
     return layout
-
-
-def _copy_data(sources, targets: dict[str, h5py.Dataset], axes, block_bytes: int) -> None:
-    """Copy mode: one source open at a time; each copies into its slot of every target."""
-    offsets = dict.fromkeys(targets, 0)
-    for src in sources:
-        with h5py.File(src, "r") as f:
-            for path, dset in targets.items():
-                ax = axes[path]
-                _copy_blocks(f[path], dset, ax, offsets[path], block_bytes)
-                offsets[path] += f[path].shape[ax]
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from .calls import calls_of, chunk_windows, windows_of
 from .checks import FitData
 from .feeding import batch_tensors, rebatch
 from .inputs import keyed
-from .lengths import input_mask_rule
 from .ranges import Ranges, check_ranges, clear_padding
 from .readers import (
     ArrayReader,
@@ -83,7 +82,7 @@ class EpochLoop:
         if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
             xs, ys, ws, self.rebatch_mask = rebatch(xs, ys, ws, p["batch_size"], p["seq_len"])
         self.xs, self.ys = xs, ys
-        self.rule = input_mask_rule(model)
+        self.rule = session.facts.mask_rule
         self.masked = self.rule is not None or data.lengths is not None
         dtypes = [x_dtype(xs, model), y_dtype(model), np.float32]
         self.dataset_resets = False  # batches (x, y, sample_weight, resets), on any rank
@@ -398,7 +397,7 @@ def evaluate(
     (:func:`clear_padding`)."""
     xs, ys, ws, lengths, resets = data
     comm, backend = session.comm, _backend()
-    rule = input_mask_rule(session.model)
+    rule = session.facts.mask_rule
     for m in metrics:
         m.reset_state()
     reader = ArrayReader(

@@ -328,20 +328,24 @@ class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
             session, progress = trainer.fit(
                 p,
                 self.loss,
-                data.x,
-                data.y,
-                data.sample_weight,
-                data.validation_data,
-                callbacks,
-                lengths,
-                initial_epoch,
-                new_model=data.new_model,
-                new_optimizer=lambda: fresh.new_optimizer(self.optimizer),
-                check_outputs=self._check_outputs,
+                trainer.FitRequest(
+                    data.x,
+                    data.y,
+                    data.sample_weight,
+                    data.validation_data,
+                    lengths,
+                    resets,
+                    callbacks,
+                    initial_epoch,
+                ),
+                trainer.Builders(
+                    data.new_model,
+                    lambda: fresh.new_optimizer(self.optimizer),
+                    self._check_outputs,
+                ),
                 warm=self._session if warm else None,
                 progress=self._fitted.progress() if warm else None,
                 previous=getattr(self, "_session", None),
-                resets=resets,
             )
         except BaseException as exc:
             failed = getattr(exc, "keraseq_session", None)

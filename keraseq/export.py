@@ -51,13 +51,7 @@ from keras import tree
 
 from .backend import name as _backend_name
 from .inputs import as_model_input
-from .model_facts import (
-    backward_layers,
-    input_specs,
-    mask_layers,
-    masked_outputs_not_carried,
-    window_bound_layers,
-)
+from .model_facts import facts_of
 from .session import Session, output_names
 from .windows import StateCarry
 
@@ -70,25 +64,26 @@ def check_streamable(model) -> None:
     the steps of one call (attention, pooling over time, a non-causal or strided
     ``Conv1D``, ``Flatten``), one that runs backwards in time, or a recurrent layer with a
     custom cell behind a mask (keraseq carries masked outputs only for Keras's cells)."""
-    if input_specs(model) is None:
+    facts = facts_of(model)
+    if facts.specs is None:
         raise ValueError(
             "export needs a model with symbolic inputs (a Functional or Sequential model "
             "built from keras.Input) so that the step's input signature is known; this "
             f"{type(model).__name__} has none"
         )
-    for layer in window_bound_layers(model):
+    for layer in facts.window_bound:
         raise ValueError(
             f"cannot export a streaming step: layer {layer.name!r} ({type(layer).__name__}) "
             f"mixes the time steps of one call and carries nothing to the next, so a "
             f"stream served in pieces would not continue the series (only recurrent layers, "
             f"causal Conv1D and layers that act on each step alone can stream)"
         )
-    for layer in backward_layers(model):
+    for layer in facts.backward:
         raise ValueError(
             f"cannot export a streaming step: layer {layer.name!r} "
             f"({type(layer).__name__}) runs backwards in time, which a stream cannot do"
         )
-    for layer in masked_outputs_not_carried(model) if mask_layers(model) else []:
+    for layer in facts.not_carried if facts.masks else []:
         raise ValueError(
             f"cannot export a streaming step: layer {layer.name!r} has a "
             f"{type(layer.cell).__name__} cell behind a mask; keraseq carries the output "
@@ -124,7 +119,7 @@ class StreamSignature:
 
     @classmethod
     def of(cls, model, carry: StateCarry, n_outputs: int) -> StreamSignature:
-        specs = input_specs(model)
+        specs = facts_of(model).specs
         if specs is None:
             raise ValueError("export needs a model with symbolic inputs (keras.Input)")
         taken: set = {"y"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -93,14 +94,17 @@ def _copied(model: keras.Model) -> keras.Model:
     return _in_place(model)
 
 
+#: The weights each model trained in place had when keraseq first saw it.
+_INITIAL_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _in_place(model: keras.Model) -> keras.Model:
     """A subclassed model whose ``__init__`` arguments Keras cannot serialise: trained in
     place, but every fit that is not warm starts again from the weights it had when keraseq
     first saw it."""
-    initial = getattr(model, "_keraseq_initial_weights", None)
-    if initial is None:
-        initial = [np.array(w) for w in model.get_weights()]
-        object.__setattr__(model, "_keraseq_initial_weights", initial)
+    initial = _INITIAL_WEIGHTS.get(model)
+    if initial is None:  # (kept beside the model, not on it: nothing is written onto it)
+        initial = _INITIAL_WEIGHTS[model] = [np.array(w) for w in model.get_weights()]
     warnings.warn(
         f"keraseq cannot copy this {type(model).__name__} (keras.models.clone_model and "
         f"copy.deepcopy need a get_config): it is trained in place, each fit starting from "

@@ -29,14 +29,13 @@ from .checks import check_windows, check_x, check_xy, step_features
 from .inputs import keyed
 from .lengths import (
     check_lengths,
-    input_mask_rule,
     is_ragged,
     real_steps,
     time_mask,
     unpad,
     unragged,
 )
-from .model_facts import Layout, input_specs, output_layouts, step_rank
+from .model_facts import Layout, output_layouts
 from .ranges import check_ranges, model_ranges
 from .readers import ArrayReader, BatchSource, pad_rows, predict_batch_size, x_dtype
 from .resets import check_model_for_resets, check_resets, ragged_resets
@@ -69,7 +68,7 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def check_predict_x(session: Session, x):
-    xs, n, t = check_x(x, input_specs(session.model))
+    xs, n, t = check_x(x, session.facts.specs)
     if step_features(xs[0]) != session.n_features:
         raise ValueError(
             f"`x` has F={xs[0].shape[-1]} features but the estimator was "
@@ -82,7 +81,7 @@ def check_predict_x(session: Session, x):
 def _layouts(session: Session, x):
     """The output layouts of the fitted model, as ``fit`` read them (from the model; else
     from what fit recorded: per series or per step)."""
-    xs = check_x(x, input_specs(session.model))[0]
+    xs = check_x(x, session.facts.specs)[0]
     layouts = output_layouts(session.model, xs)
     if layouts is None:
         layouts = [
@@ -102,7 +101,7 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None, resets=None)
     """
     comm, backend = session.comm, _backend()
     batch = min(batch, max(1, hi - lo))
-    rule = input_mask_rule(session.model)
+    rule = session.facts.mask_rule
     reader = ArrayReader(
         [
             xs,
@@ -216,8 +215,8 @@ def _predict_inputs(session: Session, x, out, lengths):
     """``(xs, n, t, lengths, ragged)``: ``x`` checked against the fitted model (a ragged list
     of series padded, with its lengths)."""
     x = keyed(x, session.model, "x")
-    ragged = is_ragged(x, step_rank(session.model))
-    x, _, _, lengths = unragged(x, None, None, lengths, step_rank(session.model))
+    ragged = is_ragged(x, session.facts.step_rank)
+    x, _, _, lengths = unragged(x, None, None, lengths, session.facts.step_rank)
     if ragged and out is not None:
         raise ValueError(
             "`out` needs a padded `x` (N, T, F) with `lengths`; a ragged `x` returns a list"
@@ -382,9 +381,9 @@ def _score_inputs(session: Session, x, y, sample_weight, lengths):
     """``(xs, ys, ws, lengths)`` checked against the fitted model; targets shaped like its
     outputs (not integer labels)."""
     x, y = keyed(x, session.model, "x"), keyed(y, session.model, "y")
-    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(session.model))
+    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, session.facts.step_rank)
     _, n_, t_ = check_predict_x(session, x)
-    xs, ys, ws = check_xy(x, y, sample_weight, _layouts(session, x), input_specs(session.model))
+    xs, ys, ws = check_xy(x, y, sample_weight, _layouts(session, x), session.facts.specs)
     for k, (a, shape) in enumerate(zip(ys, session.out_shapes)):
         skip = 1 if session.per_series else 2
         if tuple(a.shape[skip:]) != tuple(shape[skip - 1 :]):

@@ -5,9 +5,10 @@ of its input (:func:`step_rank`), how each output is laid out (:func:`output_lay
 step or per series, traced as Keras shapes it), the layout of ``x`` an input takes
 (:func:`x_layout`), and the layers that windows concern: those that make a mask, run backwards
 in time, cannot carry their masked outputs, or see only their window
-(:func:`window_bound_layers`). What does not: the checks that use these facts (``checks.py``,
-``selfcheck.py``, ``export.py``), the recurrent layers and causal convolutions the carry
-handles (``windows.py``), the mask rule (``lengths.py``).
+(:func:`window_bound_layers`); :class:`ModelFacts`, all of these read once per built model
+(:func:`facts_of`) and carried by its session. What does not: the checks that use these
+facts (``checks.py``, ``selfcheck.py``, ``export.py``), the recurrent layers and causal
+convolutions the carry handles (``windows.py``), the mask rule itself (``lengths.py``).
 
 Example:
     >>> import keras
@@ -23,15 +24,21 @@ Example:
 from __future__ import annotations
 
 import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import keras
 import numpy as np
 
 from .inputs import as_model_input
+from .lengths import input_mask_rule
 from .windows import carries_masked_output, find_causal_convs, find_rnn_layers
 
 __all__ = [
+    "ModelFacts",
+    "facts_of",
     "Layout",
     "input_specs",
     "output_layouts",
@@ -182,3 +189,52 @@ def window_bound_layers(model) -> list:
         ):
             found.append(layer)
     return found
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a built model says about the data it takes and the windows it runs in, read once
+    (:func:`facts_of`) and carried by its session to the checks, the epoch loop and
+    inference. (Whether a mask reaches the recurrent layers is not here: for a subclassed
+    model it is known only once the model has run, ``lengths.mask_reaches_rnn``.)"""
+
+    specs: list | None  #: the symbolic inputs (:func:`input_specs`)
+    step_rank: int | None  #: the rank of one series of a one-input model (:func:`step_rank`)
+    mask_rule: Callable | None  #: which steps are real, from the input's own mask
+    masks: tuple  #: the layers that make a mask (:func:`mask_layers`)
+    backward: tuple  #: the layers that run backwards in time (:func:`backward_layers`)
+    window_bound: tuple  #: the layers that see only their window (:func:`window_bound_layers`)
+    not_carried: tuple  #: RNNs whose masked outputs are not carried (custom cells)
+
+
+_FACTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def facts_of(model) -> ModelFacts:
+    """The :class:`ModelFacts` of ``model``, read on the first call once it is built and kept
+    beside it (nothing is written onto the model).
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(),
+        ...                       keras.layers.GRU(2, go_backwards=True)])
+        >>> facts = facts_of(m)
+        >>> facts.step_rank, facts.mask_rule is not None, [l.name for l in facts.backward]
+        (2, True, ['gru'])
+        >>> facts_of(m) is facts
+        True
+    """
+    facts = _FACTS.get(model)
+    if facts is None:
+        facts = ModelFacts(
+            specs=input_specs(model),
+            step_rank=step_rank(model),
+            mask_rule=input_mask_rule(model),
+            masks=tuple(mask_layers(model)),
+            backward=tuple(backward_layers(model)),
+            window_bound=tuple(window_bound_layers(model)),
+            not_carried=tuple(masked_outputs_not_carried(model)),
+        )
+        if model.built:  # (a model not yet built has no inputs to read until it runs)
+            _FACTS[model] = facts
+    return facts

@@ -15,6 +15,7 @@ the fitted record and its serial form (``fitted.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +30,14 @@ from .checks import FitData, check_model_inputs, check_windows, step_features
 from .inputs import as_model_input
 from .lengths import note_probed_masks
 from .losses import build_objective
+from .model_facts import ModelFacts, facts_of
 from .readers import read_rows
 from .selfcheck import window_check
 from .windows import StateCarry
 
 __all__ = [
     "Session",
+    "Builders",
     "Layout",
     "assemble",
     "prepare",
@@ -61,6 +64,18 @@ class Layout:
     seq_len: int | None  #: the windows of the compiled steps (``None``: whole series)
 
 
+@dataclass(frozen=True)
+class Builders:
+    """How a fit gets what it does not continue: ``new_model()`` and ``new_optimizer()``
+    build fresh ones (not called on a warm fit); ``check_outputs(out_shapes, ys, window,
+    per_series)`` checks the model's outputs against the targets (a subclass of the face adds
+    its own checks)."""
+
+    new_model: Callable[[], keras.Model]
+    new_optimizer: Callable[[], Any]
+    check_outputs: Callable
+
+
 @dataclass
 class Session:
     """A model ready to run window by window: what ``predict``, ``score`` and a warm ``fit``
@@ -82,6 +97,11 @@ class Session:
     train_metrics: list = field(default_factory=list)  #: the metrics the train step updates
     #: the windows' self-check ran on this model (``selfcheck.py``): by fit, or by a predict
     windows_checked: bool = False
+
+    @property
+    def facts(self) -> ModelFacts:
+        """What the model says about its data and windows, read once per model."""
+        return facts_of(self.model)
 
     @property
     def layout(self) -> Layout:
@@ -247,11 +267,10 @@ def prepare(
     loss,
     data: FitData,
     comm,
-    warm: Session | None,
-    built,
-    new_model,
-    new_optimizer,
-    check_outputs,
+    model: keras.Model,
+    build: Builders,
+    *,
+    warm: Session | None = None,
     previous: Session | None = None,
 ) -> tuple[Session, Any, list]:
     """Model, optimizer, probe, metrics and compiled steps (every rank identical); returns
@@ -265,9 +284,8 @@ def prepare(
     device = device_for(p["device"], comm)
     backend = _backend()
     with backend.device_scope(device):
-        model = warm.model if warm is not None else (built or new_model())
-        carry, layout, window, checked = _checked_model(p, model, data, comm, check_outputs)
-        opt = warm.optimizer if warm is not None else new_optimizer()
+        carry, layout, window, checked = _checked_model(p, model, data, comm, build.check_outputs)
+        opt = warm.optimizer if warm is not None else build.new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
         work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
         jit = backend.jit_for(

@@ -23,7 +23,7 @@ Example (normally reached through ``Estimator.fit``):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
@@ -31,53 +31,56 @@ import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
-from .checks import check_fit
+from .checks import FitData, check_fit
 from .epochs import EpochLoop, NonFiniteLossError, Progress
 from .inputs import keyed, split_validation
 from .lengths import unragged
 from .losses import is_window_loss
-from .model_facts import step_rank
+from .model_facts import facts_of
 from .readers import as_dataset
 from .resets import ragged_resets
-from .session import Session, device_for, prepare
+from .session import Builders, Session, device_for, prepare
 from .validation import check_positive_int
 
-__all__ = ["fit", "Progress", "NonFiniteLossError"]
+__all__ = ["fit", "FitRequest", "Builders", "Progress", "NonFiniteLossError"]
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    """One ``fit`` call's data, as the face hands it down (after scikit-learn's input rules):
+    ``x`` arrays, a ragged list or a pipeline of batches, and what came with it."""
+
+    x: Any
+    y: Any = None
+    sample_weight: Any = None
+    validation_data: Any = None
+    lengths: Any = None
+    resets: Any = None
+    callbacks: Any = None
+    initial_epoch: int | None = None
 
 
 def fit(
     p: dict,
     loss,
-    x,
-    y,
-    sample_weight,
-    validation_data,
-    callbacks,
-    lengths,
-    initial_epoch,
+    request: FitRequest,
+    build: Builders,
     *,
-    new_model: Callable[[], keras.Model],
-    new_optimizer: Callable[[], Any],
-    check_outputs: Callable,
     warm: Session | None = None,
     progress: Progress | None = None,
     previous: Session | None = None,
-    resets=None,
 ) -> tuple[Session, Progress]:
     """Train as ``Estimator.fit`` does; returns the fitted session and the progress.
 
     ``p``: the resolved hyper-parameters (``epochs`` already the count for this call);
-    ``new_model()``/``new_optimizer()`` build fresh ones (not called on a warm fit);
-    ``check_outputs(out_shapes, ys, window, per_series)`` checks the model's outputs against the
-    targets (a subclass adds its own checks); ``warm``/``progress``: the previous fit's, to
-    continue from; ``previous``: this estimator's last session, whose compiled steps a new
-    (not warm) fit may recycle. Nothing is returned (and no fitted state changes) when a check
-    fails.
+    ``warm``/``progress``: the previous fit's, to continue from; ``previous``: this
+    estimator's last session, whose compiled steps a new (not warm) fit may recycle. Nothing
+    is returned (and no fitted state changes) when a check fails.
     """
     p = dict(p)
     if p.get("steps_per_epoch") is not None:
         check_positive_int(p["steps_per_epoch"], "steps_per_epoch")
-    dataset = as_dataset(x, p.get("steps_per_epoch"))
+    dataset = as_dataset(request.x, p.get("steps_per_epoch"))
     if dataset is None and p.get("steps_per_epoch") is not None:
         raise ValueError(
             "`steps_per_epoch` counts the batches of a pipeline (tf.data, "
@@ -86,40 +89,42 @@ def fit(
     with contextlib.ExitStack() as opened:
         if dataset is not None:
             opened.callback(dataset.close)  # an epoch opened to read the first batch, if unrun
-            x, y, sample_weight = _first_batch(p, dataset, y, sample_weight, lengths, loss)
-            if resets is not None:
-                raise ValueError(
-                    "`resets` with a dataset: put each batch's resets in the batches, as "
-                    "(x, y, sample_weight, resets) tuples (sample_weight may be None)"
-                )
-        return _fit(
-            p,
-            loss,
-            x,
-            y,
-            sample_weight,
-            validation_data,
-            callbacks,
-            lengths,
-            initial_epoch,
-            new_model,
-            new_optimizer,
-            check_outputs,
-            warm,
-            progress,
-            previous,
-            dataset,
-            resets,
+            request = _first_batch(p, dataset, request, loss)
+        comm = dist.get_comm(p["distributed"])
+        p = _rank_batch(p, comm, dataset)
+        built = warm.model if warm is not None else _new_model(p, comm, build)
+        data = _checked_data(p, loss, request, built, comm)
+        session, val_steps, val_metrics = prepare(
+            p, loss, data, comm, built, build, warm=warm, previous=previous
         )
+        try:
+            loop = EpochLoop(p, session, data, dataset, val_steps, val_metrics)
+            progress = loop.run(
+                request.callbacks, request.initial_epoch, warm is not None, progress or Progress()
+            )
+        except BaseException as exc:
+            # Stopped mid-training (a non-finite loss, Ctrl-C, a failing callback): the caller
+            # still gets the model as it is (for a non-finite loss, from before that update).
+            try:
+                exc.keraseq_session = session  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            raise
+        return session, progress
 
 
-def _first_batch(p, dataset, y, sample_weight, lengths, loss):
+def _first_batch(p: dict, dataset, request: FitRequest, loss) -> FitRequest:
     """Ready minibatches (a pipeline): the first one stands for the data in every check and
-    probe of ``fit``; returns its ``(x, y, sample_weight)``."""
-    if y is not None or sample_weight is not None or lengths is not None:
+    probe of ``fit``; returns the request with its ``(x, y, sample_weight)``."""
+    if request.y is not None or request.sample_weight is not None or request.lengths is not None:
         raise ValueError(
             "`x` is a dataset of (x, y[, sample_weight]) batches: pass "
             "y=None (the targets are in the batches)"
+        )
+    if request.resets is not None:
+        raise ValueError(
+            "`resets` with a dataset: put each batch's resets in the batches, as "
+            "(x, y, sample_weight, resets) tuples (sample_weight may be None)"
         )
     if p["validation_split"] or p["group_by_length"]:
         raise ValueError(
@@ -136,52 +141,41 @@ def _first_batch(p, dataset, y, sample_weight, lengths, loss):
         first = next(iter(first.values())) if isinstance(first, dict) else first[0]
     p["batch_size"] = int(np.shape(first)[0])
     p["shuffle"] = False  # the dataset orders its batches (PyDataset.on_epoch_end)
-    return x, y, sample_weight
+    return replace(request, x=x, y=y, sample_weight=sample_weight)
 
 
-def _fit(
-    p,
-    loss,
-    x,
-    y,
-    sample_weight,
-    validation_data,
-    callbacks,
-    lengths,
-    initial_epoch,
-    new_model,
-    new_optimizer,
-    check_outputs,
-    warm,
-    progress,
-    previous,
-    dataset,
-    resets=None,
-):
-    comm = dist.get_comm(p["distributed"])
-    p = _rank_batch(p, comm, dataset)
-    # The model first: its input specs and output layouts decide how x and y are read
-    # (token ids, step shapes, targets per step or per series, sparse labels).
-    if warm is not None:
-        built = warm.model
-    else:
-        if p["random_state"] is not None:
-            keras.utils.set_random_seed(int(p["random_state"]))
-        with _backend().device_scope(device_for(p["device"], comm)):
-            built = new_model()
+def _new_model(p: dict, comm, build: Builders) -> keras.Model:
+    """The model of a new fit, built first: its input specs and output layouts decide how
+    ``x`` and ``y`` are read (token ids, step shapes, per step or per series, sparse labels)."""
+    if p["random_state"] is not None:
+        keras.utils.set_random_seed(int(p["random_state"]))
+    with _backend().device_scope(device_for(p["device"], comm)):
+        return build.new_model()
+
+
+def _checked_data(p: dict, loss, request: FitRequest, built: keras.Model, comm) -> FitData:
+    """The request's data keyed by the model's names, unragged, split for validation and
+    checked (``check_fit``)."""
+    x, y, w, lengths, resets = (
+        request.x,
+        request.y,
+        request.sample_weight,
+        request.lengths,
+        request.resets,
+    )
     if isinstance(x, dict) or isinstance(y, dict):  # keyed by the model's input/output names
         x, y = keyed(x, built, "x"), keyed(y, built, "y")
-    x, y, sample_weight, lengths = unragged(x, y, sample_weight, lengths, step_rank(built))
+    x, y, w, lengths = unragged(x, y, w, lengths, facts_of(built).step_rank)
     if isinstance(resets, list):  # per-series flags next to a ragged x
         first = x[0] if isinstance(x, (tuple, list)) else x
         resets = ragged_resets(resets, lengths, int(np.shape(first)[1]))
-    x, y, sample_weight, lengths, validation_data, resets = split_validation(
-        x, y, sample_weight, lengths, p["validation_split"], validation_data, resets
+    x, y, w, lengths, validation_data, resets = split_validation(
+        x, y, w, lengths, p["validation_split"], request.validation_data, resets
     )
-    data = check_fit(
+    return check_fit(
         x,
         y,
-        sample_weight,
+        w,
         lengths,
         validation_data,
         loss,
@@ -191,21 +185,6 @@ def _fit(
         model=built,
         resets=resets,
     )
-    session, val_steps, val_metrics = prepare(
-        p, loss, data, comm, warm, built, new_model, new_optimizer, check_outputs, previous
-    )
-    try:
-        loop = EpochLoop(p, session, data, dataset, val_steps, val_metrics)
-        progress = loop.run(callbacks, initial_epoch, warm is not None, progress or Progress())
-    except BaseException as exc:
-        # Stopped mid-training (a non-finite loss, Ctrl-C, a failing callback): the caller
-        # still gets the model as it is (for a non-finite loss, from before that update).
-        try:
-            exc.keraseq_session = session
-        except AttributeError:
-            pass
-        raise
-    return session, progress
 
 
 def _rank_batch(p: dict, comm, dataset) -> dict:

@@ -15,6 +15,7 @@ import pytest
 
 import keraseq.data as kdata
 from keraseq.data import h5concat
+from keraseq.h5copy import iter_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -357,13 +358,13 @@ def test_copy_small_blocks_same_result_and_bounded_reads(tmp_path, axis, monkeyp
 )
 def test_iter_blocks_tiles_within_budget(shape, itemsize, budget, chunks):
     seen = np.zeros(shape, dtype=int)
-    for sel in kdata._iter_blocks(shape, itemsize, budget, chunks):
+    for sel in iter_blocks(shape, itemsize, budget, chunks):
         block = seen[sel]
         assert block.size * itemsize <= max(budget, itemsize)
         seen[sel] += 1
     assert (seen == 1).all()
     if chunks is not None and budget == 200:
-        starts = [s[0].start for s in kdata._iter_blocks(shape, itemsize, budget, chunks)]
+        starts = [s[0].start for s in iter_blocks(shape, itemsize, budget, chunks)]
         assert starts == [0, 3, 6, 9]
 
 

@@ -746,6 +746,8 @@ def test_06_uncopyable_subclassed_model_is_trained_in_place_from_its_initial_wei
     for a, b in zip(*fitted):
         assert np.array_equal(a, b), "the second fit did not start from the initial weights"
     assert not all(np.array_equal(a, b) for a, b in zip(fitted[0], initial))  # it trained
+    # The initial weights are kept beside the model, not written onto it.
+    assert not [k for k in vars(model) if k.startswith("_keraseq")]
 
 
 # 7 ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Writes the fixtures of ``tests/test_fitted_legacy.py``: estimators fitted, saved (``.keras``)
+"""Writes the fixtures of ``tests/test_fitted.py``: estimators fitted, saved (``.keras``)
 and pickled by keraseq as it was before the fitted record (commit 8ae752b, issue 31: the
 fitted schema kept as private attributes, no format number in ``keraseq.json``), with the
 predictions they gave then. A test loads them with today's keraseq and predicts the same
