@@ -283,6 +283,7 @@ def test_resumed_on_fewer_ranks_with_a_global_batch_ends_as_the_uninterrupted_ru
     assert "`global_batch_size`=6 does not split evenly over 4 MPI ranks" in refused.stderr
 
 
+@pytest.mark.slow
 def test_global_batch_size_in_one_process_and_the_warning_of_a_rank_change(tmp_path):
     """``global_batch_size=G`` on one process is ``batch_size=G`` (the same weights, bit for
     bit); it refuses what cuts minibatches otherwise; a backup written on another number of
