@@ -66,17 +66,17 @@ def chunk_windows(p, session: Session, xs, comm) -> int | None:
     """Windows per compiled call (a multiple of ``sync_every``, the same on every rank), or
     ``None`` when each minibatch is one call (it has no more windows than that): then
     training runs exactly as without chunks."""
-    setting = p.get("windows_per_call", "auto")
+    setting = p.windows_per_call
     if session.steps.chunk_start is None:
         return None
     if setting == "auto":
-        rows = min(p["batch_size"], int(xs[0].shape[0]))
+        rows = min(p.batch_size, int(xs[0].shape[0]))
         t = int(xs[0].shape[1])
-        window = t if p["seq_len"] is None else min(p["seq_len"], t)
+        window = t if p.seq_len is None else min(p.seq_len, t)
         setting = auto_windows(rows * window * session.model.count_params())
-    k = 1 if session.per_series else p["sync_every"]
+    k = 1 if session.per_series else p.sync_every
     chunk = dist.max_over_ranks(math.ceil(setting / k) * k, comm)
-    return None if windows_of(xs, p["seq_len"]) <= chunk else chunk
+    return None if windows_of(xs, p.seq_len) <= chunk else chunk
 
 
 def calls_of(tensors, chunk, steps: StepFunctions, seq_len, comm, device, multiple=1):

@@ -34,11 +34,12 @@ from .backend import current as _backend
 from .callbacks import BackupAndRestore
 from .calls import calls_of, chunk_windows, windows_of
 from .checks import FitData
-from .feeding import batch_tensors, rebatch
+from .feeding import Feed, batch_tensors, rebatch
 from .inputs import keyed
-from .ranges import Ranges, check_ranges, clear_padding
+from .ranges import Ranges, check_ranges
 from .readers import (
     ArrayReader,
+    Minibatch,
     PipelineReader,
     predict_batch_size,
     x_dtype,
@@ -79,11 +80,13 @@ class EpochLoop:
         xs, ys, ws = data.xs, data.ys, data.ws
         # Data for training (rebatch reshapes in memory; it is for small N).
         self.rebatch_mask = None
-        if p["rebatch"] and p["batch_size"] > int(xs[0].shape[0]):
-            xs, ys, ws, self.rebatch_mask = rebatch(xs, ys, ws, p["batch_size"], p["seq_len"])
+        if p.rebatch and p.batch_size > int(xs[0].shape[0]):
+            xs, ys, ws, self.rebatch_mask = rebatch(xs, ys, ws, p.batch_size, p.seq_len)
         self.xs, self.ys = xs, ys
-        self.rule = session.facts.mask_rule
-        self.masked = self.rule is not None or data.lengths is not None
+        rule = session.facts.mask_rule
+        self.feed = Feed(
+            session.per_series, p.seq_len, rule, data.lengths is not None, data.ranges, comm
+        )
         dtypes = [x_dtype(xs, model), y_dtype(model), np.float32]
         self.dataset_resets = False  # batches (x, y, sample_weight, resets), on any rank
         self.reader: ArrayReader | PipelineReader
@@ -96,7 +99,7 @@ class EpochLoop:
             self.reader = PipelineReader(
                 dataset,
                 dtypes,
-                p["batch_size"],
+                p.batch_size,
                 comm,
                 standardize=standardizer(model, ys),
                 inspect=self._inspect if data.ranges else None,
@@ -114,10 +117,10 @@ class EpochLoop:
                     (resets,) if resets is not None else None,
                 ],
                 dtypes + [np.float32, np.int64, np.bool_],
-                p["batch_size"],
+                p.batch_size,
                 comm,
-                global_batch=p["global_batch_size"],
-                by_length=(lengths, self.rule) if p["group_by_length"] else None,
+                global_batch=p.global_batch_size,
+                by_length=(lengths, rule) if p.group_by_length else None,
                 pad=not session.steps.exact_rows,
             )
         # Minibatches per epoch (``None``: a pipeline whose count some rank does not know).
@@ -167,9 +170,9 @@ class EpochLoop:
         count, so schedulers, loggers and ``BackupAndRestore`` see the true epoch; an explicit
         ``initial_epoch`` has Keras's meaning (run epochs ``initial_epoch .. epochs - 1``)."""
         if initial_epoch is not None:
-            return check_positive_int(initial_epoch + 1, "initial_epoch") - 1, self.p["epochs"]
+            return check_positive_int(initial_epoch + 1, "initial_epoch") - 1, self.p.epochs
         first = progress.n_epochs if warm else 0
-        return first, first + self.p["epochs"]
+        return first, first + self.p.epochs
 
     def _shuffle_seed(self, warm: bool, progress: Progress) -> int | None:
         """One seed per estimator (rank 0's under MPI); epoch e shuffles with (seed, e), so a
@@ -178,8 +181,8 @@ class EpochLoop:
             return progress.shuffle_seed
         p = self.p
         seed = (
-            p["random_state"]
-            if p["random_state"] is not None
+            p.random_state
+            if p.random_state is not None
             else int(np.random.default_rng().integers(2**31))
         )
         return dist.broadcast_object(int(seed), self.session.comm)
@@ -188,12 +191,10 @@ class EpochLoop:
         """Keras's ``CallbackList``: the estimator's callbacks, then ``fit``'s; one step per
         compiled call."""
         calls = (
-            1
-            if self.chunk is None
-            else math.ceil(windows_of(self.xs, self.p["seq_len"]) / self.chunk)
+            1 if self.chunk is None else math.ceil(windows_of(self.xs, self.p.seq_len) / self.chunk)
         )
         return callback_list(
-            list(self.p["callbacks"] or []) + list(callbacks or []),
+            list(self.p.callbacks or []) + list(callbacks or []),
             self.session.model,
             self.p,
             None if self.n_steps is None else self.n_steps * calls,
@@ -204,16 +205,16 @@ class EpochLoop:
     def _epoch(self, cb, epoch: int, shuffle_seed) -> None:
         """One epoch: its minibatches, then validation; ``self.logs`` holds its logs."""
         p, model = self.p, self.session.model
-        epoch_rng = np.random.default_rng([shuffle_seed, epoch]) if p["shuffle"] else None
+        epoch_rng = np.random.default_rng([shuffle_seed, epoch]) if p.shuffle else None
         cb.on_epoch_begin(epoch)
-        if p["random_state"] is not None:
-            reseed(model, int(p["random_state"]), epoch)
+        if p.random_state is not None:
+            reseed(model, int(p.random_state), epoch)
         for m in self.session.train_metrics:
             m.reset_state()
         self.total = np.zeros(2)
         self.call = 0  # the callbacks' step: one per compiled call
         for step, batch in enumerate(self.reader.epoch(epoch_rng)):
-            self._minibatch(cb, epoch, step, batch.arrays, batch.rows_mask, batch.n_real)
+            self._minibatch(cb, epoch, step, batch)
             if model.stop_training:
                 break
         if self.data.val is not None:
@@ -228,36 +229,20 @@ class EpochLoop:
         labels (arrays are checked whole before the first step, by ``check_fit``)."""
         check_ranges(self.data.ranges, xs, ys, where=f" of the dataset's batch {step}")
 
-    def _minibatch(self, cb, epoch: int, step: int, batch, rows_mask, n_real) -> None:
+    def _minibatch(self, cb, epoch: int, step: int, batch: Minibatch) -> None:
         """One minibatch: its compiled calls, each a step of the callbacks."""
         p, session = self.p, self.session
-        bx, by, bw, bt, bl, br = batch
-        if bl is not None and self.data.ranges:
-            bx, by = clear_padding(self.data.ranges, bx, by, bl[0])
-        tensors = batch_tensors(
-            bx,
-            by,
-            bw,
-            rows_mask,
-            session.per_series,
-            bt,
-            bl,
-            self.rule,
-            self.masked,
-            p["seq_len"],
-            session.comm,
-            br,
-        )
-        multiple = 1 if session.per_series else p["sync_every"]
+        tensors = batch_tensors(self.feed, batch)
+        multiple = 1 if session.per_series else p.sync_every
         calls = calls_of(
-            tensors, self.chunk, session.steps, p["seq_len"], session.comm, session.device, multiple
+            tensors, self.chunk, session.steps, p.seq_len, session.comm, session.device, multiple
         )
         for args, final in calls:
             cb.on_train_batch_begin(self.call)
             loss_sum, count, bad = self._train_call(args)
             if int(bad) >= 0:
                 raise _non_finite(epoch, step, int(bad), session.comm)
-            self._log(loss_sum, count, n_real, final)
+            self._log(loss_sum, count, batch.n_real, final)
             cb.on_train_batch_end(self.call, self.logs)
             self.call += 1
             if session.comm.size > 1:  # a callback that stops one rank stops all (no hang)
@@ -362,19 +347,19 @@ def callback_list(callbacks, model, p, n_steps, comm, epochs=None):
         if isinstance(c, BackupAndRestore):  # what its backups record of this run
             c.run = {
                 "ranks": comm.size,
-                "batch_size": p["batch_size"],
-                "global_batch_size": p.get("global_batch_size"),
+                "batch_size": p.batch_size,
+                "global_batch_size": p.global_batch_size,
             }
     if comm.rank != 0:
         callbacks = [c for c in callbacks if not isinstance(c, dist.ROOT_ONLY_CALLBACKS)]
-    verbose = p["verbose"] if comm.rank == 0 else 0
+    verbose = p.verbose if comm.rank == 0 else 0
     return keras.callbacks.CallbackList(
         callbacks,
         add_history=True,
         add_progbar=verbose != 0,
         model=model,
         verbose=verbose,
-        epochs=p["epochs"] if epochs is None else epochs,
+        epochs=p.epochs if epochs is None else epochs,
         steps=n_steps,
     )
 
@@ -394,7 +379,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Loss and metrics of ``data = (xs, ys, ws, lengths, resets)`` (validation after an
     epoch); ``ranges``: the bounds whose out-of-range padding is cleared
-    (:func:`clear_padding`)."""
+    (``ranges.clear_padding``)."""
     xs, ys, ws, lengths, resets = data
     comm, backend = session.comm, _backend()
     rule = session.facts.mask_rule
@@ -405,34 +390,19 @@ def evaluate(
             xs,
             ys,
             ws,
+            None,
             (lengths,) if lengths is not None else None,
             (resets,) if resets is not None else None,
         ],
-        [x_dtype(xs, session.model), y_dtype(session.model), np.float32, np.int64, np.bool_],
+        [x_dtype(xs, session.model), y_dtype(session.model), np.float32, None, np.int64, np.bool_],
         predict_batch_size(p, xs, None),
         comm,
     )
-    masked = rule is not None or lengths is not None
+    # No collective inside evaluate's window loop: ranks need not agree on windows.
+    feed = Feed(session.per_series, p.seq_len, rule, lengths is not None, ranges)
     total = np.zeros(2)
     for batch in reader.epoch():
-        (bx, by, bw, bl, br), rows_mask = batch.arrays, batch.rows_mask
-        if bl is not None and ranges:  # (None or empty: nothing to clear)
-            bx, by = clear_padding(ranges, bx, by, bl[0])
-        # No collective inside evaluate's window loop: ranks need not agree on windows.
-        tensors = batch_tensors(
-            bx,
-            by,
-            bw,
-            rows_mask,
-            session.per_series,
-            None,
-            bl,
-            rule,
-            masked,
-            p["seq_len"],
-            None,
-            br,
-        )
+        tensors = batch_tensors(feed, batch)
         with session.carry, backend.device_scope(session.device):
             loss_sum, count = steps.evaluate(*tensors, None)
         total += np.array([float(loss_sum), float(count)])

@@ -15,6 +15,7 @@ loops (``backend/``), MPI (``distributed.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Sequence
@@ -176,7 +177,7 @@ class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
             self.optimizer = hyperparams.with_optimizer_params(self.optimizer, params)
         return self
 
-    def _resolved(self) -> dict[str, Any]:
+    def _resolved(self) -> hyperparams.Settings:
         """The validated hyper-parameters (``spec`` and defaults filled in)."""
         values = {key: getattr(self, key) for key in hyperparams.DEFAULTS}
         return hyperparams.resolve(values, self.spec, self._extra_params(), type(self).__name__)
@@ -212,7 +213,7 @@ class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
         if serial is not None:
             self._restore(FittedRecord.from_dict(serial), self.model_)
         elif "model_" in state:
-            seq_len = self._resolved()["seq_len"]
+            seq_len = self._resolved().seq_len
             record = FittedRecord.from_legacy(legacy, seq_len, state.get("classes_"))
             self._restore(record, self.model_)
 
@@ -309,7 +310,7 @@ class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
     ):
         p = self._resolved()
         if epochs is not None:
-            p["epochs"] = check_positive_int(epochs, "epochs")
+            p = dataclasses.replace(p, epochs=check_positive_int(epochs, "epochs"))
         val = read_validation(val)  # a pipeline: read once into arrays
         data = sklearn_inputs.fit_inputs(
             p,
@@ -449,7 +450,9 @@ class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
         fitted.check_fitted(self, "save")
         kept = getattr(self, "_stream", None)
         states = self._get_states() if kept is not None and kept.states is not None else None
-        params = dict(self._resolved(), verbose=self.verbose)  # verbose: as given ("auto")
+        params = dict(
+            self._resolved().as_dict(), verbose=self.verbose
+        )  # verbose: as given ("auto")
         saved = persistence.Saved(self.model_, self.loss, params, self._fitted, states)
         persistence.save(path, saved, type(self).__name__, self.distributed)
 

@@ -18,43 +18,72 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from . import distributed as dist
 from .backend import current as _backend
 from .lengths import real_steps, time_mask, windows_needed
+from .ranges import Ranges, clear_padding
+from .readers import Minibatch
 
-__all__ = ["batch_tensors", "rebatch"]
+__all__ = ["Feed", "batch_tensors", "rebatch"]
 
 
-def batch_tensors(
-    bx, by, bw, rows_mask, per_series, rebatch_mask, bl, rule, masked, seq_len, agree_comm, br=None
-):
-    """A read minibatch as the step functions take it: ``(x, y, weights or None, mask,
-    time mask or None, windows to run or None)``.
+@dataclass(frozen=True)
+class Feed:
+    """How the minibatches of one pass become the steps' tensors: targets ``per_series`` or
+    per step, the windows of ``seq_len``, the model's input mask ``rule`` and whether
+    ``lengths`` were given (then each row's real steps are marked), the token-id and label
+    ``ranges`` whose out-of-range padding is cleared, and ``agree_comm``: under MPI, when the
+    window loop holds an Allreduce per window, every rank runs the same number of windows."""
 
-    With unequal lengths (``masked``) the time mask marks each row's real steps and the
-    window count stops at the minibatch's longest series; ``agree_comm`` (under MPI, when the
-    window loop holds an Allreduce per window) makes every rank run the same count. With
-    resets (``br``, the minibatch's ``(resets,)``) the time mask is integer marks holding
-    them (:func:`keraseq.lengths.time_mask`)."""
+    per_series: bool
+    seq_len: int | None
+    rule: Callable | None = None
+    lengths: bool = False
+    ranges: Ranges | None = None
+    agree_comm: Any = None
+
+    @property
+    def masked(self) -> bool:
+        """Some steps may be padding: the time mask marks the real ones."""
+        return self.rule is not None or self.lengths
+
+
+def batch_tensors(feed: Feed, batch: Minibatch) -> tuple:
+    """A read minibatch, its groups ``(x, y, sample_weight, rebatch mask, lengths, resets)``,
+    as the step functions take it: ``(x, y, weights or None, mask, time mask or None,
+    windows to run or None)``.
+
+    With unequal lengths (``feed.masked``) the time mask marks each row's real steps and the
+    window count stops at the minibatch's longest series. With resets (the minibatch's
+    ``(resets,)``) the time mask is integer marks holding them
+    (:func:`keraseq.lengths.time_mask`)."""
     to_tensor = _backend().to_tensor
+    bx, by, bw, rebatch_mask, bl, br = batch.arrays
+    rows_mask, per_series = batch.rows_mask, feed.per_series
+    if bl is not None and feed.ranges:  # (None or empty: nothing to clear)
+        bx, by = clear_padding(feed.ranges, bx, by, bl[0])
     t = bx[0].shape[1]
     weights = None if bw is None else (to_tensor(_weights(bw[0], per_series, t)),)
     mask = _mask(rows_mask, t, per_series, rebatch_mask)
     tm = n_win = None
-    if masked or br is not None:
-        tm = time_mask(bx, None if bl is None else bl[0], rule, None if br is None else br[0])
+    if feed.masked or br is not None:
+        tm = time_mask(bx, None if bl is None else bl[0], feed.rule, None if br is None else br[0])
         if tm is None:
             tm = np.ones((len(rows_mask), t), np.float32)
         tm = np.where(rows_mask[:, None] > 0, tm, 0).astype(tm.dtype)
         if not per_series:
             mask = mask * real_steps(tm)
         if tm.dtype != np.int8:  # (int8: resets, no padding: every window runs)
-            n_win = windows_needed(tm, seq_len)
-            if agree_comm is not None and agree_comm.size > 1 and not per_series:
-                n_win = dist.max_over_ranks(n_win, agree_comm)
+            n_win = windows_needed(tm, feed.seq_len)
+            agree = feed.agree_comm
+            if agree is not None and agree.size > 1 and not per_series:
+                n_win = dist.max_over_ranks(n_win, agree)
             n_win = to_tensor(np.int32(n_win))
         tm = to_tensor(tm)
     return (

@@ -25,7 +25,7 @@ import copy
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -34,6 +34,9 @@ from . import builders, utils
 from . import distributed as dist
 from .backend import current as _backend
 from .session import device_for
+
+if TYPE_CHECKING:
+    from .hyperparams import Settings
 
 __all__ = ["new_model", "new_optimizer", "build_seeded"]
 
@@ -117,13 +120,13 @@ def _in_place(model: keras.Model) -> keras.Model:
     return model
 
 
-def build_seeded(p: dict, make: Callable[[], keras.Model]) -> keras.Model:
+def build_seeded(p: Settings, make: Callable[[], keras.Model]) -> keras.Model:
     """``make()`` seeded (``random_state``) and on the device of the training loop: the model
     of a new fit built before the data checks (tabular ``x`` needs to know its input)."""
-    comm = dist.get_comm(p["distributed"])
-    if p["random_state"] is not None:
-        keras.utils.set_random_seed(int(p["random_state"]))
-    with _backend().device_scope(device_for(p["device"], comm)):
+    comm = dist.get_comm(p.distributed)
+    if p.random_state is not None:
+        keras.utils.set_random_seed(int(p.random_state))
+    with _backend().device_scope(device_for(p.device, comm)):
         return make()
 
 

@@ -2,8 +2,8 @@
 
 What lives here: the keywords and their effective defaults (:data:`DEFAULTS`), the names
 scikit-learn's ``get_params`` sees (:data:`PARAM_NAMES`), :func:`resolve` (the stored keywords
-and ``spec`` -> the validated dict ``p`` that training and inference read; every error names
-the parameter) and the ``model__<name>`` / ``optimizer__<key>`` parameters of
+and ``spec`` -> the validated :class:`Settings` ``p`` that training and inference read; every
+error names the parameter) and the ``model__<name>`` / ``optimizer__<key>`` parameters of
 ``get_params``/``set_params``. What does not: storing them (``Estimator.__init__`` keeps what
 it is given, as scikit-learn asks), using them (``trainer.py``, ``inference.py``).
 
@@ -11,13 +11,14 @@ Example:
     >>> from keraseq.hyperparams import DEFAULTS, resolve
     >>> values = dict(DEFAULTS, epochs=None, batch_size=None)
     >>> p = resolve(values, {"epochs": 3, "batch_size": 8, "seq_len": 5}, {}, "Estimator")
-    >>> p["epochs"], p["batch_size"], p["seq_len"], p["verbose"]
+    >>> p.epochs, p.batch_size, p.seq_len, p.verbose
     (3, 8, 5, 1)
 """
 
 from __future__ import annotations
 
 from collections.abc import Container, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import keras
@@ -25,6 +26,7 @@ import keras
 from .validation import REQUIRED_SPEC_FIELDS, check_positive_int, spec_fields
 
 __all__ = [
+    "Settings",
     "DEFAULTS",
     "SPEC_WHEN_NONE",
     "PARAM_NAMES",
@@ -64,6 +66,45 @@ DEFAULTS: dict[str, Any] = dict(
     fused_rnn=True,
     window_check="warn",
 )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved hyper-parameters of one call (:func:`resolve`): each keyword of
+    :data:`DEFAULTS`, checked, the ``spec`` and the defaults filled in (``verbose="auto"``
+    read as 1). Frozen: a step that changes one (``epochs`` of ``partial_fit``, a rank's
+    share of ``global_batch_size``) makes a new one with ``dataclasses.replace``."""
+
+    epochs: int
+    batch_size: int
+    global_batch_size: int | None
+    seq_len: int | None
+    shuffle: bool
+    random_state: int | None
+    verbose: int
+    metrics: Any
+    loss_weights: Any
+    predict_batch_size: int | None
+    rebatch: bool
+    jit_compile: Any  #: "auto", True or False
+    device: Any  #: "auto", None or a device name
+    distributed: Any  #: "auto", True, False or a communicator
+    warm_start: bool
+    group_by_length: bool
+    callbacks: Any
+    validation_split: float
+    sync_every: int
+    steps_per_epoch: int | None
+    windows_per_call: Any  #: "auto" or a count
+    fused_rnn: bool
+    window_check: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as the keywords of :data:`DEFAULTS` (the values themselves, not
+        copies)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 #: Keywords that a ``spec`` fills only when they are ``None`` (an explicit value wins); the
 #: others take the spec's field when they are left at their default.
 SPEC_WHEN_NONE = ("epochs", "batch_size", "seq_len")
@@ -72,7 +113,7 @@ PARAM_NAMES = ("model", "loss", "optimizer", "spec") + tuple(DEFAULTS)
 
 
 # ------------------------------------------------------------------------------- resolving
-def resolve(values: dict[str, Any], spec: Any, extra: dict[str, Any], owner: str) -> dict:
+def resolve(values: dict[str, Any], spec: Any, extra: dict[str, Any], owner: str) -> Settings:
     """The validated hyper-parameters: ``values`` (each keyword of :data:`DEFAULTS` as stored)
     filled from ``spec`` and the defaults. ``extra``: keyword arguments beyond the signature
     (only ``model__<name>`` is allowed); ``owner``: the class name for messages."""
@@ -90,7 +131,7 @@ def resolve(values: dict[str, Any], spec: Any, extra: dict[str, Any], owner: str
         if key in fields and (value is None if key in SPEC_WHEN_NONE else value is default):
             value = fields[key]  # the spec fills what was not given
         p[key] = default if value is None else value
-    return _checked(p)
+    return Settings(**_checked(p))
 
 
 def _spec_fields(spec: Any) -> dict[str, Any]:

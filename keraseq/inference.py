@@ -20,6 +20,8 @@ Example (normally reached through ``Estimator.predict``/``score``):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 
@@ -42,6 +44,9 @@ from .resets import check_model_for_resets, check_resets, ragged_resets
 from .selfcheck import window_check
 from .session import Session
 from .validation import check_finite
+
+if TYPE_CHECKING:
+    from .hyperparams import Settings
 
 __all__ = ["predict", "predict_dataset", "score", "predict_blocks", "predict_batch_size"]
 
@@ -143,7 +148,7 @@ def predict_blocks(session, xs, lo, hi, batch, h_all, lengths=None, resets=None)
 
 def predict(
     session: Session,
-    p: dict,
+    p: Settings,
     x,
     out=None,
     h_all=None,
@@ -196,11 +201,11 @@ def _checked_resets(session: Session, resets, lengths, n: int, t: int):
     return resets
 
 
-def _window_check(session: Session, p: dict, xs, rows, lengths) -> None:
+def _window_check(session: Session, p: Settings, xs, rows, lengths) -> None:
     """The windows' self-check (``selfcheck.py``) before the first windowed run of a model
     that ``fit`` did not check (one loaded, or fitted without windows)."""
     if not session.windows_checked:
-        mode = p.get("window_check", "warn")
+        mode = p.window_check
         if window_check(session.model, xs, session.seq_len, mode, rows, lengths, session.comm):
             session.windows_checked = True
 
@@ -309,7 +314,7 @@ def _gathered(local, outs, direct, comm) -> list:
     return results
 
 
-def predict_dataset(session: Session, p: dict, batches):
+def predict_dataset(session: Session, p: Settings, batches):
     """Predictions for a pipeline of batches (one pass, as ``model.predict`` reads it:
     ``x``, ``(x,)``, ``(x, y)`` or ``(x, y, sample_weight)``; or keraseq's ``(x, y,
     sample_weight, resets)``), concatenated over its batches."""
@@ -335,7 +340,9 @@ def predict_dataset(session: Session, p: dict, batches):
     return _unpack(out)
 
 
-def score(session: Session, p: dict, x, y, sample_weight=None, lengths=None, resets=None) -> float:
+def score(
+    session: Session, p: Settings, x, y, sample_weight=None, lengths=None, resets=None
+) -> float:
     """Coefficient of determination R² over all outputs and time steps (uniform average).
 
     Each output feature is one target; the samples are the (series, time step) pairs

@@ -335,7 +335,7 @@ def series_lengths(
     rule: Callable | None,
     lo: int,
     hi: int,
-    chunk_rows: int = 1024,
+    block_rows: int = 1024,
 ) -> np.ndarray:
     """Per series of rows ``[lo, hi)``, 1 + its last real step (streamed over ``xs``)."""
     t = int(xs[0].shape[1])
@@ -346,8 +346,8 @@ def series_lengths(
             else np.asarray(lengths[lo:hi], np.int64)
         )
     out = np.empty(hi - lo, np.int64)
-    for start in range(lo, hi, chunk_rows):
-        stop = min(hi, start + chunk_rows)
+    for start in range(lo, hi, block_rows):
+        stop = min(hi, start + block_rows)
         block = tuple(np.asarray(a[start:stop]) for a in xs)
         mask = time_mask(block, None if lengths is None else lengths[start:stop], rule)
         assert mask is not None  # the rule is given

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -34,6 +34,9 @@ from .model_facts import ModelFacts, facts_of
 from .readers import read_rows
 from .selfcheck import window_check
 from .windows import StateCarry
+
+if TYPE_CHECKING:
+    from .hyperparams import Settings
 
 __all__ = [
     "Session",
@@ -164,7 +167,7 @@ def build_steps(
     opt,
     carry,
     *,
-    p: dict,
+    p: Settings,
     comm,
     loss,
     device,
@@ -177,7 +180,7 @@ def build_steps(
     resolved hyper-parameters (``loss_weights``, ``sync_every``)."""
     per_series = layout.per_series
     objective = build_objective(
-        model, loss, output_names(model, len(layout.out_shapes)), p["loss_weights"], per_series
+        model, loss, output_names(model, len(layout.out_shapes)), p.loss_weights, per_series
     )
     backend = _backend()
     allreduce = backend.graph_allreduce(comm, device) if comm.size > 1 else None
@@ -195,7 +198,7 @@ def build_steps(
         per_series,
         jit,
         allreduce,
-        sync_every=p["sync_every"],
+        sync_every=p.sync_every,
     )
     val_steps = None
     if val_metrics is not None:
@@ -213,14 +216,14 @@ def build_steps(
     return steps, val_steps
 
 
-def rebuild(layout: Layout, model: keras.Model, loss, p: dict, distributed: Any) -> Session:
+def rebuild(layout: Layout, model: keras.Model, loss, p: Settings, distributed: Any) -> Session:
     """The session of a fitted model after loading or unpickling, from the ``layout`` its fit
     left: the optimizer the model was compiled with, a new state carry, the communicator of
     ``distributed`` and the compiled steps. ``p``: the resolved hyper-parameters."""
     comm = dist.get_comm(distributed)
-    device = device_for(p["device"], comm)
-    carry = StateCarry(model, fused=p["fused_rnn"])
-    jit = _backend().jit_for(model, p["jit_compile"])
+    device = device_for(p.device, comm)
+    carry = StateCarry(model, fused=p.fused_rnn)
+    jit = _backend().jit_for(model, p.jit_compile)
     carry.compiled_with(jit)
     steps, _ = build_steps(
         layout, model, model.optimizer, carry, p=p, comm=comm, loss=loss, device=device, jit=jit
@@ -263,7 +266,7 @@ def probe(model, carry, xs, seq_len, row=0):
 
 
 def prepare(
-    p: dict,
+    p: Settings,
     loss,
     data: FitData,
     comm,
@@ -279,21 +282,21 @@ def prepare(
     The compiled steps of a finished fit of the same architecture and settings are reused
     (``reuse.py``): the new model's initial weights and a fresh optimizer state are loaded
     into the objects they were compiled for."""
-    if p["random_state"] is not None and warm is not None:  # (a new model: seeded by fit)
-        keras.utils.set_random_seed(int(p["random_state"]))
-    device = device_for(p["device"], comm)
+    if p.random_state is not None and warm is not None:  # (a new model: seeded by fit)
+        keras.utils.set_random_seed(int(p.random_state))
+    device = device_for(p.device, comm)
     backend = _backend()
     with backend.device_scope(device):
         carry, layout, window, checked = _checked_model(p, model, data, comm, build.check_outputs)
         opt = warm.optimizer if warm is not None else build.new_optimizer()
         # Multiply-adds per window, roughly: what decides XLA or not ("auto") on TensorFlow.
-        work = min(p["batch_size"], int(data.xs[0].shape[0])) * window * model.count_params()
+        work = min(p.batch_size, int(data.xs[0].shape[0])) * window * model.count_params()
         jit = backend.jit_for(
             model,
-            p["jit_compile"],
+            p.jit_compile,
             work=work,
             distributed=comm.size > 1,
-            fused=p["fused_rnn"],
+            fused=p.fused_rnn,
         )
         carry.compiled_with(jit)
         key = reuse.key_of(model, opt, _reuse_settings(p, loss, data, comm, device, jit, layout))
@@ -348,7 +351,7 @@ def _reusable(key, model, opt, comm, warm, previous) -> reuse.Entry | None:
     return entry
 
 
-def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
+def _checked_model(p: Settings, model, data: FitData, comm, check_outputs):
     """``(carry, layout, window, checked)``: the model's inputs and windows checked against
     the data (``checked``: the windows' self-check compared windows), its states and outputs
     probed on one series of this rank (the :class:`Layout`), and its outputs checked against
@@ -357,27 +360,25 @@ def _checked_model(p: dict, model, data: FitData, comm, check_outputs):
     check_model_inputs(model, xs)
     check_windows(
         model,
-        p["seq_len"],
+        p.seq_len,
         int(xs[0].shape[1]),
         data.lengths is not None or (data.val is not None and data.val[3] is not None),
     )
     own, end = dist.shard(int(xs[0].shape[0]), comm)
-    carry = StateCarry(model, fused=p["fused_rnn"])
+    carry = StateCarry(model, fused=p.fused_rnn)
     state_specs, out_shapes, window = probe(
-        model, carry, xs, p["seq_len"], row=min(own, int(xs[0].shape[0]) - 1)
+        model, carry, xs, p.seq_len, row=min(own, int(xs[0].shape[0]) - 1)
     )
     check_outputs(out_shapes, data.ys, window, per_series=data.per_series)
     # (after the probe, which warms the backend's eager calls that the check also uses)
-    checked = window_check(
-        model, xs, p["seq_len"], p["window_check"], (own, end), data.lengths, comm
-    )
+    checked = window_check(model, xs, p.seq_len, p.window_check, (own, end), data.lengths, comm)
     layout = Layout(
         n_features=step_features(xs[0]),
         n_outputs=len(data.ys),
         out_shapes=out_shapes,
         per_series=data.per_series,
         state_specs=state_specs,
-        seq_len=p["seq_len"],
+        seq_len=p.seq_len,
     )
     return carry, layout, window, checked
 
@@ -386,13 +387,13 @@ def _reuse_settings(p, loss, data, comm, device, jit, layout: Layout) -> dict:
     """What the compiled steps depend on beyond the model and optimizer (the reuse key)."""
     return {
         "loss": reuse.describe(loss),
-        "metrics": reuse.describe(p["metrics"]),
-        "loss_weights": reuse.describe(p["loss_weights"]),
-        "seq_len": p["seq_len"],
+        "metrics": reuse.describe(p.metrics),
+        "loss_weights": reuse.describe(p.loss_weights),
+        "seq_len": p.seq_len,
         "per_series": data.per_series,
         "jit": jit,
-        "sync_every": p["sync_every"],
-        "fused_rnn": p["fused_rnn"],
+        "sync_every": p.sync_every,
+        "fused_rnn": p.fused_rnn,
         "ranks": [comm.rank, comm.size],
         "device": device,
         "validation": data.val is not None,
@@ -401,7 +402,7 @@ def _reuse_settings(p, loss, data, comm, device, jit, layout: Layout) -> dict:
     }
 
 
-def _compiled(p: dict, model, opt, ys, out_shapes, comm, warm):
+def _compiled(p: Settings, model, opt, ys, out_shapes, comm, warm):
     """``(optimizer, metrics, validation metrics)`` of a model that reuses no compiled
     steps: the optimizer wrapped for MPI, compiled into a new model (its loss scaling under
     mixed precision, as ``model.fit``), built; fresh metrics for training and validation."""
@@ -413,7 +414,7 @@ def _compiled(p: dict, model, opt, ys, out_shapes, comm, warm):
             opt = model.optimizer  # mixed_float16: compile's loss scaling, as model.fit
     opt.build(model.trainable_variables)
     metrics, val_metrics = (
-        [metric(m, *metric_shapes(k, ys, out_shapes)) for k, m in enumerate(p["metrics"] or [])]
+        [metric(m, *metric_shapes(k, ys, out_shapes)) for k, m in enumerate(p.metrics or [])]
         for _ in range(2)
     )
     return opt, metrics, val_metrics

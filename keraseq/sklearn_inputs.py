@@ -29,6 +29,7 @@ from .validation import check_n_features, check_sklearn_array, check_weights_not
 
 if TYPE_CHECKING:
     from .fitted import FittedRecord
+    from .hyperparams import Settings
 
 __all__ = ["FitInputs", "fit_inputs", "predict_x", "score_y", "as_fitted_y"]
 
@@ -46,7 +47,7 @@ class FitInputs(NamedTuple):
 
 
 def fit_inputs(
-    p: dict,
+    p: Settings,
     x,
     y,
     sample_weight,

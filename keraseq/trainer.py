@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -41,6 +41,9 @@ from .readers import as_dataset
 from .resets import ragged_resets
 from .session import Builders, Session, device_for, prepare
 from .validation import check_positive_int
+
+if TYPE_CHECKING:
+    from .hyperparams import Settings
 
 __all__ = ["fit", "FitRequest", "Builders", "Progress", "NonFiniteLossError"]
 
@@ -61,7 +64,7 @@ class FitRequest:
 
 
 def fit(
-    p: dict,
+    p: Settings,
     loss,
     request: FitRequest,
     build: Builders,
@@ -77,11 +80,10 @@ def fit(
     estimator's last session, whose compiled steps a new (not warm) fit may recycle. Nothing
     is returned (and no fitted state changes) when a check fails.
     """
-    p = dict(p)
-    if p.get("steps_per_epoch") is not None:
-        check_positive_int(p["steps_per_epoch"], "steps_per_epoch")
-    dataset = as_dataset(request.x, p.get("steps_per_epoch"))
-    if dataset is None and p.get("steps_per_epoch") is not None:
+    if p.steps_per_epoch is not None:
+        check_positive_int(p.steps_per_epoch, "steps_per_epoch")
+    dataset = as_dataset(request.x, p.steps_per_epoch)
+    if dataset is None and p.steps_per_epoch is not None:
         raise ValueError(
             "`steps_per_epoch` counts the batches of a pipeline (tf.data, "
             "generator, PyDataset); with arrays an epoch is every series once"
@@ -89,8 +91,8 @@ def fit(
     with contextlib.ExitStack() as opened:
         if dataset is not None:
             opened.callback(dataset.close)  # an epoch opened to read the first batch, if unrun
-            request = _first_batch(p, dataset, request, loss)
-        comm = dist.get_comm(p["distributed"])
+            p, request = _first_batch(p, dataset, request, loss)
+        comm = dist.get_comm(p.distributed)
         p = _rank_batch(p, comm, dataset)
         built = warm.model if warm is not None else _new_model(p, comm, build)
         data = _checked_data(p, loss, request, built, comm)
@@ -113,9 +115,11 @@ def fit(
         return session, progress
 
 
-def _first_batch(p: dict, dataset, request: FitRequest, loss) -> FitRequest:
+def _first_batch(p: Settings, dataset, request: FitRequest, loss) -> tuple[Settings, FitRequest]:
     """Ready minibatches (a pipeline): the first one stands for the data in every check and
-    probe of ``fit``; returns the request with its ``(x, y, sample_weight)``."""
+    probe of ``fit``; returns the settings with its batch size (no shuffling: the dataset
+    orders its batches, ``PyDataset.on_epoch_end``) and the request with its ``(x, y,
+    sample_weight)``."""
     if request.y is not None or request.sample_weight is not None or request.lengths is not None:
         raise ValueError(
             "`x` is a dataset of (x, y[, sample_weight]) batches: pass "
@@ -126,7 +130,7 @@ def _first_batch(p: dict, dataset, request: FitRequest, loss) -> FitRequest:
             "`resets` with a dataset: put each batch's resets in the batches, as "
             "(x, y, sample_weight, resets) tuples (sample_weight may be None)"
         )
-    if p["validation_split"] or p["group_by_length"]:
+    if p.validation_split or p.group_by_length:
         raise ValueError(
             "validation_split and group_by_length need arrays; a dataset "
             "brings its own batches (use validation_data)"
@@ -139,21 +143,20 @@ def _first_batch(p: dict, dataset, request: FitRequest, loss) -> FitRequest:
     first = x
     while isinstance(first, (tuple, list, dict)) and first:
         first = next(iter(first.values())) if isinstance(first, dict) else first[0]
-    p["batch_size"] = int(np.shape(first)[0])
-    p["shuffle"] = False  # the dataset orders its batches (PyDataset.on_epoch_end)
-    return replace(request, x=x, y=y, sample_weight=sample_weight)
+    p = replace(p, batch_size=int(np.shape(first)[0]), shuffle=False)
+    return p, replace(request, x=x, y=y, sample_weight=sample_weight)
 
 
-def _new_model(p: dict, comm, build: Builders) -> keras.Model:
+def _new_model(p: Settings, comm, build: Builders) -> keras.Model:
     """The model of a new fit, built first: its input specs and output layouts decide how
     ``x`` and ``y`` are read (token ids, step shapes, per step or per series, sparse labels)."""
-    if p["random_state"] is not None:
-        keras.utils.set_random_seed(int(p["random_state"]))
-    with _backend().device_scope(device_for(p["device"], comm)):
+    if p.random_state is not None:
+        keras.utils.set_random_seed(int(p.random_state))
+    with _backend().device_scope(device_for(p.device, comm)):
         return build.new_model()
 
 
-def _checked_data(p: dict, loss, request: FitRequest, built: keras.Model, comm) -> FitData:
+def _checked_data(p: Settings, loss, request: FitRequest, built: keras.Model, comm) -> FitData:
     """The request's data keyed by the model's names, unragged, split for validation and
     checked (``check_fit``)."""
     x, y, w, lengths, resets = (
@@ -170,7 +173,7 @@ def _checked_data(p: dict, loss, request: FitRequest, built: keras.Model, comm) 
         first = x[0] if isinstance(x, (tuple, list)) else x
         resets = ragged_resets(resets, lengths, int(np.shape(first)[1]))
     x, y, w, lengths, validation_data, resets = split_validation(
-        x, y, w, lengths, p["validation_split"], request.validation_data, resets
+        x, y, w, lengths, p.validation_split, request.validation_data, resets
     )
     return check_fit(
         x,
@@ -179,25 +182,25 @@ def _checked_data(p: dict, loss, request: FitRequest, built: keras.Model, comm) 
         lengths,
         validation_data,
         loss,
-        p["metrics"],
-        p["rebatch"],
+        p.metrics,
+        p.rebatch,
         comm,
         model=built,
         resets=resets,
     )
 
 
-def _rank_batch(p: dict, comm, dataset) -> dict:
+def _rank_batch(p: Settings, comm, dataset) -> Settings:
     """``p`` with ``batch_size`` this rank's share of ``global_batch_size``, when set:
     checked to divide by the number of ranks, refused where a rank's minibatches are not
     cut from the one order of all rows (a pipeline, ``group_by_length``, ``rebatch``)."""
-    g = p.get("global_batch_size")
+    g = p.global_batch_size
     if g is None:
         return p
     for name, used in (
         ("x as a pipeline", dataset is not None),
-        ("group_by_length=True", p["group_by_length"]),
-        ("rebatch=True", p["rebatch"]),
+        ("group_by_length=True", p.group_by_length),
+        ("rebatch=True", p.rebatch),
     ):
         if used:
             raise ValueError(
@@ -209,4 +212,4 @@ def _rank_batch(p: dict, comm, dataset) -> dict:
             f"`global_batch_size`={g} does not split evenly over {comm.size} MPI ranks; "
             f"use a multiple of {comm.size}"
         )
-    return dict(p, batch_size=g // comm.size)
+    return replace(p, batch_size=g // comm.size)

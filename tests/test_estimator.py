@@ -727,7 +727,7 @@ SpecNT = collections.namedtuple("SpecNT", "epochs batch_size seq_len")
 def test_spec_forms_fill_hyper_parameters(spec):
     est = Estimator(lstm_model(), "mse", "adam", spec)
     params = est._resolved()  # fit resolves the spec; __init__ stores what it is given
-    assert (params["epochs"], params["batch_size"], params["seq_len"]) == (2, 6, 7)
+    assert (params.epochs, params.batch_size, params.seq_len) == (2, 6, 7)
 
 
 @pytest.mark.tf_in_full
@@ -745,6 +745,6 @@ def test_spec_equals_keywords():
     assert (
         Estimator(
             lstm_model(), "mse", "adam", dict(epochs=2, batch_size=6, seq_len=7), epochs=5
-        )._resolved()["epochs"]
+        )._resolved().epochs
         == 5
     )

@@ -84,7 +84,7 @@ def test_clone_keeps_params_and_initial_weights(data):
     for key in ("epochs", "batch_size", "seq_len", "spec", "loss", "verbose"):
         assert copied[key] == params[key], key
     assert copied["epochs"] is None and copied["spec"]["epochs"] == 3  # stored as given
-    assert copy._resolved()["epochs"] == 3 and copy._resolved()["seq_len"] == 4  # from spec
+    assert copy._resolved().epochs == 3 and copy._resolved().seq_len == 4  # from spec
     assert not hasattr(copy, "model_")
     for a, b in zip(copy.model.get_weights(), est.model.get_weights()):
         np.testing.assert_array_equal(a, b)  # every CV fold starts from the same weights

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from ..validation import check_positive_int
 from .arrays import ArrayReader, Minibatch, pad_rows, read_rows, x_dtype, y_dtype
 from .pipelines import BatchSource, PipelineReader, as_dataset, read_validation
 from .plans import global_plan, minibatch_plan
+
+if TYPE_CHECKING:
+    from ..hyperparams import Settings
 
 __all__ = [
     "reader_for",
@@ -75,15 +79,17 @@ def reader_for(
     return ArrayReader(data, dtypes, batch_size, comm, **options)
 
 
-def predict_batch_size(p: dict, xs, batch_size: int | None) -> int:
+def predict_batch_size(p: Settings, xs, batch_size: int | None) -> int:
     """Series per minibatch of ``predict``/``score``/validation: the given size, else
     ``predict_batch_size``, else the multiple of the training ``batch_size`` nearest below
     256 series and below ~64 MB of ``x`` (out-of-core data; at least ``batch_size``). A
     multiple of the training batch: with 33 series of (1000, 500) per minibatch against 32,
     XLA:CPU's predict took 590 MB more memory."""
     given = check_positive_int(batch_size, "batch_size", allow_none=True)
-    if given or p["predict_batch_size"]:
-        return given or p["predict_batch_size"]
+    if given is not None:
+        return given
+    if p.predict_batch_size is not None:
+        return p.predict_batch_size
     row_bytes = sum(int(np.prod(a.shape[1:])) * 4 for a in xs)
     rows = min(256, (64 * 2**20) // max(1, row_bytes))
-    return p["batch_size"] * max(1, rows // p["batch_size"])
+    return p.batch_size * max(1, rows // p.batch_size)

@@ -33,8 +33,8 @@ def minibatch_plan(
         rows = rng.permutation(rows)
     plan = []
     for step in range(n_steps):
-        chunk = rows[step * batch_size : (step + 1) * batch_size]
-        plan.append(np.sort(chunk) if shuffle else chunk)
+        part = rows[step * batch_size : (step + 1) * batch_size]
+        plan.append(np.sort(part) if shuffle else part)
     return plan
 
 
