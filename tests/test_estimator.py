@@ -743,8 +743,8 @@ def test_spec_equals_keywords():
     assert by_spec.history_ == by_kw.history_
     # a keyword given explicitly wins over the spec
     assert (
-        Estimator(
-            lstm_model(), "mse", "adam", dict(epochs=2, batch_size=6, seq_len=7), epochs=5
-        )._resolved().epochs
+        Estimator(lstm_model(), "mse", "adam", dict(epochs=2, batch_size=6, seq_len=7), epochs=5)
+        ._resolved()
+        .epochs
         == 5
     )
