@@ -15,8 +15,8 @@ Example (normally reached through ``Estimator.fit``; ``est.history_`` is its ``H
     >>> m = keras.Sequential([keras.Input((None, 2)), keras.layers.GRU(4, return_sequences=True),
     ...                       keras.layers.Dense(1)])
     >>> x = np.random.rand(8, 12, 2).astype("float32")
-    >>> est = Estimator(m, epochs=2, batch_size=4, seq_len=6, verbose=0)
-    >>> sorted(est.fit(x, x[..., :1], validation_split=0.25).history_)
+    >>> est = Estimator(m, epochs=2, batch_size=4, seq_len=6, validation_split=0.25, verbose=0)
+    >>> sorted(est.fit(x, x[..., :1]).history_)
     ['loss', 'val_loss']
 """
 

@@ -217,10 +217,10 @@ def facts_of(model) -> ModelFacts:
     Example:
         >>> import keras
         >>> m = keras.Sequential([keras.Input((None, 3)), keras.layers.Masking(),
-        ...                       keras.layers.GRU(2, go_backwards=True)])
+        ...                       keras.layers.GRU(2, go_backwards=True, name="back")])
         >>> facts = facts_of(m)
         >>> facts.step_rank, facts.mask_rule is not None, [l.name for l in facts.backward]
-        (2, True, ['gru'])
+        (2, True, ['back'])
         >>> facts_of(m) is facts
         True
     """
