@@ -219,7 +219,7 @@ def _cases(shapes):
     return cases
 
 
-# Examples of five cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=3).
+# Examples of five cases each; `make test-full` runs more (KERASEQ_BACKEND_EXAMPLES=2).
 EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
 
 

@@ -78,7 +78,7 @@ CASE = st.fixed_dictionaries(
 @on_jax
 @pytest.mark.property
 @settings(
-    max_examples=int(os.environ.get("KERASEQ_ROWS_EXAMPLES", "1")),  # test-full: 30
+    max_examples=int(os.environ.get("KERASEQ_ROWS_EXAMPLES", "1")),  # test-full: 8
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )

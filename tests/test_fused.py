@@ -173,7 +173,7 @@ def test_fused_loop_agrees_with_keras_in_float32(name, masked):
 
 @pytest.mark.property
 @settings(
-    max_examples=int(os.environ.get("KERASEQ_FUSED_EXAMPLES", "4")),  # test-full: 30
+    max_examples=int(os.environ.get("KERASEQ_FUSED_EXAMPLES", "4")),  # test-full: 10
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )

@@ -83,7 +83,7 @@ def _alarm(signum, frame):
 # test-full runs 150 (KERASEQ_FUZZ_EXAMPLES).
 @pytest.mark.property
 @settings(
-    max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "6")),  # make test-full: 150
+    max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "6")),  # make test-full: 40
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

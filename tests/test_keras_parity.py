@@ -45,7 +45,7 @@ from keraseq import Classifier, Estimator, NonFiniteLossError
 # Keras's own warning when a Conv1D drops a Masking mask (a case the grammar draws on purpose).
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not support masking:UserWarning")
 
-EXAMPLES = int(os.environ.get("KERASEQ_PARITY_EXAMPLES", "2"))  # make test-full: 30
+EXAMPLES = int(os.environ.get("KERASEQ_PARITY_EXAMPLES", "2"))  # make test-full: 10
 # Shrinking a failure takes minutes (a model compiles per attempt): KERASEQ_PARITY_SHRINK=1.
 SHRINK = os.environ.get("KERASEQ_PARITY_SHRINK", "0") not in ("", "0")
 PARITY = settings(
@@ -66,7 +66,9 @@ WEIGHT_ATOL = 1e-5
 # test-full: a ReLU LSTM's kernel element 1.2e-5 = 7e-5 relative apart after one AdamW epoch,
 # 1 of 48 elements; the other weights within 1.5e-7). A wrong computation is off by far more.
 WEIGHT_RTOL = 1e-4
-LOSS_RTOL = 1e-6
+# The mean loss in float32 after float32 updates in another order: seen 1.4e-6 relative apart
+# (an LSTM, Adam with clipnorm, a loss of 1.7e-3 in its second epoch; the weights agreed).
+LOSS_RTOL = 1e-5
 
 
 # ------------------------------------------------------------------------------ the grammar

@@ -73,7 +73,7 @@ CASE = st.fixed_dictionaries(
 @pytest.mark.backend
 @pytest.mark.property
 @settings(
-    max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "2")),  # test-full: 40
+    max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "2")),  # test-full: 8
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )

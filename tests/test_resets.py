@@ -57,7 +57,7 @@ def _pieces(model, x_row, starts):
 @pytest.mark.tf_in_full
 @pytest.mark.property
 @settings(
-    max_examples=int(os.environ.get("KERASEQ_RESETS_EXAMPLES", "2")),  # test-full: 20
+    max_examples=int(os.environ.get("KERASEQ_RESETS_EXAMPLES", "2")),  # test-full: 6
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
