@@ -79,8 +79,8 @@ def _alarm(signum, frame):
     raise Hang("fit/predict did not return within 60 s")
 
 
-# About 1 s per example on 2 busy cores (valid ones trace a new graph): 12 in make test; make
-# test-full runs 150 (KERASEQ_FUZZ_EXAMPLES).
+# About 1 s per example on 2 busy cores (valid ones trace a new graph): 6 in make test; make
+# test-full runs 40 (KERASEQ_FUZZ_EXAMPLES).
 @pytest.mark.property
 @settings(
     max_examples=int(os.environ.get("KERASEQ_FUZZ_EXAMPLES", "6")),  # make test-full: 40
