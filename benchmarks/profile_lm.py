@@ -65,7 +65,11 @@ def trace_epoch(args, out_dir):
         verbose=0,
         fused_rnn=not args.unfused,
     ).fit(x, y, callbacks=[Trace()])
-    return times, len(jax.devices())
+    # each device runs the program of every full window of the streams once (a shorter last
+    # window runs its own), and the time loops' bodies once per step of those windows
+    devices = len(jax.devices())
+    windows = x.shape[1] // lm.WINDOW * devices
+    return times, devices, windows, windows * lm.WINDOW
 
 
 def xla_operations(out_dir):
@@ -91,13 +95,11 @@ def main():
     ap.add_argument("--unfused", action="store_true", help="fused_rnn=False")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
-        times, devices = trace_epoch(args, out_dir)
+        times, devices, windows, steps = trace_epoch(args, out_dir)
         ops = xla_operations(out_dir)
     by_count = collections.defaultdict(list)
     for name, (n, us) in ops.items():
         by_count[n].append((us, name))
-    windows = max(by_count, key=lambda n: sum(us for us, _ in by_count[n]) if n < 1000 else 0)
-    steps = max(by_count, key=lambda n: sum(us for us, _ in by_count[n]) if n > windows else 0)
     print(
         f"epochs {', '.join(f'{t:.2f}' for t in times)} s (the third traced); {devices} device(s); "
         f"{windows} window runs (windows x devices), {steps} step runs"
