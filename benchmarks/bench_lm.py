@@ -94,6 +94,8 @@ SYSTEMS = [
     "keras loop (one-hot)",
     "torch",
     "torch-1t",
+    "tf fused loop",
+    "jax fused loop",
 ]
 BACKEND = {
     "keraseq[tensorflow]": "tensorflow",
@@ -106,6 +108,9 @@ BACKEND = {
     "keras loop (one-hot)": "tensorflow",
     "torch": "tensorflow",
     "torch-1t": "tensorflow",
+    "tf fused loop": "tensorflow",
+    "tf fused loop (graph)": "tensorflow",
+    "jax fused loop": "jax",
     "init": "tensorflow",
 }
 LABELS = {"jax": "jax hand loop"}  # the others are shown by their system name
@@ -256,7 +261,7 @@ def run_keraseq(args):
     )
     est.fit(x, y, callbacks=[timer])
     bits = bits_per_token(yv, est.predict(xv), from_logits=True)
-    res = {"times": timer.times, "bits": bits, "backend": keras.backend.backend()}
+    res = {"times": timer.times, "cpu": timer.cpu, "bits": bits, "backend": keras.backend.backend()}
     if res["backend"] == "jax":
         import jax
 
@@ -277,9 +282,9 @@ def run_keras_loop(args, one_hot=False):
     model = build(V, stateful_batch=STREAMS, one_hot=one_hot)
     model.set_weights(load_init(args.init))
     model.compile(keras_adam(), keras_loss())
-    times = []
+    times, cpu = [], []
     for _ in range(args.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for layer in model.layers:
             if getattr(layer, "stateful", False):
                 layer.reset_states()
@@ -287,8 +292,9 @@ def run_keras_loop(args, one_hot=False):
             loss = model.train_on_batch(x[:, s : s + WINDOW], y[:, s : s + WINDOW])
         float(loss)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     bits = bits_per_token(yv, stateful_run(model, xv), from_logits=True)
-    return {"times": times, "bits": bits, "backend": keras.backend.backend()}
+    return {"times": times, "cpu": cpu, "bits": bits, "backend": keras.backend.backend()}
 
 
 def run_torch(args, threads=None):
@@ -336,10 +342,10 @@ def run_torch(args, threads=None):
     def repackage_hidden(h):
         return tuple(v.detach() for v in h)
 
-    times, cut = [], False
+    times, cpu, cut = [], [], False
     for _ in range(args.epochs):
         model.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         hidden = init_hidden(STREAMS)
         for i in range(0, data.size(0), WINDOW):
             if time.perf_counter() - t0 > args.max_epoch_s:
@@ -353,7 +359,9 @@ def run_torch(args, threads=None):
             loss.backward()
             optimizer.step()
         float(loss)
-        times.append((time.perf_counter() - t0) * data.size(0) / min(i + WINDOW, data.size(0)))
+        scale = data.size(0) / min(i + WINDOW, data.size(0))
+        times.append((time.perf_counter() - t0) * scale)
+        cpu.append((time.process_time() - c0) * scale)
     model.eval()
     with torch.no_grad():
         hidden, outs = init_hidden(STREAMS), []
@@ -364,6 +372,7 @@ def run_torch(args, threads=None):
     logits = np.concatenate(outs, axis=0).transpose(1, 0, 2)
     return {
         "times": times,
+        "cpu": cpu,
         "bits": bits_per_token(yv, logits, from_logits=True),
         "threads": torch.get_num_threads(),
         "extrapolated": cut,
@@ -441,15 +450,16 @@ def run_jax(args):
     if full < L:
         parts.append((windows(x, full, L), windows(y, full, L)))
     zeros = jnp.zeros((STREAMS, UNITS), "float32")
-    times = []
+    times, cpu = [], []
     for _ in range(args.epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         h, c, total = zeros, zeros, 0.0  # the state reset at each epoch
         for xs, ys in parts:
             params, opt_state, h, c, lsum = train(params, opt_state, h, c, xs, ys)
             total = total + lsum
         float(total)  # waits for the last window
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
 
     @jax.jit
     def logits_of(p, xs):  # the whole validation streams in one scan, state carried
@@ -459,9 +469,279 @@ def run_jax(args):
     logits = np.asarray(logits_of(params, jnp.asarray(xv.astype(np.int32))))
     return {
         "times": times,
+        "cpu": cpu,
         "bits": bits_per_token(yv, logits, from_logits=True),
         "devices": len(jax.devices()),
     }
+
+
+def run_fused_hand(args):
+    """The LM by hand with keraseq's fused LSTM loop written out, on TensorFlow or JAX.
+
+    The same maths as keraseq's fused loop (``keraseq/fused.py``) and the same program shape
+    as the JAX hand loop (one compiled call runs every full window of the epoch, the windows
+    in a loop inside it): per window the input projection ``x @ kernel + bias`` of all the
+    steps in one matmul, a forward time loop that carries ``h @ recurrent_kernel`` and saves
+    the gates, the logits and the softmax cross-entropy's gradient, a reverse time loop of
+    pre-activation gradients, then every weight gradient as one matmul over the window (the
+    embedding's a segment sum), and Keras's Adam. No autodiff: the gradients are written out.
+    ``tf fused loop``: ``tf.function(jit_compile=True)``, the loops ``tf.while_loop`` over
+    ``TensorArray``s (a plain graph, ``jit_compile=False``, as ``tf fused loop (graph)``);
+    ``jax fused loop``: ``jax.jit``, the loops ``lax.scan``, on one JAX CPU device."""
+    import numpy as np
+
+    from keraseq import bits_per_token
+
+    x, y, xv, yv, V = corpus(args.chars)
+    init = load_init(args.init)
+    tf_side = args.worker.startswith("tf")
+    if tf_side:
+        import tensorflow as tf
+
+        N = _TFOps(tf)
+        compile_ = functools.partial(tf.function, jit_compile=not args.worker.endswith("(graph)"))
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        N = _JaxOps(jax, jnp)
+        compile_ = jax.jit
+    F32 = "float32"
+    names = ("e", "k", "r", "b", "dk", "db")
+    params = {k: N.array(a) for k, a in zip(names, init)}
+    state = (
+        {k: N.zeros(a.shape) for k, a in zip(names, init)},
+        {k: N.zeros(a.shape) for k, a in zip(names, init)},
+        N.array(np.zeros((), F32)),
+    )
+
+    def dot(a, b):  # (S, B, m) @ (m, n) -> (S, B, n), as one 2-D matmul
+        s = a.shape
+        return N.reshape(N.matmul(N.reshape(a, (-1, s[-1])), b), (s[0], s[1], b.shape[-1]))
+
+    def tdot(a, b):  # sum over steps and rows of a[s, b]^T b[s, b]: ONE matmul
+        return N.matmul(
+            N.transpose(N.reshape(a, (-1, a.shape[-1]))), N.reshape(b, (-1, b.shape[-1]))
+        )
+
+    def forward(p, h0, c0, xw):  # xw: (S, B) ids, time-major
+        e = N.take(p["e"], xw)
+        xp = dot(e, p["k"]) + p["b"]
+
+        def step(hc, xp_t):  # Keras's LSTM cell, gate order i, f, c, o
+            h, c = hc
+            zi, zf, zg, zo = N.split(xp_t + N.matmul(h, p["r"]), 4)
+            i, f, g, o = N.sigmoid(zi), N.sigmoid(zf), N.tanh(zg), N.sigmoid(zo)
+            c = f * c + i * g
+            tc = N.tanh(c)
+            h = o * tc
+            return (h, c), (h, c, i, f, g, o, tc)
+
+        (h, c), saved = N.scan(step, (h0, c0), xp)
+        return e, saved, h, c
+
+    def window(p, st, h0, c0, xw, yw):
+        e, (H, C, i, f, g, o, tc), h, c = forward(p, h0, c0, xw)
+        S, B = xw.shape
+        logits = dot(H, p["dk"]) + p["db"]
+        top = N.max(logits)
+        lse = top + N.log(N.sum(N.exp(logits - top)))
+        onehot = N.one_hot(yw, V)
+        loss = N.mean(lse[..., 0] - N.sum(logits * onehot)[..., 0])
+        dlog = (N.exp(logits - lse) - onehot) / (S * B)
+        dH = dot(dlog, N.transpose(p["dk"]))
+        H_prev = N.concat([h0[None], H[:-1]], 0)
+        C_prev = N.concat([c0[None], C[:-1]], 0)
+        rT = N.transpose(p["r"])
+
+        def back(d, xs):
+            dh_next, dc_next = d
+            dH_t, i, f, g, o, tc, c_prev = xs
+            dh = dH_t + dh_next
+            dc = dc_next + dh * o * (1.0 - tc * tc)
+            dz = N.concat(
+                [
+                    dc * g * i * (1.0 - i),
+                    dc * c_prev * f * (1.0 - f),
+                    dc * i * (1.0 - g * g),
+                    dh * tc * o * (1.0 - o),
+                ],
+                -1,
+            )
+            return (N.matmul(dz, rT), dc * f), dz
+
+        zeros = N.zeros_like(h0)
+        _, dZ = N.scan(back, (zeros, zeros), (dH, i, f, g, o, tc, C_prev), reverse=True)
+        de = N.segment_sum(N.reshape(dot(dZ, N.transpose(p["k"])), (-1, EMB)), xw, V)
+        grads = {
+            "e": de,
+            "k": tdot(e, dZ),
+            "r": tdot(H_prev, dZ),
+            "b": N.sum(dZ, (0, 1)),
+            "dk": tdot(H, dlog),
+            "db": N.sum(dlog, (0, 1)),
+        }
+        p, st = adam(p, grads, st)
+        return p, st, h, c, loss
+
+    def adam(p, g, st):  # keras.optimizers.Adam.update_step
+        m, v, t = st
+        t = t + 1.0
+        lr_t = LR * N.sqrt(1.0 - BETA2**t) / (1.0 - BETA1**t)
+        m = {k: m[k] + (g[k] - m[k]) * (1.0 - BETA1) for k in m}
+        v = {k: v[k] + (g[k] * g[k] - v[k]) * (1.0 - BETA2) for k in v}
+        p = {k: p[k] - lr_t * m[k] / (N.sqrt(v[k]) + EPS) for k in p}
+        return p, (m, v, t)
+
+    @compile_
+    def train(p, st, h, c, xs, ys):
+        def step(carry, xy):
+            p, st, h, c = carry
+            p, st, h, c, loss = window(p, st, h, c, *xy)
+            return (p, st, h, c), loss
+
+        (p, st, h, c), losses = N.scan(step, (p, st, h, c), (xs, ys))
+        return p, st, h, c, N.sum(losses, 0)
+
+    def windows(a, start, stop):  # (B, L) -> ((stop - start) / WINDOW, WINDOW, B)
+        a = a[:, start:stop]
+        a = a.reshape(a.shape[0], -1, min(WINDOW, stop - start)).transpose(1, 2, 0)
+        return N.array(a.astype(np.int32))
+
+    L = x.shape[1]
+    full = L - L % WINDOW
+    parts = [(windows(x, 0, full), windows(y, 0, full))] if full else []
+    if full < L:
+        parts.append((windows(x, full, L), windows(y, full, L)))
+    zeros = N.zeros((STREAMS, UNITS))
+    times, cpu = [], []
+    for _ in range(args.epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        h, c, total = zeros, zeros, 0.0
+        for xs, ys in parts:
+            params, state, h, c, lsum = train(params, state, h, c, xs, ys)
+            total = total + lsum
+        float(total)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+
+    @compile_
+    def logits_of(p, xs):
+        _, (H, *_), _, _ = forward(p, zeros, zeros, N.transpose(xs))
+        return dot(H, p["dk"]) + p["db"]
+
+    logits = np.asarray(logits_of(params, N.array(xv.astype(np.int32)))).transpose(1, 0, 2)
+    return {"times": times, "cpu": cpu, "bits": bits_per_token(yv, logits, from_logits=True)}
+
+
+class _TFOps:
+    """The few array operations of :func:`run_fused_hand`, on TensorFlow."""
+
+    def __init__(self, tf):
+        self.tf = tf
+        for name in ("sigmoid", "tanh", "exp", "log", "sqrt", "matmul", "transpose", "reshape"):
+            setattr(self, name, getattr(tf.math if name in ("exp", "log", "sqrt") else tf, name))
+
+    def array(self, a):
+        return self.tf.convert_to_tensor(a)
+
+    def zeros(self, shape):
+        return self.tf.zeros(shape, "float32")
+
+    def zeros_like(self, a):
+        return self.tf.zeros_like(a)
+
+    def take(self, table, ids):
+        return self.tf.gather(table, ids)
+
+    def split(self, z, n):
+        return self.tf.split(z, n, axis=-1)
+
+    def concat(self, parts, axis):
+        return self.tf.concat(parts, axis)
+
+    def max(self, a):  # over the last axis, kept
+        return self.tf.reduce_max(a, axis=-1, keepdims=True)
+
+    def sum(self, a, axis=-1):
+        return self.tf.reduce_sum(a, axis=axis, keepdims=axis == -1)
+
+    def mean(self, a):
+        return self.tf.reduce_mean(a)
+
+    def one_hot(self, ids, depth):
+        return self.tf.one_hot(ids, depth, dtype="float32")
+
+    def segment_sum(self, rows, ids, n):
+        return self.tf.math.unsorted_segment_sum(rows, self.tf.reshape(ids, (-1,)), n)
+
+    def scan(self, body, init, xs, reverse=False):
+        """``lax.scan`` written as a ``tf.while_loop`` over ``TensorArray``s."""
+        tf = self.tf
+        flat = tf.nest.flatten(xs)
+        n = int(flat[0].shape[0])
+        ins = [tf.TensorArray(a.dtype, size=n, element_shape=a.shape[1:]).unstack(a) for a in flat]
+        # the outputs' structure: one trace of the body (not run)
+        spec = tf.nest.map_structure(
+            lambda t: tf.TensorSpec(t.shape, t.dtype),
+            body(init, tf.nest.pack_sequence_as(xs, [a[0] for a in flat]))[1],
+        )
+        outs = [
+            tf.TensorArray(s.dtype, size=n, element_shape=s.shape) for s in tf.nest.flatten(spec)
+        ]
+
+        def step(k, carry, outs):
+            i = n - 1 - k if reverse else k
+            carry, ys = body(carry, tf.nest.pack_sequence_as(xs, [ta.read(i) for ta in ins]))
+            return k + 1, carry, [ta.write(i, y) for ta, y in zip(outs, tf.nest.flatten(ys))]
+
+        _, carry, outs = tf.while_loop(
+            lambda k, *_: k < n, step, (tf.constant(0), init, outs), maximum_iterations=n
+        )
+        return carry, tf.nest.pack_sequence_as(spec, [ta.stack() for ta in outs])
+
+
+class _JaxOps:
+    """The same operations on JAX."""
+
+    def __init__(self, jax, jnp):
+        self.jax, self.jnp = jax, jnp
+        self.sigmoid = jax.nn.sigmoid
+        for name in ("tanh", "exp", "log", "sqrt", "matmul", "transpose", "reshape", "zeros_like"):
+            setattr(self, name, getattr(jnp, name))
+
+    def array(self, a):
+        return self.jnp.asarray(a)
+
+    def zeros(self, shape):
+        return self.jnp.zeros(shape, "float32")
+
+    def take(self, table, ids):
+        return table[ids]
+
+    def split(self, z, n):
+        return self.jnp.split(z, n, axis=-1)
+
+    def concat(self, parts, axis):
+        return self.jnp.concatenate(parts, axis)
+
+    def max(self, a):
+        return self.jnp.max(a, axis=-1, keepdims=True)
+
+    def sum(self, a, axis=-1):
+        return self.jnp.sum(a, axis=axis, keepdims=axis == -1)
+
+    def mean(self, a):
+        return self.jnp.mean(a)
+
+    def one_hot(self, ids, depth):
+        return self.jax.nn.one_hot(ids, depth, dtype="float32")
+
+    def segment_sum(self, rows, ids, n):
+        return self.jax.ops.segment_sum(rows, ids.reshape(-1), n)
+
+    def scan(self, body, init, xs, reverse=False):
+        return self.jax.lax.scan(body, init, xs, reverse=reverse)
 
 
 def worker(args):
@@ -472,6 +752,9 @@ def worker(args):
         "torch": run_torch,
         "torch-1t": lambda a: run_torch(a, threads=1),
         "jax": run_jax,
+        "tf fused loop": run_fused_hand,
+        "tf fused loop (graph)": run_fused_hand,
+        "jax fused loop": run_fused_hand,
     }.get(args.worker, run_keraseq)
     print("RESULT " + json.dumps(fn(args)), flush=True)
 
@@ -494,7 +777,7 @@ def launch(system, args, generation=False):
     ]
     cmd += ["--generation"] if generation else []
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND=BACKEND[system])
-    if system.endswith("-1dev") or system == "jax":
+    if system.endswith("-1dev") or system in ("jax", "jax fused loop"):
         # one JAX CPU device: keraseq[jax]-1dev; the hand loop (importing keraseq for its corpus
         # would otherwise ask JAX for one device per core, which the hand loop does not use)
         env["KERASEQ_CPU_DEVICES"] = "1"
@@ -578,6 +861,12 @@ def main():
                 "bits": runs[-1]["bits"],
                 "mark": "*" if any(r.get("extrapolated") for r in runs) else " ",
                 "threads": runs[-1].get("threads"),
+                # cores busy: CPU seconds / wall seconds of the steady epochs
+                "cores": statistics.median(
+                    c / t for r in runs for c, t in zip(r.get("cpu", [])[1:], r["times"][1:])
+                )
+                if all(r.get("cpu") for r in runs)
+                else None,
             }
     kq = [s for s in systems if s in FUSED and s in stats]  # the fused keraseq columns
 
@@ -587,8 +876,8 @@ def main():
         return LABELS.get(s, s)
 
     head = (
-        f"{'system':28s} {'s/epoch':>8s} {'1st-epoch extra':>15s} {'val bits/char':>13s} "
-        + " ".join(f"{'vs ' + k:>22s}" for k in kq)
+        f"{'system':28s} {'s/epoch':>8s} {'cores':>5s} {'1st-epoch extra':>15s} "
+        f"{'val bits/char':>13s} " + " ".join(f"{'vs ' + k:>22s}" for k in kq)
     )
     print(head + "\n" + "-" * len(head))
     for s in systems:
@@ -598,9 +887,14 @@ def main():
         st = stats[s]
         ratios = " ".join(f"{st['median'] / stats[k]['median']:21.2f}x" for k in kq)
         bits = f"{st['bits']:13.4f}" if st["mark"] == " " else f"{'(cut)':>13s}"
-        print(f"{label(s):28s} {st['median']:7.2f}{st['mark']} {st['first']:15.2f} {bits} {ratios}")
+        cores = f"{st['cores']:5.2f}" if st["cores"] is not None else f"{'?':>5s}"
+        print(
+            f"{label(s):28s} {st['median']:7.2f}{st['mark']} {cores} {st['first']:15.2f} {bits} "
+            f"{ratios}"
+        )
     print(
         "(vs keraseq[..] = this system's median s/epoch / keraseq's: > 1 = keraseq faster; "
+        "cores = CPU seconds / wall seconds of a steady epoch, every thread of the process; "
         "* = epochs cut at --max-epoch-s and extrapolated)"
     )
     for ref in ("keras loop", "keras loop (one-hot)"):

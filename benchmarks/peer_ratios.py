@@ -2,9 +2,11 @@
 
 
 def ratio_lines(stats: dict, systems: list) -> list[str]:
-    """The fused loop's gain per backend, keraseq[jax] against torch and the JAX hand loop:
-    each the other system's median s/epoch / keraseq's (> 1 = keraseq faster). A line for a
-    pair whose systems ran; ``n/a`` when one of them has no result."""
+    """The fused loop's gain per backend, keraseq[jax] against torch and the JAX hand loop,
+    keraseq[tensorflow] against torch, keraseq against the hand-written fused programs and
+    those two against each other: each the second system's median s/epoch / the first's
+    (> 1 = the first faster). A line for a pair whose systems ran; ``n/a`` when one of them
+    has no result."""
     lines = []
 
     def ratio(label, num, den, note=""):
@@ -24,4 +26,11 @@ def ratio_lines(stats: dict, systems: list) -> list[str]:
     ratio("keraseq[jax] / torch (1 thread)", "torch-1t", "keraseq[jax]")
     ratio("keraseq[jax]-1dev / torch (1 thread)", "torch-1t", "keraseq[jax]-1dev")
     ratio("keraseq[jax] / jax hand loop", "jax", "keraseq[jax]", " (issue 29 target >= 1.0)")
+    ratio(f"keraseq[tensorflow] / torch ({threads or '?'} threads)", "torch", "keraseq[tensorflow]")
+    # bench_lm.py's hand-written fused programs: keraseq against the same maths by hand, and
+    # TensorFlow's compiler against JAX's on that one program (one device each)
+    ratio("keraseq[tensorflow] / tf fused loop (by hand)", "tf fused loop", "keraseq[tensorflow]")
+    ratio("keraseq[jax] / jax fused loop (by hand, 1 device)", "jax fused loop", "keraseq[jax]")
+    ratio("jax fused loop / tf fused loop (the same program)", "tf fused loop", "jax fused loop")
+    ratio("tf fused loop / torch", "torch", "tf fused loop")
     return lines
