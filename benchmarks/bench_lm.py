@@ -24,6 +24,12 @@ window to window and reset at each epoch, one update per window:
   ``jax.jit`` call for all the full windows of an epoch and one for the shorter last window;
   validation logits from one jitted forward over the whole validation streams; on JAX's
   default single CPU device;
+- ``tf fused loop``, ``jax fused loop``: keraseq's fused LSTM maths written out by hand, with
+  no autodiff and no Keras (:func:`run_fused_hand`), one compiled call per epoch like the JAX
+  hand loop: on TensorFlow ``tf.function(jit_compile=True)`` (``tf fused loop (graph)``, not in
+  the default set: a plain graph), on JAX ``jax.jit`` on one CPU device. The same program on
+  both backends: TensorFlow's compiler against JAX's, and keraseq against the best each
+  backend does with the same maths;
 - ``keras loop``: Keras's own recipe on TensorFlow: a ``stateful=True`` copy of the model with
   ``batch_shape=(32, None)``, ``reset_states`` per epoch and ``train_on_batch`` per window.
   (Not on JAX: Keras 3.15's jitted JAX train step reads a stateful RNN's state as the
@@ -47,13 +53,16 @@ comparable. Each system runs in a fresh process per round; the order rotates fro
 round (interleaved).
 
 Reported: the median steady epoch (every epoch after the first, pooled over rounds), the
-first epoch's extra time (tracing, compilation), the validation bits/char after training
+cores busy (CPU seconds of the whole process / wall seconds, the median over steady epochs),
+the first epoch's extra time (tracing, compilation), the validation bits/char after training
 (from the last round), and the columns ``vs keraseq[..]``: this system's time / the fused
 keraseq[tensorflow]'s or keraseq[jax]'s (> 1 = keraseq faster). Then bench_peers.py's summary
 ratios, the other system's median s/epoch over the named keraseq's: ``fused gain: keraseq[B]
 vs keraseq[B]-unfused`` (unfused / fused, per backend), ``keraseq[jax] / torch (n threads)``,
 ``keraseq[jax] / torch (1 thread)`` (and ``keraseq[jax]-1dev / torch (1 thread)`` when run),
-``keraseq[jax] / jax hand loop`` (issue 29's target >= 1.0). Then generation (the two fused
+``keraseq[jax] / jax hand loop`` (issue 29's target >= 1.0), ``keraseq[tensorflow] / torch``,
+keraseq on each backend against that backend's fused program by hand, and ``jax fused loop /
+tf fused loop`` (one program, two compilers). Then generation (the two fused
 keraseq systems): the median latency of one step, ``Estimator.predict(token, reset=False)``
 against a stateful Keras copy of the fitted model called directly, eagerly (``model(token)``)
 and through its compiled predict function (``model.predict_on_batch(token)``), with batch 1,
@@ -65,6 +74,7 @@ Usage::
     python benchmarks/bench_lm.py                     # 640k chars, 3 epochs, 2 rounds
     python benchmarks/bench_lm.py --chars 200000 --epochs 2 --rounds 1 --systems torch,keraseq[jax]
     python benchmarks/bench_lm.py --systems jax,keraseq[jax],keraseq[jax]-unfused,keraseq[jax]-1dev
+    python benchmarks/bench_lm.py --systems "keraseq[tensorflow],tf fused loop,jax fused loop"
 
 Needs torch for the PyTorch row (the ``bench`` extra); a system that cannot run gets a
 "not available (<reason>)" row and the run goes on.
