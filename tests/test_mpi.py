@@ -140,6 +140,18 @@ def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_
             assert abs(a - b) < 1e-5 * max(1.0, abs(b)), (key, a, b)
 
 
+@pytest.mark.slow  # an mpirun launch: make test-full (make test's budget)
+def test_a_pipeline_batch_too_large_on_one_rank_raises_on_every_rank(tmp_path):
+    """A batch with more rows than the first, on rank 1 only: every rank raises ValueError
+    (rank 0 naming rank 1), no rank trains on or waits for the other."""
+    proc, _ = mpirun(2, "pipelines.py", tmp_path / "unused.json", "too-large", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = "batch 1 of the dataset has 6 series, more than the first batch's 4"
+    assert f"rank 1 raised ValueError: {message}" in proc.stdout, proc.stdout
+    assert f"rank 0 raised ValueError: on rank 1: {message}" in proc.stdout, proc.stdout
+    assert "trained" not in proc.stdout
+
+
 @pytest.mark.slow  # make test-full on both backends (make test's 10 minutes)
 @pytest.mark.backend
 def test_sync_every_k_windows_two_ranks_equal_one_process(request, tmp_path):

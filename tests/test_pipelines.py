@@ -158,6 +158,15 @@ def test_pipeline_errors_are_named():
     with pytest.raises(TypeError, match=r"`steps_per_epoch`"):
         Estimator(gru(), steps_per_epoch=1.5, **KW).fit(iter(batches(x, y, w)))
     assert not hasattr(est, "model_")
+    # a batch larger than the first (the minibatch size) is refused by name, as it is read
+    # (under MPI on every rank: tests/test_mpi.py)
+    first, larger = (x[:3], y[:3]), (x[3:8], y[3:8])
+    with pytest.raises(
+        ValueError,
+        match=r"batch 1 of the dataset has 5 series, more than the "
+        r"first batch's 3; the first batch must be the largest",
+    ):
+        Estimator(gru(), "mse", "adam", **KW).fit([first, larger])
 
 
 @pytest.mark.parametrize("kind", split_between_backends({k: k for k in ("generator", "tf.data")}))

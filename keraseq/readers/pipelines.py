@@ -230,8 +230,9 @@ class PipelineReader:
     is unknown: then the epoch runs until the source runs out, and under MPI (``comm``) until
     every rank's has (the ranks agree on each step: no rank hangs). Constructing a reader is
     collective under MPI. ``standardize(x, y, w)`` turns a batch into tuples of arrays as
-    ``fit`` checked them (``epochs.standardizer``). ``inspect(xs, ys, step)`` checks each batch
-    before it is yielded (raising ``ValueError``; under MPI every rank raises, none hangs).
+    ``fit`` checked them (``epochs.standardizer``). Each batch is checked before it is yielded:
+    at most the first batch's rows, then ``inspect(xs, ys, step)`` (raising ``ValueError``;
+    under MPI every rank raises, the others naming the rank that failed, none hangs).
     ``resets``: every batch is ``(x, y, sample_weight, resets)`` (on any rank's first batch:
     on all), each batch's resets checked as it is read."""
 
@@ -296,29 +297,27 @@ class PipelineReader:
         groups = [self._arrays(v, d) for v, d in zip((x, y, w), self.dtypes)]
         xs = groups[0]
         assert xs is not None  # every batch has inputs
-        checks: list[Callable[[], Any]] = []
+        n_real = 0 if past_end else int(xs[0].shape[0])
+        # (first: under MPI every check runs on every rank, so a batch too large on one
+        # rank raises on all, none waits for the others)
+        checks: list[Callable[[], Any]] = [
+            functools.partial(_batch_rows, n_real, self.batch_size, step)
+        ]
         if self.inspect is not None:
             checks.append(functools.partial(self.inspect, xs, groups[1], step))
         if self.resets:
             n_t = (int(xs[0].shape[0]), int(xs[0].shape[1]))
             checks.append(functools.partial(_batch_resets, r, n_t, step))
         checked: list = []
-        if checks:
 
-            def check(checks=checks, checked=checked, past_end=past_end):
-                if not past_end:
-                    checked[:] = [c() for c in checks]
+        def check(checks=checks, checked=checked, past_end=past_end):
+            if not past_end:
+                checked[:] = [c() for c in checks]
 
-            dist.agree(self.comm, check) if self.comm.size > 1 else check()
+        dist.agree(self.comm, check) if self.comm.size > 1 else check()
         if self.resets:
-            groups.append((checked[-1] if checked else np.asarray(r, bool),))
+            groups.append((np.asarray(r, bool) if past_end else checked[-1],))
         groups += [None] * (4 - len(groups))
-        n_real = 0 if past_end else int(xs[0].shape[0])
-        if n_real > self.batch_size:
-            raise ValueError(
-                f"batch {step} of the dataset has {n_real} series, more than the first "
-                f"batch's {self.batch_size}; the first batch must be the largest"
-            )
         rows = max(n_real, 1)  # (past the end: one masked row of the first batch)
         padded = [
             None if group is None else tuple(pad_rows(a[:rows], self.batch_size) for a in group)
@@ -327,6 +326,15 @@ class PipelineReader:
         mask = np.zeros(self.batch_size, np.float32)
         mask[:n_real] = 1.0
         return Minibatch(padded[:3] + [None, None, padded[3]], mask, n_real, None)
+
+
+def _batch_rows(n_real: int, batch_size: int, step: int) -> None:
+    """A pipeline batch has at most the first batch's rows (the minibatch size)."""
+    if n_real > batch_size:
+        raise ValueError(
+            f"batch {step} of the dataset has {n_real} series, more than the first "
+            f"batch's {batch_size}; the first batch must be the largest"
+        )
 
 
 def _batch_resets(resets, n_t: tuple[int, int], step: int):

@@ -4,7 +4,8 @@ minibatches.
 argv[1]: the JSON report (rank 0); argv[2]: "tf.data" (each rank shards one dataset with
 ``.shard(size, rank)``: known length) or "generator" (each rank's own iterable of batches
 made by a generator, of unknown length, rank 0 one batch more than the others: the ranks agree
-step by step, none hangs).
+step by step, none hangs) or "too-large" (rank 1's second batch is larger than its first:
+every rank raises the ValueError, none trains on, none hangs; no report).
 """
 
 import json
@@ -23,6 +24,26 @@ out_path, mode = sys.argv[1], sys.argv[2]
 comm = MPI.COMM_WORLD
 k, rank = comm.Get_size(), comm.Get_rank()
 B, T = 4, 9
+
+if mode == "too-large":  # rank 1's second batch has more rows than its first: every rank raises
+    x = np.zeros((12, T, 3), "float32")
+    sizes = [B, B] if rank == 0 else [B, B + 2]
+    parts = [(x[: sizes[0]], x[: sizes[0], :, :2]), (x[: sizes[1]], x[: sizes[1], :, :2])]
+    est = Estimator(
+        keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(2, return_sequences=True)]),
+        "mse",
+        "sgd",
+        batch_size=B,
+        seq_len=3,
+        verbose=0,
+        distributed=comm,
+    )
+    try:
+        est.fit(parts)
+        print(f"rank {rank} trained", flush=True)
+    except ValueError as exc:
+        print(f"rank {rank} raised ValueError: {exc}", flush=True)
+    sys.exit(0)
 
 
 def model():
