@@ -9,7 +9,8 @@ plot of the forecast against the truth.
 
 Single process:    python examples/demo.py --out out/demo
 Two MPI ranks:     mpirun -np 2 python examples/demo.py --out out/demo_mpi --compare out/demo
-(The same script runs unchanged; under MPI each rank trains on its own block of the series.)
+(The same script runs unchanged; under MPI each rank trains on its share of each update's series,
+``global_batch_size``: the same updates as one process, to float32 rounding.)
 """
 
 import argparse
@@ -61,6 +62,9 @@ est = Estimator(
     "mse",
     keras.optimizers.AdamW(3e-3),
     spec,
+    # the spec's 4 series per update over all the ranks (2 per rank on 2 ranks), cut from one
+    # shuffled order: 1 process or K ranks make the same updates
+    global_batch_size=spec["batch_size"],
     shuffle=True,
     random_state=0,
     verbose=2 if rank == 0 else 0,
@@ -109,8 +113,9 @@ if rank == 0:
             single = json.load(f)
         print(
             f"single process test RMSE {single['test_rmse_keraseq']:.4f} vs "
-            f"{result['ranks']} ranks {result['test_rmse_keraseq']:.4f} (same batch per rank, "
-            f"so the ranks see twice the series per update)"
+            f"{result['ranks']} ranks {result['test_rmse_keraseq']:.4f}; final loss "
+            f"{single['final_loss']:.6g} vs {result['final_loss']:.6g} (the same updates: "
+            f"global_batch_size, the ranks' sums in float32 in another order)"
         )
     with open(os.path.join(args.out, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
