@@ -389,6 +389,42 @@ def run_torch(args, threads=None):
     }
 
 
+def window_parts(x, y, as_array) -> list:
+    """The windows of an epoch for the hand loops' one call per epoch: ``[(xs, ys)]`` of the
+    full windows, ``(n, WINDOW, B)`` int32 each, and a second pair for a shorter last window
+    (its own call); ``as_array`` makes each the backend's array."""
+    import numpy as np
+
+    def windows(a, start, stop):  # (B, L) -> ((stop - start) / WINDOW, WINDOW, B)
+        a = a[:, start:stop]
+        a = a.reshape(a.shape[0], -1, min(WINDOW, stop - start)).transpose(1, 2, 0)
+        return as_array(a.astype(np.int32))
+
+    L = x.shape[1]
+    full = L - L % WINDOW
+    parts = [(windows(x, 0, full), windows(y, 0, full))] if full else []
+    if full < L:
+        parts.append((windows(x, full, L), windows(y, full, L)))
+    return parts
+
+
+def run_epochs(epochs, train, params, state, parts, zeros):
+    """The hand loops' epochs: ``train(params, state, h, c, xs, ys) -> (params, state, h, c,
+    loss sum)`` over each of ``parts``, the state reset to ``zeros`` at each epoch. Returns
+    ``(params, state, wall seconds, CPU seconds)``, one time per epoch."""
+    times, cpu = [], []
+    for _ in range(epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        h, c, total = zeros, zeros, 0.0
+        for xs, ys in parts:
+            params, state, h, c, lsum = train(params, state, h, c, xs, ys)
+            total = total + lsum
+        float(total)  # waits for the last window
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return params, state, times, cpu
+
+
 def run_jax(args):
     """The LM by hand in JAX: one ``jax.jit`` call runs every window of the epoch."""
     import jax
@@ -449,27 +485,10 @@ def run_jax(args):
         (p, state, h, c), losses = lax.scan(step, (p, state, h, c), (xs, ys))
         return p, state, h, c, jnp.sum(losses)
 
-    def windows(a, start, stop):  # (B, L) -> ((stop - start) / WINDOW, WINDOW, B)
-        a = a[:, start:stop]
-        a = a.reshape(a.shape[0], -1, min(WINDOW, stop - start)).transpose(1, 2, 0)
-        return jnp.asarray(a.astype(np.int32))
-
-    L = x.shape[1]
-    full = L - L % WINDOW  # the full windows in one call; a shorter last one in a second call
-    parts = [(windows(x, 0, full), windows(y, 0, full))] if full else []
-    if full < L:
-        parts.append((windows(x, full, L), windows(y, full, L)))
     zeros = jnp.zeros((STREAMS, UNITS), "float32")
-    times, cpu = [], []
-    for _ in range(args.epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        h, c, total = zeros, zeros, 0.0  # the state reset at each epoch
-        for xs, ys in parts:
-            params, opt_state, h, c, lsum = train(params, opt_state, h, c, xs, ys)
-            total = total + lsum
-        float(total)  # waits for the last window
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    params, opt_state, times, cpu = run_epochs(
+        args.epochs, train, params, opt_state, window_parts(x, y, jnp.asarray), zeros
+    )
 
     @jax.jit
     def logits_of(p, xs):  # the whole validation streams in one scan, state carried
@@ -613,27 +632,10 @@ def run_fused_hand(args):
         (p, st, h, c), losses = N.scan(step, (p, st, h, c), (xs, ys))
         return p, st, h, c, N.sum(losses, 0)
 
-    def windows(a, start, stop):  # (B, L) -> ((stop - start) / WINDOW, WINDOW, B)
-        a = a[:, start:stop]
-        a = a.reshape(a.shape[0], -1, min(WINDOW, stop - start)).transpose(1, 2, 0)
-        return N.array(a.astype(np.int32))
-
-    L = x.shape[1]
-    full = L - L % WINDOW
-    parts = [(windows(x, 0, full), windows(y, 0, full))] if full else []
-    if full < L:
-        parts.append((windows(x, full, L), windows(y, full, L)))
     zeros = N.zeros((STREAMS, UNITS))
-    times, cpu = [], []
-    for _ in range(args.epochs):
-        t0, c0 = time.perf_counter(), time.process_time()
-        h, c, total = zeros, zeros, 0.0
-        for xs, ys in parts:
-            params, state, h, c, lsum = train(params, state, h, c, xs, ys)
-            total = total + lsum
-        float(total)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    params, state, times, cpu = run_epochs(
+        args.epochs, train, params, state, window_parts(x, y, N.array), zeros
+    )
 
     @compile_
     def logits_of(p, xs):
