@@ -22,9 +22,11 @@ if os.environ["KERAS_BACKEND"] == "jax":
     # Two JAX CPU devices even on a one-core machine, so the row-split program is tested.
     os.environ.setdefault("KERASEQ_CPU_DEVICES", "2")
 
-import keras
 import numpy as np
 import pytest
+
+# (Keras is imported where it is used: pytest-xdist's controller loads this file too, and
+# importing Keras there cost ~10 s of CPU per pass of make test, before any test ran.)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's -m selection reads the marks
@@ -60,6 +62,8 @@ def split_between_backends(cases: dict) -> list:
 
 
 def lstm_model(features=3, units=8, outputs=1, cell="LSTM", seed=0):
+    import keras
+
     keras.utils.set_random_seed(seed)
     layer = getattr(keras.layers, cell)
     return keras.Sequential(

@@ -321,6 +321,7 @@ def test_convlstm_windows_equal_the_whole_sequence(make, step, per_series):
     assert np.isfinite(est.score(x, y))
 
 
+@pytest.mark.slow  # make test-full (make test keeps ConvLSTM's windowed vs whole, 2026-12-07)
 def test_convlstm1d_windowed_fit_equals_keras_stateful_train_on_batch():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(6, 8, 5, 2)).astype("float32")

@@ -832,6 +832,7 @@ def test_10_classifier_save_load_keeps_classes(xy, tmp_path):
 
 
 # 11 --------------------------------------------------------------------------------------
+@pytest.mark.slow  # make test-full (make test's 10 minutes, 2026-12-07)
 def test_11_tensor_inputs_equal_numpy(xy):
     x, y = xy
     model = seq_model(keras.layers.LSTM(4, return_sequences=True), keras.layers.Dense(1))
@@ -857,6 +858,7 @@ def test_12_one_hot_labels_are_named(xy):
 
 
 # 13 --------------------------------------------------------------------------------------
+@pytest.mark.slow  # make test-full (make test's 10 minutes, 2026-12-07)
 def test_13_warm_start_continues_like_one_long_fit(xy):
     x, y = xy
     model = seq_model(keras.layers.GRU(4, return_sequences=True), keras.layers.Dense(1))
