@@ -184,7 +184,7 @@ def test_multi_input_multi_output_predict_shapes(multi):
     assert est.n_outputs_ == 2
 
 
-@pytest.mark.backend
+@pytest.mark.tf_in_full  # make test: on JAX (2026-12-07: make test's 10 minutes)
 def test_multi_output_loss_dict_equals_list(multi):
     est_list, x, y = multi
     est_dict = small(

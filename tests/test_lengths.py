@@ -70,7 +70,7 @@ CASE = st.fixed_dictionaries(
 )
 
 
-@pytest.mark.backend
+@pytest.mark.tf_in_full  # make test: on JAX (2026-12-07: make test's 10 minutes)
 @pytest.mark.property
 @settings(
     max_examples=int(os.environ.get("KERASEQ_LENGTHS_EXAMPLES", "2")),  # test-full: 8

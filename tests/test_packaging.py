@@ -48,6 +48,7 @@ def test_missing_backend_names_the_extra(backend, package, extra):
     assert ("default when KERAS_BACKEND is unset" in last) == (backend is None)
 
 
+@pytest.mark.slow  # a subprocess importing Keras: make test-full (make test's 10 min)
 def test_other_backend_missing_is_fine():
     """A JAX user needs no TensorFlow (and the reverse): only the chosen backend is required."""
     out = import_without("tensorflow", "jax")

@@ -30,7 +30,7 @@ def _weights(est):
     return [np.array(w) for w in est.model_.get_weights()]
 
 
-@pytest.mark.backend
+@pytest.mark.jax_in_full  # make test: on TensorFlow (2026-12-07: make test's 10 minutes)
 def test_reused_steps_give_the_fresh_compile_result(data, fresh_pool):
     x, y = data
     model = lstm_model()

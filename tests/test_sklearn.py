@@ -213,7 +213,8 @@ def test_pickle_round_trip(data, dump, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.tf_in_full
+@pytest.mark.slow  # both backends: make test-full (2026-12-07: make test's 10 minutes)
+@pytest.mark.backend
 def test_classifier_with_string_labels_in_stratified_cv(data):
     x, _, labels = data
     clf = classifier()

@@ -315,7 +315,7 @@ def fitted():
     return est.fit(x, y), x
 
 
-@pytest.mark.backend
+@pytest.mark.jax_in_full  # make test: on TensorFlow (2026-12-07: make test's 10 minutes)
 def test_metrics_survive_save_load_and_generation_continues_alike(fitted, tmp_path):
     est, x = fitted
     path = tmp_path / "lm.keras"
