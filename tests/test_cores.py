@@ -261,7 +261,14 @@ def test_auto_runs_large_windows_as_a_graph_on_several_cores(monkeypatch):
     )
     assert backend.jit_for(dropout, "auto", work=big, fused=True) is False
 
-    # fit hands the rule the work of its windows: rows x window steps x weights.
+
+@on_tf
+@pytest.mark.slow  # five fits, each a new program: make test-full (make test's 10 minutes)
+def test_fit_hands_the_graph_rule_the_work_of_its_windows(monkeypatch):
+    """fit hands the rule the work of its windows: rows x window steps x weights."""
+    from keraseq.backend import tensorflow as backend
+
+    model = keras.Sequential([keras.Input((None, 2)), keras.layers.LSTM(3), keras.layers.Dense(1)])
     seen = []
     build = backend.build_step_functions
 
