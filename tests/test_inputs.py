@@ -144,7 +144,9 @@ def test_token_ids_whole_sequence_fit_equals_keras_fit(from_logits):
 # stateful RNN's state from one train_on_batch call to the next as its TensorFlow trainer does
 # (a plain float LSTM differs by 5e-2 there too). keraseq's windows on JAX are checked against
 # a hand-written JAX reference (test_tbptt.py) and against TensorFlow (test_backends.py, token
-# ids included).
+# ids included). make test-full (make test's 10 minutes; test_text.py's LM vs Keras's stateful loop
+# stays in make test).
+@pytest.mark.slow
 def test_token_ids_windowed_fit_equals_keras_stateful_train_on_batch():
     """Truncated BPTT on token ids: Keras's stateful loop from the same weights."""
     x, y, _ = token_data(n=8, t=12, pad=False)
