@@ -23,7 +23,7 @@ must compute what Keras computes, or refuse with a ``ValueError`` naming that la
 The hypothesis part draws models from a small grammar (``Arch``; its ``repr`` is the recipe of
 a failing example). Each example compiles TensorFlow functions (1-3 s on an idle machine), so
 the number of examples per property is ``KERASEQ_PARITY_EXAMPLES`` (default 1; `make test-full`
-runs 30); raise it for a longer search. Shrinking a failure recompiles a model per attempt, so
+runs 10); raise it for a longer search. Shrinking a failure recompiles a model per attempt, so
 it is off unless ``KERASEQ_PARITY_SHRINK=1``. The explicit tests after it pin one behaviour
 each (the table of issue 16).
 """
