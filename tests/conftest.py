@@ -102,6 +102,11 @@ def stateful_reference(model_fn, x, y, batch, seq_len, optimizer, loss, weights,
     return ref
 
 
+#: Open MPI itself failing to start (seen with two ``mpirun`` jobs starting at the same moment on
+#: one machine): no rank ran, so a test launches again; any other failure is the test's.
+MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
+
+
 def mpi_env(**extra):
     """The environment of a test's ``mpirun`` (and of its single-process runs): Open MPI as
     root, more ranks than cores allowed, TensorFlow quiet, output unbuffered."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import mpi_env
+from conftest import MPI_DID_NOT_START, mpi_env
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -34,14 +34,10 @@ def mpirun(np_, script, *args, timeout=240):
     for _attempt in range(3):
         t0 = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        # Open MPI itself failing to start (seen with two mpirun jobs starting at the same
-        # moment on one machine): no rank ran, so launch again; any other failure is the test's.
         if not (proc.returncode != 0 and MPI_DID_NOT_START in proc.stderr):
             break
     return proc, time.time() - t0
 
-
-MPI_DID_NOT_START = "PMIx server's listener thread failed to start"
 
 # The equivalence scenarios of `make test` run in ONE launch per backend (the ranks import
 # Keras, build the Allreduce and the one-process reference's programs once: ~40 s less on

@@ -19,7 +19,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import mpi_env
+from conftest import MPI_DID_NOT_START, mpi_env
 
 from keraseq import Estimator, NonFiniteLossError
 
@@ -62,12 +62,25 @@ class Job:
 
     def __init__(self, cmd, folder, name):
         folder.mkdir(parents=True, exist_ok=True)
+        self.cmd, self.launches = cmd, 0
         self.out_path, self.err_path = folder / f"{name}.out", folder / f"{name}.err"
-        self.t0 = time.time()
+        self._launch()
+
+    def _launch(self):
+        self.t0, self.launches = time.time(), self.launches + 1
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, env=mpi_env(), start_new_session=True
+                self.cmd, stdout=out, stderr=err, env=mpi_env(), start_new_session=True
             )
+
+    def _relaunched(self):
+        """Launch again when the job ended because Open MPI itself did not start (no rank
+        ran: :data:`conftest.MPI_DID_NOT_START`), at most three launches in all."""
+        ended_unstarted = self.proc.returncode != 0 and MPI_DID_NOT_START in self.stderr
+        if ended_unstarted and self.launches < 3:
+            self._launch()
+            return True
+        return False
 
     @property
     def stdout(self):
@@ -80,7 +93,7 @@ class Job:
     def wait_for(self, marker, timeout=120):
         deadline = time.time() + timeout
         while marker not in self.stdout:
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None and not self._relaunched():
                 raise AssertionError(
                     f"ended (rc {self.proc.returncode}) before {marker!r}:\n"
                     f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
@@ -109,14 +122,17 @@ class Job:
         assert not _session_members(sid), "a process of the killed job survived"
 
     def wait(self, timeout=240):
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"still running after {timeout} s (hang?):\n"
-                f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
-            ) from None
+        while True:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise AssertionError(
+                    f"still running after {timeout} s (hang?):\n"
+                    f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
+                ) from None
+            if not self._relaunched():
+                break
         self.elapsed = time.time() - self.t0
         leftovers = _session_members(self.proc.pid)
         for pid in leftovers:  # never leave a rank behind, even when the test fails
