@@ -83,6 +83,7 @@ def fit(seq_len, gpu, monkeypatch, model=None):
 
 
 @on_jax
+@pytest.mark.exact  # the two programs' weights bit for bit
 def test_short_windows_on_a_gpu_train_with_xla_loops(seen, monkeypatch):
     keras.utils.set_random_seed(0)
     model = lstm_model()

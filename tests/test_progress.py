@@ -113,6 +113,7 @@ class Steps(keras.callbacks.Callback):
     ],
     ids=["per-step-tail", "per-series", "lengths-sync2", "series-lengths"],
 )
+@pytest.mark.exact
 def test_chunks_train_exactly_as_one_call(case):
     calls_one, calls_chunked = Steps(), Steps()
     one = fit(ONE_CALL, callbacks=[calls_one], **case)
@@ -177,6 +178,7 @@ def chunked_run(callbacks):
 
 
 @pytest.mark.tf_in_full
+@pytest.mark.exact
 def test_stop_training_acts_between_chunks():
     est, x, y = chunked_run(None)
     cb = Steps(stop_at=1)
@@ -186,6 +188,7 @@ def test_stop_training_acts_between_chunks():
 
 
 @pytest.mark.tf_in_full
+@pytest.mark.exact
 def test_ctrl_c_between_chunks_keeps_the_last_finished_chunk():
     est, x, y = chunked_run(None)
     with pytest.raises(KeyboardInterrupt):
@@ -196,6 +199,7 @@ def test_ctrl_c_between_chunks_keeps_the_last_finished_chunk():
 
 
 @pytest.mark.tf_in_full
+@pytest.mark.exact
 def test_ctrl_c_during_a_call_waits_for_its_update(monkeypatch):
     """SIGINT while a chunk runs: the call ends, its update is assigned (JAX donated the old
     buffers), then KeyboardInterrupt is raised; the weights are valid and up to date."""
@@ -234,6 +238,7 @@ def sqrt_gap(yt, yp):
 
 
 @pytest.mark.tf_in_full  # make test: on JAX; make test-full: on both
+@pytest.mark.exact
 def test_nonfinite_window_is_counted_from_the_minibatch_start():
     x, y, _, _ = data(t=40)
     y = np.abs(y)
@@ -281,6 +286,7 @@ def test_auto_keeps_short_minibatches_one_call_and_cuts_long_ones():
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the row split is JAX's")
+@pytest.mark.exact
 def test_chunks_of_rows_split_over_devices_train_as_one_call():
     from keraseq.backend.jax import rows as kj
 
