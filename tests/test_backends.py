@@ -224,6 +224,7 @@ EXAMPLES = int(os.environ.get("KERASEQ_BACKEND_EXAMPLES", "1"))
 
 
 @pytest.mark.property
+@pytest.mark.slow  # make test-full (CI runs it, 2 examples): ~50 s of make test's 10 minutes
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
