@@ -55,7 +55,8 @@ test: $(VENV)/.installed
 # piece (split into parts at -O0, two programs rounded one op differently: the chunk tests'
 # bit-for-bit equality caught it). Every test passes as under XLA's defaults; make test-full
 # uses the flags too, except for the tests marked `exact` (below); the doctests, the demo and
-# the benchmarks keep XLA's defaults. Your own XLA_FLAGS come after, and win. (2026-12-07, 2 cores: the passes 7:42 and 9:01 against 13:09 and 13:02.)
+# the benchmarks keep XLA's defaults. Your own XLA_FLAGS come after, and win. (2026-12-07,
+# 2 cores: the passes 7:42 and 9:01 against 13:09 and 13:02.)
 TEST_XLA_FLAGS := --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false \
                   --xla_cpu_parallel_codegen_split_count=1
 FAST_XLA := XLA_FLAGS="$(TEST_XLA_FLAGS) $$XLA_FLAGS"
