@@ -9,12 +9,11 @@ minutes: the language-model page trains three epochs on 640,000 characters).
 
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import MPI_DID_NOT_START, mpi_env
+from conftest import mpi_env, run_mpi
 
 ROOT = Path(__file__).parent.parent
 PAGES = [ROOT / "README.md", ROOT / "docs" / "getting-started.md"]
@@ -29,12 +28,7 @@ def blocks(page: Path) -> list[tuple[int | None, str]]:
 
 
 def _run(cmd, cwd, what):
-    for _launch in range(3):  # again only when Open MPI itself did not start (no rank ran)
-        done = subprocess.run(
-            cmd, cwd=cwd, env=mpi_env(), capture_output=True, text=True, timeout=900
-        )
-        if not (done.returncode != 0 and MPI_DID_NOT_START in done.stderr):
-            break
+    done, _ = run_mpi(cmd, cwd=cwd, env=mpi_env(), timeout=900)
     assert done.returncode == 0, f"{what} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done.stdout
 

@@ -5,12 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MPI_DID_NOT_START, mpi_env
+from conftest import mpi_env, run_mpi
 
 HERE = Path(__file__).parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -31,12 +30,7 @@ def mpirun(np_, script, *args, timeout=240):
         str(HERE / "mpi" / script),
         *map(str, args),
     ]
-    for _attempt in range(3):
-        t0 = time.time()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        if not (proc.returncode != 0 and MPI_DID_NOT_START in proc.stderr):
-            break
-    return proc, time.time() - t0
+    return run_mpi(cmd, env=env, timeout=timeout)
 
 
 # The equivalence scenarios of `make test` run in ONE launch per backend (the ranks import
@@ -213,7 +207,7 @@ def test_sync_every_k_windows_pays_off_on_a_slow_network(tmp_path):
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         TF_CPP_MIN_LOG_LEVEL="3",
     )
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc, _ = run_mpi(cmd, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(report.read_text())
     k1, k4 = r["k1"], r["k4"]

@@ -19,7 +19,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import MPI_DID_NOT_START, mpi_env
+from conftest import MPI_LAUNCHES, mpi_did_not_start, mpi_env
 
 from keraseq import Estimator, NonFiniteLossError
 
@@ -75,9 +75,9 @@ class Job:
 
     def _relaunched(self):
         """Launch again when the job ended because Open MPI itself did not start (no rank
-        ran: :data:`conftest.MPI_DID_NOT_START`), at most three launches in all."""
-        ended_unstarted = self.proc.returncode != 0 and MPI_DID_NOT_START in self.stderr
-        if ended_unstarted and self.launches < 3:
+        ran), :data:`conftest.MPI_LAUNCHES` launches at most."""
+        unstarted = mpi_did_not_start(self.proc.returncode, self.stderr)
+        if unstarted and self.launches < MPI_LAUNCHES:
             self._launch()
             return True
         return False
