@@ -90,7 +90,10 @@ class Job:
     def stderr(self):
         return self.err_path.read_text(errors="replace")
 
-    def wait_for(self, marker, timeout=120):
+    def wait_for(self, marker, timeout=240):
+        """Wait until ``marker`` is printed. The limit is :func:`run`'s for a whole job: a
+        4-rank job on a busy 2-core machine (CI's two test passes side by side) can take
+        four times as long to start as it does alone (~30 s), and only a hang should fail."""
         deadline = time.time() + timeout
         while marker not in self.stdout:
             if self.proc.poll() is not None and not self._relaunched():
@@ -100,7 +103,10 @@ class Job:
                 )
             if time.time() > deadline:
                 self.kill()
-                raise AssertionError(f"no {marker!r} within {timeout} s:\n{self.stdout[-2000:]}")
+                raise AssertionError(
+                    f"no {marker!r} within {timeout} s:\n"
+                    f"{self.stdout[-2000:]}\n{self.stderr[-3000:]}"
+                )
             time.sleep(0.1)
 
     def kill(self):
