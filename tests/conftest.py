@@ -52,13 +52,19 @@ def pytest_collection_modifyitems(config, items):
                     item.add_marker(pytest.mark.slow)
 
 
-def split_between_backends(cases: dict) -> list:
+def split_between_backends(cases: dict, full: tuple = ()) -> list:
     """The cases of a parametrized ``backend`` test, ``{id: value or tuple of values}``, marked
     alternately ``jax_in_full`` and ``tf_in_full``: `make test` runs the first, third, ... on
-    TensorFlow and the others on JAX; `make test-full` runs them all on both."""
-    marks = (pytest.mark.jax_in_full, pytest.mark.tf_in_full)
+    TensorFlow and the others on JAX; `make test-full` runs them all on both. The ids in
+    ``full`` run in `make test-full` only (on both backends), where `make test` has a sibling
+    case on the other backend."""
+    halves = (pytest.mark.jax_in_full, pytest.mark.tf_in_full)
     return [
-        pytest.param(*(v if isinstance(v, tuple) else (v,)), id=k, marks=marks[i % 2])
+        pytest.param(
+            *(v if isinstance(v, tuple) else (v,)),
+            id=k,
+            marks=(pytest.mark.backend, pytest.mark.slow) if k in full else halves[i % 2],
+        )
         for i, (k, v) in enumerate(cases.items())
     ]
 

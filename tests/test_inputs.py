@@ -95,7 +95,8 @@ def assert_weights_close(a, b, atol=1e-5):
             "mask_zero-per_series": (True, True),
             "no_mask-per_series": (False, True),
             "no_mask-per_step": (False, False),
-        }
+        },
+        full=("mask_zero-per_step",),  # make test: 10 minutes (2026-12-07)
     ),
 )
 def test_token_ids_windows_equal_the_whole_sequence(mask_zero, per_series):
@@ -304,7 +305,8 @@ def conv2d_model(per_series=False, seed=0):
             "ConvLSTM1D-per_series": (conv1d_model, (5, 2), True),
             "ConvLSTM2D-per_series": (conv2d_model, (4, 4, 1), True),
             "ConvLSTM2D-per_step": (conv2d_model, (4, 4, 1), False),
-        }
+        },
+        full=("ConvLSTM1D-per_step",),  # make test: 10 minutes (2026-12-07)
     ),
 )
 def test_convlstm_windows_equal_the_whole_sequence(make, step, per_series):

@@ -167,8 +167,8 @@ def test_pipeline_errors_are_named():
         Estimator(gru(), "mse", "adam", **KW).fit([first, larger])
 
 
-@pytest.mark.tf_in_full  # both cases on JAX in make test (2026-12-07 budget)
-@pytest.mark.parametrize("kind", ["generator", "tf.data"])
+@pytest.mark.tf_in_full  # make test: tf.data on JAX; both on both in test-full (its 10 minutes)
+@pytest.mark.parametrize("kind", [pytest.param("generator", marks=pytest.mark.slow), "tf.data"])
 def test_validation_data_as_a_pipeline_equals_the_arrays(kind):
     """``validation_data`` as ``model.fit`` takes it: a finite dataset or generator of
     ``(x, y[, sample_weight])`` batches is read once and validates as the same arrays do, for

@@ -95,7 +95,8 @@ def test_per_series_labels_name_the_row_only():
         Estimator(model, SCCE, epochs=1, batch_size=4, seq_len=4, verbose=0).fit(x, y)
 
 
-@pytest.mark.tf_in_full  # make test: on JAX (both in make test-full)
+@pytest.mark.backend
+@pytest.mark.slow  # make test-full, both backends (make test's 10 minutes, 2026-12-07)
 def test_ignore_class_and_padding_past_lengths_are_allowed():
     x, y = tokens()
     y[0, 3] = -1  # ignore_class
