@@ -261,7 +261,7 @@ def test_per_series_targets():
 
 
 # ------------------------------------------------------------------------- partial minibatch
-@pytest.mark.backend
+@pytest.mark.tf_in_full  # make test: on JAX (its 10 minutes, 2026-12-07)
 def test_partial_last_minibatch_is_trained():
     x, y = make_data(n=25, t=20)
     counter = BatchCounter()
@@ -516,7 +516,7 @@ def test_user_stateful_model_trains_and_predicts_any_batch():
     assert est.model_.layers[0].stateful and model.layers[0].stateful
 
 
-@pytest.mark.backend
+@pytest.mark.tf_in_full  # make test: on JAX (its 10 minutes, 2026-12-07)
 def test_user_stateful_model_trains_to_the_weights_of_its_plain_twin():
     """Keras 3.15 on JAX does not carry a stateful layer's state across ``train_on_batch``
     calls (examples/keras_stateful_train_on_batch.py); keraseq carries it itself, on both

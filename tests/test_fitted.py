@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import split_between_backends
 
 from keraseq import Classifier, Estimator
 from keraseq.fitted import FORMAT, FittedRecord
@@ -67,8 +68,9 @@ def _check_attributes(est, name: str, how: str) -> None:
         assert est.classes_.tolist() == expected["classes_"]
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("how", ["keras", "pickle"])
+@pytest.mark.parametrize(  # make test: .keras on TensorFlow, pickle on JAX
+    "how", split_between_backends({"keras": "keras", "pickle": "pickle"})
+)
 def test_a_sequence_estimator_of_the_format_before_the_record(how, tmp_path):
     """Its kept streaming states continue, it predicts as then, and it continues training
     from its epoch count as that version did (a file: from 0; a pickle: from n_epochs_)."""
@@ -91,8 +93,9 @@ def test_a_sequence_estimator_of_the_format_before_the_record(how, tmp_path):
     assert est.n_epochs_ == (ATTRIBUTES["sequence"]["n_epochs_"] if how == "pickle" else 0) + 1
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("how", ["keras", "pickle"])
+@pytest.mark.parametrize(  # make test: .keras on TensorFlow, pickle on JAX
+    "how", split_between_backends({"keras": "keras", "pickle": "pickle"})
+)
 @pytest.mark.parametrize("name", ["classifier", "rows"])
 def test_a_classifier_and_a_tabular_estimator_of_the_format_before_the_record(name, how):
     expected = np.load(DATA / f"{name}.npz")
