@@ -21,8 +21,9 @@ export PYTHONUNBUFFERED := 1
 # (Not skipped: where PYTHONDONTWRITEBYTECODE is set, as here, every process of the tests would
 # compile TensorFlow's modules again: 27 s to import it instead of 12.)
 PIP_INSTALL := $(PY) -m pip install -q --no-compile
+# (A module that does not compile is skipped, as pip skips it: compileall prints it.)
 COMPILE_ALL := $(PY) -m compileall -q -j 0 \
-               "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+               "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" || true
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
