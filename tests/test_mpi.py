@@ -134,7 +134,7 @@ def test_pipelines_two_ranks_each_reading_its_shard_equal_one_process(mode, tmp_
 def test_a_pipeline_batch_too_large_on_one_rank_raises_on_every_rank(tmp_path):
     """A batch with more rows than the first, on rank 1 only: every rank raises ValueError
     (rank 0 naming rank 1), no rank trains on or waits for the other."""
-    proc, _ = mpirun(2, "pipelines.py", tmp_path / "unused.json", "too-large", timeout=240)
+    proc, _ = mpirun(2, "pipelines.py", tmp_path / "unused.json", "too-large")
     assert proc.returncode == 0, proc.stderr[-3000:]
     message = "batch 1 of the dataset has 6 series, more than the first batch's 4"
     assert f"rank 1 raised ValueError: {message}" in proc.stdout, proc.stdout
@@ -241,7 +241,7 @@ def test_only_rank_zero_writes_files(tmp_path):
 @pytest.mark.slow  # fault injection: make test-full on both backends (make test's 10 minutes)
 @pytest.mark.backend
 def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
-    proc, _ = mpirun(2, "faults_and_files.py", "raise", tmp_path, timeout=240)  # hang guard
+    proc, _ = mpirun(2, "faults_and_files.py", "raise", tmp_path)  # mpirun's limit: hang guard
     assert proc.returncode != 0
     assert "injected failure on rank 1" in proc.stderr
     assert "rank 1 failed" in proc.stderr
@@ -250,7 +250,7 @@ def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
 
 @pytest.mark.slow
 def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
-    proc, _ = mpirun(2, "faults_and_files.py", "stop", tmp_path, timeout=240)
+    proc, _ = mpirun(2, "faults_and_files.py", "stop", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 stopped after 1 epoch(s)" in proc.stdout
     assert "rank 1 stopped after 1 epoch(s)" in proc.stdout

@@ -28,6 +28,10 @@ MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil
 TRAIN = "reliability_train.py"
 FAULTS = "reliability_faults.py"
 EPOCHS = 5  # reliability_train.py's default
+#: Seconds a job may take to reach a marker or to end: every job's hang guard. A hang never
+#: ends; a 4-rank job on a busy 2-core machine (CI's two test passes side by side) took four
+#: times its ~30 s alone to start.
+JOB_LIMIT = 240
 
 
 # --------------------------------------------------------------------------------- processes
@@ -90,10 +94,9 @@ class Job:
     def stderr(self):
         return self.err_path.read_text(errors="replace")
 
-    def wait_for(self, marker, timeout=240):
-        """Wait until ``marker`` is printed. The limit is :func:`run`'s for a whole job: a
-        4-rank job on a busy 2-core machine (CI's two test passes side by side) can take
-        four times as long to start as it does alone (~30 s), and only a hang should fail."""
+    def wait_for(self, marker, timeout=JOB_LIMIT):
+        """Wait until ``marker`` is printed (as long as a whole job may take: only a hang
+        should fail)."""
         deadline = time.time() + timeout
         while marker not in self.stdout:
             if self.proc.poll() is not None and not self._relaunched():
@@ -127,7 +130,7 @@ class Job:
         self.proc.wait(timeout=20)
         assert not _session_members(sid), "a process of the killed job survived"
 
-    def wait(self, timeout=240):
+    def wait(self, timeout=JOB_LIMIT):
         while True:
             try:
                 self.proc.wait(timeout=timeout)
@@ -147,7 +150,7 @@ class Job:
         return self.proc.returncode
 
 
-def run(np_, script, *args, folder, name, timeout=240):
+def run(np_, script, *args, folder, name, timeout=JOB_LIMIT):
     job = Job(_command(np_, script, *args), folder, name)
     job.wait(timeout)
     return job
@@ -491,8 +494,7 @@ def test_same_random_state_gives_identical_weights_under_mpi_with_dropout(tmp_pa
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
-    # (timeout: the hang guard)
-    job = run(2, FAULTS, "sigkill", tmp_path, folder=tmp_path, name="log", timeout=240)
+    job = run(2, FAULTS, "sigkill", tmp_path, folder=tmp_path, name="log")  # JOB_LIMIT: hang guard
     assert job.proc.returncode != 0
     assert "rank 1 kills itself with SIGKILL" in job.stdout
     text = " ".join(job.stderr.split())
@@ -503,7 +505,7 @@ def test_a_rank_killed_with_sigkill_ends_mpirun_promptly(tmp_path):
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_a_token_id_out_of_range_on_one_rank_is_an_error_on_every_rank(tmp_path):
-    job = run(2, FAULTS, "ids", tmp_path, folder=tmp_path, name="log", timeout=240)
+    job = run(2, FAULTS, "ids", tmp_path, folder=tmp_path, name="log")
     assert job.proc.returncode == 0, job.stderr[-3000:]
     why = "the Embedding 'emb' that reads it has input_dim=10"
     own = f"`x` holds token id 10 at row 13, step 5: {why}"
@@ -518,8 +520,8 @@ def test_a_token_id_out_of_range_on_one_rank_is_an_error_on_every_rank(tmp_path)
 @pytest.mark.mpi
 def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
     job = run(
-        2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log", timeout=240
-    )  # hang guard
+        2, FAULTS, "nan_rank1", tmp_path, folder=tmp_path, name="log"
+    )  # JOB_LIMIT: hang guard
     assert job.proc.returncode != 0
     # Whichever rank aborts first, the output names rank 1, the array, NaN and the row.
     err = job.stderr
@@ -537,7 +539,7 @@ def test_nan_only_in_rank_1_rows_stops_every_rank_promptly(tmp_path):
 @pytest.mark.slow  # fault injection: make test-full (CI runs it; make test's 10-minute budget)
 @pytest.mark.mpi
 def test_overflow_from_rank_1_data_stops_every_rank_at_the_same_window(tmp_path):
-    job = run(2, FAULTS, "overflow", tmp_path, "jit", folder=tmp_path, name="log", timeout=240)
+    job = run(2, FAULTS, "overflow", tmp_path, "jit", folder=tmp_path, name="log")
     assert_ok(job)
     r = json.loads((tmp_path / "overflow.json").read_text())
     m0, m1 = r["messages"]
