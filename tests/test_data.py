@@ -390,14 +390,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.tf_in_full
-@pytest.mark.parametrize(
-    "copy",
-    # make test-full (a process that imports Keras costs ~15 s of make test's budget;
-    # test_main_in_process runs the command line's --copy in this process, and the tests
-    # above h5concat's virtual and copied datasets)
-    [pytest.param(False, marks=pytest.mark.slow), pytest.param(True, marks=pytest.mark.slow)],
-    ids=["virtual", "copy"],
-)
+# make test-full (a process that imports Keras costs ~15 s of make test's budget;
+# test_main_in_process runs the command line's --copy in this process, and the tests above
+# h5concat's virtual and copied datasets)
+@pytest.mark.slow
+@pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
 def test_cli(tmp_path, copy):
     srcs = make_sources(tmp_path, -1)
     dst = str(tmp_path / "cli.h5")
