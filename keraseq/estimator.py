@@ -461,7 +461,12 @@ class Estimator(FittedAttributes, RegressorMixin, BaseEstimator):
         """Load an estimator saved by :meth:`save` (Keras ``safe_mode``: no arbitrary code); a
         callable loss cannot be stored: pass it again as ``loss``."""
         saved = persistence.load(path, loss, custom_objects)
-        est = cls(saved.model, saved.loss, saved.model.optimizer, **saved.params)
+        # The optimizer parameter is a spec, as a user passes it: a copy by config. The
+        # model's own optimizer keeps the state (a warm fit continues from it); handing that
+        # one over as the parameter made a pickle carry it twice, and Keras warned on
+        # unpickling it ("Skipping variable loading for optimizer").
+        optimizer = fresh.new_optimizer(saved.model.optimizer)
+        est = cls(saved.model, saved.loss, optimizer, **saved.params)
         est._restore(saved.record, saved.model)
         if saved.record.classes is not None:
             est.classes_ = saved.record.classes

@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import pickle
 import types
+import warnings
 
 import h5py
 import keras
@@ -459,6 +461,15 @@ def test_save_load_roundtrip_and_continue_fit(tmp_path):
 
     plain = keras.saving.load_model(str(path))  # no keraseq objects needed
     np.testing.assert_allclose(full_run(plain, x), full_run(est.model_, x), rtol=0, atol=1e-6)
+
+    # its optimizer parameter is the model's optimizer's config without its state: a pickle
+    # of the loaded estimator is quiet (Keras warned on unpickling the state carried twice)
+    assert loaded.optimizer is not loaded.model_.optimizer and not loaded.optimizer.built
+    assert loaded.optimizer.get_config() == loaded.model_.optimizer.get_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # what Keras's warning is
+        again = pickle.loads(pickle.dumps(loaded))
+    np.testing.assert_allclose(again.predict(x), est.predict(x), rtol=0, atol=1e-6)
 
     # the loaded estimator continues training exactly like the original (optimizer state kept)
     loaded.fit(x, y, epochs=1)
