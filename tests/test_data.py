@@ -389,11 +389,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.tf_in_full
-# make test-full (a process that imports Keras costs ~15 s of make test's budget;
-# test_main_in_process runs the command line's --copy in this process, and the tests above
-# h5concat's virtual and copied datasets)
-@pytest.mark.slow
 @pytest.mark.parametrize("copy", [False, True], ids=["virtual", "copy"])
 def test_cli(tmp_path, copy):
     srcs = make_sources(tmp_path, -1)
@@ -403,7 +398,6 @@ def test_cli(tmp_path, copy):
     assert_concat(dst, srcs, -1, virtual=not copy)
 
 
-@pytest.mark.slow
 def test_cli_errors(tmp_path):
     a = write(tmp_path / "a.h5", x=np.zeros((2, 3)))
     b = write(tmp_path / "b.h5", x=np.zeros((2, 4)))
