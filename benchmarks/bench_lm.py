@@ -873,6 +873,7 @@ def main():
                 "bits": runs[-1]["bits"],
                 "mark": "*" if any(r.get("extrapolated") for r in runs) else " ",
                 "threads": runs[-1].get("threads"),
+                "rounds": [statistics.median(r["times"][1:]) for r in runs if len(r["times"]) > 1],
                 # cores busy: CPU seconds / wall seconds of the steady epochs
                 "cores": statistics.median(
                     c / t for r in runs for c, t in zip(r.get("cpu", [])[1:], r["times"][1:])

@@ -435,6 +435,7 @@ def summarize(runs):
         "loss": runs[-1].get("loss"),
         "extrapolated": any(r.get("extrapolated") for r in runs),
         "threads": runs[-1].get("threads"),
+        "rounds": [statistics.median(r["times"][1:]) for r in runs if len(r["times"]) > 1],
     }
 
 

@@ -1,12 +1,16 @@
 """``ratio_lines``: the summary ratios that ``bench_peers.py`` and ``bench_lm.py`` print."""
 
+import statistics
+
 
 def ratio_lines(stats: dict, systems: list) -> list[str]:
     """The fused loop's gain per backend, keraseq[jax] against torch and the JAX hand loop,
     keraseq[tensorflow] against torch, keraseq against the hand-written fused programs and
     those two against each other: each the second system's median s/epoch / the first's
     (> 1 = the first faster). A line for a pair whose systems ran; ``n/a`` when one of them
-    has no result."""
+    has no result. Where both ran the same rounds (``stats[s]["rounds"]``: each round's median
+    steady epoch), the ratio of each round too, the two systems' runs of one round side by
+    side in time: its range says how much of a ratio is the machine's noise."""
     lines = []
 
     def ratio(label, num, den, note=""):
@@ -14,6 +18,13 @@ def ratio_lines(stats: dict, systems: list) -> list[str]:
             return
         if stats.get(num) and stats.get(den):
             value = f"{stats[num]['median'] / stats[den]['median']:.2f}x"
+            a, b = stats[num].get("rounds") or [], stats[den].get("rounds") or []
+            if len(a) == len(b) >= 2:
+                per = sorted(x / y for x, y in zip(a, b))
+                value += (
+                    f" (per round {per[0]:.2f}-{per[-1]:.2f}x, median "
+                    f"{statistics.median(per):.2f}x, {len(per)} rounds)"
+                )
         else:
             value = "n/a"
         lines.append(f"{label} = {value}{note}")

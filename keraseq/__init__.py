@@ -135,6 +135,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'keraseq' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | {"callbacks"})
+
+
 __all__ = [
     "Estimator",
     "Classifier",

@@ -82,6 +82,7 @@ def test_the_data_module_needs_neither_keras_nor_a_backend(tmp_path):
         "import sys, keraseq.data\n"
         f"keraseq.data.h5concat({str(tmp_path / 'api.h5')!r}, {srcs!r})\n"
         "assert sys.modules['keras'] is None  # (the sitecustomize's block, never replaced)\n"
+        "assert 'Estimator' in dir(keraseq)\n"
         "from keraseq import Estimator\n"
     )
     api = run("-c", code)
