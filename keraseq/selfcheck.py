@@ -300,7 +300,8 @@ def window_check(model, xs, seq_len, mode: str, rows, lengths=None, comm=None) -
     when a layer of ``model`` mixes time steps across the windows of ``seq_len``, checked on
     this rank's ``rows = (lo, hi)`` of ``xs``; nothing for ``"off"``, no windows
     (``seq_len`` None or >= T) or a model without a graph. Returns whether windows were
-    compared (a later ``predict`` need not check again)."""
+    compared, under MPI on every rank (then a later ``predict`` or warm fit need not check
+    again; the ranks agree, so none of them waits in the check's collective alone)."""
     from . import distributed as dist
 
     t = int(xs[0].shape[1])
@@ -335,4 +336,7 @@ def window_check(model, xs, seq_len, mode: str, rows, lengths=None, comm=None) -
             strict()
     elif message is not None:
         warnings.warn(message, UserWarning, stacklevel=4)
-    return series is not None
+    compared = series is not None
+    if comm is not None and comm.size > 1:  # every rank's answer: they skip the check together
+        compared = not dist.max_over_ranks(int(not compared), comm)
+    return compared

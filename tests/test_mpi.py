@@ -249,6 +249,17 @@ def test_a_rank_that_raises_stops_every_rank_promptly(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_windows_self_check_on_one_rank_only_hangs_no_rank(tmp_path):
+    """Only rank 0 has series long enough to compare windows: the ranks agree on whether the
+    model was checked, so the warm fit and the predict skip the check together (one rank
+    checking alone, in its collective, would wait for the other forever)."""
+    proc, _ = mpirun(2, "faults_and_files.py", "check", tmp_path)  # mpirun's limit: hang guard
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        assert f"rank {r} checked, trained on and predicted (16, 12, 1)" in proc.stdout
+
+
+@pytest.mark.slow
 def test_a_callback_stopping_one_rank_stops_every_rank(tmp_path):
     proc, _ = mpirun(2, "faults_and_files.py", "stop", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
