@@ -68,9 +68,6 @@ def _run_as_a_script() -> bool:
     return False
 
 
-_loading = False  # True while _load runs
-
-
 def _load() -> None:
     """Import the public API into this namespace, and with it Keras (so TensorFlow or JAX).
 
@@ -79,41 +76,31 @@ def _load() -> None:
     -m keraseq.data``: that module imports only what it needs, numpy and h5py), or the chosen
     backend is not installed (``keraseq.data`` works on a machine that only prepares data;
     ``from keraseq import Estimator`` raises the ImportError naming the extra)."""
-    global callbacks, Classifier, Estimator, NonFiniteLossError, SliceTuple
+    global Classifier, Estimator, NonFiniteLossError, SliceTuple
     global from_channels_first, seqloss, TimeSplit
     global BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token, generate
-    global _loading
     missing = _missing_backend()
     if missing is not None:
         raise ImportError(missing)
     from ._startup import tensorflow_startup_log
 
     # TensorFlow loads here (through Keras): its start-up lines held to TF_CPP_MIN_LOG_LEVEL.
-    _loading = True
-    try:
-        with tensorflow_startup_log():
-            from .backend import name as backend_name
+    with tensorflow_startup_log():
+        from .backend import name as backend_name
 
-            if backend_name() == "jax":
-                # Asks JAX for one CPU device per core before JAX starts (backend/jax/devices.py).
-                from .backend import jax as _jax_backend  # noqa: F401
+        if backend_name() == "jax":
+            # Asks JAX for one CPU device per core before JAX starts (backend/jax/devices.py).
+            from .backend import jax as _jax_backend  # noqa: F401
 
-            from . import callbacks
-            from .classifier import Classifier
-            from .estimator import Estimator, NonFiniteLossError
-            from .inputs import SliceTuple, from_channels_first
-            from .losses import seqloss
-            from .model_selection import TimeSplit
-            from .text import (
-                BitsPerToken,
-                Perplexity,
-                Vocabulary,
-                batchify,
-                bits_per_token,
-                generate,
-            )
-    finally:
-        _loading = False
+        # (not `from . import callbacks`: that would ask __getattr__ below, which calls this)
+        import keraseq.callbacks  # noqa: F401  (the import sets the attribute `callbacks`)
+
+        from .classifier import Classifier
+        from .estimator import Estimator, NonFiniteLossError
+        from .inputs import SliceTuple, from_channels_first
+        from .losses import seqloss
+        from .model_selection import TimeSplit
+        from .text import BitsPerToken, Perplexity, Vocabulary, batchify, bits_per_token, generate
 
 
 if _TYPE_CHECKING:  # what static tools (mypy, the API pages) read; at run time: _load()
@@ -127,9 +114,8 @@ if _TYPE_CHECKING:  # what static tools (mypy, the API pages) read; at run time:
 
 
 def __getattr__(name: str):
-    """A public name before :func:`_load` ran (see there): load, then answer. (While it
-    runs, ``from . import callbacks`` asks here first: the submodule is imported then.)"""
-    if not _loading and (name in __all__ or name == "callbacks"):
+    """A public name before :func:`_load` ran (see there): load, then answer."""
+    if name in __all__ or name == "callbacks":
         _load()
         return globals()[name]
     raise AttributeError(f"module 'keraseq' has no attribute {name!r}")
